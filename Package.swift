@@ -1,0 +1,46 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "ward",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ward", targets: ["ward"]),
+        .library(name: "WardPolicy", targets: ["WardPolicy"]),
+        .library(name: "WardSandbox", targets: ["WardSandbox"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // System libraries: libseccomp compiles filters in the parent; libcap names
+        // capabilities and reads their state. Both only on the parent side of a spawn.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        // The child side of the spawn: runs between clone and execve, raw syscalls only.
+        .target(name: "CWardSpawn", cSettings: [.define("_GNU_SOURCE")]),
+        // JSON (strict parsing, RFC 8785 canonical form) and the call result types.
+        .target(name: "WardCore"),
+        .target(name: "WardPolicy", dependencies: [
+            "CSeccomp",
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        .target(name: "WardSandbox", dependencies: [
+            "WardCore", "WardPolicy", "CWardSpawn", "CSeccomp", "CCap",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "ward", dependencies: [
+            "WardCore", "WardPolicy", "WardSandbox",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Hostile programs the threat tests run inside the sandbox.
+        .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")]),
+        .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
+        .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
+        .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

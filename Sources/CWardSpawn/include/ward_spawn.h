@@ -1,0 +1,101 @@
+#ifndef WARD_SPAWN_H
+#define WARD_SPAWN_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// The steps the child runs between clone and execve, in order. A failed step is reported
+/// back to the parent as {step, errno}; `ward_step_name` turns it into words.
+enum ward_step {
+    WARD_STEP_NONE = 0,
+    WARD_STEP_CLONE,
+    WARD_STEP_SIGNALS,
+    WARD_STEP_USER_NAMESPACE,
+    WARD_STEP_SETSID,
+    WARD_STEP_CGROUP,
+    WARD_STEP_LOOPBACK,
+    WARD_STEP_STDIO,
+    WARD_STEP_CHDIR,
+    WARD_STEP_RLIMIT,
+    WARD_STEP_OOM_SCORE,
+    WARD_STEP_CLOSE_FDS,
+    WARD_STEP_NO_NEW_PRIVS,
+    WARD_STEP_SECUREBITS,
+    WARD_STEP_CAPBSET,
+    WARD_STEP_AMBIENT,
+    WARD_STEP_CAPSET,
+    WARD_STEP_LANDLOCK,
+    WARD_STEP_SECCOMP,
+    WARD_STEP_EXECVE,
+    WARD_STEP_PDEATHSIG,
+};
+
+struct ward_rlimit {
+    int resource;
+    uint64_t value;
+};
+
+/// Everything the child needs, prepared (allocated, opened, compiled) by the parent.
+struct ward_spawn_config {
+    const char *path;             ///< absolute path of the executable
+    char *const *argv;            ///< NULL-terminated
+    char *const *envp;            ///< NULL-terminated, built from the policy's allowlist
+    const char *cwd;              ///< working directory (the workspace)
+    int stdin_fd, stdout_fd, stderr_fd;   ///< all > 2, close-on-exec in the parent
+    const int *cgroup_procs_fds;  ///< "cgroup.procs" of each hierarchy the call joins
+    int cgroup_procs_count;
+    int new_pid_namespace;        ///< the tool becomes pid 1 of a new PID namespace
+    int new_user_namespace;       ///< needed for namespaces when not root
+    int new_net_namespace;        ///< private network namespace with only loopback up
+    uint32_t outer_uid, outer_gid;
+    const struct ward_rlimit *rlimits;
+    int rlimit_count;
+    int drop_bounding_set;        ///< we hold CAP_SETPCAP: lock securebits, empty the bounding set
+    int cap_last;                 ///< highest capability number the kernel knows
+    int landlock_ruleset_fd;      ///< -1 when Landlock is unavailable
+    const void *bpf;              ///< struct sock_filter[bpf_len]; NULL for none
+    unsigned short bpf_len;
+    int pdeath_signal;            ///< 0 for none
+};
+
+struct ward_spawn_error {
+    int step;
+    int error;
+};
+
+/// Starts the child: clone(CLONE_VM|CLONE_VFORK) on a private stack, so the calling thread
+/// resumes only once the child has exec'd or failed. Returns the pid (and a pidfd in
+/// *pidfd) or -1 with *err set. Why C: the child side must run only raw, async-signal-safe
+/// syscalls in a multithreaded process, and vfork-style clone is unavailable from Swift.
+pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
+
+/// The name of a step, for messages such as "landlock_restrict_self failed: EINVAL".
+const char *ward_step_name(int step);
+
+// MARK: - Small wrappers (variadic, function-like macros or _GNU_SOURCE-only in Swift)
+
+/// pipe2(O_CLOEXEC): Glibc's Swift module is built without _GNU_SOURCE.
+int ward_pipe_cloexec(int fds[2]);
+/// memfd_create: _GNU_SOURCE only.
+int ward_memfd(const char *name);
+/// Waits for pid; returns 0 and fills exited/code/signal, or -1 with errno. EINTR retried.
+int ward_wait(pid_t pid, int *exited, int *code, int *signal);
+/// Landlock syscalls: no glibc wrappers exist.
+long ward_landlock_create_ruleset(const void *attr, unsigned long size, uint32_t flags);
+long ward_landlock_add_path_rule(int ruleset_fd, uint64_t allowed, int parent_fd);
+long ward_landlock_add_net_rule(int ruleset_fd, uint64_t allowed, uint64_t port);
+/// O_PATH is _GNU_SOURCE only.
+int ward_open_path(const char *path);
+/// prctl is variadic.
+int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+/// seccomp(2) mode query for `ward doctor`.
+int ward_seccomp_available(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,342 @@
+// The child side of ward's sandboxed spawn. Its order of operations is its security
+// argument, so it reads top to bottom in the order it runs (bubblewrap style).
+//
+// The child is created with clone(CLONE_VM|CLONE_VFORK): it shares the parent's memory
+// and the calling thread sleeps until it has exec'd or exited. The parent is a
+// multithreaded Swift process, so the child may run only raw syscalls: no malloc, no
+// stdio, no locks. Everything that allocates (argv, envp, the BPF program, the Landlock
+// ruleset, cgroup fds) was prepared by the parent. A failure is written into the shared
+// error record as {step, errno}; the parent reads it once clone returns.
+#include "ward_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/securebits.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+
+struct spawn_context {
+    const struct ward_spawn_config *cfg;
+    struct ward_spawn_error *err;
+};
+
+// Kernel layout of struct sigaction for rt_sigaction (not glibc's).
+struct kernel_sigaction {
+    void *handler;
+    unsigned long flags;
+    void *restorer;
+    unsigned long mask;
+};
+
+static long raw(long nr, long a, long b, long c, long d, long e) {
+    return syscall(nr, a, b, c, d, e);
+}
+
+static size_t str_len(const char *s) {
+    size_t n = 0;
+    while (s[n]) n++;
+    return n;
+}
+
+// Formats "<id> <id> 1\n" for a one-line id map, without stdio.
+static size_t format_id_map(char *buf, uint32_t id) {
+    char digits[16];
+    size_t n = 0, len = 0;
+    do { digits[n++] = (char)('0' + id % 10); id /= 10; } while (id);
+    for (int copy = 0; copy < 2; copy++) {
+        for (size_t i = 0; i < n; i++) buf[len++] = digits[n - 1 - i];
+        buf[len++] = ' ';
+    }
+    buf[len++] = '1';
+    buf[len++] = '\n';
+    return len;
+}
+
+static int write_file(const char *path, const char *data, size_t len) {
+    int fd = (int)raw(SYS_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC, 0, 0);
+    if (fd < 0) return -1;
+    long n = raw(SYS_write, fd, (long)data, (long)len, 0, 0);
+    int saved = errno;
+    raw(SYS_close, fd, 0, 0, 0, 0);
+    errno = saved;
+    return n == (long)len ? 0 : -1;
+}
+
+__attribute__((noreturn)) static void fail(struct spawn_context *ctx, int step) {
+    ctx->err->step = step;
+    ctx->err->error = errno;
+    raw(SYS_exit_group, 127, 0, 0, 0, 0);
+    __builtin_unreachable();
+}
+
+static int child_main(void *arg) {
+    struct spawn_context *ctx = arg;
+    const struct ward_spawn_config *cfg = ctx->cfg;
+
+    // 1. Signals: the parent blocked every signal around clone so no handler of the
+    //    supervisor runs in this borrowed address space. Reset every disposition (ward
+    //    ignores SIGPIPE; a tool must not inherit that) and then unblock.
+    struct kernel_sigaction dfl = { (void *)SIG_DFL, 0, NULL, 0 };
+    for (int sig = 1; sig < 65; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        raw(SYS_rt_sigaction, sig, (long)&dfl, 0, 8, 0);
+    }
+    unsigned long empty_mask = 0;
+    if (raw(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty_mask, 0, 8, 0) != 0) fail(ctx, WARD_STEP_SIGNALS);
+
+    // 2. Without root, the PID/network namespaces need a user namespace of our own. Map
+    //    only our own uid and gid (the one mapping an unprivileged process may write) and
+    //    give up setgroups, so the tool cannot drop a group that denies it access.
+    if (cfg->new_user_namespace) {
+        char map[48];
+        if (write_file("/proc/self/setgroups", "deny", 4) != 0) fail(ctx, WARD_STEP_USER_NAMESPACE);
+        if (write_file("/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)) != 0) fail(ctx, WARD_STEP_USER_NAMESPACE);
+        if (write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)) != 0) fail(ctx, WARD_STEP_USER_NAMESPACE);
+    }
+
+    // 3. The supervisor dies → the tool dies (the direct child; cgroups or the PID
+    //    namespace take care of the rest of the tree).
+    if (cfg->pdeath_signal && raw(SYS_prctl, PR_SET_PDEATHSIG, cfg->pdeath_signal, 0, 0, 0) != 0)
+        fail(ctx, WARD_STEP_PDEATHSIG);
+
+    // 4. New session, no controlling terminal: TIOCSTI / TIOCLINUX have no terminal of
+    //    the user's to inject into (CVE-2017-5226), and job-control signals do not reach us.
+    if (raw(SYS_setsid, 0, 0, 0, 0, 0) < 0) fail(ctx, WARD_STEP_SETSID);
+
+    // 5. Join the call's cgroups before anything can fork: every descendant, daemonized or
+    //    not, stays inside and dies with the call (cgroup.kill / pids.max).
+    for (int i = 0; i < cfg->cgroup_procs_count; i++) {
+        if (raw(SYS_write, cfg->cgroup_procs_fds[i], (long)"0", 1, 0, 0) != 1) fail(ctx, WARD_STEP_CGROUP);
+    }
+
+    // 6. A private network namespace starts with loopback down; bring it up so tools
+    //    allowed "loopback" can talk to themselves (and to nothing of the host's).
+    if (cfg->new_net_namespace) {
+        int s = (int)raw(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0, 0, 0);
+        if (s < 0) fail(ctx, WARD_STEP_LOOPBACK);
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        ifr.ifr_name[0] = 'l'; ifr.ifr_name[1] = 'o';
+        ifr.ifr_flags = IFF_UP | IFF_RUNNING;
+        if (raw(SYS_ioctl, s, SIOCSIFFLAGS, (long)&ifr, 0, 0) != 0) fail(ctx, WARD_STEP_LOOPBACK);
+        raw(SYS_close, s, 0, 0, 0, 0);
+    }
+
+    // 7. stdio: stdin is a memfd holding the arguments JSON, stdout/stderr are pipes the
+    //    parent drains up to the output limit. dup2 clears close-on-exec on the copies.
+    if (raw(SYS_dup2, cfg->stdin_fd, 0, 0, 0, 0) < 0 || raw(SYS_dup2, cfg->stdout_fd, 1, 0, 0, 0) < 0 ||
+        raw(SYS_dup2, cfg->stderr_fd, 2, 0, 0, 0) < 0)
+        fail(ctx, WARD_STEP_STDIO);
+
+    if (cfg->cwd && raw(SYS_chdir, (long)cfg->cwd, 0, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CHDIR);
+
+    // 8. Resource limits, soft = hard: the tool cannot raise them back (file size, CPU
+    //    seconds, open files, processes, address space where no memory cgroup exists).
+    for (int i = 0; i < cfg->rlimit_count; i++) {
+        struct { uint64_t cur, max; } lim = { cfg->rlimits[i].value, cfg->rlimits[i].value };
+        if (raw(SYS_prlimit64, 0, cfg->rlimits[i].resource, (long)&lim, 0, 0) != 0) fail(ctx, WARD_STEP_RLIMIT);
+    }
+
+    // 9. Under memory pressure the kernel's OOM killer takes the tool, not the supervisor.
+    if (write_file("/proc/self/oom_score_adj", "1000", 4) != 0 && errno != ENOENT) fail(ctx, WARD_STEP_OOM_SCORE);
+
+    // 10. Every other fd (ledger, sockets, other calls' pipes, the Landlock ruleset) is
+    //     closed at execve, never inherited (runc CVE-2024-21626 leaked one). Marking
+    //     rather than closing keeps the ruleset fd usable for step 13.
+    if (raw(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC, 0, 0) != 0) {
+        struct { uint64_t cur, max; } nofile;
+        if (raw(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, (long)&nofile, 0) != 0) fail(ctx, WARD_STEP_CLOSE_FDS);
+        for (uint64_t fd = 3; fd < nofile.cur && fd < (1u << 20); fd++) raw(SYS_fcntl, (long)fd, F_SETFD, FD_CLOEXEC, 0, 0);
+    }
+
+    // 11. no_new_privs: setuid/setcap binaries (sudo, su, ping) confer nothing, and
+    //     seccomp may be loaded without CAP_SYS_ADMIN.
+    if (raw(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(ctx, WARD_STEP_NO_NEW_PRIVS);
+
+    // 12. Capabilities. Started as root (or inside our own user namespace), lock the
+    //     securebits so uid 0 never regains capabilities through execve or setuid, empty
+    //     the bounding set; then clear ambient and empty the effective, permitted and
+    //     inheritable sets.
+    if (cfg->drop_bounding_set) {
+        unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                             SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                             SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+        if (raw(SYS_prctl, PR_SET_SECUREBITS, (long)bits, 0, 0, 0) != 0) fail(ctx, WARD_STEP_SECUREBITS);
+        for (int cap = 0; cap <= cfg->cap_last; cap++) {
+            if (raw(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CAPBSET);
+        }
+    }
+    if (raw(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) fail(ctx, WARD_STEP_AMBIENT);
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (raw(SYS_capset, (long)&hdr, (long)data, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CAPSET);
+
+    // 13. Landlock: only the policy's read and write roots are reachable; TCP and the
+    //     abstract-socket and signal scopes as the ruleset (sized to the kernel's ABI) says.
+    if (cfg->landlock_ruleset_fd >= 0 && raw(SYS_landlock_restrict_self, cfg->landlock_ruleset_fd, 0, 0, 0, 0) != 0)
+        fail(ctx, WARD_STEP_LANDLOCK);
+
+    // 14. seccomp last, so the steps above needed no syscalls the tool is denied.
+    if (cfg->bpf) {
+        struct sock_fprog prog = { cfg->bpf_len, (struct sock_filter *)cfg->bpf };
+        if (raw(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, (long)&prog, 0, 0) != 0) fail(ctx, WARD_STEP_SECCOMP);
+    }
+
+    raw(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp, 0, 0);
+    fail(ctx, WARD_STEP_EXECVE);
+}
+
+// One child stack per spawning thread, allocated on first use and kept: saves an
+// mmap/munmap pair on every call. The child runs only the steps above, so 64 KiB is plenty.
+#define WARD_STACK_SIZE (64 * 1024)
+static __thread char *spawn_stack;
+
+pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+    err->step = WARD_STEP_NONE;
+    err->error = 0;
+    *pidfd = -1;
+    if (cfg->stdin_fd <= 2 || cfg->stdout_fd <= 2 || cfg->stderr_fd <= 2) {
+        err->step = WARD_STEP_STDIO;
+        err->error = EINVAL;
+        return -1;
+    }
+    if (!spawn_stack) {
+        void *stack = mmap(NULL, WARD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED) {
+            err->step = WARD_STEP_CLONE;
+            err->error = errno;
+            return -1;
+        }
+        spawn_stack = stack;
+    }
+    int flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD;
+    if (cfg->new_user_namespace) flags |= CLONE_NEWUSER;
+    if (cfg->new_pid_namespace) flags |= CLONE_NEWPID;
+    if (cfg->new_net_namespace) flags |= CLONE_NEWNET;
+
+    struct spawn_context ctx = { cfg, err };
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int fd = -1;
+    pid_t pid = clone(child_main, spawn_stack + WARD_STACK_SIZE, flags, &ctx, &fd);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    if (pid < 0) {
+        err->step = WARD_STEP_CLONE;
+        err->error = clone_errno;
+        return -1;
+    }
+    if (err->step != WARD_STEP_NONE) {
+        int exited, code, sig;
+        ward_wait(pid, &exited, &code, &sig);
+        close(fd);
+        return -1;
+    }
+    *pidfd = fd;
+    return pid;
+}
+
+const char *ward_step_name(int step) {
+    switch (step) {
+    case WARD_STEP_CLONE: return "clone";
+    case WARD_STEP_SIGNALS: return "signal reset";
+    case WARD_STEP_USER_NAMESPACE: return "user namespace id map";
+    case WARD_STEP_SETSID: return "setsid";
+    case WARD_STEP_CGROUP: return "cgroup join";
+    case WARD_STEP_LOOPBACK: return "loopback up";
+    case WARD_STEP_STDIO: return "dup2 of stdio";
+    case WARD_STEP_CHDIR: return "chdir to the workspace";
+    case WARD_STEP_RLIMIT: return "setrlimit";
+    case WARD_STEP_OOM_SCORE: return "oom_score_adj";
+    case WARD_STEP_CLOSE_FDS: return "close_range";
+    case WARD_STEP_NO_NEW_PRIVS: return "prctl(PR_SET_NO_NEW_PRIVS)";
+    case WARD_STEP_SECUREBITS: return "prctl(PR_SET_SECUREBITS)";
+    case WARD_STEP_CAPBSET: return "prctl(PR_CAPBSET_DROP)";
+    case WARD_STEP_AMBIENT: return "prctl(PR_CAP_AMBIENT_CLEAR_ALL)";
+    case WARD_STEP_CAPSET: return "capset";
+    case WARD_STEP_LANDLOCK: return "landlock_restrict_self";
+    case WARD_STEP_SECCOMP: return "seccomp(SECCOMP_SET_MODE_FILTER)";
+    case WARD_STEP_EXECVE: return "execve";
+    case WARD_STEP_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)";
+    default: return "spawn";
+    }
+}
+
+// MARK: - Wrappers
+
+int ward_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int ward_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int ward_wait(pid_t pid, int *exited, int *code, int *signal) {
+    int status = 0;
+    pid_t r;
+    do { r = waitpid(pid, &status, __WALL); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -1;
+    *exited = WIFEXITED(status);
+    *code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+    *signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    return 0;
+}
+
+long ward_landlock_create_ruleset(const void *attr, unsigned long size, uint32_t flags) {
+    return syscall(SYS_landlock_create_ruleset, attr, size, flags);
+}
+
+long ward_landlock_add_path_rule(int ruleset_fd, uint64_t allowed, int parent_fd) {
+    struct __attribute__((packed)) { uint64_t allowed_access; int32_t parent_fd; } attr = { allowed, parent_fd };
+    return syscall(SYS_landlock_add_rule, ruleset_fd, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &attr, 0);
+}
+
+long ward_landlock_add_net_rule(int ruleset_fd, uint64_t allowed, uint64_t port) {
+    struct { uint64_t allowed_access; uint64_t port; } attr = { allowed, port };
+    return syscall(SYS_landlock_add_rule, ruleset_fd, 2 /* LANDLOCK_RULE_NET_PORT */, &attr, 0);
+}
+
+int ward_open_path(const char *path) { return open(path, O_PATH | O_CLOEXEC); }
+
+int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
+    return prctl(option, a2, a3, a4, a5);
+}
+
+int ward_seccomp_available(void) {
+    uint32_t action = SECCOMP_RET_ERRNO;
+    return syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0;
+}

@@ -1,0 +1,94 @@
+/// The states of a call (DESIGN.md, "States of a call").
+public enum CallStatus: String, Sendable, Hashable, CaseIterable {
+    case running, succeeded, failed
+    case timedOut = "timed-out"
+    case killed, denied
+    case inDoubt = "in-doubt"
+    case resolved
+}
+
+/// What a sandboxed tool did: the outcome half of a `CallResult`.
+public struct ToolOutcome: Sendable, Hashable {
+    public var status: CallStatus
+    public var exitCode: Int32?
+    public var signal: Int32?
+    public var stdout: [UInt8]
+    public var stderr: [UInt8]
+    /// stdout or stderr went past `limits.output` and was cut.
+    public var truncated: Bool
+    public var durationMs: Double
+
+    public init(status: CallStatus, exitCode: Int32?, signal: Int32?, stdout: [UInt8], stderr: [UInt8], truncated: Bool, durationMs: Double) {
+        self.status = status
+        self.exitCode = exitCode
+        self.signal = signal
+        self.stdout = stdout
+        self.stderr = stderr
+        self.truncated = truncated
+        self.durationMs = durationMs
+    }
+}
+
+/// DESIGN.md's `CallResult`: what an agent gets back for a tool call.
+public struct CallResult: Sendable, Hashable {
+    public var callId: String
+    public var tool: String
+    public var outcome: ToolOutcome
+    public var replayed: Bool
+    public var attempt: Int
+
+    public init(callId: String, tool: String, outcome: ToolOutcome, replayed: Bool, attempt: Int) {
+        self.callId = callId
+        self.tool = tool
+        self.outcome = outcome
+        self.replayed = replayed
+        self.attempt = attempt
+    }
+
+    /// The JSON object of the protocol. stdout/stderr are UTF-8 strings, or
+    /// `stdoutBase64`/`stderrBase64` when the bytes are not valid UTF-8.
+    public var json: JSONValue {
+        var members: [String: JSONValue] = [
+            "callId": .string(callId),
+            "tool": .string(tool),
+            "status": .string(outcome.status.rawValue),
+            "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,
+            "signal": outcome.signal.map { .number(Double($0)) } ?? .null,
+            "truncated": .bool(outcome.truncated),
+            "durationMs": .number(outcome.durationMs),
+            "replayed": .bool(replayed),
+            "attempt": .number(Double(attempt)),
+        ]
+        for (name, bytes) in [("stdout", outcome.stdout), ("stderr", outcome.stderr)] {
+            if let text = String(validating: bytes, as: UTF8.self) {
+                members[name] = .string(text)
+            } else {
+                members[name + "Base64"] = .string(Base64.encode(bytes))
+            }
+        }
+        return .object(members)
+    }
+}
+
+/// Standard base64 (RFC 4648, with padding).
+public enum Base64 {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i + 2 < bytes.count {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)], alphabet[Int(n & 63)]]
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest > 0 {
+            let n = UInt32(bytes[i]) << 16 | (rest == 2 ? UInt32(bytes[i + 1]) << 8 : 0)
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)]]
+            out += rest == 2 ? [alphabet[Int(n >> 6 & 63)], UInt8(ascii: "=")] : [UInt8(ascii: "="), UInt8(ascii: "=")]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

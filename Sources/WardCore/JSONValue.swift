@@ -1,0 +1,356 @@
+/// A JSON value as ward reads it from agents: strict RFC 8259 input, and a canonical
+/// RFC 8785 (JCS) serialization so that equal arguments hash equally wherever they came from.
+///
+/// ```swift
+/// let args = try JSONValue.parse(#"{"b": 1.0, "a": "x"}"#)
+/// args.canonical   // {"a":"x","b":1}
+/// ```
+public enum JSONValue: Sendable, Hashable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    /// The members of an object, or nil.
+    public var objectValue: [String: JSONValue]? {
+        if case .object(let members) = self { return members }
+        return nil
+    }
+
+    /// The string, or nil.
+    public var stringValue: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+
+    /// The JSON type's name, for error messages ("expected an object, got array").
+    public var typeName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "boolean"
+        case .number: "number"
+        case .string: "string"
+        case .array: "array"
+        case .object: "object"
+        }
+    }
+}
+
+// MARK: - Serialization
+
+extension JSONValue {
+    /// The RFC 8785 canonical form: object keys sorted by UTF-16 code units, no whitespace,
+    /// numbers in ECMAScript's shortest form, minimal string escapes.
+    public var canonical: String {
+        var out = ""
+        write(into: &out)
+        return out
+    }
+
+    /// The canonical form as UTF-8 bytes.
+    public var canonicalBytes: [UInt8] { Array(canonical.utf8) }
+
+    private func write(into out: inout String) {
+        switch self {
+        case .null: out += "null"
+        case .bool(let b): out += b ? "true" : "false"
+        case .number(let d): out += JSONValue.format(number: d)
+        case .string(let s): JSONValue.writeString(s, into: &out)
+        case .array(let items):
+            out += "["
+            for (i, item) in items.enumerated() {
+                if i > 0 { out += "," }
+                item.write(into: &out)
+            }
+            out += "]"
+        case .object(let members):
+            out += "{"
+            let keys = members.keys.sorted { $0.utf16.lexicographicallyPrecedes($1.utf16) }
+            for (i, key) in keys.enumerated() {
+                if i > 0 { out += "," }
+                JSONValue.writeString(key, into: &out)
+                out += ":"
+                members[key]!.write(into: &out)
+            }
+            out += "}"
+        }
+    }
+
+    static func writeString(_ s: String, into out: inout String) {
+        out += "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        out += "\""
+    }
+
+    /// ECMAScript Number::toString, as RFC 8785 requires: integers without a fraction,
+    /// exponent form from 1e21 and below 1e-6, shortest round-trip digits otherwise.
+    public static func format(number d: Double) -> String {
+        if d == 0 { return "0" }
+        if d == d.rounded(), abs(d) < 1e21 {
+            if abs(d) < 9.007199254740992e15 { return String(Int64(d)) }
+        }
+        // Swift's description is the shortest round-trip form; re-shape it to ECMAScript's.
+        let (digits, exponent) = shortestDigits(abs(d))
+        let sign = d < 0 ? "-" : ""
+        let k = digits.count
+        let n = exponent  // value = 0.digits × 10^n
+        if k <= n && n <= 21 {
+            return sign + digits + String(repeating: "0", count: n - k)
+        }
+        if 0 < n && n <= 21 {
+            let i = digits.index(digits.startIndex, offsetBy: n)
+            return sign + digits[..<i] + "." + digits[i...]
+        }
+        if -6 < n && n <= 0 {
+            return sign + "0." + String(repeating: "0", count: -n) + digits
+        }
+        let e = n - 1
+        let expPart = e < 0 ? "e-\(-e)" : "e+\(e)"
+        if k == 1 { return sign + digits + expPart }
+        return sign + String(digits.first!) + "." + digits.dropFirst() + expPart
+    }
+
+    /// Decimal digits (no leading/trailing zeros) and n such that value = 0.d1d2… × 10^n.
+    private static func shortestDigits(_ d: Double) -> (String, Int) {
+        let text = "\(d)"  // e.g. "1.5e-07", "123.25", "1e+22"
+        var mantissa = Substring(text)
+        var exp = 0
+        if let e = text.firstIndex(where: { $0 == "e" || $0 == "E" }) {
+            mantissa = text[..<e]
+            exp = Int(text[text.index(after: e)...]) ?? 0
+        }
+        var intPart = mantissa
+        var fracPart: Substring = ""
+        if let dot = mantissa.firstIndex(of: ".") {
+            intPart = mantissa[..<dot]
+            fracPart = mantissa[mantissa.index(after: dot)...]
+        }
+        var digits = String(intPart) + fracPart
+        var n = intPart.count + exp
+        while digits.first == "0" && digits.count > 1 {
+            digits.removeFirst()
+            n -= 1
+        }
+        while digits.last == "0" && digits.count > 1 { digits.removeLast() }
+        return (digits, n)
+    }
+}
+
+// MARK: - Parsing
+
+/// Why a JSON text was refused, with the byte offset where the parser stopped.
+public struct JSONParseError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public let offset: Int
+    public var description: String { "\(message) at byte \(offset)" }
+}
+
+extension JSONValue {
+    /// The deepest nesting accepted: deep enough for real arguments, shallow enough that a
+    /// hostile request cannot exhaust the stack.
+    public static let maximumDepth = 256
+
+    /// Parses one JSON text (RFC 8259; invalid UTF-8, lone surrogates, duplicate keys and
+    /// trailing bytes are refused).
+    public static func parse(_ text: String) throws(JSONParseError) -> JSONValue {
+        try parse(Array(text.utf8))
+    }
+
+    /// Parses one JSON text from UTF-8 bytes.
+    public static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
+        var parser = Parser(bytes: bytes)
+        parser.skipWhitespace()
+        let value = try parser.value(depth: 0)
+        parser.skipWhitespace()
+        if parser.pos != bytes.count { throw parser.error("unexpected data after the JSON value") }
+        return value
+    }
+}
+
+private struct Parser {
+    let bytes: [UInt8]
+    var pos = 0
+
+    func error(_ message: String) -> JSONParseError { JSONParseError(message: message, offset: pos) }
+
+    mutating func skipWhitespace() {
+        while pos < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[pos]) { pos += 1 }
+    }
+
+    mutating func value(depth: Int) throws(JSONParseError) -> JSONValue {
+        guard depth < JSONValue.maximumDepth else { throw error("nesting deeper than \(JSONValue.maximumDepth)") }
+        guard pos < bytes.count else { throw error("unexpected end of input") }
+        switch bytes[pos] {
+        case UInt8(ascii: "{"): return try object(depth: depth)
+        case UInt8(ascii: "["): return try array(depth: depth)
+        case UInt8(ascii: "\""): return .string(try string())
+        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
+        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
+        case UInt8(ascii: "n"): try literal("null"); return .null
+        default: return .number(try number())
+        }
+    }
+
+    mutating func literal(_ word: String) throws(JSONParseError) {
+        for b in word.utf8 {
+            guard pos < bytes.count, bytes[pos] == b else { throw error("invalid literal") }
+            pos += 1
+        }
+    }
+
+    mutating func object(depth: Int) throws(JSONParseError) -> JSONValue {
+        pos += 1
+        var members: [String: JSONValue] = [:]
+        skipWhitespace()
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
+        while true {
+            skipWhitespace()
+            guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw error("expected a string key") }
+            let key = try string()
+            skipWhitespace()
+            guard pos < bytes.count, bytes[pos] == UInt8(ascii: ":") else { throw error("expected ':'") }
+            pos += 1
+            skipWhitespace()
+            let v = try value(depth: depth + 1)
+            guard members.updateValue(v, forKey: key) == nil else { throw error("duplicate key \"\(key)\"") }
+            skipWhitespace()
+            guard pos < bytes.count else { throw error("unexpected end of input") }
+            if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+            if bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
+            throw error("expected ',' or '}'")
+        }
+    }
+
+    mutating func array(depth: Int) throws(JSONParseError) -> JSONValue {
+        pos += 1
+        var items: [JSONValue] = []
+        skipWhitespace()
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
+        while true {
+            skipWhitespace()
+            items.append(try value(depth: depth + 1))
+            skipWhitespace()
+            guard pos < bytes.count else { throw error("unexpected end of input") }
+            if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+            if bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
+            throw error("expected ',' or ']'")
+        }
+    }
+
+    mutating func hex4() throws(JSONParseError) -> UInt32 {
+        guard pos + 4 <= bytes.count else { throw error("short \\u escape") }
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            let c = bytes[pos]
+            let d: UInt32
+            switch c {
+            case 0x30...0x39: d = UInt32(c - 0x30)
+            case 0x41...0x46: d = UInt32(c - 0x41 + 10)
+            case 0x61...0x66: d = UInt32(c - 0x61 + 10)
+            default: throw error("bad \\u escape")
+            }
+            v = v * 16 + d
+            pos += 1
+        }
+        return v
+    }
+
+    mutating func string() throws(JSONParseError) -> String {
+        pos += 1
+        var scalars = String.UnicodeScalarView()
+        var runStart = pos
+        func flush(_ p: inout Parser, upTo end: Int, into s: inout String.UnicodeScalarView) throws(JSONParseError) {
+            guard runStart < end else { return }
+            guard let run = String(validating: p.bytes[runStart..<end], as: UTF8.self) else {
+                throw p.error("invalid UTF-8 in string")
+            }
+            s.append(contentsOf: run.unicodeScalars)
+        }
+        while true {
+            guard pos < bytes.count else { throw error("unterminated string") }
+            let c = bytes[pos]
+            if c == UInt8(ascii: "\"") {
+                try flush(&self, upTo: pos, into: &scalars)
+                pos += 1
+                return String(scalars)
+            }
+            if c < 0x20 { throw error("control character in string") }
+            if c != UInt8(ascii: "\\") { pos += 1; continue }
+            try flush(&self, upTo: pos, into: &scalars)
+            pos += 1
+            guard pos < bytes.count else { throw error("unterminated escape") }
+            let e = bytes[pos]
+            pos += 1
+            switch e {
+            case UInt8(ascii: "\""): scalars.append("\"")
+            case UInt8(ascii: "\\"): scalars.append("\\")
+            case UInt8(ascii: "/"): scalars.append("/")
+            case UInt8(ascii: "b"): scalars.append("\u{08}")
+            case UInt8(ascii: "f"): scalars.append("\u{0C}")
+            case UInt8(ascii: "n"): scalars.append("\n")
+            case UInt8(ascii: "r"): scalars.append("\r")
+            case UInt8(ascii: "t"): scalars.append("\t")
+            case UInt8(ascii: "u"):
+                var code = try hex4()
+                if (0xD800...0xDBFF).contains(code) {
+                    guard pos + 6 <= bytes.count, bytes[pos] == UInt8(ascii: "\\"), bytes[pos + 1] == UInt8(ascii: "u") else {
+                        throw error("lone surrogate in string")
+                    }
+                    pos += 2
+                    let low = try hex4()
+                    guard (0xDC00...0xDFFF).contains(low) else { throw error("lone surrogate in string") }
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(code) {
+                    throw error("lone surrogate in string")
+                }
+                scalars.append(Unicode.Scalar(code)!)
+            default: throw error("bad escape")
+            }
+            runStart = pos
+        }
+    }
+
+    mutating func number() throws(JSONParseError) -> Double {
+        let start = pos
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: "-") { pos += 1 }
+        guard pos < bytes.count, (0x30...0x39).contains(bytes[pos]) else { throw error("unexpected character") }
+        if bytes[pos] == 0x30 {
+            pos += 1
+        } else {
+            while pos < bytes.count, (0x30...0x39).contains(bytes[pos]) { pos += 1 }
+        }
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: ".") {
+            pos += 1
+            guard pos < bytes.count, (0x30...0x39).contains(bytes[pos]) else { throw error("digit expected after '.'") }
+            while pos < bytes.count, (0x30...0x39).contains(bytes[pos]) { pos += 1 }
+        }
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: "e") || bytes[pos] == UInt8(ascii: "E") {
+            pos += 1
+            if pos < bytes.count, bytes[pos] == UInt8(ascii: "+") || bytes[pos] == UInt8(ascii: "-") { pos += 1 }
+            guard pos < bytes.count, (0x30...0x39).contains(bytes[pos]) else { throw error("digit expected in exponent") }
+            while pos < bytes.count, (0x30...0x39).contains(bytes[pos]) { pos += 1 }
+        }
+        let text = String(decoding: bytes[start..<pos], as: UTF8.self)
+        guard let d = Double(text), d.isFinite else { throw error("number out of range") }
+        return d
+    }
+}

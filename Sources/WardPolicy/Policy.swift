@@ -1,0 +1,111 @@
+/// What repeating a tool call does to the world. The ledger uses it to decide what a call
+/// caught mid-flight by a crash becomes: read-only and idempotent calls are simply run
+/// again; a non-idempotent one becomes in-doubt.
+public enum Effect: String, Sendable, Hashable, CaseIterable {
+    case readOnly = "read-only"
+    case idempotent = "idempotent"
+    case nonIdempotent = "non-idempotent"
+}
+
+/// How much network a tool gets.
+public enum NetworkAccess: String, Sendable, Hashable, CaseIterable {
+    /// No sockets at all (seccomp refuses `socket`; `socketpair` still works): no host
+    /// loopback, no abstract or pathname Unix sockets, no TCP or UDP.
+    case none
+    /// A private network namespace with only its own loopback up.
+    case loopback
+    /// The host's network (IPv4, IPv6 and Unix sockets; no raw, netlink or vsock).
+    case any
+}
+
+/// Resource bounds of one call. nil means "no limit of ward's own".
+public struct Limits: Sendable, Hashable {
+    /// Bytes of memory for the whole call (cgroup), or address space (RLIMIT_AS) without one.
+    public var memory: UInt64?
+    /// CPU seconds (RLIMIT_CPU).
+    public var cpuSeconds: UInt64?
+    /// Processes and threads in the whole call (cgroup pids.max, or RLIMIT_NPROC).
+    public var processes: UInt64?
+    /// Largest file the tool may write (RLIMIT_FSIZE).
+    public var fileSize: UInt64?
+    /// Open file descriptors (RLIMIT_NOFILE).
+    public var openFiles: UInt64?
+    /// Bytes of stdout and of stderr kept; the rest is dropped and `truncated` set.
+    public var output: UInt64
+
+    public init(memory: UInt64? = nil, cpuSeconds: UInt64? = nil, processes: UInt64? = nil,
+                fileSize: UInt64? = nil, openFiles: UInt64? = nil, output: UInt64 = 1 << 20) {
+        self.memory = memory
+        self.cpuSeconds = cpuSeconds
+        self.processes = processes
+        self.fileSize = fileSize
+        self.openFiles = openFiles
+        self.output = output
+    }
+}
+
+/// One environment entry of a tool: copied from ward's environment when present (`NAME`),
+/// or set to a value (`NAME=value`, `{workspace}` expanded).
+public enum EnvironmentEntry: Sendable, Hashable {
+    case inherit(String)
+    case set(String, String)
+
+    public var name: String {
+        switch self {
+        case .inherit(let n), .set(let n, _): n
+        }
+    }
+}
+
+/// A tool's effective policy: its file's `[defaults]` merged with its own table.
+public struct ToolPolicy: Sendable, Hashable {
+    /// The tool's name (`[tools.NAME]`).
+    public var name: String
+    /// The file it was defined in, for messages.
+    public var file: String
+    public var description: String?
+    /// argv templates; `{name}` placeholders are replaced by arguments, each element stays one element.
+    public var command: [String]
+    public var effect: Effect
+    /// The resolved allowlist, sorted.
+    public var syscalls: [String]
+    public var network: NetworkAccess
+    /// Read-only roots (templates: `{workspace}` expands at run time; a leading `?` marks optional).
+    public var read: [String]
+    /// Read-write roots.
+    public var write: [String]
+    public var environment: [EnvironmentEntry]
+    /// Wall-clock timeout in milliseconds.
+    public var timeoutMilliseconds: UInt64
+    public var limits: Limits
+    /// The reconcile command (argv templates), for settling in-doubt calls.
+    public var reconcile: [String]?
+
+    /// The argument names the command refers to (`{workspace}` excluded).
+    public var placeholders: [String] {
+        var seen: [String] = []
+        for element in command + (reconcile ?? []) {
+            for name in Template.placeholders(in: element) where name != Template.workspace && !seen.contains(name) {
+                seen.append(name)
+            }
+        }
+        return seen
+    }
+}
+
+/// Every tool of a policy directory, plus the named syscall sets they were resolved with.
+public struct PolicySet: Sendable {
+    public var tools: [String: ToolPolicy]
+    public var syscallSets: [String: [String]]
+    public var directory: String
+
+    /// The tool, or a `PolicyError` naming the known tools.
+    public func tool(_ name: String) throws(PolicyError) -> ToolPolicy {
+        guard let tool = tools[name] else {
+            let known = tools.keys.sorted().joined(separator: ", ")
+            throw PolicyError(message: "unknown tool \"\(name)\" (policies in \(directory) define: \(known.isEmpty ? "none" : known))",
+                              code: .unknownTool)
+        }
+        return tool
+    }
+}

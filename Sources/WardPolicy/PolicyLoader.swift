@@ -1,0 +1,523 @@
+import CSeccomp
+import TOMLKit
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads a policy directory: every `*.toml` file in it, each with optional
+/// `[syscall-sets]`, `[defaults]` and `[tools.NAME]` tables.
+///
+/// ```toml
+/// [defaults]
+/// syscalls = ["@default", "@file-system"]
+/// read = ["/usr", "/etc"]
+///
+/// [tools.shell]
+/// command = ["/bin/sh", "-c", "{command}"]
+/// write = ["{workspace}"]
+/// ```
+///
+/// Lists (`syscalls`, `read`, `write`, `env`) extend the defaults; every other key
+/// replaces it. All problems of all files are collected and thrown together, each with
+/// its file, line and column.
+public enum PolicyLoader {
+    /// Default wall-clock timeout when a policy names none.
+    public static let defaultTimeoutMilliseconds: UInt64 = 30_000
+
+    static let toolKeys: Set<String> = [
+        "description", "command", "effect", "syscalls", "network", "read", "write", "env",
+        "timeout", "limits", "reconcile", "arguments",
+    ]
+    static let limitKeys: Set<String> = ["memory", "cpu", "processes", "file-size", "open-files", "output"]
+
+    /// Loads and validates every policy file of `directory`.
+    public static func load(directory: String) throws(PolicyError) -> PolicySet {
+        var isDir = false
+        guard fileExists(directory, isDirectory: &isDir), isDir else {
+            throw PolicyError(message: "policy directory \(directory) does not exist", code: .invalidPolicy)
+        }
+        let files = listTOMLFiles(directory)
+        guard !files.isEmpty else {
+            throw PolicyError(message: "policy directory \(directory) has no .toml files", code: .invalidPolicy)
+        }
+        var parsed: [ParsedFile] = []
+        var diagnostics: [PolicyDiagnostic] = []
+        for path in files {
+            do {
+                parsed.append(try ParsedFile(path: path))
+            } catch let error as PolicyDiagnostic {
+                diagnostics.append(error)
+            } catch {
+                diagnostics.append(PolicyDiagnostic(file: path, line: 1, column: 1, message: "\(error)"))
+            }
+        }
+        var builder = Builder(directory: directory)
+        builder.diagnostics = diagnostics
+        builder.collectSets(parsed)
+        for file in parsed { builder.collectTools(file) }
+        if !builder.diagnostics.isEmpty {
+            throw PolicyError(message: "invalid policies in \(directory)", code: .invalidPolicy, diagnostics: builder.diagnostics)
+        }
+        return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory)
+    }
+
+    static func fileExists(_ path: String, isDirectory: inout Bool) -> Bool {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return false }
+        isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+        return true
+    }
+
+    static func listTOMLFiles(_ directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name.hasSuffix(".toml"), !name.hasPrefix(".") { names.append(name) }
+        }
+        let base = directory.hasSuffix("/") ? directory : directory + "/"
+        return names.sorted().map { base + $0 }
+    }
+}
+
+/// A TOML value without TOMLKit's non-Sendable classes.
+indirect enum Node {
+    case string(String)
+    case integer(Int)
+    case double(Double)
+    case bool(Bool)
+    case array([Node])
+    case table([String: Node])
+    case other(String)
+
+    init(_ value: any TOMLValueConvertible) {
+        if let t = value.table {
+            var members: [String: Node] = [:]
+            for key in t.keys { if let v = t[key] { members[key] = Node(v) } }
+            self = .table(members)
+        } else if let a = value.array {
+            self = .array(a.map { Node($0) })
+        } else if let s = value.string {
+            self = .string(s)
+        } else if let b = value.bool {
+            self = .bool(b)
+        } else if let i = value.int {
+            self = .integer(i)
+        } else if let d = value.double {
+            self = .double(d)
+        } else {
+            self = .other("\(value.type)")
+        }
+    }
+
+    var typeName: String {
+        switch self {
+        case .string: "string"
+        case .integer: "integer"
+        case .double: "float"
+        case .bool: "boolean"
+        case .array: "array"
+        case .table: "table"
+        case .other(let t): t
+        }
+    }
+}
+
+struct ParsedFile {
+    let path: String
+    let root: [String: Node]
+    let map: SourceMap
+
+    init(path: String) throws {
+        self.path = path
+        guard let fp = fopen(path, "r") else {
+            throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, fp)
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+        }
+        fclose(fp)
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "file is not valid UTF-8")
+        }
+        map = SourceMap(text: text)
+        do {
+            let table = try TOMLTable(string: text)
+            guard case .table(let members) = Node(table) else { throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "not a table") }
+            root = members
+        } catch let error as TOMLParseError {
+            throw PolicyDiagnostic(file: path, line: error.source.begin.line, column: error.source.begin.column,
+                                   message: "TOML syntax error: \(error.description)")
+        }
+    }
+}
+
+extension PolicyDiagnostic: Error {}
+
+private struct Builder {
+    let directory: String
+    var diagnostics: [PolicyDiagnostic] = []
+    var sets: [String: [String]] = [:]
+    var tools: [String: ToolPolicy] = [:]
+    private var setOrigin: [String: (ParsedFile, [String])] = [:]
+
+    init(directory: String) { self.directory = directory }
+
+    mutating func report(_ file: ParsedFile, _ path: [String], _ message: String) {
+        let pos = file.map.position(of: path)
+        diagnostics.append(PolicyDiagnostic(file: file.path, line: pos.line, column: pos.column, message: message))
+    }
+
+    mutating func report(_ file: ParsedFile, element: String, in path: [String], _ message: String) {
+        let pos = file.map.position(ofString: element, in: path)
+        diagnostics.append(PolicyDiagnostic(file: file.path, line: pos.line, column: pos.column, message: message))
+    }
+
+    // MARK: Syscall sets
+
+    mutating func collectSets(_ files: [ParsedFile]) {
+        for file in files {
+            for key in file.root.keys where !["syscall-sets", "defaults", "tools"].contains(key) {
+                report(file, [key], "unknown top-level key \"\(key)\" (expected [syscall-sets], [defaults] or [tools.NAME])")
+            }
+            guard let node = file.root["syscall-sets"] else { continue }
+            guard case .table(let members) = node else {
+                report(file, ["syscall-sets"], "[syscall-sets] must be a table"); continue
+            }
+            for (name, value) in members {
+                let path = ["syscall-sets", name]
+                if let (other, _) = setOrigin[name] {
+                    report(file, path, "syscall set \"@\(name)\" is already defined in \(other.path)"); continue
+                }
+                guard let list = stringList(file, path, value) else { continue }
+                sets[name] = list
+                setOrigin[name] = (file, path)
+            }
+        }
+        // Resolve each set now so unknown names are reported once, where the set is defined.
+        for name in sets.keys.sorted() {
+            let (file, path) = setOrigin[name]!
+            _ = resolveSyscalls(file, path, sets[name]!, visiting: [name])
+        }
+    }
+
+    /// systemd-style evaluation: entries in order, `@set` expands, `!` removes.
+    mutating func resolveSyscalls(_ file: ParsedFile, _ path: [String], _ entries: [String], visiting: Set<String> = []) -> Set<String>? {
+        var result = Set<String>()
+        var ok = true
+        for entry in entries {
+            let negate = entry.hasPrefix("!")
+            let name = negate ? String(entry.dropFirst()) : entry
+            var members: Set<String> = []
+            if name.hasPrefix("@") {
+                let setName = String(name.dropFirst())
+                guard let list = sets[setName] else {
+                    report(file, element: entry, in: path, "unknown syscall set \"\(name)\" (known: \(sets.keys.sorted().map { "@" + $0 }.joined(separator: ", ")))")
+                    ok = false; continue
+                }
+                if visiting.contains(setName) {
+                    report(file, element: entry, in: path, "syscall set \"\(name)\" includes itself"); ok = false; continue
+                }
+                guard let resolved = resolveSyscalls(setOrigin[setName]!.0, setOrigin[setName]!.1, list, visiting: visiting.union([setName])) else {
+                    ok = false; continue
+                }
+                members = resolved
+            } else {
+                guard seccomp_syscall_resolve_name(name) != __NR_SCMP_ERROR else {
+                    report(file, element: entry, in: path, "unknown syscall \"\(name)\""); ok = false; continue
+                }
+                members = [name]
+            }
+            if negate { result.subtract(members) } else { result.formUnion(members) }
+        }
+        return ok ? result : nil
+    }
+
+    // MARK: Tools
+
+    mutating func collectTools(_ file: ParsedFile) {
+        var defaults: [String: Node] = [:]
+        if let node = file.root["defaults"] {
+            if case .table(let members) = node { defaults = members } else { report(file, ["defaults"], "[defaults] must be a table") }
+            checkKeys(file, ["defaults"], defaults)
+        }
+        guard let toolsNode = file.root["tools"] else { return }
+        guard case .table(let toolTables) = toolsNode else { report(file, ["tools"], "[tools] must hold tables: [tools.NAME]"); return }
+        for name in toolTables.keys.sorted() {
+            let path = ["tools", name]
+            guard case .table(let own) = toolTables[name]! else { report(file, path, "tools.\(name) must be a table"); continue }
+            if let existing = tools[name] {
+                report(file, path, "tool \"\(name)\" is already defined in \(existing.file)"); continue
+            }
+            guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }) else {
+                report(file, path, "tool name \"\(name)\" may use only letters, digits, '_', '-' and '.'"); continue
+            }
+            checkKeys(file, path, own)
+            if let tool = buildTool(file, name, defaults: defaults, own: own) { tools[name] = tool }
+        }
+    }
+
+    mutating func checkKeys(_ file: ParsedFile, _ path: [String], _ table: [String: Node]) {
+        for key in table.keys.sorted() where !PolicyLoader.toolKeys.contains(key) {
+            report(file, path + [key], "unknown key \"\(key)\" (known: \(PolicyLoader.toolKeys.sorted().joined(separator: ", ")))")
+        }
+        if case .table(let limits)? = table["limits"] {
+            for key in limits.keys.sorted() where !PolicyLoader.limitKeys.contains(key) {
+                report(file, path + ["limits", key], "unknown limit \"\(key)\" (known: \(PolicyLoader.limitKeys.sorted().joined(separator: ", ")))")
+            }
+        }
+    }
+
+    /// A key's value and the path to report it at: the tool's own, else the defaults'.
+    func lookup(_ key: String, _ tool: String, defaults: [String: Node], own: [String: Node]) -> (Node, [String])? {
+        if let v = own[key] { return (v, ["tools", tool, key]) }
+        if let v = defaults[key] { return (v, ["defaults", key]) }
+        return nil
+    }
+
+    /// Defaults' list followed by the tool's own.
+    mutating func mergedList(_ file: ParsedFile, _ key: String, _ tool: String, defaults: [String: Node], own: [String: Node]) -> [(String, [String])]? {
+        var out: [(String, [String])] = []
+        var ok = true
+        for (table, path) in [(defaults, ["defaults", key]), (own, ["tools", tool, key])] {
+            guard let node = table[key] else { continue }
+            guard let list = stringList(file, path, node) else { ok = false; continue }
+            out += list.map { ($0, path) }
+        }
+        return ok ? out : nil
+    }
+
+    mutating func stringList(_ file: ParsedFile, _ path: [String], _ node: Node) -> [String]? {
+        guard case .array(let items) = node else {
+            report(file, path, "\(path.last!) must be an array of strings, not a \(node.typeName)"); return nil
+        }
+        var out: [String] = []
+        for item in items {
+            guard case .string(let s) = item else {
+                report(file, path, "\(path.last!) must hold only strings, found a \(item.typeName)"); return nil
+            }
+            out.append(s)
+        }
+        return out
+    }
+
+    mutating func buildTool(_ file: ParsedFile, _ name: String, defaults: [String: Node], own: [String: Node]) -> ToolPolicy? {
+        let errorsBefore = diagnostics.count
+        func string(_ key: String) -> (String, [String])? {
+            guard let (node, path) = lookup(key, name, defaults: defaults, own: own) else { return nil }
+            guard case .string(let s) = node else { report(file, path, "\(key) must be a string, not a \(node.typeName)"); return nil }
+            return (s, path)
+        }
+
+        // command
+        var command: [String] = []
+        if let (node, path) = lookup("command", name, defaults: defaults, own: own) {
+            if let list = stringList(file, path, node) {
+                command = list
+                if list.isEmpty { report(file, path, "command must not be empty") }
+                validateCommand(file, path, list)
+            }
+        } else {
+            report(file, ["tools", name], "tool \"\(name)\" has no command")
+        }
+
+        var effect = Effect.nonIdempotent
+        if let (s, path) = string("effect") {
+            if let e = Effect(rawValue: s) { effect = e } else {
+                report(file, path, "effect must be one of read-only, idempotent, non-idempotent (got \"\(s)\")")
+            }
+        }
+        var network = NetworkAccess.none
+        if let (s, path) = string("network") {
+            if let n = NetworkAccess(rawValue: s) { network = n } else {
+                report(file, path, "network must be one of none, loopback, any (got \"\(s)\")")
+            }
+        }
+        let description = string("description")?.0
+
+        // syscalls
+        var syscalls: [String] = []
+        if let entries = mergedList(file, "syscalls", name, defaults: defaults, own: own) {
+            var resolved = Set<String>()
+            for (entry, path) in entries {
+                guard let members = resolveSyscalls(file, path, [entry.hasPrefix("!") ? String(entry.dropFirst()) : entry]) else { continue }
+                if entry.hasPrefix("!") { resolved.subtract(members) } else { resolved.formUnion(members) }
+            }
+            syscalls = resolved.sorted()
+            if entries.isEmpty { report(file, ["tools", name], "tool \"\(name)\" allows no syscalls (set syscalls in [defaults] or the tool)") }
+        }
+
+        // paths
+        let read = mergedList(file, "read", name, defaults: defaults, own: own) ?? []
+        let write = mergedList(file, "write", name, defaults: defaults, own: own) ?? []
+        for (entry, path) in read + write { validatePath(file, path, entry) }
+
+        // env
+        var environment: [EnvironmentEntry] = []
+        for (entry, path) in mergedList(file, "env", name, defaults: defaults, own: own) ?? [] {
+            let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = String(parts[0])
+            guard !key.isEmpty, key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }), !key.first!.isNumber else {
+                report(file, element: entry, in: path, "bad environment entry \"\(entry)\" (expected NAME or NAME=value)"); continue
+            }
+            if parts.count == 2 {
+                let value = String(parts[1])
+                for p in Template.placeholders(in: value) where p != Template.workspace {
+                    report(file, element: entry, in: path, "environment values may use only {workspace}, not {\(p)}")
+                }
+                environment.removeAll { $0.name == key }
+                environment.append(.set(key, value))
+            } else {
+                environment.removeAll { $0.name == key }
+                environment.append(.inherit(key))
+            }
+        }
+
+        // timeout
+        var timeout = PolicyLoader.defaultTimeoutMilliseconds
+        if let (node, path) = lookup("timeout", name, defaults: defaults, own: own) {
+            if let ms = duration(node), ms > 0 { timeout = ms } else {
+                report(file, path, "bad timeout \(describe(node)) (expected a duration such as \"30s\", \"500ms\", \"2m\")")
+            }
+        }
+
+        // limits: the tool's own table overrides the defaults' key by key
+        var limits = Limits()
+        var limitEntries: [String: (Node, [String])] = [:]
+        for (table, path) in [(defaults, ["defaults", "limits"]), (own, ["tools", name, "limits"])] {
+            guard let node = table["limits"] else { continue }
+            guard case .table(let members) = node else { report(file, path, "limits must be a table"); continue }
+            for (k, v) in members { limitEntries[k] = (v, path + [k]) }
+        }
+        for (key, (node, path)) in limitEntries.sorted(by: { $0.key < $1.key }) {
+            switch key {
+            case "memory", "file-size", "output":
+                guard let bytes = size(node), bytes > 0 else {
+                    report(file, path, "bad size \(describe(node)) for \(key) (expected bytes or a size such as \"512M\", \"1G\")"); continue
+                }
+                if key == "memory" { limits.memory = bytes } else if key == "file-size" { limits.fileSize = bytes } else { limits.output = bytes }
+            case "cpu":
+                guard let ms = duration(node), ms >= 1000 else {
+                    report(file, path, "bad cpu limit \(describe(node)) (expected whole seconds such as \"10s\")"); continue
+                }
+                limits.cpuSeconds = ms / 1000
+            case "processes", "open-files":
+                guard case .integer(let n) = node, n > 0 else {
+                    report(file, path, "\(key) must be a positive integer, not \(describe(node))"); continue
+                }
+                if key == "processes" { limits.processes = UInt64(n) } else { limits.openFiles = UInt64(n) }
+            default: break
+            }
+        }
+
+        // reconcile
+        var reconcile: [String]?
+        if let (node, path) = lookup("reconcile", name, defaults: defaults, own: own), let list = stringList(file, path, node) {
+            if list.isEmpty { report(file, path, "reconcile must not be empty") } else { validateCommand(file, path, list) }
+            reconcile = list
+        }
+
+        // arguments: when declared, every placeholder must be one of them
+        if let (node, path) = lookup("arguments", name, defaults: defaults, own: own), let declared = stringList(file, path, node) {
+            let commandPath = own["command"] != nil ? ["tools", name, "command"] : ["defaults", "command"]
+            for element in command {
+                for p in Template.placeholders(in: element) where p != Template.workspace && !declared.contains(p) {
+                    report(file, element: element, in: commandPath, "placeholder {\(p)} is not among the tool's arguments (\(declared.joined(separator: ", ")))")
+                }
+            }
+        }
+
+        guard diagnostics.count == errorsBefore else { return nil }
+        return ToolPolicy(name: name, file: file.path, description: description, command: command, effect: effect,
+                          syscalls: syscalls, network: network, read: read.map(\.0), write: write.map(\.0),
+                          environment: environment, timeoutMilliseconds: timeout, limits: limits, reconcile: reconcile)
+    }
+
+    mutating func validateCommand(_ file: ParsedFile, _ path: [String], _ argv: [String]) {
+        for element in argv {
+            if let bad = Template.malformedBrace(in: element) {
+                report(file, element: element, in: path, "malformed placeholder \"\(bad)\" (placeholders are {name})")
+            }
+        }
+        guard let program = argv.first else { return }
+        if !Template.placeholders(in: program).isEmpty {
+            report(file, element: program, in: path, "the program (first element) must be fixed, not a placeholder"); return
+        }
+        if program.hasPrefix("/") {
+            if access(program, X_OK) != 0 { report(file, element: program, in: path, "command \(program) does not exist or is not executable") }
+        } else if program.contains("/") {
+            report(file, element: program, in: path, "command \(program) must be an absolute path or a bare name found in PATH")
+        } else if Executable.resolve(program) == nil {
+            report(file, element: program, in: path, "command \"\(program)\" not found in \(Executable.searchPath)")
+        }
+    }
+
+    mutating func validatePath(_ file: ParsedFile, _ path: [String], _ entry: String) {
+        let optional = entry.hasPrefix("?")
+        let body = optional ? String(entry.dropFirst()) : entry
+        for p in Template.placeholders(in: body) where p != Template.workspace {
+            report(file, element: entry, in: path, "paths may use only {workspace}, not {\(p)}"); return
+        }
+        if body.hasPrefix("{\(Template.workspace)}") {
+            let rest = body.dropFirst(Template.workspace.count + 2)
+            if !rest.isEmpty && !rest.hasPrefix("/") { report(file, element: entry, in: path, "\(body): expected {workspace} or {workspace}/sub/path") }
+            return
+        }
+        guard body.hasPrefix("/") else {
+            report(file, element: entry, in: path, "relative path \"\(body)\" (read and write roots must be absolute or start with {workspace})"); return
+        }
+        if !optional && access(body, F_OK) != 0 {
+            report(file, element: entry, in: path, "path \(body) does not exist (prefix it with ? if it is optional)")
+        }
+    }
+
+    func size(_ node: Node) -> UInt64? {
+        switch node {
+        case .integer(let n): n > 0 ? UInt64(n) : nil
+        case .string(let s): Units.size(s)
+        default: nil
+        }
+    }
+
+    func duration(_ node: Node) -> UInt64? {
+        switch node {
+        case .integer(let n): n > 0 ? UInt64(n) * 1000 : nil
+        case .string(let s): Units.milliseconds(s)
+        default: nil
+        }
+    }
+
+    func describe(_ node: Node) -> String {
+        switch node {
+        case .string(let s): "\"\(s)\""
+        case .integer(let n): "\(n)"
+        default: "(a \(node.typeName))"
+        }
+    }
+}
+
+/// Finding programs named by a bare name.
+public enum Executable {
+    /// The search path for bare command names: the same for every tool, so a policy means
+    /// the same thing whatever ward's own PATH is.
+    public static let searchPath = "/usr/local/bin:/usr/bin:/bin"
+
+    /// The absolute path of an executable program, or nil.
+    public static func resolve(_ program: String) -> String? {
+        if program.hasPrefix("/") { return access(program, X_OK) == 0 ? program : nil }
+        guard !program.contains("/") else { return nil }
+        for dir in searchPath.split(separator: ":") {
+            let candidate = "\(dir)/\(program)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,250 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cgroup hierarchies this process could contain calls in: a cgroup v2 directory (users'
+/// systemd machines; `cgroup.kill` kills a whole tree at once) and the v1 `pids` and
+/// `memory` controllers (hybrid machines such as this project's CI).
+public struct CgroupLayout: Sendable {
+    /// Our own cgroup in the v2 hierarchy, under which ward creates one cgroup per call.
+    public var v2: String?
+    /// Our own cgroup in the v1 pids hierarchy.
+    public var v1Pids: String?
+    /// Our own cgroup in the v1 memory hierarchy.
+    public var v1Memory: String?
+
+    /// Reads /proc/self/mountinfo and /proc/self/cgroup.
+    public static func detect() -> CgroupLayout {
+        var layout = CgroupLayout()
+        let memberships = (readSmallFile("/proc/self/cgroup") ?? "").split(separator: "\n").compactMap { line -> (String, String)? in
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { return nil }
+            return (String(parts[1]), String(parts[2]))
+        }
+        func ownPath(controller: String) -> String? {
+            memberships.first { $0.0.split(separator: ",").contains(Substring(controller)) || ($0.0.isEmpty && controller.isEmpty) }?.1
+        }
+        for line in (readSmallFile("/proc/self/mountinfo") ?? "").split(separator: "\n") {
+            let halves = line.components(separatedBy: " - ")
+            guard halves.count == 2 else { continue }
+            let left = halves[0].split(separator: " ")
+            let right = halves[1].split(separator: " ")
+            guard left.count >= 5, right.count >= 3 else { continue }
+            let root = String(left[3]), mountPoint = String(left[4])
+            let fsType = right[0], superOptions = right[2].split(separator: ",")
+            func join(_ own: String?) -> String? {
+                guard var own else { return nil }
+                if root != "/" {
+                    guard own.hasPrefix(root) else { return nil }
+                    own = String(own.dropFirst(root.count))
+                }
+                return own == "/" || own.isEmpty ? mountPoint : mountPoint + own
+            }
+            if fsType == "cgroup2", layout.v2 == nil {
+                layout.v2 = join(ownPath(controller: ""))
+            } else if fsType == "cgroup" {
+                if superOptions.contains("pids"), layout.v1Pids == nil { layout.v1Pids = join(ownPath(controller: "pids")) }
+                if superOptions.contains("memory"), layout.v1Memory == nil { layout.v1Memory = join(ownPath(controller: "memory")) }
+            }
+        }
+        return layout
+    }
+}
+
+extension String {
+    func components(separatedBy separator: String) -> [String] {
+        var parts: [String] = []
+        var rest = Substring(self)
+        while let r = rest.range(of: separator) {
+            parts.append(String(rest[..<r.lowerBound]))
+            rest = rest[r.upperBound...]
+        }
+        parts.append(String(rest))
+        return parts
+    }
+}
+
+extension Substring {
+    func range(of needle: String) -> Range<Substring.Index>? {
+        guard !needle.isEmpty, count >= needle.count else { return nil }
+        var i = startIndex
+        while i < endIndex {
+            if self[i...].hasPrefix(needle) { return i..<index(i, offsetBy: needle.count) }
+            i = index(after: i)
+        }
+        return nil
+    }
+}
+
+/// One call's cgroups: one directory per usable hierarchy, reused across calls (mkdir and
+/// rmdir are kept off the hot path). The child joins by writing "0" to each `cgroup.procs`
+/// fd, opened here, before it can fork.
+final class CgroupSlot: @unchecked Sendable {
+    // @unchecked: a slot is owned by one call at a time, handed over through the pool's Mutex.
+    let directories: [String]
+    let procsFDs: [Int32]
+    /// The directory whose membership decides "is the call's tree gone" and how it is killed.
+    let primary: String
+    let primaryIsV2: Bool
+    let pidsMax: String?
+    let memoryMax: String?
+    var applied: (pids: UInt64?, memory: UInt64?) = (nil, nil)
+
+    init(directories: [String], procsFDs: [Int32], primary: String, primaryIsV2: Bool, pidsMax: String?, memoryMax: String?) {
+        self.directories = directories
+        self.procsFDs = procsFDs
+        self.primary = primary
+        self.primaryIsV2 = primaryIsV2
+        self.pidsMax = pidsMax
+        self.memoryMax = memoryMax
+    }
+
+    /// Writes the process and memory limits this slot can enforce; returns which it enforces.
+    func apply(processes: UInt64?, memory: UInt64?) -> (processes: Bool, memory: Bool) {
+        var enforced = (processes: false, memory: false)
+        if let pidsMax {
+            let want = processes
+            if applied.pids != want || want == nil {
+                if writeSmallFile(pidsMax, want.map(String.init) ?? "max") == 0 { applied.pids = want }
+            }
+            enforced.processes = processes != nil && applied.pids == processes
+        }
+        if let memoryMax {
+            let want = memory
+            if applied.memory != want || want == nil {
+                let text = want.map(String.init) ?? (memoryMax.hasSuffix("limit_in_bytes") ? "-1" : "max")
+                if writeSmallFile(memoryMax, text) == 0 { applied.memory = want }
+            }
+            enforced.memory = memory != nil && applied.memory == memory
+        }
+        return enforced
+    }
+
+    /// The pids still in the call's cgroup.
+    func members() -> [pid_t] {
+        (readSmallFile(primary + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+    }
+
+    /// Kills every process of the call, daemonized or not, and waits until none is left.
+    /// v2: cgroup.kill. v1: freeze forking with pids.max=0, then SIGKILL what is listed
+    /// until the list stays empty (a fork bomb cannot outrun a zero pids.max).
+    /// Returns every pid seen, so the caller can reap the ones reparented to it.
+    @discardableResult
+    func killAll() -> Set<pid_t> {
+        var seen = Set(members())
+        if primaryIsV2 {
+            writeSmallFile(primary + "/cgroup.kill", "1")
+        } else if let pidsMax {
+            writeSmallFile(pidsMax, "0")
+            applied.pids = 0
+        }
+        for attempt in 0..<2000 {
+            let pids = members()
+            if pids.isEmpty { break }
+            seen.formUnion(pids)
+            if !primaryIsV2 || attempt > 50 { for pid in pids { kill(pid, SIGKILL) } }
+            usleep(attempt < 20 ? 100 : 1000)
+        }
+        return seen
+    }
+}
+
+/// The pool of call cgroups of this process, under `<own cgroup>/ward-<pid>/`.
+final class CgroupPool: Sendable {
+    private struct State {
+        var free: [CgroupSlot] = []
+        var next = 0
+    }
+
+    let roots: [(path: String, isV2: Bool, kind: String)]
+    let v2Controllers: Set<String>
+    private let state = Mutex(State())
+
+    /// Creates `ward-<pid>` in every usable hierarchy; nil when no hierarchy can kill a tree
+    /// (neither a writable v2 cgroup nor v1 pids), in which case calls use a PID namespace.
+    init?(layout: CgroupLayout) {
+        let name = "ward-\(getpid())"
+        var roots: [(String, Bool, String)] = []
+        var controllers: Set<String> = []
+        if let v2 = layout.v2, CgroupPool.makeDirectory(v2 + "/" + name) {
+            let dir = v2 + "/" + name
+            let available = Set((readSmallFile(dir + "/cgroup.controllers") ?? "").split(separator: " ").map(String.init))
+            for c in ["pids", "memory"] where available.contains(c) {
+                if writeSmallFile(dir + "/cgroup.subtree_control", "+" + c) == 0 { controllers.insert(c) }
+            }
+            roots.append((dir, true, "v2"))
+        }
+        if let pids = layout.v1Pids, !controllers.contains("pids"), CgroupPool.makeDirectory(pids + "/" + name) {
+            roots.append((pids + "/" + name, false, "pids"))
+        }
+        if let memory = layout.v1Memory, !controllers.contains("memory"), CgroupPool.makeDirectory(memory + "/" + name) {
+            roots.append((memory + "/" + name, false, "memory"))
+        }
+        guard roots.contains(where: { $0.1 || $0.2 == "pids" }) else {
+            for root in roots { rmdir(root.0) }
+            return nil
+        }
+        self.roots = roots
+        self.v2Controllers = controllers
+    }
+
+    private static func makeDirectory(_ path: String) -> Bool {
+        mkdir(path, 0o755) == 0 || errno == EEXIST
+    }
+
+    /// A free slot, or a new one.
+    func acquire() throws(SandboxError) -> CgroupSlot {
+        let (reused, id) = state.withLock { s -> (CgroupSlot?, Int) in
+            if let slot = s.free.popLast() { return (slot, 0) }
+            s.next += 1
+            return (nil, s.next)
+        }
+        if let reused { return reused }
+        var dirs: [String] = [], fds: [Int32] = []
+        var primary: (String, Bool)?
+        var pidsMax: String?, memoryMax: String?
+        for root in roots {
+            let dir = "\(root.path)/call-\(id)"
+            guard CgroupPool.makeDirectory(dir) else {
+                throw SandboxError(.spawnFailed, "cannot create cgroup \(dir): \(errnoName(errno))", errno: errno)
+            }
+            let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SandboxError(.spawnFailed, "cannot open \(dir)/cgroup.procs: \(errnoName(errno))", errno: errno) }
+            dirs.append(dir)
+            fds.append(fd)
+            if root.isV2 {
+                primary = (dir, true)
+                if v2Controllers.contains("pids") { pidsMax = dir + "/pids.max" }
+                if v2Controllers.contains("memory") { memoryMax = dir + "/memory.max" }
+            } else if root.kind == "pids" {
+                if primary == nil { primary = (dir, false) }
+                pidsMax = dir + "/pids.max"
+            } else if root.kind == "memory" {
+                memoryMax = dir + "/memory.limit_in_bytes"
+            }
+        }
+        return CgroupSlot(directories: dirs, procsFDs: fds, primary: primary!.0, primaryIsV2: primary!.1,
+                          pidsMax: pidsMax, memoryMax: memoryMax)
+    }
+
+    /// Returns an empty slot to the pool.
+    func release(_ slot: CgroupSlot) {
+        state.withLock { $0.free.append(slot) }
+    }
+
+    /// Removes every call cgroup and `ward-<pid>` itself (at shutdown).
+    func removeAll() {
+        let slots = state.withLock { s -> [CgroupSlot] in
+            defer { s.free.removeAll() }
+            return s.free
+        }
+        for slot in slots {
+            slot.killAll()
+            for fd in slot.procsFDs { close(fd) }
+            for dir in slot.directories { rmdir(dir) }
+        }
+        for root in roots { rmdir(root.path) }
+    }
+}

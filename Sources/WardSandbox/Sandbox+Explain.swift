@@ -1,0 +1,80 @@
+import WardPolicy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Sandbox {
+    /// The effective sandbox of a tool on this machine, for `ward policy explain`.
+    public static func explain(_ policy: ToolPolicy, workspace: String, features: KernelFeatures) -> String {
+        let ws = realpath(workspace, nil).map { p in defer { free(p) }; return String(cString: p) } ?? workspace
+        func expand(_ path: String) -> String {
+            let optional = path.hasPrefix("?")
+            let body = optional ? String(path.dropFirst()) : path
+            let expanded = (try? Template.expand(body, values: [Template.workspace: ws])) ?? body
+            let missing = access(expanded, F_OK) != 0
+            return expanded + (optional ? (missing ? "  (optional, absent here)" : "  (optional)") : "")
+        }
+        var lines: [String] = []
+        func row(_ key: String, _ value: String) { lines.append(key.padding(to: 11) + value) }
+        row("tool", policy.name + "  (" + policy.file + ")")
+        if let d = policy.description { row("about", d) }
+        row("command", policy.command.map { $0.contains(" ") || $0.contains("\n") ? "'" + $0.replacingNewlines() + "'" : $0 }.joined(separator: " "))
+        row("arguments", policy.placeholders.isEmpty ? "(none)" : policy.placeholders.joined(separator: ", "))
+        row("effect", policy.effect.rawValue)
+        let networkText: String
+        switch policy.network {
+        case .none: networkText = "none (socket() refused by seccomp; socketpair(AF_UNIX) allowed\(features.landlockABI >= 4 ? "; Landlock denies TCP bind/connect" : ""))"
+        case .loopback: networkText = "loopback (private network namespace per call; host loopback unreachable)"
+        case .any: networkText = "any (host network; AF_INET, AF_INET6, AF_UNIX sockets only)"
+        }
+        row("network", networkText)
+        row("timeout", describeMilliseconds(policy.timeoutMilliseconds))
+        let l = policy.limits
+        row("limits", [
+            "memory " + (l.memory.map(describeBytes) ?? "unlimited"),
+            "cpu " + (l.cpuSeconds.map { "\($0) s" } ?? "unlimited"),
+            "processes " + (l.processes.map(String.init) ?? "unlimited"),
+            "file-size " + (l.fileSize.map(describeBytes) ?? "unlimited"),
+            "open-files " + (l.openFiles.map(String.init) ?? "inherited"),
+            "output " + describeBytes(l.output) + " per stream",
+        ].joined(separator: ", "))
+        row("env", policy.environment.map { e -> String in
+            switch e {
+            case .inherit(let n): n + " (inherited)"
+            case .set(let n, let v): n + "=" + ((try? Template.expand(v, values: [Template.workspace: ws])) ?? v)
+            }
+        }.joined(separator: "\n" + "".padding(to: 11)))
+        row("read", policy.read.map(expand).joined(separator: "\n" + "".padding(to: 11)))
+        row("write", policy.write.isEmpty ? "(nothing)" : policy.write.map(expand).joined(separator: "\n" + "".padding(to: 11)))
+        if let r = policy.reconcile { row("reconcile", r.joined(separator: " ")) }
+        row("syscalls", "\(policy.syscalls.count) allowed: " + policy.syscalls.joined(separator: " "))
+        row("always", "clone3/new mount API → ENOSYS; clone/unshare without namespace flags only; ioctl TIOCSTI/TIOCLINUX → EPERM; personality PER_LINUX only; foreign ABIs killed")
+        row("landlock", features.landlockABI > 0 ? "ABI \(features.landlockABI): only the roots above\(features.landlockABI >= 6 ? "; abstract sockets and signals scoped" : "")" : "UNAVAILABLE: paths not confined")
+        row("privilege", "no_new_privs; all capabilities dropped\(features.privileged ? ", bounding set emptied, securebits locked" : "")")
+        row("process", "new session (no controlling tty), fds ≥ 3 closed, whole tree killed at the end (\(CgroupPool.describe(features)))")
+        return lines.joined(separator: "\n")
+    }
+
+    static func describeBytes(_ b: UInt64) -> String {
+        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] as [(String, UInt64)] where b >= 1 << shift && b % (1 << shift) == 0 {
+            return "\(b >> shift) \(unit)"
+        }
+        return "\(b) B"
+    }
+
+    static func describeMilliseconds(_ ms: UInt64) -> String { ms % 1000 == 0 ? "\(ms / 1000) s" : "\(ms) ms" }
+}
+
+extension CgroupPool {
+    static func describe(_ features: KernelFeatures) -> String {
+        let c = features.cgroups
+        if c.v2 != nil || c.v1Pids != nil { return "cgroup per call where writable, else PID namespace" }
+        return features.privileged || features.userNamespaces ? "PID namespace" : "process group only: DEGRADED"
+    }
+}
+
+extension String {
+    func padding(to width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+    func replacingNewlines() -> String { split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "⏎") }
+}

@@ -1,0 +1,433 @@
+import CWardSpawn
+import Logging
+import Synchronization
+import WardCore
+import WardPolicy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the whole process tree of a call is killed when it ends.
+public enum TreeKill: String, Sendable {
+    /// A cgroup per call: `cgroup.kill` (v2) or pids.max=0 + SIGKILL (v1).
+    case cgroup
+    /// The tool is pid 1 of its own PID namespace: when it dies, the kernel kills the rest.
+    case pidNamespace = "pid-namespace"
+    /// Degraded: the tool's process group only (setsid daemons escape).
+    case processGroup = "process-group"
+}
+
+/// Runs tools of a policy set in their sandboxes.
+///
+/// ```swift
+/// let sandbox = try Sandbox(policies: try PolicyLoader.load(directory: "policies"), workspace: "workspace")
+/// let outcome = try sandbox.run(tool: "shell", arguments: .object(["command": .string("ls")]))
+/// ```
+public final class Sandbox: Sendable {
+    public let policies: PolicySet
+    /// Absolute, symlink-free path of the workspace.
+    public let workspace: String
+    public let features: KernelFeatures
+    public let treeKill: TreeKill
+    let logger: Logger
+    let cgroups: CgroupPool?
+    private let prepared = Mutex<[String: PreparedTool]>([:])
+
+    /// - Parameters:
+    ///   - policies: the loaded policy directory.
+    ///   - workspace: the run's workspace; created (with `.tmp` for TMPDIR) when missing.
+    ///   - useCgroups: false forces the PID-namespace path (tests of the fallback).
+    public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"), useCgroups: Bool = true) throws(SandboxError) {
+        for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
+            throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
+        }
+        guard let real = realpath(workspace, nil) else {
+            throw SandboxError(.internalError, "cannot resolve workspace \(workspace): \(errnoName(errno))", errno: errno)
+        }
+        self.workspace = String(cString: real)
+        free(real)
+        self.policies = policies
+        self.logger = logger
+        let features = KernelFeatures.probe()
+        self.features = features
+        let pool = useCgroups ? CgroupPool(layout: features.cgroups) : nil
+        self.cgroups = pool
+        // Orphaned descendants of a tool come to ward, not to an init that may never reap them.
+        if pool != nil { _ = ward_prctl(36 /* PR_SET_CHILD_SUBREAPER */, 1, 0, 0, 0) }
+        if pool != nil {
+            treeKill = .cgroup
+        } else if features.privileged || features.userNamespaces {
+            treeKill = .pidNamespace
+        } else {
+            treeKill = .processGroup
+        }
+        Sandbox.warnOnce(features: features, treeKill: treeKill, logger: logger)
+    }
+
+    deinit {
+        cgroups?.removeAll()
+        prepared.withLock { tools in for tool in tools.values where tool.landlockFD >= 0 { close(tool.landlockFD) } }
+    }
+
+    private static let warned = Atomic<Bool>(false)
+
+    /// Every missing layer is said loudly, once per process: ward never degrades silently.
+    static func warnOnce(features: KernelFeatures, treeKill: TreeKill, logger: Logger) {
+        guard !warned.exchange(true, ordering: .relaxed) else { return }
+        if features.landlockABI == 0 {
+            logger.warning("Landlock is unavailable on this kernel: tools are NOT confined to their read/write roots")
+        } else if features.landlockABI < 6 {
+            logger.warning("Landlock ABI \(features.landlockABI) < 6: abstract Unix sockets and signals are not scoped")
+        }
+        if !features.seccomp { logger.warning("seccomp is unavailable: tools are NOT syscall-filtered") }
+        if treeKill == .processGroup {
+            logger.warning("no writable cgroup and no user namespaces: a daemonizing tool can outlive its call")
+        }
+    }
+
+    // MARK: - Preparation (once per tool)
+
+    /// Everything about a tool that does not depend on one call's arguments.
+    struct PreparedTool: @unchecked Sendable {
+        // @unchecked: immutable after creation; the fd is owned by the cache and closed in deinit.
+        let policy: ToolPolicy
+        let executable: String
+        let bpf: SeccompProgram
+        let landlockFD: Int32
+        let newNetNamespace: Bool
+    }
+
+    func prepare(_ name: String) throws(SandboxError) -> PreparedTool {
+        if let tool = prepared.withLock({ $0[name] }) { return tool }
+        let policy: ToolPolicy
+        do { policy = try policies.tool(name) } catch {
+            throw SandboxError(.unknownTool, error.message)
+        }
+        guard let program = policy.command.first, let executable = Executable.resolve(program) else {
+            throw SandboxError(.policyDenied, "tool \(name): command \(policy.command.first ?? "") does not exist or is not executable")
+        }
+        let bpf = try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
+        let expand = { (paths: [String]) -> [String] in
+            paths.map { p in
+                let body = p.hasPrefix("?") ? String(p.dropFirst()) : p
+                return (try? Template.expand(body, values: [Template.workspace: self.workspace])) ?? body
+            }
+        }
+        var landlockFD: Int32 = -1
+        if features.landlockABI > 0 {
+            landlockFD = try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write),
+                                                  network: policy.network, abi: features.landlockABI)
+        }
+        let tool = PreparedTool(policy: policy, executable: executable, bpf: bpf, landlockFD: landlockFD,
+                                newNetNamespace: policy.network == .loopback)
+        let winner = prepared.withLock { cache -> PreparedTool in
+            if let existing = cache[name] { return existing }
+            cache[name] = tool
+            return tool
+        }
+        if winner.landlockFD != tool.landlockFD, tool.landlockFD >= 0 { close(tool.landlockFD) }
+        return winner
+    }
+
+    /// The argv a call would run, with its arguments substituted.
+    public func argv(tool name: String, arguments: JSONValue) throws(SandboxError) -> [String] {
+        let tool = try prepare(name)
+        return try Sandbox.expandCommand(tool.policy.command, arguments: arguments, workspace: workspace)
+    }
+
+    static func expandCommand(_ command: [String], arguments: JSONValue, workspace: String) throws(SandboxError) -> [String] {
+        guard let members = arguments.objectValue else {
+            throw SandboxError(.invalidArguments, "arguments must be a JSON object, not \(arguments.typeName)")
+        }
+        var values: [String: String] = [Template.workspace: workspace]
+        for (key, value) in members where key != Template.workspace {
+            switch value {
+            case .string(let s): values[key] = s
+            case .number(let d): values[key] = JSONValue.format(number: d)
+            case .bool(let b): values[key] = b ? "true" : "false"
+            default: continue  // only scalars can fill a placeholder; checked below if used
+            }
+        }
+        var argv: [String] = []
+        for element in command {
+            for name in Template.placeholders(in: element) where name != Template.workspace {
+                if let v = members[name], values[name] == nil {
+                    throw SandboxError(.invalidArguments, "argument \"\(name)\" must be a string, number or boolean, not \(v.typeName)")
+                }
+                if let s = values[name], s.utf8.contains(0) {
+                    throw SandboxError(.invalidArguments, "argument \"\(name)\" contains a NUL byte")
+                }
+            }
+            do { argv.append(try Template.expand(element, values: values)) } catch {
+                throw SandboxError(.invalidArguments, error.message)
+            }
+        }
+        return argv
+    }
+
+    // MARK: - Running
+
+    /// Runs one call of `tool` and waits for it: the tool and everything it started are
+    /// gone when this returns.
+    ///
+    /// - Parameters:
+    ///   - arguments: a JSON object; fills `{name}` placeholders and is the tool's stdin.
+    ///   - environment: extra variables (WARD_RUN_ID, WARD_CALL_ID, …) on top of the allowlist.
+    ///   - extraEnvironment: added after the policy's.
+    /// - Throws: `SandboxError` when the call could not start; no child ran then.
+    public func run(tool name: String, arguments: JSONValue, environment extra: [(String, String)] = []) throws(SandboxError) -> ToolOutcome {
+        let tool = try prepare(name)
+        let policy = tool.policy
+        let argv = try Sandbox.expandCommand(policy.command, arguments: arguments, workspace: workspace)
+
+        var env: [String] = []
+        for entry in policy.environment {
+            switch entry {
+            case .inherit(let key):
+                if let v = getenv(key) { env.append("\(key)=\(String(cString: v))") }
+            case .set(let key, let value):
+                env.append("\(key)=\((try? Template.expand(value, values: [Template.workspace: workspace])) ?? value)")
+            }
+        }
+        for (key, value) in extra { env.append("\(key)=\(value)") }
+
+        // stdin: the arguments JSON in a memfd, so any size is handed over without a writer thread.
+        let stdinFD = ward_memfd("ward-args")
+        guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
+        defer { close(stdinFD) }
+        let input = arguments.canonicalBytes
+        guard Sandbox.writeAll(stdinFD, input) else { throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno) }
+        lseek(stdinFD, 0, SEEK_SET)
+
+        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+        guard ward_pipe_cloexec(&outPipe) == 0 else { throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno) }
+        guard ward_pipe_cloexec(&errPipe) == 0 else {
+            close(outPipe[0]); close(outPipe[1])
+            throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno)
+        }
+        var readEnds = [outPipe[0], errPipe[0]]
+        defer { for fd in readEnds where fd >= 0 { close(fd) } }
+
+        // Containment of the whole tree, and the limits only the kernel's cgroups can hold.
+        let slot: CgroupSlot? = treeKill == .cgroup ? try cgroups!.acquire() : nil
+        let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
+        let rlimits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes, cgroupMemory: enforced.memory)
+
+        let rootless = !features.privileged
+        let newPidNS = treeKill == .pidNamespace
+        let newUserNS = rootless && (newPidNS || tool.newNetNamespace)
+
+        let start = Sandbox.monotonicNanoseconds()
+        var spawnError = ward_spawn_error()
+        var pidfd: Int32 = -1
+        let pid = Sandbox.withCStrings(argv) { cArgv in
+            Sandbox.withCStrings(env) { cEnv in
+                (slot?.procsFDs ?? []).withUnsafeBufferPointer { cgroupFDs in
+                    rlimits.withUnsafeBufferPointer { limits in
+                        tool.bpf.bytes.withUnsafeBytes { bpf in
+                            workspace.withCString { cwd in
+                                tool.executable.withCString { path in
+                                    var config = ward_spawn_config()
+                                    config.path = path
+                                    config.argv = cArgv
+                                    config.envp = cEnv
+                                    config.cwd = cwd
+                                    config.stdin_fd = stdinFD
+                                    config.stdout_fd = outPipe[1]
+                                    config.stderr_fd = errPipe[1]
+                                    config.cgroup_procs_fds = cgroupFDs.baseAddress
+                                    config.cgroup_procs_count = Int32(cgroupFDs.count)
+                                    config.new_pid_namespace = newPidNS ? 1 : 0
+                                    config.new_user_namespace = newUserNS ? 1 : 0
+                                    config.new_net_namespace = tool.newNetNamespace ? 1 : 0
+                                    config.outer_uid = geteuid()
+                                    config.outer_gid = getegid()
+                                    config.rlimits = limits.baseAddress
+                                    config.rlimit_count = Int32(limits.count)
+                                    config.drop_bounding_set = (features.privileged || newUserNS) ? 1 : 0
+                                    config.cap_last = Int32(features.capLast)
+                                    config.landlock_ruleset_fd = tool.landlockFD
+                                    config.bpf = features.seccomp ? bpf.baseAddress : nil
+                                    config.bpf_len = UInt16(tool.bpf.instructionCount)
+                                    config.pdeath_signal = SIGKILL
+                                    return ward_spawn(&config, &spawnError, &pidfd)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        close(outPipe[1])
+        close(errPipe[1])
+        guard pid > 0 else {
+            if let slot { cgroups!.release(slot) }
+            let step = String(cString: ward_step_name(spawnError.step))
+            let code: SandboxError.Code = spawnError.step == Int32(WARD_STEP_EXECVE.rawValue) ? .policyDenied : .spawnFailed
+            throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.error)) (tool \(name), \(tool.executable))", errno: spawnError.error)
+        }
+        defer { close(pidfd) }
+
+        var collector = OutputCollector(fds: readEnds, limit: Int(policy.limits.output))
+        let deadline = start + policy.timeoutMilliseconds * 1_000_000
+        var timedOut = false
+        // Read output until the tool exits or the deadline passes.
+        while !collector.pollOnce(extra: pidfd, until: deadline) {
+            if Sandbox.monotonicNanoseconds() >= deadline {
+                timedOut = true
+                break
+            }
+        }
+        if timedOut {
+            killTree(pid: pid, slot: slot)
+        }
+        var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
+        ward_wait(pid, &exited, &code, &signal)
+        // The tool is gone; whatever it started goes with it (guarantee 7).
+        if !timedOut { killTree(pid: pid, slot: slot) }
+        collector.drain(until: Sandbox.monotonicNanoseconds() + 2_000_000_000)
+        readEnds = collector.fds
+        let durationMs = Double(Sandbox.monotonicNanoseconds() - start) / 1e6
+        if let slot { cgroups!.release(slot) }
+
+        let status: CallStatus
+        if timedOut { status = .timedOut } else if exited != 0 { status = code == 0 ? .succeeded : .failed } else { status = .killed }
+        return ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
+                           stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
+                           durationMs: (durationMs * 1000).rounded() / 1000)
+    }
+
+    func killTree(pid: pid_t, slot: CgroupSlot?) {
+        switch treeKill {
+        case .cgroup:
+            guard let slot, !slot.members().isEmpty else { return }
+            var leftovers = slot.killAll()
+            leftovers.remove(pid)
+            Sandbox.reap(leftovers)
+        case .pidNamespace:
+            kill(pid, SIGKILL)  // pid 1 of the namespace: the kernel kills the rest
+        case .processGroup:
+            kill(-pid, SIGKILL)
+        }
+    }
+
+    /// Linux resource numbers (the same on every architecture ward supports).
+    enum Resource: Int32 {
+        case cpu = 0, fileSize = 1, core = 4, processes = 6, openFiles = 7, addressSpace = 9
+    }
+
+    static func rlimits(_ limits: Limits, cgroupProcesses: Bool, cgroupMemory: Bool) -> [ward_rlimit] {
+        var out: [ward_rlimit] = []
+        func add(_ resource: Resource, _ value: UInt64?) {
+            guard var value else { return }
+            // Without CAP_SYS_RESOURCE a hard limit can only be lowered: clamp to ours.
+            var current = rlimit()
+            if getrlimit(__rlimit_resource_t(resource.rawValue), &current) == 0, current.rlim_max != rlim_t.max {
+                value = min(value, UInt64(current.rlim_max))
+            }
+            out.append(ward_rlimit(resource: resource.rawValue, value: value))
+        }
+        add(.core, 0)  // no core files carrying memory contents into the workspace
+        add(.cpu, limits.cpuSeconds)
+        add(.fileSize, limits.fileSize)
+        add(.openFiles, limits.openFiles)
+        if !cgroupProcesses { add(.processes, limits.processes) }
+        if !cgroupMemory { add(.addressSpace, limits.memory) }
+        return out
+    }
+
+    /// ward is a child subreaper (set in init): the descendants of a tool that outlived it
+    /// were reparented to ward when their parents died. Reap exactly those pids (never
+    /// anything else of this process's), so no zombie is left behind.
+    static func reap(_ pids: Set<pid_t>) {
+        var pending = pids
+        for _ in 0..<200 where !pending.isEmpty {
+            for pid in pending {
+                var status: Int32 = 0
+                let r = waitpid(pid, &status, WNOHANG | Int32(bitPattern: 0x4000_0000) /* __WALL */)
+                if r == pid || (r < 0 && errno == ECHILD) { pending.remove(pid) }
+            }
+            if !pending.isEmpty { usleep(500) }
+        }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; return false }
+            offset += n
+        }
+        return true
+    }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+        pointers.append(nil)
+        defer { for p in pointers { free(p) } }
+        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+}
+
+/// Drains a tool's stdout and stderr, keeping at most `limit` bytes of each.
+struct OutputCollector {
+    var fds: [Int32]
+    var buffers: [[UInt8]] = [[], []]
+    var truncated = false
+    let limit: Int
+    private var scratch = [UInt8](repeating: 0, count: 65536)
+
+    init(fds: [Int32], limit: Int) {
+        self.fds = fds
+        self.limit = limit
+    }
+
+    /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
+    mutating func pollOnce(extra: Int32, until deadline: UInt64) -> Bool {
+        var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))
+        let now = Sandbox.monotonicNanoseconds()
+        let timeout = deadline > now ? Int32(min((deadline - now) / 1_000_000 + 1, 60_000)) : 0
+        let n = poll(&pfds, nfds_t(pfds.count), timeout)
+        if n <= 0 { return false }
+        for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
+        return pfds.last!.revents != 0
+    }
+
+    /// After the tree is dead: read both pipes to EOF (bounded in time for the degraded mode).
+    mutating func drain(until deadline: UInt64) {
+        while fds.contains(where: { $0 >= 0 }) {
+            var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let now = Sandbox.monotonicNanoseconds()
+            guard now < deadline else { break }
+            if poll(&pfds, nfds_t(pfds.count), Int32((deadline - now) / 1_000_000 + 1)) <= 0 { break }
+            for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
+        }
+    }
+
+    private mutating func readAvailable(_ i: Int) {
+        let n = scratch.withUnsafeMutableBytes { read(fds[i], $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR || errno == EAGAIN { return }
+        }
+        if n <= 0 {
+            close(fds[i])
+            fds[i] = -1
+            return
+        }
+        let room = limit - buffers[i].count
+        if room >= n {
+            buffers[i] += scratch[0..<n]
+        } else {
+            if room > 0 { buffers[i] += scratch[0..<room] }
+            truncated = true
+        }
+    }
+}
