@@ -36,8 +36,10 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // Hostile programs the threat tests run inside the sandbox.
-        .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")]),
+        // Hostile programs the threat tests run inside the sandbox. Linked without the shared
+        // Swift runtime, which lives outside every sandbox's read roots.
+        .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")],
+                          linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
         .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),

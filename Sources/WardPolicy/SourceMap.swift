@@ -21,8 +21,11 @@ struct SourceMap {
                 let isArray = body.hasPrefix("[[")
                 let inner = body.dropFirst(isArray ? 2 : 1).prefix(while: { $0 != "]" })
                 table = SourceMap.splitKey(inner)
-                keys[table.joined(separator: "."), default: Position(line: line, column: indent + 1)] =
-                    Position(line: line, column: indent + 1)
+                // `[tools.a.limits]` also places `tools` and `tools.a`, unless seen earlier.
+                for depth in 1...max(table.count, 1) where depth <= table.count {
+                    let path = table.prefix(depth).joined(separator: ".")
+                    if depth == table.count || keys[path] == nil { keys[path] = Position(line: line, column: indent + 1) }
+                }
                 continue
             }
             guard let (key, valueStart) = SourceMap.keyAndValue(body) else { continue }

@@ -160,6 +160,8 @@ final class CgroupPool: Sendable {
 
     let roots: [(path: String, isV2: Bool, kind: String)]
     let v2Controllers: Set<String>
+    /// A pids controller (v2 or v1) is available for pids.max.
+    var limitsProcesses: Bool { v2Controllers.contains("pids") || roots.contains { $0.kind == "pids" } }
     private let state = Mutex(State())
 
     /// Creates `ward-<pid>` in every usable hierarchy; nil when no hierarchy can kill a tree

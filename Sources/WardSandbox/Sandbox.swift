@@ -30,6 +30,10 @@ public final class Sandbox: Sendable {
     public let workspace: String
     public let features: KernelFeatures
     public let treeKill: TreeKill
+    /// Whether `limits.processes` holds here: a cgroup's pids.max, or RLIMIT_NPROC for a
+    /// non-root uid. The kernel exempts uid 0 from RLIMIT_NPROC, so root without a writable
+    /// cgroup cannot bound a fork bomb (the tree still dies with the call).
+    public var enforcesProcessLimit: Bool { cgroups?.limitsProcesses ?? !features.privileged }
     let logger: Logger
     let cgroups: CgroupPool?
     private let prepared = Mutex<[String: PreparedTool]>([:])
@@ -62,7 +66,7 @@ public final class Sandbox: Sendable {
         } else {
             treeKill = .processGroup
         }
-        Sandbox.warnOnce(features: features, treeKill: treeKill, logger: logger)
+        Sandbox.warnOnce(features: features, treeKill: treeKill, processLimit: pool?.limitsProcesses ?? !features.privileged, logger: logger)
     }
 
     deinit {
@@ -73,7 +77,7 @@ public final class Sandbox: Sendable {
     private static let warned = Atomic<Bool>(false)
 
     /// Every missing layer is said loudly, once per process: ward never degrades silently.
-    static func warnOnce(features: KernelFeatures, treeKill: TreeKill, logger: Logger) {
+    static func warnOnce(features: KernelFeatures, treeKill: TreeKill, processLimit: Bool, logger: Logger) {
         guard !warned.exchange(true, ordering: .relaxed) else { return }
         if features.landlockABI == 0 {
             logger.warning("Landlock is unavailable on this kernel: tools are NOT confined to their read/write roots")
@@ -83,6 +87,9 @@ public final class Sandbox: Sendable {
         if !features.seccomp { logger.warning("seccomp is unavailable: tools are NOT syscall-filtered") }
         if treeKill == .processGroup {
             logger.warning("no writable cgroup and no user namespaces: a daemonizing tool can outlive its call")
+        }
+        if !processLimit {
+            logger.warning("running as root without a writable pids cgroup: limits.processes cannot be enforced (the kernel exempts uid 0 from RLIMIT_NPROC); a fork bomb is only stopped by the timeout")
         }
     }
 

@@ -1,0 +1,61 @@
+import Testing
+import WardCore
+
+@Suite("JSON: strict parsing and RFC 8785 canonical form")
+struct JSONTests {
+    @Test("numbers take ECMAScript's shortest form", arguments: [
+        ("1.0", "1"), ("-0", "0"), ("1e21", "1e+21"), ("1e20", "100000000000000000000"),
+        ("0.000001", "0.000001"), ("1e-7", "1e-7"), ("123.456", "123.456"), ("-1.5E3", "-1500"),
+        ("9007199254740993", "9007199254740992"), ("5e-324", "5e-324"), ("1.7976931348623157e308", "1.7976931348623157e+308"),
+        ("0.1", "0.1"), ("100", "100"), ("12345678.9", "12345678.9"),
+    ])
+    func numbers(input: String, expected: String) throws {
+        #expect(try JSONValue.parse(input).canonical == expected)
+    }
+
+    @Test func keysSortedByUTF16AndNoWhitespace() throws {
+        let v = try JSONValue.parse(#"{ "b": [1, 2, {"z": null, "a": true}], "a": "x", "\u20ac": 1, "\ud83d\ude00": 2, "1": false }"#)
+        #expect(v.canonical == #"{"1":false,"a":"x","b":[1,2,{"a":true,"z":null}],"€":1,"😀":2}"#)
+    }
+
+    @Test func stringsEscapeMinimally() throws {
+        let v = try JSONValue.parse(#""a\"b\\c\/d\n\t\u0001\u00e9""#)
+        #expect(v.canonical == #""a\"b\\c/d\n\t\u0001é""#)
+    }
+
+    @Test("malformed input is refused", arguments: [
+        "", "{", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "01", "1.", "-", "tru", "\"\\x\"", "\"\\ud800\"",
+        "\"\\udc00x\"", "{\"a\":1,\"a\":2}", "1 2", "\"a\u{01}\"", "[1]x", "NaN", "1e999",
+    ])
+    func refused(input: String) {
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(input) }
+    }
+
+    @Test func invalidUTF8IsRefused() {
+        #expect(throws: JSONParseError.self) { try JSONValue.parse([0x22, 0xFF, 0x22]) }
+    }
+
+    @Test func deepNestingIsRefusedNotACrash() throws {
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(deep) }
+        let ok = String(repeating: "[", count: 200) + String(repeating: "]", count: 200)
+        _ = try JSONValue.parse(ok)
+    }
+
+    @Test func base64() {
+        #expect(Base64.encode([]) == "")
+        #expect(Base64.encode(Array("f".utf8)) == "Zg==")
+        #expect(Base64.encode(Array("fo".utf8)) == "Zm8=")
+        #expect(Base64.encode(Array("foobar".utf8)) == "Zm9vYmFy")
+        #expect(Base64.encode([0xFF, 0xFE, 0x00]) == "//4A")
+    }
+
+    @Test func callResultUsesBase64ForNonUTF8() {
+        let outcome = ToolOutcome(status: .succeeded, exitCode: 0, signal: nil, stdout: [0xFF], stderr: Array("ok".utf8), truncated: false, durationMs: 1.5)
+        let json = CallResult(callId: "c1", tool: "t", outcome: outcome, replayed: false, attempt: 1).json.objectValue!
+        #expect(json["stdoutBase64"] == .string("/w=="))
+        #expect(json["stdout"] == nil)
+        #expect(json["stderr"] == .string("ok"))
+        #expect(json["signal"] == .null)
+    }
+}

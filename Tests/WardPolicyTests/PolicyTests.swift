@@ -1,0 +1,176 @@
+import Testing
+import WardPolicy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The repository's policies/ directory.
+let shippedPolicies: String = {
+    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    return parts.joined(separator: "/") + "/policies"
+}()
+
+/// A temporary policy directory holding the shipped syscall sets plus `files`.
+func policyDirectory(_ files: [String: String], withSets: Bool = true) throws -> String {
+    var template = Array("/tmp/ward-policy-XXXXXX".utf8CString)
+    let dir = String(cString: mkdtemp(&template)!)
+    var all = files
+    if withSets {
+        let fp = fopen(shippedPolicies + "/syscall-sets.toml", "r")!
+        var text = ""
+        var buf = [CChar](repeating: 0, count: 4096)
+        while fgets(&buf, 4096, fp) != nil { text += String(cString: buf) }
+        fclose(fp)
+        all["syscall-sets.toml"] = text
+    }
+    for (name, text) in all {
+        let fp = fopen(dir + "/" + name, "w")!
+        fputs(text, fp)
+        fclose(fp)
+    }
+    return dir
+}
+
+func diagnostics(_ files: [String: String]) throws -> [PolicyDiagnostic] {
+    let dir = try policyDirectory(files)
+    do {
+        _ = try PolicyLoader.load(directory: dir)
+        return []
+    } catch {
+        return error.diagnostics
+    }
+}
+
+let base = """
+[defaults]
+syscalls = ["@system-service"]
+read = ["/usr"]
+
+"""
+
+@Suite("Policies: loading, merging and file:line:column errors")
+struct PolicyTests {
+    @Test func shippedPoliciesLoad() throws {
+        let set = try PolicyLoader.load(directory: shippedPolicies)
+        for name in ["shell", "read_file", "write_file", "list_dir", "python", "git", "http_get"] {
+            #expect(set.tools[name] != nil, "missing shipped tool \(name)")
+        }
+        let shell = try set.tool("shell")
+        #expect(shell.command == ["/bin/sh", "-c", "{command}"])
+        #expect(shell.effect == .nonIdempotent)
+        #expect(shell.network == .none)
+        #expect(shell.write.contains("{workspace}"))
+        #expect(shell.placeholders == ["command"])
+        #expect(shell.syscalls.contains("execve") && shell.syscalls.contains("openat"))
+        #expect(!shell.syscalls.contains("ptrace") && !shell.syscalls.contains("bpf") && !shell.syscalls.contains("mount"))
+        #expect(try set.tool("http_get").network == .any)
+        #expect(try set.tool("read_file").effect == .readOnly)
+        #expect(try set.tool("write_file").effect == .idempotent)
+    }
+
+    @Test func listsExtendDefaultsAndBangRemoves() throws {
+        let dir = try policyDirectory(["t.toml": base + """
+        [tools.a]
+        command = ["/bin/true"]
+        syscalls = ["!@network-io", "!openat", "ptrace"]
+        read = ["/etc/passwd"]
+        env = ["A=1", "B", "A=2"]
+        effect = "idempotent"
+        timeout = "1500ms"
+        [tools.a.limits]
+        memory = "64MiB"
+        output = 1024
+        cpu = "3s"
+        """])
+        let a = try PolicyLoader.load(directory: dir).tool("a")
+        #expect(!a.syscalls.contains("socket") && !a.syscalls.contains("openat"))
+        #expect(a.syscalls.contains("ptrace") && a.syscalls.contains("read"))
+        #expect(a.read == ["/usr", "/etc/passwd"])
+        #expect(a.environment == [.inherit("B"), .set("A", "2")])
+        #expect(a.timeoutMilliseconds == 1500)
+        #expect(a.limits.memory == 64 << 20 && a.limits.output == 1024 && a.limits.cpuSeconds == 3)
+        #expect(a.effect == .idempotent)
+    }
+
+    @Test func defaultsWhenUnset() throws {
+        let dir = try policyDirectory(["t.toml": base + "[tools.a]\ncommand = [\"true\"]\n"])
+        let a = try PolicyLoader.load(directory: dir).tool("a")
+        #expect(a.effect == .nonIdempotent)
+        #expect(a.network == .none)
+        #expect(a.timeoutMilliseconds == PolicyLoader.defaultTimeoutMilliseconds)
+    }
+
+    @Test("each problem is named at its file:line:column", arguments: [
+        ("[tools.a]\ncommand = [\"/bin/true\"]\ncomand = 1\n", 6, 1, "unknown key \"comand\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\nsyscalls = [\"read\", \"netwrok_io\"]\n", 6, 21, "unknown syscall \"netwrok_io\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\nsyscalls = [\n  \"@netwrok\",\n]\n", 7, 3, "unknown syscall set \"@netwrok\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\n[tools.a.limits]\nmemory = \"12Q\"\n", 7, 1, "bad size \"12Q\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\nlimits = { output = \"1M\", memory = \"lots\" }\n", 6, 27, "bad size \"lots\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\ntimeout = \"soon\"\n", 6, 1, "bad timeout \"soon\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\nwrite = [\"tmp/out\"]\n", 6, 10, "relative path \"tmp/out\""),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\nread = [\"/nonexistent/ward\"]\n", 6, 9, "path /nonexistent/ward does not exist"),
+        ("[tools.a]\ncommand = [\"/bin/cat\", \"{path}\", \"{oops}\"]\narguments = [\"path\"]\n", 5, 34, "placeholder {oops} is not among"),
+        ("[tools.a]\ncommand = [\"/bin/cat\", \"{pa th}\"]\n", 5, 24, "malformed placeholder"),
+        ("[tools.a]\ncommand = [\"{prog}\"]\n", 5, 12, "the program (first element) must be fixed"),
+        ("[tools.a]\ncommand = [\"/nonexistent/bin\"]\n", 5, 12, "does not exist or is not executable"),
+        ("[tools.a]\ncommand = [\"no-such-program-ward\"]\n", 5, 12, "not found in"),
+        ("[tools.a]\neffect = \"maybe\"\ncommand = [\"/bin/true\"]\n", 5, 1, "effect must be one of"),
+        ("[tools.a]\nnetwork = \"some\"\ncommand = [\"/bin/true\"]\n", 5, 1, "network must be one of"),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\nenv = [\"1BAD=x\"]\n", 6, 8, "bad environment entry"),
+        ("[tools.a]\ndescription = \"no command\"\n", 4, 1, "has no command"),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\n[tools.a.limits]\nprocesses = -3\n", 7, 1, "processes must be a positive integer"),
+        ("[tools.a]\ncommand = [\"/bin/true\"\n", 5, 24, "TOML syntax error"),
+        ("[tool.a]\ncommand = [\"/bin/true\"]\n", 4, 1, "unknown top-level key \"tool\""),
+    ])
+    func diagnostic(tool: String, line: Int, column: Int, message: String) throws {
+        let found = try diagnostics(["t.toml": base + tool])
+        let match = found.first { $0.message.contains(message) }
+        #expect(match != nil, "expected \(message); got \(found)")
+        if let match {
+            #expect(match.file.hasSuffix("/t.toml"))
+            #expect(match.line == line, "\(match)")
+            #expect(match.column == column, "\(match)")
+        }
+    }
+
+    @Test func everyProblemOfEveryFileIsReported() throws {
+        let found = try diagnostics([
+            "a.toml": base + "[tools.a]\ncommand = [\"/bin/true\"]\nbogus = 1\n",
+            "b.toml": base + "[tools.b]\ncommand = [\"/bin/true\"]\ntimeout = \"x\"\n",
+        ])
+        #expect(found.count == 2)
+        #expect(Set(found.map { String($0.file.split(separator: "/").last!) }) == ["a.toml", "b.toml"])
+    }
+
+    @Test func duplicateToolAcrossFiles() throws {
+        let found = try diagnostics(["a.toml": base + "[tools.x]\ncommand = [\"/bin/true\"]\n", "b.toml": base + "[tools.x]\ncommand = [\"/bin/true\"]\n"])
+        #expect(found.contains { $0.message.contains("already defined") })
+    }
+
+    @Test func missingDirectoryAndUnknownTool() throws {
+        #expect(throws: PolicyError.self) { try PolicyLoader.load(directory: "/nonexistent/policies") }
+        let set = try PolicyLoader.load(directory: shippedPolicies)
+        do {
+            _ = try set.tool("nope")
+            Issue.record("unknown tool accepted")
+        } catch {
+            #expect(error.code == .unknownTool)
+            #expect(error.message.contains("shell"))
+        }
+    }
+
+    @Test func templatesNeverSplitElements() throws {
+        #expect(try Template.expand("{command}", values: ["command": "a b; rm -rf / $(x)"]) == "a b; rm -rf / $(x)")
+        #expect(try Template.expand("--file={path}.txt", values: ["path": "p q"]) == "--file=p q.txt")
+        #expect(Template.placeholders(in: "{a}-{b}{a}") == ["a", "b", "a"])
+        do {
+            _ = try Template.expand("{missing}", values: [:])
+            Issue.record("missing placeholder accepted")
+        } catch {
+            #expect(error.code == .invalidArguments)
+            #expect(error.message.contains("missing"))
+        }
+    }
+}

@@ -1,0 +1,314 @@
+import Foundation
+import Testing
+import WardCore
+import WardSandbox
+
+/// The three ways a call can be contained, each of which must hold every threat.
+enum Mode: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    /// Root, one cgroup per call (cgroup.kill / pids.max).
+    case root
+    /// Root without cgroups: the tool is pid 1 of its own PID namespace.
+    case rootPidNamespace = "root-pidns"
+    /// An unprivileged uid with no cgroup access: user + PID namespace, via the CLI.
+    case unprivileged
+
+    var testDescription: String { rawValue }
+    static let nobody: uid_t = 65534
+}
+
+/// One hostile run's result, whichever way it ran.
+struct HostileResult {
+    var status: String
+    var signal: Int32?
+    var stdout: String
+    var truncated: Bool
+    var durationMs: Double
+}
+
+/// Shared sandboxes and workspaces per mode (creating them once keeps the suite fast).
+final class Harness: Sendable {
+    static let shared = Harness()
+
+    let workspaces: [Mode: String]
+    let sandboxes: [Mode: Sandbox]
+
+    init() {
+        var workspaces: [Mode: String] = [:]
+        var sandboxes: [Mode: Sandbox] = [:]
+        chmod(Fixture.testPolicies, 0o755)
+        for mode in Mode.allCases {
+            let ws = Fixture.workspace(owner: mode == .unprivileged ? Mode.nobody : nil)
+            workspaces[mode] = ws
+            if mode != .unprivileged {
+                sandboxes[mode] = try! Fixture.sandbox(workspace: ws, useCgroups: mode == .root)
+            }
+        }
+        self.workspaces = workspaces
+        self.sandboxes = sandboxes
+    }
+
+    func run(_ mode: Mode, tool: String = "shell", _ command: String) throws -> HostileResult {
+        let ws = workspaces[mode]!
+        if let sandbox = sandboxes[mode] {
+            let o = try sandbox.run(tool: tool, arguments: .object(["command": .string(command)]))
+            return HostileResult(status: o.status.rawValue, signal: o.signal, stdout: o.out, truncated: o.truncated, durationMs: o.durationMs)
+        }
+        let r = try Fixture.cli(["sandbox", "--json", "--policies", Fixture.testPolicies, "--workspace", ws, tool, "--arg", "command=\(command)"],
+                                uid: Mode.nobody, cwd: "/tmp")
+        guard let json = try? JSONValue.parse(r.stdout).objectValue else {
+            throw SandboxError(.internalError, "ward sandbox as nobody printed no result (exit \(r.status)): \(r.stderr)")
+        }
+        var signal: Int32?
+        if case .number(let s)? = json["signal"] { signal = Int32(s) }
+        var duration = 0.0
+        if case .number(let d)? = json["durationMs"] { duration = d }
+        return HostileResult(status: json["status"]?.stringValue ?? "?", signal: signal, stdout: json["stdout"]?.stringValue ?? "",
+                             truncated: json["truncated"] == .bool(true), durationMs: duration)
+    }
+
+    /// Runs `ward-hostile BEHAVIOUR ARG` as the tool process itself (exec, no shell in between).
+    func hostile(_ mode: Mode, _ behaviour: String, _ arg: String = "", tool: String = "shell") throws -> HostileResult {
+        try run(mode, tool: tool, "exec ./ward-hostile \(behaviour) \(arg)")
+    }
+}
+
+/// What a hostile behaviour must get.
+enum Expect: Sendable, CustomTestStringConvertible {
+    case errno([String])
+    case killed(Int32)
+    case allowed
+
+    var testDescription: String {
+        switch self {
+        case .errno(let e): e.joined(separator: "|")
+        case .killed(let s): "killed by \(s)"
+        case .allowed: "OK"
+        }
+    }
+}
+
+let containedBehaviours: [(String, Expect)] = [
+    // Other syscall ABIs: the process dies.
+    ("i386", .killed(SIGSYS)), ("x32", .killed(SIGSYS)),
+    // Terminal injection, including high-bit variants (CVE-2017-5226, CVE-2019-10063, CVE-2023-28100).
+    ("tiocsti", .errno(["EPERM"])), ("tiocsti-high", .errno(["EPERM"])),
+    ("tioclinux", .errno(["EPERM"])), ("tioclinux-high", .errno(["EPERM"])), ("open-tty", .errno(["EACCES", "ENXIO"])),
+    // Namespaces.
+    ("unshare-user", .errno(["EPERM"])), ("unshare-net", .errno(["EPERM"])), ("unshare-mount", .errno(["EPERM"])),
+    ("unshare-pid", .errno(["EPERM"])), ("clone-newuser", .errno(["EPERM"])), ("clone3", .errno(["ENOSYS"])),
+    ("setns", .errno(["EPERM"])),
+    // Mounts.
+    ("mount", .errno(["EPERM"])), ("fsopen", .errno(["ENOSYS"])), ("open_tree", .errno(["ENOSYS"])),
+    ("move_mount", .errno(["ENOSYS"])), ("umount", .errno(["EPERM"])), ("chroot", .errno(["EPERM"])),
+    ("pivot_root", .errno(["EPERM"])),
+    // Kernel attack surface.
+    ("pidfd_getfd", .errno(["EPERM"])), ("bpf", .errno(["EPERM"])), ("perf_event_open", .errno(["EPERM"])),
+    ("userfaultfd", .errno(["EPERM"])), ("keyctl", .errno(["EPERM"])), ("add_key", .errno(["EPERM"])),
+    ("request_key", .errno(["EPERM"])), ("io_uring_setup", .errno(["EPERM"])), ("open_by_handle_at", .errno(["EPERM"])),
+    ("init_module", .errno(["EPERM"])), ("finit_module", .errno(["EPERM"])), ("kexec_load", .errno(["EPERM"])),
+    ("reboot", .errno(["EPERM"])), ("swapon", .errno(["EPERM"])), ("iopl", .errno(["EPERM"])), ("ioperm", .errno(["EPERM"])),
+    ("clock_settime", .errno(["EPERM"])), ("acct", .errno(["EPERM"])), ("syslog", .errno(["EPERM"])),
+    ("quotactl", .errno(["EPERM"])), ("vhangup", .errno(["EPERM"])), ("memfd-exec", .errno(["EPERM"])),
+    ("personality-rie", .errno(["EPERM"])), ("personality-norandom", .errno(["EPERM"])),
+    // Sockets under network = none.
+    ("socket-raw", .errno(["EPERM"])), ("socket-packet", .errno(["EPERM"])), ("socket-netlink", .errno(["EPERM"])),
+    ("socket-vsock", .errno(["EPERM"])), ("socket-inet", .errno(["EPERM"])), ("socket-udp", .errno(["EPERM"])),
+    ("socket-unix", .errno(["EPERM"])),
+    // Files outside the roots, links, device nodes.
+    ("write /etc/ward-owned", .errno(["EACCES"])), ("write /tmp/ward-owned", .errno(["EACCES"])),
+    ("read /etc/shadow", .errno(["EACCES"])), ("symlink-escape /tmp", .errno(["EACCES"])),
+    ("hardlink /etc/passwd", .errno(["EXDEV", "EACCES", "EPERM"])), ("rename-out /tmp/ward-moved", .errno(["EACCES", "EXDEV"])),
+    ("mknod-char", .errno(["EACCES", "EPERM"])), ("mknod-block", .errno(["EACCES", "EPERM"])),
+    ("proc-self-mem", .errno(["EACCES"])), ("capset", .errno(["EPERM"])),
+    // Positive controls: the same fixture succeeds where the policy allows, so the rows
+    // above fail for the reason they name.
+    ("ioctl-other", .allowed), ("personality-query", .allowed), ("socketpair", .allowed), ("fork", .allowed),
+    ("mkfifo", .allowed), ("write inside.txt", .allowed),
+]
+
+@Suite("Threats: hostile programs under the shell policy")
+struct ThreatTests {
+    static let cases: [(Mode, String, Expect)] = Mode.allCases.flatMap { mode in containedBehaviours.map { (mode, $0.0, $0.1) } }
+
+    @Test("contained", arguments: cases)
+    func contained(mode: Mode, behaviour: String, expect: Expect) throws {
+        let parts = behaviour.split(separator: " ", maxSplits: 1).map(String.init)
+        let name = parts[0]
+        let r = try Harness.shared.hostile(mode, name, parts.count > 1 ? parts[1] : "")
+        switch expect {
+        case .killed(let signal):
+            #expect(r.status == "killed", "\(r)")
+            #expect(r.signal == signal, "\(r)")
+            #expect(!r.stdout.contains("OK"), "\(r)")
+        case .errno(let names):
+            let got = r.stdout.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map { String($0.dropFirst(name.count + 2)) }
+            #expect(got.map { names.contains($0) } == true, "\(name) got \(got ?? "nothing") (\(r))")
+        case .allowed:
+            #expect(r.stdout.contains("\(name): OK"), "\(r)")
+        }
+    }
+
+    @Test("host processes can be neither traced, signalled nor read", arguments: Mode.allCases)
+    func hostProcesses(mode: Mode) throws {
+        let me = "\(getpid())"
+        for behaviour in ["ptrace", "process_vm_readv", "process_vm_writev", "kcmp"] {
+            let r = try Harness.shared.hostile(mode, behaviour, me)
+            #expect(r.stdout.contains("\(behaviour): EPERM"), "\(r)")
+        }
+        for behaviour in ["kill", "kill-term"] {
+            let r = try Harness.shared.hostile(mode, behaviour, me)
+            #expect(r.stdout.contains("\(behaviour): EPERM") || r.stdout.contains("\(behaviour): ESRCH"), "\(r)")
+        }
+        for behaviour in ["proc-environ", "proc-cmdline"] {
+            let r = try Harness.shared.hostile(mode, behaviour, me)
+            #expect(r.stdout.contains("\(behaviour): EACCES") || r.stdout.contains("\(behaviour): ENOENT"), "\(r)")
+        }
+    }
+
+    @Test("no TCP to host loopback, no host Unix sockets", arguments: Mode.allCases)
+    func hostSockets(mode: Mode) throws {
+        let tcp = try Listener.tcp()
+        let abstract = try Listener.unix(abstract: true)
+        let pathname = try Listener.unix(abstract: false)
+        defer { tcp.close(); abstract.close(); pathname.close() }
+        for (behaviour, arg) in [("connect-tcp", "\(tcp.port)"), ("connect-abstract", abstract.name), ("connect-unix", pathname.name)] {
+            let r = try Harness.shared.hostile(mode, behaviour, arg)
+            #expect(r.stdout.contains("\(behaviour): EPERM"), "\(r)")
+        }
+        // With host networking allowed, TCP goes through (the listener is real), but the
+        // abstract socket of the host stays out of reach (Landlock scope).
+        let net = try Harness.shared.hostile(mode, "connect-tcp", "\(tcp.port)", tool: "shell-net")
+        #expect(net.stdout.contains("connect-tcp: OK"), "\(net)")
+        let scoped = try Harness.shared.hostile(mode, "connect-abstract", abstract.name, tool: "shell-net")
+        #expect(scoped.stdout.contains("connect-abstract: EPERM"), "\(scoped)")
+    }
+
+    @Test("privileges: no capabilities, no_new_privs, nothing inherited", arguments: Mode.allCases)
+    func privileges(mode: Mode) throws {
+        let caps = try Harness.shared.hostile(mode, "caps")
+        #expect(caps.stdout.contains("eff=000000000 prm=000000000 inh=000000000"), "\(caps)")
+        #expect(caps.stdout.contains("nnp=1"), "\(caps)")
+        if mode != .unprivileged || true { #expect(caps.stdout.contains("bounding=0"), "\(caps)") }
+
+        // A descriptor this process leaks (no close-on-exec) must not reach the tool.
+        let leaked = open("/dev/null", O_RDONLY)
+        defer { close(leaked) }
+        let fds = try Harness.shared.hostile(mode, "fds")
+        #expect(fds.stdout.contains("fds: 0 1 2\n"), "\(fds)")
+
+        setenv("WARD_TEST_API_KEY", "sk-secret-do-not-leak", 1)
+        let env = try Harness.shared.hostile(mode, "env")
+        #expect(!env.stdout.contains("sk-secret"), "\(env)")
+        #expect(env.stdout.contains("env: PATH=/usr/local/bin:/usr/bin:/bin"), "\(env)")
+
+        let session = try Harness.shared.hostile(mode, "session")
+        let fields = session.stdout.split(separator: " ").reduce(into: [String: String]()) { d, f in
+            let kv = f.split(separator: "=")
+            if kv.count == 2 { d[String(kv[0])] = String(kv[1].trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        #expect(fields["sid"] == fields["pid"], "the tool must lead its own session: \(session)")
+    }
+
+    @Test("setuid binaries confer nothing")
+    func setuidBinary() throws {
+        let ws = Harness.shared.workspaces[.unprivileged]!
+        let suid = ws + "/suid-hostile"
+        unlink(suid)
+        try FileManager.default.copyItem(atPath: Fixture.hostile, toPath: suid)
+        chown(suid, 0, 0)
+        chmod(suid, 0o4755)
+        let r = try Harness.shared.run(.unprivileged, "./suid-hostile euid")
+        #expect(r.stdout.contains("euid: \(Mode.nobody)"), "\(r)")
+        let su = try Harness.shared.run(.unprivileged, "su -c id root 2>&1; echo rc=$?")
+        #expect(!su.stdout.contains("uid=0"), "\(su)")
+    }
+
+    @Test("resources: fork bombs, memory hogs, CPU loops, huge files, floods", arguments: Mode.allCases)
+    func resources(mode: Mode) throws {
+        let token = "33.\(Int.random(in: 100_000...999_999))"
+        if mode == .rootPidNamespace {
+            // uid 0 is exempt from RLIMIT_NPROC: without a pids cgroup the bound cannot hold,
+            // and ward must say so rather than pretend. (Not run: it would starve the machine.)
+            #expect(Harness.shared.sandboxes[mode]!.enforcesProcessLimit == false)
+            let storm = try Harness.shared.run(mode, tool: "shell-short", "for i in $(seq 100); do sleep \(token) & done; echo spawned")
+            #expect(storm.status == "succeeded" && storm.stdout.contains("spawned"), "\(storm)")
+        } else {
+            #expect(mode == .unprivileged || Harness.shared.sandboxes[mode]!.enforcesProcessLimit)
+            let bomb = try Harness.shared.hostile(mode, "forkbomb", token, tool: "shell-short")
+            let made = bomb.stdout.split(separator: " ").last.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            #expect(made != nil && made! < 64 + 8, "\(bomb)")
+            #expect(bomb.status == "timed-out", "\(bomb)")
+        }
+        #expect(Fixture.processes(containing: token).isEmpty, "processes outlived the call")
+
+        let hog = try Harness.shared.hostile(mode, "memhog", tool: "shell-short")
+        #expect((hog.status == "killed" && hog.signal == SIGKILL) || hog.stdout.contains("ENOMEM"), "\(hog)")
+        if let mib = hog.stdout.split(separator: " ").dropLast().last.flatMap({ Int($0) }) { #expect(mib <= 128, "\(hog)") }
+
+        let cpu = try Harness.shared.hostile(mode, "cpuloop", tool: "shell-short")
+        #expect(cpu.status == "killed" || cpu.status == "timed-out", "\(cpu)")
+        #expect(cpu.durationMs < 5000, "\(cpu)")
+
+        let big = try Harness.shared.hostile(mode, "bigfile", tool: "shell-short")
+        #expect((big.status == "killed" && big.signal == SIGXFSZ) || big.stdout.contains("bigfile: EFBIG"), "\(big)")
+
+        let flood = try Harness.shared.hostile(mode, "flood", tool: "shell-short")
+        #expect(flood.truncated, "\(flood)")
+        #expect(flood.stdout.utf8.count == 64 * 1024, "\(flood.stdout.utf8.count)")
+        #expect(flood.status == "timed-out" || (flood.status == "killed" && flood.signal == SIGXCPU), "\(flood)")
+    }
+
+    @Test("the whole tree dies with the call: daemons, setsid, timeouts", arguments: Mode.allCases)
+    func treeKill(mode: Mode) throws {
+        let token = "31.\(Int.random(in: 100_000...999_999))"
+        let r = try Harness.shared.hostile(mode, "daemon", token)
+        #expect(r.stdout.contains("daemon: started"), "\(r)")
+        #expect(Fixture.processes(containing: token).isEmpty, "a daemon outlived its call")
+
+        let token2 = "32.\(Int.random(in: 100_000...999_999))"
+        let slow = try Harness.shared.run(mode, tool: "shell-short", "./ward-hostile daemon \(token2); (setsid sleep \(token2) &); sleep 30")
+        #expect(slow.status == "timed-out", "\(slow)")
+        #expect(slow.durationMs < 4000, "\(slow)")
+        #expect(Fixture.processes(containing: token2).isEmpty, "a sleeper outlived the timeout")
+    }
+}
+
+/// Listeners of the host that a sandboxed tool must not reach.
+struct Listener {
+    let fd: Int32
+    let port: UInt16
+    let name: String
+
+    static func tcp() throws -> Listener {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        listen(fd, 16)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Listener(fd: fd, port: UInt16(bigEndian: addr.sin_port), name: "")
+    }
+
+    static func unix(abstract: Bool) throws -> Listener {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let name = abstract ? "ward-test-\(getpid())-\(Int.random(in: 0...999_999))" : "/tmp/ward-test-\(getpid())-\(Int.random(in: 0...999_999)).sock"
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(name.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i + (abstract ? 1 : 0)] = b }
+        }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + (abstract ? 1 : 0))
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        listen(fd, 16)
+        if !abstract { chmod(name, 0o777) }
+        return Listener(fd: fd, port: 0, name: name)
+    }
+
+    func close() {
+        _ = Glibc.close(fd)
+        if name.hasPrefix("/") { unlink(name) }
+    }
+}
