@@ -164,10 +164,10 @@ static int child_main(void *arg) {
 
     if (cfg->cwd && raw(SYS_chdir, (long)cfg->cwd, 0, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CHDIR);
 
-    // 8. Resource limits, soft = hard: the tool cannot raise them back (file size, CPU
+    // 8. Resource limits with hard limits the tool cannot raise back (file size, CPU
     //    seconds, open files, processes, address space where no memory cgroup exists).
     for (int i = 0; i < cfg->rlimit_count; i++) {
-        struct { uint64_t cur, max; } lim = { cfg->rlimits[i].value, cfg->rlimits[i].value };
+        struct { uint64_t cur, max; } lim = { cfg->rlimits[i].soft, cfg->rlimits[i].hard };
         if (raw(SYS_prlimit64, 0, cfg->rlimits[i].resource, (long)&lim, 0, 0) != 0) fail(ctx, WARD_STEP_RLIMIT);
     }
 

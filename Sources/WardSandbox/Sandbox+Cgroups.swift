@@ -166,8 +166,13 @@ final class CgroupPool: Sendable {
 
     /// Creates `ward-<pid>` in every usable hierarchy; nil when no hierarchy can kill a tree
     /// (neither a writable v2 cgroup nor v1 pids), in which case calls use a PID namespace.
+    /// Distinguishes the pools of one process (several sandboxes may live side by side).
+    private static let instances = Atomic<Int>(0)
+
     init?(layout: CgroupLayout) {
-        let name = "ward-\(getpid())"
+        // Unique per pool: two pools sharing a directory would kill each other's calls.
+        let name = "ward-\(getpid())-\(CgroupPool.instances.add(1, ordering: .relaxed).newValue)"
+        for root in [layout.v2, layout.v1Pids, layout.v1Memory].compactMap({ $0 }) { CgroupPool.sweepStale(in: root) }
         var roots: [(String, Bool, String)] = []
         var controllers: Set<String> = []
         if let v2 = layout.v2, CgroupPool.makeDirectory(v2 + "/" + name) {
@@ -193,7 +198,42 @@ final class CgroupPool: Sendable {
     }
 
     private static func makeDirectory(_ path: String) -> Bool {
-        mkdir(path, 0o755) == 0 || errno == EEXIST
+        mkdir(path, 0o755) == 0
+    }
+
+    /// Removes the call cgroups of ward processes that died without cleaning up (SIGKILL):
+    /// whatever still runs in them is killed first, so no tool of a dead supervisor lingers.
+    static func sweepStale(in root: String) {
+        guard let dir = opendir(root) else { return }
+        var stale: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            let parts = name.split(separator: "-")
+            guard parts.count == 3, parts[0] == "ward", let pid = pid_t(parts[1]) else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH { stale.append(root + "/" + name) }
+        }
+        closedir(dir)
+        for pool in stale {
+            guard let sub = opendir(pool) else { continue }
+            var calls: [String] = []
+            while let entry = readdir(sub) {
+                let name = withUnsafePointer(to: entry.pointee.d_name) {
+                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+                }
+                if name.hasPrefix("call-") { calls.append(pool + "/" + name) }
+            }
+            closedir(sub)
+            for call in calls {
+                let isV2 = access(call + "/cgroup.kill", F_OK) == 0
+                let slot = CgroupSlot(directories: [call], procsFDs: [], primary: call, primaryIsV2: isV2,
+                                      pidsMax: access(call + "/pids.max", F_OK) == 0 ? call + "/pids.max" : nil, memoryMax: nil)
+                if !slot.members().isEmpty { slot.killAll() }
+                rmdir(call)
+            }
+            rmdir(pool)
+        }
     }
 
     /// A free slot, or a new one.

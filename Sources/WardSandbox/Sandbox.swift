@@ -326,17 +326,18 @@ public final class Sandbox: Sendable {
 
     static func rlimits(_ limits: Limits, cgroupProcesses: Bool, cgroupMemory: Bool) -> [ward_rlimit] {
         var out: [ward_rlimit] = []
-        func add(_ resource: Resource, _ value: UInt64?) {
-            guard var value else { return }
+        func add(_ resource: Resource, _ value: UInt64?, headroom: UInt64 = 0) {
+            guard let value else { return }
             // Without CAP_SYS_RESOURCE a hard limit can only be lowered: clamp to ours.
             var current = rlimit()
+            var ceiling = UInt64.max
             if getrlimit(__rlimit_resource_t(resource.rawValue), &current) == 0, current.rlim_max != rlim_t.max {
-                value = min(value, UInt64(current.rlim_max))
+                ceiling = UInt64(current.rlim_max)
             }
-            out.append(ward_rlimit(resource: resource.rawValue, value: value))
+            out.append(ward_rlimit(resource: resource.rawValue, soft: min(value, ceiling), hard: min(value + headroom, ceiling)))
         }
         add(.core, 0)  // no core files carrying memory contents into the workspace
-        add(.cpu, limits.cpuSeconds)
+        add(.cpu, limits.cpuSeconds, headroom: 1)  // SIGXCPU at the limit, SIGKILL a second later
         add(.fileSize, limits.fileSize)
         add(.openFiles, limits.openFiles)
         if !cgroupProcesses { add(.processes, limits.processes) }

@@ -36,7 +36,8 @@ enum ward_step {
 
 struct ward_rlimit {
     int resource;
-    uint64_t value;
+    uint64_t soft;
+    uint64_t hard;
 };
 
 /// Everything the child needs, prepared (allocated, opened, compiled) by the parent.

@@ -1,0 +1,252 @@
+import Foundation
+import Testing
+import WardCore
+import WardPolicy
+import WardSandbox
+
+@Suite("Tools: the shipped policies run what agents really use")
+struct ToolTests {
+    static let workspace = Fixture.workspace()
+    static let sandbox = try! Fixture.sandbox(workspace: workspace)
+
+    func run(_ tool: String, _ arguments: [String: JSONValue]) throws -> ToolOutcome {
+        try ToolTests.sandbox.run(tool: tool, arguments: .object(arguments))
+    }
+
+    func shell(_ command: String) throws -> ToolOutcome {
+        try run("shell", ["command": .string(command)])
+    }
+
+    @Test func shellRunsCoreutilsTextToolsArchivesAndPython() throws {
+        let o = try shell("""
+        set -e
+        mkdir -p t/a/b && echo 'hello world' > t/a/b/f.txt && cp t/a/b/f.txt t/g.txt && mv t/g.txt t/h.txt
+        cat t/h.txt | tr a-z A-Z | sed 's/WORLD/ward/' | awk '{print $2}' | grep -c ward
+        find t -name '*.txt' | sort | head -1 | xargs wc -c | cut -d' ' -f1
+        tar czf t.tgz t && mkdir u && tar xzf t.tgz -C u && diff -r t u/t && echo tar-ok
+        python3 -c 'import json, sys, hashlib, tempfile, subprocess; print(json.load(sys.stdin)["command"][:6]); print(subprocess.run(["echo", "sub"], capture_output=True, text=True).stdout.strip()); tempfile.NamedTemporaryFile()'
+        date +%Y >/dev/null && sleep 0.01 && env | grep -c '^PATH=' && rm -r t u t.tgz && ls ward-hostile
+        """)
+        #expect(o.status == .succeeded, "\(o.err)")
+        #expect(o.out == "1\n12\ntar-ok\nset -e\nsub\n1\nward-hostile\n", "\(o.out)")
+    }
+
+    @Test func shellRunsGitInTheWorkspace() throws {
+        let o = try shell("""
+        set -e
+        rm -rf repo && git init -q repo && cd repo
+        printf 'one\\n' > a.txt && git add a.txt && git commit -qm first
+        printf 'two\\n' >> a.txt && git commit -qam second
+        git log --format=%s | tr '\\n' ' ' && git status --porcelain && git diff HEAD~1 --stat | tail -1
+        """)
+        #expect(o.status == .succeeded, "\(o.err)")
+        #expect(o.out.hasPrefix("second first "), "\(o.out)")
+        #expect(o.out.contains("1 file changed, 1 insertion(+)"), "\(o.out)")
+    }
+
+    @Test func fileTools() throws {
+        let text = "line 1\nünïcode ✓\n; rm -rf / $(echo no)\n"
+        let w = try run("write_file", ["path": .string("docs/notes.txt"), "content": .string(text)])
+        #expect(w.status == .succeeded, "\(w)")
+        #expect(try String(contentsOfFile: ToolTests.workspace + "/docs/notes.txt", encoding: .utf8) == text)
+        let r = try run("read_file", ["path": .string("docs/notes.txt")])
+        #expect(r.status == .succeeded && r.out == text)
+        let l = try run("list_dir", ["path": .string("docs")])
+        #expect(l.status == .succeeded && l.out.contains("notes.txt"))
+        // A path is one argv element, never shell syntax.
+        let odd = try run("read_file", ["path": .string("docs/notes.txt; echo injected")])
+        #expect(odd.status == .failed && !odd.out.contains("injected"), "\(odd)")
+        // read_file cannot write, and nothing outside the roots is readable.
+        #expect(try run("read_file", ["path": .string("/etc/shadow")]).status == .failed)
+    }
+
+    @Test func pythonAndGitTools() throws {
+        try "import sys, json\nprint('args', sys.argv[1:], json.load(sys.stdin)['script'])\n"
+            .write(toFile: ToolTests.workspace + "/job.py", atomically: true, encoding: .utf8)
+        let p = try run("python", ["script": .string("job.py")])
+        #expect(p.status == .succeeded && p.out == "args [] job.py\n", "\(p.out)\(p.err)")
+        _ = try shell("rm -rf g && mkdir g && echo x > g/x")
+        for args in [["init", "-q", "g"], ["-C", "g", "add", "x"], ["-C", "g", "commit", "-qm", "msg with spaces; and $(symbols)"]] {
+            let g = try run("git", ["args": .array(args.map { .string($0) })])
+            #expect(g.status == .succeeded, "\(args): \(g.err)")
+        }
+        let log = try run("git", ["args": .array(["-C", "g", "log", "--format=%s|%an"].map { .string($0) })])
+        #expect(log.out == "msg with spaces; and $(symbols)|ward agent\n", "\(log.out)\(log.err)")
+    }
+
+    @Test func httpGetReachesTheNetworkShellDoesNot() throws {
+        let server = try HTTPServer(body: "hello from loopback")
+        defer { server.stop() }
+        let url = "http://127.0.0.1:\(server.port)/"
+        let got = try run("http_get", ["url": .string(url)])
+        #expect(got.status == .succeeded && got.out == "hello from loopback", "\(got.out)\(got.err)")
+        let blocked = try shell("python3 -c 'import urllib.request; urllib.request.urlopen(\"\(url)\", timeout=5)'")
+        #expect(blocked.status == .failed && blocked.err.contains("Operation not permitted"), "\(blocked.err)")
+    }
+
+    @Test func loopbackNetworkIsPrivate() throws {
+        let server = try HTTPServer(body: "host")
+        defer { server.stop() }
+        // Inside its own network namespace the tool can serve and connect to itself…
+        let own = try run("shell-loopback", ["command": .string("""
+        python3 -c '
+        import socket
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+        c = socket.create_connection(s.getsockname()); a, _ = s.accept(); c.sendall(b"ping"); print(a.recv(4).decode())
+        try:
+            socket.create_connection(("127.0.0.1", \(server.port)), timeout=3); print("reached host")
+        except OSError as e:
+            print("host unreachable", e.errno)
+        '
+        """)])
+        #expect(own.status == .succeeded, "\(own.err)")
+        // …but the host's loopback listener is not there.
+        #expect(own.out == "ping\nhost unreachable 111\n", "\(own.out)")
+    }
+
+    @Test func argumentsArriveOnStdinAndAsSingleArgvElements() throws {
+        let o = try run("shell", ["command": .string("printf '%s|' \"$0\"; cat"), "extra": .number(1.0), "nested": .object(["k": .bool(true)])])
+        #expect(o.out == #"/bin/sh|{"command":"printf '%s|' \"$0\"; cat","extra":1,"nested":{"k":true}}"#, "\(o.out)")
+    }
+
+    @Test func workspaceTmpAndHomeAreTheWorkspace() throws {
+        let o = try shell("echo $HOME $TMPDIR; mktemp | grep -c .tmp/")
+        #expect(o.out == "\(ToolTests.workspace) \(ToolTests.workspace)/.tmp\n1\n", "\(o.out)")
+    }
+}
+
+@Suite("Bad input: one clear error, no child started")
+struct BadInputTests {
+    static let workspace = Fixture.workspace()
+    static let sandbox = try! Fixture.sandbox(workspace: workspace)
+
+    @Test func unknownTool() {
+        #expect { try BadInputTests.sandbox.run(tool: "nope", arguments: .object([:])) } throws: { error in
+            (error as? SandboxError)?.code == .unknownTool && "\(error)".contains("shell")
+        }
+    }
+
+    @Test func missingPlaceholderArgument() {
+        #expect { try BadInputTests.sandbox.run(tool: "shell", arguments: .object(["cmd": .string("x")])) } throws: { error in
+            (error as? SandboxError)?.code == .invalidArguments && "\(error)".contains("\"command\"")
+        }
+    }
+
+    @Test("arguments that are not a JSON object", arguments: [JSONValue.array([]), .string("ls"), .null, .number(3)])
+    func notAnObject(arguments: JSONValue) {
+        #expect { try BadInputTests.sandbox.run(tool: "shell", arguments: arguments) } throws: { error in
+            (error as? SandboxError)?.code == .invalidArguments
+        }
+    }
+
+    @Test func nonScalarPlaceholderAndNulByte() {
+        #expect { try BadInputTests.sandbox.run(tool: "shell", arguments: .object(["command": .array([.string("ls")])])) } throws: { error in
+            (error as? SandboxError)?.code == .invalidArguments && "\(error)".contains("array")
+        }
+        #expect { try BadInputTests.sandbox.run(tool: "shell", arguments: .object(["command": .string("ls\u{0}rm")])) } throws: { error in
+            (error as? SandboxError)?.code == .invalidArguments && "\(error)".contains("NUL")
+        }
+    }
+
+    @Test func cliExitCodesAndOneLineErrors() throws {
+        let ws = BadInputTests.workspace
+        let policies = Fixture.testPolicies
+        let cases: [([String], Int32, String)] = [
+            (["sandbox", "--policies", policies, "--workspace", ws, "nope"], 2, "unknown tool \"nope\""),
+            (["sandbox", "--policies", policies, "--workspace", ws, "shell"], 2, "missing argument \"command\""),
+            (["sandbox", "--policies", policies, "--workspace", ws, "shell", "--args-json", "[1]"], 2, "must be a JSON object"),
+            (["sandbox", "--policies", policies, "--workspace", ws, "shell", "--args-json", "{bad"], 2, "not valid JSON"),
+            (["sandbox", "--policies", policies, "--workspace", ws, "shell", "--arg", "novalue"], 2, "expected name=value"),
+            (["sandbox", "--policies", "/nonexistent", "--workspace", ws, "shell"], 2, "policy directory /nonexistent does not exist"),
+            (["sandbox", "shell", "--bogus-flag"], 2, "bogus-flag"),
+            (["policy", "check", "/nonexistent"], 1, "does not exist"),
+            (["policy", "explain", "--policies", policies, "nope"], 2, "unknown tool"),
+        ]
+        for (args, code, message) in cases {
+            let r = try Fixture.cli(args)
+            #expect(r.status == code, "\(args): exit \(r.status), \(r.stderr)")
+            #expect(r.stderr.contains(message), "\(args): \(r.stderr)")
+            #expect(r.stdout.isEmpty, "\(args): \(r.stdout)")
+        }
+    }
+
+    @Test func invalidPolicyDirectoryNamesFileLineAndColumn() throws {
+        let dir = Fixture.temporaryDirectory("badpolicy")
+        try "[tools.x]\ncommand = [\"/bin/true\"]\nsyscalls = [\"@nope\"]\nread = [\"relative\"]\n".write(toFile: dir + "/x.toml", atomically: true, encoding: .utf8)
+        let check = try Fixture.cli(["policy", "check", dir])
+        #expect(check.status == 1)
+        #expect(check.stderr.contains("\(dir)/x.toml:3:13: unknown syscall set \"@nope\""), "\(check.stderr)")
+        #expect(check.stderr.contains("\(dir)/x.toml:4:9: relative path \"relative\""), "\(check.stderr)")
+        let run = try Fixture.cli(["sandbox", "--policies", dir, "x"])
+        #expect(run.status == 2 && run.stderr.contains("x.toml:3:13"), "\(run.stderr)")
+    }
+
+    @Test func missingExecutableIsRefusedBeforeAnyChild() throws {
+        let dir = Fixture.temporaryDirectory("missingexe")
+        try FileManager.default.copyItem(atPath: Fixture.shippedPolicies + "/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
+        try "[tools.x]\ncommand = [\"/usr/bin/true\"]\nsyscalls = [\"@system-service\"]\nread = [\"/usr\"]\n".write(toFile: dir + "/x.toml", atomically: true, encoding: .utf8)
+        let policies = try PolicyLoader.load(directory: dir)
+        let ws = Fixture.workspace()
+        let sandbox = try Sandbox(policies: policies, workspace: ws)
+        // The program vanished after the policy was loaded: refused, with the step named.
+        var patched = policies
+        patched.tools["x"]!.command = ["/nonexistent/program"]
+        let sandbox2 = try Sandbox(policies: patched, workspace: ws)
+        #expect { try sandbox2.run(tool: "x", arguments: .object([:])) } throws: { error in
+            (error as? SandboxError)?.code == .policyDenied && "\(error)".contains("/nonexistent/program")
+        }
+        #expect(try sandbox.run(tool: "x", arguments: .object([:])).status == .succeeded)
+    }
+
+    @Test func jsonOutputIsTheCallResultShape() throws {
+        let r = try Fixture.cli(["sandbox", "--json", "--policies", Fixture.testPolicies, "--workspace", BadInputTests.workspace,
+                                 "shell", "--arg", "command=printf out; printf err >&2; exit 3"])
+        #expect(r.status == 3)
+        let json = try JSONValue.parse(r.stdout).objectValue!
+        #expect(Set(json.keys) == ["callId", "tool", "status", "exitCode", "signal", "stdout", "stderr", "truncated", "durationMs", "replayed", "attempt"])
+        #expect(json["status"] == .string("failed") && json["exitCode"] == .number(3) && json["stdout"] == .string("out") && json["stderr"] == .string("err"))
+    }
+
+    @Test func explainAndDoctor() throws {
+        let explain = try Fixture.cli(["policy", "explain", "--policies", Fixture.shippedPolicies, "--workspace", BadInputTests.workspace, "shell"])
+        #expect(explain.status == 0)
+        for needle in ["/bin/sh -c {command}", "non-idempotent", "network", "none", "\(BadInputTests.workspace)", "execve", "memory 1 GiB", "landlock"] {
+            #expect(explain.stdout.contains(needle), "explain lacks \(needle):\n\(explain.stdout)")
+        }
+        let doctor = try Fixture.cli(["doctor"])
+        #expect(doctor.status == 0)
+        for needle in ["seccomp", "landlock", "user namespaces", "cgroups"] { #expect(doctor.stdout.contains(needle)) }
+    }
+}
+
+/// A one-response-at-a-time HTTP server on 127.0.0.1 for http_get.
+final class HTTPServer: @unchecked Sendable {
+    // @unchecked: fd and port are set once in init; the accept thread only reads them.
+    let fd: Int32
+    let port: UInt16
+    private let thread: Thread
+
+    init(body: String) throws {
+        let listener = try Listener.tcp()
+        fd = listener.fd
+        port = listener.port
+        let fd = self.fd
+        thread = Thread {
+            while true {
+                let client = accept(fd, nil, nil)
+                if client < 0 { return }
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                _ = read(client, &buffer, buffer.count)
+                let response = "HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nContent-Type: text/plain\r\n\r\n\(body)"
+                _ = response.withCString { write(client, $0, strlen($0)) }
+                close(client)
+            }
+        }
+        thread.start()
+    }
+
+    func stop() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+}
