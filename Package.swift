@@ -36,6 +36,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Benchmarks (Scripts/bench): whole-process comparisons, interleaved.
+        .target(name: "CWardBench"),
+        .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "CWardBench"], path: "Sources/WardBench"),
         // Hostile programs the threat tests run inside the sandbox. Linked without the shared
         // Swift runtime, which lives outside every sandbox's read roots.
         .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")],

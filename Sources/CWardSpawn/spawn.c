@@ -171,8 +171,10 @@ static int child_main(void *arg) {
         if (raw(SYS_prlimit64, 0, cfg->rlimits[i].resource, (long)&lim, 0, 0) != 0) fail(ctx, WARD_STEP_RLIMIT);
     }
 
-    // 9. Under memory pressure the kernel's OOM killer takes the tool, not the supervisor.
-    if (write_file("/proc/self/oom_score_adj", "1000", 4) != 0 && errno != ENOENT) fail(ctx, WARD_STEP_OOM_SCORE);
+    // 9. Under global memory pressure the OOM killer takes the tool, not the supervisor.
+    //    (With a memory cgroup per call, an OOM stays inside the call's cgroup anyway.)
+    if (cfg->raise_oom_score && write_file("/proc/self/oom_score_adj", "1000", 4) != 0 && errno != ENOENT)
+        fail(ctx, WARD_STEP_OOM_SCORE);
 
     // 10. Every other fd (ledger, sockets, other calls' pipes, the Landlock ruleset) is
     //     closed at execve, never inherited (runc CVE-2024-21626 leaked one). Marking

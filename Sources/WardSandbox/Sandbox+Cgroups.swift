@@ -15,6 +15,12 @@ public struct CgroupLayout: Sendable {
     /// Our own cgroup in the v1 memory hierarchy.
     public var v1Memory: String?
 
+    public init(v2: String? = nil, v1Pids: String? = nil, v1Memory: String? = nil) {
+        self.v2 = v2
+        self.v1Pids = v1Pids
+        self.v1Memory = v1Memory
+    }
+
     /// Reads /proc/self/mountinfo and /proc/self/cgroup.
     public static func detect() -> CgroupLayout {
         var layout = CgroupLayout()
@@ -122,17 +128,41 @@ final class CgroupSlot: @unchecked Sendable {
         return enforced
     }
 
+    /// `cgroup.procs` of the primary hierarchy, kept open: one pread per check on the hot path.
+    private lazy var membersFD: Int32 = open(primary + "/cgroup.procs", O_RDONLY | O_CLOEXEC)
+
     /// The pids still in the call's cgroup.
     func members() -> [pid_t] {
-        (readSmallFile(primary + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+        guard membersFD >= 0 else {
+            return (readSmallFile(primary + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+        }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var text: [UInt8] = []
+        var offset: off_t = 0
+        while true {
+            let n = pread(membersFD, &buffer, buffer.count, offset)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            text += buffer[0..<n]
+            offset += off_t(n)
+        }
+        return text.split(separator: UInt8(ascii: "\n")).compactMap { pid_t(String(decoding: $0, as: UTF8.self)) }
     }
 
-    /// Kills every process of the call, daemonized or not, and waits until none is left.
+    /// Closes the slot's fds (pool shutdown).
+    func closeFDs() {
+        for fd in procsFDs { close(fd) }
+        if membersFD >= 0 { close(membersFD) }
+    }
+
+    /// Kills every process of the call, daemonized or not, and waits until none is alive.
     /// v2: cgroup.kill. v1: freeze forking with pids.max=0, then SIGKILL what is listed
-    /// until the list stays empty (a fork bomb cannot outrun a zero pids.max).
-    /// Returns every pid seen, so the caller can reap the ones reparented to it.
+    /// until nothing listed is alive (a fork bomb cannot outrun a zero pids.max).
+    /// cgroup v1 keeps listing dead processes until they are reaped, so descendants that
+    /// were reparented to ward (a subreaper) are reaped here; `tool`, the direct child, is
+    /// left for its caller to reap with its exit status. Returns every pid seen.
     @discardableResult
-    func killAll() -> Set<pid_t> {
+    func killAll(sparing tool: pid_t = 0) -> Set<pid_t> {
         var seen = Set(members())
         if primaryIsV2 {
             writeSmallFile(primary + "/cgroup.kill", "1")
@@ -142,12 +172,24 @@ final class CgroupSlot: @unchecked Sendable {
         }
         for attempt in 0..<2000 {
             let pids = members()
-            if pids.isEmpty { break }
             seen.formUnion(pids)
-            if !primaryIsV2 || attempt > 50 { for pid in pids { kill(pid, SIGKILL) } }
+            for pid in pids where pid != tool {
+                var status: Int32 = 0
+                _ = waitpid(pid, &status, WNOHANG | Int32(bitPattern: 0x4000_0000) /* __WALL */)
+            }
+            let alive = pids.filter { !CgroupSlot.isDead($0) }
+            if alive.isEmpty { break }
+            if !primaryIsV2 || attempt > 50 { for pid in alive { kill(pid, SIGKILL) } }
             usleep(attempt < 20 ? 100 : 1000)
         }
         return seen
+    }
+
+    /// A zombie, or gone.
+    static func isDead(_ pid: pid_t) -> Bool {
+        guard let stat = readSmallFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return true }
+        let state = stat[stat.index(after: close)...].drop(while: { $0 == " " }).first
+        return state == "Z" || state == "X"
     }
 }
 
@@ -284,7 +326,7 @@ final class CgroupPool: Sendable {
         }
         for slot in slots {
             slot.killAll()
-            for fd in slot.procsFDs { close(fd) }
+            slot.closeFDs()
             for dir in slot.directories { rmdir(dir) }
         }
         for root in roots { rmdir(root.path) }

@@ -42,7 +42,10 @@ public final class Sandbox: Sendable {
     ///   - policies: the loaded policy directory.
     ///   - workspace: the run's workspace; created (with `.tmp` for TMPDIR) when missing.
     ///   - useCgroups: false forces the PID-namespace path (tests of the fallback).
-    public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"), useCgroups: Bool = true) throws(SandboxError) {
+    ///   - cgroupLayout: the hierarchies to use instead of the detected ones (tests of the
+    ///     cgroup v1 path on a machine that also has v2).
+    public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"),
+                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil) throws(SandboxError) {
         for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
             throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
         }
@@ -55,7 +58,7 @@ public final class Sandbox: Sendable {
         self.logger = logger
         let features = KernelFeatures.probe()
         self.features = features
-        let pool = useCgroups ? CgroupPool(layout: features.cgroups) : nil
+        let pool = useCgroups ? CgroupPool(layout: cgroupLayout ?? features.cgroups) : nil
         self.cgroups = pool
         // Orphaned descendants of a tool come to ward, not to an init that may never reap them.
         if pool != nil { _ = ward_prctl(36 /* PR_SET_CHILD_SUBREAPER */, 1, 0, 0, 0) }
@@ -135,6 +138,11 @@ public final class Sandbox: Sendable {
         }
         if winner.landlockFD != tool.landlockFD, tool.landlockFD >= 0 { close(tool.landlockFD) }
         return winner
+    }
+
+    /// Compiles a tool's seccomp program (what `prepare` caches), for benchmarks and tests.
+    public static func compileFilter(for policy: ToolPolicy) throws(SandboxError) -> SeccompProgram {
+        try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
     }
 
     /// The argv a call would run, with its arguments substituted.
@@ -258,6 +266,7 @@ public final class Sandbox: Sendable {
                                     config.bpf = features.seccomp ? bpf.baseAddress : nil
                                     config.bpf_len = UInt16(tool.bpf.instructionCount)
                                     config.pdeath_signal = SIGKILL
+                                    config.raise_oom_score = enforced.memory ? 0 : 1
                                     return ward_spawn(&config, &spawnError, &pidfd)
                                 }
                             }
@@ -309,7 +318,7 @@ public final class Sandbox: Sendable {
         switch treeKill {
         case .cgroup:
             guard let slot, !slot.members().isEmpty else { return }
-            var leftovers = slot.killAll()
+            var leftovers = slot.killAll(sparing: pid)
             leftovers.remove(pid)
             Sandbox.reap(leftovers)
         case .pidNamespace:

@@ -79,8 +79,8 @@ enum Fixture {
         return dir
     }
 
-    static func sandbox(workspace: String, useCgroups: Bool = true) throws -> Sandbox {
-        try Sandbox(policies: try PolicyLoader.load(directory: testPolicies), workspace: workspace, useCgroups: useCgroups)
+    static func sandbox(workspace: String, useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil) throws -> Sandbox {
+        try Sandbox(policies: try PolicyLoader.load(directory: testPolicies), workspace: workspace, useCgroups: useCgroups, cgroupLayout: cgroupLayout)
     }
 
     /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.

@@ -7,6 +7,8 @@ import WardSandbox
 enum Mode: String, CaseIterable, CustomTestStringConvertible, Sendable {
     /// Root, one cgroup per call (cgroup.kill / pids.max).
     case root
+    /// Root with cgroup v1 only (hybrid machines without cgroup2): pids.max=0, then SIGKILL.
+    case rootCgroupV1 = "root-cgroup-v1"
     /// Root without cgroups: the tool is pid 1 of its own PID namespace.
     case rootPidNamespace = "root-pidns"
     /// An unprivileged uid with no cgroup access: user + PID namespace, via the CLI.
@@ -39,8 +41,15 @@ final class Harness: Sendable {
         for mode in Mode.allCases {
             let ws = Fixture.workspace(owner: mode == .unprivileged ? Mode.nobody : nil)
             workspaces[mode] = ws
-            if mode != .unprivileged {
+            switch mode {
+            case .root, .rootPidNamespace:
                 sandboxes[mode] = try! Fixture.sandbox(workspace: ws, useCgroups: mode == .root)
+            case .rootCgroupV1:
+                var layout = CgroupLayout.detect()
+                layout.v2 = nil
+                if layout.v1Pids != nil { sandboxes[mode] = try! Fixture.sandbox(workspace: ws, cgroupLayout: layout) }
+            case .unprivileged:
+                break
             }
         }
         self.workspaces = workspaces
@@ -49,6 +58,10 @@ final class Harness: Sendable {
 
     func run(_ mode: Mode, tool: String = "shell", _ command: String) throws -> HostileResult {
         let ws = workspaces[mode]!
+        if mode == .rootCgroupV1 && sandboxes[mode] == nil {
+            // No v1 pids hierarchy on this machine: the v1 path cannot be exercised here.
+            throw SandboxError(.internalError, "this machine has no cgroup v1 pids hierarchy")
+        }
         if let sandbox = sandboxes[mode] {
             let o = try sandbox.run(tool: tool, arguments: .object(["command": .string(command)]))
             return HostileResult(status: o.status.rawValue, signal: o.signal, stdout: o.out, truncated: o.truncated, durationMs: o.durationMs)

@@ -61,6 +61,7 @@ struct ward_spawn_config {
     const void *bpf;              ///< struct sock_filter[bpf_len]; NULL for none
     unsigned short bpf_len;
     int pdeath_signal;            ///< 0 for none
+    int raise_oom_score;          ///< no memory cgroup bounds the call: make the tool the OOM victim
 };
 
 struct ward_spawn_error {

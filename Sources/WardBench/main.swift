@@ -1,0 +1,191 @@
+// ward-bench: the figures of Scripts/bench. Every comparison is a ratio of medians of
+// runs interleaved in one process (A, B, C, A, B, C, …), so machine noise hits all alike.
+import CWardBench
+import WardCore
+import WardPolicy
+import WardSandbox
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func now() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+func withArgv<R>(_ args: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var ptrs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+    defer { for p in ptrs { free(p) } }
+    return ptrs.withUnsafeBufferPointer { body($0.baseAddress!) }
+}
+
+/// posix_spawn + wait, for peers (bwrap, firejail) whose own set-up is what is measured.
+func spawnAndWait(_ argv: [String]) -> Int32 {
+    var pid: pid_t = 0
+    let rc = withArgv(argv) { cArgv in
+        posix_spawn(&pid, argv[0], nil, nil, UnsafeMutablePointer(mutating: cArgv), environ)
+    }
+    guard rc == 0 else { return -1 }
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    return status
+}
+
+func which(_ name: String) -> String? {
+    for dir in ["/usr/bin", "/bin", "/usr/local/bin"] where access("\(dir)/\(name)", X_OK) == 0 { return "\(dir)/\(name)" }
+    return nil
+}
+
+struct Row {
+    var name: String
+    var ward: Double
+    var peer: String
+    var peerValue: Double
+    var budget: Double?
+    var ratio: Double { ward / peerValue }
+    var met: Bool? { budget.map { ratio <= $0 } }
+}
+
+// MARK: - Arguments
+
+var iterations = 300
+var jsonPath: String?
+var policiesDir = "policies"
+var args = CommandLine.arguments.dropFirst()
+while let a = args.popFirst() {
+    switch a {
+    case "--iterations": iterations = Int(args.popFirst() ?? "") ?? iterations
+    case "--json": jsonPath = args.popFirst()
+    case "--policies": policiesDir = args.popFirst() ?? policiesDir
+    default: print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR]"); exit(2)
+    }
+}
+
+// MARK: - Spawn of /bin/true: ward's shell sandbox vs bare fork+exec vs bwrap vs firejail
+
+// A tool with the shell policy's sandbox (its syscalls, paths, limits, network) whose
+// command is /bin/true: the shipped file's [defaults] plus the shell tool's own keys.
+var shipped = try PolicyLoader.load(directory: policiesDir)
+var tool = try shipped.tool("shell")
+tool.name = "true"
+tool.command = ["/bin/true"]
+shipped.tools["true"] = tool
+// The same with network = loopback: a private network namespace per call (what network
+// "none" would cost if it were built from namespaces instead of seccomp + Landlock).
+var netns = tool
+netns.name = "true-netns"
+netns.network = .loopback
+shipped.tools["true-netns"] = netns
+var template = Array("/tmp/ward-bench-XXXXXX".utf8CString)
+let workspace = String(cString: mkdtemp(&template)!)
+let sandbox = try Sandbox(policies: shipped, workspace: workspace)
+let pidnsSandbox = try Sandbox(policies: shipped, workspace: workspace, useCgroups: false)
+
+let bwrap = which("bwrap")
+let firejail = which("firejail")
+var samples: [String: [Double]] = ["ward": [], "bare": [], "bwrap": [], "firejail": [], "pidns": [], "netns": []]
+let empty = JSONValue.object([:])
+// Warm-up: compile the filter, build the ruleset, fill the cgroup pool, page in binaries.
+for _ in 0..<20 {
+    _ = try sandbox.run(tool: "true", arguments: empty)
+    _ = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
+}
+for i in 0..<iterations {
+    var order: [String] = ["ward", "bare", "pidns", "netns"]
+    if bwrap != nil { order.append("bwrap") }
+    if firejail != nil && i % 10 == 0 { order.append("firejail") }  // ~30 ms each: sample, don't dominate
+    for k in 0..<order.count {
+        let which = order[(k + i) % order.count]
+        let t0 = now()
+        switch which {
+        case "ward":
+            let o = try sandbox.run(tool: "true", arguments: empty)
+            precondition(o.status == .succeeded, "sandboxed /bin/true failed: \(o)")
+        case "pidns":
+            let o = try pidnsSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded)
+        case "netns":
+            let o = try sandbox.run(tool: "true-netns", arguments: empty); precondition(o.status == .succeeded)
+        case "bare":
+            let st = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
+            precondition(st == 0)
+        case "bwrap":
+            precondition(spawnAndWait([bwrap!, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) == 0, "bwrap failed")
+        default:
+            _ = spawnAndWait([firejail!, "--quiet", "--noprofile", "/bin/true"])
+        }
+        samples[which]!.append(Double(now() - t0) / 1000)
+    }
+}
+
+var rows: [Row] = []
+let wardSpawn = median(samples["ward"]!)
+rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: 1.8))
+if bwrap != nil {
+    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bwrap --unshare-all", peerValue: median(samples["bwrap"]!), budget: 0.3))
+}
+if firejail != nil, !samples["firejail"]!.isEmpty {
+    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(samples["firejail"]!), budget: nil))
+}
+
+rows.append(Row(name: "… without cgroups (PID namespace per call)", ward: median(samples["pidns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
+rows.append(Row(name: "… network isolated by a netns per call", ward: median(samples["netns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
+
+// MARK: - In-process costs of preparing a policy (done once per tool, then cached)
+
+func timeIt(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
+    var xs: [Double] = []
+    for _ in 0..<n {
+        let t0 = now()
+        try body()
+        xs.append(Double(now() - t0) / 1000)
+    }
+    return median(xs)
+}
+let compile = try timeIt(200) { _ = try Sandbox.compileFilter(for: tool) }
+let filterSize = try Sandbox.compileFilter(for: tool).instructionCount
+
+// MARK: - Report
+
+func f(_ x: Double) -> String {
+    x >= 1000 ? String(format1: x / 1000) + " ms" : String(format1: x) + " µs"
+}
+extension String {
+    init(format1 x: Double) {
+        let r = (x * 10).rounded() / 10
+        self = r == r.rounded() ? "\(Int(r)).0" : "\(r)"
+    }
+    func pad(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+var uts = utsname()
+uname(&uts)
+let kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
+print("ward bench — \(iterations) interleaved iterations, kernel \(kernel), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores, tree kill: \(sandbox.treeKill.rawValue)")
+print("figure".pad(46) + "ward".pad(11) + "peer".pad(24) + "peer value".pad(12) + "ratio".pad(8) + "budget")
+for r in rows {
+    let budget = r.budget.map { "≤ \($0)× " + (r.met! ? "met" : "MISSED") } ?? "—"
+    print(r.name.pad(46) + f(r.ward).pad(11) + r.peer.pad(24) + f(r.peerValue).pad(12) + (String(format1: r.ratio * 100) + "%").pad(8) + budget)
+}
+print("seccomp filter compile (libseccomp, tree layout, \(filterSize) instructions, once per tool): \(f(compile))")
+
+if let jsonPath {
+    let json = JSONValue.object([
+        "kernel": .string(kernel),
+        "iterations": .number(Double(iterations)),
+        "rows": .array(rows.map { r in
+            .object(["figure": .string(r.name), "wardMicros": .number(r.ward), "peer": .string(r.peer), "peerMicros": .number(r.peerValue),
+                     "ratio": .number(r.ratio), "budget": r.budget.map { .number($0) } ?? .null, "met": r.met.map { .bool($0) } ?? .null])
+        }),
+        "filterCompileMicros": .number(compile),
+    ])
+    let fp = fopen(jsonPath, "w")!
+    fputs(json.canonical + "\n", fp)
+    fclose(fp)
+}
+exit(rows.contains { $0.met == false } ? 1 : 0)
