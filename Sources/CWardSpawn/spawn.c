@@ -4,17 +4,24 @@
 // The child is created with clone(CLONE_VM|CLONE_VFORK): it shares the parent's memory
 // and the calling thread sleeps until it has exec'd or exited. The parent is a
 // multithreaded Swift process, so the child may run only raw syscalls: no malloc, no
-// stdio, no locks. Everything that allocates (argv, envp, the BPF program, the Landlock
-// ruleset, cgroup fds) was prepared by the parent. A failure is written into the shared
-// error record as {step, errno}; the parent reads it once clone returns.
-#include "ward_spawn.h"
+// stdio, no locks, not even errno (it lives in the borrowed thread's TLS): every syscall
+// here goes through `sys`, which returns -errno. Everything that allocates (argv, envp,
+// the BPF program, the Landlock ruleset, cgroup fds) was prepared by the parent. A failure
+// is written into the shared error record as {step, errno}; the parent reads it once
+// clone returns.
+//
+// Two ways to get there:
+// - direct: one child applies every step below, then execs the tool;
+// - zygote (zygote.c): a long-lived process applies the per-policy steps once (the
+//   confinement: rlimit-free steps 11-14), and each call's child applies only the per-call
+//   steps and inherits the rest. Attaching a seccomp filter costs ~75 µs of kernel time
+//   whatever its size; a child forked from a filtered process shares the filter for free.
+#include "spawn_internal.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
-#include <stddef.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -29,6 +36,7 @@
 #include <linux/securebits.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#include <errno.h>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
@@ -49,11 +57,6 @@
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
 #endif
 
-struct spawn_context {
-    const struct ward_spawn_config *cfg;
-    struct ward_spawn_error *err;
-};
-
 // Kernel layout of struct sigaction for rt_sigaction (not glibc's).
 struct kernel_sigaction {
     void *handler;
@@ -61,16 +64,6 @@ struct kernel_sigaction {
     void *restorer;
     unsigned long mask;
 };
-
-static long raw(long nr, long a, long b, long c, long d, long e) {
-    return syscall(nr, a, b, c, d, e);
-}
-
-static size_t str_len(const char *s) {
-    size_t n = 0;
-    while (s[n]) n++;
-    return n;
-}
 
 // Formats "<id> <id> 1\n" for a one-line id map, without stdio.
 static size_t format_id_map(char *buf, uint32_t id) {
@@ -86,147 +79,168 @@ static size_t format_id_map(char *buf, uint32_t id) {
     return len;
 }
 
-static int write_file(const char *path, const char *data, size_t len) {
-    int fd = (int)raw(SYS_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC, 0, 0);
-    if (fd < 0) return -1;
-    long n = raw(SYS_write, fd, (long)data, (long)len, 0, 0);
-    int saved = errno;
-    raw(SYS_close, fd, 0, 0, 0, 0);
-    errno = saved;
-    return n == (long)len ? 0 : -1;
+// 0 or -errno.
+static long write_file(const char *path, const char *data, size_t len) {
+    long fd = sys(SYS_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return fd;
+    long n = sys(SYS_write, fd, (long)data, (long)len);
+    sys(SYS_close, fd);
+    if (n < 0) return n;
+    return n == (long)len ? 0 : -EIO;
 }
 
-__attribute__((noreturn)) static void fail(struct spawn_context *ctx, int step) {
-    ctx->err->step = step;
-    ctx->err->error = errno;
-    raw(SYS_exit_group, 127, 0, 0, 0, 0);
+__attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc) {
+    err->step = step;
+    err->error = (int)-rc;
+    sys(SYS_exit_group, 127);
     __builtin_unreachable();
 }
 
-static int child_main(void *arg) {
-    struct spawn_context *ctx = arg;
-    const struct ward_spawn_config *cfg = ctx->cfg;
+#define CHECK(step, expr) do { long rc_ = (expr); if (rc_ < 0) ward_child_fail(err, (step), rc_); } while (0)
 
-    // 1. Signals: the parent blocked every signal around clone so no handler of the
-    //    supervisor runs in this borrowed address space. Reset every disposition (ward
-    //    ignores SIGPIPE; a tool must not inherit that) and then unblock.
+// MARK: - Steps
+
+void ward_step_signals(struct ward_spawn_error *err, int unblock) {
+    // The parent blocked every signal around clone so no handler of the supervisor runs in
+    // this borrowed address space. Reset every disposition (ward ignores SIGPIPE; a tool
+    // must not inherit that); unblock only when the next thing is the tool itself.
     struct kernel_sigaction dfl = { (void *)SIG_DFL, 0, NULL, 0 };
     for (int sig = 1; sig < 65; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP) continue;
-        raw(SYS_rt_sigaction, sig, (long)&dfl, 0, 8, 0);
+        sys(SYS_rt_sigaction, sig, (long)&dfl, 0, 8);
     }
-    unsigned long empty_mask = 0;
-    if (raw(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty_mask, 0, 8, 0) != 0) fail(ctx, WARD_STEP_SIGNALS);
-
-    // 2. Without root, the PID/network namespaces need a user namespace of our own. Map
-    //    only our own uid and gid (the one mapping an unprivileged process may write) and
-    //    give up setgroups, so the tool cannot drop a group that denies it access.
-    if (cfg->new_user_namespace) {
-        char map[48];
-        if (write_file("/proc/self/setgroups", "deny", 4) != 0) fail(ctx, WARD_STEP_USER_NAMESPACE);
-        if (write_file("/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)) != 0) fail(ctx, WARD_STEP_USER_NAMESPACE);
-        if (write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)) != 0) fail(ctx, WARD_STEP_USER_NAMESPACE);
+    if (unblock) {
+        unsigned long empty_mask = 0;
+        CHECK(WARD_STEP_SIGNALS, sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty_mask, 0, 8));
     }
+}
 
-    // 3. The supervisor dies → the tool dies (the direct child; cgroups or the PID
-    //    namespace take care of the rest of the tree).
-    if (cfg->pdeath_signal && raw(SYS_prctl, PR_SET_PDEATHSIG, cfg->pdeath_signal, 0, 0, 0) != 0)
-        fail(ctx, WARD_STEP_PDEATHSIG);
+void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    // The supervisor dies → the tool dies (the direct child; cgroups or the PID namespace
+    // take care of the rest of the tree).
+    if (cfg->pdeath_signal) CHECK(WARD_STEP_PDEATHSIG, sys(SYS_prctl, PR_SET_PDEATHSIG, cfg->pdeath_signal));
 
-    // 4. New session, no controlling terminal: TIOCSTI / TIOCLINUX have no terminal of
-    //    the user's to inject into (CVE-2017-5226), and job-control signals do not reach us.
-    if (raw(SYS_setsid, 0, 0, 0, 0, 0) < 0) fail(ctx, WARD_STEP_SETSID);
+    // New session, no controlling terminal: TIOCSTI / TIOCLINUX have no terminal of the
+    // user's to inject into (CVE-2017-5226), and job-control signals do not reach us.
+    CHECK(WARD_STEP_SETSID, sys(SYS_setsid));
 
-    // 5. Join the call's cgroups before anything can fork: every descendant, daemonized or
-    //    not, stays inside and dies with the call (cgroup.kill / pids.max).
+    // Join the call's cgroups before anything can fork: every descendant, daemonized or
+    // not, stays inside and dies with the call (cgroup.kill / pids.max).
     for (int i = 0; i < cfg->cgroup_procs_count; i++) {
-        if (raw(SYS_write, cfg->cgroup_procs_fds[i], (long)"0", 1, 0, 0) != 1) fail(ctx, WARD_STEP_CGROUP);
+        long n = sys(SYS_write, cfg->cgroup_procs_fds[i], (long)"0", 1);
+        if (n != 1) ward_child_fail(err, WARD_STEP_CGROUP, n < 0 ? n : -EIO);
     }
 
-    // 6. A private network namespace starts with loopback down; bring it up so tools
-    //    allowed "loopback" can talk to themselves (and to nothing of the host's).
+    // A private network namespace starts with loopback down; bring it up so tools allowed
+    // "loopback" can talk to themselves (and to nothing of the host's).
     if (cfg->new_net_namespace) {
-        int s = (int)raw(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0, 0, 0);
-        if (s < 0) fail(ctx, WARD_STEP_LOOPBACK);
+        long s = sys(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (s < 0) ward_child_fail(err, WARD_STEP_LOOPBACK, s);
         struct ifreq ifr;
         memset(&ifr, 0, sizeof ifr);
-        ifr.ifr_name[0] = 'l'; ifr.ifr_name[1] = 'o';
+        ifr.ifr_name[0] = 'l';
+        ifr.ifr_name[1] = 'o';
         ifr.ifr_flags = IFF_UP | IFF_RUNNING;
-        if (raw(SYS_ioctl, s, SIOCSIFFLAGS, (long)&ifr, 0, 0) != 0) fail(ctx, WARD_STEP_LOOPBACK);
-        raw(SYS_close, s, 0, 0, 0, 0);
+        CHECK(WARD_STEP_LOOPBACK, sys(SYS_ioctl, s, SIOCSIFFLAGS, (long)&ifr));
+        sys(SYS_close, s);
     }
 
-    // 7. stdio: stdin is a memfd holding the arguments JSON, stdout/stderr are pipes the
-    //    parent drains up to the output limit. dup2 clears close-on-exec on the copies.
-    if (raw(SYS_dup2, cfg->stdin_fd, 0, 0, 0, 0) < 0 || raw(SYS_dup2, cfg->stdout_fd, 1, 0, 0, 0) < 0 ||
-        raw(SYS_dup2, cfg->stderr_fd, 2, 0, 0, 0) < 0)
-        fail(ctx, WARD_STEP_STDIO);
+    // stdio: stdin is a memfd holding the arguments JSON, stdout/stderr are pipes the parent
+    // drains up to the output limit. dup2 clears close-on-exec on the copies.
+    CHECK(WARD_STEP_STDIO, sys(SYS_dup2, cfg->stdin_fd, 0));
+    CHECK(WARD_STEP_STDIO, sys(SYS_dup2, cfg->stdout_fd, 1));
+    CHECK(WARD_STEP_STDIO, sys(SYS_dup2, cfg->stderr_fd, 2));
 
-    if (cfg->cwd && raw(SYS_chdir, (long)cfg->cwd, 0, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CHDIR);
+    if (cfg->cwd) CHECK(WARD_STEP_CHDIR, sys(SYS_chdir, (long)cfg->cwd));
 
-    // 8. Resource limits with hard limits the tool cannot raise back (file size, CPU
-    //    seconds, open files, processes, address space where no memory cgroup exists).
+    // Resource limits with hard limits the tool cannot raise back (file size, CPU seconds,
+    // open files, processes, address space where no memory cgroup exists).
     for (int i = 0; i < cfg->rlimit_count; i++) {
         struct { uint64_t cur, max; } lim = { cfg->rlimits[i].soft, cfg->rlimits[i].hard };
-        if (raw(SYS_prlimit64, 0, cfg->rlimits[i].resource, (long)&lim, 0, 0) != 0) fail(ctx, WARD_STEP_RLIMIT);
+        CHECK(WARD_STEP_RLIMIT, sys(SYS_prlimit64, 0, cfg->rlimits[i].resource, (long)&lim, 0));
     }
 
-    // 9. Under global memory pressure the OOM killer takes the tool, not the supervisor.
-    //    (With a memory cgroup per call, an OOM stays inside the call's cgroup anyway.)
-    if (cfg->raise_oom_score && write_file("/proc/self/oom_score_adj", "1000", 4) != 0 && errno != ENOENT)
-        fail(ctx, WARD_STEP_OOM_SCORE);
-
-    // 10. Every other fd (ledger, sockets, other calls' pipes, the Landlock ruleset) is
-    //     closed at execve, never inherited (runc CVE-2024-21626 leaked one). Marking
-    //     rather than closing keeps the ruleset fd usable for step 13.
-    if (raw(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC, 0, 0) != 0) {
+    // Every other fd (ledger, sockets, other calls' pipes, the Landlock ruleset) is closed
+    // at execve, never inherited (runc CVE-2024-21626 leaked one). Marking rather than
+    // closing keeps the ruleset fd usable for the Landlock step.
+    if (sys(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         struct { uint64_t cur, max; } nofile;
-        if (raw(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, (long)&nofile, 0) != 0) fail(ctx, WARD_STEP_CLOSE_FDS);
-        for (uint64_t fd = 3; fd < nofile.cur && fd < (1u << 20); fd++) raw(SYS_fcntl, (long)fd, F_SETFD, FD_CLOEXEC, 0, 0);
+        CHECK(WARD_STEP_CLOSE_FDS, sys(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, (long)&nofile));
+        for (uint64_t fd = 3; fd < nofile.cur && fd < (1u << 20); fd++) sys(SYS_fcntl, (long)fd, F_SETFD, FD_CLOEXEC);
     }
+}
 
-    // 11. no_new_privs: setuid/setcap binaries (sudo, su, ping) confer nothing, and
-    //     seccomp may be loaded without CAP_SYS_ADMIN.
-    if (raw(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(ctx, WARD_STEP_NO_NEW_PRIVS);
+void ward_step_oom_score(struct ward_spawn_error *err) {
+    // Under global memory pressure the OOM killer takes the tool, not the supervisor. (With
+    // a memory cgroup per call, an OOM stays inside the call's cgroup anyway.) Inherited by
+    // children, so a zygote sets it once for all its calls.
+    long rc = write_file("/proc/self/oom_score_adj", "1000", 4);
+    if (rc < 0 && rc != -ENOENT) ward_child_fail(err, WARD_STEP_OOM_SCORE, rc);
+}
 
-    // 12. Capabilities. Started as root (or inside our own user namespace), lock the
-    //     securebits so uid 0 never regains capabilities through execve or setuid, empty
-    //     the bounding set; then clear ambient and empty the effective, permitted and
-    //     inheritable sets.
+void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    // no_new_privs: setuid/setcap binaries (sudo, su, ping) confer nothing, and seccomp may
+    // be loaded without CAP_SYS_ADMIN.
+    CHECK(WARD_STEP_NO_NEW_PRIVS, sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+
+    // Capabilities. Started as root (or inside our own user namespace), lock the securebits
+    // so uid 0 never regains capabilities through execve or setuid, and empty the bounding
+    // set; then clear ambient and empty the effective, permitted and inheritable sets.
     if (cfg->drop_bounding_set) {
         unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
                              SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
                              SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
-        if (raw(SYS_prctl, PR_SET_SECUREBITS, (long)bits, 0, 0, 0) != 0) fail(ctx, WARD_STEP_SECUREBITS);
-        for (int cap = 0; cap <= cfg->cap_last; cap++) {
-            if (raw(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CAPBSET);
-        }
+        CHECK(WARD_STEP_SECUREBITS, sys(SYS_prctl, PR_SET_SECUREBITS, (long)bits));
+        for (int cap = 0; cap <= cfg->cap_last; cap++) CHECK(WARD_STEP_CAPBSET, sys(SYS_prctl, PR_CAPBSET_DROP, cap));
     }
-    if (raw(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) fail(ctx, WARD_STEP_AMBIENT);
+    CHECK(WARD_STEP_AMBIENT, sys(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0));
     struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
-    if (raw(SYS_capset, (long)&hdr, (long)data, 0, 0, 0) != 0) fail(ctx, WARD_STEP_CAPSET);
+    CHECK(WARD_STEP_CAPSET, sys(SYS_capset, (long)&hdr, (long)data));
 
-    // 13. Landlock: only the policy's read and write roots are reachable; TCP and the
-    //     abstract-socket and signal scopes as the ruleset (sized to the kernel's ABI) says.
-    if (cfg->landlock_ruleset_fd >= 0 && raw(SYS_landlock_restrict_self, cfg->landlock_ruleset_fd, 0, 0, 0, 0) != 0)
-        fail(ctx, WARD_STEP_LANDLOCK);
+    // Landlock: only the policy's read and write roots are reachable; TCP and the
+    // abstract-socket and signal scopes as the ruleset (sized to the kernel's ABI) says.
+    if (cfg->landlock_ruleset_fd >= 0) CHECK(WARD_STEP_LANDLOCK, sys(SYS_landlock_restrict_self, cfg->landlock_ruleset_fd, 0));
 
-    // 14. seccomp last, so the steps above needed no syscalls the tool is denied.
+    // seccomp last, so the steps above needed no syscalls the tool is denied.
     if (cfg->bpf) {
         struct sock_fprog prog = { cfg->bpf_len, (struct sock_filter *)cfg->bpf };
-        if (raw(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, (long)&prog, 0, 0) != 0) fail(ctx, WARD_STEP_SECCOMP);
+        CHECK(WARD_STEP_SECCOMP, sys(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, (long)&prog));
+    }
+}
+
+static int child_main(void *arg) {
+    struct ward_child_context *ctx = arg;
+    const struct ward_spawn_config *cfg = ctx->cfg;
+    struct ward_spawn_error *err = ctx->err;
+
+    ward_step_signals(err, 1);
+
+    // Without root, the PID/network namespaces need a user namespace of our own. Map only
+    // our own uid and gid (the one mapping an unprivileged process may write) and give up
+    // setgroups, so the tool cannot drop a group that denies it access.
+    if (cfg->new_user_namespace) {
+        char map[48];
+        CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/setgroups", "deny", 4));
+        CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)));
+        CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
     }
 
-    raw(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp, 0, 0);
-    fail(ctx, WARD_STEP_EXECVE);
+    if (cfg->raise_oom_score) ward_step_oom_score(err);
+    ward_step_per_call(cfg, err);
+    ward_step_confine(cfg, err);
+    ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));
 }
 
 // One child stack per spawning thread, allocated on first use and kept: saves an
 // mmap/munmap pair on every call. The child runs only the steps above, so 64 KiB is plenty.
-#define WARD_STACK_SIZE (64 * 1024)
 static __thread char *spawn_stack;
+
+char *ward_stack(void) {
+    void *stack = mmap(NULL, WARD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    return stack == MAP_FAILED ? NULL : stack;
+}
 
 pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
     err->step = WARD_STEP_NONE;
@@ -237,21 +251,17 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
         err->error = EINVAL;
         return -1;
     }
-    if (!spawn_stack) {
-        void *stack = mmap(NULL, WARD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-        if (stack == MAP_FAILED) {
-            err->step = WARD_STEP_CLONE;
-            err->error = errno;
-            return -1;
-        }
-        spawn_stack = stack;
+    if (!spawn_stack && !(spawn_stack = ward_stack())) {
+        err->step = WARD_STEP_CLONE;
+        err->error = errno;
+        return -1;
     }
     int flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD;
     if (cfg->new_user_namespace) flags |= CLONE_NEWUSER;
     if (cfg->new_pid_namespace) flags |= CLONE_NEWPID;
     if (cfg->new_net_namespace) flags |= CLONE_NEWNET;
 
-    struct spawn_context ctx = { cfg, err };
+    struct ward_child_context ctx = { cfg, err };
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -297,6 +307,7 @@ const char *ward_step_name(int step) {
     case WARD_STEP_SECCOMP: return "seccomp(SECCOMP_SET_MODE_FILTER)";
     case WARD_STEP_EXECVE: return "execve";
     case WARD_STEP_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)";
+    case WARD_STEP_ZYGOTE: return "zygote";
     default: return "spawn";
     }
 }

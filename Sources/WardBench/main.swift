@@ -21,7 +21,7 @@ func median(_ xs: [Double]) -> Double {
 }
 
 func withArgv<R>(_ args: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-    var ptrs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+    let ptrs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
     defer { for p in ptrs { free(p) } }
     return ptrs.withUnsafeBufferPointer { body($0.baseAddress!) }
 }
@@ -87,18 +87,20 @@ var template = Array("/tmp/ward-bench-XXXXXX".utf8CString)
 let workspace = String(cString: mkdtemp(&template)!)
 let sandbox = try Sandbox(policies: shipped, workspace: workspace)
 let pidnsSandbox = try Sandbox(policies: shipped, workspace: workspace, useCgroups: false)
+let directSandbox = try Sandbox(policies: shipped, workspace: workspace, useZygotes: false)
 
 let bwrap = which("bwrap")
 let firejail = which("firejail")
-var samples: [String: [Double]] = ["ward": [], "bare": [], "bwrap": [], "firejail": [], "pidns": [], "netns": []]
+var samples: [String: [Double]] = ["ward": [], "bare": [], "bwrap": [], "firejail": [], "pidns": [], "netns": [], "direct": []]
 let empty = JSONValue.object([:])
 // Warm-up: compile the filter, build the ruleset, fill the cgroup pool, page in binaries.
 for _ in 0..<20 {
     _ = try sandbox.run(tool: "true", arguments: empty)
+    _ = try directSandbox.run(tool: "true", arguments: empty)
     _ = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
 }
 for i in 0..<iterations {
-    var order: [String] = ["ward", "bare", "pidns", "netns"]
+    var order: [String] = ["ward", "bare", "direct", "pidns", "netns"]
     if bwrap != nil { order.append("bwrap") }
     if firejail != nil && i % 10 == 0 { order.append("firejail") }  // ~30 ms each: sample, don't dominate
     for k in 0..<order.count {
@@ -108,6 +110,8 @@ for i in 0..<iterations {
         case "ward":
             let o = try sandbox.run(tool: "true", arguments: empty)
             precondition(o.status == .succeeded, "sandboxed /bin/true failed: \(o)")
+        case "direct":
+            let o = try directSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded)
         case "pidns":
             let o = try pidnsSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded)
         case "netns":
@@ -134,6 +138,7 @@ if firejail != nil, !samples["firejail"]!.isEmpty {
     rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(samples["firejail"]!), budget: nil))
 }
 
+rows.append(Row(name: "… each call confined anew (no zygote)", ward: median(samples["direct"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… without cgroups (PID namespace per call)", ward: median(samples["pidns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… network isolated by a netns per call", ward: median(samples["netns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 

@@ -128,8 +128,10 @@ final class CgroupSlot: @unchecked Sendable {
         return enforced
     }
 
-    /// `cgroup.procs` of the primary hierarchy, kept open: one pread per check on the hot path.
-    private lazy var membersFD: Int32 = open(primary + "/cgroup.procs", O_RDONLY | O_CLOEXEC)
+    /// `cgroup.procs` of the primary hierarchy kept open, for one pread per check on the hot
+    /// path. Only on v2: v1 serves cgroup.procs from a pidlist cached per open file for about
+    /// a second, so a kept fd would return a stale list and miss a fresh daemon.
+    private lazy var membersFD: Int32 = primaryIsV2 ? open(primary + "/cgroup.procs", O_RDONLY | O_CLOEXEC) : -1
 
     /// The pids still in the call's cgroup.
     func members() -> [pid_t] {

@@ -90,6 +90,15 @@ public enum Landlock {
         return rulesetFD
     }
 
+    /// A ruleset that only scopes signals and abstract Unix sockets (ABI 6+), or -1. Each
+    /// call started by a zygote nests it so that it cannot signal the zygote or other calls.
+    static func makeScopeRuleset(abi: Int) -> Int32 {
+        guard abi >= 6 else { return -1 }
+        var attr: (UInt64, UInt64, UInt64) = (0, 0, scopeAbstractUnix | scopeSignal)
+        let fd = withUnsafePointer(to: &attr) { ward_landlock_create_ruleset($0, 24, 0) }
+        return fd < 0 ? -1 : Int32(fd)
+    }
+
     private static func addRule(_ ruleset: Int32, path: String, rights: UInt64) throws(SandboxError) {
         let fd = ward_open_path(path)
         if fd < 0 {

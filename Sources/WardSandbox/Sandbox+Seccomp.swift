@@ -68,6 +68,9 @@ enum Seccomp {
         for name in syscalls where !filtered.contains(name) && !enosys.contains(name) {
             try add(SCMP_ACT_ALLOW, name)
         }
+        // Always allowed: it can only take privileges away, and each call started by a
+        // zygote uses it to nest its own Landlock scope.
+        if !allowed.contains("landlock_restrict_self") { try add(SCMP_ACT_ALLOW, "landlock_restrict_self") }
         for name in enosys { try add(ward_scmp_act_errno(UInt16(ENOSYS)), name) }
         if allowed.contains("clone") {
             try add(SCMP_ACT_ALLOW, "clone", [masked(0, mask: namespaceFlags, equals: 0)])

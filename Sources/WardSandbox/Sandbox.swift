@@ -36,6 +36,7 @@ public final class Sandbox: Sendable {
     public var enforcesProcessLimit: Bool { cgroups?.limitsProcesses ?? !features.privileged }
     let logger: Logger
     let cgroups: CgroupPool?
+    let useZygotes: Bool
     private let prepared = Mutex<[String: PreparedTool]>([:])
 
     /// - Parameters:
@@ -44,8 +45,10 @@ public final class Sandbox: Sendable {
     ///   - useCgroups: false forces the PID-namespace path (tests of the fallback).
     ///   - cgroupLayout: the hierarchies to use instead of the detected ones (tests of the
     ///     cgroup v1 path on a machine that also has v2).
+    ///   - useZygotes: false starts every call directly (tests and benchmarks of that path).
     public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"),
-                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil) throws(SandboxError) {
+                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true) throws(SandboxError) {
+        self.useZygotes = useZygotes
         for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
             throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
         }
@@ -106,6 +109,9 @@ public final class Sandbox: Sendable {
         let bpf: SeccompProgram
         let landlockFD: Int32
         let newNetNamespace: Bool
+        /// Present when the tool can be started through a zygote (cgroup containment, no
+        /// network namespace, and the policy allows the per-call steps).
+        let zygote: Zygote?
     }
 
     func prepare(_ name: String) throws(SandboxError) -> PreparedTool {
@@ -129,8 +135,11 @@ public final class Sandbox: Sendable {
             landlockFD = try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write),
                                                   network: policy.network, abi: features.landlockABI)
         }
+        let zygoteEligible = useZygotes && treeKill == .cgroup && policy.network != .loopback && features.seccomp
+            && Zygote.required.isSubset(of: policy.syscalls)
         let tool = PreparedTool(policy: policy, executable: executable, bpf: bpf, landlockFD: landlockFD,
-                                newNetNamespace: policy.network == .loopback)
+                                newNetNamespace: policy.network == .loopback,
+                                zygote: zygoteEligible ? Zygote(bpf: bpf, landlockFD: landlockFD, features: features) : nil)
         let winner = prepared.withLock { cache -> PreparedTool in
             if let existing = cache[name] { return existing }
             cache[name] = tool
@@ -267,6 +276,7 @@ public final class Sandbox: Sendable {
                                     config.bpf_len = UInt16(tool.bpf.instructionCount)
                                     config.pdeath_signal = SIGKILL
                                     config.raise_oom_score = enforced.memory ? 0 : 1
+                                    if let zygote = tool.zygote, let pid = zygote.spawn(&config, &spawnError, &pidfd) { return pid }
                                     return ward_spawn(&config, &spawnError, &pidfd)
                                 }
                             }

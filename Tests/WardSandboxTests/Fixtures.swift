@@ -79,8 +79,9 @@ enum Fixture {
         return dir
     }
 
-    static func sandbox(workspace: String, useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil) throws -> Sandbox {
-        try Sandbox(policies: try PolicyLoader.load(directory: testPolicies), workspace: workspace, useCgroups: useCgroups, cgroupLayout: cgroupLayout)
+    static func sandbox(workspace: String, useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true) throws -> Sandbox {
+        try Sandbox(policies: try PolicyLoader.load(directory: testPolicies), workspace: workspace, useCgroups: useCgroups,
+                    cgroupLayout: cgroupLayout, useZygotes: useZygotes)
     }
 
     /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.

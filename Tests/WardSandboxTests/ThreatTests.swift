@@ -5,9 +5,10 @@ import WardSandbox
 
 /// The three ways a call can be contained, each of which must hold every threat.
 enum Mode: String, CaseIterable, CustomTestStringConvertible, Sendable {
-    /// Root, one cgroup per call (cgroup.kill / pids.max).
+    /// Root, one cgroup per call (cgroup.kill / pids.max), tools started by the policy's zygote.
     case root
-    /// Root with cgroup v1 only (hybrid machines without cgroup2): pids.max=0, then SIGKILL.
+    /// Root with cgroup v1 only (hybrid machines without cgroup2): pids.max=0, then SIGKILL;
+    /// every call spawned directly (no zygote).
     case rootCgroupV1 = "root-cgroup-v1"
     /// Root without cgroups: the tool is pid 1 of its own PID namespace.
     case rootPidNamespace = "root-pidns"
@@ -47,7 +48,7 @@ final class Harness: Sendable {
             case .rootCgroupV1:
                 var layout = CgroupLayout.detect()
                 layout.v2 = nil
-                if layout.v1Pids != nil { sandboxes[mode] = try! Fixture.sandbox(workspace: ws, cgroupLayout: layout) }
+                if layout.v1Pids != nil { sandboxes[mode] = try! Fixture.sandbox(workspace: ws, cgroupLayout: layout, useZygotes: false) }
             case .unprivileged:
                 break
             }

@@ -1,0 +1,42 @@
+// Shared by spawn.c and zygote.c; not part of the module's public header.
+#ifndef WARD_SPAWN_INTERNAL_H
+#define WARD_SPAWN_INTERNAL_H
+#include "ward_spawn.h"
+#include <stddef.h>
+
+/// A raw x86_64 syscall returning -errno: it touches no errno, no TLS, no libc state,
+/// which code running on a borrowed thread's TLS (the vfork child, the zygote) must not.
+__attribute__((always_inline)) static inline long ward_sys(long nr, long a, long b, long c, long d, long e, long f) {
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#define WARD_SYS7(n, a, b, c, d, e, f, ...) ward_sys((long)(n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
+#define sys(...) WARD_SYS7(__VA_ARGS__, 0, 0, 0, 0, 0, 0, 0)
+
+#define WARD_STACK_SIZE (64 * 1024)
+
+struct ward_child_context {
+    const struct ward_spawn_config *cfg;
+    struct ward_spawn_error *err;
+};
+
+/// Records {step, -rc} and exits the child with 127.
+__attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc);
+/// Resets every signal disposition; unblocks the mask when `unblock`.
+void ward_step_signals(struct ward_spawn_error *err, int unblock);
+/// The per-call steps: pdeathsig, session, cgroups, loopback, stdio, cwd, rlimits, fds.
+void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// oom_score_adj = 1000: the tool, not the supervisor, is the OOM killer's choice.
+void ward_step_oom_score(struct ward_spawn_error *err);
+/// The per-policy confinement: no_new_privs, capabilities, Landlock, seccomp.
+void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// A fresh child stack of WARD_STACK_SIZE bytes, or NULL.
+char *ward_stack(void);
+#endif

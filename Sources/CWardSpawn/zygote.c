@@ -1,0 +1,244 @@
+// The zygote: one confined process per tool policy that starts each call's tool.
+//
+// Why: attaching a seccomp filter costs ~75 µs of kernel time (JIT and action cache) for
+// any filter, ~110 µs for a 300-syscall allowlist, plus the Landlock domain and 40-odd
+// capability drops. A child forked from a process that already holds them shares them for
+// free. The zygote applies the per-policy confinement once; each call's child applies
+// only the per-call steps.
+//
+// Shape: the zygote is created with CLONE_VM|CLONE_FILES from ward's keeper thread (a
+// thread that never exits, so PDEATHSIG means "ward died"). Sharing memory means a
+// request is a pointer to a ward_spawn_config that ward prepared, exactly as for a direct
+// spawn; sharing the fd table means the call's stdio and cgroup fds are already there.
+// The zygote never closes an fd (it would close ward's). Each call's child is made with
+// CLONE_VM|CLONE_VFORK|CLONE_PARENT: ward is its parent (it reaps it and reads its exit
+// status), and the zygote waits only until it has exec'd.
+#include "spawn_internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+
+struct ward_zygote {
+    pid_t pid;
+    int pidfd;
+    int req[2], rep[2];
+    char *stack, *child_stack;
+    const struct ward_spawn_config *cfg;
+    int scope_fd;
+    struct ward_spawn_error start_err;
+    // The request in flight, written by ward before it writes to req, read back after rep.
+    const struct ward_spawn_config *call;
+    struct ward_spawn_error *call_err;
+    pid_t call_pid;
+    int call_pidfd;
+};
+
+struct call_context {
+    struct ward_child_context base;
+    int scope_fd;
+};
+
+// The child of one call: everything of the policy is inherited from the zygote.
+static int call_main(void *arg) {
+    struct call_context *ctx = arg;
+    const struct ward_spawn_config *cfg = ctx->base.cfg;
+    struct ward_spawn_error *err = ctx->base.err;
+    // The zygote keeps every signal blocked with default dispositions: the tool gets them unblocked.
+    unsigned long empty_mask = 0;
+    long rc = sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty_mask, 0, 8);
+    if (rc < 0) ward_child_fail(err, WARD_STEP_SIGNALS, rc);
+    ward_step_per_call(cfg, err);
+    // A nested Landlock domain per call, scoped for signals and abstract sockets: the tools
+    // of one policy share the zygote's domain, and must not signal each other or it.
+    if (ctx->scope_fd >= 0 && (rc = sys(SYS_landlock_restrict_self, ctx->scope_fd, 0)) < 0)
+        ward_child_fail(err, WARD_STEP_LANDLOCK, rc);
+    ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));
+}
+
+static int zygote_main(void *arg) {
+    struct ward_zygote *z = arg;
+    struct ward_spawn_error *err = &z->start_err;
+    // Default dispositions (no handler of ward's may ever run here), everything blocked.
+    ward_step_signals(err, 0);
+    long rc = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+    if (rc < 0) ward_child_fail(err, WARD_STEP_PDEATHSIG, rc);
+    ward_step_oom_score(err);
+    ward_step_confine(z->cfg, err);
+    char byte = 1;
+    sys(SYS_write, z->rep[1], (long)&byte, 1);
+    for (;;) {
+        long n = sys(SYS_read, z->req[0], (long)&byte, 1);
+        if (n == -EINTR) continue;
+        if (n <= 0) sys(SYS_exit_group, 0);
+        struct call_context ctx = { { z->call, z->call_err }, z->scope_fd };
+        int fd = -1;
+        // glibc's clone wrapper touches no TLS in the child; on failure it sets errno in
+        // the keeper thread's TLS, which nothing else reads concurrently.
+        pid_t pid = clone(call_main, z->child_stack + WARD_STACK_SIZE,
+                          CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD | SIGCHLD, &ctx, &fd);
+        if (pid < 0) {
+            z->call_err->step = WARD_STEP_CLONE;
+            z->call_err->error = errno;
+        }
+        z->call_pid = pid;
+        z->call_pidfd = fd;
+        sys(SYS_write, z->rep[1], (long)&byte, 1);
+    }
+}
+
+// MARK: - The keeper thread
+
+static pthread_once_t keeper_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t keeper_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t keeper_cond = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t keeper_callers = PTHREAD_MUTEX_INITIALIZER;
+static struct ward_zygote *keeper_request;
+static int keeper_ready;
+
+static void *keeper_main(void *unused) {
+    (void)unused;
+    pthread_mutex_lock(&keeper_lock);
+    for (;;) {
+        while (!keeper_request) pthread_cond_wait(&keeper_cond, &keeper_lock);
+        struct ward_zygote *z = keeper_request;
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        int fd = -1;
+        z->pid = clone(zygote_main, z->stack + WARD_STACK_SIZE, CLONE_VM | CLONE_FILES | CLONE_PIDFD | SIGCHLD, z, &fd);
+        if (z->pid < 0) {
+            z->start_err.step = WARD_STEP_CLONE;
+            z->start_err.error = errno;
+        }
+        z->pidfd = fd;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        keeper_request = NULL;
+        keeper_ready = 1;
+        pthread_cond_broadcast(&keeper_cond);
+    }
+    return NULL;
+}
+
+static void keeper_start(void) {
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_create(&thread, &attr, keeper_main, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+// Waits until `rep` has a byte (→ 1) or the zygote died (→ 0).
+static int wait_reply(struct ward_zygote *z) {
+    struct pollfd fds[2] = { { z->rep[0], POLLIN, 0 }, { z->pidfd, POLLIN, 0 } };
+    for (;;) {
+        int n = poll(fds, 2, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return 0;
+        if (fds[0].revents & POLLIN) {
+            char byte;
+            return read(z->rep[0], &byte, 1) == 1;
+        }
+        if (fds[1].revents) return 0;
+    }
+}
+
+static void release(struct ward_zygote *z) {
+    if (z->req[0] >= 0) { close(z->req[0]); close(z->req[1]); }
+    if (z->rep[0] >= 0) { close(z->rep[0]); close(z->rep[1]); }
+    if (z->pidfd >= 0) close(z->pidfd);
+    if (z->stack) munmap(z->stack, WARD_STACK_SIZE);
+    if (z->child_stack) munmap(z->child_stack, WARD_STACK_SIZE);
+    free(z);
+}
+
+struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int scope_ruleset_fd, struct ward_spawn_error *err) {
+    err->step = WARD_STEP_NONE;
+    err->error = 0;
+    struct ward_zygote *z = calloc(1, sizeof *z);
+    if (!z) { err->step = WARD_STEP_ZYGOTE; err->error = ENOMEM; return NULL; }
+    z->pid = -1;
+    z->pidfd = z->req[0] = z->req[1] = z->rep[0] = z->rep[1] = -1;
+    z->cfg = cfg;
+    z->scope_fd = scope_ruleset_fd;
+    if (ward_pipe_cloexec(z->req) != 0 || ward_pipe_cloexec(z->rep) != 0 || !(z->stack = ward_stack()) ||
+        !(z->child_stack = ward_stack())) {
+        err->step = WARD_STEP_ZYGOTE;
+        err->error = errno;
+        release(z);
+        return NULL;
+    }
+    pthread_once(&keeper_once, keeper_start);
+    pthread_mutex_lock(&keeper_callers);
+    pthread_mutex_lock(&keeper_lock);
+    keeper_ready = 0;
+    keeper_request = z;
+    pthread_cond_broadcast(&keeper_cond);
+    while (!keeper_ready) pthread_cond_wait(&keeper_cond, &keeper_lock);
+    pthread_mutex_unlock(&keeper_lock);
+    pthread_mutex_unlock(&keeper_callers);
+    if (z->pid < 0 || !wait_reply(z)) {
+        *err = z->start_err;
+        if (err->step == WARD_STEP_NONE) { err->step = WARD_STEP_ZYGOTE; err->error = ECHILD; }
+        if (z->pid > 0) { int e, c, s; ward_wait(z->pid, &e, &c, &s); }
+        release(z);
+        return NULL;
+    }
+    return z;
+}
+
+pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+    err->step = WARD_STEP_NONE;
+    err->error = 0;
+    *pidfd = -1;
+    if (cfg->stdin_fd <= 2 || cfg->stdout_fd <= 2 || cfg->stderr_fd <= 2) {
+        err->step = WARD_STEP_STDIO;
+        err->error = EINVAL;
+        return -1;
+    }
+    z->call = cfg;
+    z->call_err = err;
+    z->call_pid = -1;
+    z->call_pidfd = -1;
+    char byte = 1;
+    if (write(z->req[1], &byte, 1) != 1 || !wait_reply(z)) {
+        err->step = WARD_STEP_ZYGOTE;
+        err->error = ESRCH;
+        return -1;
+    }
+    pid_t pid = z->call_pid;
+    if (pid < 0) return -1;
+    if (err->step != WARD_STEP_NONE) {
+        int exited, code, sig;
+        ward_wait(pid, &exited, &code, &sig);
+        close(z->call_pidfd);
+        return -1;
+    }
+    *pidfd = z->call_pidfd;
+    return pid;
+}
+
+void ward_zygote_stop(struct ward_zygote *z) {
+    if (!z) return;
+    if (z->pid > 0) {
+        kill(z->pid, SIGKILL);
+        int exited, code, sig;
+        ward_wait(z->pid, &exited, &code, &sig);
+    }
+    release(z);
+}

@@ -1,0 +1,72 @@
+import Foundation
+import Testing
+import WardCore
+import WardSandbox
+import Synchronization
+
+@Suite("Zygote: calls share a pre-confined process without sharing a fate", .serialized)
+struct ZygoteTests {
+    static let workspace = Fixture.workspace()
+    static let sandbox = try! Fixture.sandbox(workspace: workspace)
+
+    func shell(_ command: String) throws -> ToolOutcome {
+        try ZygoteTests.sandbox.run(tool: "shell", arguments: .object(["command": .string(command)]))
+    }
+
+    /// This process's zygotes: children of ours (CLONE_PARENT makes tools ours too, but
+    /// tools exec; a zygote keeps our command line) that are seccomp-filtered.
+    static func zygotes() -> [Int32] {
+        let me = getpid()
+        let myCmdline = FileManager.default.contents(atPath: "/proc/self/cmdline")
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { name in
+            guard let pid = Int32(name), pid != me,
+                  let status = try? String(contentsOfFile: "/proc/\(name)/status", encoding: .utf8),
+                  status.contains("\nPPid:\t\(me)\n"), status.contains("\nSeccomp:\t2\n"),
+                  FileManager.default.contents(atPath: "/proc/\(name)/cmdline") == myCmdline else { return nil }
+            return pid
+        }
+    }
+
+    @Test func toolsCannotSignalTheZygoteOrEachOther() throws {
+        _ = try shell("true")  // start the zygote
+        let zygotes = ZygoteTests.zygotes()
+        #expect(!zygotes.isEmpty, "no zygote found")
+        for z in zygotes {
+            let r = try shell("exec ./ward-hostile kill-term \(z)")
+            #expect(r.out == "kill-term: EPERM\n", "\(r.out)\(r.err)")
+        }
+        // A concurrent call of the same tool is out of reach too.
+        let token = "34.\(Int.random(in: 100_000...999_999))"
+        let sleeper = Thread { _ = try? self.shell("exec ./ward-hostile sleep 3 \(token)") }
+        sleeper.start()
+        var victim: Int32?
+        for _ in 0..<100 where victim == nil {
+            victim = Fixture.processes(containing: "ward-hostile sleep 3 \(token)").first
+            usleep(20_000)
+        }
+        let target = try #require(victim)
+        let r = try shell("exec ./ward-hostile kill-term \(target)")
+        #expect(r.out == "kill-term: EPERM\n", "\(r.out)\(r.err)")
+        #expect(kill(target, 0) == 0, "the other call's tool was killed")
+    }
+
+    @Test func aKilledZygoteIsReplaced() throws {
+        _ = try shell("true")
+        for z in ZygoteTests.zygotes() { kill(z, SIGKILL) }
+        for i in 0..<3 {
+            let r = try shell("echo after-\(i)")
+            #expect(r.status == .succeeded && r.out == "after-\(i)\n", "\(r)")
+        }
+        #expect(!ZygoteTests.zygotes().isEmpty, "no new zygote was started")
+    }
+
+    @Test func concurrentCallsGetTheirOwnResults() throws {
+        let results = Mutex<[Int: String]>([:])
+        DispatchQueue.concurrentPerform(iterations: 64) { i in
+            let r = try? self.shell("printf \(i); exit \(i % 7)")
+            results.withLock { $0[i] = r.map { "\($0.out)|\($0.exitCode ?? -1)" } ?? "error" }
+        }
+        let all = results.withLock { $0 }
+        for i in 0..<64 { #expect(all[i] == "\(i)|\(i % 7)", "call \(i): \(all[i] ?? "missing")") }
+    }
+}
