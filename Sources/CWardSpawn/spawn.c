@@ -242,7 +242,7 @@ char *ward_stack(void) {
     return stack == MAP_FAILED ? NULL : stack;
 }
 
-pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+int ward_spawn_begin(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
     err->step = WARD_STEP_NONE;
     err->error = 0;
     *pidfd = -1;
@@ -251,6 +251,22 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
         err->error = EINVAL;
         return -1;
     }
+    return 0;
+}
+
+pid_t ward_spawn_end(pid_t pid, int fd, struct ward_spawn_error *err, int *pidfd) {
+    if (err->step != WARD_STEP_NONE) {
+        int exited, code, sig;
+        ward_wait(pid, &exited, &code, &sig);
+        close(fd);
+        return -1;
+    }
+    *pidfd = fd;
+    return pid;
+}
+
+pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+    if (ward_spawn_begin(cfg, err, pidfd) != 0) return -1;
     if (!spawn_stack && !(spawn_stack = ward_stack())) {
         err->step = WARD_STEP_CLONE;
         err->error = errno;
@@ -275,14 +291,7 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
         err->error = clone_errno;
         return -1;
     }
-    if (err->step != WARD_STEP_NONE) {
-        int exited, code, sig;
-        ward_wait(pid, &exited, &code, &sig);
-        close(fd);
-        return -1;
-    }
-    *pidfd = fd;
-    return pid;
+    return ward_spawn_end(pid, fd, err, pidfd);
 }
 
 const char *ward_step_name(int step) {

@@ -37,6 +37,11 @@ void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_e
 void ward_step_oom_score(struct ward_spawn_error *err);
 /// The per-policy confinement: no_new_privs, capabilities, Landlock, seccomp.
 void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// Resets *err and *pidfd and checks the config; 0, or -1 with *err set.
+int ward_spawn_begin(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
+/// After clone returned `pid`: reaps a child that reported a failed step (→ -1), or hands
+/// out its pidfd (→ pid).
+pid_t ward_spawn_end(pid_t pid, int fd, struct ward_spawn_error *err, int *pidfd);
 /// A fresh child stack of WARD_STACK_SIZE bytes, or NULL.
 char *ward_stack(void);
 #endif

@@ -203,14 +203,7 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int s
 }
 
 pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
-    err->step = WARD_STEP_NONE;
-    err->error = 0;
-    *pidfd = -1;
-    if (cfg->stdin_fd <= 2 || cfg->stdout_fd <= 2 || cfg->stderr_fd <= 2) {
-        err->step = WARD_STEP_STDIO;
-        err->error = EINVAL;
-        return -1;
-    }
+    if (ward_spawn_begin(cfg, err, pidfd) != 0) return -1;
     z->call = cfg;
     z->call_err = err;
     z->call_pid = -1;
@@ -221,16 +214,8 @@ pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *c
         err->error = ESRCH;
         return -1;
     }
-    pid_t pid = z->call_pid;
-    if (pid < 0) return -1;
-    if (err->step != WARD_STEP_NONE) {
-        int exited, code, sig;
-        ward_wait(pid, &exited, &code, &sig);
-        close(z->call_pidfd);
-        return -1;
-    }
-    *pidfd = z->call_pidfd;
-    return pid;
+    if (z->call_pid < 0) return -1;
+    return ward_spawn_end(z->call_pid, z->call_pidfd, err, pidfd);
 }
 
 void ward_zygote_stop(struct ward_zygote *z) {

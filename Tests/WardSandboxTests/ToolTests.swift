@@ -198,6 +198,19 @@ struct BadInputTests {
         #expect(try sandbox.run(tool: "x", arguments: .object([:])).status == .succeeded)
     }
 
+    @Test("a step that fails in the child comes back as {step, errno}", arguments: [true, false])
+    func childFailureNamesTheStep(zygote: Bool) throws {
+        // /bin/true exists, but the policy's read roots do not cover it: Landlock refuses the exec.
+        let dir = Fixture.temporaryDirectory("childfail")
+        try FileManager.default.copyItem(atPath: Fixture.shippedPolicies + "/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
+        try "[tools.x]\ncommand = [\"/bin/true\"]\nsyscalls = [\"@system-service\"]\nread = [\"/etc/passwd\"]\n"
+            .write(toFile: dir + "/x.toml", atomically: true, encoding: .utf8)
+        let sandbox = try Sandbox(policies: try PolicyLoader.load(directory: dir), workspace: Fixture.workspace(), useZygotes: zygote)
+        #expect { try sandbox.run(tool: "x", arguments: .object([:])) } throws: { error in
+            "\(error)" == "execve failed: EACCES (tool x, /bin/true)"
+        }
+    }
+
     @Test func jsonOutputIsTheCallResultShape() throws {
         let r = try Fixture.cli(["sandbox", "--json", "--policies", Fixture.testPolicies, "--workspace", BadInputTests.workspace,
                                  "shell", "--arg", "command=printf out; printf err >&2; exit 3"])
