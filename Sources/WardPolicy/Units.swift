@@ -1,6 +1,7 @@
 /// Sizes ("512M", "1GiB", "64k", 4096) and durations ("30s", "500ms", "2m", 10) in policies.
 enum Units {
-    /// Bytes; suffixes K, M, G, T are binary (1K = 1024), optionally followed by "iB" or "B".
+    /// Bytes; suffixes K, M, G, T are binary (1K = 1024), optionally followed by "iB" or "B";
+    /// a fraction is allowed with a suffix ("1.5G").
     static func size(_ text: String) -> UInt64? {
         var s = Substring(text.trimmingCharacters(in: " "))
         for suffix in ["iB", "B"] where s.hasSuffix(suffix) && s.count > suffix.count {
@@ -18,37 +19,31 @@ enum Units {
             }
             s = s.dropLast()
         }
-        guard !s.isEmpty, s.allSatisfy(\.isNumber), let n = UInt64(s) else { return nil }
-        let (product, overflow) = n.multipliedReportingOverflow(by: multiplier)
-        return overflow ? nil : product
+        return scaled(s, by: multiplier)
     }
 
-    /// Milliseconds; suffixes ms, s, m, h; a bare number is seconds.
+    /// Milliseconds; suffixes ms, s, m, h; a bare number is seconds; fractions allowed ("1.5s").
     static func milliseconds(_ text: String) -> UInt64? {
         let s = text.trimmingCharacters(in: " ")
-        let table: [(String, UInt64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
-        for (suffix, scale) in table where s.hasSuffix(suffix) {
-            let number = s.dropLast(suffix.count)
-            guard !number.isEmpty, number.allSatisfy(\.isNumber), let n = UInt64(number) else { return nil }
-            let (v, overflow) = n.multipliedReportingOverflow(by: scale)
-            return overflow ? nil : v
+        for (suffix, scale) in [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)] as [(String, UInt64)] where s.hasSuffix(suffix) {
+            return scaled(s.dropLast(suffix.count), by: scale)
         }
-        guard !s.isEmpty, s.allSatisfy(\.isNumber), let n = UInt64(s) else { return nil }
-        let (v, overflow) = n.multipliedReportingOverflow(by: 1000)
-        return overflow ? nil : v
+        return scaled(Substring(s), by: 1000)
     }
 
-    /// "512 MiB", "30 s" and friends for `ward policy explain`.
-    static func describe(bytes: UInt64) -> String {
-        for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] as [(String, UInt64)] where bytes >= 1 << shift && bytes % (1 << shift) == 0 {
-            return "\(bytes >> shift) \(unit)"
-        }
-        return "\(bytes) B"
-    }
-
-    static func describe(milliseconds ms: UInt64) -> String {
-        if ms % 1000 == 0 { return "\(ms / 1000) s" }
-        return "\(ms) ms"
+    /// "12" or "1.5" times `scale`, rounded down; nil for anything else or on overflow.
+    private static func scaled(_ number: Substring, by scale: UInt64) -> UInt64? {
+        let parts = number.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let whole = parts.first, !whole.isEmpty, whole.allSatisfy(\.isNumber), let n = UInt64(whole) else { return nil }
+        let (base, overflow) = n.multipliedReportingOverflow(by: scale)
+        guard !overflow else { return nil }
+        guard parts.count == 2 else { return base }
+        let fraction = parts[1]
+        guard !fraction.isEmpty, fraction.count <= 9, fraction.allSatisfy(\.isNumber), let f = UInt64(fraction) else { return nil }
+        var divisor: UInt64 = 1
+        for _ in 0..<fraction.count { divisor *= 10 }
+        let (sum, overflow2) = base.addingReportingOverflow(f * scale / divisor)
+        return overflow2 ? nil : sum
     }
 }
 

@@ -16,7 +16,8 @@ public enum Doctor {
                      "paths, TCP, abstract Unix sockets and signals confined"))
         rows.append(("user namespaces", f.userNamespaces ? "yes" : "NO",
                      f.userNamespaces ? "unprivileged runs get a PID namespace per call" : "unprivileged runs cannot kill daemonized descendants"))
-        rows.append(("privileged", f.privileged ? "yes (root)" : "no",
+        let caps = KernelFeatures.effectiveCapabilities()
+        rows.append(("privileged", f.privileged ? "yes (\(caps.count) capabilities)" : (caps.isEmpty ? "no" : "no (\(caps.joined(separator: ", ")))"),
                      f.privileged ? "securebits locked, bounding set emptied, namespaces without a user namespace" :
                      "no capabilities to drop; no_new_privs still set"))
         let c = f.cgroups

@@ -19,11 +19,11 @@ func policyDirectory(_ files: [String: String], withSets: Bool = true) throws ->
     var all = files
     if withSets {
         let fp = fopen(shippedPolicies + "/syscall-sets.toml", "r")!
-        var text = ""
-        var buf = [CChar](repeating: 0, count: 4096)
-        while fgets(&buf, 4096, fp) != nil { text += String(cString: buf) }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while case let n = fread(&buf, 1, buf.count, fp), n > 0 { bytes += buf[0..<n] }
         fclose(fp)
-        all["syscall-sets.toml"] = text
+        all["syscall-sets.toml"] = String(decoding: bytes, as: UTF8.self)
     }
     for (name, text) in all {
         let fp = fopen(dir + "/" + name, "w")!
@@ -172,5 +172,26 @@ struct PolicyTests {
             #expect(error.code == .invalidArguments)
             #expect(error.message.contains("missing"))
         }
+    }
+}
+
+@Suite("Units: sizes and durations")
+struct UnitTests {
+    @Test("durations", arguments: [("30s", 30_000), ("500ms", 500), ("2m", 120_000), ("1h", 3_600_000), ("10", 10_000), ("1.5s", 1500), ("0.25", 250)])
+    func durations(text: String, ms: Int) throws {
+        let dir = try policyDirectory(["t.toml": base + "[tools.a]\ncommand = [\"/bin/true\"]\ntimeout = \"\(text)\"\n"])
+        #expect(try PolicyLoader.load(directory: dir).tool("a").timeoutMilliseconds == UInt64(ms))
+    }
+
+    @Test("sizes", arguments: [("512M", 512 << 20), ("1G", 1 << 30), ("1GiB", 1 << 30), ("64k", 64 << 10), ("1.5G", 3 << 29), ("4096", 4096), ("2MB", 2 << 20)])
+    func sizes(text: String, bytes: Int) throws {
+        let dir = try policyDirectory(["t.toml": base + "[tools.a]\ncommand = [\"/bin/true\"]\nlimits = { memory = \"\(text)\" }\n"])
+        #expect(try PolicyLoader.load(directory: dir).tool("a").limits.memory == UInt64(bytes))
+    }
+
+    @Test("refused", arguments: ["", "1.", ".5s", "1..5s", "-1s", "1e3", "12Q", "s", "99999999999999999999G"])
+    func refused(text: String) throws {
+        let found = try diagnostics(["t.toml": base + "[tools.a]\ncommand = [\"/bin/true\"]\ntimeout = \"\(text)\"\nlimits = { output = \"\(text)\" }\n"])
+        #expect(found.count == 2, "\(text): \(found)")
     }
 }
