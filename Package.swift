@@ -8,11 +8,14 @@ let package = Package(
         .executable(name: "ward", targets: ["ward"]),
         .library(name: "WardPolicy", targets: ["WardPolicy"]),
         .library(name: "WardSandbox", targets: ["WardSandbox"]),
+        .library(name: "WardLedger", targets: ["WardLedger"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // System libraries: libseccomp compiles filters in the parent; libcap names
@@ -31,8 +34,14 @@ let package = Package(
             "WardCore", "WardPolicy", "CWardSpawn", "CSeccomp", "CCap",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The idempotency ledger: write-ahead call records, checkpoints, journal, hash chain.
+        .target(name: "WardLedger", dependencies: [
+            "WardCore",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .executableTarget(name: "ward", dependencies: [
-            "WardCore", "WardPolicy", "WardSandbox",
+            "WardCore", "WardPolicy", "WardSandbox", "WardLedger",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -45,6 +54,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
+        .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward"]),
         .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
     ],
     swiftLanguageModes: [.v6]

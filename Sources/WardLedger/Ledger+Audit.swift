@@ -1,0 +1,183 @@
+import GRDB
+import WardCore
+
+/// One call as `ward ledger list` shows it.
+public struct CallSummary: Sendable {
+    public var run: String
+    public var callId: String
+    public var tool: String
+    public var effect: String
+    public var status: String
+    public var attempt: Int
+    public var executions: Int
+    public var startedAt: String
+    public var finishedAt: String?
+    public var exitCode: Int?
+    public var durationMs: Double?
+
+    public var json: JSONValue {
+        .object([
+            "run": .string(run), "callId": .string(callId), "tool": .string(tool), "effect": .string(effect),
+            "status": .string(status), "attempt": .number(Double(attempt)), "executions": .number(Double(executions)),
+            "startedAt": .string(startedAt), "finishedAt": finishedAt.map { .string($0) } ?? .null,
+            "exitCode": exitCode.map { .number(Double($0)) } ?? .null, "durationMs": durationMs.map { .number($0) } ?? .null,
+        ])
+    }
+}
+
+/// One event as exported (JSON Lines): stable field names.
+public struct EventRecord: Sendable {
+    public var run: String
+    public var seq: Int
+    public var at: String
+    public var kind: String
+    public var callId: String?
+    public var data: JSONValue
+    public var prevHash: String
+    public var hash: String
+
+    /// `{"run", "seq", "at", "kind", "callId", "data", "prevHash", "hash"}`.
+    public var json: JSONValue {
+        .object(["run": .string(run), "seq": .number(Double(seq)), "at": .string(at), "kind": .string(kind),
+                 "callId": callId.map { .string($0) } ?? .null, "data": data, "prevHash": .string(prevHash), "hash": .string(hash)])
+    }
+}
+
+/// A run as `ward runs list` shows it.
+public struct RunSummary: Sendable {
+    public var run: String
+    public var createdAt: String
+    public var updatedAt: String
+    public var attempts: Int
+    public var finishedAt: String?
+    public var exitStatus: Int?
+    public var calls: Int
+    public var running: Int
+    public var inDoubt: Int
+    public var checkpoints: Int
+    /// No final exit recorded, or calls still running or in doubt.
+    public var unfinished: Bool { finishedAt == nil || running > 0 || inDoubt > 0 }
+
+    public var json: JSONValue {
+        .object(["run": .string(run), "createdAt": .string(createdAt), "updatedAt": .string(updatedAt),
+                 "attempts": .number(Double(attempts)), "finishedAt": finishedAt.map { .string($0) } ?? .null,
+                 "exitStatus": exitStatus.map { .number(Double($0)) } ?? .null, "calls": .number(Double(calls)),
+                 "running": .number(Double(running)), "inDoubt": .number(Double(inDoubt)),
+                 "checkpoints": .number(Double(checkpoints)), "unfinished": .bool(unfinished)])
+    }
+}
+
+extension Ledger {
+    /// Calls, newest first, filtered by run, tool, status and start time (ISO 8601 prefix order).
+    public func listCalls(run: String? = nil, tool: String? = nil, status: String? = nil, since: String? = nil) throws(LedgerError) -> [CallSummary] {
+        try read("listing calls") { db in
+            var clauses: [String] = []
+            var args: [any DatabaseValueConvertible] = []
+            if let run { clauses.append("run_id = ?"); args.append(run) }
+            if let tool { clauses.append("tool = ?"); args.append(tool) }
+            if let status { clauses.append("status = ?"); args.append(status) }
+            if let since { clauses.append("started_at >= ?"); args.append(since) }
+            let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+            return try Row.fetchAll(db, sql: "SELECT * FROM calls \(whereSQL) ORDER BY started_at, run_id, call_id",
+                                    arguments: StatementArguments(args)).map { row in
+                CallSummary(run: row["run_id"], callId: row["call_id"], tool: row["tool"], effect: row["effect"], status: row["status"],
+                            attempt: row["attempt"], executions: row["executions"], startedAt: row["started_at"],
+                            finishedAt: row["finished_at"], exitCode: row["exit_code"], durationMs: row["duration_ms"])
+            }
+        }
+    }
+
+    /// Everything about one call: its record, arguments, result and events.
+    public func showCall(run: String, callId: String) throws(LedgerError) -> JSONValue {
+        try read("reading call \(callId)") { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]) else {
+                throw LedgerError(.notFound, "no call \(callId) in run \(run)")
+            }
+            let status: String = row["status"]
+            var members: [String: JSONValue] = [
+                "run": .string(run), "callId": .string(callId), "tool": .string(row["tool"]), "effect": .string(row["effect"]),
+                "status": .string(status), "arguments": (try? JSONValue.parse(row["args"] as String)) ?? .null,
+                "argsHash": .string(row["args_hash"]), "policyHash": .string(row["policy_hash"]), "binaryHash": .string(row["binary_hash"]),
+                "attempt": .number(Double(row["attempt"] as Int)), "executions": .number(Double(row["executions"] as Int)),
+                "startedAt": .string(row["started_at"]), "finishedAt": (row["finished_at"] as String?).map { .string($0) } ?? .null,
+                "owner": (row["owner"] as String?).map { .string($0) } ?? .null,
+                "verdict": (row["verdict"] as String?).map { .string($0) } ?? .null, "note": (row["note"] as String?).map { .string($0) } ?? .null,
+            ]
+            if status != "running" && status != "in-doubt" {
+                members["result"] = try self.result(db, row: row, replayed: false).json
+            }
+            members["events"] = .array(try self.events(db, run: run, callId: callId).map(\.json))
+            return .object(members)
+        }
+    }
+
+    /// Events of one run (or all), in chain order.
+    public func exportEvents(run: String? = nil) throws(LedgerError) -> [EventRecord] {
+        try read("exporting events") { db in try self.events(db, run: run, callId: nil) }
+    }
+
+    func events(_ db: Database, run: String?, callId: String?) throws -> [EventRecord] {
+        var sql = "SELECT * FROM events"
+        var args: [any DatabaseValueConvertible] = []
+        if let run { sql += " WHERE run_id = ?"; args.append(run) }
+        if let callId { sql += " AND call_id = ?"; args.append(callId) }
+        sql += " ORDER BY run_id, seq"
+        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { row in
+            let body = (try? JSONValue.parse(row["body"] as String))?.objectValue
+            return EventRecord(run: row["run_id"], seq: row["seq"], at: row["at"], kind: row["kind"], callId: row["call_id"],
+                               data: body?["data"] ?? .null, prevHash: row["prev_hash"], hash: row["hash"])
+        }
+    }
+
+    /// Every run, oldest first.
+    public func listRuns() throws(LedgerError) -> [RunSummary] {
+        try read("listing runs") { db in
+            try Row.fetchAll(db, sql: """
+                SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
+                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = 'running') AS running,
+                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = 'in-doubt') AS in_doubt,
+                       (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints
+                FROM runs r ORDER BY r.created_at, r.run_id
+                """).map { row in
+                RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
+                           finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"], running: row["running"],
+                           inDoubt: row["in_doubt"], checkpoints: row["checkpoints"])
+            }
+        }
+    }
+
+    /// Records that the run's agent exited for good with `status`.
+    public func finishRun(run: String, exitStatus: Int) throws(LedgerError) {
+        try write("finishing run \(run)") { db in
+            try self.appendEvent(db, run: run, kind: "run.finish", data: ["exitStatus": .number(Double(exitStatus))])
+            try db.execute(sql: "UPDATE runs SET finished_at = ?, exit_status = ? WHERE run_id = ?", arguments: [Timestamp.now(), exitStatus, run])
+        }
+    }
+
+    /// Metadata of a run's checkpoints (sequence, label, size, time, call).
+    public func listCheckpoints(run: String) throws(LedgerError) -> [JSONValue] {
+        try read("listing checkpoints") { db in
+            try Row.fetchAll(db, sql: "SELECT seq, label, call_id, created_at, size, state_hash FROM checkpoints WHERE run_id = ? ORDER BY seq",
+                             arguments: [run]).map { row in
+                .object(["seq": .number(Double(row["seq"] as Int)), "label": (row["label"] as String?).map { .string($0) } ?? .null,
+                         "callId": (row["call_id"] as String?).map { .string($0) } ?? .null, "createdAt": .string(row["created_at"]),
+                         "size": .number(Double(row["size"] as Int)), "stateHash": .string(row["state_hash"])])
+            }
+        }
+    }
+
+    /// Bytes the ledger uses for checkpoint data: chunk blobs referenced by checkpoints plus
+    /// their manifests (what the storage budget measures).
+    public func checkpointStorageBytes(run: String) throws(LedgerError) -> Int {
+        try read("measuring checkpoint storage") { db in
+            let manifests = try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(LENGTH(chunks)), 0) FROM checkpoints WHERE run_id = ?", arguments: [run]) ?? 0
+            var hashes = Set<[UInt8]>()
+            for seq in try Int.fetchAll(db, sql: "SELECT seq FROM checkpoints WHERE run_id = ?", arguments: [run]) {
+                if let (list, _, _) = try self.loadManifest(db, run: run, seq: seq) { hashes.formUnion(list) }
+            }
+            var chunkBytes = 0
+            for hash in hashes { chunkBytes += try Int.fetchOne(db, sql: "SELECT size FROM blobs WHERE hash = ?", arguments: [hash.databaseData]) ?? 0 }
+            return manifests + chunkBytes
+        }
+    }
+}

@@ -1,0 +1,292 @@
+import Foundation
+import GRDB
+import WardCore
+
+/// The effect class of a tool, as the ledger sees it (mirrors the policy's `effect`).
+public enum CallEffect: String, Sendable, CaseIterable {
+    case readOnly = "read-only"
+    case idempotent
+    case nonIdempotent = "non-idempotent"
+}
+
+/// Everything `begin` records about a call before its child exists.
+public struct BeginRequest: Sendable {
+    public var run: String
+    public var callId: String
+    public var tool: String
+    public var effect: CallEffect
+    public var arguments: JSONValue
+    public var policyHash: String
+    /// Path of the tool's executable; its SHA-256 is recorded (cached by inode and mtime).
+    public var executable: String
+    /// The agent attempt making the call.
+    public var attempt: Int
+    /// The agent's state, stored in the same transaction as the `running` record.
+    public var checkpoint: [UInt8]?
+
+    public init(run: String, callId: String, tool: String, effect: CallEffect, arguments: JSONValue,
+                policyHash: String, executable: String, attempt: Int, checkpoint: [UInt8]? = nil) {
+        self.run = run
+        self.callId = callId
+        self.tool = tool
+        self.effect = effect
+        self.arguments = arguments
+        self.policyHash = policyHash
+        self.executable = executable
+        self.attempt = attempt
+        self.checkpoint = checkpoint
+    }
+}
+
+/// Permission to run a call once: its `running` record is durable.
+public struct CallTicket: Sendable, Hashable {
+    public let run: String
+    public let callId: String
+    public let tool: String
+    public let attempt: Int
+    /// 1 for the first execution, 2+ when an idempotent call interrupted by a crash, or a
+    /// call resolved not-executed, runs again.
+    public let execution: Int
+    /// Sequence number of the checkpoint stored with the call, if any.
+    public let checkpointSeq: Int?
+}
+
+/// What `begin` decided.
+public enum BeginDecision: Sendable {
+    /// Run it now; then call `finish`.
+    case execute(CallTicket)
+    /// Its outcome is recorded: return this, byte for byte, marked replayed.
+    case replay(CallResult)
+}
+
+extension Ledger {
+    /// Records a call as `running` before anything runs — or decides that it must not run.
+    ///
+    /// - Returns: `.execute` with a ticket (the record is durable), or `.replay` with the
+    ///   recorded result.
+    /// - Throws: `conflict` (same call ID, other tool or arguments), `in-doubt` (a
+    ///   non-idempotent call caught by a crash, not yet settled), `in-progress` (another
+    ///   live process or thread is running it: see `awaitOutcome`), `storage`.
+    public func begin(_ request: BeginRequest) throws(LedgerError) -> BeginDecision {
+        let canonical = request.arguments.canonical
+        let argsHash = Digest.sha256Hex(canonical.utf8)
+        let binaryHash = digests.digest(of: request.executable)
+        let me = identity.text
+        return try write("recording the start of call \(request.callId)") { db -> BeginDecision in
+            let now = Timestamp.now()
+            func startExecution(_ execution: Int) throws -> BeginDecision {
+                var checkpointSeq: Int?
+                if let state = request.checkpoint {
+                    checkpointSeq = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId)
+                }
+                var data: [String: JSONValue] = [
+                    "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
+                    "policyHash": .string(request.policyHash), "binaryHash": .string(binaryHash),
+                    "attempt": .number(Double(request.attempt)), "execution": .number(Double(execution)), "owner": .string(me),
+                ]
+                if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
+                try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data)
+                return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
+                                           execution: execution, checkpointSeq: checkpointSeq))
+            }
+
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?",
+                                             arguments: [request.run, request.callId]) else {
+                try db.execute(sql: """
+                    INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
+                                       attempt, executions, owner, started_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
+                    """, arguments: [request.run, request.callId, request.tool, request.effect.rawValue, argsHash, canonical,
+                                     request.policyHash, binaryHash, request.attempt, me, now])
+                return try startExecution(1)
+            }
+            let tool: String = row["tool"]
+            let recordedHash: String = row["args_hash"]
+            if tool != request.tool || recordedHash != argsHash {
+                let what = tool != request.tool ? "tool \(tool)" : "different arguments"
+                throw LedgerError(.conflict, "call \(request.callId) of run \(request.run) was recorded with \(what) (started \(row["started_at"] as String))")
+            }
+            let status: String = row["status"]
+            let executions: Int = row["executions"]
+            switch status {
+            case "running":
+                let owner: String? = row["owner"]
+                if let owner, let identity = ProcessIdentity(text: owner), identity.isAlive {
+                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(owner == me ? "in this process" : "process \(identity.pid)"))")
+                }
+                // Its process died mid-call.
+                if CallEffect(rawValue: row["effect"]) == .nonIdempotent {
+                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: owner)
+                    throw self.inDoubtError(run: request.run, callId: request.callId, started: row["started_at"])
+                }
+                try db.execute(sql: "UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
+                               arguments: [executions + 1, me, request.attempt, now, request.run, request.callId])
+                return try startExecution(executions + 1)
+            case "in-doubt":
+                throw self.inDoubtError(run: request.run, callId: request.callId, started: row["started_at"])
+            case "resolved" where (row["verdict"] as String?) == "not-executed":
+                try db.execute(sql: """
+                    UPDATE calls SET status = 'running', executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
+                        verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL
+                    WHERE run_id = ? AND call_id = ?
+                    """, arguments: [executions + 1, me, request.attempt, now, request.run, request.callId])
+                return try startExecution(executions + 1)
+            default:
+                return .replay(try self.result(db, row: row, replayed: true))
+            }
+        }
+    }
+
+    func inDoubtError(run: String, callId: String, started: String) -> LedgerError {
+        LedgerError(.inDoubt, "call \(callId) of run \(run) was started at \(started) and never finished: settle it with `ward ledger resolve \(run) \(callId) --as executed|not-executed`")
+    }
+
+    func markInDoubt(_ db: Database, run: String, callId: String, owner: String?) throws {
+        try db.execute(sql: "UPDATE calls SET status = 'in-doubt', owner = NULL WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
+        try appendEvent(db, run: run, kind: "call.in-doubt", call: callId,
+                        data: ["reason": .string("its process \(owner ?? "unknown") died before the outcome was recorded")])
+    }
+
+    /// Records the outcome durably, then returns the result for the agent. On a storage
+    /// failure the commit is retried (with backoff, up to `retryFor` seconds); the call is
+    /// never reported done before its outcome is on disk.
+    public func finish(_ ticket: CallTicket, outcome: ToolOutcome, retryFor seconds: Double = 10) throws(LedgerError) -> CallResult {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        var delay = 0.005
+        while true {
+            do {
+                return try write("recording the outcome of call \(ticket.callId)") { db in
+                    let out = try self.putBlob(db, outcome.stdout)
+                    let err = try self.putBlob(db, outcome.stderr)
+                    try db.execute(sql: """
+                        UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
+                            truncated = ?, duration_ms = ?, owner = NULL
+                        WHERE run_id = ? AND call_id = ?
+                        """, arguments: [outcome.status.rawValue, Timestamp.now(), outcome.exitCode, outcome.signal, out.databaseData,
+                                         err.databaseData, outcome.truncated, outcome.durationMs, ticket.run, ticket.callId])
+                    try self.appendEvent(db, run: ticket.run, kind: "call.finish", call: ticket.callId, data: [
+                        "status": .string(outcome.status.rawValue),
+                        "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,
+                        "signal": outcome.signal.map { .number(Double($0)) } ?? .null,
+                        "stdout": .string(Digest.hex(out)), "stderr": .string(Digest.hex(err)),
+                        "truncated": .bool(outcome.truncated), "durationMs": .number(outcome.durationMs),
+                        "execution": .number(Double(ticket.execution)),
+                    ])
+                    return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
+                }
+            } catch where error.code == .storage && ContinuousClock.now < deadline {
+                Thread.sleep(forTimeInterval: delay)
+                delay = min(delay * 2, 0.5)
+            }
+        }
+    }
+
+    /// Waits for a call that is `running` elsewhere to get an outcome.
+    ///
+    /// - Returns: the recorded result (replayed) once there is one.
+    /// - Throws: `in-progress` after `timeout` seconds; `in-doubt` if its process died (for a
+    ///   non-idempotent call); nothing else runs it meanwhile.
+    public func awaitOutcome(run: String, callId: String, timeout: Double) throws(LedgerError) -> CallResult? {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        var delay = 0.001
+        while true {
+            let row = try read("reading call \(callId)") { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
+            }
+            guard let row else { return nil }
+            let status: String = row["status"]
+            switch status {
+            case "running":
+                let owner: String? = row["owner"]
+                if owner.flatMap(ProcessIdentity.init(text:))?.isAlive != true { return nil }  // died: the caller begins again
+            case "in-doubt":
+                throw inDoubtError(run: run, callId: callId, started: row["started_at"])
+            case "resolved" where (row["verdict"] as String?) == "not-executed":
+                return nil
+            default:
+                return try read("reading call \(callId)") { db in try self.result(db, row: row, replayed: true) }
+            }
+            if ContinuousClock.now >= deadline {
+                throw LedgerError(.inProgress, "call \(callId) of run \(run) is still running after \(timeout) s")
+            }
+            Thread.sleep(forTimeInterval: delay)
+            delay = min(delay * 2, 0.05)
+        }
+    }
+
+    /// The CallResult of a finished (or resolved) call row.
+    func result(_ db: Database, row: Row, replayed: Bool) throws -> CallResult {
+        let status = CallStatus(rawValue: row["status"]) ?? .failed
+        let stdout: DatabaseValue = row["stdout"]
+        let stderr: DatabaseValue = row["stderr"]
+        let out = stdout.isNull ? [] : (try blob(db, stdout.bytes) ?? [])
+        let err = stderr.isNull ? [] : (try blob(db, stderr.bytes) ?? [])
+        let outcome = ToolOutcome(status: status, exitCode: row["exit_code"], signal: row["signal"], stdout: out, stderr: err,
+                                  truncated: (row["truncated"] as Bool?) ?? false, durationMs: (row["duration_ms"] as Double?) ?? 0)
+        return CallResult(callId: row["call_id"], tool: row["tool"], outcome: outcome, replayed: replayed, attempt: row["attempt"])
+    }
+
+    // MARK: - Recovery
+
+    /// Calls left `running` by a process that died: non-idempotent ones become in-doubt now;
+    /// idempotent and read-only ones are run again on their next request (`begin`).
+    func recoverDeadOwners() throws(LedgerError) {
+        let running = try read("scanning running calls") { db in
+            try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner FROM calls WHERE status = 'running'")
+        }
+        for row in running {
+            let owner: String? = row["owner"]
+            if owner.flatMap(ProcessIdentity.init(text:))?.isAlive == true { continue }
+            guard CallEffect(rawValue: row["effect"]) == .nonIdempotent else { continue }
+            let run: String = row["run_id"], call: String = row["call_id"]
+            try write("marking call \(call) in doubt") { db in
+                // Re-check inside the write transaction: another process may have settled it.
+                guard let current = try Row.fetchOne(db, sql: "SELECT status, owner FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, call]),
+                      (current["status"] as String) == "running", (current["owner"] as String?) == owner else { return }
+                try self.markInDoubt(db, run: run, callId: call, owner: owner)
+            }
+        }
+    }
+
+    /// An operator's (or a reconcile command's) verdict on an in-doubt call.
+    public enum Verdict: String, Sendable, CaseIterable {
+        /// It ran: its result is recorded and replayed from now on.
+        case executed
+        /// It did not run: it may run again under the same call ID.
+        case notExecuted = "not-executed"
+    }
+
+    /// Settles an in-doubt call. `output` becomes the recorded stdout for `executed` (what a
+    /// reconcile command printed; empty for an operator).
+    public func resolve(run: String, callId: String, as verdict: Verdict, note: String, by resolver: String = "operator",
+                        output: [UInt8] = []) throws(LedgerError) {
+        try write("resolving call \(callId)") { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT status FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]) else {
+                throw LedgerError(.notFound, "no call \(callId) in run \(run)")
+            }
+            guard (row["status"] as String) == "in-doubt" else {
+                throw LedgerError(.invalid, "call \(callId) of run \(run) is \(row["status"] as String), not in-doubt")
+            }
+            let out = try self.putBlob(db, output)
+            let empty = try self.putBlob(db, [])
+            try db.execute(sql: """
+                UPDATE calls SET status = 'resolved', verdict = ?, note = ?, finished_at = ?, stdout = ?, stderr = ?,
+                    exit_code = NULL, signal = NULL, truncated = 0, owner = NULL
+                WHERE run_id = ? AND call_id = ?
+                """, arguments: [verdict.rawValue, note, Timestamp.now(), out.databaseData, empty.databaseData, run, callId])
+            try self.appendEvent(db, run: run, kind: "call.resolve", call: callId, data: [
+                "verdict": .string(verdict.rawValue), "note": .string(note), "by": .string(resolver), "stdout": .string(Digest.hex(out)),
+            ])
+        }
+    }
+
+    /// Starts a new agent attempt of `run` (creating the run); returns its number (1, 2, …).
+    public func startAttempt(run: String) throws(LedgerError) -> Int {
+        try write("starting an attempt of run \(run)") { db in
+            let attempts = try Int.fetchOne(db, sql: "SELECT attempts FROM runs WHERE run_id = ?", arguments: [run]) ?? 0
+            try self.appendEvent(db, run: run, kind: "run.attempt", data: ["attempt": .number(Double(attempts + 1))])
+            try db.execute(sql: "UPDATE runs SET attempts = ? WHERE run_id = ?", arguments: [attempts + 1, run])
+            return attempts + 1
+        }
+    }
+}

@@ -1,0 +1,318 @@
+import Foundation
+import GRDB
+import WardCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The idempotency ledger: one SQLite file (WAL) that records every tool call durably before
+/// its child starts and again before its result is returned, the agent's checkpoints and
+/// journal, and an append-only, hash-chained event log of every change.
+///
+/// ```swift
+/// let ledger = try Ledger(path: ".ward/ledger.sqlite")
+/// switch try ledger.begin(BeginRequest(run: "r1", callId: "c1", tool: "shell", effect: .nonIdempotent, arguments: args, …)) {
+/// case .execute(let ticket): let outcome = run(); _ = try ledger.finish(ticket, outcome: outcome)
+/// case .replay(let result): return result
+/// }
+/// ```
+///
+/// Schema (created only through migrations; query it with the `sqlite3` CLI):
+///
+/// - `runs(run_id, created_at, updated_at, attempts, finished_at, exit_status, event_count,
+///   head_hash)`: one row per run; `finished_at` is set when its agent exited for good;
+///   `head_hash` is the hash of the run's last event.
+/// - `calls(run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
+///   attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr,
+///   truncated, duration_ms, verdict, note)`: the current state of each call; `stdout` and
+///   `stderr` are blob hashes; `owner` is `pid:starttime@bootid` of the process running it.
+/// - `blobs(hash, size, data)`: content-addressed bytes (outputs, checkpoint chunks); `hash`
+///   is the raw SHA-256 of `data`.
+/// - `checkpoints(run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep,
+///   keep_tail, chunks)`: a state is the concatenation of chunk blobs; its chunk list is the
+///   first `keep` chunks of checkpoint `base_seq`, then the hashes in `chunks`, then the last
+///   `keep_tail` chunks of `base_seq` (base NULL: `chunks` is the whole list, a keyframe).
+/// - `journal(run_id, key, value, recorded_at)`: first value wins.
+/// - `events(run_id, seq, at, kind, call_id, body, prev_hash, hash)`: append-only (triggers
+///   refuse UPDATE and DELETE); `body` is the RFC 8785 JSON of the event and
+///   `hash = SHA-256(prev_hash ‖ body)`, chaining each run's events from 64 zeros.
+public final class Ledger: Sendable {
+    /// How hard a commit waits for the disk.
+    public enum Durability: String, Sendable, CaseIterable {
+        /// `synchronous=FULL`: a commit survives power loss.
+        case full
+        /// `synchronous=NORMAL`: a commit survives a crash of any process, but the last ones
+        /// may be lost on power loss.
+        case normal
+    }
+
+    /// `PRAGMA application_id` of ward ledgers ("WARD"): a SQLite file without it is refused.
+    static let applicationID: Int32 = 0x5741_5244
+
+    public let path: String
+    let pool: DatabasePool
+    let identity: ProcessIdentity
+    let digests = FileDigests()
+    let manifests = ManifestCache()
+
+    /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
+    /// calls left `running` by processes that died.
+    ///
+    /// - Parameters:
+    ///   - busyTimeout: how long to wait for a lock held by another process before failing
+    ///     with `storage`.
+    /// - Throws: `corrupt` when the file is not a ward ledger or is damaged (the file is left
+    ///   untouched), `storage` when it cannot be opened or written.
+    ///   - readOnly: for audits: nothing is written, not even recovery (the file must exist).
+    public init(path: String, durability: Durability = .full, busyTimeout: Double = 5,
+                identity: ProcessIdentity = .current, readOnly: Bool = false) throws(LedgerError) {
+        self.path = path
+        self.identity = identity
+        if readOnly {
+            guard access(path, F_OK) == 0 else { throw LedgerError(.storage, "no ledger at \(path)") }
+        } else {
+            try Ledger.createParentDirectory(of: path)
+        }
+        try Ledger.refuseForeignFile(path)
+        var config = Configuration()
+        config.busyMode = .timeout(busyTimeout)
+        config.readonly = readOnly
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            if readOnly {
+                let applied = try pool.read { db in try Ledger.migrator.appliedMigrations(db) }
+                guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
+            } else {
+                try Ledger.migrator.migrate(pool)
+            }
+        } catch {
+            throw Ledger.map(error, doing: "opening \(path)")
+        }
+        if !readOnly { try recoverDeadOwners() }
+    }
+
+    private static func createParentDirectory(of path: String) throws(LedgerError) {
+        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
+        var dir = ""
+        for part in path[..<slash].split(separator: "/", omittingEmptySubsequences: false) {
+            dir += (dir.isEmpty && path.hasPrefix("/") ? "/" : (dir.isEmpty ? "" : "/")) + part
+            if part.isEmpty { continue }
+            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+                throw LedgerError(.storage, "cannot create directory \(dir): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// A file that exists but is not an SQLite database, or is another application's, is
+    /// refused before SQLite opens (and could write to) it.
+    private static func refuseForeignFile(_ path: String) throws(LedgerError) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return }
+            throw LedgerError(.storage, "cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 100)
+        let n = Glibc.read(fd, &header, 100)
+        if n == 0 { return }
+        guard n == 100, header.starts(with: Array("SQLite format 3\0".utf8)) else {
+            throw LedgerError(.corrupt, "\(path) is not a ward ledger (not an SQLite database)")
+        }
+        let appID = Int32(bitPattern: UInt32(header[68]) << 24 | UInt32(header[69]) << 16 | UInt32(header[70]) << 8 | UInt32(header[71]))
+        let pageCount = UInt32(header[28]) << 24 | UInt32(header[29]) << 16 | UInt32(header[30]) << 8 | UInt32(header[31])
+        if appID != applicationID && pageCount > 1 {
+            throw LedgerError(.corrupt, "\(path) is an SQLite database but not a ward ledger")
+        }
+    }
+
+    // MARK: - Schema
+
+    static let migrator: DatabaseMigrator = {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                PRAGMA application_id = \(applicationID);
+                CREATE TABLE runs (
+                    run_id TEXT PRIMARY KEY NOT NULL,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    finished_at TEXT,
+                    exit_status INTEGER,
+                    event_count INTEGER NOT NULL DEFAULT 0,
+                    head_hash TEXT NOT NULL
+                ) WITHOUT ROWID;
+                CREATE TABLE blobs (
+                    hash BLOB PRIMARY KEY NOT NULL,
+                    size INTEGER NOT NULL,
+                    data BLOB NOT NULL
+                ) WITHOUT ROWID;
+                CREATE TABLE calls (
+                    run_id TEXT NOT NULL,
+                    call_id TEXT NOT NULL,
+                    tool TEXT NOT NULL,
+                    effect TEXT NOT NULL,
+                    args_hash TEXT NOT NULL,
+                    args TEXT NOT NULL,
+                    policy_hash TEXT NOT NULL,
+                    binary_hash TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    attempt INTEGER NOT NULL,
+                    executions INTEGER NOT NULL,
+                    owner TEXT,
+                    started_at TEXT NOT NULL,
+                    finished_at TEXT,
+                    exit_code INTEGER,
+                    signal INTEGER,
+                    stdout BLOB,
+                    stderr BLOB,
+                    truncated INTEGER,
+                    duration_ms REAL,
+                    verdict TEXT,
+                    note TEXT,
+                    PRIMARY KEY (run_id, call_id)
+                ) WITHOUT ROWID;
+                CREATE INDEX calls_by_status ON calls(status);
+                CREATE INDEX calls_by_tool ON calls(tool);
+                CREATE TABLE checkpoints (
+                    run_id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    label TEXT,
+                    call_id TEXT,
+                    created_at TEXT NOT NULL,
+                    size INTEGER NOT NULL,
+                    state_hash TEXT NOT NULL,
+                    base_seq INTEGER,
+                    keep INTEGER NOT NULL,
+                    keep_tail INTEGER NOT NULL,
+                    chunks BLOB NOT NULL,
+                    PRIMARY KEY (run_id, seq)
+                ) WITHOUT ROWID;
+                CREATE TABLE journal (
+                    run_id TEXT NOT NULL,
+                    key TEXT NOT NULL,
+                    value TEXT NOT NULL,
+                    recorded_at TEXT NOT NULL,
+                    PRIMARY KEY (run_id, key)
+                ) WITHOUT ROWID;
+                CREATE TABLE events (
+                    run_id TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    at TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    call_id TEXT,
+                    body TEXT NOT NULL,
+                    prev_hash TEXT NOT NULL,
+                    hash TEXT NOT NULL,
+                    PRIMARY KEY (run_id, seq)
+                ) WITHOUT ROWID;
+                CREATE INDEX events_by_call ON events(run_id, call_id);
+                CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+                    BEGIN SELECT RAISE(ABORT, 'ward ledger events are append-only'); END;
+                CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
+                    BEGIN SELECT RAISE(ABORT, 'ward ledger events are append-only'); END;
+                """)
+        }
+        return migrator
+    }()
+
+    // MARK: - Events
+
+    /// Appends an event to `run`'s chain inside the caller's transaction. The body is the RFC
+    /// 8785 JSON of {run, seq, at, kind, call?, data}; it is what the hash covers.
+    @discardableResult
+    func appendEvent(_ db: Database, run: String, kind: String, call: String? = nil, data: [String: JSONValue]) throws -> Int {
+        let now = Timestamp.now()
+        let head = try Row.fetchOne(db, sql: "SELECT event_count, head_hash FROM runs WHERE run_id = ?", arguments: [run])
+        let count: Int
+        let prev: String
+        if let head {
+            count = head["event_count"]
+            prev = head["head_hash"]
+        } else {
+            try db.execute(sql: "INSERT INTO runs (run_id, created_at, updated_at, attempts, event_count, head_hash) VALUES (?, ?, ?, 0, 0, ?)",
+                           arguments: [run, now, now, Digest.genesis])
+            count = 0
+            prev = Digest.genesis
+        }
+        let seq = count + 1
+        var members: [String: JSONValue] = ["run": .string(run), "seq": .number(Double(seq)), "at": .string(now), "kind": .string(kind), "data": .object(data)]
+        if let call { members["call"] = .string(call) }
+        let body = JSONValue.object(members).canonical
+        let hash = Ledger.chain(prev: prev, body: body)
+        try db.execute(sql: "INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       arguments: [run, seq, now, kind, call, body, prev, hash])
+        try db.execute(sql: "UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?",
+                       arguments: [seq, hash, now, run])
+        return seq
+    }
+
+    static func chain(prev: String, body: String) -> String {
+        Digest.sha256Hex((Digest.bytes(fromHex: prev) ?? []) + Array(body.utf8))
+    }
+
+    /// Stores bytes once under their SHA-256; returns the hash.
+    @discardableResult
+    func putBlob(_ db: Database, _ bytes: [UInt8]) throws -> [UInt8] {
+        let hash = Digest.sha256(bytes)
+        try db.execute(sql: "INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?, ?, ?)",
+                       arguments: [hash.databaseData, bytes.count, bytes.databaseData])
+        return hash
+    }
+
+    func blob(_ db: Database, _ hash: [UInt8]) throws -> [UInt8]? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT data FROM blobs WHERE hash = ?", arguments: [hash.databaseData]) else { return nil }
+        let data: DatabaseValue = row["data"]
+        return data.bytes
+    }
+
+    // MARK: - Access with error mapping
+
+    func write<T>(_ what: String, _ body: (Database) throws -> T) throws(LedgerError) -> T {
+        do { return try pool.write(body) } catch let error as LedgerError { throw error } catch {
+            throw Ledger.map(error, doing: what)
+        }
+    }
+
+    func read<T>(_ what: String, _ body: (Database) throws -> T) throws(LedgerError) -> T {
+        do { return try pool.read(body) } catch let error as LedgerError { throw error } catch {
+            throw Ledger.map(error, doing: what)
+        }
+    }
+
+    static func map(_ error: any Error, doing what: String) -> LedgerError {
+        if let error = error as? LedgerError { return error }
+        guard let db = error as? DatabaseError else { return LedgerError(.storage, "\(what): \(error)") }
+        switch db.resultCode {
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB:
+            return LedgerError(.corrupt, "\(what): the ledger file is damaged (\(db.message ?? "corrupt"))", underlying: db)
+        case .SQLITE_FULL:
+            return LedgerError(.storage, "\(what): the disk is full", underlying: db)
+        case .SQLITE_BUSY, .SQLITE_LOCKED:
+            return LedgerError(.storage, "\(what): the ledger is locked by another process", underlying: db)
+        case .SQLITE_READONLY, .SQLITE_CANTOPEN, .SQLITE_PERM, .SQLITE_IOERR:
+            return LedgerError(.storage, "\(what): \(db.message ?? "cannot write the ledger")", underlying: db)
+        default:
+            return LedgerError(.storage, "\(what): \(db.message ?? "\(db)")", underlying: db)
+        }
+    }
+}
+
+extension Array where Element == UInt8 {
+    var databaseData: DatabaseValue { Data(self).databaseValue }
+}
+
+extension DatabaseValue {
+    /// The bytes of a BLOB (or of TEXT), empty for NULL.
+    var bytes: [UInt8] {
+        switch storage {
+        case .blob(let data): [UInt8](data)
+        case .string(let s): Array(s.utf8)
+        default: []
+        }
+    }
+}

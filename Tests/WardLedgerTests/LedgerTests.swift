@@ -1,0 +1,254 @@
+import Foundation
+import Testing
+import WardCore
+@testable import WardLedger
+
+func temporaryLedgerPath(_ label: String = "ledger") -> String {
+    var template = Array("/tmp/ward-ledger-test-XXXXXX".utf8CString)
+    return String(cString: mkdtemp(&template)!) + "/\(label).sqlite"
+}
+
+func request(_ call: String, run: String = "r1", tool: String = "shell", effect: CallEffect = .nonIdempotent,
+             args: JSONValue = .object(["command": .string("echo hi")]), checkpoint: [UInt8]? = nil, attempt: Int = 1) -> BeginRequest {
+    BeginRequest(run: run, callId: call, tool: tool, effect: effect, arguments: args, policyHash: "policy-1",
+                 executable: "/bin/sh", attempt: attempt, checkpoint: checkpoint)
+}
+
+func outcome(_ stdout: String, status: CallStatus = .succeeded, code: Int32 = 0) -> ToolOutcome {
+    ToolOutcome(status: status, exitCode: code, signal: nil, stdout: Array(stdout.utf8), stderr: Array("err".utf8), truncated: false, durationMs: 1.25)
+}
+
+/// A process identity that is certainly dead: a crashed supervisor.
+let deadProcess = ProcessIdentity(pid: 999_999, startTime: 1, bootID: ProcessIdentity.current.bootID)
+
+extension BeginDecision {
+    var ticket: CallTicket? { if case .execute(let t) = self { return t }; return nil }
+    var replayed: CallResult? { if case .replay(let r) = self { return r }; return nil }
+}
+
+func expectLedgerError(_ code: LedgerError.Code, _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) {
+    do {
+        try body()
+        Issue.record("expected \(code)", sourceLocation: sourceLocation)
+    } catch let error as LedgerError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("Ledger: call lifecycle, replay, conflict, recovery")
+struct LedgerCallTests {
+    @Test func beginFinishReplayIsByteIdentical() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let ticket = try #require(try ledger.begin(request("c1")).ticket)
+        #expect(ticket.execution == 1)
+        let binary: [UInt8] = [0xFF, 0x00, 0xC3, 0x28] + Array("tail".utf8)
+        var out = outcome("")
+        out.stdout = binary
+        let first = try ledger.finish(ticket, outcome: out)
+        #expect(!first.replayed)
+        for _ in 0..<3 {
+            let replay = try #require(try ledger.begin(request("c1")).replayed)
+            #expect(replay.replayed)
+            #expect(replay.outcome == first.outcome)
+            #expect(replay.outcome.stdout == binary)
+            var a = first.json.objectValue!, b = replay.json.objectValue!
+            a["replayed"] = nil
+            b["replayed"] = nil
+            #expect(JSONValue.object(a).canonical == JSONValue.object(b).canonical)
+        }
+        // Reopening the file changes nothing.
+        let again = try Ledger(path: ledger.path)
+        #expect(try again.begin(request("c1")).replayed?.outcome == first.outcome)
+    }
+
+    @Test func canonicalArgumentsReplayDifferentArgumentsConflict() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let t = try #require(try ledger.begin(request("c1", args: .object(["a": .number(1), "b": .array([.bool(true)])]))).ticket)
+        _ = try ledger.finish(t, outcome: outcome("x"))
+        // Same JSON, other key order and number spelling: the same call.
+        let same = try JSONValue.parse(#"{"b": [true], "a": 1.0}"#)
+        #expect(try ledger.begin(request("c1", args: same)).replayed != nil)
+        expectLedgerError(.conflict) { _ = try ledger.begin(request("c1", args: .object(["a": .number(2)]))) }
+        expectLedgerError(.conflict) { _ = try ledger.begin(request("c1", tool: "python", args: same)) }
+    }
+
+    @Test func aRunningCallIsNeverStartedTwiceAndWaitersGetItsOutcome() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let ticket = try #require(try ledger.begin(request("c1")).ticket)
+        expectLedgerError(.inProgress) { _ = try ledger.begin(request("c1")) }
+        expectLedgerError(.inProgress) { _ = try ledger.awaitOutcome(run: "r1", callId: "c1", timeout: 0.05) }
+        let waiter = Thread {
+            Thread.sleep(forTimeInterval: 0.1)
+            _ = try? ledger.finish(ticket, outcome: outcome("done"))
+        }
+        waiter.start()
+        let result = try #require(try ledger.awaitOutcome(run: "r1", callId: "c1", timeout: 5))
+        #expect(result.replayed && result.outcome.stdout == Array("done".utf8))
+    }
+
+    @Test func nonIdempotentCallOfADeadProcessBecomesInDoubtUntilResolved() throws {
+        let path = temporaryLedgerPath()
+        do {
+            let crashed = try Ledger(path: path, identity: deadProcess)
+            _ = try #require(try crashed.begin(request("send-email")).ticket)
+            // …and the supervisor dies before finish.
+        }
+        let ledger = try Ledger(path: path)
+        #expect(try ledger.listCalls(run: "r1").first?.status == "in-doubt")
+        expectLedgerError(.inDoubt) { _ = try ledger.begin(request("send-email")) }
+        expectLedgerError(.notFound) { try ledger.resolve(run: "r1", callId: "nope", as: .executed, note: "") }
+        try ledger.resolve(run: "r1", callId: "send-email", as: .notExecuted, note: "mail log shows nothing sent")
+        let again = try #require(try ledger.begin(request("send-email")).ticket)
+        #expect(again.execution == 2)
+        _ = try ledger.finish(again, outcome: outcome("sent"))
+        #expect(try ledger.begin(request("send-email")).replayed?.outcome.stdout == Array("sent".utf8))
+    }
+
+    @Test func resolvedExecutedReplaysTheVerdict() throws {
+        let path = temporaryLedgerPath()
+        _ = try Ledger(path: path, identity: deadProcess).begin(request("publish"))
+        let ledger = try Ledger(path: path)
+        try ledger.resolve(run: "r1", callId: "publish", as: .executed, note: "reconciled", by: "reconcile", output: Array("already published".utf8))
+        let r = try #require(try ledger.begin(request("publish")).replayed)
+        #expect(r.outcome.status == .resolved && r.replayed && r.outcome.stdout == Array("already published".utf8))
+        expectLedgerError(.invalid) { try ledger.resolve(run: "r1", callId: "publish", as: .notExecuted, note: "") }
+    }
+
+    @Test("idempotent and read-only calls of a dead process simply run again", arguments: [CallEffect.idempotent, .readOnly])
+    func retryable(effect: CallEffect) throws {
+        let path = temporaryLedgerPath()
+        _ = try Ledger(path: path, identity: deadProcess).begin(request("c1", effect: effect))
+        let ledger = try Ledger(path: path)
+        #expect(try ledger.listCalls(run: "r1").first?.status == "running")
+        let t = try #require(try ledger.begin(request("c1", effect: effect, attempt: 2)).ticket)
+        #expect(t.execution == 2 && t.attempt == 2)
+    }
+
+    @Test func attemptsAndRuns() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        #expect(try ledger.startAttempt(run: "a") == 1)
+        #expect(try ledger.startAttempt(run: "a") == 2)
+        _ = try ledger.begin(request("c1", run: "a"))
+        #expect(try ledger.listRuns().first?.unfinished == true)
+        try ledger.finishRun(run: "b", exitStatus: 0)
+        let runs = try ledger.listRuns()
+        #expect(runs.map(\.run) == ["a", "b"])
+        #expect(runs[0].attempts == 2 && runs[0].running == 1)
+        #expect(runs[1].unfinished == false)
+    }
+}
+
+@Suite("Ledger: checkpoints and journal")
+struct LedgerStateTests {
+    @Test func checkpointRoundTripOfLargeAndBinaryStates() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        var rng = SystemRandomNumberGenerator()
+        let large = (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let s1 = try ledger.saveCheckpoint(run: "r", state: large, label: "big")
+        let afterFirst = try ledger.checkpointStorageBytes(run: "r")
+        var edited = large
+        edited.replaceSubrange(1_000_000..<1_000_010, with: Array("0123456789abcdef".utf8))
+        let s2 = try ledger.saveCheckpoint(run: "r", state: edited)
+        // A 16-byte edit in the middle of 3 MiB adds a few chunks and a small manifest delta.
+        let added = try ledger.checkpointStorageBytes(run: "r") - afterFirst
+        #expect(added < 4096, "the edit added \(added) bytes")
+        let s3 = try ledger.saveCheckpoint(run: "r", state: [])
+        let s4 = try ledger.saveCheckpoint(run: "r", state: [0, 0, 0, 255])
+        #expect([s1, s2, s3, s4] == [Int](1...4))
+        #expect(try ledger.loadCheckpoint(run: "r", seq: 1)?.state == large)
+        #expect(try ledger.loadCheckpoint(run: "r", seq: 2)?.state == edited)
+        #expect(try ledger.loadCheckpoint(run: "r", seq: 3)?.state == [])
+        #expect(try ledger.loadCheckpoint(run: "r")?.seq == 4)
+        #expect(try ledger.loadCheckpoint(run: "r")?.state == [0, 0, 0, 255])
+        #expect(try ledger.loadCheckpoint(run: "none") == nil)
+        // A fresh process (no manifest cache) reads the same.
+        #expect(try Ledger(path: ledger.path).loadCheckpoint(run: "r", seq: 2)?.state == edited)
+    }
+
+    @Test func storageGrowsWithWhatChanged() throws {
+        // 200 steps, each appending 1 KiB to a JSON state (the LangGraph comparison).
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        var items: [JSONValue] = []
+        var state: [UInt8] = []
+        for i in 0..<200 {
+            items.append(.object(["step": .number(Double(i)), "note": .string(String(repeating: "x\(i % 10)", count: 490))]))
+            state = Array(JSONValue.object(["items": .array(items)]).canonical.utf8)
+            _ = try ledger.saveCheckpoint(run: "r", state: state)
+        }
+        let stored = try ledger.checkpointStorageBytes(run: "r")
+        #expect(stored <= 2 * state.count, "stored \(stored) bytes for a \(state.count)-byte final state")
+        for seq in [1, 17, 64, 100, 199, 200] {
+            let s = try #require(try Ledger(path: ledger.path).loadCheckpoint(run: "r", seq: seq))
+            #expect(s.state.count > 0)
+        }
+        #expect(try ledger.loadCheckpoint(run: "r")?.state == state)
+    }
+
+    @Test func checkpointWithACallIsInTheSameTransaction() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let state = Array(#"{"step":3}"#.utf8)
+        let t = try #require(try ledger.begin(request("c1", checkpoint: state)).ticket)
+        #expect(t.checkpointSeq == 1)
+        #expect(try ledger.loadCheckpoint(run: "r1")?.state == state)
+        // A conflicting call stores nothing.
+        expectLedgerError(.conflict) { _ = try ledger.begin(request("c1", args: .object([:]), checkpoint: Array("other".utf8))) }
+        #expect(try ledger.loadCheckpoint(run: "r1")?.seq == 1)
+    }
+
+    @Test func journalFirstValueWins() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let first = try ledger.journalRecord(run: "r", key: "llm-1", value: .object(["text": .string("plan A")]))
+        #expect(first.recorded && first.value == .object(["text": .string("plan A")]))
+        let second = try ledger.journalRecord(run: "r", key: "llm-1", value: .string("plan B"))
+        #expect(!second.recorded && second.value == .object(["text": .string("plan A")]))
+        #expect(try ledger.journalRecord(run: "other", key: "llm-1", value: .string("plan B")).recorded)
+    }
+}
+
+@Suite("Ledger: files that are not ledgers")
+struct LedgerFileTests {
+    @Test func notALedgerIsRefusedAndLeftUntouched() throws {
+        let path = temporaryLedgerPath()
+        let junk = Array("this is a text file, not a database\n".utf8) + [UInt8](repeating: 7, count: 5000)
+        FileManager.default.createFile(atPath: path, contents: Data(junk))
+        expectLedgerError(.corrupt) { _ = try Ledger(path: path) }
+        #expect(FileManager.default.contents(atPath: path) == Data(junk))
+    }
+
+    @Test func anotherApplicationsDatabaseIsRefused() throws {
+        let path = temporaryLedgerPath()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        p.arguments = [path, "CREATE TABLE t(x); INSERT INTO t VALUES (1);"]
+        try p.run()
+        p.waitUntilExit()
+        let before = FileManager.default.contents(atPath: path)
+        expectLedgerError(.corrupt) { _ = try Ledger(path: path) }
+        #expect(FileManager.default.contents(atPath: path) == before)
+    }
+
+    @Test func damagedLedgerGivesAClearError() throws {
+        let path = temporaryLedgerPath()
+        do {
+            let ledger = try Ledger(path: path)
+            for i in 0..<50 { _ = try ledger.finish(try #require(try ledger.begin(request("c\(i)")).ticket), outcome: outcome(String(repeating: "o", count: 3000))) }
+        }
+        var bytes = [UInt8](FileManager.default.contents(atPath: path)!)
+        for i in stride(from: 4096, to: bytes.count, by: 97) { bytes[i] ^= 0x5A }  // flip bytes past the header page
+        let copy = path + ".copy"
+        FileManager.default.createFile(atPath: copy, contents: Data(bytes))
+        let original = FileManager.default.contents(atPath: path)
+        do {
+            let damaged = try Ledger(path: copy, readOnly: true)
+            _ = try damaged.verify()
+            _ = try damaged.listCalls()
+            Issue.record("damage went unnoticed")
+        } catch {
+            #expect(error.code == .corrupt || error.code == .storage, "\(error)")
+        }
+        #expect(FileManager.default.contents(atPath: path) == original)
+    }
+}
+
