@@ -45,6 +45,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Writes through the ledger and reports each durable step: crash tests kill it anywhere.
+        .executableTarget(name: "ward-torture", dependencies: ["WardCore", "WardLedger"], path: "Sources/WardTorture"),
         // Benchmarks (Scripts/bench): whole-process comparisons, interleaved.
         .target(name: "CWardBench"),
         .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "CWardBench"], path: "Sources/WardBench"),
@@ -54,7 +56,7 @@ let package = Package(
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
-        .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward"]),
+        .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward", "ward-torture"]),
         .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
     ],
     swiftLanguageModes: [.v6]

@@ -75,16 +75,27 @@ extension Ledger {
             var args: [any DatabaseValueConvertible] = []
             if let run { clauses.append("run_id = ?"); args.append(run) }
             if let tool { clauses.append("tool = ?"); args.append(tool) }
-            if let status { clauses.append("status = ?"); args.append(status) }
+            // A running call whose process died is reported as what it is (in doubt, when
+            // non-idempotent) even by a read-only audit that records nothing.
+            if let status { clauses.append(status == "in-doubt" ? "status IN ('in-doubt', 'running')" : "status = ?"); if status != "in-doubt" { args.append(status) } }
             if let since { clauses.append("started_at >= ?"); args.append(since) }
             let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
             return try Row.fetchAll(db, sql: "SELECT * FROM calls \(whereSQL) ORDER BY started_at, run_id, call_id",
                                     arguments: StatementArguments(args)).map { row in
-                CallSummary(run: row["run_id"], callId: row["call_id"], tool: row["tool"], effect: row["effect"], status: row["status"],
+                CallSummary(run: row["run_id"], callId: row["call_id"], tool: row["tool"], effect: row["effect"], status: Ledger.effectiveStatus(row),
                             attempt: row["attempt"], executions: row["executions"], startedAt: row["started_at"],
                             finishedAt: row["finished_at"], exitCode: row["exit_code"], durationMs: row["duration_ms"])
-            }
+            }.filter { status == nil || $0.status == status }
         }
+    }
+
+    /// The recorded status, except that a non-idempotent call still `running` under a dead
+    /// process is in doubt (recovery records that the next time the ledger is opened for writing).
+    static func effectiveStatus(_ row: Row) -> String {
+        let status: String = row["status"]
+        guard status == "running", (row["effect"] as String) == CallEffect.nonIdempotent.rawValue else { return status }
+        let owner: String? = row["owner"]
+        return owner.flatMap(ProcessIdentity.init(text:))?.isAlive == true ? status : "in-doubt"
     }
 
     /// Everything about one call: its record, arguments, result and events.
@@ -93,7 +104,7 @@ extension Ledger {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }
-            let status: String = row["status"]
+            let status = Ledger.effectiveStatus(row)
             var members: [String: JSONValue] = [
                 "run": .string(run), "callId": .string(callId), "tool": .string(row["tool"]), "effect": .string(row["effect"]),
                 "status": .string(status), "arguments": (try? JSONValue.parse(row["args"] as String)) ?? .null,
@@ -136,12 +147,21 @@ extension Ledger {
                 SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
                        (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = 'running') AS running,
                        (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = 'in-doubt') AS in_doubt,
+                       (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c
+                            WHERE c.run_id = r.run_id AND c.status = 'running') AS running_owners,
                        (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints
                 FROM runs r ORDER BY r.created_at, r.run_id
                 """).map { row in
-                RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
-                           finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"], running: row["running"],
-                           inDoubt: row["in_doubt"], checkpoints: row["checkpoints"])
+                // Running calls of dead processes count as in doubt (non-idempotent), as in listCalls.
+                let orphaned = ((row["running_owners"] as String?) ?? "").split(separator: "\n").filter { line in
+                    let parts = line.split(separator: " ", maxSplits: 1)
+                    return parts.first.map(String.init) == CallEffect.nonIdempotent.rawValue
+                        && (parts.count < 2 || ProcessIdentity(text: String(parts[1]))?.isAlive != true)
+                }.count
+                return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
+                                  finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
+                                  running: (row["running"] as Int) - orphaned, inDoubt: (row["in_doubt"] as Int) + orphaned,
+                                  checkpoints: row["checkpoints"])
             }
         }
     }

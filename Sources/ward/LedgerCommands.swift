@@ -1,0 +1,243 @@
+import ArgumentParser
+import WardCore
+import WardLedger
+
+/// `--ledger FILE`, shared by every command that touches the ledger.
+struct LedgerOptions: ParsableArguments {
+    @Option(name: .long, help: "Ledger file.")
+    var ledger: String = ".ward/ledger.sqlite"
+
+    @Option(name: .long, help: "full (survives power loss) or normal (survives crashes; may lose the last commits on power loss).")
+    var durability: Ledger.Durability = .full
+
+    /// Opens the ledger; `readOnly` for audits, which must never change what they inspect.
+    func open(readOnly: Bool = false) throws -> Ledger {
+        do { return try Ledger(path: ledger, durability: durability, readOnly: readOnly) } catch {
+            throw CLIError.from(error)
+        }
+    }
+}
+
+extension Ledger.Durability: ExpressibleByArgument {}
+extension Ledger.Verdict: ExpressibleByArgument {}
+
+extension CLIError {
+    /// Storage and damage exit 3; a missing call or a request that makes no sense exit 2.
+    static func from(_ error: LedgerError) -> CLIError {
+        switch error.code {
+        case .storage, .corrupt: CLIError(message: error.message, exitCode: 3)
+        default: CLIError(message: error.message, exitCode: 2)
+        }
+    }
+}
+
+/// Runs a ledger operation, turning its error into the CLI's.
+func ledgerCall<T>(_ body: () throws(LedgerError) -> T) throws -> T {
+    do { return try body() } catch { throw CLIError.from(error) }
+}
+
+/// Aligned text tables for people; `--json` is for machines.
+enum Table {
+    static func render(_ header: [String], _ rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
+        func line(_ cells: [String]) -> String {
+            var out = ""
+            for (i, cell) in cells.enumerated() {
+                out += i == cells.count - 1 ? cell : cell + String(repeating: " ", count: widths[i] - cell.count + 2)
+            }
+            return out
+        }
+        return ([line(header)] + rows.map(line)).joined(separator: "\n")
+    }
+}
+
+func printJSON(_ value: JSONValue) {
+    Output.write(1, Array((value.canonical + "\n").utf8))
+}
+
+struct LedgerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ledger",
+        abstract: "Audit what agents did: list, show, verify, export; settle in-doubt calls.",
+        subcommands: [List.self, Show.self, Verify.self, Export.self, Resolve.self]
+    )
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List calls, oldest first.")
+        @OptionGroup var options: LedgerOptions
+        @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
+        @Option(help: "Only this tool.") var tool: String?
+        @Option(help: "Only this status (running, succeeded, failed, timed-out, killed, denied, in-doubt, resolved).") var status: String?
+        @Option(help: "Only calls started at or after this UTC time (ISO 8601, e.g. 2026-11-21T20:00).") var since: String?
+        @Flag(help: "JSON output (one array).") var json = false
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            let calls = try ledgerCall { () throws(LedgerError) in try ledger.listCalls(run: runID, tool: tool, status: status, since: since) }
+            if json { return printJSON(.array(calls.map(\.json))) }
+            print(Table.render(["RUN", "CALL", "TOOL", "STATUS", "EXIT", "MS", "ATTEMPT", "RUNS", "STARTED"], calls.map { c in
+                [c.run, c.callId, c.tool, c.status, c.exitCode.map(String.init) ?? "-", c.durationMs.map { String(Int($0.rounded())) } ?? "-",
+                 String(c.attempt), String(c.executions), c.startedAt]
+            }))
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Everything about one call: arguments, result, timings, attempts, policy hash, events.")
+        @OptionGroup var options: LedgerOptions
+        @Argument(help: "Run ID.") var runID: String
+        @Argument(help: "Call ID.") var call: String
+        @Flag(help: "JSON output.") var json = false
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            let detail = try ledgerCall { () throws(LedgerError) in try ledger.showCall(run: runID, callId: call) }
+            if json { return printJSON(detail) }
+            guard let d = detail.objectValue else { return }
+            func text(_ key: String) -> String {
+                switch d[key] {
+                case .string(let s)?: s
+                case .number(let n)?: JSONValue.format(number: n)
+                case .null?, nil: "-"
+                case let v?: v.canonical
+                }
+            }
+            var rows: [[String]] = [
+                ["call", "\(text("run")) / \(text("callId"))"], ["tool", "\(text("tool")) (\(text("effect")))"], ["status", text("status")],
+                ["arguments", text("arguments")], ["args hash", text("argsHash")], ["policy hash", text("policyHash")],
+                ["binary hash", text("binaryHash")], ["attempt", text("attempt")], ["executions", text("executions")],
+                ["started", text("startedAt")], ["finished", text("finishedAt")],
+            ]
+            if d["verdict"] != .null { rows += [["verdict", text("verdict")], ["note", text("note")]] }
+            if let result = d["result"]?.objectValue {
+                for key in ["exitCode", "signal", "durationMs", "truncated", "stdout", "stdoutBase64", "stderr", "stderrBase64"] {
+                    guard let v = result[key], v != .null else { continue }
+                    rows.append([key, v.stringValue ?? v.canonical])
+                }
+            }
+            print(Table.render(["FIELD", "VALUE"], rows))
+            print("")
+            let events = d["events"].flatMap { v -> [JSONValue]? in if case .array(let a) = v { return a }; return nil } ?? []
+            print(Table.render(["SEQ", "AT", "KIND", "DATA"], events.compactMap(\.objectValue).map { e in
+                [e["seq"].map { $0.canonical } ?? "", e["at"]?.stringValue ?? "", e["kind"]?.stringValue ?? "", e["data"]?.canonical ?? ""]
+            }))
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Recompute the hash chains; name the first event altered, removed, inserted or reordered (exit 1).")
+        @OptionGroup var options: LedgerOptions
+        @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
+        @Flag(help: "JSON output.") var json = false
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            let report = try ledgerCall { () throws(LedgerError) in try ledger.verify(run: runID) }
+            if json {
+                printJSON(.object(["ok": .bool(report.ok), "runs": .array(report.runs.map { r in
+                    .object(["run": .string(r.run), "events": .number(Double(r.events)), "head": .string(r.head),
+                             "problem": r.problem.map { .string($0) } ?? .null])
+                })]))
+            } else {
+                print(Table.render(["RUN", "EVENTS", "HEAD", "RESULT"], report.runs.map { r in
+                    [r.run, String(r.events), String(r.head.prefix(16)), r.problem ?? "ok"]
+                }))
+                for r in report.runs where r.problem != nil { Output.write(2, Array("ward: \(r.problem!)\n".utf8)) }
+            }
+            if !report.ok { throw ExitCode(1) }
+        }
+    }
+
+    struct Export: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Export events as JSON Lines.",
+            discussion: "One object per event: {\"run\", \"seq\", \"at\", \"kind\", \"callId\", \"data\", \"prevHash\", \"hash\"}, in chain order."
+        )
+        @OptionGroup var options: LedgerOptions
+        @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
+        @Option(help: "Output format (jsonl).") var format: String = "jsonl"
+
+        func validate() throws {
+            guard format == "jsonl" else { throw ValidationError("unknown format \"\(format)\" (supported: jsonl)") }
+        }
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            let events = try ledgerCall { () throws(LedgerError) in try ledger.exportEvents(run: runID) }
+            var out: [UInt8] = []
+            for e in events {
+                out += Array(e.json.canonical.utf8)
+                out.append(0x0A)
+                if out.count > 1 << 16 { Output.write(1, out); out.removeAll(keepingCapacity: true) }
+            }
+            Output.write(1, out)
+        }
+    }
+
+    struct Resolve: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Settle an in-doubt call with an operator's verdict.")
+        @OptionGroup var options: LedgerOptions
+        @Argument(help: "Run ID.") var runID: String
+        @Argument(help: "Call ID.") var call: String
+        @Option(name: .customLong("as"), help: "executed or not-executed.") var verdict: Ledger.Verdict
+        @Option(help: "Why: what the operator checked.") var note: String
+
+        func run() throws {
+            let ledger = try options.open()
+            try ledgerCall { () throws(LedgerError) in try ledger.resolve(run: runID, callId: call, as: verdict, note: note) }
+            print("call \(call) of run \(runID) resolved as \(verdict.rawValue)")
+        }
+    }
+}
+
+struct RunsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "runs", abstract: "Runs and their attempts.", subcommands: [List.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List runs; unfinished ones are marked.")
+        @OptionGroup var options: LedgerOptions
+        @Flag(help: "JSON output.") var json = false
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            let runs = try ledgerCall { () throws(LedgerError) in try ledger.listRuns() }
+            if json { return printJSON(.array(runs.map(\.json))) }
+            print(Table.render(["RUN", "STATE", "ATTEMPTS", "CALLS", "RUNNING", "IN-DOUBT", "CHECKPOINTS", "CREATED", "UPDATED"], runs.map { r in
+                [r.run, r.unfinished ? "unfinished" : "finished (exit \(r.exitStatus ?? 0))", String(r.attempts), String(r.calls),
+                 String(r.running), String(r.inDoubt), String(r.checkpoints), r.createdAt, r.updatedAt]
+            }))
+        }
+    }
+}
+
+struct CheckpointCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "checkpoint", abstract: "A run's checkpoints.", subcommands: [Show.self])
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a checkpoint's state (the latest unless --seq).")
+        @OptionGroup var options: LedgerOptions
+        @Argument(help: "Run ID.") var runID: String
+        @Option(help: "Sequence number.") var seq: Int?
+        @Flag(help: "JSON output: {seq, state} with state as JSON when it is JSON, else a string or base64.") var json = false
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            guard let checkpoint = try ledgerCall({ () throws(LedgerError) in try ledger.loadCheckpoint(run: runID, seq: seq) }) else {
+                throw CLIError.usage(seq.map { "run \(runID) has no checkpoint \($0)" } ?? "run \(runID) has no checkpoints")
+            }
+            if json {
+                let state: JSONValue
+                if let parsed = try? JSONValue.parse(checkpoint.state) { state = parsed }
+                else if let text = String(validating: checkpoint.state, as: UTF8.self) { state = .string(text) }
+                else { return printJSON(.object(["seq": .number(Double(checkpoint.seq)), "stateBase64": .string(Base64.encode(checkpoint.state))])) }
+                return printJSON(.object(["seq": .number(Double(checkpoint.seq)), "state": state]))
+            }
+            let all = try ledgerCall { () throws(LedgerError) in try ledger.listCheckpoints(run: runID) }
+            let meta = all.compactMap(\.objectValue).first { $0["seq"] == .number(Double(checkpoint.seq)) }
+            Output.write(2, Array("run \(runID), checkpoint \(checkpoint.seq) of \(all.count), \(checkpoint.state.count) bytes, \(meta?["createdAt"]?.stringValue ?? "")\(meta?["label"]?.stringValue.map { ", " + $0 } ?? "")\n".utf8))
+            Output.write(1, checkpoint.state)
+            if checkpoint.state.last != 0x0A { Output.write(1, [0x0A]) }
+        }
+    }
+}
