@@ -40,8 +40,10 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Orchestration of ledger and sandbox: reconcile, and (next) the agent-facing server.
+        .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger"]),
         .executableTarget(name: "ward", dependencies: [
-            "WardCore", "WardPolicy", "WardSandbox", "WardLedger",
+            "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -57,6 +59,7 @@ let package = Package(
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
         .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward", "ward-torture"]),
+        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardLedger", "WardSandbox", "WardPolicy", "WardCore"]),
         .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
     ],
     swiftLanguageModes: [.v6]

@@ -290,3 +290,35 @@ extension Ledger {
         }
     }
 }
+
+/// A call that is in doubt, with what is needed to reconcile it.
+public struct InDoubtCall: Sendable {
+    public var run: String
+    public var callId: String
+    public var tool: String
+    public var arguments: JSONValue
+    public var startedAt: String
+}
+
+extension Ledger {
+    /// In-doubt calls (after recovery), optionally of one run or one call.
+    public func inDoubtCalls(run: String? = nil, callId: String? = nil) throws(LedgerError) -> [InDoubtCall] {
+        try recoverDeadOwners()
+        return try read("listing in-doubt calls") { db in
+            var sql = "SELECT run_id, call_id, tool, args, started_at FROM calls WHERE status = 'in-doubt'"
+            var args: [any DatabaseValueConvertible] = []
+            if let run { sql += " AND run_id = ?"; args.append(run) }
+            if let callId { sql += " AND call_id = ?"; args.append(callId) }
+            return try Row.fetchAll(db, sql: sql + " ORDER BY started_at", arguments: StatementArguments(args)).map { row in
+                InDoubtCall(run: row["run_id"], callId: row["call_id"], tool: row["tool"],
+                            arguments: (try? JSONValue.parse(row["args"] as String)) ?? .object([:]), startedAt: row["started_at"])
+            }
+        }
+    }
+
+    /// The idempotency key of a call: stable for a run and call ID across every attempt and
+    /// every restart, for tools to pass to APIs that deduplicate on it.
+    public static func idempotencyKey(run: String, callId: String) -> String {
+        "ward-" + String(Digest.sha256Hex(Array(run.utf8) + [0] + Array(callId.utf8)).prefix(32))
+    }
+}

@@ -200,10 +200,24 @@ public final class Sandbox: Sendable {
     ///   - environment: extra variables (WARD_RUN_ID, WARD_CALL_ID, …) on top of the allowlist.
     ///   - extraEnvironment: added after the policy's.
     /// - Throws: `SandboxError` when the call could not start; no child ran then.
-    public func run(tool name: String, arguments: JSONValue, environment extra: [(String, String)] = []) throws(SandboxError) -> ToolOutcome {
+    ///   - reconcile: run the policy's `reconcile` command instead of its command, in the
+    ///     same sandbox, with `WARD_RECONCILE=1` (to settle an in-doubt call).
+    public func run(tool name: String, arguments: JSONValue, environment extra: [(String, String)] = [],
+                    reconcile: Bool = false) throws(SandboxError) -> ToolOutcome {
         let tool = try prepare(name)
         let policy = tool.policy
-        let argv = try Sandbox.expandCommand(policy.command, arguments: arguments, workspace: workspace)
+        var executable = tool.executable
+        var command = policy.command
+        var extra = extra
+        if reconcile {
+            guard let reconcileCommand = policy.reconcile, let program = reconcileCommand.first, let path = Executable.resolve(program) else {
+                throw SandboxError(.policyDenied, "tool \(name) has no usable reconcile command")
+            }
+            command = reconcileCommand
+            executable = path
+            extra.append(("WARD_RECONCILE", "1"))
+        }
+        let argv = try Sandbox.expandCommand(command, arguments: arguments, workspace: workspace)
 
         var env: [String] = []
         for entry in policy.environment {
@@ -251,7 +265,7 @@ public final class Sandbox: Sendable {
                     rlimits.withUnsafeBufferPointer { limits in
                         tool.bpf.bytes.withUnsafeBytes { bpf in
                             workspace.withCString { cwd in
-                                tool.executable.withCString { path in
+                                executable.withCString { path in
                                     var config = ward_spawn_config()
                                     config.path = path
                                     config.argv = cArgv
@@ -291,7 +305,7 @@ public final class Sandbox: Sendable {
             if let slot { cgroups!.release(slot) }
             let step = String(cString: ward_step_name(spawnError.step))
             let code: SandboxError.Code = spawnError.step == Int32(WARD_STEP_EXECVE.rawValue) ? .policyDenied : .spawnFailed
-            throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.error)) (tool \(name), \(tool.executable))", errno: spawnError.error)
+            throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.error)) (tool \(name), \(executable))", errno: spawnError.error)
         }
         defer { close(pidfd) }
 

@@ -1,6 +1,8 @@
 import ArgumentParser
 import WardCore
 import WardLedger
+import WardSandbox
+import WardSupervisor
 
 /// `--ledger FILE`, shared by every command that touches the ledger.
 struct LedgerOptions: ParsableArguments {
@@ -60,7 +62,7 @@ struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
         abstract: "Audit what agents did: list, show, verify, export; settle in-doubt calls.",
-        subcommands: [List.self, Show.self, Verify.self, Export.self, Resolve.self]
+        subcommands: [List.self, Show.self, Verify.self, Export.self, Resolve.self, Reconcile.self]
     )
 
     struct List: ParsableCommand {
@@ -187,6 +189,38 @@ struct LedgerCommand: ParsableCommand {
             let ledger = try options.open()
             try ledgerCall { () throws(LedgerError) in try ledger.resolve(run: runID, callId: call, as: verdict, note: note) }
             print("call \(call) of run \(runID) resolved as \(verdict.rawValue)")
+        }
+    }
+}
+
+extension LedgerCommand {
+    struct Reconcile: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Settle in-doubt calls with their tools' reconcile commands.",
+            discussion: "Each runs in its tool's sandbox with the call's arguments and WARD_RECONCILE=1: exit 0 = executed (its stdout is recorded), exit 3 = not executed, anything else = still in doubt. Exit 1 when calls remain in doubt."
+        )
+        @OptionGroup var options: LedgerOptions
+        @OptionGroup var policyOptions: PolicyOptions
+        @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
+        @Option(name: .customLong("call"), help: "Only this call.") var callID: String?
+
+        func run() throws {
+            let ledger = try options.open()
+            let sandbox: Sandbox
+            do { sandbox = try Sandbox(policies: try policyOptions.load(), workspace: policyOptions.workspace) } catch let error as SandboxError {
+                throw CLIError(message: error.description, exitCode: 1)
+            }
+            let findings = try ledgerCall { () throws(LedgerError) in try Reconciler(ledger: ledger, sandbox: sandbox).reconcileAll(run: runID, callId: callID) }
+            print(Table.render(["RUN", "CALL", "TOOL", "FINDING"], findings.map { call, finding in
+                let text: String
+                switch finding {
+                case .executed: text = "executed (resolved)"
+                case .notExecuted: text = "not executed (resolved; may run again)"
+                case .undecided(let why): text = "still in doubt: \(why)"
+                }
+                return [call.run, call.callId, call.tool, text]
+            }))
+            if findings.contains(where: { if case .undecided = $0.1 { return true }; return false }) { throw ExitCode(1) }
         }
     }
 }
