@@ -3,6 +3,7 @@
 import CWardBench
 import WardCore
 import WardPolicy
+import WardLedger
 import WardSandbox
 
 #if canImport(Glibc)
@@ -49,8 +50,13 @@ struct Row {
     var peer: String
     var peerValue: Double
     var budget: Double?
+    /// An absolute budget in µs, for figures without a peer.
+    var budgetMicros: Double? = nil
     var ratio: Double { ward / peerValue }
-    var met: Bool? { budget.map { ratio <= $0 } }
+    var met: Bool? {
+        if let budgetMicros { return ward <= budgetMicros }
+        return budget.map { ratio <= $0 }
+    }
 }
 
 // MARK: - Arguments
@@ -58,13 +64,15 @@ struct Row {
 var iterations = 300
 var jsonPath: String?
 var policiesDir = "policies"
+var peersPath: String?
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
     case "--iterations": iterations = Int(args.popFirst() ?? "") ?? iterations
     case "--json": jsonPath = args.popFirst()
     case "--policies": policiesDir = args.popFirst() ?? policiesDir
-    default: print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR]"); exit(2)
+    case "--peers": peersPath = args.popFirst()
+    default: print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE]"); exit(2)
     }
 }
 
@@ -142,6 +150,57 @@ rows.append(Row(name: "… each call confined anew (no zygote)", ward: median(sa
 rows.append(Row(name: "… without cgroups (PID namespace per call)", ward: median(samples["pidns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… network isolated by a netns per call", ward: median(samples["netns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 
+// MARK: - The ledger at synchronous=FULL: durable steps, begin+finish, checkpoint storage
+
+let ledger = try Ledger(path: workspace + "/bench-ledger.sqlite", durability: .full)
+var checkpointTimes: [Double] = [], journalTimes: [Double] = [], callTimes: [Double] = []
+let benchOutcome = ToolOutcome(status: .succeeded, exitCode: 0, signal: nil, stdout: Array("ok\n".utf8), stderr: [], truncated: false, durationMs: 0.4)
+for i in 0..<max(iterations, 200) {
+    var t0 = now()
+    _ = try ledger.saveCheckpoint(run: "bench", state: Array("{\"step\":\(i),\"plan\":\"write the pages, build, check, commit\"}".utf8))
+    checkpointTimes.append(Double(now() - t0) / 1000)
+    t0 = now()
+    _ = try ledger.journalRecord(run: "bench", key: "llm-\(i)", value: .object(["choice": .string("tool call \(i)")]))
+    journalTimes.append(Double(now() - t0) / 1000)
+    t0 = now()
+    guard case .execute(let ticket) = try ledger.begin(BeginRequest(run: "bench", callId: "c\(i)", tool: "shell", effect: .nonIdempotent,
+        arguments: .object(["command": .string("true")]), policyHash: "p", executable: "/bin/true", attempt: 1)) else { fatalError("replayed") }
+    _ = try ledger.finish(ticket, outcome: benchOutcome)
+    callTimes.append(Double(now() - t0) / 1000)
+}
+var items: [JSONValue] = []
+var finalState: [UInt8] = []
+for i in 0..<200 {
+    items.append(.object(["step": .number(Double(i)), "note": .string(String(repeating: "x", count: 1000))]))
+    finalState = Array(JSONValue.object(["items": .array(items)]).canonical.utf8)
+    _ = try ledger.saveCheckpoint(run: "storage", state: finalState)
+}
+let storedBytes = Double(try ledger.checkpointStorageBytes(run: "storage"))
+
+struct Peers { var langgraph: Double?; var dbos: Double?; var langgraphStorage: Double?; var errors: [String] }
+var peers = Peers(langgraph: nil, dbos: nil, langgraphStorage: nil, errors: ["peers not measured (Scripts/bench measures them)"])
+if let peersPath, let fp = fopen(peersPath, "r") {
+    var bytes: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while case let n = fread(&buf, 1, 4096, fp), n > 0 { bytes += buf[0..<n] }
+    fclose(fp)
+    if let json = try? JSONValue.parse(bytes).objectValue {
+        func number(_ key: String) -> Double? { if case .number(let d)? = json[key] { return d }; return nil }
+        let errors: [String] = { if case .array(let a)? = json["errors"] { return a.compactMap(\.stringValue) }; return [] }()
+        peers = Peers(langgraph: number("langgraphStepMicros"), dbos: number("dbosStepMicros"), langgraphStorage: number("langgraphStorageBytes"), errors: errors)
+    }
+}
+let checkpointStep = median(checkpointTimes), journalStep = median(journalTimes)
+rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
+rows.append(Row(name: "durable step: journal.record", ward: journalStep, peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
+rows.append(Row(name: "begin + finish of one call", ward: median(callTimes), peer: "budget", peerValue: 500, budget: nil, budgetMicros: 500))
+if let lg = peers.langgraph { rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
+if let d = peers.dbos { rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
+var storageRows: [(String, Double, String, Double, String)] = [
+    ("checkpoint storage, 200 × 1 KiB appended", storedBytes, "final state", Double(finalState.count), "≤ 2× " + (storedBytes <= 2 * Double(finalState.count) ? "met" : "MISSED")),
+]
+if let lgs = peers.langgraphStorage { storageRows.append(("checkpoint storage, 200 × 1 KiB appended", storedBytes, "LangGraph SqliteSaver", lgs, "—")) }
+
 // MARK: - In-process costs of preparing a policy (done once per tool, then cached)
 
 func timeIt(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
@@ -172,11 +231,16 @@ var uts = utsname()
 uname(&uts)
 let kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
 print("ward bench — \(iterations) interleaved iterations, kernel \(kernel), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores, tree kill: \(sandbox.treeKill.rawValue)")
-print("figure".pad(46) + "ward".pad(11) + "peer".pad(24) + "peer value".pad(12) + "ratio".pad(8) + "budget")
+print("figure".pad(46) + "ward".pad(11) + "peer".pad(28) + "peer value".pad(12) + "ratio".pad(8) + "budget")
 for r in rows {
-    let budget = r.budget.map { "≤ \($0)× " + (r.met! ? "met" : "MISSED") } ?? "—"
-    print(r.name.pad(46) + f(r.ward).pad(11) + r.peer.pad(24) + f(r.peerValue).pad(12) + (String(format1: r.ratio * 100) + "%").pad(8) + budget)
+    let budget = r.budgetMicros.map { "≤ \(Int($0)) µs " + (r.met! ? "met" : "MISSED") } ?? r.budget.map { "≤ \($0)× " + (r.met! ? "met" : "MISSED") } ?? "—"
+    print(r.name.pad(46) + f(r.ward).pad(11) + r.peer.pad(28) + f(r.peerValue).pad(12) + (String(format1: r.ratio * 100) + "%").pad(8) + budget)
 }
+for (name, w, peer, value, budget) in storageRows {
+    func kb(_ b: Double) -> String { b >= 1_048_576 ? String(format1: b / 1048576) + " MiB" : String(format1: b / 1024) + " KiB" }
+    print(name.pad(46) + kb(w).pad(11) + peer.pad(28) + kb(value).pad(12) + (String(format1: w / value * 100) + "%").pad(8) + budget)
+}
+for e in peers.errors { print("note: \(e)") }
 print("seccomp filter compile (libseccomp, tree layout, \(filterSize) instructions, once per tool): \(f(compile))")
 
 if let jsonPath {
