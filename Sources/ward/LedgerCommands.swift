@@ -184,11 +184,16 @@ struct LedgerCommand: ParsableCommand {
         @Argument(help: "Call ID.") var call: String
         @Option(name: .customLong("as"), help: "executed or not-executed.") var verdict: Ledger.Verdict
         @Option(help: "Why: what the operator checked.") var note: String
+        @Flag(help: "JSON output.") var json = false
 
         func run() throws {
             let ledger = try options.open()
             try ledgerCall { () throws(LedgerError) in try ledger.resolve(run: runID, callId: call, as: verdict, note: note) }
-            print("call \(call) of run \(runID) resolved as \(verdict.rawValue)")
+            if json {
+                printJSON(.object(["run": .string(runID), "callId": .string(call), "verdict": .string(verdict.rawValue), "note": .string(note)]))
+            } else {
+                print("call \(call) of run \(runID) resolved as \(verdict.rawValue)")
+            }
         }
     }
 }
@@ -203,6 +208,7 @@ extension LedgerCommand {
         @OptionGroup var policyOptions: PolicyOptions
         @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
         @Option(name: .customLong("call"), help: "Only this call.") var callID: String?
+        @Flag(help: "JSON output.") var json = false
 
         func run() throws {
             let ledger = try options.open()
@@ -211,6 +217,17 @@ extension LedgerCommand {
                 throw CLIError(message: error.description, exitCode: 1)
             }
             let findings = try ledgerCall { () throws(LedgerError) in try Reconciler(ledger: ledger, sandbox: sandbox).reconcileAll(run: runID, callId: callID) }
+            if json {
+                printJSON(.array(findings.map { call, finding in
+                    var item: [String: JSONValue] = ["run": .string(call.run), "callId": .string(call.callId), "tool": .string(call.tool)]
+                    switch finding {
+                    case .executed: item["finding"] = .string("executed")
+                    case .notExecuted: item["finding"] = .string("not-executed")
+                    case .undecided(let why): item["finding"] = .string("in-doubt"); item["reason"] = .string(why)
+                    }
+                    return .object(item)
+                }))
+            } else {
             print(Table.render(["RUN", "CALL", "TOOL", "FINDING"], findings.map { call, finding in
                 let text: String
                 switch finding {
@@ -220,6 +237,7 @@ extension LedgerCommand {
                 }
                 return [call.run, call.callId, call.tool, text]
             }))
+            }
             if findings.contains(where: { if case .undecided = $0.1 { return true }; return false }) { throw ExitCode(1) }
         }
     }
