@@ -41,7 +41,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Orchestration of ledger and sandbox: reconcile, and (next) the agent-facing server.
-        .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger"]),
+        .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardSpawn"]),
         .executableTarget(name: "ward", dependencies: [
             "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

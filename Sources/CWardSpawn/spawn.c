@@ -358,6 +358,13 @@ int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4,
     return prctl(option, a2, a3, a4, a5);
 }
 
+long ward_peer_uid(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    return (long)cred.uid;
+}
+
 int ward_seccomp_available(void) {
     uint32_t action = SECCOMP_RET_ERRNO;
     return syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0;

@@ -74,6 +74,25 @@ public struct CallResult: Sendable, Hashable {
 public enum Base64 {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
+    /// Decodes standard base64 (padding optional); nil on any other character.
+    public static func decode(_ text: String) -> [UInt8]? {
+        var values: [UInt8] = []
+        for c in text.utf8 where c != UInt8(ascii: "=") {
+            guard let i = alphabet.firstIndex(of: c) else { return nil }
+            values.append(UInt8(i))
+        }
+        var out: [UInt8] = []
+        var i = 0
+        while i + 1 < values.count {
+            let n = UInt32(values[i]) << 18 | UInt32(values[i + 1]) << 12 | (i + 2 < values.count ? UInt32(values[i + 2]) << 6 : 0) | (i + 3 < values.count ? UInt32(values[i + 3]) : 0)
+            out.append(UInt8(n >> 16 & 0xFF))
+            if i + 2 < values.count { out.append(UInt8(n >> 8 & 0xFF)) }
+            if i + 3 < values.count { out.append(UInt8(n & 0xFF)) }
+            i += 4
+        }
+        return out
+    }
+
     public static func encode(_ bytes: [UInt8]) -> String {
         var out: [UInt8] = []
         out.reserveCapacity((bytes.count + 2) / 3 * 4)

@@ -201,3 +201,32 @@ extension Ledger {
         }
     }
 }
+
+extension Ledger {
+    /// Results of the calls of `run` that finished (or were resolved) after checkpoint
+    /// `seq` was saved — all finished calls when `seq` is nil: what a resumed agent has not
+    /// seen in its state yet.
+    public func completedSince(run: String, checkpoint seq: Int?) throws(LedgerError) -> [CallResult] {
+        try read("reading completed calls of run \(run)") { db in
+            var after = 0
+            if let seq {
+                for row in try Row.fetchAll(db, sql: "SELECT seq, body FROM events WHERE run_id = ? AND kind = 'checkpoint.save' ORDER BY seq DESC",
+                                            arguments: [run]) {
+                    if case .number(let s)? = (try? JSONValue.parse(row["body"] as String))?.objectValue?["data"]?.objectValue?["seq"], Int(s) == seq {
+                        after = row["seq"]
+                        break
+                    }
+                }
+            }
+            let ids = try String.fetchAll(db, sql: """
+                SELECT call_id FROM events WHERE run_id = ? AND seq > ? AND kind IN ('call.finish', 'call.resolve')
+                GROUP BY call_id ORDER BY MIN(seq)
+                """, arguments: [run, after])
+            return try ids.compactMap { id in
+                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, id]),
+                      !["running", "in-doubt"].contains(row["status"] as String) else { return nil }
+                return try self.result(db, row: row, replayed: true)
+            }
+        }
+    }
+}

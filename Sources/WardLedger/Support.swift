@@ -153,3 +153,8 @@ enum Timestamp {
         return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
     }
 }
+
+extension Ledger {
+    /// Lowercase hex SHA-256, for hashes the supervisor records (policy hashes).
+    public static func sha256Hex(_ bytes: [UInt8]) -> String { Digest.sha256Hex(bytes) }
+}

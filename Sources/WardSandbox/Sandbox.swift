@@ -154,6 +154,9 @@ public final class Sandbox: Sendable {
         try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
     }
 
+    /// The absolute path of the program a tool runs.
+    public func executable(tool name: String) throws(SandboxError) -> String { try prepare(name).executable }
+
     /// The argv a call would run, with its arguments substituted.
     public func argv(tool name: String, arguments: JSONValue) throws(SandboxError) -> [String] {
         let tool = try prepare(name)

@@ -22,7 +22,8 @@ struct Ward: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ward",
         abstract: "Run AI agents' tool calls sandboxed, recorded and crash-safe.",
-        subcommands: [SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self, CheckpointCommand.self, DoctorCommand.self]
+        subcommands: [ServeCommand.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
+                      CheckpointCommand.self, DoctorCommand.self]
     )
 }
 

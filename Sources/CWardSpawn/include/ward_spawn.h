@@ -118,6 +118,8 @@ long ward_landlock_add_net_rule(int ruleset_fd, uint64_t allowed, uint64_t port)
 int ward_open_path(const char *path);
 /// prctl is variadic.
 int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+/// The uid of a Unix socket's peer (SO_PEERCRED), or -1: struct ucred is _GNU_SOURCE only.
+long ward_peer_uid(int fd);
 /// seccomp(2) mode query for `ward doctor`.
 int ward_seccomp_available(void);
 

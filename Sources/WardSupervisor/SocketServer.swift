@@ -1,0 +1,166 @@
+import CWardSpawn
+import Foundation
+import Synchronization
+import WardCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves the agent protocol on a Unix stream socket: one JSON object per line, requests
+/// on one connection served concurrently and answered by id.
+///
+/// Every request blocks on the ledger (fsync) and often on a tool for seconds, so each
+/// connection has a reader thread and each request runs on the global concurrent queue;
+/// responses are written whole under a per-connection lock. (SO_PEERCRED needs the raw fd.)
+public final class SocketServer: Sendable {
+    public let path: String
+    let supervisor: Supervisor
+    let listenFD: Int32
+    private let stopping = Atomic<Bool>(false)
+    private let connections = Mutex<Set<Int32>>([])
+
+    /// Creates the socket's directory (mode 0700) when missing, replaces a stale socket
+    /// file, binds (mode 0600) and listens.
+    public init(path: String, supervisor: Supervisor) throws(RPCError) {
+        self.path = path
+        self.supervisor = supervisor
+        guard path.utf8.count < 108 else { throw RPCError(.internal, "socket path too long (at most 107 bytes): \(path)") }
+        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            let dir = String(path[..<slash])
+            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+                throw RPCError(.internal, "cannot create socket directory \(dir): \(String(cString: strerror(errno)))")
+            }
+        }
+        if SocketServer.isLive(path) { throw RPCError(.internal, "another supervisor is listening on \(path)") }
+        unlink(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RPCError(.internal, "socket: \(String(cString: strerror(errno)))") }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        var addr = SocketServer.address(path)
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard bound == 0 else {
+            let e = errno
+            close(fd)
+            throw RPCError(.internal, "cannot bind \(path): \(String(cString: strerror(e)))")
+        }
+        chmod(path, 0o600)
+        guard listen(fd, 128) == 0 else {
+            close(fd)
+            throw RPCError(.internal, "listen: \(String(cString: strerror(errno)))")
+        }
+        listenFD = fd
+    }
+
+    static func address(_ path: String) -> sockaddr_un {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
+        }
+        return addr
+    }
+
+    /// Whether something accepts connections on `path` now.
+    static func isLive(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = address(path)
+        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } } == 0
+    }
+
+    /// Accepts connections on a thread of its own until `stop`.
+    public func start() {
+        let thread = Thread { [self] in acceptLoop() }
+        thread.name = "ward-accept"
+        thread.start()
+    }
+
+    /// Stops accepting, closes every connection and removes the socket file.
+    public func stop() {
+        guard !stopping.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        close(listenFD)
+        unlink(path)
+        for fd in connections.withLock({ $0 }) { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    private func acceptLoop() {
+        while !stopping.load(ordering: .sequentiallyConsistent) {
+            let fd = accept(listenFD, nil, nil)
+            if fd < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return
+            }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            // Only our own user (or root) may drive tools with our privileges.
+            let peer = ward_peer_uid(fd)
+            guard peer >= 0, uid_t(peer) == geteuid() || peer == 0 else {
+                close(fd)
+                continue
+            }
+            connections.withLock { _ = $0.insert(fd) }
+            let thread = Thread { [self] in serve(fd) }
+            thread.name = "ward-connection"
+            thread.start()
+        }
+    }
+
+    /// Writes whole response lines to one connection; requests answer from many threads.
+    final class Writer: Sendable {
+        let fd: Int32
+        private let lock = Mutex(())
+        init(_ fd: Int32) { self.fd = fd }
+
+        func send(_ bytes: [UInt8]) {
+            lock.withLock { _ in
+                var out = bytes
+                out.append(0x0A)
+                var offset = 0
+                while offset < out.count {
+                    let n = out[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    if n < 0 { if errno == EINTR { continue }; return }
+                    offset += n
+                }
+            }
+        }
+    }
+
+    private func serve(_ fd: Int32) {
+        let writer = Writer(fd)
+        let inFlight = DispatchGroup()
+        let send = writer.send
+        var buffer: [UInt8] = []
+        var scanned = 0
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        reading: while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            buffer += chunk[0..<n]
+            while let newline = buffer[scanned...].firstIndex(of: 0x0A) {
+                let line = Array(buffer[0..<newline])
+                buffer.removeSubrange(0...newline)
+                scanned = 0
+                if line.count > Supervisor.maximumLineBytes { tooLarge(send); break reading }
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { continue }
+                inFlight.enter()
+                DispatchQueue.global().async { [supervisor] in
+                    if let response = supervisor.handle(line: line) { writer.send(response) }
+                    inFlight.leave()
+                }
+            }
+            scanned = buffer.count
+            if buffer.count > Supervisor.maximumLineBytes { tooLarge(send); break }
+        }
+        // A line cut off by the peer's close is dropped: nothing half-read is ever acted on.
+        inFlight.wait()
+        connections.withLock { _ = $0.remove(fd) }
+        close(fd)
+    }
+
+    private func tooLarge(_ send: ([UInt8]) -> Void) {
+        send(Supervisor.response(id: .null, error: RPCError(.tooLarge, "request line longer than \(Supervisor.maximumLineBytes) bytes")))
+    }
+}

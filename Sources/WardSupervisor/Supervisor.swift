@@ -1,0 +1,230 @@
+import WardCore
+import WardLedger
+import WardPolicy
+import WardSandbox
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The agent protocol of DESIGN.md for one run: each method's params → result, over the
+/// ledger and the sandbox. Thread-safe; a request blocks the calling thread for as long as
+/// its tool runs, so callers give each request its own thread.
+public final class Supervisor: Sendable {
+    public let runID: String
+    public let attempt: Int
+    public let ledger: Ledger
+    public let sandbox: Sandbox
+    let reconciler: Reconciler
+    /// Longest accepted request line (DESIGN.md): 16 MiB.
+    public static let maximumLineBytes = 16 << 20
+
+    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int) {
+        self.ledger = ledger
+        self.sandbox = sandbox
+        self.runID = runID
+        self.attempt = attempt
+        reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
+    }
+
+    // MARK: - JSON-RPC framing
+
+    /// Handles one request line; returns the response line (without the newline), or nil
+    /// for a notification (a request without an id).
+    public func handle(line: [UInt8]) -> [UInt8]? {
+        let request: JSONValue
+        do { request = try JSONValue.parse(line) } catch {
+            return Supervisor.response(id: .null, error: .parse("parse error: \(error)"))
+        }
+        guard let members = request.objectValue else {
+            return Supervisor.response(id: .null, error: .invalidRequest("a request must be a JSON object (batches are not supported)"))
+        }
+        let id = members["id"]
+        if let id, !Supervisor.validID(id) {
+            return Supervisor.response(id: .null, error: .invalidRequest("id must be a string, a number or null"))
+        }
+        guard members["jsonrpc"] == .string("2.0") else {
+            return Supervisor.response(id: id ?? .null, error: .invalidRequest("jsonrpc must be \"2.0\""))
+        }
+        guard let method = members["method"]?.stringValue else {
+            return Supervisor.response(id: id ?? .null, error: .invalidRequest("method must be a string"))
+        }
+        let params = members["params"] ?? .object([:])
+        let outcome: Result<JSONValue, RPCError>
+        do { outcome = .success(try handle(method: method, params: params)) } catch { outcome = .failure(error) }
+        guard let id else { return nil }
+        switch outcome {
+        case .success(let result): return Supervisor.response(id: id, result: result)
+        case .failure(let error): return Supervisor.response(id: id, error: error)
+        }
+    }
+
+    static func validID(_ id: JSONValue) -> Bool {
+        switch id {
+        case .string, .number, .null: true
+        default: false
+        }
+    }
+
+    static func response(id: JSONValue, result: JSONValue) -> [UInt8] {
+        JSONValue.object(["jsonrpc": .string("2.0"), "id": id, "result": result]).canonicalBytes
+    }
+
+    public static func response(id: JSONValue, error: RPCError) -> [UInt8] {
+        JSONValue.object(["jsonrpc": .string("2.0"), "id": id, "error": error.json]).canonicalBytes
+    }
+
+    // MARK: - Methods
+
+    public func handle(method: String, params: JSONValue) throws(RPCError) -> JSONValue {
+        guard let p = params.objectValue else { throw RPCError(.invalidArguments, "params must be an object") }
+        switch method {
+        case "run.resume": return try resume()
+        case "tool.call": return try toolCall(p)
+        case "checkpoint.save": return try checkpointSave(p)
+        case "checkpoint.load": return try checkpointLoad(p)
+        case "journal.record": return try journalRecord(p)
+        default: throw RPCError(.invalidArguments, "unknown method \"\(method)\"", code: -32601)
+        }
+    }
+
+    func ledgerCall<T>(_ body: () throws(LedgerError) -> T) throws(RPCError) -> T {
+        do { return try body() } catch { throw RPCError(error) }
+    }
+
+    func resume() throws(RPCError) -> JSONValue {
+        let checkpoint = try ledgerCall { () throws(LedgerError) in try ledger.loadCheckpoint(run: runID) }
+        let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
+        let inDoubt = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID) }
+        return .object([
+            "runId": .string(runID),
+            "attempt": .number(Double(attempt)),
+            "checkpoint": try checkpoint.map { c throws(RPCError) in .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)]) } ?? .null,
+            "completedSince": .array(completed.map(\.json)),
+            "inDoubt": .array(inDoubt.map { .string($0.callId) }),
+        ])
+    }
+
+    static func state(_ bytes: [UInt8]) throws(RPCError) -> JSONValue {
+        do { return try JSONValue.parse(bytes) } catch { throw RPCError(.storage, "a stored checkpoint is not valid JSON") }
+    }
+
+    func checkpointSave(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
+        guard let state = p["state"] else { throw RPCError(.invalidArguments, "checkpoint.save needs a state") }
+        var label: String?
+        if let l = p["label"], l != .null {
+            guard let s = l.stringValue else { throw RPCError(.invalidArguments, "label must be a string") }
+            label = s
+        }
+        let seq = try ledgerCall { () throws(LedgerError) in try ledger.saveCheckpoint(run: runID, state: state.canonicalBytes, label: label) }
+        return .object(["seq": .number(Double(seq))])
+    }
+
+    func checkpointLoad(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
+        var seq: Int?
+        if let s = p["seq"], s != .null {
+            guard case .number(let n) = s, n == n.rounded(), n >= 1 else { throw RPCError(.invalidArguments, "seq must be a positive integer") }
+            seq = Int(n)
+        }
+        guard let c = try ledgerCall({ () throws(LedgerError) in try ledger.loadCheckpoint(run: runID, seq: seq) }) else { return .null }
+        return .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)])
+    }
+
+    func journalRecord(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
+        guard let key = p["key"]?.stringValue, !key.isEmpty else { throw RPCError(.invalidArguments, "journal.record needs a non-empty string key") }
+        guard let value = p["value"] else { throw RPCError(.invalidArguments, "journal.record needs a value") }
+        let (recorded, isNew) = try ledgerCall { () throws(LedgerError) in try ledger.journalRecord(run: runID, key: key, value: value) }
+        return .object(["value": recorded, "recorded": .bool(isNew)])
+    }
+
+    // MARK: - tool.call
+
+    func toolCall(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
+        guard let callId = p["callId"]?.stringValue, !callId.isEmpty, callId.utf8.count <= 1024 else {
+            throw RPCError(.invalidArguments, "tool.call needs a callId: a non-empty string of at most 1024 bytes")
+        }
+        guard let tool = p["tool"]?.stringValue else { throw RPCError(.invalidArguments, "tool.call needs a tool name") }
+        let arguments = p["arguments"] ?? .object([:])
+        guard arguments.objectValue != nil else { throw RPCError(.invalidArguments, "arguments must be a JSON object, not \(arguments.typeName)") }
+        guard let policy = sandbox.policies.tools[tool] else {
+            throw RPCError(.unknownTool, "unknown tool \"\(tool)\" (known: \(sandbox.policies.tools.keys.sorted().joined(separator: ", ")))")
+        }
+        // Bad arguments are refused before anything is recorded.
+        let executable: String
+        do {
+            _ = try sandbox.argv(tool: tool, arguments: arguments)
+            executable = try sandbox.executable(tool: tool)
+        } catch { throw RPCError(error) }
+        let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
+                                   policyHash: Supervisor.policyHash(policy), executable: executable, attempt: attempt,
+                                   checkpoint: p["checkpoint"].map(\.canonicalBytes))
+        var reconciled = false
+        while true {
+            let decision: BeginDecision
+            do {
+                decision = try ledger.begin(request)
+            } catch where error.code == .inProgress {
+                // Never a second child: wait for the one that runs.
+                let wait = Double(policy.timeoutMilliseconds) / 1000 + 10
+                let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: callId, timeout: wait) }
+                if let result { return result.json }
+                continue  // its process died: begin decides again
+            } catch where error.code == .inDoubt && !reconciled && policy.reconcile != nil {
+                reconciled = true
+                let calls = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID, callId: callId) }
+                for call in calls { _ = try ledgerCall { () throws(LedgerError) in try reconciler.reconcile(call) } }
+                continue
+            } catch {
+                throw RPCError(error)
+            }
+            switch decision {
+            case .replay(let result):
+                return result.json
+            case .execute(let ticket):
+                let outcome: ToolOutcome
+                do {
+                    outcome = try sandbox.run(tool: tool, arguments: arguments, environment: Reconciler.environment(run: runID, callId: callId))
+                } catch {
+                    // Recorded as denied: the policy or the kernel refused to start it.
+                    outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),
+                                          truncated: false, durationMs: 0)
+                }
+                return try ledgerCall { () throws(LedgerError) in try ledger.finish(ticket, outcome: outcome) }.json
+            }
+        }
+    }
+
+    /// SHA-256 of the canonical JSON of a tool's effective policy: recorded with every call,
+    /// so an audit shows when a tool's sandbox changed.
+    static func policyHash(_ p: ToolPolicy) -> String {
+        let json = JSONValue.object([
+            "command": .array(p.command.map { .string($0) }), "effect": .string(p.effect.rawValue),
+            "syscalls": .array(p.syscalls.map { .string($0) }), "network": .string(p.network.rawValue),
+            "read": .array(p.read.map { .string($0) }), "write": .array(p.write.map { .string($0) }),
+            "env": .array(p.environment.map { e in
+                switch e {
+                case .inherit(let n): .string(n)
+                case .set(let n, let v): .string(n + "=" + v)
+                }
+            }),
+            "timeoutMs": .number(Double(p.timeoutMilliseconds)),
+            "limits": .object([
+                "memory": p.limits.memory.map { .number(Double($0)) } ?? .null, "cpu": p.limits.cpuSeconds.map { .number(Double($0)) } ?? .null,
+                "processes": p.limits.processes.map { .number(Double($0)) } ?? .null, "fileSize": p.limits.fileSize.map { .number(Double($0)) } ?? .null,
+                "openFiles": p.limits.openFiles.map { .number(Double($0)) } ?? .null, "output": .number(Double(p.limits.output)),
+            ]),
+            "reconcile": p.reconcile.map { .array($0.map { .string($0) }) } ?? .null,
+        ])
+        return Ledger.sha256Hex(json.canonicalBytes)
+    }
+}
+
+extension CallEffect {
+    init(_ effect: Effect) {
+        switch effect {
+        case .readOnly: self = .readOnly
+        case .idempotent: self = .idempotent
+        case .nonIdempotent: self = .nonIdempotent
+        }
+    }
+}

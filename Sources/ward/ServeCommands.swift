@@ -1,0 +1,177 @@
+import ArgumentParser
+import Dispatch
+import Logging
+import WardCore
+import WardLedger
+import WardPolicy
+import WardSandbox
+import WardSupervisor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Options of the commands that supervise a run (`ward serve`, `ward run`).
+struct RunOptions: ParsableArguments {
+    @OptionGroup var policyOptions: PolicyOptions
+    @OptionGroup var ledgerOptions: LedgerOptions
+
+    @Option(help: "Socket path (default: /tmp/ward-UID/RUN.sock, in a directory of mode 0700).")
+    var socket: String?
+
+    @Option(name: .customLong("run-id"), help: "The run's ID (default: generated).")
+    var runID: String?
+
+    var effectiveRunID: String { runID ?? RunOptions.generatedRunID }
+    static let generatedRunID: String = {
+        var rng = SystemRandomNumberGenerator()
+        let suffix = String((0..<6).map { _ in "0123456789abcdef".randomElement(using: &rng)! })
+        var t = time(nil)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "run-\(tm.tm_year + 1900)\(two(tm.tm_mon + 1))\(two(tm.tm_mday))-\(two(tm.tm_hour))\(two(tm.tm_min))\(two(tm.tm_sec))-\(suffix)"
+    }()
+
+    func socketPath(run: String) -> String { socket ?? "/tmp/ward-\(geteuid())/\(run).sock" }
+
+    /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.
+    func startServer(logger: Logger) throws -> (SocketServer, Supervisor) {
+        let run = effectiveRunID
+        let ledger = try ledgerOptions.open()
+        let policies = try policyOptions.load()
+        let sandbox: Sandbox
+        do { sandbox = try Sandbox(policies: policies, workspace: policyOptions.workspace, logger: logger) } catch {
+            throw CLIError(message: error.description, exitCode: 1)
+        }
+        let attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run) }
+        let supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: attempt)
+        do {
+            let server = try SocketServer(path: socketPath(run: run), supervisor: supervisor)
+            server.start()
+            return (server, supervisor)
+        } catch {
+            throw CLIError(message: error.message, exitCode: 1)
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+func waitForTermination() {
+    let done = DispatchSemaphore(value: 0)
+    var sources: [any DispatchSourceSignal] = []
+    for sig in [SIGINT, SIGTERM] {
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler { done.signal() }
+        source.resume()
+        sources.append(source)
+    }
+    done.wait()
+    for s in sources { s.cancel() }
+}
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "The supervisor alone, for agents started elsewhere; prints the socket path once it listens."
+    )
+
+    @OptionGroup var options: RunOptions
+
+    func run() throws {
+        let (server, _) = try options.startServer(logger: Logger(label: "ward"))
+        Output.write(1, Array((server.path + "\n").utf8))
+        waitForTermination()
+        server.stop()
+    }
+}
+
+struct CallCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "call",
+        abstract: "One tool call through $WARD_SOCKET, for shell agents.",
+        discussion: "Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied)."
+    )
+
+    @Option(name: .customLong("call-id"), help: "The call's ID, unique within the run (the same ID replays).")
+    var callID: String
+
+    @OptionGroup var argumentOptions: ArgumentOptions
+
+    @Option(help: "Socket path (default: $WARD_SOCKET).")
+    var socket: String?
+
+    @Flag(help: "Print the whole CallResult as JSON.")
+    var json = false
+
+    @Argument(help: "The tool.")
+    var tool: String
+
+    func run() throws {
+        guard let path = socket ?? getenv("WARD_SOCKET").map({ String(cString: $0) }) else {
+            throw CLIError.usage("no socket: set WARD_SOCKET (ward run does) or pass --socket")
+        }
+        let params = JSONValue.object(["callId": .string(callID), "tool": .string(tool), "arguments": try argumentOptions.arguments()])
+        let response = try LineClient.request(path: path, method: "tool.call", params: params)
+        if let error = response["error"]?.objectValue {
+            let kind = error["data"]?.objectValue?["kind"]?.stringValue ?? "internal"
+            let code: Int32 = ["invalid-arguments", "unknown-tool", "too-large"].contains(kind) ? 2 : kind == "storage" ? 3 : 1
+            throw CLIError(message: "\(kind): \(error["message"]?.stringValue ?? "error")", exitCode: code)
+        }
+        guard let result = response["result"]?.objectValue else { throw CLIError(message: "malformed response from \(path)", exitCode: 1) }
+        if json {
+            printJSON(.object(result))
+        } else {
+            for (name, fd) in [("stdout", Int32(1)), ("stderr", Int32(2))] {
+                if let text = result[name]?.stringValue { Output.write(fd, Array(text.utf8)) }
+                else if let b64 = result[name + "Base64"]?.stringValue, let bytes = Base64.decode(b64) { Output.write(fd, bytes) }
+            }
+        }
+        let status = result["status"]?.stringValue ?? "failed"
+        func number(_ key: String) -> Int32? { if case .number(let n)? = result[key] { return Int32(n) }; return nil }
+        let code: Int32
+        switch status {
+        case "succeeded", "resolved": code = 0
+        case "timed-out": code = 124
+        case "killed": code = 128 + (number("signal") ?? 9)
+        case "denied": code = 126
+        default: code = number("exitCode") ?? 1
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+/// One request over the agent socket, blocking (for `ward call`).
+enum LineClient {
+    static func request(path: String, method: String, params: JSONValue) throws -> [String: JSONValue] {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw CLIError(message: "socket: \(String(cString: strerror(errno)))", exitCode: 1) }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b } }
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard ok == 0 else { throw CLIError(message: "cannot connect to \(path): \(String(cString: strerror(errno)))", exitCode: 1) }
+        var line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(1), "method": .string(method), "params": params]).canonicalBytes
+        line.append(0x0A)
+        var offset = 0
+        while offset < line.count {
+            let n = line[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 { if errno == EINTR { continue }; throw CLIError(message: "sending to \(path) failed", exitCode: 1) }
+            offset += n
+        }
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while !buffer.contains(0x0A) {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { throw CLIError(message: "the supervisor at \(path) closed the connection", exitCode: 1) }
+            buffer += chunk[0..<n]
+        }
+        guard let object = try? JSONValue.parse(Array(buffer[..<buffer.firstIndex(of: 0x0A)!])).objectValue else {
+            throw CLIError(message: "malformed response from \(path)", exitCode: 1)
+        }
+        return object
+    }
+}

@@ -1,0 +1,225 @@
+import Foundation
+import Synchronization
+import Testing
+import WardCore
+import WardLedger
+import WardPolicy
+import WardSandbox
+@testable import WardSupervisor
+
+/// A supervisor serving a temporary ledger and workspace on a temporary socket.
+final class TestServer: Sendable {
+    let server: SocketServer
+    let supervisor: Supervisor
+    let workspace: String
+
+    init(run: String = "r1", ledgerPath: String? = nil) throws {
+        workspace = temporaryDirectory("ws")
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        let policies = try PolicyLoader.load(directory: parts.joined(separator: "/") + "/policies")
+        let ledger = try Ledger(path: ledgerPath ?? temporaryDirectory("ledger") + "/l.sqlite")
+        let sandbox = try Sandbox(policies: policies, workspace: workspace)
+        supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: try ledger.startAttempt(run: run))
+        server = try SocketServer(path: temporaryDirectory("sock") + "/s.sock", supervisor: supervisor)
+        server.start()
+    }
+
+    deinit { server.stop() }
+}
+
+/// A raw line client: sends bytes, reads response lines.
+final class RawClient {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+
+    init(_ path: String) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        try #require(rc == 0)
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+
+    func send(_ text: String) { send(Array(text.utf8)) }
+
+    func request(_ id: Int, _ method: String, _ params: JSONValue) {
+        send(JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonical + "\n")
+    }
+
+    /// The next response line, parsed; nil at end of stream.
+    func next() -> [String: JSONValue]? {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !buffer.contains(0x0A) {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return nil }
+            buffer += chunk[0..<n]
+        }
+        let i = buffer.firstIndex(of: 0x0A)!
+        let line = Array(buffer[..<i])
+        buffer.removeSubrange(0...i)
+        return try? JSONValue.parse(line).objectValue
+    }
+
+    func call(_ id: Int, _ method: String, _ params: JSONValue) -> [String: JSONValue]? {
+        request(id, method, params)
+        return next()
+    }
+}
+
+func kind(_ response: [String: JSONValue]?) -> String? { response?["error"]?.objectValue?["data"]?.objectValue?["kind"]?.stringValue }
+
+func shellCall(_ id: String, _ command: String, checkpoint: JSONValue? = nil) -> JSONValue {
+    var p: [String: JSONValue] = ["callId": .string(id), "tool": .string("shell"), "arguments": .object(["command": .string(command)])]
+    if let checkpoint { p["checkpoint"] = checkpoint }
+    return .object(p)
+}
+
+@Suite("Server: the agent protocol over a Unix socket")
+struct ServerTests {
+    @Test func callReplayConflictAndErrorKinds() throws {
+        let t = try TestServer()
+        let c = try RawClient(t.server.path)
+        let first = try #require(c.call(1, "tool.call", shellCall("c1", "echo $WARD_RUN_ID $WARD_CALL_ID; echo x >> count.txt", checkpoint: .object(["step": .number(1)])))?["result"]?.objectValue)
+        #expect(first["stdout"] == .string("r1 c1\n") && first["replayed"] == .bool(false) && first["status"] == .string("succeeded"))
+        let again = try #require(c.call(2, "tool.call", shellCall("c1", "echo $WARD_RUN_ID $WARD_CALL_ID; echo x >> count.txt"))?["result"]?.objectValue)
+        #expect(again["replayed"] == .bool(true))
+        var a = first, b = again
+        a["replayed"] = nil
+        b["replayed"] = nil
+        #expect(JSONValue.object(a).canonical == JSONValue.object(b).canonical)
+        #expect(try String(contentsOfFile: t.workspace + "/count.txt", encoding: .utf8) == "x\n")
+        #expect(kind(c.call(3, "tool.call", shellCall("c1", "something else"))) == "conflict")
+        #expect(kind(c.call(4, "tool.call", .object(["callId": .string("c9"), "tool": .string("nope")]))) == "unknown-tool")
+        #expect(kind(c.call(5, "tool.call", .object(["callId": .string("c9"), "tool": .string("shell"), "arguments": .array([])]))) == "invalid-arguments")
+        #expect(kind(c.call(6, "tool.call", .object(["tool": .string("shell")]))) == "invalid-arguments")
+        #expect(kind(c.call(7, "tool.call", .object(["callId": .string("c9"), "tool": .string("shell"), "arguments": .object([:])]))) == "invalid-arguments")
+        // Nothing was recorded for the refused calls.
+        #expect(try t.supervisor.ledger.listCalls(run: "r1").map(\.callId) == ["c1"])
+        // The checkpoint handed in with c1 was stored with it.
+        let loaded = c.call(8, "checkpoint.load", .object([:]))?["result"]?.objectValue
+        #expect(loaded?["state"] == .object(["step": .number(1)]) && loaded?["seq"] == .number(1))
+        let saved = c.call(9, "checkpoint.save", .object(["state": .object(["step": .number(2)]), "label": .string("after c1")]))
+        #expect(saved?["result"]?.objectValue?["seq"] == .number(2))
+        #expect(c.call(10, "checkpoint.load", .object(["seq": .number(1)]))?["result"]?.objectValue?["state"] == .object(["step": .number(1)]))
+        #expect(c.call(11, "checkpoint.load", .object(["seq": .number(99)]))?["result"] == .null)
+        let j1 = c.call(12, "journal.record", .object(["key": .string("llm-1"), "value": .string("plan A")]))?["result"]?.objectValue
+        let j2 = c.call(13, "journal.record", .object(["key": .string("llm-1"), "value": .string("plan B")]))?["result"]?.objectValue
+        #expect(j1 == ["value": .string("plan A"), "recorded": .bool(true)] && j2 == ["value": .string("plan A"), "recorded": .bool(false)])
+        let resume = try #require(c.call(14, "run.resume", .object([:]))?["result"]?.objectValue)
+        #expect(resume["runId"] == .string("r1") && resume["attempt"] == .number(1) && resume["inDoubt"] == .array([]))
+        #expect(resume["checkpoint"]?.objectValue?["seq"] == .number(2))
+    }
+
+    @Test func malformedInputNeverCrashesOrHangs() throws {
+        let t = try TestServer()
+        let c = try RawClient(t.server.path)
+        c.send("{not json\n")
+        #expect(c.next()?["error"]?.objectValue?["code"] == .number(-32700))
+        c.send("[1,2]\n")
+        #expect(kind(c.next()) == "invalid-arguments")
+        c.send(#"{"jsonrpc":"1.0","id":1,"method":"run.resume"}"# + "\n")
+        #expect(c.next()?["id"] == .number(1))
+        c.send(#"{"jsonrpc":"2.0","id":2,"method":"no.such"}"# + "\n")
+        #expect(c.next()?["error"]?.objectValue?["code"] == .number(-32601))
+        c.send(#"{"jsonrpc":"2.0","id":3,"method":"tool.call","params":"x"}"# + "\n")
+        #expect(kind(c.next()) == "invalid-arguments")
+        c.send(#"{"jsonrpc":"2.0","id":{"a":1},"method":"run.resume"}"# + "\n")
+        #expect(c.next()?["id"] == .null)
+        // A notification gets no answer; the next request does.
+        c.send(#"{"jsonrpc":"2.0","method":"journal.record","params":{"key":"n","value":1}}"# + "\n\n   \n")
+        #expect(c.call(4, "run.resume", .object([:]))?["id"] == .number(4))
+        // A line cut off mid-request by a closing client is never acted on.
+        do {
+            let cut = try RawClient(t.server.path)
+            cut.send(#"{"jsonrpc":"2.0","id":1,"method":"tool.call","params":{"callId":"cut","tool":"shell","arguments":{"command":"true"}}"#)
+        }
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(try t.supervisor.ledger.listCalls(run: "r1").isEmpty)
+        // A line over 16 MiB: too-large, and the connection closes; the server lives on.
+        let big = try RawClient(t.server.path)
+        big.send(Array(#"{"jsonrpc":"2.0","id":1,"method":"journal.record","params":{"key":"k","value":""#.utf8) + [UInt8](repeating: 0x61, count: 17 << 20))
+        #expect(kind(big.next()) == "too-large")
+        #expect(big.next() == nil)
+        #expect(try RawClient(t.server.path).call(1, "run.resume", .object([:]))?["result"] != nil)
+    }
+
+    @Test func requestsOnOneConnectionRunInParallel() throws {
+        let t = try TestServer()
+        let c = try RawClient(t.server.path)
+        let start = ContinuousClock.now
+        for i in 0..<10 { c.request(i, "tool.call", shellCall("p\(i)", "sleep 0.5; echo \(i)")) }
+        var seen: [Int: String] = [:]
+        for _ in 0..<10 {
+            let r = try #require(c.next())
+            guard case .number(let id)? = r["id"] else { continue }
+            seen[Int(id)] = r["result"]?.objectValue?["stdout"]?.stringValue
+        }
+        for i in 0..<10 { #expect(seen[i] == "\(i)\n", "response \(i): \(seen[i] ?? "missing")") }
+        #expect(ContinuousClock.now - start < .seconds(4), "ten 0.5 s calls took \(ContinuousClock.now - start)")
+    }
+
+    @Test func aCallRunningOnAnotherConnectionIsAwaitedNotRunTwice() throws {
+        let t = try TestServer()
+        let results = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            guard let c = try? RawClient(t.server.path) else { return }
+            let r = c.call(1, "tool.call", shellCall("once", "echo ran >> ran.txt; sleep 0.5; echo done"))
+            results.withLock { $0.append(r?["result"]?.objectValue?["stdout"]?.stringValue ?? "\(String(describing: r))") }
+        }
+        #expect(results.withLock { $0 } == ["done\n", "done\n", "done\n", "done\n"])
+        #expect(try String(contentsOfFile: t.workspace + "/ran.txt", encoding: .utf8) == "ran\n")
+    }
+
+    @Test func inDoubtCallsAreListedAndRefused() throws {
+        let ledgerPath = temporaryDirectory("ledger") + "/l.sqlite"
+        _ = try Ledger(path: ledgerPath, identity: crashed).begin(BeginRequest(
+            run: "r1", callId: "mail", tool: "shell", effect: .nonIdempotent, arguments: .object(["command": .string("send")]),
+            policyHash: "p", executable: "/bin/sh", attempt: 1))
+        let t = try TestServer(ledgerPath: ledgerPath)
+        let c = try RawClient(t.server.path)
+        #expect(c.call(1, "run.resume", .object([:]))?["result"]?.objectValue?["inDoubt"] == .array([.string("mail")]))
+        #expect(kind(c.call(2, "tool.call", shellCall("mail", "send"))) == "in-doubt")
+        try t.supervisor.ledger.resolve(run: "r1", callId: "mail", as: .notExecuted, note: "checked")
+        #expect(c.call(3, "tool.call", shellCall("mail", "send"))?["result"]?.objectValue?["status"] == .string("failed"))
+    }
+
+    @Test func otherUsersAreTurnedAway() throws {
+        let t = try TestServer()
+        // Open the file system's doors, so only SO_PEERCRED stands in the way.
+        let dir = String(t.server.path[..<t.server.path.lastIndex(of: "/")!])
+        chmod(dir, 0o755)
+        chmod(t.server.path, 0o777)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", """
+        import socket, sys
+        s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5)
+        try:
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"run.resume"}\\n')
+            data = s.recv(100)
+            print("answered" if data else "closed")
+        except ConnectionError:
+            print("closed")
+        """, t.server.path]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        p.waitUntilExit()
+        #expect(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "closed\n")
+    }
+}
