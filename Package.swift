@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
         .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward", "ward-torture"]),
-        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardLedger", "WardSandbox", "WardPolicy", "WardCore"]),
+        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardLedger", "WardSandbox", "WardPolicy", "WardCore", "ward"]),
         .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
     ],
     swiftLanguageModes: [.v6]

@@ -294,6 +294,52 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
     return ward_spawn_end(pid, fd, err, pidfd);
 }
 
+struct agent_context {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    struct ward_spawn_error *err;
+};
+
+static int agent_main(void *arg) {
+    struct agent_context *ctx = arg;
+    struct ward_spawn_error *err = ctx->err;
+    ward_step_signals(err, 1);
+    // ward dies (even by SIGKILL) → the agent dies: nothing acts on a run nobody supervises.
+    CHECK(WARD_STEP_PDEATHSIG, sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL));
+    // Its own process group, so a shutdown can signal the agent and what it started.
+    CHECK(WARD_STEP_SETSID, sys(SYS_setpgid, 0, 0));
+    ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)ctx->path, (long)ctx->argv, (long)ctx->envp));
+}
+
+pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, struct ward_spawn_error *err) {
+    err->step = WARD_STEP_NONE;
+    err->error = 0;
+    if (!spawn_stack && !(spawn_stack = ward_stack())) {
+        err->step = WARD_STEP_CLONE;
+        err->error = errno;
+        return -1;
+    }
+    struct agent_context ctx = { path, argv, envp, err };
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid_t pid = clone(agent_main, spawn_stack + WARD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &ctx);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        err->step = WARD_STEP_CLONE;
+        err->error = clone_errno;
+        return -1;
+    }
+    if (err->step != WARD_STEP_NONE) {
+        int exited, code, sig;
+        ward_wait(pid, &exited, &code, &sig);
+        return -1;
+    }
+    return pid;
+}
+
 const char *ward_step_name(int step) {
     switch (step) {
     case WARD_STEP_CLONE: return "clone";

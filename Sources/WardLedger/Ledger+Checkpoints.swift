@@ -182,6 +182,15 @@ extension Ledger {
 
     // MARK: - Journal
 
+    /// The value recorded under `key`, if any (records nothing).
+    public func journalLookup(run: String, key: String) throws(LedgerError) -> JSONValue? {
+        try read("reading journal entry \(key)") { db in
+            guard let text = try String.fetchOne(db, sql: "SELECT value FROM journal WHERE run_id = ? AND key = ?", arguments: [run, key]) else { return nil }
+            guard let value = try? JSONValue.parse(text) else { throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON") }
+            return value
+        }
+    }
+
     /// Records `value` under `key` unless a value is recorded already; returns the recorded
     /// value and whether this call recorded it. First value wins, forever.
     public func journalRecord(run: String, key: String, value: JSONValue) throws(LedgerError) -> (value: JSONValue, recorded: Bool) {

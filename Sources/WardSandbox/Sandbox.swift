@@ -38,6 +38,8 @@ public final class Sandbox: Sendable {
     let cgroups: CgroupPool?
     let useZygotes: Bool
     private let prepared = Mutex<[String: PreparedTool]>([:])
+    /// Calls running now: their tool's pid and cgroup, for `terminateAll`.
+    private let active = Mutex<[pid_t: CgroupSlot?]>([:])
 
     /// - Parameters:
     ///   - policies: the loaded policy directory.
@@ -311,6 +313,8 @@ public final class Sandbox: Sendable {
             throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.error)) (tool \(name), \(executable))", errno: spawnError.error)
         }
         defer { close(pidfd) }
+        active.withLock { $0[pid] = slot }
+        defer { active.withLock { _ = $0.removeValue(forKey: pid) } }
 
         var collector = OutputCollector(fds: readEnds, limit: Int(policy.limits.output))
         let deadline = start + policy.timeoutMilliseconds * 1_000_000
@@ -339,6 +343,14 @@ public final class Sandbox: Sendable {
         return ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
                            stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
                            durationMs: (durationMs * 1000).rounded() / 1000)
+    }
+
+    /// Kills every running call's whole tree (shutdown): each ends `killed`.
+    public func terminateAll() {
+        for (pid, slot) in active.withLock({ $0 }) {
+            if let slot { _ = slot.killAll(sparing: pid) }
+            kill(pid, SIGKILL)
+        }
     }
 
     func killTree(pid: pid_t, slot: CgroupSlot?) {

@@ -18,6 +18,8 @@ public final class SocketServer: Sendable {
     let supervisor: Supervisor
     let listenFD: Int32
     private let stopping = Atomic<Bool>(false)
+    private let draining = Atomic<Bool>(false)
+    private let inFlight = Atomic<Int>(0)
     private let connections = Mutex<Set<Int32>>([])
 
     /// Creates the socket's directory (mode 0700) when missing, replaces a stale socket
@@ -77,6 +79,23 @@ public final class SocketServer: Sendable {
         thread.start()
     }
 
+    /// Stops accepting connections and answers new requests with an error; requests already
+    /// running go on (for a graceful shutdown).
+    public func drain() {
+        draining.store(true, ordering: .sequentiallyConsistent)
+        shutdown(listenFD, Int32(SHUT_RDWR))
+    }
+
+    /// Waits until no request is running, at most `timeout` seconds; true when idle.
+    public func waitUntilIdle(timeout: Double) -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        while inFlight.load(ordering: .sequentiallyConsistent) > 0 {
+            if ContinuousClock.now >= deadline { return false }
+            usleep(10_000)
+        }
+        return true
+    }
+
     /// Stops accepting, closes every connection and removes the socket file.
     public func stop() {
         guard !stopping.exchange(true, ordering: .sequentiallyConsistent) else { return }
@@ -129,7 +148,7 @@ public final class SocketServer: Sendable {
 
     private func serve(_ fd: Int32) {
         let writer = Writer(fd)
-        let inFlight = DispatchGroup()
+        let group = DispatchGroup()
         let send = writer.send
         var buffer: [UInt8] = []
         var scanned = 0
@@ -145,17 +164,23 @@ public final class SocketServer: Sendable {
                 scanned = 0
                 if line.count > Supervisor.maximumLineBytes { tooLarge(send); break reading }
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { continue }
-                inFlight.enter()
-                DispatchQueue.global().async { [supervisor] in
+                if draining.load(ordering: .sequentiallyConsistent) {
+                    writer.send(Supervisor.response(id: .null, error: RPCError(.internal, "ward is shutting down")))
+                    continue
+                }
+                group.enter()
+                inFlight.add(1, ordering: .sequentiallyConsistent)
+                DispatchQueue.global().async { [self] in
                     if let response = supervisor.handle(line: line) { writer.send(response) }
-                    inFlight.leave()
+                    self.inFlight.subtract(1, ordering: .sequentiallyConsistent)
+                    group.leave()
                 }
             }
             scanned = buffer.count
             if buffer.count > Supervisor.maximumLineBytes { tooLarge(send); break }
         }
         // A line cut off by the peer's close is dropped: nothing half-read is ever acted on.
-        inFlight.wait()
+        group.wait()
         connections.withLock { _ = $0.remove(fd) }
         close(fd)
     }

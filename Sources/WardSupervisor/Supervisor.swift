@@ -1,3 +1,4 @@
+import Synchronization
 import WardCore
 import WardLedger
 import WardPolicy
@@ -12,7 +13,12 @@ import Glibc
 /// its tool runs, so callers give each request its own thread.
 public final class Supervisor: Sendable {
     public let runID: String
-    public let attempt: Int
+    private let currentAttempt: Atomic<Int>
+    /// The agent attempt now being served (ward run moves it on at each restart).
+    public var attempt: Int {
+        get { currentAttempt.load(ordering: .relaxed) }
+        set { currentAttempt.store(newValue, ordering: .relaxed) }
+    }
     public let ledger: Ledger
     public let sandbox: Sandbox
     let reconciler: Reconciler
@@ -23,7 +29,7 @@ public final class Supervisor: Sendable {
         self.ledger = ledger
         self.sandbox = sandbox
         self.runID = runID
-        self.attempt = attempt
+        currentAttempt = Atomic(attempt)
         reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
     }
 
@@ -132,7 +138,11 @@ public final class Supervisor: Sendable {
 
     func journalRecord(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
         guard let key = p["key"]?.stringValue, !key.isEmpty else { throw RPCError(.invalidArguments, "journal.record needs a non-empty string key") }
-        guard let value = p["value"] else { throw RPCError(.invalidArguments, "journal.record needs a value") }
+        guard let value = p["value"] else {
+            // Without a value: look up only (so a client calls the model only when nothing is recorded).
+            let found = try ledgerCall { () throws(LedgerError) in try ledger.journalLookup(run: runID, key: key) }
+            return .object(["value": found ?? .null, "recorded": .bool(false), "found": .bool(found != nil)])
+        }
         let (recorded, isNew) = try ledgerCall { () throws(LedgerError) in try ledger.journalRecord(run: runID, key: key, value: value) }
         return .object(["value": recorded, "recorded": .bool(isNew)])
     }

@@ -22,7 +22,7 @@ struct Ward: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ward",
         abstract: "Run AI agents' tool calls sandboxed, recorded and crash-safe.",
-        subcommands: [ServeCommand.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
+        subcommands: [RunCommand.self, ServeCommand.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
                       CheckpointCommand.self, DoctorCommand.self]
     )
 }

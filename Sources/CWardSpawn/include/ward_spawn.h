@@ -76,6 +76,12 @@ struct ward_spawn_error {
 /// syscalls in a multithreaded process, and vfork-style clone is unavailable from Swift.
 pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
 
+/// Starts an agent (not sandboxed): default signal dispositions, its own process group,
+/// PR_SET_PDEATHSIG(SIGKILL) so it dies with the calling thread (call it from a thread that
+/// lives as long as ward: the main thread), then execve. Returns the pid, or -1 with *err.
+/// Why C: between clone and execve only raw syscalls may run.
+pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, struct ward_spawn_error *err);
+
 /// The name of a step, for messages such as "landlock_restrict_self failed: EINVAL".
 const char *ward_step_name(int step);
 

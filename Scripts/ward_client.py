@@ -1,0 +1,94 @@
+"""ward's Python client: one file, standard library only.
+
+    from ward_client import Ward
+    ward = Ward()                      # connects to $WARD_SOCKET (set by `ward run`)
+    state = ward.resume()              # {runId, attempt, checkpoint, completedSince, inDoubt}
+    result = ward.call("c1", "shell", command="ls")          # CallResult dict
+    ward.checkpoint({"step": 3})       # -> seq
+    plan = ward.journal("llm-1", lambda: ask_the_model())    # recorded once, replayed after
+"""
+import base64
+import itertools
+import json
+import os
+import socket
+import threading
+
+
+class WardError(Exception):
+    """A JSON-RPC error from ward; `kind` is one of DESIGN.md's error kinds."""
+
+    def __init__(self, kind, message, code=None):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.code = code
+
+
+class Ward:
+    def __init__(self, socket_path=None, timeout=None):
+        self.socket_path = socket_path or os.environ.get("WARD_SOCKET")
+        if not self.socket_path:
+            raise WardError("invalid-arguments", "no socket: set WARD_SOCKET (ward run does) or pass socket_path")
+        self.run_id = os.environ.get("WARD_RUN_ID")
+        self.attempt = int(os.environ.get("WARD_ATTEMPT", "1"))
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._sock.connect(self.socket_path)
+        self._file = self._sock.makefile("rb")
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def close(self):
+        self._file.close()
+        self._sock.close()
+
+    def request(self, method, params=None):
+        """Sends one request and returns its result, or raises WardError."""
+        with self._lock:
+            request_id = next(self._ids)
+            line = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}},
+                              separators=(",", ":"), ensure_ascii=False)
+            self._sock.sendall(line.encode() + b"\n")
+            while True:
+                raw = self._file.readline()
+                if not raw:
+                    raise WardError("internal", "ward closed the connection")
+                response = json.loads(raw)
+                if response.get("id") in (request_id, None):
+                    break
+        if "error" in response:
+            error = response["error"]
+            raise WardError(error.get("data", {}).get("kind", "internal"), error.get("message", ""), error.get("code"))
+        return response["result"]
+
+    def resume(self):
+        return self.request("run.resume")
+
+    def call(self, call_id, tool, checkpoint=None, **arguments):
+        """Runs (or replays) one tool call; returns the CallResult with stdout/stderr as str,
+        or bytes when they were not UTF-8."""
+        params = {"callId": call_id, "tool": tool, "arguments": arguments}
+        if checkpoint is not None:
+            params["checkpoint"] = checkpoint
+        result = self.request("tool.call", params)
+        for stream in ("stdout", "stderr"):
+            if stream + "Base64" in result:
+                result[stream] = base64.b64decode(result.pop(stream + "Base64"))
+        return result
+
+    def checkpoint(self, state, label=None):
+        params = {"state": state}
+        if label is not None:
+            params["label"] = label
+        return self.request("checkpoint.save", params)["seq"]
+
+    def load(self, seq=None):
+        return self.request("checkpoint.load", {} if seq is None else {"seq": seq})
+
+    def journal(self, key, fn):
+        """The value recorded under `key`; the first time, records fn() (later fn is not called)."""
+        existing = self.request("journal.record", {"key": key})  # look up only
+        if existing.get("found"):
+            return existing["value"]
+        return self.request("journal.record", {"key": key, "value": fn()})["value"]

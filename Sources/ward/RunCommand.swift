@@ -1,0 +1,155 @@
+import ArgumentParser
+import Synchronization
+import CWardSpawn
+import Dispatch
+import Logging
+import WardCore
+import WardLedger
+import WardSandbox
+import WardSupervisor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum RestartPolicy: String, ExpressibleByArgument, CaseIterable {
+    case onFailure = "on-failure", always, never
+}
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Supervise an agent: start it, serve it, restart it after a crash with backoff, resume its run.",
+        discussion: """
+            The agent gets ward's environment plus WARD_SOCKET, WARD_RUN_ID and WARD_ATTEMPT. \
+            It is restarted after a crash (non-zero exit or signal) with exponential backoff; \
+            ward exits with its final status. SIGINT/SIGTERM: stop accepting calls, let running \
+            tools finish within --grace seconds, kill the rest (recorded killed), stop the agent. \
+            If ward itself is killed, the agent and the tools die with it; `ward run --run-id SAME` \
+            recovers the run.
+            """
+    )
+
+    @OptionGroup var options: RunOptions
+
+    @Option(help: "When to restart the agent: on-failure, always, never.")
+    var restart: RestartPolicy = .onFailure
+
+    @Option(name: .customLong("max-restarts"), help: "Restarts at most this many times.")
+    var maxRestarts: Int = 5
+
+    @Option(help: "Seconds running tools get to finish at SIGINT/SIGTERM before they are killed.")
+    var grace: Double = 10
+
+    @Argument(parsing: .postTerminator, help: "The agent's command line (after --).")
+    var agent: [String] = []
+
+    func validate() throws {
+        guard !agent.isEmpty else { throw ValidationError("no agent: ward run [options] -- AGENT...") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more") }
+    }
+
+    func run() throws {
+        guard let program = RunCommand.resolve(agent[0]) else { throw CLIError.usage("agent \(agent[0]) not found in PATH") }
+        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"))
+        let run = supervisor.runID
+
+        // One waiter for both events: the agent exiting, or SIGINT/SIGTERM.
+        enum Event { case exited(Int32, Int32), terminate(Int32) }
+        let events = Mutex<[Event]>([])
+        let wake = DispatchSemaphore(value: 0)
+        var sources: [any DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { events.withLock { $0.append(.terminate(sig)) }; wake.signal() }
+            source.resume()
+            sources.append(source)
+        }
+        defer { for s in sources { s.cancel() } }
+
+        var restarts = 0
+        while true {
+            var env: [String] = []
+            var e = environ
+            while let p = e.pointee {
+                let entry = String(cString: p)
+                if !entry.hasPrefix("WARD_SOCKET=") && !entry.hasPrefix("WARD_RUN_ID=") && !entry.hasPrefix("WARD_ATTEMPT=") { env.append(entry) }
+                e += 1
+            }
+            env += ["WARD_SOCKET=\(server.path)", "WARD_RUN_ID=\(run)", "WARD_ATTEMPT=\(supervisor.attempt)"]
+            var err = ward_spawn_error()
+            let pid = RunCommand.withCStrings(agent) { argv in
+                RunCommand.withCStrings(env) { envp in program.withCString { ward_spawn_agent($0, argv, envp, &err) } }
+            }
+            guard pid > 0 else {
+                server.stop()
+                throw CLIError(message: "cannot start the agent \(program): \(String(cString: ward_step_name(err.step))) failed: \(errnoName(err.error))", exitCode: 1)
+            }
+            DispatchQueue.global().async {
+                var exited: Int32 = 0, code: Int32 = 0, sig: Int32 = 0
+                ward_wait(pid, &exited, &code, &sig)
+                events.withLock { $0.append(.exited(exited != 0 ? code : -1, sig)) }
+                wake.signal()
+            }
+
+            var status: Int32 = 0
+            var signalled = false
+            waiting: while true {
+                wake.wait()
+                for event in events.withLock({ e -> [Event] in defer { e.removeAll() }; return e }) {
+                    switch event {
+                    case .terminate(let sig):
+                        shutDown(server: server, supervisor: supervisor, agent: pid)
+                        Glibc.exit(128 + sig)
+                    case .exited(let code, let sig):
+                        status = code >= 0 ? code : 128 + sig
+                        signalled = code < 0
+                        break waiting
+                    }
+                }
+            }
+            let crashed = status != 0 || signalled
+            let again = restarts < maxRestarts && (restart == .always || (restart == .onFailure && crashed))
+            if !again {
+                _ = try? supervisor.ledger.finishRun(run: run, exitStatus: Int(status))
+                server.stop()
+                if status != 0 { throw ExitCode(status) }
+                return
+            }
+            restarts += 1
+            let backoff = min(0.1 * Double(1 << min(restarts - 1, 6)), 5.0)
+            Output.write(2, Array("ward: agent exited with status \(status); restart \(restarts) of \(maxRestarts) in \(backoff) s\n".utf8))
+            usleep(useconds_t(backoff * 1_000_000))
+            supervisor.attempt = try ledgerCall { () throws(LedgerError) in try supervisor.ledger.startAttempt(run: run) }
+        }
+    }
+
+    /// Graceful stop: no new calls, running tools get the grace period, then die (recorded
+    /// killed), then the agent's process group is stopped.
+    func shutDown(server: SocketServer, supervisor: Supervisor, agent: pid_t) {
+        server.drain()
+        if !server.waitUntilIdle(timeout: grace) {
+            supervisor.sandbox.terminateAll()
+            _ = server.waitUntilIdle(timeout: 10)
+        }
+        kill(-agent, SIGTERM)
+        for _ in 0..<200 where kill(agent, 0) == 0 { usleep(10_000) }
+        kill(-agent, SIGKILL)
+        server.stop()
+    }
+
+    static func resolve(_ program: String) -> String? {
+        if program.contains("/") { return access(program, X_OK) == 0 ? program : nil }
+        let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") where access("\(dir)/\(program)", X_OK) == 0 { return "\(dir)/\(program)" }
+        return nil
+    }
+
+    static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+        pointers.append(nil)
+        defer { for p in pointers { free(p) } }
+        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+import WardCore
+import WardLedger
+
+/// The ward binary and the repository's Scripts/ (for the Python client).
+enum Paths {
+    static let repository: String = {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }()
+
+    static let ward: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var parts = exe.split(separator: "/", omittingEmptySubsequences: false)
+        while let last = parts.last, !last.hasSuffix(".xctest") && parts.count > 1 { parts.removeLast() }
+        parts.removeLast()
+        return parts.joined(separator: "/") + "/ward"
+    }()
+}
+
+/// Runs `ward ARGS` in `directory`; returns exit status and output.
+@discardableResult
+func ward(_ args: [String], in directory: String, start: ((Process) -> Void)? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Paths.ward)
+    p.arguments = args
+    p.currentDirectoryURL = URL(fileURLWithPath: directory)
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    start?(p)
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+let agentScript = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from ward_client import Ward, WardError
+ward = Ward()
+r = ward.resume()
+state = (r["checkpoint"] or {}).get("state") or {"step": 0}
+crash_at = int(os.environ.get("CRASH_AT", "-1"))
+for step in range(state["step"], 6):
+    try:
+        res = ward.call(f"s{step}", "shell", checkpoint={"step": step}, command=f"echo {step} >> effects.log; " + os.environ.get("TOOL_EXTRA", ""))
+    except WardError as e:
+        print("error", e.kind, flush=True)
+        sys.exit(3)
+    print(step, "replayed" if res["replayed"] else "ran", flush=True)
+    if step == crash_at and ward.attempt == 1:
+        os._exit(9)
+print("finished", flush=True)
+"""
+
+@Suite("ward run: crashes, restarts, resume", .serialized)
+struct RunTests {
+    func workdir() throws -> String {
+        let dir = temporaryDirectory("run")
+        try agentScript.write(toFile: dir + "/agent.py", atomically: true, encoding: .utf8)
+        return dir
+    }
+
+    @Test("an agent crashed at each step resumes with no duplicate effect", arguments: [0, 2, 5])
+    func crashAtStep(step: Int) throws {
+        let dir = try workdir()
+        setenv("CRASH_AT", "\(step)", 1)
+        defer { unsetenv("CRASH_AT") }
+        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--", "python3", "agent.py", Paths.repository + "/Scripts"], in: dir)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.hasSuffix("finished\n"), "\(r.stdout)")
+        #expect(r.stdout.contains("\(step) replayed"), "\(r.stdout)")
+        let effects = try String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)
+        #expect(effects == "0\n1\n2\n3\n4\n5\n", "duplicate or missing effects: \(effects)")
+        let runs = try ward(["runs", "list", "--json"], in: dir)
+        let run = try JSONValue.parse(runs.stdout)
+        guard case .array(let items) = run, let first = items.first?.objectValue else { Issue.record("no runs"); return }
+        #expect(first["attempts"] == .number(2) && first["unfinished"] == .bool(false))
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
+    @Test func killingWardDuringANonIdempotentToolLeavesItInDoubtAndNoOrphans() throws {
+        let dir = try workdir()
+        let token = "41.\(Int.random(in: 100_000...999_999))"
+        // The same command every time (the call's arguments must not change); it is slow
+        // only while the workspace holds a marker.
+        setenv("TOOL_EXTRA", "if [ -e slow ]; then sleep \(token); fi", 1)
+        defer { unsetenv("TOOL_EXTRA") }
+        try FileManager.default.createDirectory(atPath: dir + "/workspace", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: dir + "/workspace/slow", contents: nil)
+        let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "killed", "--max-restarts", "0", "--",
+                    "python3", "agent.py", Paths.repository + "/Scripts"]
+        let first = try ward(args, in: dir) { p in
+            // Kill ward once the first tool is running.
+            for _ in 0..<200 {
+                if (try? String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)) != nil { break }
+                usleep(20_000)
+            }
+            usleep(100_000)
+            kill(p.processIdentifier, SIGKILL)
+        }
+        #expect(first.status != 0)
+        // The agent and the tool died with ward.
+        usleep(300_000)
+        #expect(processes(containing: "agent.py").isEmpty, "the agent outlived ward")
+        try FileManager.default.removeItem(atPath: dir + "/workspace/slow")
+        // Restarted with the same run ID: the call caught mid-flight is in doubt and refused.
+        let second = try ward(args, in: dir)
+        #expect(second.stdout.contains("error in-doubt"), "\(second.stdout) \(second.stderr)")
+        #expect(processes(containing: token).isEmpty, "the tool's sleeper outlived the restart")
+        let list = try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir)
+        #expect(list.stdout.contains("\"s0\""), "\(list.stdout)")
+        // The operator checks and says it did not run: it runs once, and the agent finishes.
+        #expect(try ward(["ledger", "resolve", "killed", "s0", "--as", "not-executed", "--note", "effect absent"], in: dir).status == 0)
+        let third = try ward(args, in: dir)
+        #expect(third.status == 0 && third.stdout.hasSuffix("finished\n"), "\(third.stdout) \(third.stderr)")
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
+    @Test func sigtermStopsGracefullyAndRecordsKilledTools() throws {
+        let dir = try workdir()
+        setenv("TOOL_EXTRA", "sleep 30", 1)
+        defer { unsetenv("TOOL_EXTRA") }
+        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "term", "--grace", "0.5", "--",
+                          "python3", "agent.py", Paths.repository + "/Scripts"], in: dir) { p in
+            for _ in 0..<200 {
+                if (try? String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)) != nil { break }
+                usleep(20_000)
+            }
+            usleep(100_000)
+            kill(p.processIdentifier, SIGTERM)
+        }
+        #expect(r.status == 128 + SIGTERM, "\(r)")
+        let list = try ward(["ledger", "list", "--json"], in: dir)
+        #expect(list.stdout.contains("\"status\":\"killed\""), "\(list.stdout)")
+        #expect(!list.stdout.contains("\"status\":\"running\""))
+        #expect(processes(containing: "agent.py").isEmpty)
+    }
+}
+
+/// Live processes whose command line contains `token`.
+func processes(containing token: String) -> [Int32] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { name in
+        guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
+        return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(token) ? pid : nil
+    }
+}
