@@ -1,6 +1,7 @@
 /// `{name}` placeholders in command elements, paths and environment values.
 ///
-/// A placeholder is `{` + a name of letters, digits, `_` or `-` + `}`. Substitution happens
+/// A placeholder is `{` + a name of letters, digits, `_` or `-` + `}`; `{{` and `}}` stand
+/// for literal braces (a shell's `${{HOME}}` or `{{ a; b; }}`); any other `{` is an error. Substitution happens
 /// inside one argv element and never splits or joins elements, and nothing is ever handed
 /// to a shell by ward: `["/bin/sh", "-c", "{command}"]` runs exactly the agent's string.
 public enum Template {
@@ -54,9 +55,20 @@ public enum Template {
 
     private static func forEachToken(in text: String, _ body: (Token) -> Void) {
         var rest = Substring(text)
-        while let open = rest.firstIndex(of: "{") {
+        while let open = rest.firstIndex(where: { $0 == "{" || $0 == "}" }) {
             if open > rest.startIndex { body(.literal(String(rest[..<open]))) }
             let afterOpen = rest.index(after: open)
+            // `{{` and `}}`: one literal brace.
+            if afterOpen < rest.endIndex, rest[afterOpen] == rest[open] {
+                body(.literal(String(rest[open])))
+                rest = rest[rest.index(after: afterOpen)...]
+                continue
+            }
+            if rest[open] == "}" {
+                body(.malformed("}"))
+                rest = rest[afterOpen...]
+                continue
+            }
             if let close = rest[afterOpen...].firstIndex(of: "}") {
                 let name = rest[afterOpen..<close]
                 if !name.isEmpty, name.allSatisfy(isNameCharacter) {

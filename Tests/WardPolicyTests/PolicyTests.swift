@@ -165,6 +165,10 @@ struct PolicyTests {
         #expect(try Template.expand("{command}", values: ["command": "a b; rm -rf / $(x)"]) == "a b; rm -rf / $(x)")
         #expect(try Template.expand("--file={path}.txt", values: ["path": "p q"]) == "--file=p q.txt")
         #expect(Template.placeholders(in: "{a}-{b}{a}") == ["a", "b", "a"])
+        // Literal braces for shells: {{ and }}.
+        #expect(try Template.expand("echo ${{HOME}} {{ a; }} {x}", values: ["x": "1", "HOME": "no"]) == "echo ${HOME} { a; } 1")
+        #expect(Template.placeholders(in: "${{HOME}}").isEmpty)
+        #expect(Template.malformedBrace(in: "a } b") != nil && Template.malformedBrace(in: "{ a; }") != nil)
         do {
             _ = try Template.expand("{missing}", values: [:])
             Issue.record("missing placeholder accepted")

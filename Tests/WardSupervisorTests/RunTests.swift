@@ -66,7 +66,7 @@ struct RunTests {
         return dir
     }
 
-    @Test("an agent crashed at each step resumes with no duplicate effect", arguments: [0, 2, 5])
+    @Test("an agent crashed at each step resumes with no duplicate effect", arguments: Array(0..<6))
     func crashAtStep(step: Int) throws {
         let dir = try workdir()
         setenv("CRASH_AT", "\(step)", 1)
@@ -82,6 +82,20 @@ struct RunTests {
         guard case .array(let items) = run, let first = items.first?.objectValue else { Issue.record("no runs"); return }
         #expect(first["attempts"] == .number(2) && first["unfinished"] == .bool(false))
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
+    @Test func theDemoPublishesExactlyOnce() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = [Paths.repository + "/Scripts/demo_site.py", "demo", Paths.ward]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "\(text)")
+        #expect(text.contains("published.log has 1 line") && text.contains("identical to an uninterrupted run"), "\(text)")
     }
 
     @Test func killingWardDuringANonIdempotentToolLeavesItInDoubtAndNoOrphans() throws {
