@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "WardPolicy", targets: ["WardPolicy"]),
         .library(name: "WardSandbox", targets: ["WardSandbox"]),
         .library(name: "WardLedger", targets: ["WardLedger"]),
+        .library(name: "WardClient", targets: ["WardClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -42,6 +43,8 @@ let package = Package(
         ]),
         // Orchestration of ledger and sandbox: reconcile, and (next) the agent-facing server.
         .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardSpawn"]),
+        // The Swift client of the agent protocol (async, typed errors).
+        .target(name: "WardClient", dependencies: ["WardCore"]),
         .executableTarget(name: "ward", dependencies: [
             "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -59,7 +62,7 @@ let package = Package(
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
         .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward", "ward-torture"]),
-        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardLedger", "WardSandbox", "WardPolicy", "WardCore", "ward"]),
+        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardClient", "WardLedger", "WardSandbox", "WardPolicy", "WardCore", "ward"]),
         .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
     ],
     swiftLanguageModes: [.v6]

@@ -111,3 +111,22 @@ public enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 }
+
+extension CallResult {
+    /// Decodes the protocol's JSON object; nil when it is not a CallResult.
+    public init?(json: JSONValue) {
+        guard let o = json.objectValue, let callId = o["callId"]?.stringValue, let tool = o["tool"]?.stringValue,
+              let statusText = o["status"]?.stringValue, let status = CallStatus(rawValue: statusText) else { return nil }
+        func int(_ key: String) -> Int32? { if case .number(let n)? = o[key] { return Int32(n) }; return nil }
+        func bytes(_ key: String) -> [UInt8] {
+            if let s = o[key]?.stringValue { return Array(s.utf8) }
+            if let b = o[key + "Base64"]?.stringValue { return Base64.decode(b) ?? [] }
+            return []
+        }
+        var duration = 0.0
+        if case .number(let d)? = o["durationMs"] { duration = d }
+        let outcome = ToolOutcome(status: status, exitCode: int("exitCode"), signal: int("signal"), stdout: bytes("stdout"),
+                                  stderr: bytes("stderr"), truncated: o["truncated"] == .bool(true), durationMs: duration)
+        self.init(callId: callId, tool: tool, outcome: outcome, replayed: o["replayed"] == .bool(true), attempt: Int(int("attempt") ?? 1))
+    }
+}

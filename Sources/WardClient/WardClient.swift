@@ -1,0 +1,181 @@
+import Foundation
+import Synchronization
+import WardCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A protocol error from ward (`kind` is DESIGN.md's `data.kind`), or a broken connection.
+public struct WardClientError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"
+        case invalidArguments = "invalid-arguments", policyDenied = "policy-denied", tooLarge = "too-large"
+        case storage, `internal`
+        /// The socket could not be reached, or ward closed it.
+        case connection
+    }
+
+    public let kind: Kind
+    public let message: String
+    /// The JSON-RPC error code, when ward sent one.
+    public let code: Int?
+
+    public var description: String { "\(kind.rawValue): \(message)" }
+}
+
+/// ward's Swift client: one connection to the supervisor's socket, any number of requests
+/// in flight on it at once (answered by id).
+///
+/// ```swift
+/// let ward = try WardClient()                // $WARD_SOCKET
+/// let state = try await ward.resume()
+/// let result = try await ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("ls")])
+/// ```
+public final class WardClient: Sendable {
+    private let fd: Int32
+    private let writeLock = Mutex(())
+    private let state = Mutex(State())
+
+    private struct State {
+        var nextID = 1
+        var pending: [Int: CheckedContinuation<JSONValue, any Error>] = [:]
+        var closed: WardClientError?
+    }
+
+    /// Connects to `socketPath`, or to `$WARD_SOCKET`.
+    public init(socketPath: String? = nil) throws(WardClientError) {
+        guard let path = socketPath ?? ProcessInfo.processInfo.environment["WARD_SOCKET"] else {
+            throw WardClientError(kind: .connection, message: "no socket: set WARD_SOCKET (ward run does) or pass socketPath", code: nil)
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw WardClientError(kind: .connection, message: "socket: \(String(cString: strerror(errno)))", code: nil) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else {
+            let message = String(cString: strerror(errno))
+            Glibc.close(fd)
+            throw WardClientError(kind: .connection, message: "cannot connect to \(path): \(message)", code: nil)
+        }
+        self.fd = fd
+        let reader = Thread { [self] in readLoop() }
+        reader.name = "ward-client"
+        reader.start()
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Closes the connection; requests in flight fail with `.connection`. (The reader thread
+    /// keeps the client alive until then.)
+    public func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+
+    // MARK: - Methods
+
+    /// `run.resume`: {runId, attempt, checkpoint, completedSince, inDoubt}.
+    public func resume() async throws(WardClientError) -> [String: JSONValue] {
+        try await request("run.resume", .object([:])).objectValue ?? [:]
+    }
+
+    /// `tool.call`: runs the call, or replays its recorded result.
+    public func call(callId: String, tool: String, arguments: [String: JSONValue] = [:], checkpoint: JSONValue? = nil) async throws(WardClientError) -> CallResult {
+        var params: [String: JSONValue] = ["callId": .string(callId), "tool": .string(tool), "arguments": .object(arguments)]
+        if let checkpoint { params["checkpoint"] = checkpoint }
+        let json = try await request("tool.call", .object(params))
+        guard let result = CallResult(json: json) else { throw WardClientError(kind: .internal, message: "malformed CallResult", code: nil) }
+        return result
+    }
+
+    /// `checkpoint.save`: returns the sequence number.
+    public func saveCheckpoint(_ state: JSONValue, label: String? = nil) async throws(WardClientError) -> Int {
+        var params: [String: JSONValue] = ["state": state]
+        if let label { params["label"] = .string(label) }
+        guard case .number(let seq)? = try await request("checkpoint.save", .object(params)).objectValue?["seq"] else {
+            throw WardClientError(kind: .internal, message: "malformed checkpoint.save result", code: nil)
+        }
+        return Int(seq)
+    }
+
+    /// `checkpoint.load`: the given or latest checkpoint, or nil.
+    public func loadCheckpoint(seq: Int? = nil) async throws(WardClientError) -> (seq: Int, state: JSONValue)? {
+        let result = try await request("checkpoint.load", seq.map { .object(["seq": .number(Double($0))]) } ?? .object([:]))
+        guard let o = result.objectValue, case .number(let s)? = o["seq"], let state = o["state"] else { return nil }
+        return (Int(s), state)
+    }
+
+    /// The value recorded under `key`; the first time, records `make()` (not called after).
+    public func journal(_ key: String, _ make: () async throws -> JSONValue) async throws -> JSONValue {
+        let existing = try await request("journal.record", .object(["key": .string(key)])).objectValue
+        if existing?["found"] == .bool(true) { return existing?["value"] ?? .null }
+        let value = try await make()
+        return try await request("journal.record", .object(["key": .string(key), "value": value])).objectValue?["value"] ?? .null
+    }
+
+    /// Any method: its result, or the error ward answered.
+    public func request(_ method: String, _ params: JSONValue) async throws(WardClientError) -> JSONValue {
+        do {
+            return try await withCheckedThrowingContinuation { continuation in
+                let id: Int? = state.withLock { s in
+                    if let closed = s.closed { continuation.resume(throwing: closed); return nil }
+                    let id = s.nextID
+                    s.nextID += 1
+                    s.pending[id] = continuation
+                    return id
+                }
+                guard let id else { return }
+                var line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
+                line.append(0x0A)
+                let sent = writeLock.withLock { _ -> Bool in
+                    var offset = 0
+                    while offset < line.count {
+                        let n = line[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                        if n < 0 { if errno == EINTR { continue }; return false }
+                        offset += n
+                    }
+                    return true
+                }
+                if !sent, let c = state.withLock({ $0.pending.removeValue(forKey: id) }) {
+                    c.resume(throwing: WardClientError(kind: .connection, message: "sending to ward failed", code: nil))
+                }
+            }
+        } catch let error as WardClientError {
+            throw error
+        } catch {
+            throw WardClientError(kind: .internal, message: "\(error)", code: nil)
+        }
+    }
+
+    private func readLoop() {
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            buffer += chunk[0..<n]
+            while let newline = buffer.firstIndex(of: 0x0A) {
+                let line = Array(buffer[..<newline])
+                buffer.removeSubrange(0...newline)
+                guard let response = try? JSONValue.parse(line).objectValue, case .number(let id)? = response["id"],
+                      let continuation = state.withLock({ $0.pending.removeValue(forKey: Int(id)) }) else { continue }
+                if let error = response["error"]?.objectValue {
+                    let kind = WardClientError.Kind(rawValue: error["data"]?.objectValue?["kind"]?.stringValue ?? "") ?? .internal
+                    var code: Int?
+                    if case .number(let c)? = error["code"] { code = Int(c) }
+                    continuation.resume(throwing: WardClientError(kind: kind, message: error["message"]?.stringValue ?? "", code: code))
+                } else {
+                    continuation.resume(returning: response["result"] ?? .null)
+                }
+            }
+        }
+        let closed = WardClientError(kind: .connection, message: "ward closed the connection", code: nil)
+        let pending = state.withLock { s -> [CheckedContinuation<JSONValue, any Error>] in
+            s.closed = closed
+            defer { s.pending.removeAll() }
+            return Array(s.pending.values)
+        }
+        for c in pending { c.resume(throwing: closed) }
+    }
+}
