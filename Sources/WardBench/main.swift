@@ -3,8 +3,10 @@
 import CWardBench
 import WardCore
 import WardPolicy
+import Foundation
 import WardLedger
 import WardSandbox
+import WardSupervisor
 
 #if canImport(Glibc)
 import Glibc
@@ -201,6 +203,140 @@ var storageRows: [(String, Double, String, Double, String)] = [
 ]
 if let lgs = peers.langgraphStorage { storageRows.append(("checkpoint storage, 200 × 1 KiB appended", storedBytes, "LangGraph SqliteSaver", lgs, "—")) }
 
+// MARK: - The supervisor: tool.call through the socket, replay, resume, throughput, RSS
+
+/// A blocking JSON-lines client for the bench.
+final class BenchClient {
+    let fd: Int32
+    var buffer: [UInt8] = []
+    var id = 0
+    init(_ path: String) {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        precondition(rc == 0, "cannot connect to \(path)")
+    }
+    deinit { close(fd) }
+    func call(_ method: String, _ params: JSONValue) -> [String: JSONValue] {
+        id += 1
+        var line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
+        line.append(0x0A)
+        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !buffer.contains(0x0A) {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            precondition(n > 0, "connection closed")
+            buffer += chunk[0..<n]
+        }
+        let i = buffer.firstIndex(of: 0x0A)!
+        let response = try! JSONValue.parse(Array(buffer[..<i])).objectValue!
+        buffer.removeSubrange(0...i)
+        precondition(response["error"] == nil, "\(response)")
+        return response
+    }
+    func toolCall(_ callId: String) { _ = call("tool.call", .object(["callId": .string(callId), "tool": .string("true"), "arguments": .object([:])])) }
+}
+
+func startServer(run: String, ledgerPath: String) throws -> SocketServer {
+    let l = try Ledger(path: ledgerPath, durability: .full)
+    let supervisor = Supervisor(ledger: l, sandbox: sandbox, runID: run, attempt: try l.startAttempt(run: run))
+    let server = try SocketServer(path: workspace + "/\(run).sock", supervisor: supervisor)
+    server.start()
+    return server
+}
+
+let callServer = try startServer(run: "calls", ledgerPath: workspace + "/calls.sqlite")
+let client = BenchClient(callServer.path)
+var fullCall: [Double] = [], replay: [Double] = [], bareAgain: [Double] = [], bwrapAgain: [Double] = []
+for i in 0..<20 { client.toolCall("warm-\(i)") }
+for i in 0..<iterations {
+    for k in 0..<3 {
+        let which = (k + i) % 3
+        let t0 = now()
+        switch which {
+        case 0: client.toolCall("c\(i)")
+        case 1: _ = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
+        default: if let bwrap { _ = spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) }
+        }
+        let dt = Double(now() - t0) / 1000
+        if which == 0 { fullCall.append(dt) } else if which == 1 { bareAgain.append(dt) } else { bwrapAgain.append(dt) }
+    }
+}
+// Replays as a resumed agent makes them: the recorded calls, one after another.
+for i in 0..<iterations {
+    let t0 = now()
+    client.toolCall("c\(i)")
+    replay.append(Double(now() - t0) / 1000)
+}
+rows.append(Row(name: "tool.call of /bin/true (socket+ledger+sandbox)", ward: median(fullCall), peer: "bare fork+exec", peerValue: median(bareAgain), budget: 2.5))
+if bwrap != nil {
+    rows.append(Row(name: "tool.call of /bin/true (socket+ledger+sandbox)", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: 0.4))
+}
+rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "budget", peerValue: 150, budget: nil, budgetMicros: 150))
+
+// Resume after a crash at step 10,000: from run.resume to the first new result.
+let resumeSteps = iterations >= 300 ? 10_000 : 2_000
+do {
+    let path = workspace + "/resume.sqlite"
+    let l = try Ledger(path: path, durability: .normal)
+    _ = try l.startAttempt(run: "resume")
+    for i in 0..<resumeSteps {
+        guard case .execute(let t) = try l.begin(BeginRequest(run: "resume", callId: "s\(i)", tool: "true", effect: .nonIdempotent,
+            arguments: .object([:]), policyHash: "p", executable: "/bin/true", attempt: 1,
+            checkpoint: i % 100 == 99 ? Array("{\"step\":\(i)}".utf8) : nil)) else { fatalError() }
+        _ = try l.finish(t, outcome: benchOutcome)
+    }
+}
+let resumeServer = try startServer(run: "resume", ledgerPath: workspace + "/resume.sqlite")
+let resumeClient = BenchClient(resumeServer.path)
+var t0 = now()
+let resumed = resumeClient.call("run.resume", .object([:]))
+resumeClient.toolCall("s\(resumeSteps)")
+let resumeMicros = Double(now() - t0) / 1000
+precondition(resumed["result"]?.objectValue?["checkpoint"] != .null)
+rows.append(Row(name: "resume after a crash at step \(resumeSteps)", ward: resumeMicros, peer: "budget", peerValue: 50_000, budget: nil, budgetMicros: 50_000))
+resumeServer.stop()
+
+// 8 agents in parallel, each with its own connection, N calls each.
+let perAgent = iterations >= 300 ? 1000 : 250
+let throughputServer = try startServer(run: "load", ledgerPath: workspace + "/load.sqlite")
+t0 = now()
+DispatchQueue.concurrentPerform(iterations: 8) { agent in
+    let c = BenchClient(throughputServer.path)
+    for i in 0..<perAgent { c.toolCall("a\(agent)-\(i)") }
+}
+let seconds = Double(now() - t0) / 1e9
+let throughput = Double(8 * perAgent) / seconds
+throughputServer.stop()
+
+// RSS of a real `ward serve` holding 100 idle connections.
+var serveRSS: Double?
+let wardBinary = (CommandLine.arguments[0] as NSString).deletingLastPathComponent + "/ward"
+if access(wardBinary, X_OK) == 0 {
+    let serve = Process()
+    serve.executableURL = URL(fileURLWithPath: wardBinary)
+    serve.arguments = ["serve", "--policies", policiesDir, "--ledger", workspace + "/serve.sqlite", "--workspace", workspace + "/serve-ws",
+                       "--socket", workspace + "/serve.sock", "--run-id", "idle"]
+    let out = Pipe()
+    serve.standardOutput = out
+    try serve.run()
+    _ = out.fileHandleForReading.availableData  // the socket path: it listens
+    var idle: [BenchClient] = []
+    for _ in 0..<100 { idle.append(BenchClient(workspace + "/serve.sock")) }
+    _ = idle[99].call("run.resume", .object([:]))
+    usleep(200_000)
+    if let status = try? String(contentsOfFile: "/proc/\(serve.processIdentifier)/status", encoding: .utf8),
+       let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+       let kb = Double(line.split(separator: " ").dropFirst().first ?? "") {
+        serveRSS = kb * 1024
+    }
+    idle.removeAll()
+    serve.terminate()
+    serve.waitUntilExit()
+}
+
 // MARK: - In-process costs of preparing a policy (done once per tool, then cached)
 
 func timeIt(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
@@ -240,6 +376,18 @@ for (name, w, peer, value, budget) in storageRows {
     func kb(_ b: Double) -> String { b >= 1_048_576 ? String(format1: b / 1048576) + " MiB" : String(format1: b / 1024) + " KiB" }
     print(name.pad(46) + kb(w).pad(11) + peer.pad(28) + kb(value).pad(12) + (String(format1: w / value * 100) + "%").pad(8) + budget)
 }
+func printLine(_ cells: [String]) {
+    let widths = [46, 11, 28, 12, 8]
+    var line = ""
+    for (i, cell) in cells.enumerated() { line += i < widths.count ? cell.pad(widths[i]) : cell }
+    print(line)
+}
+let throughputText: String = String(format1: throughput) + "/s"
+printLine(["throughput, 8 agents × \(perAgent) calls", throughputText, "budget", "1000/s", "", "≥ 1000 calls/s " + (throughput >= 1000 ? "met" : "MISSED")])
+if let serveRSS {
+    let rssText: String = String(format1: serveRSS / 1048576) + " MiB"
+    printLine(["ward serve RSS, 100 idle connections", rssText, "budget", "50 MiB", "", "≤ 50 MiB " + (serveRSS <= 50 * 1048576 ? "met" : "MISSED")])
+}
 for e in peers.errors { print("note: \(e)") }
 print("seccomp filter compile (libseccomp, tree layout, \(filterSize) instructions, once per tool): \(f(compile))")
 
@@ -257,4 +405,4 @@ if let jsonPath {
     fputs(json.canonical + "\n", fp)
     fclose(fp)
 }
-exit(rows.contains { $0.met == false } ? 1 : 0)
+exit(rows.contains { $0.met == false } || throughput < 1000 || (serveRSS ?? 0) > 50 * 1048576 ? 1 : 0)

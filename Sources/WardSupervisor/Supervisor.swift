@@ -22,6 +22,8 @@ public final class Supervisor: Sendable {
     public let ledger: Ledger
     public let sandbox: Sandbox
     let reconciler: Reconciler
+    /// Policy hashes by tool: the policies do not change while a supervisor runs.
+    private let policyHashes = Mutex<[String: String]>([:])
     /// Longest accepted request line (DESIGN.md): 16 MiB.
     public static let maximumLineBytes = 16 << 20
 
@@ -166,7 +168,7 @@ public final class Supervisor: Sendable {
             executable = try sandbox.executable(tool: tool)
         } catch { throw RPCError(error) }
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
-                                   policyHash: Supervisor.policyHash(policy), executable: executable, attempt: attempt,
+                                   policyHash: policyHash(policy), executable: executable, attempt: attempt,
                                    checkpoint: p["checkpoint"].map(\.canonicalBytes))
         var reconciled = false
         while true {
@@ -202,6 +204,13 @@ public final class Supervisor: Sendable {
                 return try ledgerCall { () throws(LedgerError) in try ledger.finish(ticket, outcome: outcome) }.json
             }
         }
+    }
+
+    func policyHash(_ p: ToolPolicy) -> String {
+        if let hash = policyHashes.withLock({ $0[p.name] }) { return hash }
+        let hash = Supervisor.policyHash(p)
+        policyHashes.withLock { $0[p.name] = hash }
+        return hash
     }
 
     /// SHA-256 of the canonical JSON of a tool's effective policy: recorded with every call,
