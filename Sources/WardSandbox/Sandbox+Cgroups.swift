@@ -1,3 +1,4 @@
+import CWardSpawn
 import Synchronization
 
 #if canImport(Glibc)
@@ -204,6 +205,9 @@ final class CgroupPool: Sendable {
 
     let roots: [(path: String, isV2: Bool, kind: String)]
     let v2Controllers: Set<String>
+    /// The write end of the watchdog's pipe (see `ward_watchdog_start`): if this process
+    /// dies, the watchdog kills every call still running in these cgroups.
+    let watchdogFD: Int32
     /// A pids controller (v2 or v1) is available for pids.max.
     var limitsProcesses: Bool { v2Controllers.contains("pids") || roots.contains { $0.kind == "pids" } }
     private let state = Mutex(State())
@@ -239,6 +243,11 @@ final class CgroupPool: Sendable {
         }
         self.roots = roots
         self.v2Controllers = controllers
+        var cPaths = roots.map { strdup($0.0) }
+        defer { for p in cPaths { free(p) } }
+        watchdogFD = cPaths.withUnsafeMutableBufferPointer { buf in
+            buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) { ward_watchdog_start($0, Int32(buf.count)) }
+        }
     }
 
     private static func makeDirectory(_ path: String) -> Bool {
@@ -332,5 +341,6 @@ final class CgroupPool: Sendable {
             for dir in slot.directories { rmdir(dir) }
         }
         for root in roots { rmdir(root.path) }
+        if watchdogFD >= 0 { close(watchdogFD) }
     }
 }

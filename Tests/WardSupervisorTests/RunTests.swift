@@ -122,6 +122,9 @@ struct RunTests {
         // The agent and the tool died with ward.
         usleep(300_000)
         #expect(processes(containing: "agent.py").isEmpty, "the agent outlived ward")
+        // …and so did everything the tool started (the watchdog killed its cgroup).
+        for _ in 0..<100 where !processes(containing: token).isEmpty { usleep(20_000) }
+        #expect(processes(containing: token).isEmpty, "the tool's sleeper outlived ward")
         try FileManager.default.removeItem(atPath: dir + "/workspace/slow")
         // Restarted with the same run ID: the call caught mid-flight is in doubt and refused.
         let second = try ward(args, in: dir)

@@ -82,6 +82,13 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
 /// Why C: between clone and execve only raw syscalls may run.
 pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, struct ward_spawn_error *err);
 
+/// Forks a watchdog that, once the returned fd (a pipe's write end, close-on-exec) is
+/// closed — by ward's death, even by SIGKILL, or by `close` — kills every `call-*` cgroup
+/// under each of `roots` (cgroup.kill, or pids.max=0 and SIGKILL on v1) and exits.
+/// Returns the fd, or -1. Why C: the forked child of a multithreaded process may run only
+/// raw syscalls.
+int ward_watchdog_start(const char *const *roots, int count);
+
 /// The name of a step, for messages such as "landlock_restrict_self failed: EINVAL".
 const char *ward_step_name(int step);
 
