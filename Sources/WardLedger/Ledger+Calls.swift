@@ -73,7 +73,7 @@ extension Ledger {
         // Replays, the common case after a restart, are served from a read transaction:
         // a finished call never changes, so no write lock is needed to return it.
         if let replay = try read("reading call \(request.callId)", { db -> CallResult? in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [request.run, request.callId]),
+            guard let row = try self.row(db, "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", [request.run, request.callId]),
                   (row["tool"] as String) == request.tool, (row["args_hash"] as String) == argsHash else { return nil }
             let status: String = row["status"]
             guard !["running", "in-doubt"].contains(status), status != "resolved" || (row["verdict"] as String?) == "executed" else { return nil }
@@ -101,14 +101,13 @@ extension Ledger {
                                            execution: execution, checkpointSeq: checkpointSeq))
             }
 
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?",
-                                             arguments: [request.run, request.callId]) else {
-                try db.execute(sql: """
+            guard let row = try self.row(db, "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", [request.run, request.callId]) else {
+                try self.execute(db, """
                     INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
                                        attempt, executions, owner, started_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
-                    """, arguments: [request.run, request.callId, request.tool, request.effect.rawValue, argsHash, canonical,
-                                     request.policyHash, binaryHash, request.attempt, me, now])
+                    """, [request.run, request.callId, request.tool, request.effect.rawValue, argsHash, canonical,
+                                request.policyHash, binaryHash, request.attempt, me, now])
                 return try startExecution(1)
             }
             let tool: String = row["tool"]
@@ -169,12 +168,12 @@ extension Ledger {
                 return try write("recording the outcome of call \(ticket.callId)") { db in
                     let out = try self.putBlob(db, outcome.stdout)
                     let err = try self.putBlob(db, outcome.stderr)
-                    try db.execute(sql: """
+                    try self.execute(db, """
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
                         WHERE run_id = ? AND call_id = ?
-                        """, arguments: [outcome.status.rawValue, Timestamp.now(), outcome.exitCode, outcome.signal, out.databaseData,
-                                         err.databaseData, outcome.truncated, outcome.durationMs, ticket.run, ticket.callId])
+                        """, [outcome.status.rawValue, Timestamp.now(), outcome.exitCode, outcome.signal, out.databaseData,
+                                  err.databaseData, outcome.truncated, outcome.durationMs, ticket.run, ticket.callId])
                     try self.appendEvent(db, run: ticket.run, kind: "call.finish", call: ticket.callId, data: [
                         "status": .string(outcome.status.rawValue),
                         "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,

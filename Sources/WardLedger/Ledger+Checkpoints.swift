@@ -87,7 +87,7 @@ extension Ledger {
 
     /// Stores a checkpoint inside the caller's transaction (with a call's `running` record).
     func storeCheckpoint(_ db: Database, run: String, state: [UInt8], label: String?, callId: String?) throws -> Int {
-        let seq = (try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run]) ?? 0) + 1
+        let seq = (try Int.fetchOne(db.cachedStatement(sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?"), arguments: [run]) ?? 0) + 1
         var hashes: [[UInt8]] = []
         for range in Chunker.chunks(state) { hashes.append(try putBlob(db, Array(state[range]))) }
         var previous = manifests.get(run)
@@ -106,10 +106,10 @@ extension Ledger {
         let keyframe = previous == nil || chainLength >= Ledger.keyframeInterval || chainBytes >= hashes.count * 32
         let stored: [UInt8] = keyframe ? hashes.flatMap { $0 } : fresh
         let stateHash = Digest.sha256Hex(state)
-        try db.execute(sql: """
+        try execute(db, """
             INSERT INTO checkpoints (run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep, keep_tail, chunks)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """, arguments: [run, seq, label, callId, Timestamp.now(), state.count, stateHash,
+            """, [run, seq, label, callId, Timestamp.now(), state.count, stateHash,
                              keyframe ? nil : seq - 1, keyframe ? 0 : keep, keyframe ? 0 : keepTail, stored.databaseData])
         var data: [String: JSONValue] = ["seq": .number(Double(seq)), "size": .number(Double(state.count)), "stateHash": .string(stateHash)]
         if let label { data["label"] = .string(label) }
@@ -196,14 +196,13 @@ extension Ledger {
     public func journalRecord(run: String, key: String, value: JSONValue) throws(LedgerError) -> (value: JSONValue, recorded: Bool) {
         let text = value.canonical
         return try write("recording journal entry \(key)") { db in
-            if let existing = try String.fetchOne(db, sql: "SELECT value FROM journal WHERE run_id = ? AND key = ?", arguments: [run, key]) {
+            if let existing = try String.fetchOne(db.cachedStatement(sql: "SELECT value FROM journal WHERE run_id = ? AND key = ?"), arguments: [run, key]) {
                 guard let parsed = try? JSONValue.parse(existing) else {
                     throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON")
                 }
                 return (parsed, false)
             }
-            try db.execute(sql: "INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)",
-                           arguments: [run, key, text, Timestamp.now()])
+            try self.execute(db, "INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)", [run, key, text, Timestamp.now()])
             try self.appendEvent(db, run: run, kind: "journal.record", data: ["key": .string(key), "valueHash": .string(Digest.sha256Hex(text.utf8))])
             return (value, true)
         }

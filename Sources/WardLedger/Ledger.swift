@@ -227,7 +227,7 @@ public final class Ledger: Sendable {
     @discardableResult
     func appendEvent(_ db: Database, run: String, kind: String, call: String? = nil, data: [String: JSONValue]) throws -> Int {
         let now = Timestamp.now()
-        let head = try Row.fetchOne(db, sql: "SELECT event_count, head_hash FROM runs WHERE run_id = ?", arguments: [run])
+        let head = try row(db, "SELECT event_count, head_hash FROM runs WHERE run_id = ?", [run])
         let count: Int
         let prev: String
         if let head {
@@ -244,10 +244,9 @@ public final class Ledger: Sendable {
         if let call { members["call"] = .string(call) }
         let body = JSONValue.object(members).canonical
         let hash = Ledger.chain(prev: prev, body: body)
-        try db.execute(sql: "INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       arguments: [run, seq, now, kind, call, body, prev, hash])
-        try db.execute(sql: "UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?",
-                       arguments: [seq, hash, now, run])
+        try execute(db, "INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [run, seq, now, kind, call, body, prev, hash])
+        try execute(db, "UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?", [seq, hash, now, run])
         return seq
     }
 
@@ -259,15 +258,24 @@ public final class Ledger: Sendable {
     @discardableResult
     func putBlob(_ db: Database, _ bytes: [UInt8]) throws -> [UInt8] {
         let hash = Digest.sha256(bytes)
-        try db.execute(sql: "INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?, ?, ?)",
-                       arguments: [hash.databaseData, bytes.count, bytes.databaseData])
+        try execute(db, "INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?, ?, ?)", [hash.databaseData, bytes.count, bytes.databaseData])
         return hash
     }
 
     func blob(_ db: Database, _ hash: [UInt8]) throws -> [UInt8]? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT data FROM blobs WHERE hash = ?", arguments: [hash.databaseData]) else { return nil }
+        guard let row = try row(db, "SELECT data FROM blobs WHERE hash = ?", [hash.databaseData]) else { return nil }
         let data: DatabaseValue = row["data"]
         return data.bytes
+    }
+
+    // MARK: - Cached statements (the hot path prepares each SQL text once per connection)
+
+    func execute(_ db: Database, _ sql: String, _ arguments: StatementArguments = []) throws {
+        try db.cachedStatement(sql: sql).execute(arguments: arguments)
+    }
+
+    func row(_ db: Database, _ sql: String, _ arguments: StatementArguments = []) throws -> Row? {
+        try Row.fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
     }
 
     // MARK: - Access with error mapping
