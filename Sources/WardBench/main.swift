@@ -208,31 +208,19 @@ if let lgs = peers.langgraphStorage { storageRows.append(("checkpoint storage, 2
 /// A blocking JSON-lines client for the bench.
 final class BenchClient {
     let fd: Int32
-    var buffer: [UInt8] = []
+    var reader: LineReader
     var id = 0
     init(_ path: String) {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        precondition(rc == 0, "cannot connect to \(path)")
+        guard case .success(let fd) = UnixSocket.connect(path) else { fatalError("cannot connect to \(path)") }
+        self.fd = fd
+        reader = LineReader(fd: fd)
     }
     deinit { close(fd) }
     func call(_ method: String, _ params: JSONValue) -> [String: JSONValue] {
         id += 1
-        var line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
-        line.append(0x0A)
-        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while !buffer.contains(0x0A) {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            precondition(n > 0, "connection closed")
-            buffer += chunk[0..<n]
-        }
-        let i = buffer.firstIndex(of: 0x0A)!
-        let response = try! JSONValue.parse(Array(buffer[..<i])).objectValue!
-        buffer.removeSubrange(0...i)
+        let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
+        precondition(UnixSocket.sendAll(fd, line + [0x0A]))
+        guard let bytes = reader.next(), let response = try? JSONValue.parse(bytes).objectValue else { fatalError("connection closed") }
         precondition(response["error"] == nil, "\(response)")
         return response
     }

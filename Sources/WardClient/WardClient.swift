@@ -48,19 +48,10 @@ public final class WardClient: Sendable {
         guard let path = socketPath ?? ProcessInfo.processInfo.environment["WARD_SOCKET"] else {
             throw WardClientError(kind: .connection, message: "no socket: set WARD_SOCKET (ward run does) or pass socketPath", code: nil)
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw WardClientError(kind: .connection, message: "socket: \(String(cString: strerror(errno)))", code: nil) }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else {
-            let message = String(cString: strerror(errno))
-            Glibc.close(fd)
-            throw WardClientError(kind: .connection, message: "cannot connect to \(path): \(message)", code: nil)
+        switch UnixSocket.connect(path) {
+        case .success(let fd): self.fd = fd
+        case .failure(let e): throw WardClientError(kind: .connection, message: "cannot connect to \(path): \(e)", code: nil)
         }
-        self.fd = fd
         let reader = Thread { [self] in readLoop() }
         reader.name = "ward-client"
         reader.start()
@@ -125,17 +116,8 @@ public final class WardClient: Sendable {
                     return id
                 }
                 guard let id else { return }
-                var line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
-                line.append(0x0A)
-                let sent = writeLock.withLock { _ -> Bool in
-                    var offset = 0
-                    while offset < line.count {
-                        let n = line[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                        if n < 0 { if errno == EINTR { continue }; return false }
-                        offset += n
-                    }
-                    return true
-                }
+                let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
+                let sent = writeLock.withLock { _ in UnixSocket.sendAll(fd, line + [0x0A]) }
                 if !sent, let c = state.withLock({ $0.pending.removeValue(forKey: id) }) {
                     c.resume(throwing: WardClientError(kind: .connection, message: "sending to ward failed", code: nil))
                 }
@@ -148,26 +130,17 @@ public final class WardClient: Sendable {
     }
 
     private func readLoop() {
-        var buffer: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            buffer += chunk[0..<n]
-            while let newline = buffer.firstIndex(of: 0x0A) {
-                let line = Array(buffer[..<newline])
-                buffer.removeSubrange(0...newline)
-                guard let response = try? JSONValue.parse(line).objectValue, case .number(let id)? = response["id"],
-                      let continuation = state.withLock({ $0.pending.removeValue(forKey: Int(id)) }) else { continue }
-                if let error = response["error"]?.objectValue {
-                    let kind = WardClientError.Kind(rawValue: error["data"]?.objectValue?["kind"]?.stringValue ?? "") ?? .internal
-                    var code: Int?
-                    if case .number(let c)? = error["code"] { code = Int(c) }
-                    continuation.resume(throwing: WardClientError(kind: kind, message: error["message"]?.stringValue ?? "", code: code))
-                } else {
-                    continuation.resume(returning: response["result"] ?? .null)
-                }
+        var reader = LineReader(fd: fd)
+        while let line = reader.next() {
+            guard let response = try? JSONValue.parse(line).objectValue, case .number(let id)? = response["id"],
+                  let continuation = state.withLock({ $0.pending.removeValue(forKey: Int(id)) }) else { continue }
+            if let error = response["error"]?.objectValue {
+                let kind = WardClientError.Kind(rawValue: error["data"]?.objectValue?["kind"]?.stringValue ?? "") ?? .internal
+                var code: Int?
+                if case .number(let c)? = error["code"] { code = Int(c) }
+                continuation.resume(throwing: WardClientError(kind: kind, message: error["message"]?.stringValue ?? "", code: code))
+            } else {
+                continuation.resume(returning: response["result"] ?? .null)
             }
         }
         let closed = WardClientError(kind: .connection, message: "ward closed the connection", code: nil)

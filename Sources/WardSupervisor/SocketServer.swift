@@ -39,7 +39,7 @@ public final class SocketServer: Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RPCError(.internal, "socket: \(String(cString: strerror(errno)))") }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        var addr = SocketServer.address(path)
+        var addr = UnixSocket.address(path)
         let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         guard bound == 0 else {
             let e = errno
@@ -54,22 +54,11 @@ public final class SocketServer: Sendable {
         listenFD = fd
     }
 
-    static func address(_ path: String) -> sockaddr_un {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
-        }
-        return addr
-    }
-
     /// Whether something accepts connections on `path` now.
     static func isLive(_ path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var addr = address(path)
-        return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } } == 0
+        guard case .success(let fd) = UnixSocket.connect(path) else { return false }
+        close(fd)
+        return true
     }
 
     /// Accepts connections on a thread of its own until `stop`.
@@ -133,16 +122,7 @@ public final class SocketServer: Sendable {
         init(_ fd: Int32) { self.fd = fd }
 
         func send(_ bytes: [UInt8]) {
-            lock.withLock { _ in
-                var out = bytes
-                out.append(0x0A)
-                var offset = 0
-                while offset < out.count {
-                    let n = out[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    if n < 0 { if errno == EINTR { continue }; return }
-                    offset += n
-                }
-            }
+            lock.withLock { _ in _ = UnixSocket.sendAll(fd, bytes + [0x0A]) }
         }
     }
 

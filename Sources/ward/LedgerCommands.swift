@@ -228,15 +228,15 @@ extension LedgerCommand {
                     return .object(item)
                 }))
             } else {
-            print(Table.render(["RUN", "CALL", "TOOL", "FINDING"], findings.map { call, finding in
-                let text: String
-                switch finding {
-                case .executed: text = "executed (resolved)"
-                case .notExecuted: text = "not executed (resolved; may run again)"
-                case .undecided(let why): text = "still in doubt: \(why)"
-                }
-                return [call.run, call.callId, call.tool, text]
-            }))
+                print(Table.render(["RUN", "CALL", "TOOL", "FINDING"], findings.map { call, finding in
+                    let text: String
+                    switch finding {
+                    case .executed: text = "executed (resolved)"
+                    case .notExecuted: text = "not executed (resolved; may run again)"
+                    case .undecided(let why): text = "still in doubt: \(why)"
+                    }
+                    return [call.run, call.callId, call.tool, text]
+                }))
             }
             if findings.contains(where: { if case .undecided = $0.1 { return true }; return false }) { throw ExitCode(1) }
         }

@@ -79,8 +79,8 @@ struct RunCommand: ParsableCommand {
             }
             env += ["WARD_SOCKET=\(server.path)", "WARD_RUN_ID=\(run)", "WARD_ATTEMPT=\(supervisor.attempt)"]
             var err = ward_spawn_error()
-            let pid = RunCommand.withCStrings(agent) { argv in
-                RunCommand.withCStrings(env) { envp in program.withCString { ward_spawn_agent($0, argv, envp, &err) } }
+            let pid = Sandbox.withCStrings(agent) { argv in
+                Sandbox.withCStrings(env) { envp in program.withCString { ward_spawn_agent($0, argv, envp, &err) } }
             }
             guard pid > 0 else {
                 server.stop()
@@ -144,12 +144,5 @@ struct RunCommand: ParsableCommand {
         let path = getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
         for dir in path.split(separator: ":") where access("\(dir)/\(program)", X_OK) == 0 { return "\(dir)/\(program)" }
         return nil
-    }
-
-    static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-        pointers.append(nil)
-        defer { for p in pointers { free(p) } }
-        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
     }
 }

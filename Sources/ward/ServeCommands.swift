@@ -145,33 +145,17 @@ struct CallCommand: ParsableCommand {
 /// One request over the agent socket, blocking (for `ward call`).
 enum LineClient {
     static func request(path: String, method: String, params: JSONValue) throws -> [String: JSONValue] {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw CLIError(message: "socket: \(String(cString: strerror(errno)))", exitCode: 1) }
+        let fd: Int32
+        switch UnixSocket.connect(path) {
+        case .success(let s): fd = s
+        case .failure(let e): throw CLIError(message: "cannot connect to \(path): \(e)", exitCode: 1)
+        }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b } }
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard ok == 0 else { throw CLIError(message: "cannot connect to \(path): \(String(cString: strerror(errno)))", exitCode: 1) }
-        var line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(1), "method": .string(method), "params": params]).canonicalBytes
-        line.append(0x0A)
-        var offset = 0
-        while offset < line.count {
-            let n = line[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 { if errno == EINTR { continue }; throw CLIError(message: "sending to \(path) failed", exitCode: 1) }
-            offset += n
-        }
-        var buffer: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while !buffer.contains(0x0A) {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw CLIError(message: "the supervisor at \(path) closed the connection", exitCode: 1) }
-            buffer += chunk[0..<n]
-        }
-        guard let object = try? JSONValue.parse(Array(buffer[..<buffer.firstIndex(of: 0x0A)!])).objectValue else {
-            throw CLIError(message: "malformed response from \(path)", exitCode: 1)
-        }
+        let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(1), "method": .string(method), "params": params]).canonicalBytes
+        guard UnixSocket.sendAll(fd, line + [0x0A]) else { throw CLIError(message: "sending to \(path) failed", exitCode: 1) }
+        var reader = LineReader(fd: fd)
+        guard let response = reader.next() else { throw CLIError(message: "the supervisor at \(path) closed the connection", exitCode: 1) }
+        guard let object = try? JSONValue.parse(response).objectValue else { throw CLIError(message: "malformed response from \(path)", exitCode: 1) }
         return object
     }
 }
