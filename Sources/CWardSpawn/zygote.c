@@ -218,6 +218,8 @@ pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *c
     return ward_spawn_end(z->call_pid, z->call_pidfd, err, pidfd);
 }
 
+pid_t ward_zygote_pid(const struct ward_zygote *z) { return z->pid; }
+
 void ward_zygote_stop(struct ward_zygote *z) {
     if (!z) return;
     if (z->pid > 0) {

@@ -52,6 +52,9 @@ final class Zygote: @unchecked Sendable {
         bpf.deallocate()
     }
 
+    /// The running zygote's pid, if one runs.
+    var pid: pid_t? { handle.withLock { h in h.zygote.map { ward_zygote_pid($0) } } }
+
     /// Spawns through the zygote; nil when the zygote is unavailable (the caller then
     /// spawns directly). A failure of the call's own child is returned like ward_spawn's.
     func spawn(_ call: inout ward_spawn_config, _ error: inout ward_spawn_error, _ pidfd: inout Int32) -> pid_t? {

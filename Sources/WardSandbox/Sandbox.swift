@@ -345,6 +345,11 @@ public final class Sandbox: Sendable {
                            durationMs: (durationMs * 1000).rounded() / 1000)
     }
 
+    /// The pids of this sandbox's running zygotes (for `ward doctor`-style inspection and tests).
+    public func zygoteProcessIDs() -> [pid_t] {
+        prepared.withLock { tools in tools.values.compactMap { $0.zygote?.pid } }
+    }
+
     /// Kills every running call's whole tree (shutdown): each ends `killed`.
     public func terminateAll() {
         for (pid, slot) in active.withLock({ $0 }) {

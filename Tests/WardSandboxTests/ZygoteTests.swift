@@ -13,19 +13,8 @@ struct ZygoteTests {
         try ZygoteTests.sandbox.run(tool: "shell", arguments: .object(["command": .string(command)]))
     }
 
-    /// This process's zygotes: children of ours (CLONE_PARENT makes tools ours too, but
-    /// tools exec; a zygote keeps our command line) that are seccomp-filtered.
-    static func zygotes() -> [Int32] {
-        let me = getpid()
-        let myCmdline = FileManager.default.contents(atPath: "/proc/self/cmdline")
-        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { name in
-            guard let pid = Int32(name), pid != me,
-                  let status = try? String(contentsOfFile: "/proc/\(name)/status", encoding: .utf8),
-                  status.contains("\nPPid:\t\(me)\n"), status.contains("\nSeccomp:\t2\n"),
-                  FileManager.default.contents(atPath: "/proc/\(name)/cmdline") == myCmdline else { return nil }
-            return pid
-        }
-    }
+    /// This suite's zygotes (other suites' sandboxes come and go concurrently).
+    static func zygotes() -> [Int32] { sandbox.zygoteProcessIDs() }
 
     @Test func toolsCannotSignalTheZygoteOrEachOther() throws {
         _ = try shell("true")  // start the zygote

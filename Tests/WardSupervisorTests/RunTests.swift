@@ -84,6 +84,29 @@ struct RunTests {
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
     }
 
+    @Test func anUnprivilegedUserRunsAndResumesToo() throws {
+        let dir = try workdir()
+        try FileManager.default.copyItem(atPath: Paths.repository + "/policies", toPath: dir + "/policies")
+        try FileManager.default.copyItem(atPath: Paths.repository + "/Scripts/ward_client.py", toPath: dir + "/ward_client.py")
+        for path in [dir] + ((FileManager.default.subpaths(atPath: dir) ?? []).map { dir + "/" + $0 }) { chown(path, 65534, 65534) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.ward, "run", "--run-id", "nobody", "--",
+                       "python3", "agent.py", dir]
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        var env = ProcessInfo.processInfo.environment
+        env["CRASH_AT"] = "2"
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0 && text.contains("2 replayed") && text.hasSuffix("finished\n"), "\(text)")
+        #expect(try String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8) == "0\n1\n2\n3\n4\n5\n")
+    }
+
     @Test func theDemoPublishesExactlyOnce() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")

@@ -112,6 +112,8 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int s
 /// Spawns a call's tool through the zygote (one call at a time per zygote: the caller
 /// serializes). Same contract as ward_spawn; WARD_STEP_ZYGOTE means the zygote is gone.
 pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
+/// The zygote's pid.
+pid_t ward_zygote_pid(const struct ward_zygote *z);
 /// Kills and reaps the zygote and frees it.
 void ward_zygote_stop(struct ward_zygote *z);
 
