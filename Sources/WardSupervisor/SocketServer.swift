@@ -109,6 +109,13 @@ public final class SocketServer: Sendable {
                 continue
             }
             connections.withLock { _ = $0.insert(fd) }
+            // stop() sets `stopping` before it walks `connections`: a connection accepted
+            // while it runs is either in the set it walks or sees the flag here.
+            if stopping.load(ordering: .sequentiallyConsistent) {
+                connections.withLock { _ = $0.remove(fd) }
+                close(fd)
+                return
+            }
             let thread = Thread { [self] in serve(fd) }
             thread.name = "ward-connection"
             thread.start()
