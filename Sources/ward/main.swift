@@ -3,6 +3,7 @@ import Logging
 import WardCore
 import WardPolicy
 import WardSandbox
+import WardSupervisor
 
 #if canImport(Glibc)
 import Glibc
@@ -96,7 +97,8 @@ struct SandboxCommand: ParsableCommand {
             throw CLIError(message: error.description, exitCode: 1)
         }
         let outcome: ToolOutcome
-        do { outcome = try sandbox.run(tool: tool, arguments: arguments) } catch {
+        // The same WARD_* variables a tool gets under `ward run`, for run and call "sandbox".
+        do { outcome = try sandbox.run(tool: tool, arguments: arguments, environment: Reconciler.environment(run: "sandbox", callId: "sandbox")) } catch {
             throw CLIError(message: error.description, exitCode: error.code == .spawnFailed || error.code == .internalError ? 1 : 2)
         }
         if json {
