@@ -264,6 +264,53 @@ if bwrap != nil {
 }
 rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "budget", peerValue: 150, budget: nil, budgetMicros: 150))
 
+// Durable steps through the socket (what an agent pays), against the peers' steps.
+var socketJournal: [Double] = [], socketCheckpoint: [Double] = []
+for i in 0..<iterations {
+    var t = now()
+    _ = client.call("journal.record", .object(["key": .string("k\(i)"), "value": .string("model answer \(i)")]))
+    socketJournal.append(Double(now() - t) / 1000)
+    t = now()
+    _ = client.call("checkpoint.save", .object(["state": .object(["step": .number(Double(i)), "plan": .string("write, build, check, commit")])]))
+    socketCheckpoint.append(Double(now() - t) / 1000)
+}
+let socketStep = median(socketCheckpoint)
+rows.append(Row(name: "durable step through the socket: checkpoint.save", ward: socketStep, peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
+rows.append(Row(name: "durable step through the socket: journal.record", ward: median(socketJournal), peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
+if let lg = peers.langgraph { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
+if let d = peers.dbos { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
+
+// Cost growth: a durable step and a replay with 1k, 10k (and 100k) calls already recorded.
+let growthSizes = iterations >= 300 ? [1_000, 10_000, 100_000] : [1_000, 10_000]
+var growth: [(Int, Double, Double)] = []
+do {
+    let path = workspace + "/growth.sqlite"
+    let filler = try Ledger(path: path, durability: .normal)
+    let growthServer = try startServer(run: "growth", ledgerPath: path)
+    let g = BenchClient(growthServer.path)
+    var recorded = 0
+    for size in growthSizes {
+        while recorded < size {
+            guard case .execute(let t) = try filler.begin(BeginRequest(run: "growth", callId: "g\(recorded)", tool: "true", effect: .nonIdempotent,
+                arguments: .object([:]), policyHash: "p", executable: "/bin/true", attempt: 1)) else { fatalError() }
+            _ = try filler.finish(t, outcome: benchOutcome)
+            recorded += 1
+        }
+        var steps: [Double] = [], replays: [Double] = []
+        var rng = SystemRandomNumberGenerator()
+        for i in 0..<200 {
+            var t = now()
+            _ = g.call("journal.record", .object(["key": .string("s\(size)-\(i)"), "value": .number(Double(i))]))
+            steps.append(Double(now() - t) / 1000)
+            t = now()
+            g.toolCall("g\(Int.random(in: 0..<size, using: &rng))")
+            replays.append(Double(now() - t) / 1000)
+        }
+        growth.append((size, median(steps), median(replays)))
+    }
+    growthServer.stop()
+}
+
 // Resume after a crash at step 10,000: from run.resume to the first new result.
 let resumeSteps = iterations >= 300 ? 10_000 : 2_000
 do {
@@ -355,20 +402,24 @@ var uts = utsname()
 uname(&uts)
 let kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
 print("ward bench — \(iterations) interleaved iterations, kernel \(kernel), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores, tree kill: \(sandbox.treeKill.rawValue)")
-print("figure".pad(46) + "ward".pad(11) + "peer".pad(28) + "peer value".pad(12) + "ratio".pad(8) + "budget")
+print("figure".pad(52) + "ward".pad(11) + "peer".pad(28) + "peer value".pad(12) + "ratio".pad(8) + "budget")
 for r in rows {
     let budget = r.budgetMicros.map { "≤ \(Int($0)) µs " + (r.met! ? "met" : "MISSED") } ?? r.budget.map { "≤ \($0)× " + (r.met! ? "met" : "MISSED") } ?? "—"
-    print(r.name.pad(46) + f(r.ward).pad(11) + r.peer.pad(28) + f(r.peerValue).pad(12) + (String(format1: r.ratio * 100) + "%").pad(8) + budget)
+    print(r.name.pad(52) + f(r.ward).pad(11) + r.peer.pad(28) + f(r.peerValue).pad(12) + (String(format1: r.ratio * 100) + "%").pad(8) + budget)
 }
 for (name, w, peer, value, budget) in storageRows {
     func kb(_ b: Double) -> String { b >= 1_048_576 ? String(format1: b / 1048576) + " MiB" : String(format1: b / 1024) + " KiB" }
-    print(name.pad(46) + kb(w).pad(11) + peer.pad(28) + kb(value).pad(12) + (String(format1: w / value * 100) + "%").pad(8) + budget)
+    print(name.pad(52) + kb(w).pad(11) + peer.pad(28) + kb(value).pad(12) + (String(format1: w / value * 100) + "%").pad(8) + budget)
 }
 func printLine(_ cells: [String]) {
-    let widths = [46, 11, 28, 12, 8]
+    let widths = [52, 20, 28, 22, 8]
     var line = ""
     for (i, cell) in cells.enumerated() { line += i < widths.count ? cell.pad(widths[i]) : cell }
     print(line)
+}
+for (size, step, replayMicros) in growth {
+    printLine(["durable step / replay, \(size) calls recorded", f(step) + " / " + f(replayMicros), "first size", f(growth[0].1) + " / " + f(growth[0].2), "",
+               "flat: " + (step <= 1.5 * growth[0].1 + 20 && replayMicros <= 1.5 * growth[0].2 + 20 ? "yes" : "NO")])
 }
 let throughputText: String = String(format1: throughput) + "/s"
 printLine(["throughput, 8 agents × \(perAgent) calls", throughputText, "budget", "1000/s", "", "≥ 1000 calls/s " + (throughput >= 1000 ? "met" : "MISSED")])
