@@ -83,7 +83,7 @@ extension Ledger {
         }
         let binaryHash = digests.digest(of: request.executable)
         let me = identity.text
-        return try write("recording the start of call \(request.callId)") { db -> BeginDecision in
+        let decision = try write("recording the start of call \(request.callId)") { db -> BeginDecision in
             let now = Timestamp.now()
             func startExecution(_ execution: Int) throws -> BeginDecision {
                 var checkpointSeq: Int?
@@ -145,6 +145,10 @@ extension Ledger {
                 return .replay(try self.result(db, row: row, replayed: true))
             }
         }
+        if case .execute = decision, FailPoints.hit(.afterBegin) {
+            throw LedgerError(.storage, "fail point after-begin")
+        }
+        return decision
     }
 
     func inDoubtError(run: String, callId: String, started: String) -> LedgerError {
@@ -163,9 +167,11 @@ extension Ledger {
     public func finish(_ ticket: CallTicket, outcome: ToolOutcome, retryFor seconds: Double = 10) throws(LedgerError) -> CallResult {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         var delay = 0.005
-        while true {
+        if FailPoints.hit(.beforeFinish) { throw LedgerError(.storage, "fail point before-finish") }
+        var recorded: CallResult?
+        while recorded == nil {
             do {
-                return try write("recording the outcome of call \(ticket.callId)") { db in
+                recorded = try write("recording the outcome of call \(ticket.callId)") { db in
                     let out = try self.putBlob(db, outcome.stdout)
                     let err = try self.putBlob(db, outcome.stderr)
                     try self.execute(db, """
@@ -189,6 +195,9 @@ extension Ledger {
                 delay = min(delay * 2, 0.5)
             }
         }
+        // After the commit, never inside the retry loop: the outcome is recorded once.
+        if FailPoints.hit(.afterFinish) { throw LedgerError(.storage, "fail point after-finish") }
+        return recorded!
     }
 
     /// Waits for a call that is `running` elsewhere to get an outcome.

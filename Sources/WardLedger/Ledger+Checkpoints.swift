@@ -101,6 +101,8 @@ extension Ledger {
                     && old[old.count - 1 - keepTail] == hashes[hashes.count - 1 - keepTail] { keepTail += 1 }
         }
         let fresh = hashes[keep..<(hashes.count - keepTail)].flatMap { $0 }
+        // Chunks are written, the checkpoint row is not: a crash here rolls both back.
+        if FailPoints.hit(.inCheckpoint) { throw LedgerError(.storage, "fail point in-checkpoint") }
         let chainLength = (previous?.chainLength ?? 0) + 1
         let chainBytes = (previous?.chainBytes ?? 0) + fresh.count
         let keyframe = previous == nil || chainLength >= Ledger.keyframeInterval || chainBytes >= hashes.count * 32

@@ -315,6 +315,7 @@ public final class Sandbox: Sendable {
         defer { close(pidfd) }
         active.withLock { $0[pid] = slot }
         defer { active.withLock { _ = $0.removeValue(forKey: pid) } }
+        _ = FailPoints.hit(.afterSpawn)
 
         var collector = OutputCollector(fds: readEnds, limit: Int(policy.limits.output))
         let deadline = start + policy.timeoutMilliseconds * 1_000_000

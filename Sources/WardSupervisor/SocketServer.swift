@@ -158,7 +158,10 @@ public final class SocketServer: Sendable {
                 group.enter()
                 inFlight.add(1, ordering: .sequentiallyConsistent)
                 DispatchQueue.global().async { [self] in
-                    if let response = supervisor.handle(line: line) { writer.send(response) }
+                    if let response = supervisor.handle(line: line) {
+                        if FailPoints.hit(.beforeReply) { return }  // a lost reply: the client sees the connection close
+                        writer.send(response)
+                    }
                     self.inFlight.subtract(1, ordering: .sequentiallyConsistent)
                     group.leave()
                 }

@@ -107,6 +107,42 @@ struct RunTests {
         #expect(try String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8) == "0\n1\n2\n3\n4\n5\n")
     }
 
+    /// ward is SIGKILLed at each fail point during step 2's call, then restarted: what the
+    /// restart finds depends only on the window the kill hit, and nothing ever runs twice.
+    @Test("a kill at each fail point", arguments: [
+        ("after-begin@2", "in-doubt", ["0"]),
+        ("after-spawn@2", "in-doubt", nil),
+        ("in-checkpoint@2", "finished", ["0", "1", "2", "3", "4", "5"]),
+        ("before-finish@2", "in-doubt", ["0", "1"]),
+        ("after-finish@2", "finished", ["0", "1", "2", "3", "4", "5"]),
+        ("before-reply@3", "finished", ["0", "1", "2", "3", "4", "5"]),
+    ] as [(String, String, [String]?)])
+    func failPoint(spec: String, expected: String, effects: [String]?) throws {
+        let dir = try workdir()
+        let point = String(spec.split(separator: "@")[0])
+        let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "fp-\(point)", "--max-restarts", "0", "--",
+                    "python3", "agent.py", Paths.repository + "/Scripts"]
+        setenv("WARD_FAILPOINTS", "\(point)=kill@\(spec.split(separator: "@")[1])", 1)
+        let crashed = try ward(args, in: dir)
+        unsetenv("WARD_FAILPOINTS")
+        #expect(crashed.status != 0, "ward was not killed at \(spec): \(crashed)")
+        let resumed = try ward(args, in: dir)
+        let log = (try? String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)) ?? ""
+        let lines = log.split(separator: "\n").map(String.init)
+        #expect(Set(lines).count == lines.count, "an effect ran twice: \(lines)")
+        if expected == "in-doubt" {
+            #expect(resumed.stdout.contains("error in-doubt"), "\(spec): \(resumed.stdout) \(resumed.stderr)")
+            let doubt = try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir)
+            #expect(doubt.stdout.contains("\"s1\""), "\(spec): \(doubt.stdout)")
+            if effects == nil { #expect(lines == ["0"] || lines == ["0", "1"], "\(spec): \(lines)") }
+        } else {
+            #expect(resumed.status == 0 && resumed.stdout.hasSuffix("finished\n"), "\(spec): \(resumed.stdout) \(resumed.stderr)")
+            #expect(!(try ward(["ledger", "list", "--json"], in: dir).stdout.contains("in-doubt")))
+        }
+        if let effects { #expect(lines == effects, "\(spec): \(lines)") }
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
     @Test func theDemoPublishesExactlyOnce() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
