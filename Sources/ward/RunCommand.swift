@@ -112,6 +112,9 @@ struct RunCommand: ParsableCommand {
             let crashed = status != 0 || signalled
             let again = restarts < maxRestarts && (restart == .always || (restart == .onFailure && crashed))
             if !again {
+                // Calls still running for the agent that left are finished and recorded
+                // (or killed and recorded after the grace period), never left in doubt.
+                drain(server: server, supervisor: supervisor)
                 _ = try? supervisor.ledger.finishRun(run: run, exitStatus: Int(status))
                 server.stop()
                 if status != 0 { throw ExitCode(status) }
@@ -128,15 +131,20 @@ struct RunCommand: ParsableCommand {
     /// Graceful stop: no new calls, running tools get the grace period, then die (recorded
     /// killed), then the agent's process group is stopped.
     func shutDown(server: SocketServer, supervisor: Supervisor, agent: pid_t) {
+        drain(server: server, supervisor: supervisor)
+        kill(-agent, SIGTERM)
+        for _ in 0..<200 where kill(agent, 0) == 0 { usleep(10_000) }
+        kill(-agent, SIGKILL)
+        server.stop()
+    }
+
+    /// No new calls; running ones get the grace period, then are killed (recorded killed).
+    func drain(server: SocketServer, supervisor: Supervisor) {
         server.drain()
         if !server.waitUntilIdle(timeout: grace) {
             supervisor.sandbox.terminateAll()
             _ = server.waitUntilIdle(timeout: 10)
         }
-        kill(-agent, SIGTERM)
-        for _ in 0..<200 where kill(agent, 0) == 0 { usleep(10_000) }
-        kill(-agent, SIGKILL)
-        server.stop()
     }
 
     static func resolve(_ program: String) -> String? {
