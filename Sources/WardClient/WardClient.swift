@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Synchronization
 import WardCore
@@ -43,8 +44,15 @@ public final class WardClient: Sendable {
         var closed: WardClientError?
     }
 
+    /// How long a request may wait for its answer (nil: forever; a tool call lasts as long
+    /// as its tool, so set it above the longest tool timeout).
+    public let timeout: Duration?
+
     /// Connects to `socketPath`, or to `$WARD_SOCKET`.
-    public init(socketPath: String? = nil) throws(WardClientError) {
+    /// - Parameter timeout: fail a request with `.connection` when ward does not answer in
+    ///   time (a stopped or wedged supervisor), instead of waiting forever.
+    public init(socketPath: String? = nil, timeout: Duration? = nil) throws(WardClientError) {
+        self.timeout = timeout
         guard let path = socketPath ?? ProcessInfo.processInfo.environment["WARD_SOCKET"] else {
             throw WardClientError(kind: .connection, message: "no socket: set WARD_SOCKET (ward run does) or pass socketPath", code: nil)
         }
@@ -116,6 +124,14 @@ public final class WardClient: Sendable {
                     return id
                 }
                 guard let id else { return }
+                if let timeout {
+                    let nanos = UInt64(timeout.components.seconds) * 1_000_000_000 + UInt64(timeout.components.attoseconds / 1_000_000_000)
+                    DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [self] in
+                        if let c = self.state.withLock({ $0.pending.removeValue(forKey: id) }) {
+                            c.resume(throwing: WardClientError(kind: .connection, message: "no answer from ward within \(timeout)", code: nil))
+                        }
+                    }
+                }
                 let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
                 let sent = writeLock.withLock { _ in UnixSocket.sendAll(fd, line + [0x0A]) }
                 if !sent, let c = state.withLock({ $0.pending.removeValue(forKey: id) }) {

@@ -133,9 +133,14 @@ public final class SocketServer: Sendable {
         }
     }
 
+    /// Requests one connection may have running at once: past it, the connection is not
+    /// read until one finishes (backpressure on a flooding agent, not unbounded threads).
+    public static let maximumInFlightPerConnection = 64
+
     private func serve(_ fd: Int32) {
         let writer = Writer(fd)
         let group = DispatchGroup()
+        let slots = DispatchSemaphore(value: SocketServer.maximumInFlightPerConnection)
         let send = writer.send
         var buffer: [UInt8] = []
         var scanned = 0
@@ -155,9 +160,11 @@ public final class SocketServer: Sendable {
                     writer.send(Supervisor.response(id: .null, error: RPCError(.internal, "ward is shutting down")))
                     continue
                 }
+                slots.wait()
                 group.enter()
                 inFlight.add(1, ordering: .sequentiallyConsistent)
                 DispatchQueue.global().async { [self] in
+                    defer { slots.signal() }
                     if let response = supervisor.handle(line: line) {
                         if FailPoints.hit(.beforeReply) { return }  // a lost reply: the client sees the connection close
                         writer.send(response)

@@ -53,6 +53,52 @@ struct ClientTests {
         for i in 0..<16 { #expect(results[i] == "\(i)") }
     }
 
+    @Test func aStoppedSupervisorGivesATimeoutNotAHang() async throws {
+        // A real `ward serve`, then SIGSTOP: the agent's request must fail, not hang.
+        let dir = temporaryDirectory("stopped")
+        let serve = Process()
+        serve.executableURL = URL(fileURLWithPath: Paths.ward)
+        serve.arguments = ["serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", "stopped"]
+        serve.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let out = Pipe()
+        serve.standardOutput = out
+        try serve.run()
+        defer { kill(serve.processIdentifier, SIGKILL); serve.waitUntilExit() }
+        _ = out.fileHandleForReading.availableData  // it prints the socket path once it listens
+        let ward = try WardClient(socketPath: dir + "/s.sock", timeout: .milliseconds(500))
+        defer { ward.close() }
+        _ = try await ward.resume()
+        kill(serve.processIdentifier, SIGSTOP)
+        defer { kill(serve.processIdentifier, SIGCONT) }
+        let start = ContinuousClock.now
+        do {
+            _ = try await ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("true")])
+            Issue.record("a stopped supervisor answered")
+        } catch {
+            #expect(error.kind == .connection && error.message.contains("no answer"), "\(error)")
+        }
+        #expect(ContinuousClock.now - start < .seconds(3))
+    }
+
+    @Test func aFloodOfRequestsIsAllAnsweredAndTheServerLivesOn() async throws {
+        let t = try TestServer()
+        let c = try RawClient(t.server.path)
+        // 2,000 requests at once on one connection; every one is answered, the server lives on.
+        var flood: [UInt8] = []
+        for i in 0..<2000 {
+            flood += JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(i)), "method": .string("journal.record"),
+                                       "params": .object(["key": .string("k\(i)"), "value": .number(Double(i))])]).canonicalBytes + [0x0A]
+        }
+        c.send(flood)
+        var answered = Set<Int>()
+        for _ in 0..<2000 {
+            guard let r = c.next(), case .number(let id)? = r["id"], r["result"] != nil else { break }
+            answered.insert(Int(id))
+        }
+        #expect(answered.count == 2000)
+        #expect(try RawClient(t.server.path).call(1, "run.resume", .object([:]))?["result"] != nil)
+    }
+
     @Test func aClosedServerFailsPendingAndNewRequests() async throws {
         let t = try TestServer()
         let ward = try WardClient(socketPath: t.server.path)
