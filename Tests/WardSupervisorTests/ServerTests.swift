@@ -198,6 +198,33 @@ struct ServerTests {
         #expect(c.call(3, "tool.call", shellCall("mail", "send"))?["result"]?.objectValue?["status"] == .string("failed"))
     }
 
+    @Test func aFullDiskRefusesCallsBeforeAnyChildStarts() throws {
+        guard getuid() == 0 else { return }  // mounting a small tmpfs needs root
+        let mountPoint = temporaryDirectory("fulldisk")
+        let mount = try Process.run(URL(fileURLWithPath: "/bin/mount"), arguments: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint])
+        mount.waitUntilExit()
+        try #require(mount.terminationStatus == 0)
+        defer { (try? Process.run(URL(fileURLWithPath: "/bin/umount"), arguments: ["-l", mountPoint]))?.waitUntilExit() }
+        let t = try TestServer(ledgerPath: mountPoint + "/ledger.sqlite")
+        let c = try RawClient(t.server.path)
+        #expect(c.call(1, "tool.call", shellCall("before", "echo before >> effects.log"))?["result"] != nil)
+        // Fill the ledger's disk.
+        let filler = mountPoint + "/filler"
+        FileManager.default.createFile(atPath: filler, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: filler))
+        while (try? handle.write(contentsOf: Data(repeating: 0, count: 16 * 1024))) != nil {}
+        try? handle.close()
+        let refused = c.call(2, "tool.call", shellCall("during", "echo during >> effects.log"))
+        #expect(kind(refused) == "storage", "\(String(describing: refused))")
+        let effects = try String(contentsOfFile: t.workspace + "/effects.log", encoding: .utf8)
+        #expect(effects == "before\n", "a child started although its call could not be recorded: \(effects)")
+        // Space returns: the same call runs, once; the earlier result is intact.
+        try FileManager.default.removeItem(atPath: filler)
+        #expect(c.call(3, "tool.call", shellCall("during", "echo during >> effects.log"))?["result"]?.objectValue?["status"] == .string("succeeded"))
+        #expect(c.call(4, "tool.call", shellCall("before", "echo before >> effects.log"))?["result"]?.objectValue?["replayed"] == .bool(true))
+        #expect(try String(contentsOfFile: t.workspace + "/effects.log", encoding: .utf8) == "before\nduring\n")
+    }
+
     @Test func otherUsersAreTurnedAway() throws {
         let t = try TestServer()
         // Open the file system's doors, so only SO_PEERCRED stands in the way.
