@@ -38,6 +38,22 @@ func ward(_ args: [String], in directory: String, start: ((Process) -> Void)? = 
     return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
 }
 
+/// Runs a program to completion; returns its status and its stdout and stderr together.
+func runProgram(_ path: String, _ args: [String], in directory: String? = nil, environment: [String: String]? = nil) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    if let environment { p.environment = environment }
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, text)
+}
+
 let agentScript = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -89,21 +105,11 @@ struct RunTests {
         try FileManager.default.copyItem(atPath: Paths.repository + "/policies", toPath: dir + "/policies")
         try FileManager.default.copyItem(atPath: Paths.repository + "/Scripts/ward_client.py", toPath: dir + "/ward_client.py")
         for path in [dir] + ((FileManager.default.subpaths(atPath: dir) ?? []).map { dir + "/" + $0 }) { chown(path, 65534, 65534) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.ward, "run", "--run-id", "nobody", "--",
-                       "python3", "agent.py", dir]
-        p.currentDirectoryURL = URL(fileURLWithPath: dir)
         var env = ProcessInfo.processInfo.environment
         env["CRASH_AT"] = "2"
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0 && text.contains("2 replayed") && text.hasSuffix("finished\n"), "\(text)")
+        let (status, text) = try runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.ward, "run",
+                                                                "--run-id", "nobody", "--", "python3", "agent.py", dir], in: dir, environment: env)
+        #expect(status == 0 && text.contains("2 replayed") && text.hasSuffix("finished\n"), "\(text)")
         #expect(try String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8) == "0\n1\n2\n3\n4\n5\n")
     }
 
@@ -144,16 +150,8 @@ struct RunTests {
     }
 
     @Test func theDemoPublishesExactlyOnce() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        p.arguments = [Paths.repository + "/Scripts/demo_site.py", "demo", Paths.ward]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0, "\(text)")
+        let (status, text) = try runProgram("/usr/bin/python3", [Paths.repository + "/Scripts/demo_site.py", "demo", Paths.ward])
+        #expect(status == 0, "\(text)")
         #expect(text.contains("published.log has 1 line") && text.contains("identical to an uninterrupted run"), "\(text)")
     }
 
