@@ -272,6 +272,16 @@ struct ThreatTests {
         #expect(flood.status == "timed-out" || (flood.status == "killed" && [SIGXCPU, SIGKILL].contains(flood.signal)), "\(flood)")
     }
 
+    @Test("tools that ignore SIGTERM or close stdout early", arguments: Mode.allCases)
+    func misbehavingTools(mode: Mode) throws {
+        // SIGTERM is never relied on: the timeout kills with SIGKILL.
+        let stubborn = try Harness.shared.run(mode, tool: "shell-short", "trap '' TERM INT HUP; while :; do sleep 1; done")
+        #expect(stubborn.status == "timed-out" && stubborn.durationMs < 4000, "\(stubborn)")
+        // A closed stdout is an end of output, not an end of the call.
+        let closer = try Harness.shared.run(mode, tool: "shell-short", "echo early; exec 1>&-; sleep 0.3; echo late >&2; exit 4")
+        #expect(closer.status == "failed" && closer.stdout == "early\n", "\(closer)")
+    }
+
     @Test("the whole tree dies with the call: daemons, setsid, timeouts", arguments: Mode.allCases)
     func treeKill(mode: Mode) throws {
         let token = "31.\(Int.random(in: 100_000...999_999))"
