@@ -18,14 +18,7 @@ import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, th
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS = 8
 
-POLICY = """
-[defaults]
-syscalls = ["@system-service"]
-read = ["/usr", "/bin", "/lib", "?/lib64", "/etc/ld.so.cache", "{workspace}"]
-write = ["{workspace}", "/dev/null"]
-env = ["PATH=/usr/bin:/bin"]
-timeout = "20s"
-
+TOOLS = """
 [tools.effect]
 command = ["/bin/sh", "-c", "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; echo done $WARD_CALL_ID"]
 effect = "non-idempotent"
@@ -95,11 +88,9 @@ def main():
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     root = tempfile.mkdtemp(prefix="ward-matrix-")
-    policies = os.path.join(root, "policies")
-    os.makedirs(policies)
-    shutil.copy(os.path.join(os.path.dirname(HERE), "policies", "syscall-sets.toml"), policies)
-    with open(os.path.join(policies, "torture.toml"), "w") as f:
-        f.write(POLICY)
+    sys.path.insert(0, HERE)
+    from ward_harness import policy_directory
+    policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
 
     def ward_run(work, run, env=None, kill=None):

@@ -10,14 +10,9 @@ import argparse, os, shutil, subprocess, sys, tempfile, threading, time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from ward_client import Ward  # noqa: E402
+from ward_harness import policy_directory  # noqa: E402
 
-POLICY = """
-[defaults]
-syscalls = ["@system-service"]
-read = ["/usr", "/bin", "/lib", "?/lib64", "/etc/ld.so.cache", "{workspace}"]
-write = ["{workspace}", "/dev/null"]
-env = ["PATH=/usr/bin:/bin"]
-
+TOOLS = """
 [tools.effect]
 command = ["/bin/sh", "-c", "echo \\"$WARD_CALL_ID\\" >> effects.log"]
 effect = "non-idempotent"
@@ -39,10 +34,7 @@ def main():
     ap.add_argument("--calls", type=int, default=1000)
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="ward-soak-")
-    policies = os.path.join(root, "policies")
-    os.makedirs(policies)
-    shutil.copy(os.path.join(os.path.dirname(HERE), "policies", "syscall-sets.toml"), policies)
-    open(os.path.join(policies, "soak.toml"), "w").write(POLICY)
+    policies = policy_directory(root, TOOLS)
     sock = os.path.join(root, "soak.sock")
     serve = subprocess.Popen([a.ward, "serve", "--policies", policies, "--socket", sock, "--run-id", "soak"],
                              cwd=root, stdout=subprocess.PIPE, text=True)

@@ -23,16 +23,11 @@ func median(_ xs: [Double]) -> Double {
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
-func withArgv<R>(_ args: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-    let ptrs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-    defer { for p in ptrs { free(p) } }
-    return ptrs.withUnsafeBufferPointer { body($0.baseAddress!) }
-}
 
 /// posix_spawn + wait, for peers (bwrap, firejail) whose own set-up is what is measured.
 func spawnAndWait(_ argv: [String]) -> Int32 {
     var pid: pid_t = 0
-    let rc = withArgv(argv) { cArgv in
+    let rc = Sandbox.withCStrings(argv) { cArgv in
         posix_spawn(&pid, argv[0], nil, nil, UnsafeMutablePointer(mutating: cArgv), environ)
     }
     guard rc == 0 else { return -1 }
@@ -107,7 +102,7 @@ let empty = JSONValue.object([:])
 for _ in 0..<20 {
     _ = try sandbox.run(tool: "true", arguments: empty)
     _ = try directSandbox.run(tool: "true", arguments: empty)
-    _ = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
+    _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
 }
 for i in 0..<iterations {
     var order: [String] = ["ward", "bare", "direct", "pidns", "netns"]
@@ -127,7 +122,7 @@ for i in 0..<iterations {
         case "netns":
             let o = try sandbox.run(tool: "true-netns", arguments: empty); precondition(o.status == .succeeded)
         case "bare":
-            let st = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
+            let st = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
             precondition(st == 0)
         case "bwrap":
             precondition(spawnAndWait([bwrap!, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) == 0, "bwrap failed")
@@ -245,7 +240,7 @@ for i in 0..<iterations {
         let t0 = now()
         switch which {
         case 0: client.toolCall("c\(i)")
-        case 1: _ = withArgv(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
+        case 1: _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
         default: if let bwrap { _ = spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) }
         }
         let dt = Double(now() - t0) / 1000

@@ -156,13 +156,13 @@ public final class Sandbox: Sendable {
         try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
     }
 
-    /// The absolute path of the program a tool runs.
-    public func executable(tool name: String) throws(SandboxError) -> String { try prepare(name).executable }
-
-    /// The argv a call would run, with its arguments substituted.
-    public func argv(tool name: String, arguments: JSONValue) throws(SandboxError) -> [String] {
+    /// Refuses what `run` would refuse before anything starts (unknown tool, missing program,
+    /// bad arguments) and returns the program's absolute path: the supervisor checks a call
+    /// before recording it.
+    public func check(tool name: String, arguments: JSONValue) throws(SandboxError) -> String {
         let tool = try prepare(name)
-        return try Sandbox.expandCommand(tool.policy.command, arguments: arguments, workspace: workspace)
+        _ = try Sandbox.expandCommand(tool.policy.command, arguments: arguments, workspace: workspace)
+        return tool.executable
     }
 
     static func expandCommand(_ command: [String], arguments: JSONValue, workspace: String) throws(SandboxError) -> [String] {

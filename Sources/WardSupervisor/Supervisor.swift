@@ -163,10 +163,7 @@ public final class Supervisor: Sendable {
         }
         // Bad arguments are refused before anything is recorded.
         let executable: String
-        do {
-            _ = try sandbox.argv(tool: tool, arguments: arguments)
-            executable = try sandbox.executable(tool: tool)
-        } catch { throw RPCError(error) }
+        do { executable = try sandbox.check(tool: tool, arguments: arguments) } catch { throw RPCError(error) }
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
                                    policyHash: policyHash(policy), executable: executable, attempt: attempt,
                                    checkpoint: p["checkpoint"].map(\.canonicalBytes))
