@@ -1,5 +1,4 @@
 import CSeccomp
-import TOMLKit
 
 #if canImport(Glibc)
 import Glibc
@@ -41,15 +40,25 @@ public enum PolicyLoader {
         guard !files.isEmpty else {
             throw PolicyError(message: "policy directory \(directory) has no .toml files", code: .invalidPolicy)
         }
+        var sources: [(file: String, text: Result<String, PolicyDiagnostic>)] = []
+        for path in files { sources.append((path, Result { () throws(PolicyDiagnostic) in try readPolicyFile(path) })) }
+        return try load(sources: sources, directory: directory)
+    }
+
+    /// Loads and validates policy texts already read (`file` names them in diagnostics):
+    /// the whole of `load(directory:)` but the file system, so it can be fuzzed.
+    public static func load(sources: [(file: String, text: String)], directory: String) throws(PolicyError) -> PolicySet {
+        try load(sources: sources.map { ($0.file, .success($0.text)) }, directory: directory)
+    }
+
+    static func load(sources: [(file: String, text: Result<String, PolicyDiagnostic>)], directory: String) throws(PolicyError) -> PolicySet {
         var parsed: [ParsedFile] = []
         var diagnostics: [PolicyDiagnostic] = []
-        for path in files {
+        for (path, text) in sources {
             do {
-                parsed.append(try ParsedFile(path: path))
-            } catch let error as PolicyDiagnostic {
-                diagnostics.append(error)
+                parsed.append(try ParsedFile(path: path, text: text.get()))
             } catch {
-                diagnostics.append(PolicyDiagnostic(file: path, line: 1, column: 1, message: "\(error)"))
+                diagnostics.append(error)
             }
         }
         var builder = Builder(directory: directory)
@@ -57,9 +66,30 @@ public enum PolicyLoader {
         builder.collectSets(parsed)
         for file in parsed { builder.collectTools(file) }
         if !builder.diagnostics.isEmpty {
-            throw PolicyError(message: "invalid policies in \(directory)", code: .invalidPolicy, diagnostics: builder.diagnostics)
+            // A fault in [defaults] is met again by every tool that inherits it: report it once.
+            var seen = Set<PolicyDiagnostic>()
+            let unique = builder.diagnostics.filter { seen.insert($0).inserted }
+            throw PolicyError(message: "invalid policies in \(directory)", code: .invalidPolicy, diagnostics: unique)
         }
         return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory)
+    }
+
+    public static func readPolicyFile(_ path: String) throws(PolicyDiagnostic) -> String {
+        guard let fp = fopen(path, "r") else {
+            throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "cannot read: \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(fp) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, fp)
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "file is not valid UTF-8")
+        }
+        return text
     }
 
     static func fileExists(_ path: String, isDirectory: inout Bool) -> Bool {
@@ -84,78 +114,18 @@ public enum PolicyLoader {
     }
 }
 
-/// A TOML value without TOMLKit's non-Sendable classes.
-indirect enum Node {
-    case string(String)
-    case integer(Int)
-    case double(Double)
-    case bool(Bool)
-    case array([Node])
-    case table([String: Node])
-    case other(String)
-
-    init(_ value: any TOMLValueConvertible) {
-        if let t = value.table {
-            var members: [String: Node] = [:]
-            for key in t.keys { if let v = t[key] { members[key] = Node(v) } }
-            self = .table(members)
-        } else if let a = value.array {
-            self = .array(a.map { Node($0) })
-        } else if let s = value.string {
-            self = .string(s)
-        } else if let b = value.bool {
-            self = .bool(b)
-        } else if let i = value.int {
-            self = .integer(i)
-        } else if let d = value.double {
-            self = .double(d)
-        } else {
-            self = .other("\(value.type)")
-        }
-    }
-
-    var typeName: String {
-        switch self {
-        case .string: "string"
-        case .integer: "integer"
-        case .double: "float"
-        case .bool: "boolean"
-        case .array: "array"
-        case .table: "table"
-        case .other(let t): t
-        }
-    }
-}
 
 struct ParsedFile {
     let path: String
     let root: [String: Node]
     let map: SourceMap
 
-    init(path: String) throws {
+    init(path: String, text: String) throws(PolicyDiagnostic) {
         self.path = path
-        guard let fp = fopen(path, "r") else {
-            throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "cannot read: \(String(cString: strerror(errno)))")
-        }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, fp)
-            if n <= 0 { break }
-            bytes += buffer[0..<n]
-        }
-        fclose(fp)
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "file is not valid UTF-8")
-        }
-        map = SourceMap(text: text)
         do {
-            let table = try TOMLTable(string: text)
-            guard case .table(let members) = Node(table) else { throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "not a table") }
-            root = members
-        } catch let error as TOMLParseError {
-            throw PolicyDiagnostic(file: path, line: error.source.begin.line, column: error.source.begin.column,
-                                   message: "TOML syntax error: \(error.description)")
+            (root, map) = try TOMLReader.parse(text)
+        } catch {
+            throw PolicyDiagnostic(file: path, line: error.position.line, column: error.position.column, message: "TOML syntax error: \(error.message)")
         }
     }
 }

@@ -1,3 +1,4 @@
+import WardCore
 import CWardSpawn
 import Synchronization
 
@@ -34,7 +35,7 @@ public struct CgroupLayout: Sendable {
             memberships.first { $0.0.split(separator: ",").contains(Substring(controller)) || ($0.0.isEmpty && controller.isEmpty) }?.1
         }
         for line in (readSmallFile("/proc/self/mountinfo") ?? "").split(separator: "\n") {
-            let halves = line.components(separatedBy: " - ")
+            let halves = line.split(separator: " - ", omittingEmptySubsequences: false)
             guard halves.count == 2 else { continue }
             let left = halves[0].split(separator: " ")
             let right = halves[1].split(separator: " ")
@@ -89,7 +90,7 @@ extension Substring {
 /// rmdir are kept off the hot path). The child joins by writing "0" to each `cgroup.procs`
 /// fd, opened here, before it can fork.
 final class CgroupSlot: @unchecked Sendable {
-    // @unchecked: a slot is owned by one call at a time, handed over through the pool's Mutex.
+    // @unchecked: a slot is owned by one call at a time, handed over through the pool's lock.
     let directories: [String]
     let procsFDs: [Int32]
     /// The directory whose membership decides "is the call's tree gone" and how it is killed.
@@ -210,7 +211,7 @@ final class CgroupPool: Sendable {
     let watchdogFD: Int32
     /// A pids controller (v2 or v1) is available for pids.max.
     var limitsProcesses: Bool { v2Controllers.contains("pids") || roots.contains { $0.kind == "pids" } }
-    private let state = Mutex(State())
+    private let state = Lock(State())
 
     /// Creates `ward-<pid>` in every usable hierarchy; nil when no hierarchy can kill a tree
     /// (neither a writable v2 cgroup nor v1 pids), in which case calls use a PID namespace.

@@ -121,7 +121,7 @@ struct PolicyTests {
         ("[tools.a]\ncommand = [\"/bin/true\"]\nenv = [\"1BAD=x\"]\n", 6, 8, "bad environment entry"),
         ("[tools.a]\ndescription = \"no command\"\n", 4, 1, "has no command"),
         ("[tools.a]\ncommand = [\"/bin/true\"]\n[tools.a.limits]\nprocesses = -3\n", 7, 1, "processes must be a positive integer"),
-        ("[tools.a]\ncommand = [\"/bin/true\"\n", 5, 24, "TOML syntax error"),
+        ("[tools.a]\ncommand = [\"/bin/true\"\n", 6, 1, "TOML syntax error: the array opened at 5:11 is not closed"),
         ("[tool.a]\ncommand = [\"/bin/true\"]\n", 4, 1, "unknown top-level key \"tool\""),
     ])
     func diagnostic(tool: String, line: Int, column: Int, message: String) throws {
@@ -133,6 +133,32 @@ struct PolicyTests {
             #expect(match.line == line, "\(match)")
             #expect(match.column == column, "\(match)")
         }
+    }
+
+    /// toml++ inside TOMLKit asserts (aborting the process) on these; ward must answer with a
+    /// diagnostic instead (found by Scripts/fuzz).
+    @Test("a header without a name is a diagnostic, not an abort", arguments: [
+        ("[\n", 1, 2), ("[ # note\n", 1, 3), ("[[\n", 1, 3), ("[=]\n", 1, 2), ("x = 1\n[\r\n", 2, 2), ("[tools.a]\n[.b]\n", 2, 2),
+    ])
+    func headerWithoutName(text: String, line: Int, column: Int) throws {
+        let found = try diagnostics(["t.toml": text])
+        #expect(found.count == 1, "\(found)")
+        #expect(found.first?.line == line && found.first?.column == column, "\(found)")
+        #expect(found.first?.message.contains("TOML syntax error") == true)
+    }
+
+    @Test("brackets in values and strings are not headers", arguments: [
+        "[tools.a]\ncommand = [\"/bin/sh\", \"-c\", \"\"\"\n[\n\"\"\"]\n",
+        "[tools.a]\ncommand = [\n  \"/bin/true\",\n]\nenv = [ # [\n  \"A=[\",\n]\n",
+        "[tools.a]\ncommand = ['/bin/sh', '-c', '''\n[ ]\n[\n''']\n",
+    ])
+    func bracketsInValues(text: String) throws {
+        #expect(try diagnostics(["t.toml": base + text]) == [])
+    }
+
+    @Test func aFaultInDefaultsIsReportedOnce() throws {
+        let found = try diagnostics(["t.toml": "[defaults]\nsyscalls = [\"@nope\"]\n[tools.a]\ncommand = [\"/bin/true\"]\n[tools.b]\ncommand = [\"/bin/true\"]\n"])
+        #expect(found.count == 1, "\(found)")
     }
 
     @Test func everyProblemOfEveryFileIsReported() throws {
