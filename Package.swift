@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ward", targets: ["ward"]),
+        .library(name: "WardCore", targets: ["WardCore"]),
         .library(name: "WardPolicy", targets: ["WardPolicy"]),
         .library(name: "WardSandbox", targets: ["WardSandbox"]),
         .library(name: "WardLedger", targets: ["WardLedger"]),
@@ -14,7 +15,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
@@ -27,10 +27,8 @@ let package = Package(
         .target(name: "CWardSpawn", cSettings: [.define("_GNU_SOURCE")]),
         // JSON (strict parsing, RFC 8785 canonical form) and the call result types.
         .target(name: "WardCore"),
-        .target(name: "WardPolicy", dependencies: [
-            "CSeccomp",
-            .product(name: "TOMLKit", package: "TOMLKit"),
-        ]),
+        // Policies: its own TOML reader (positions for every key), syscall names via libseccomp.
+        .target(name: "WardPolicy", dependencies: ["CSeccomp"]),
         .target(name: "WardSandbox", dependencies: [
             "WardCore", "WardPolicy", "CWardSpawn", "CSeccomp", "CCap",
             .product(name: "Logging", package: "swift-log"),
@@ -52,6 +50,8 @@ let package = Package(
         ]),
         // Writes through the ledger and reports each durable step: crash tests kill it anywhere.
         .executableTarget(name: "ward-torture", dependencies: ["WardCore", "WardLedger"], path: "Sources/WardTorture"),
+        // Fuzz targets (Scripts/fuzz builds them with libFuzzer; a plain build replays kept inputs).
+        .executableTarget(name: "ward-fuzz", dependencies: ["WardCore", "WardPolicy"], path: "Sources/WardFuzz"),
         // Benchmarks (Scripts/bench): whole-process comparisons, interleaved.
         .target(name: "CWardBench"),
         .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "CWardBench"], path: "Sources/WardBench"),

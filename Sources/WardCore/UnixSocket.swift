@@ -54,9 +54,9 @@ public enum UnixSocket {
     }
 }
 
-/// Splits what a socket delivers into lines (without the newline).
+/// Reads lines (without the newline) from a socket.
 public struct LineReader {
-    private var buffer: [UInt8] = []
+    private var framer = LineFramer()
     private var chunk = [UInt8](repeating: 0, count: 1 << 16)
     public let fd: Int32
 
@@ -64,18 +64,12 @@ public struct LineReader {
 
     /// The next line; nil at end of stream or on error.
     public mutating func next() -> [UInt8]? {
-        var scanned = 0
         while true {
-            if let newline = buffer[scanned...].firstIndex(of: 0x0A) {
-                let line = Array(buffer[..<newline])
-                buffer.removeSubrange(...newline)
-                return line
-            }
-            scanned = buffer.count
+            if let line = try? framer.next() { return line }
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return nil }
-            buffer += chunk[0..<n]
+            chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
     }
 }

@@ -11,16 +11,17 @@ import Glibc
 /// on one connection served concurrently and answered by id.
 ///
 /// Every request blocks on the ledger (fsync) and often on a tool for seconds, so each
-/// connection has a reader thread and each request runs on the global concurrent queue;
+/// connection has a reader thread and each request runs on a thread of its own (WorkerPool);
 /// responses are written whole under a per-connection lock. (SO_PEERCRED needs the raw fd.)
 public final class SocketServer: Sendable {
     public let path: String
     let supervisor: Supervisor
     let listenFD: Int32
     private let stopping = Atomic<Bool>(false)
+    private let workers = WorkerPool()
     private let draining = Atomic<Bool>(false)
     private let inFlight = Atomic<Int>(0)
-    private let connections = Mutex<Set<Int32>>([])
+    private let connections = Lock<Set<Int32>>([])
 
     /// Creates the socket's directory (mode 0700) when missing, replaces a stale socket
     /// file, binds (mode 0600) and listens.
@@ -124,12 +125,12 @@ public final class SocketServer: Sendable {
 
     /// Writes whole response lines to one connection; requests answer from many threads.
     final class Writer: Sendable {
-        let fd: Int32
-        private let lock = Mutex(())
-        init(_ fd: Int32) { self.fd = fd }
+        /// The connection's fd: one writer at a time.
+        private let fd: Lock<Int32>
+        init(_ fd: Int32) { self.fd = Lock(fd) }
 
         func send(_ bytes: [UInt8]) {
-            lock.withLock { _ in _ = UnixSocket.sendAll(fd, bytes + [0x0A]) }
+            fd.withLock { fd in _ = UnixSocket.sendAll(fd, bytes + [0x0A]) }
         }
     }
 
@@ -141,48 +142,45 @@ public final class SocketServer: Sendable {
         let writer = Writer(fd)
         let group = DispatchGroup()
         let slots = DispatchSemaphore(value: SocketServer.maximumInFlightPerConnection)
-        let send = writer.send
-        var buffer: [UInt8] = []
-        var scanned = 0
+        var framer = LineFramer(maximumLineBytes: Supervisor.maximumLineBytes)
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         reading: while true {
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
-            buffer += chunk[0..<n]
-            while let newline = buffer[scanned...].firstIndex(of: 0x0A) {
-                let line = Array(buffer[0..<newline])
-                buffer.removeSubrange(0...newline)
-                scanned = 0
-                if line.count > Supervisor.maximumLineBytes { tooLarge(send); break reading }
-                if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { continue }
+            chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            while true {
+                let line: [UInt8]
+                do {
+                    guard let next = try framer.next() else { break }
+                    line = next
+                } catch {
+                    writer.send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "request line longer than \(Supervisor.maximumLineBytes) bytes")))
+                    break reading
+                }
+                if RPCRequest.isBlank(line) { continue }
                 if draining.load(ordering: .sequentiallyConsistent) {
-                    writer.send(Supervisor.response(id: .null, error: RPCError(.internal, "ward is shutting down")))
+                    writer.send(RPCResponse.line(id: .null, error: RPCError(.internal, "ward is shutting down")))
                     continue
                 }
                 slots.wait()
                 group.enter()
                 inFlight.add(1, ordering: .sequentiallyConsistent)
-                DispatchQueue.global().async { [self] in
-                    defer { slots.signal() }
-                    if let response = supervisor.handle(line: line) {
-                        if FailPoints.hit(.beforeReply) { return }  // a lost reply: the client sees the connection close
-                        writer.send(response)
+                workers.run { [self] in
+                    defer {
+                        inFlight.subtract(1, ordering: .sequentiallyConsistent)
+                        group.leave()
+                        slots.signal()
                     }
-                    self.inFlight.subtract(1, ordering: .sequentiallyConsistent)
-                    group.leave()
+                    guard let response = supervisor.handle(line: line) else { return }
+                    if FailPoints.hit(.beforeReply) { return }  // a lost reply: the client sees no answer
+                    writer.send(response)
                 }
             }
-            scanned = buffer.count
-            if buffer.count > Supervisor.maximumLineBytes { tooLarge(send); break }
         }
         // A line cut off by the peer's close is dropped: nothing half-read is ever acted on.
         group.wait()
         connections.withLock { _ = $0.remove(fd) }
         close(fd)
-    }
-
-    private func tooLarge(_ send: ([UInt8]) -> Void) {
-        send(Supervisor.response(id: .null, error: RPCError(.tooLarge, "request line longer than \(Supervisor.maximumLineBytes) bytes")))
     }
 }

@@ -23,7 +23,7 @@ public final class Supervisor: Sendable {
     public let sandbox: Sandbox
     let reconciler: Reconciler
     /// Policy hashes by tool: the policies do not change while a supervisor runs.
-    private let policyHashes = Mutex<[String: String]>([:])
+    private let policyHashes = Lock<[String: String]>([:])
     /// Longest accepted request line (DESIGN.md): 16 MiB.
     public static let maximumLineBytes = 16 << 20
 
@@ -40,46 +40,18 @@ public final class Supervisor: Sendable {
     /// Handles one request line; returns the response line (without the newline), or nil
     /// for a notification (a request without an id).
     public func handle(line: [UInt8]) -> [UInt8]? {
-        let request: JSONValue
-        do { request = try JSONValue.parse(line) } catch {
-            return Supervisor.response(id: .null, error: .parse("parse error: \(error)"))
+        let request: RPCRequest
+        switch RPCRequest.decode(line) {
+        case .success(let r): request = r
+        case .failure(let refusal): return RPCResponse.line(id: refusal.id, error: refusal.error)
         }
-        guard let members = request.objectValue else {
-            return Supervisor.response(id: .null, error: .invalidRequest("a request must be a JSON object (batches are not supported)"))
-        }
-        let id = members["id"]
-        if let id, !Supervisor.validID(id) {
-            return Supervisor.response(id: .null, error: .invalidRequest("id must be a string, a number or null"))
-        }
-        guard members["jsonrpc"] == .string("2.0") else {
-            return Supervisor.response(id: id ?? .null, error: .invalidRequest("jsonrpc must be \"2.0\""))
-        }
-        guard let method = members["method"]?.stringValue else {
-            return Supervisor.response(id: id ?? .null, error: .invalidRequest("method must be a string"))
-        }
-        let params = members["params"] ?? .object([:])
         let outcome: Result<JSONValue, RPCError>
-        do { outcome = .success(try handle(method: method, params: params)) } catch { outcome = .failure(error) }
-        guard let id else { return nil }
+        do { outcome = .success(try handle(method: request.method, params: request.params)) } catch { outcome = .failure(error) }
+        guard let id = request.id else { return nil }
         switch outcome {
-        case .success(let result): return Supervisor.response(id: id, result: result)
-        case .failure(let error): return Supervisor.response(id: id, error: error)
+        case .success(let result): return RPCResponse.line(id: id, result: result)
+        case .failure(let error): return RPCResponse.line(id: id, error: error)
         }
-    }
-
-    static func validID(_ id: JSONValue) -> Bool {
-        switch id {
-        case .string, .number, .null: true
-        default: false
-        }
-    }
-
-    static func response(id: JSONValue, result: JSONValue) -> [UInt8] {
-        JSONValue.object(["jsonrpc": .string("2.0"), "id": id, "result": result]).canonicalBytes
-    }
-
-    public static func response(id: JSONValue, error: RPCError) -> [UInt8] {
-        JSONValue.object(["jsonrpc": .string("2.0"), "id": id, "error": error.json]).canonicalBytes
     }
 
     // MARK: - Methods

@@ -1,7 +1,7 @@
 import ArgumentParser
-import Synchronization
 import CWardSpawn
 import Dispatch
+import Foundation
 import Logging
 import WardCore
 import WardLedger
@@ -56,7 +56,7 @@ struct RunCommand: ParsableCommand {
 
         // One waiter for both events: the agent exiting, or SIGINT/SIGTERM.
         enum Event { case exited(Int32, Int32), terminate(Int32) }
-        let events = Mutex<[Event]>([])
+        let events = Lock<[Event]>([])
         let wake = DispatchSemaphore(value: 0)
         var sources: [any DispatchSourceSignal] = []
         for sig in [SIGINT, SIGTERM] {
@@ -86,12 +86,13 @@ struct RunCommand: ParsableCommand {
                 server.stop()
                 throw CLIError(message: "cannot start the agent \(program): \(String(cString: ward_step_name(err.step))) failed: \(errnoName(err.error))", exitCode: 1)
             }
-            DispatchQueue.global().async {
+            // A thread of its own: it blocks for the agent's whole life.
+            Thread {
                 var exited: Int32 = 0, code: Int32 = 0, sig: Int32 = 0
                 ward_wait(pid, &exited, &code, &sig)
                 events.withLock { $0.append(.exited(exited != 0 ? code : -1, sig)) }
                 wake.signal()
-            }
+            }.start()
 
             var status: Int32 = 0
             var signalled = false

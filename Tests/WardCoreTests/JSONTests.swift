@@ -59,3 +59,54 @@ struct JSONTests {
         #expect(json["signal"] == .null)
     }
 }
+
+@Suite("JSON-RPC framing and request decoding")
+struct RPCTests {
+    func lines(_ stream: String, readSize: Int, limit: Int = .max) throws(LineFramer.TooLong) -> ([String], pending: Int) {
+        var framer = LineFramer(maximumLineBytes: limit)
+        let bytes = Array(stream.utf8)
+        var out: [String] = []
+        var offset = 0
+        while offset < bytes.count {
+            let end = min(offset + readSize, bytes.count)
+            bytes[offset..<end].withUnsafeBytes { framer.append($0) }
+            offset = end
+            while let line = try framer.next() { out.append(String(decoding: line, as: UTF8.self)) }
+        }
+        return (out, framer.pendingBytes)
+    }
+
+    @Test("lines come out whole however the reads cut them", arguments: [1, 2, 3, 7, 64])
+    func framing(readSize: Int) throws {
+        let (out, pending) = try lines("a\n\nbc\r\n{\"x\":1}\nrest", readSize: readSize)
+        #expect(out == ["a", "", "bc\r", "{\"x\":1}"])
+        #expect(pending == 4)
+    }
+
+    @Test func aLineOverTheLimitIsRefusedBeforeItsNewline() throws {
+        #expect(try lines("12345\n", readSize: 1, limit: 5).0 == ["12345"])
+        #expect(throws: LineFramer.TooLong.self) { try lines("123456", readSize: 2, limit: 5) }
+        #expect(throws: LineFramer.TooLong.self) { try lines("ok\n1234567\n", readSize: 64, limit: 5) }
+    }
+
+    @Test("requests and refusals", arguments: [
+        (#"{"jsonrpc":"2.0","id":7,"method":"tool.call","params":{"a":1}}"#, "tool.call", nil),
+        (#"{"jsonrpc":"2.0","method":"run.resume"}"#, "run.resume", nil),
+        (#"{"jsonrpc":"2.0","id":1,"method":"x""#, nil, -32700),
+        (#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#, nil, -32600),
+        (#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#, nil, -32600),
+        (#"{"jsonrpc":"1.0","id":1,"method":"x"}"#, nil, -32600),
+        (#"{"jsonrpc":"2.0","id":1,"method":3}"#, nil, -32600),
+    ] as [(String, String?, Int?)])
+    func decode(line: String, method: String?, code: Int?) {
+        switch RPCRequest.decode(Array(line.utf8)) {
+        case .success(let request):
+            #expect(request.method == method)
+            #expect(code == nil)
+        case .failure(let refusal):
+            #expect(refusal.error.code == code)
+            #expect(refusal.error.kind == .invalidArguments)
+            #expect(method == nil)
+        }
+    }
+}

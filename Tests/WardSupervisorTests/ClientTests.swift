@@ -77,7 +77,7 @@ struct ClientTests {
         } catch {
             #expect(error.kind == .connection && error.message.contains("no answer"), "\(error)")
         }
-        #expect(ContinuousClock.now - start < .seconds(3))
+        #expect(ContinuousClock.now - start < .seconds(10))  // the 500 ms timeout, not a hang (generous: sanitizer runs are slow)
     }
 
     @Test func aFloodOfRequestsIsAllAnsweredAndTheServerLivesOn() async throws {
