@@ -66,7 +66,7 @@ struct kernel_sigaction {
 };
 
 // Formats "<id> <id> 1\n" for a one-line id map, without stdio.
-static size_t format_id_map(char *buf, uint32_t id) {
+WARD_CHILD_SIDE static size_t format_id_map(char *buf, uint32_t id) {
     char digits[16];
     size_t n = 0, len = 0;
     do { digits[n++] = (char)('0' + id % 10); id /= 10; } while (id);
@@ -80,7 +80,7 @@ static size_t format_id_map(char *buf, uint32_t id) {
 }
 
 // 0 or -errno.
-static long write_file(const char *path, const char *data, size_t len) {
+WARD_CHILD_SIDE static long write_file(const char *path, const char *data, size_t len) {
     long fd = sys(SYS_openat, AT_FDCWD, (long)path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return fd;
     long n = sys(SYS_write, fd, (long)data, (long)len);
@@ -89,7 +89,7 @@ static long write_file(const char *path, const char *data, size_t len) {
     return n == (long)len ? 0 : -EIO;
 }
 
-__attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc) {
+WARD_CHILD_SIDE __attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc) {
     err->step = step;
     err->error = (int)-rc;
     sys(SYS_exit_group, 127);
@@ -100,7 +100,7 @@ __attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int
 
 // MARK: - Steps
 
-void ward_step_signals(struct ward_spawn_error *err, int unblock) {
+WARD_CHILD_SIDE void ward_step_signals(struct ward_spawn_error *err, int unblock) {
     // The parent blocked every signal around clone so no handler of the supervisor runs in
     // this borrowed address space. Reset every disposition (ward ignores SIGPIPE; a tool
     // must not inherit that); unblock only when the next thing is the tool itself.
@@ -115,7 +115,7 @@ void ward_step_signals(struct ward_spawn_error *err, int unblock) {
     }
 }
 
-void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     // The supervisor dies → the tool dies (the direct child; cgroups or the PID namespace
     // take care of the rest of the tree).
     if (cfg->pdeath_signal) CHECK(WARD_STEP_PDEATHSIG, sys(SYS_prctl, PR_SET_PDEATHSIG, cfg->pdeath_signal));
@@ -170,7 +170,7 @@ void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_e
     }
 }
 
-void ward_step_oom_score(struct ward_spawn_error *err) {
+WARD_CHILD_SIDE void ward_step_oom_score(struct ward_spawn_error *err) {
     // Under global memory pressure the OOM killer takes the tool, not the supervisor. (With
     // a memory cgroup per call, an OOM stays inside the call's cgroup anyway.) Inherited by
     // children, so a zygote sets it once for all its calls.
@@ -178,7 +178,7 @@ void ward_step_oom_score(struct ward_spawn_error *err) {
     if (rc < 0 && rc != -ENOENT) ward_child_fail(err, WARD_STEP_OOM_SCORE, rc);
 }
 
-void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     // no_new_privs: setuid/setcap binaries (sudo, su, ping) confer nothing, and seccomp may
     // be loaded without CAP_SYS_ADMIN.
     CHECK(WARD_STEP_NO_NEW_PRIVS, sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
@@ -210,7 +210,7 @@ void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_er
     }
 }
 
-static int child_main(void *arg) {
+WARD_CHILD_SIDE static int child_main(void *arg) {
     struct ward_child_context *ctx = arg;
     const struct ward_spawn_config *cfg = ctx->cfg;
     struct ward_spawn_error *err = ctx->err;
@@ -282,7 +282,7 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     int fd = -1;
-    pid_t pid = clone(child_main, spawn_stack + WARD_STACK_SIZE, flags, &ctx, &fd);
+    pid_t pid = ward_clone(child_main, spawn_stack + WARD_STACK_SIZE, flags, &ctx, &fd);
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
@@ -301,7 +301,7 @@ struct agent_context {
     struct ward_spawn_error *err;
 };
 
-static int agent_main(void *arg) {
+WARD_CHILD_SIDE static int agent_main(void *arg) {
     struct agent_context *ctx = arg;
     struct ward_spawn_error *err = ctx->err;
     ward_step_signals(err, 1);
@@ -324,7 +324,7 @@ pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, s
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid_t pid = clone(agent_main, spawn_stack + WARD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &ctx);
+    pid_t pid = ward_clone(agent_main, spawn_stack + WARD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &ctx);
     int clone_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {

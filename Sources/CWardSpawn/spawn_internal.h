@@ -22,13 +22,36 @@ __attribute__((always_inline)) static inline long ward_sys(long nr, long a, long
 
 #define WARD_STACK_SIZE (64 * 1024)
 
+/// Code that runs between clone and execve (the vfork child, the zygote) borrows another
+/// thread's stack and TLS, where a sanitizer runtime's per-thread state is not its own: it is
+/// never instrumented (Scripts/test --sanitize builds everything else with ASan or TSan).
+#define WARD_CHILD_SIDE __attribute__((disable_sanitizer_instrumentation))
+
+/// glibc's clone. ThreadSanitizer intercepts clone and treats every one as a fork, rebuilding
+/// its state in the child; with CLONE_VM that state is the parent's, which it corrupts. Under
+/// TSan the call goes to glibc directly, found once at load time.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#include <dlfcn.h>
+typedef int (*ward_clone_fn)(int (*)(void *), void *, int, void *, ...);
+static ward_clone_fn ward_glibc_clone;
+__attribute__((constructor)) static void ward_find_glibc_clone(void) {
+    ward_glibc_clone = (ward_clone_fn)dlsym(RTLD_NEXT, "clone");
+}
+#define ward_clone ward_glibc_clone
+#endif
+#endif
+#ifndef ward_clone
+#define ward_clone clone
+#endif
+
 struct ward_child_context {
     const struct ward_spawn_config *cfg;
     struct ward_spawn_error *err;
 };
 
 /// Records {step, -rc} and exits the child with 127.
-__attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc);
+WARD_CHILD_SIDE __attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc);
 /// Resets every signal disposition; unblocks the mask when `unblock`.
 void ward_step_signals(struct ward_spawn_error *err, int unblock);
 /// The per-call steps: pdeathsig, session, cgroups, loopback, stdio, cwd, rlimits, fds.

@@ -54,7 +54,7 @@ struct call_context {
 };
 
 // The child of one call: everything of the policy is inherited from the zygote.
-static int call_main(void *arg) {
+WARD_CHILD_SIDE static int call_main(void *arg) {
     struct call_context *ctx = arg;
     const struct ward_spawn_config *cfg = ctx->base.cfg;
     struct ward_spawn_error *err = ctx->base.err;
@@ -70,7 +70,7 @@ static int call_main(void *arg) {
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));
 }
 
-static int zygote_main(void *arg) {
+WARD_CHILD_SIDE static int zygote_main(void *arg) {
     struct ward_zygote *z = arg;
     struct ward_spawn_error *err = &z->start_err;
     // Default dispositions (no handler of ward's may ever run here), everything blocked.
@@ -89,7 +89,7 @@ static int zygote_main(void *arg) {
         int fd = -1;
         // glibc's clone wrapper touches no TLS in the child; on failure it sets errno in
         // the keeper thread's TLS, which nothing else reads concurrently.
-        pid_t pid = clone(call_main, z->child_stack + WARD_STACK_SIZE,
+        pid_t pid = ward_clone(call_main, z->child_stack + WARD_STACK_SIZE,
                           CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD | SIGCHLD, &ctx, &fd);
         if (pid < 0) {
             z->call_err->step = WARD_STEP_CLONE;
@@ -120,7 +120,7 @@ static void *keeper_main(void *unused) {
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, &old);
         int fd = -1;
-        z->pid = clone(zygote_main, z->stack + WARD_STACK_SIZE, CLONE_VM | CLONE_FILES | CLONE_PIDFD | SIGCHLD, z, &fd);
+        z->pid = ward_clone(zygote_main, z->stack + WARD_STACK_SIZE, CLONE_VM | CLONE_FILES | CLONE_PIDFD | SIGCHLD, z, &fd);
         if (z->pid < 0) {
             z->start_err.step = WARD_STEP_CLONE;
             z->start_err.error = errno;

@@ -1,6 +1,5 @@
 import Dispatch
 import Foundation
-import Synchronization
 import WardCore
 
 #if canImport(Glibc)
@@ -35,8 +34,9 @@ public struct WardClientError: Error, Sendable, CustomStringConvertible {
 /// ```
 public final class WardClient: Sendable {
     private let fd: Int32
-    private let writeLock = Mutex(())
-    private let state = Mutex(State())
+    /// The same fd, for writing: one request line at a time.
+    private let writer: Lock<Int32>
+    private let state = Lock(State())
 
     private struct State {
         var nextID = 1
@@ -57,7 +57,9 @@ public final class WardClient: Sendable {
             throw WardClientError(kind: .connection, message: "no socket: set WARD_SOCKET (ward run does) or pass socketPath", code: nil)
         }
         switch UnixSocket.connect(path) {
-        case .success(let fd): self.fd = fd
+        case .success(let fd):
+            self.fd = fd
+            writer = Lock(fd)
         case .failure(let e): throw WardClientError(kind: .connection, message: "cannot connect to \(path): \(e)", code: nil)
         }
         let reader = Thread { [self] in readLoop() }
@@ -133,7 +135,7 @@ public final class WardClient: Sendable {
                     }
                 }
                 let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
-                let sent = writeLock.withLock { _ in UnixSocket.sendAll(fd, line + [0x0A]) }
+                let sent = writer.withLock { fd in UnixSocket.sendAll(fd, line + [0x0A]) }
                 if !sent, let c = state.withLock({ $0.pending.removeValue(forKey: id) }) {
                     c.resume(throwing: WardClientError(kind: .connection, message: "sending to ward failed", code: nil))
                 }

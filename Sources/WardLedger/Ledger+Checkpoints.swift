@@ -1,5 +1,4 @@
 import GRDB
-import Synchronization
 import WardCore
 
 /// Content-defined chunking (a gear rolling hash with FastCDC's normalized cut points):
@@ -67,7 +66,7 @@ enum Chunker {
 /// against its predecessor without reading it back.
 final class ManifestCache: Sendable {
     struct Entry { var seq: Int; var hashes: [[UInt8]]; var chainLength: Int; var chainBytes: Int }
-    private let entries = Mutex<[String: Entry]>([:])
+    private let entries = Lock<[String: Entry]>([:])
 
     func get(_ run: String) -> Entry? { entries.withLock { $0[run] } }
     func set(_ run: String, _ entry: Entry?) { entries.withLock { $0[run] = entry } }

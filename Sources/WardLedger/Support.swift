@@ -1,4 +1,4 @@
-import Synchronization
+import WardCore
 import Crypto
 
 #if canImport(Glibc)
@@ -52,7 +52,7 @@ enum Digest {
 /// every call so an audit shows which binary ran, at no cost per call once cached.
 public final class FileDigests: Sendable {
     private struct Key: Hashable { let dev: UInt64, ino: UInt64, size: Int64, mtime: Int64, mtimeNsec: Int64 }
-    private let cache = Mutex<[String: (Key, String)]>([:])
+    private let cache = Lock<[String: (Key, String)]>([:])
 
     public init() {}
 

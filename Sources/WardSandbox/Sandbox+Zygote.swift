@@ -1,5 +1,5 @@
+import WardCore
 import CWardSpawn
-import Synchronization
 import WardPolicy
 
 #if canImport(Glibc)
@@ -12,7 +12,7 @@ import Glibc
 /// dies; while it cannot run, calls take the direct spawn path, which is equally confined.
 final class Zygote: @unchecked Sendable {
     // @unchecked: `config` and `bpf` are written once in init and only read afterwards (by
-    // the zygote process too, which shares our memory); the C handle lives in the Mutex.
+    // the zygote process too, which shares our memory); the C handle lives in the lock.
     /// The confinement the zygote applies; lives as long as the zygote.
     private let config: UnsafeMutablePointer<ward_spawn_config>
     private let bpf: UnsafeMutableRawBufferPointer
@@ -20,7 +20,7 @@ final class Zygote: @unchecked Sendable {
     /// The running zygote's C handle. @unchecked: it is only touched inside `handle`'s lock.
     private struct Handle: @unchecked Sendable { var zygote: OpaquePointer? }
     /// The running zygote. Requests are serialized: one spawn at a time per zygote.
-    private let handle = Mutex(Handle(zygote: nil))
+    private let handle = Lock(Handle(zygote: nil))
 
     /// The syscalls a call's child makes between the zygote and the tool: a policy that
     /// denies any of them is started directly instead.

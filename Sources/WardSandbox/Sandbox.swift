@@ -37,9 +37,9 @@ public final class Sandbox: Sendable {
     let logger: Logger
     let cgroups: CgroupPool?
     let useZygotes: Bool
-    private let prepared = Mutex<[String: PreparedTool]>([:])
+    private let prepared = Lock<[String: PreparedTool]>([:])
     /// Calls running now: their tool's pid and cgroup, for `terminateAll`.
-    private let active = Mutex<[pid_t: CgroupSlot?]>([:])
+    private let active = Lock<[pid_t: CgroupSlot?]>([:])
 
     /// - Parameters:
     ///   - policies: the loaded policy directory.
