@@ -41,18 +41,36 @@ func which(_ name: String) -> String? {
     return nil
 }
 
+/// One figure of the table: ward's value, what it is compared with, and the budget it is held to.
 struct Row {
+    enum Unit: String { case micros = "µs", bytes, perSecond = "calls/s" }
+    enum Budget {
+        /// ward ≤ x × the peer.
+        case ratio(Double)
+        /// ward ≤ x (in the row's unit).
+        case atMost(Double)
+        /// ward ≥ x (in the row's unit).
+        case atLeast(Double)
+        /// ward ≤ 1.5 × the peer + 20 µs: does not grow with history.
+        case flat
+    }
+
     var name: String
     var ward: Double
     var peer: String
-    var peerValue: Double
-    var budget: Double?
-    /// An absolute budget in µs, for figures without a peer.
-    var budgetMicros: Double? = nil
-    var ratio: Double { ward / peerValue }
+    var peerValue: Double?
+    var budget: Budget?
+    var unit: Unit = .micros
+
+    var ratio: Double? { peerValue.map { ward / $0 } }
     var met: Bool? {
-        if let budgetMicros { return ward <= budgetMicros }
-        return budget.map { ratio <= $0 }
+        switch budget {
+        case .ratio(let x)?: ratio.map { $0 <= x }
+        case .atMost(let x)?: ward <= x
+        case .atLeast(let x)?: ward >= x
+        case .flat?: peerValue.map { ward <= 1.5 * $0 + 20 }
+        case nil: nil
+        }
     }
 }
 
@@ -62,6 +80,7 @@ var iterations = 300
 var jsonPath: String?
 var policiesDir = "policies"
 var peersPath: String?
+var wardWithoutFailPoints: String?
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
@@ -69,7 +88,8 @@ while let a = args.popFirst() {
     case "--json": jsonPath = args.popFirst()
     case "--policies": policiesDir = args.popFirst() ?? policiesDir
     case "--peers": peersPath = args.popFirst()
-    default: print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE]"); exit(2)
+    case "--ward-without-failpoints": wardWithoutFailPoints = args.popFirst()
+    default: print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE] [--ward-without-failpoints WARD]"); exit(2)
     }
 }
 
@@ -135,9 +155,9 @@ for i in 0..<iterations {
 
 var rows: [Row] = []
 let wardSpawn = median(samples["ward"]!)
-rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: 1.8))
+rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: .ratio(1.8)))
 if bwrap != nil {
-    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bwrap --unshare-all", peerValue: median(samples["bwrap"]!), budget: 0.3))
+    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bwrap --unshare-all", peerValue: median(samples["bwrap"]!), budget: .ratio(0.3)))
 }
 if firejail != nil, !samples["firejail"]!.isEmpty {
     rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(samples["firejail"]!), budget: nil))
@@ -188,15 +208,16 @@ if let peersPath, let fp = fopen(peersPath, "r") {
     }
 }
 let checkpointStep = median(checkpointTimes), journalStep = median(journalTimes)
-rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
-rows.append(Row(name: "durable step: journal.record", ward: journalStep, peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
-rows.append(Row(name: "begin + finish of one call", ward: median(callTimes), peer: "budget", peerValue: 500, budget: nil, budgetMicros: 500))
+rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "", peerValue: nil, budget: .atMost(300)))
+rows.append(Row(name: "durable step: journal.record", ward: journalStep, peer: "", peerValue: nil, budget: .atMost(300)))
+rows.append(Row(name: "begin + finish of one call", ward: median(callTimes), peer: "", peerValue: nil, budget: .atMost(500)))
 if let lg = peers.langgraph { rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
 if let d = peers.dbos { rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
-var storageRows: [(String, Double, String, Double, String)] = [
-    ("checkpoint storage, 200 × 1 KiB appended", storedBytes, "final state", Double(finalState.count), "≤ 2× " + (storedBytes <= 2 * Double(finalState.count) ? "met" : "MISSED")),
-]
-if let lgs = peers.langgraphStorage { storageRows.append(("checkpoint storage, 200 × 1 KiB appended", storedBytes, "LangGraph SqliteSaver", lgs, "—")) }
+rows.append(Row(name: "checkpoint storage, 200 steps × 1 KiB appended", ward: storedBytes, peer: "the final state", peerValue: Double(finalState.count),
+                budget: .ratio(2), unit: .bytes))
+if let lgs = peers.langgraphStorage {
+    rows.append(Row(name: "checkpoint storage, 200 steps × 1 KiB appended", ward: storedBytes, peer: "LangGraph SqliteSaver", peerValue: lgs, budget: nil, unit: .bytes))
+}
 
 // MARK: - The supervisor: tool.call through the socket, replay, resume, throughput, RSS
 
@@ -230,8 +251,16 @@ func startServer(run: String, ledgerPath: String) throws -> SocketServer {
     return server
 }
 
-let callServer = try startServer(run: "calls", ledgerPath: workspace + "/calls.sqlite")
-let client = BenchClient(callServer.path)
+// A real `ward serve` (its own process, as agents meet it), with the shipped policies plus a
+// `true` tool under the shell tool's sandbox.
+let wardBinary = (CommandLine.arguments[0] as NSString).deletingLastPathComponent + "/ward"
+let benchPolicies = workspace + "/policies"
+try FileManager.default.createDirectory(atPath: benchPolicies, withIntermediateDirectories: true)
+try FileManager.default.copyItem(atPath: policiesDir + "/syscall-sets.toml", toPath: benchPolicies + "/syscall-sets.toml")
+try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + "\n[tools.true]\ncommand = [\"/bin/true\"]\nwrite = [\"{workspace}\"]\n")
+    .write(toFile: benchPolicies + "/tools.toml", atomically: true, encoding: .utf8)
+let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
+let client = BenchClient(callServe.socket)
 var fullCall: [Double] = [], replay: [Double] = [], bareAgain: [Double] = [], bwrapAgain: [Double] = []
 for i in 0..<20 { client.toolCall("warm-\(i)") }
 for i in 0..<iterations {
@@ -253,11 +282,11 @@ for i in 0..<iterations {
     client.toolCall("c\(i)")
     replay.append(Double(now() - t0) / 1000)
 }
-rows.append(Row(name: "tool.call of /bin/true (socket+ledger+sandbox)", ward: median(fullCall), peer: "bare fork+exec", peerValue: median(bareAgain), budget: 2.5))
+rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bare fork+exec", peerValue: median(bareAgain), budget: .ratio(2.5)))
 if bwrap != nil {
-    rows.append(Row(name: "tool.call of /bin/true (socket+ledger+sandbox)", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: 0.4))
+    rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: .ratio(0.4)))
 }
-rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "budget", peerValue: 150, budget: nil, budgetMicros: 150))
+rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "", peerValue: nil, budget: .atMost(150)))
 
 // Durable steps through the socket (what an agent pays), against the peers' steps.
 var socketJournal: [Double] = [], socketCheckpoint: [Double] = []
@@ -270,8 +299,8 @@ for i in 0..<iterations {
     socketCheckpoint.append(Double(now() - t) / 1000)
 }
 let socketStep = median(socketCheckpoint)
-rows.append(Row(name: "durable step through the socket: checkpoint.save", ward: socketStep, peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
-rows.append(Row(name: "durable step through the socket: journal.record", ward: median(socketJournal), peer: "budget", peerValue: 300, budget: nil, budgetMicros: 300))
+rows.append(Row(name: "durable step through the socket: checkpoint.save", ward: socketStep, peer: "", peerValue: nil, budget: .atMost(300)))
+rows.append(Row(name: "durable step through the socket: journal.record", ward: median(socketJournal), peer: "", peerValue: nil, budget: .atMost(300)))
 if let lg = peers.langgraph { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
 if let d = peers.dbos { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
 
@@ -302,6 +331,10 @@ do {
             replays.append(Double(now() - t) / 1000)
         }
         growth.append((size, median(steps), median(replays)))
+        if size != growthSizes[0] {
+            rows.append(Row(name: "durable step, \(size) calls recorded", ward: median(steps), peer: "the same at \(growthSizes[0])", peerValue: growth[0].1, budget: .flat))
+            rows.append(Row(name: "replay, \(size) calls recorded", ward: median(replays), peer: "the same at \(growthSizes[0])", peerValue: growth[0].2, budget: .flat))
+        }
     }
     growthServer.stop()
 }
@@ -326,7 +359,7 @@ let resumed = resumeClient.call("run.resume", .object([:]))
 resumeClient.toolCall("s\(resumeSteps)")
 let resumeMicros = Double(now() - t0) / 1000
 precondition(resumed["result"]?.objectValue?["checkpoint"] != .null)
-rows.append(Row(name: "resume after a crash at step \(resumeSteps)", ward: resumeMicros, peer: "budget", peerValue: 50_000, budget: nil, budgetMicros: 50_000))
+rows.append(Row(name: "resume after a crash at step \(resumeSteps)", ward: resumeMicros, peer: "", peerValue: nil, budget: .atMost(50_000)))
 resumeServer.stop()
 
 // 8 agents in parallel, each with its own connection, N calls each.
@@ -340,31 +373,61 @@ DispatchQueue.concurrentPerform(iterations: 8) { agent in
 let seconds = Double(now() - t0) / 1e9
 let throughput = Double(8 * perAgent) / seconds
 throughputServer.stop()
+rows.append(Row(name: "throughput, 8 agents × \(perAgent) calls", ward: throughput, peer: "", peerValue: nil, budget: .atLeast(1000), unit: .perSecond))
 
-// RSS of a real `ward serve` holding 100 idle connections.
-var serveRSS: Double?
-let wardBinary = (CommandLine.arguments[0] as NSString).deletingLastPathComponent + "/ward"
-if access(wardBinary, X_OK) == 0 {
+/// Starts `ward serve` from `binary` with the shipped policies; returns once it listens.
+@MainActor func startServe(_ binary: String, name: String, policies: String = policiesDir) throws -> (process: Process, socket: String) {
     let serve = Process()
-    serve.executableURL = URL(fileURLWithPath: wardBinary)
-    serve.arguments = ["serve", "--policies", policiesDir, "--ledger", workspace + "/serve.sqlite", "--workspace", workspace + "/serve-ws",
-                       "--socket", workspace + "/serve.sock", "--run-id", "idle"]
+    serve.executableURL = URL(fileURLWithPath: binary)
+    let socket = workspace + "/\(name).sock"
+    serve.arguments = ["serve", "--policies", policies, "--ledger", workspace + "/\(name).sqlite", "--workspace", workspace + "/\(name)-ws",
+                       "--socket", socket, "--run-id", name]
     let out = Pipe()
     serve.standardOutput = out
     try serve.run()
     _ = out.fileHandleForReading.availableData  // the socket path: it listens
+    return (serve, socket)
+}
+
+func stopServe(_ serve: Process) {
+    serve.terminate()
+    serve.waitUntilExit()
+}
+
+stopServe(callServe.process)
+do {
+    // RSS of a real `ward serve` holding 100 idle connections.
+    let (serve, socket) = try startServe(wardBinary, name: "idle")
     var idle: [BenchClient] = []
-    for _ in 0..<100 { idle.append(BenchClient(workspace + "/serve.sock")) }
+    for _ in 0..<100 { idle.append(BenchClient(socket)) }
     _ = idle[99].call("run.resume", .object([:]))
     usleep(200_000)
     if let status = try? String(contentsOfFile: "/proc/\(serve.processIdentifier)/status", encoding: .utf8),
        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
        let kb = Double(line.split(separator: " ").dropFirst().first ?? "") {
-        serveRSS = kb * 1024
+        rows.append(Row(name: "ward serve RSS, 100 idle connections", ward: kb * 1024, peer: "", peerValue: nil, budget: .atMost(50 * 1_048_576), unit: .bytes))
     }
     idle.removeAll()
-    serve.terminate()
-    serve.waitUntilExit()
+    stopServe(serve)
+
+    // Fail points compiled in but not armed vs compiled out (-DWARD_NO_FAILPOINTS): the
+    // shell tool through two real `ward serve`s, interleaved.
+    if let noFailPoints = wardWithoutFailPoints {
+        let with = try startServe(wardBinary, name: "failpoints-in"), without = try startServe(noFailPoints, name: "failpoints-out")
+        let clients = [BenchClient(with.socket), BenchClient(without.socket)]
+        var times: [[Double]] = [[], []]
+        for i in 0..<(iterations + 20) {
+            for k in 0..<2 {
+                let which = (i + k) % 2
+                let t0 = now()
+                _ = clients[which].call("tool.call", .object(["callId": .string("c\(i)"), "tool": .string("shell"), "arguments": .object(["command": .string("true")])]))
+                if i >= 20 { times[which].append(Double(now() - t0) / 1000) }
+            }
+        }
+        rows.append(Row(name: "tool.call (shell), fail points in but off", ward: median(times[0]), peer: "fail points compiled out", peerValue: median(times[1]), budget: .ratio(1.05)))
+        stopServe(with.process)
+        stopServe(without.process)
+    }
 }
 
 // MARK: - In-process costs of preparing a policy (done once per tool, then cached)
@@ -383,8 +446,12 @@ let filterSize = try Sandbox.compileFilter(for: tool).instructionCount
 
 // MARK: - Report
 
-func f(_ x: Double) -> String {
-    x >= 1000 ? String(format1: x / 1000) + " ms" : String(format1: x) + " µs"
+func f(_ x: Double, _ unit: Row.Unit = .micros) -> String {
+    switch unit {
+    case .micros: x >= 1000 ? String(format1: x / 1000) + " ms" : String(format1: x) + " µs"
+    case .bytes: x >= 1_048_576 ? String(format1: x / 1_048_576) + " MiB" : String(format1: x / 1024) + " KiB"
+    case .perSecond: String(format1: x) + "/s"
+    }
 }
 extension String {
     init(format1 x: Double) {
@@ -393,34 +460,27 @@ extension String {
     }
     func pad(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }
+extension Row {
+    var budgetText: String {
+        guard let budget, let met else { return "—" }
+        let verdict = met ? "met" : "MISSED"
+        switch budget {
+        case .ratio(let x): return "≤ \(x)× \(verdict)"
+        case .atMost(let x): return "≤ \(f(x, unit)) \(verdict)"
+        case .atLeast(let x): return "≥ \(f(x, unit)) \(verdict)"
+        case .flat: return "flat \(met ? "yes" : "NO")"
+        }
+    }
+}
 var uts = utsname()
 uname(&uts)
 let kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
-print("ward bench — \(iterations) interleaved iterations, kernel \(kernel), \(sysconf(Int32(_SC_NPROCESSORS_ONLN))) cores, tree kill: \(sandbox.treeKill.rawValue)")
+let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+print("ward bench — \(iterations) interleaved iterations, kernel \(kernel), \(cores) cores, tree kill: \(sandbox.treeKill.rawValue)")
 print("figure".pad(52) + "ward".pad(11) + "peer".pad(28) + "peer value".pad(12) + "ratio".pad(8) + "budget")
 for r in rows {
-    let budget = r.budgetMicros.map { "≤ \(Int($0)) µs " + (r.met! ? "met" : "MISSED") } ?? r.budget.map { "≤ \($0)× " + (r.met! ? "met" : "MISSED") } ?? "—"
-    print(r.name.pad(52) + f(r.ward).pad(11) + r.peer.pad(28) + f(r.peerValue).pad(12) + (String(format1: r.ratio * 100) + "%").pad(8) + budget)
-}
-for (name, w, peer, value, budget) in storageRows {
-    func kb(_ b: Double) -> String { b >= 1_048_576 ? String(format1: b / 1048576) + " MiB" : String(format1: b / 1024) + " KiB" }
-    print(name.pad(52) + kb(w).pad(11) + peer.pad(28) + kb(value).pad(12) + (String(format1: w / value * 100) + "%").pad(8) + budget)
-}
-func printLine(_ cells: [String]) {
-    let widths = [52, 20, 28, 22, 8]
-    var line = ""
-    for (i, cell) in cells.enumerated() { line += i < widths.count ? cell.pad(widths[i]) : cell }
-    print(line)
-}
-for (size, step, replayMicros) in growth {
-    printLine(["durable step / replay, \(size) calls recorded", f(step) + " / " + f(replayMicros), "first size", f(growth[0].1) + " / " + f(growth[0].2), "",
-               "flat: " + (step <= 1.5 * growth[0].1 + 20 && replayMicros <= 1.5 * growth[0].2 + 20 ? "yes" : "NO")])
-}
-let throughputText: String = String(format1: throughput) + "/s"
-printLine(["throughput, 8 agents × \(perAgent) calls", throughputText, "budget", "1000/s", "", "≥ 1000 calls/s " + (throughput >= 1000 ? "met" : "MISSED")])
-if let serveRSS {
-    let rssText: String = String(format1: serveRSS / 1048576) + " MiB"
-    printLine(["ward serve RSS, 100 idle connections", rssText, "budget", "50 MiB", "", "≤ 50 MiB " + (serveRSS <= 50 * 1048576 ? "met" : "MISSED")])
+    print(r.name.pad(52) + f(r.ward, r.unit).pad(11) + (r.peer.isEmpty ? "—" : r.peer).pad(28) + (r.peerValue.map { f($0, r.unit) } ?? "").pad(12)
+          + (r.ratio.map { String(format1: $0 * 100) + "%" } ?? "").pad(8) + r.budgetText)
 }
 for e in peers.errors { print("note: \(e)") }
 print("seccomp filter compile (libseccomp, tree layout, \(filterSize) instructions, once per tool): \(f(compile))")
@@ -428,15 +488,20 @@ print("seccomp filter compile (libseccomp, tree layout, \(filterSize) instructio
 if let jsonPath {
     let json = JSONValue.object([
         "kernel": .string(kernel),
+        "cores": .number(Double(cores)),
         "iterations": .number(Double(iterations)),
+        "treeKill": .string(sandbox.treeKill.rawValue),
         "rows": .array(rows.map { r in
-            .object(["figure": .string(r.name), "wardMicros": .number(r.ward), "peer": .string(r.peer), "peerMicros": .number(r.peerValue),
-                     "ratio": .number(r.ratio), "budget": r.budget.map { .number($0) } ?? .null, "met": r.met.map { .bool($0) } ?? .null])
+            .object(["figure": .string(r.name), "unit": .string(r.unit.rawValue), "ward": .number(r.ward),
+                     "peer": r.peer.isEmpty ? .null : .string(r.peer), "peerValue": r.peerValue.map { .number($0) } ?? .null,
+                     "ratio": r.ratio.map { .number($0) } ?? .null, "budget": r.budget == nil ? .null : .string(r.budgetText),
+                     "met": r.met.map { .bool($0) } ?? .null])
         }),
+        "notes": .array(peers.errors.map { .string($0) }),
         "filterCompileMicros": .number(compile),
     ])
     let fp = fopen(jsonPath, "w")!
     fputs(json.canonical + "\n", fp)
     fclose(fp)
 }
-exit(rows.contains { $0.met == false } || throughput < 1000 || (serveRSS ?? 0) > 50 * 1048576 ? 1 : 0)
+exit(rows.contains { $0.met == false } ? 1 : 0)
