@@ -74,6 +74,7 @@ public enum PolicyLoader {
         return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory)
     }
 
+    /// The text of one policy file; a diagnostic at 1:1 when it cannot be read or is not UTF-8.
     public static func readPolicyFile(_ path: String) throws(PolicyDiagnostic) -> String {
         guard let fp = fopen(path, "r") else {
             throw PolicyDiagnostic(file: path, line: 1, column: 1, message: "cannot read: \(String(cString: strerror(errno)))")
