@@ -78,11 +78,15 @@ public final class Ledger: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(busyTimeout)
         config.readonly = readOnly
-        config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
-        }
         do {
             pool = try DatabasePool(path: path, configuration: config)
+            // Set on the writer after the pool is open: GRDB's WAL set-up runs after
+            // prepareDatabase and sets NORMAL, which would silently drop FULL's fsync per commit.
+            if !readOnly {
+                try pool.writeWithoutTransaction { db in
+                    try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
+                }
+            }
             if readOnly {
                 let applied = try pool.read { db in try Ledger.migrator.appliedMigrations(db) }
                 guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
@@ -93,6 +97,16 @@ public final class Ledger: Sendable {
             throw Ledger.map(error, doing: "opening \(path)")
         }
         if !readOnly { try recoverDeadOwners() }
+    }
+
+    /// The writer connection's `PRAGMA synchronous` as SQLite applies it (2 = FULL, 1 = NORMAL):
+    /// what each commit really does, whatever was asked for.
+    public func effectiveSynchronous() throws(LedgerError) -> Int {
+        do {
+            return try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+        } catch {
+            throw Ledger.map(error, doing: "reading PRAGMA synchronous")
+        }
     }
 
     private static func createParentDirectory(of path: String) throws(LedgerError) {

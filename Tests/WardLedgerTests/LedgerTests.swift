@@ -39,6 +39,15 @@ func expectLedgerError(_ code: LedgerError.Code, _ body: () throws -> Void, sour
 
 @Suite("Ledger: call lifecycle, replay, conflict, recovery")
 struct LedgerCallTests {
+    /// The durability asked for is the one commits get: WAL set-up in the database library
+    /// once replaced FULL with NORMAL behind ward's back (no fsync per commit).
+    @Test("synchronous is what was asked for", arguments: [(Ledger.Durability.full, 2), (.normal, 1)])
+    func durabilityIsApplied(durability: Ledger.Durability, pragma: Int) throws {
+        let path = temporaryLedgerPath()
+        #expect(try Ledger(path: path, durability: durability).effectiveSynchronous() == pragma)
+        #expect(try Ledger(path: path).effectiveSynchronous() == 2, "reopened with the default")
+    }
+
     @Test func beginFinishReplayIsByteIdentical() throws {
         let ledger = try Ledger(path: temporaryLedgerPath())
         let ticket = try #require(try ledger.begin(request("c1")).ticket)
