@@ -7,18 +7,22 @@ import Glibc
 /// Runs each job on a thread of its own, reusing idle threads. A request blocks its thread
 /// for as long as its tool runs (seconds, minutes), so a pool as wide as the CPU count — what
 /// libdispatch's global queue is on Linux — would let two slow tools hold up every other call
-/// of every agent. Width is bounded by the callers instead (64 in-flight requests per
-/// connection); threads idle for `idleSeconds` exit.
+/// of every agent. Width is bounded by the callers (64 in-flight requests per connection) and
+/// by `maximumThreads` across all of them (past it, jobs wait for a thread); threads idle for
+/// `idleSeconds` exit.
 final class WorkerPool: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     // Guarded by `mutex`.
     private var queue: [@Sendable () -> Void] = []
     private var idle = 0
+    private var threads = 0
     private let idleSeconds: Int
+    let maximumThreads: Int
 
-    init(idleSeconds: Int = 10) {
+    init(idleSeconds: Int = 10, maximumThreads: Int = 512) {
         self.idleSeconds = idleSeconds
+        self.maximumThreads = maximumThreads
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wake, nil)
     }
@@ -33,11 +37,13 @@ final class WorkerPool: @unchecked Sendable {
     func run(_ job: @escaping @Sendable () -> Void) {
         pthread_mutex_lock(mutex)
         queue.append(job)
-        // Every queued job needs a waiting thread to take it; otherwise start one.
+        // Every queued job needs a waiting thread to take it; otherwise start one, up to the cap.
         let enoughIdle = idle >= queue.count
         if enoughIdle { pthread_cond_signal(wake) }
+        let start = !enoughIdle && threads < maximumThreads
+        if start { threads += 1 }
         pthread_mutex_unlock(mutex)
-        if !enoughIdle {
+        if start {
             let thread = Thread { [self] in work() }
             thread.name = "ward-request"
             thread.start()
@@ -55,6 +61,7 @@ final class WorkerPool: @unchecked Sendable {
                 let rc = pthread_cond_timedwait(wake, mutex, &deadline)
                 idle -= 1
                 if rc == ETIMEDOUT && queue.isEmpty {
+                    threads -= 1
                     pthread_mutex_unlock(mutex)
                     return
                 }

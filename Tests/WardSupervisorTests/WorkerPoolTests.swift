@@ -1,0 +1,42 @@
+import Dispatch
+import Synchronization
+import Testing
+@testable import WardSupervisor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("WorkerPool: a thread per blocking request, up to a cap")
+struct WorkerPoolTests {
+    /// Runs `jobs` jobs that each block until `gather` of them run at once (or `patience` × 10 ms
+    /// pass), as requests whose tools take a while; returns how many ran at once at most.
+    func peakConcurrency(jobs: Int, cap: Int, gather: Int, patience: Int = 200) -> (peak: Int, finished: Int) {
+        let pool = WorkerPool(idleSeconds: 1, maximumThreads: cap)
+        let state = Mutex((running: 0, peak: 0, finished: 0))
+        let done = DispatchGroup()
+        for _ in 0..<jobs {
+            done.enter()
+            pool.run {
+                state.withLock { $0.running += 1; $0.peak = max($0.peak, $0.running) }
+                for _ in 0..<patience where state.withLock({ $0.peak < gather }) { usleep(10_000) }
+                state.withLock { $0.running -= 1; $0.finished += 1 }
+                done.leave()
+            }
+        }
+        done.wait()
+        return state.withLock { ($0.peak, $0.finished) }
+    }
+
+    @Test func blockingJobsRunSideBySide() {
+        let r = peakConcurrency(jobs: 16, cap: 512, gather: 16)
+        #expect(r.finished == 16)
+        #expect(r.peak == 16, "only \(r.peak) of 16 blocking jobs ran at once")
+    }
+
+    @Test func pastTheCapJobsWaitForAThread() {
+        let r = peakConcurrency(jobs: 12, cap: 3, gather: 4, patience: 30)
+        #expect(r.finished == 12)
+        #expect(r.peak == 3, "\(r.peak) jobs ran at once with a cap of 3")
+    }
+}
