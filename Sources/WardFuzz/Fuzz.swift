@@ -107,7 +107,8 @@ func checkPolicy(_ bytes: [UInt8]) {
     } catch {
         require(error.code == .invalidPolicy && !error.diagnostics.isEmpty, "refused without a diagnostic: \(error)")
         for d in error.diagnostics {
-            let lines = (sources.first { $0.file == d.file }?.text.split(separator: "\n", omittingEmptySubsequences: false).count) ?? 0
+            // Lines end at LF bytes (a String's "\r\n" is one Character, so count bytes).
+            let lines = (sources.first { $0.file == d.file }?.text.utf8.filter { $0 == 0x0A }.count).map { $0 + 1 } ?? 0
             require(d.line >= 1 && d.line <= max(lines, 1) && d.column >= 1, "diagnostic outside its file: \(d)")
         }
     }
