@@ -59,11 +59,13 @@ let package = Package(
         // Swift runtime, which lives outside every sandbox's read roots.
         .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")],
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+        // What the test suites share: where the built programs are, and running them.
+        .target(name: "WardTestSupport", path: "Tests/WardTestSupport"),
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
-        .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy"]),
-        .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "ward", "ward-torture"]),
-        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardClient", "WardLedger", "WardSandbox", "WardPolicy", "WardCore", "ward"]),
-        .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "ward", "ward-hostile"]),
+        .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardTestSupport"]),
+        .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "WardTestSupport", "ward", "ward-torture"]),
+        .testTarget(name: "WardSupervisorTests", dependencies: ["WardSupervisor", "WardClient", "WardLedger", "WardSandbox", "WardPolicy", "WardCore", "WardTestSupport", "ward"]),
+        .testTarget(name: "WardSandboxTests", dependencies: ["WardSandbox", "WardPolicy", "WardCore", "WardTestSupport", "ward", "ward-hostile"]),
     ],
     swiftLanguageModes: [.v6]
 )

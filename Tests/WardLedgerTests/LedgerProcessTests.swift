@@ -3,33 +3,16 @@ import Testing
 import WardCore
 @testable import WardLedger
 import Synchronization
+import WardTestSupport
 
 /// The binaries next to the test bundle.
 enum Binaries {
-    static let directory: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var parts = exe.split(separator: "/", omittingEmptySubsequences: false)
-        while let last = parts.last, !last.hasSuffix(".xctest") && parts.count > 1 { parts.removeLast() }
-        parts.removeLast()
-        return parts.joined(separator: "/")
-    }()
-
-    static var ward: String { directory + "/ward" }
-    static var torture: String { directory + "/ward-torture" }
+    static var ward: String { BuildProducts.ward }
+    static var torture: String { BuildProducts.directory + "/ward-torture" }
 
     @discardableResult
     static func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        try BuildProducts.run(path, arguments)
     }
 
     static func sqlite(_ path: String, _ sql: String) throws {

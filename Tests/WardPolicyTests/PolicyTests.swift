@@ -1,16 +1,13 @@
 import Testing
 import WardPolicy
+import WardTestSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The repository's policies/ directory.
-let shippedPolicies: String = {
-    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/") + "/policies"
-}()
+let shippedPolicies = BuildProducts.repository + "/policies"
 
 /// A temporary policy directory holding the shipped syscall sets plus `files`.
 func policyDirectory(_ files: [String: String], withSets: Bool = true) throws -> String {

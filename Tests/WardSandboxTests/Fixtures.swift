@@ -3,26 +3,13 @@ import Testing
 import WardCore
 import WardPolicy
 import WardSandbox
+import WardTestSupport
 
 /// Paths and helpers shared by the sandbox suites.
 enum Fixture {
-    /// The directory of the test binary, where SwiftPM also puts `ward` and `ward-hostile`.
-    static let buildDirectory: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var parts = exe.split(separator: "/", omittingEmptySubsequences: false)
-        while let last = parts.last, !last.hasSuffix(".xctest") && parts.count > 1 { parts.removeLast() }
-        parts.removeLast()
-        return parts.joined(separator: "/")
-    }()
-
-    static var ward: String { buildDirectory + "/ward" }
-    static var hostile: String { buildDirectory + "/ward-hostile" }
-
-    static let repository: String = {
-        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        return parts.joined(separator: "/")
-    }()
+    static var ward: String { BuildProducts.ward }
+    static var hostile: String { BuildProducts.directory + "/ward-hostile" }
+    static var repository: String { BuildProducts.repository }
 
     static var shippedPolicies: String { repository + "/policies" }
 
@@ -86,24 +73,8 @@ enum Fixture {
 
     /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.
     static func cli(_ arguments: [String], uid: uid_t? = nil, cwd: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        let process = Process()
-        if let uid {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: ward)
-            process.arguments = arguments
-        }
-        if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+        guard let uid else { return try BuildProducts.run(ward, arguments, in: cwd) }
+        return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments, in: cwd)
     }
 
     /// Processes whose command line contains `token` (to find escaped daemons).

@@ -15,9 +15,7 @@ func temporaryDirectory(_ label: String) -> String {
 /// published.log, and whose reconcile command looks for that line.
 func reconcilePolicies() throws -> String {
     let dir = temporaryDirectory("policies")
-    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    try FileManager.default.copyItem(atPath: parts.joined(separator: "/") + "/policies/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
+    try FileManager.default.copyItem(atPath: Paths.repository + "/policies/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
     try #"""
     [defaults]
     syscalls = ["@system-service"]

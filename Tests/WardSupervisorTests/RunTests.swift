@@ -2,40 +2,18 @@ import Foundation
 import Testing
 import WardCore
 import WardLedger
+import WardTestSupport
 
 /// The ward binary and the repository's Scripts/ (for the Python client).
 enum Paths {
-    static let repository: String = {
-        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        return parts.joined(separator: "/")
-    }()
-
-    static let ward: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var parts = exe.split(separator: "/", omittingEmptySubsequences: false)
-        while let last = parts.last, !last.hasSuffix(".xctest") && parts.count > 1 { parts.removeLast() }
-        parts.removeLast()
-        return parts.joined(separator: "/") + "/ward"
-    }()
+    static var repository: String { BuildProducts.repository }
+    static var ward: String { BuildProducts.ward }
 }
 
 /// Runs `ward ARGS` in `directory`; returns exit status and output.
 @discardableResult
 func ward(_ args: [String], in directory: String, start: ((Process) -> Void)? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: Paths.ward)
-    p.arguments = args
-    p.currentDirectoryURL = URL(fileURLWithPath: directory)
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    start?(p)
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    try BuildProducts.run(Paths.ward, args, in: directory, started: start)
 }
 
 /// Runs a program to completion; returns its status and its stdout and stderr together.

@@ -15,9 +15,7 @@ final class TestServer: Sendable {
 
     init(run: String = "r1", ledgerPath: String? = nil) throws {
         workspace = temporaryDirectory("ws")
-        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        let policies = try PolicyLoader.load(directory: parts.joined(separator: "/") + "/policies")
+        let policies = try PolicyLoader.load(directory: Paths.repository + "/policies")
         let ledger = try Ledger(path: ledgerPath ?? temporaryDirectory("ledger") + "/l.sqlite")
         let sandbox = try Sandbox(policies: policies, workspace: workspace)
         supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: try ledger.startAttempt(run: run))
