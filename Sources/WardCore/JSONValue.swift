@@ -43,62 +43,98 @@ public enum JSONValue: Sendable, Hashable {
 extension JSONValue {
     /// The RFC 8785 canonical form: object keys sorted by UTF-16 code units, no whitespace,
     /// numbers in ECMAScript's shortest form, minimal string escapes.
-    public var canonical: String {
-        var out = ""
+    public var canonical: String { String(decoding: canonicalBytes, as: UTF8.self) }
+
+    /// The canonical form as UTF-8 bytes (written as bytes: every request, response and
+    /// ledger event goes through here).
+    public var canonicalBytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(256)
         write(into: &out)
         return out
     }
 
-    /// The canonical form as UTF-8 bytes.
-    public var canonicalBytes: [UInt8] { Array(canonical.utf8) }
-
-    private func write(into out: inout String) {
+    private func write(into out: inout [UInt8]) {
         switch self {
-        case .null: out += "null"
-        case .bool(let b): out += b ? "true" : "false"
-        case .number(let d): out += JSONValue.format(number: d)
+        case .null: out += "null".utf8
+        case .bool(let b): out += (b ? "true" : "false").utf8
+        case .number(let d): JSONValue.writeNumber(d, into: &out)
         case .string(let s): JSONValue.writeString(s, into: &out)
         case .array(let items):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (i, item) in items.enumerated() {
-                if i > 0 { out += "," }
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 item.write(into: &out)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         case .object(let members):
-            out += "{"
-            let keys = members.keys.sorted { $0.utf16.lexicographicallyPrecedes($1.utf16) }
-            for (i, key) in keys.enumerated() {
-                if i > 0 { out += "," }
+            out.append(UInt8(ascii: "{"))
+            for (i, key) in members.keys.sorted(by: JSONValue.utf16Precedes).enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
                 JSONValue.writeString(key, into: &out)
-                out += ":"
+                out.append(UInt8(ascii: ":"))
                 members[key]!.write(into: &out)
             }
-            out += "}"
+            out.append(UInt8(ascii: "}"))
         }
     }
 
-    static func writeString(_ s: String, into out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
+    /// RFC 8785 orders keys by UTF-16 code units. UTF-8 bytes order code points, which is
+    /// the same order except between U+E000–U+FFFF and supplementary characters (surrogates
+    /// in UTF-16): only a difference at such lead bytes (0xEE and up) needs UTF-16.
+    static func utf16Precedes(_ a: String, _ b: String) -> Bool {
+        var i = a.utf8.makeIterator(), j = b.utf8.makeIterator()
+        while true {
+            switch (i.next(), j.next()) {
+            case (nil, nil): return false
+            case (nil, _): return true
+            case (_, nil): return false
+            case let (x?, y?) where x != y:
+                if x >= 0xEE && y >= 0xEE { return a.utf16.lexicographicallyPrecedes(b.utf16) }
+                return x < y
+            default: continue
             }
         }
-        out += "\""
+    }
+
+    static func writeString(_ s: String, into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for byte in s.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += #"\""#.utf8
+            case UInt8(ascii: "\\"): out += #"\\"#.utf8
+            case 0x08: out += #"\b"#.utf8
+            case 0x0C: out += #"\f"#.utf8
+            case 0x0A: out += #"\n"#.utf8
+            case 0x0D: out += #"\r"#.utf8
+            case 0x09: out += #"\t"#.utf8
+            case ..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out += #"\u00"#.utf8
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 15)])
+            default:
+                out.append(byte)  // UTF-8 multi-byte sequences pass through whole
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
+    static func writeNumber(_ d: Double, into out: inout [UInt8]) {
+        guard d == d.rounded(), abs(d) < 9.007199254740992e15 else {
+            out += format(number: d).utf8
+            return
+        }
+        // Integers, the common case (ids, counts, exit codes), without a String.
+        var v = Int64(d)
+        if v == 0 { out.append(UInt8(ascii: "0")); return }
+        if v < 0 { out.append(UInt8(ascii: "-")); v = -v }
+        let start = out.count
+        while v > 0 {
+            out.append(UInt8(ascii: "0") + UInt8(v % 10))
+            v /= 10
+        }
+        out[start...].reverse()
     }
 
     /// ECMAScript Number::toString, as RFC 8785 requires: integers without a fraction,

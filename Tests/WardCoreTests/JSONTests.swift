@@ -18,6 +18,13 @@ struct JSONTests {
         #expect(v.canonical == #"{"1":false,"a":"x","b":[1,2,{"a":true,"z":null}],"€":1,"😀":2}"#)
     }
 
+    /// UTF-8 bytes and UTF-16 code units order U+E000–U+FFFF and supplementary characters
+    /// differently: RFC 8785 wants UTF-16's order, surrogates (U+1F600) first.
+    @Test func keysAboveTheSurrogatesSortAfterSupplementaryCharacters() throws {
+        let v = try JSONValue.parse(#"{"\uff61": 1, "\ud83d\ude00": 2, "\ue000": 3, "\ud7ff": 4, "\ud83d\ude01x": 5}"#)
+        #expect(v.canonical == "{\"\u{D7FF}\":4,\"😀\":2,\"😁x\":5,\"\u{E000}\":3,\"\u{FF61}\":1}")
+    }
+
     @Test func stringsEscapeMinimally() throws {
         let v = try JSONValue.parse(#""a\"b\\c\/d\n\t\u0001\u00e9""#)
         #expect(v.canonical == #""a\"b\\c/d\n\t\u0001é""#)
