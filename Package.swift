@@ -37,6 +37,7 @@ let package = Package(
         .target(name: "WardLedger", dependencies: [
             "WardCore",
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "GRDBSQLite", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Orchestration of ledger and sandbox: reconcile, and (next) the agent-facing server.

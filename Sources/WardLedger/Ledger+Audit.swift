@@ -115,7 +115,7 @@ extension Ledger {
                 "verdict": (row["verdict"] as String?).map { .string($0) } ?? .null, "note": (row["note"] as String?).map { .string($0) } ?? .null,
             ]
             if status != "running" && status != "in-doubt" {
-                members["result"] = try self.result(db, row: row, replayed: false).json
+                if let call = try CallRecord.fetch(db, run: run, callId: callId) { members["result"] = try self.result(db, call, replayed: false).json }
             }
             members["events"] = .array(try self.events(db, run: run, callId: callId).map(\.json))
             return .object(members)
@@ -223,9 +223,8 @@ extension Ledger {
                 GROUP BY call_id ORDER BY MIN(seq)
                 """, arguments: [run, after])
             return try ids.compactMap { id in
-                guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, id]),
-                      !["running", "in-doubt"].contains(row["status"] as String) else { return nil }
-                return try self.result(db, row: row, replayed: true)
+                guard let call = try CallRecord.fetch(db, run: run, callId: id), call.status != "running", call.status != "in-doubt" else { return nil }
+                return try self.result(db, call, replayed: true)
             }
         }
     }

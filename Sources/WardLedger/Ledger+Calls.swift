@@ -38,6 +38,44 @@ public struct BeginRequest: Sendable {
     }
 }
 
+/// The columns of a `calls` row that decide what happens to a call and make its result.
+struct CallRecord {
+    var callId: String
+    var tool: String
+    var effect: String
+    var argsHash: String
+    var status: String
+    var verdict: String?
+    var owner: String?
+    var startedAt: String
+    var attempt: Int
+    var executions: Int
+    var exitCode: Int?
+    var signal: Int?
+    var stdoutHash: [UInt8]?
+    var stderrHash: [UInt8]?
+    var truncated: Bool
+    var durationMs: Double
+
+    /// Finished, or resolved as executed: its result is final and is replayed.
+    var isSettled: Bool {
+        status != "running" && status != "in-doubt" && (status != "resolved" || verdict == "executed")
+    }
+
+    static func fetch(_ db: Database, run: String, callId: String) throws -> CallRecord? {
+        try db.first("""
+            SELECT call_id, tool, effect, args_hash, status, verdict, owner, started_at, attempt, executions, exit_code, signal,
+                   stdout, stderr, truncated, duration_ms
+            FROM calls WHERE run_id = ? AND call_id = ?
+            """, [.text(run), .text(callId)]) { r in
+            CallRecord(callId: r.text(0), tool: r.text(1), effect: r.text(2), argsHash: r.text(3), status: r.text(4),
+                       verdict: r.optionalText(5), owner: r.optionalText(6), startedAt: r.text(7), attempt: r.int(8), executions: r.int(9),
+                       exitCode: r.optionalInt(10), signal: r.optionalInt(11), stdoutHash: r.isNull(12) ? nil : r.blob(12),
+                       stderrHash: r.isNull(13) ? nil : r.blob(13), truncated: r.int(14) != 0, durationMs: r.real(15))
+        }
+    }
+}
+
 /// Permission to run a call once: its `running` record is durable.
 public struct CallTicket: Sendable, Hashable {
     public let run: String
@@ -70,19 +108,11 @@ extension Ledger {
     public func begin(_ request: BeginRequest) throws(LedgerError) -> BeginDecision {
         let canonical = request.arguments.canonical
         let argsHash = Digest.sha256Hex(canonical.utf8)
-        // Replays, the common case after a restart, are served from a read transaction:
-        // a finished call never changes, so no write lock is needed to return it.
-        if let replay = try read("reading call \(request.callId)", { db -> CallResult? in
-            guard let row = try self.row(db, "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", [request.run, request.callId]),
-                  (row["tool"] as String) == request.tool, (row["args_hash"] as String) == argsHash else { return nil }
-            let status: String = row["status"]
-            guard !["running", "in-doubt"].contains(status), status != "resolved" || (row["verdict"] as String?) == "executed" else { return nil }
-            return try self.result(db, row: row, replayed: true)
-        }) {
-            return .replay(replay)
-        }
         let binaryHash = digests.digest(of: request.executable)
         let me = identity.text
+        // One write transaction decides and records. A replay writes nothing, so its commit
+        // does not touch the disk; and the writer's page cache is warm, where a reader's is
+        // invalidated by every commit.
         let decision = try write("recording the start of call \(request.callId)") { db -> BeginDecision in
             let now = Timestamp.now()
             func startExecution(_ execution: Int) throws -> BeginDecision {
@@ -101,48 +131,43 @@ extension Ledger {
                                            execution: execution, checkpointSeq: checkpointSeq))
             }
 
-            guard let row = try self.row(db, "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", [request.run, request.callId]) else {
-                try self.execute(db, """
+            guard let call = try CallRecord.fetch(db, run: request.run, callId: request.callId) else {
+                try db.run("""
                     INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
                                        attempt, executions, owner, started_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
-                    """, [request.run, request.callId, request.tool, request.effect.rawValue, argsHash, canonical,
-                                request.policyHash, binaryHash, request.attempt, me, now])
+                    """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
+                          .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now)])
                 return try startExecution(1)
             }
-            let tool: String = row["tool"]
-            let recordedHash: String = row["args_hash"]
-            if tool != request.tool || recordedHash != argsHash {
-                let what = tool != request.tool ? "tool \(tool)" : "different arguments"
-                throw LedgerError(.conflict, "call \(request.callId) of run \(request.run) was recorded with \(what) (started \(row["started_at"] as String))")
+            if call.tool != request.tool || call.argsHash != argsHash {
+                let what = call.tool != request.tool ? "tool \(call.tool)" : "different arguments"
+                throw LedgerError(.conflict, "call \(request.callId) of run \(request.run) was recorded with \(what) (started \(call.startedAt))")
             }
-            let status: String = row["status"]
-            let executions: Int = row["executions"]
-            switch status {
+            switch call.status {
             case "running":
-                let owner: String? = row["owner"]
-                if let owner, let identity = ProcessIdentity(text: owner), identity.isAlive {
+                if let owner = call.owner, let identity = ProcessIdentity(text: owner), identity.isAlive {
                     throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(owner == me ? "in this process" : "process \(identity.pid)"))")
                 }
                 // Its process died mid-call.
-                if CallEffect(rawValue: row["effect"]) == .nonIdempotent {
-                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: owner)
-                    throw self.inDoubtError(run: request.run, callId: request.callId, started: row["started_at"])
+                if CallEffect(rawValue: call.effect) == .nonIdempotent {
+                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner)
+                    throw self.inDoubtError(run: request.run, callId: request.callId, started: call.startedAt)
                 }
-                try db.execute(sql: "UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
-                               arguments: [executions + 1, me, request.attempt, now, request.run, request.callId])
-                return try startExecution(executions + 1)
+                try db.run("UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
+                           [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
+                return try startExecution(call.executions + 1)
             case "in-doubt":
-                throw self.inDoubtError(run: request.run, callId: request.callId, started: row["started_at"])
-            case "resolved" where (row["verdict"] as String?) == "not-executed":
-                try db.execute(sql: """
+                throw self.inDoubtError(run: request.run, callId: request.callId, started: call.startedAt)
+            case "resolved" where call.verdict == "not-executed":
+                try db.run("""
                     UPDATE calls SET status = 'running', executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
                         verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL
                     WHERE run_id = ? AND call_id = ?
-                    """, arguments: [executions + 1, me, request.attempt, now, request.run, request.callId])
-                return try startExecution(executions + 1)
+                    """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
+                return try startExecution(call.executions + 1)
             default:
-                return .replay(try self.result(db, row: row, replayed: true))
+                return .replay(try self.result(db, call, replayed: true))
             }
         }
         if case .execute = decision, FailPoints.hit(.afterBegin) {
@@ -174,12 +199,13 @@ extension Ledger {
                 recorded = try write("recording the outcome of call \(ticket.callId)") { db in
                     let out = try self.putBlob(db, outcome.stdout)
                     let err = try self.putBlob(db, outcome.stderr)
-                    try self.execute(db, """
+                    try db.run("""
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
                         WHERE run_id = ? AND call_id = ?
-                        """, [outcome.status.rawValue, Timestamp.now(), outcome.exitCode, outcome.signal, out.databaseData,
-                                  err.databaseData, outcome.truncated, outcome.durationMs, ticket.run, ticket.callId])
+                        """, [.text(outcome.status.rawValue), .text(Timestamp.now()), SQLValue(outcome.exitCode.map(Int.init)),
+                              SQLValue(outcome.signal.map(Int.init)), .blob(out), .blob(err), .int(outcome.truncated ? 1 : 0),
+                              .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId)])
                     try self.appendEvent(db, run: ticket.run, kind: "call.finish", call: ticket.callId, data: [
                         "status": .string(outcome.status.rawValue),
                         "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,
@@ -209,21 +235,19 @@ extension Ledger {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         var delay = 0.001
         while true {
-            let row = try read("reading call \(callId)") { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
+            let found = try read("reading call \(callId)") { db -> (CallRecord, CallResult?)? in
+                guard let call = try CallRecord.fetch(db, run: run, callId: callId) else { return nil }
+                return (call, call.isSettled ? try self.result(db, call, replayed: true) : nil)
             }
-            guard let row else { return nil }
-            let status: String = row["status"]
-            switch status {
+            guard let (call, result) = found else { return nil }
+            if let result { return result }
+            switch call.status {
             case "running":
-                let owner: String? = row["owner"]
-                if owner.flatMap(ProcessIdentity.init(text:))?.isAlive != true { return nil }  // died: the caller begins again
+                if call.owner.flatMap(ProcessIdentity.init(text:))?.isAlive != true { return nil }  // died: the caller begins again
             case "in-doubt":
-                throw inDoubtError(run: run, callId: callId, started: row["started_at"])
-            case "resolved" where (row["verdict"] as String?) == "not-executed":
-                return nil
+                throw inDoubtError(run: run, callId: callId, started: call.startedAt)
             default:
-                return try read("reading call \(callId)") { db in try self.result(db, row: row, replayed: true) }
+                return nil  // resolved not-executed: the caller begins again
             }
             if ContinuousClock.now >= deadline {
                 throw LedgerError(.inProgress, "call \(callId) of run \(run) is still running after \(timeout) s")
@@ -233,16 +257,14 @@ extension Ledger {
         }
     }
 
-    /// The CallResult of a finished (or resolved) call row.
-    func result(_ db: Database, row: Row, replayed: Bool) throws -> CallResult {
-        let status = CallStatus(rawValue: row["status"]) ?? .failed
-        let stdout: DatabaseValue = row["stdout"]
-        let stderr: DatabaseValue = row["stderr"]
-        let out = stdout.isNull ? [] : (try blob(db, stdout.bytes) ?? [])
-        let err = stderr.isNull ? [] : (try blob(db, stderr.bytes) ?? [])
-        let outcome = ToolOutcome(status: status, exitCode: row["exit_code"], signal: row["signal"], stdout: out, stderr: err,
-                                  truncated: (row["truncated"] as Bool?) ?? false, durationMs: (row["duration_ms"] as Double?) ?? 0)
-        return CallResult(callId: row["call_id"], tool: row["tool"], outcome: outcome, replayed: replayed, attempt: row["attempt"])
+    /// The CallResult of a settled call.
+    func result(_ db: Database, _ call: CallRecord, replayed: Bool) throws -> CallResult {
+        let out = try call.stdoutHash.map { try blob(db, $0) ?? [] } ?? []
+        let err = try call.stderrHash.map { try blob(db, $0) ?? [] } ?? []
+        let outcome = ToolOutcome(status: CallStatus(rawValue: call.status) ?? .failed, exitCode: call.exitCode.map(Int32.init),
+                                  signal: call.signal.map(Int32.init), stdout: out, stderr: err, truncated: call.truncated,
+                                  durationMs: call.durationMs)
+        return CallResult(callId: call.callId, tool: call.tool, outcome: outcome, replayed: replayed, attempt: call.attempt)
     }
 
     // MARK: - Recovery

@@ -107,11 +107,11 @@ extension Ledger {
         let keyframe = previous == nil || chainLength >= Ledger.keyframeInterval || chainBytes >= hashes.count * 32
         let stored: [UInt8] = keyframe ? hashes.flatMap { $0 } : fresh
         let stateHash = Digest.sha256Hex(state)
-        try execute(db, """
+        try db.run("""
             INSERT INTO checkpoints (run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep, keep_tail, chunks)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """, [run, seq, label, callId, Timestamp.now(), state.count, stateHash,
-                             keyframe ? nil : seq - 1, keyframe ? 0 : keep, keyframe ? 0 : keepTail, stored.databaseData])
+            """, [.text(run), .int(seq), SQLValue(label), SQLValue(callId), .text(Timestamp.now()), .int(state.count), .text(stateHash),
+                  keyframe ? .null : .int(seq - 1), .int(keyframe ? 0 : keep), .int(keyframe ? 0 : keepTail), .blob(stored)])
         var data: [String: JSONValue] = ["seq": .number(Double(seq)), "size": .number(Double(state.count)), "stateHash": .string(stateHash)]
         if let label { data["label"] = .string(label) }
         try appendEvent(db, run: run, kind: "checkpoint.save", call: callId, data: data)
@@ -203,7 +203,7 @@ extension Ledger {
                 }
                 return (parsed, false)
             }
-            try self.execute(db, "INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)", [run, key, text, Timestamp.now()])
+            try db.run("INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)", [.text(run), .text(key), .text(text), .text(Timestamp.now())])
             try self.appendEvent(db, run: run, kind: "journal.record", data: ["key": .string(key), "valueHash": .string(Digest.sha256Hex(text.utf8))])
             return (value, true)
         }

@@ -231,6 +231,18 @@ public final class Ledger: Sendable {
                     BEGIN SELECT RAISE(ABORT, 'ward ledger events are append-only'); END;
                 """)
         }
+        // Every index is one more page in each commit's WAL frames, and the fdatasync of
+        // every begin and finish pays for them. Only unsettled calls need finding by status
+        // (recovery at start-up, in-doubt lists); audits by tool or call scan a run's rows.
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: """
+                DROP INDEX calls_by_status;
+                DROP INDEX calls_by_tool;
+                DROP INDEX events_by_call;
+                CREATE INDEX calls_running ON calls(run_id) WHERE status = 'running';
+                CREATE INDEX calls_in_doubt ON calls(run_id) WHERE status = 'in-doubt';
+                """)
+        }
         return migrator
     }()
 
@@ -241,26 +253,20 @@ public final class Ledger: Sendable {
     @discardableResult
     func appendEvent(_ db: Database, run: String, kind: String, call: String? = nil, data: [String: JSONValue]) throws -> Int {
         let now = Timestamp.now()
-        let head = try row(db, "SELECT event_count, head_hash FROM runs WHERE run_id = ?", [run])
-        let count: Int
-        let prev: String
-        if let head {
-            count = head["event_count"]
-            prev = head["head_hash"]
-        } else {
-            try db.execute(sql: "INSERT INTO runs (run_id, created_at, updated_at, attempts, event_count, head_hash) VALUES (?, ?, ?, 0, 0, ?)",
-                           arguments: [run, now, now, Digest.genesis])
-            count = 0
-            prev = Digest.genesis
+        let head = try db.first("SELECT event_count, head_hash FROM runs WHERE run_id = ?", [.text(run)]) { (count: $0.int(0), hash: $0.text(1)) }
+        if head == nil {
+            try db.run("INSERT INTO runs (run_id, created_at, updated_at, attempts, event_count, head_hash) VALUES (?, ?, ?, 0, 0, ?)",
+                       [.text(run), .text(now), .text(now), .text(Digest.genesis)])
         }
-        let seq = count + 1
+        let prev = head?.hash ?? Digest.genesis
+        let seq = (head?.count ?? 0) + 1
         var members: [String: JSONValue] = ["run": .string(run), "seq": .number(Double(seq)), "at": .string(now), "kind": .string(kind), "data": .object(data)]
         if let call { members["call"] = .string(call) }
         let body = JSONValue.object(members).canonical
         let hash = Ledger.chain(prev: prev, body: body)
-        try execute(db, "INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [run, seq, now, kind, call, body, prev, hash])
-        try execute(db, "UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?", [seq, hash, now, run])
+        try db.run("INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [.text(run), .int(seq), .text(now), .text(kind), SQLValue(call), .text(body), .text(prev), .text(hash)])
+        try db.run("UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?", [.int(seq), .text(hash), .text(now), .text(run)])
         return seq
     }
 
@@ -272,30 +278,36 @@ public final class Ledger: Sendable {
     @discardableResult
     func putBlob(_ db: Database, _ bytes: [UInt8]) throws -> [UInt8] {
         let hash = Digest.sha256(bytes)
-        try execute(db, "INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?, ?, ?)", [hash.databaseData, bytes.count, bytes.databaseData])
+        try db.run("INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?, ?, ?)", [.blob(hash), .int(bytes.count), .blob(bytes)])
         return hash
     }
 
     func blob(_ db: Database, _ hash: [UInt8]) throws -> [UInt8]? {
-        guard let row = try row(db, "SELECT data FROM blobs WHERE hash = ?", [hash.databaseData]) else { return nil }
-        let data: DatabaseValue = row["data"]
-        return data.bytes
-    }
-
-    // MARK: - Cached statements (the hot path prepares each SQL text once per connection)
-
-    func execute(_ db: Database, _ sql: String, _ arguments: StatementArguments = []) throws {
-        try db.cachedStatement(sql: sql).execute(arguments: arguments)
-    }
-
-    func row(_ db: Database, _ sql: String, _ arguments: StatementArguments = []) throws -> Row? {
-        try Row.fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
+        try db.first("SELECT data FROM blobs WHERE hash = ?", [.blob(hash)]) { $0.blob(0) }
     }
 
     // MARK: - Access with error mapping
 
+    /// One `BEGIN IMMEDIATE` transaction on the writer, committed when `body` returns and
+    /// rolled back when it throws. BEGIN and COMMIT are cached statements: GRDB's own
+    /// transaction wrapper parses both texts anew for every commit, on the hot path twice
+    /// per tool call.
     func write<T>(_ what: String, _ body: (Database) throws -> T) throws(LedgerError) -> T {
-        do { return try pool.write(body) } catch let error as LedgerError { throw error } catch {
+        do {
+            return try pool.writeWithoutTransaction { db in
+                try db.run("BEGIN IMMEDIATE")
+                do {
+                    let value = try body(db)
+                    try db.run("COMMIT")
+                    return value
+                } catch {
+                    // A failed COMMIT may leave the transaction open (SQLITE_BUSY) or closed
+                    // (an I/O error rolls it back): either way nothing of it stays.
+                    if db.isInsideTransaction { try? db.run("ROLLBACK") }
+                    throw error
+                }
+            }
+        } catch let error as LedgerError { throw error } catch {
             throw Ledger.map(error, doing: what)
         }
     }
