@@ -1,5 +1,6 @@
-// ward-bench: the figures of Scripts/bench. Every comparison is a ratio of medians of
-// runs interleaved in one process (A, B, C, A, B, C, …), so machine noise hits all alike.
+// ward-bench: the figures of Scripts/bench. Every comparison is a ratio of medians of runs
+// measured in one process, in rotating blocks (see `measureInBlocks`), so that drift and
+// machine noise hit all alike.
 import CWardBench
 import WardCore
 import WardPolicy
@@ -23,6 +24,29 @@ func median(_ xs: [Double]) -> Double {
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
+/// Samples of several operations, `rounds` rounds of `block` back-to-back runs of each, the
+/// order of the blocks rotating every round. Back to back, each operation is measured in its
+/// own steady state, aftermath included: bwrap's namespaces are torn down by the kernel after
+/// it exits, and one-at-a-time interleaving charged that work to whatever ran next (ward's
+/// call followed bwrap two times in three, bwrap never followed itself).
+func measureInBlocks(rounds: Int, block: Int, _ operations: (Int) -> [(name: String, run: () throws -> Void)]) throws -> [String: [Double]] {
+    var samples: [String: [Double]] = [:]
+    for round in 0..<rounds {
+        let ops = operations(round)
+        for k in 0..<ops.count {
+            let op = ops[(k + round) % ops.count]
+            for _ in 0..<block {
+                let t0 = now()
+                try op.run()
+                samples[op.name, default: []].append(Double(now() - t0) / 1000)
+            }
+        }
+    }
+    return samples
+}
+
+/// Runs of each operation per block.
+let blockLength = 10
 
 /// posix_spawn + wait, for peers (bwrap, firejail) whose own set-up is what is measured.
 func spawnAndWait(_ argv: [String]) -> Int32 {
@@ -116,7 +140,6 @@ let directSandbox = try Sandbox(policies: shipped, workspace: workspace, useZygo
 
 let bwrap = which("bwrap")
 let firejail = which("firejail")
-var samples: [String: [Double]] = ["ward": [], "bare": [], "bwrap": [], "firejail": [], "pidns": [], "netns": [], "direct": []]
 let empty = JSONValue.object([:])
 // Warm-up: compile the filter, build the ruleset, fill the cgroup pool, page in binaries.
 for _ in 0..<20 {
@@ -124,33 +147,20 @@ for _ in 0..<20 {
     _ = try directSandbox.run(tool: "true", arguments: empty)
     _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
 }
-for i in 0..<iterations {
-    var order: [String] = ["ward", "bare", "direct", "pidns", "netns"]
-    if bwrap != nil { order.append("bwrap") }
-    if firejail != nil && i % 10 == 0 { order.append("firejail") }  // ~30 ms each: sample, don't dominate
-    for k in 0..<order.count {
-        let which = order[(k + i) % order.count]
-        let t0 = now()
-        switch which {
-        case "ward":
-            let o = try sandbox.run(tool: "true", arguments: empty)
-            precondition(o.status == .succeeded, "sandboxed /bin/true failed: \(o)")
-        case "direct":
-            let o = try directSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded)
-        case "pidns":
-            let o = try pidnsSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded)
-        case "netns":
-            let o = try sandbox.run(tool: "true-netns", arguments: empty); precondition(o.status == .succeeded)
-        case "bare":
-            let st = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
-            precondition(st == 0)
-        case "bwrap":
-            precondition(spawnAndWait([bwrap!, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) == 0, "bwrap failed")
-        default:
-            _ = spawnAndWait([firejail!, "--quiet", "--noprofile", "/bin/true"])
-        }
-        samples[which]!.append(Double(now() - t0) / 1000)
+let samples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { round in
+    var ops: [(name: String, run: () throws -> Void)] = [
+        ("ward", { let o = try sandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded, "sandboxed /bin/true failed: \(o)") }),
+        ("direct", { let o = try directSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
+        ("pidns", { let o = try pidnsSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
+        ("netns", { let o = try sandbox.run(tool: "true-netns", arguments: empty); precondition(o.status == .succeeded) }),
+        ("bare", { precondition(Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } == 0) }),
+    ]
+    if let bwrap {
+        ops.append(("bwrap", { precondition(spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) == 0, "bwrap failed") }))
     }
+    // ~25 ms each: sampled, so it does not dominate the run time.
+    if let firejail, round % 10 == 0 { ops.append(("firejail", { _ = spawnAndWait([firejail, "--quiet", "--noprofile", "/bin/true"]) })) }
+    return ops
 }
 
 var rows: [Row] = []
@@ -159,8 +169,8 @@ rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardS
 if bwrap != nil {
     rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bwrap --unshare-all", peerValue: median(samples["bwrap"]!), budget: .ratio(0.3)))
 }
-if firejail != nil, !samples["firejail"]!.isEmpty {
-    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(samples["firejail"]!), budget: nil))
+if let firejailSamples = samples["firejail"] {
+    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(firejailSamples), budget: nil))
 }
 
 rows.append(Row(name: "… each call confined anew (no zygote)", ward: median(samples["direct"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
@@ -261,29 +271,26 @@ try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + "\n[
     .write(toFile: benchPolicies + "/tools.toml", atomically: true, encoding: .utf8)
 let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
 let client = BenchClient(callServe.socket)
-var fullCall: [Double] = [], replay: [Double] = [], bareAgain: [Double] = [], bwrapAgain: [Double] = []
 for i in 0..<20 { client.toolCall("warm-\(i)") }
-for i in 0..<iterations {
-    for k in 0..<3 {
-        let which = (k + i) % 3
-        let t0 = now()
-        switch which {
-        case 0: client.toolCall("c\(i)")
-        case 1: _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
-        default: if let bwrap { _ = spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) }
-        }
-        let dt = Double(now() - t0) / 1000
-        if which == 0 { fullCall.append(dt) } else if which == 1 { bareAgain.append(dt) } else { bwrapAgain.append(dt) }
-    }
+var callCount = 0
+let callSamples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { _ in
+    var ops: [(name: String, run: () throws -> Void)] = [
+        ("call", { client.toolCall("c\(callCount)"); callCount += 1 }),
+        ("bare", { _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } }),
+    ]
+    if let bwrap { ops.append(("bwrap", { _ = spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) })) }
+    return ops
 }
+let fullCall = callSamples["call"]!, bareAgain = callSamples["bare"]!
+var replay: [Double] = []
 // Replays as a resumed agent makes them: the recorded calls, one after another.
-for i in 0..<iterations {
+for i in 0..<callCount {
     let t0 = now()
     client.toolCall("c\(i)")
     replay.append(Double(now() - t0) / 1000)
 }
 rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bare fork+exec", peerValue: median(bareAgain), budget: .ratio(2.5)))
-if bwrap != nil {
+if let bwrapAgain = callSamples["bwrap"] {
     rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: .ratio(0.4)))
 }
 rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "", peerValue: nil, budget: .atMost(150)))
