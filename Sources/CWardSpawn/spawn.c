@@ -363,6 +363,7 @@ const char *ward_step_name(int step) {
     case WARD_STEP_EXECVE: return "execve";
     case WARD_STEP_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)";
     case WARD_STEP_ZYGOTE: return "zygote";
+    case WARD_STEP_GATE: return "start gate";
     default: return "spawn";
     }
 }

@@ -67,6 +67,14 @@ WARD_CHILD_SIDE static int call_main(void *arg) {
     // of one policy share the zygote's domain, and must not signal each other or it.
     if (ctx->scope_fd >= 0 && (rc = sys(SYS_landlock_restrict_self, ctx->scope_fd, 0)) < 0)
         ward_child_fail(err, WARD_STEP_LANDLOCK, rc);
+    // The gate: everything up to here overlaps the fsync of the call's `running` record;
+    // the tool itself starts only once ward says that record is on disk. If ward dies
+    // meanwhile, PDEATHSIG (set above) kills this child before it ever execs.
+    if (cfg->gate_fd > 0) {
+        char go = 0;
+        do rc = sys(SYS_read, cfg->gate_fd, (long)&go, 1); while (rc == -EINTR);
+        if (rc != 1 || go != 1) ward_child_fail(err, WARD_STEP_GATE, rc < 0 ? rc : -ECANCELED);
+    }
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));
 }
 
@@ -202,20 +210,34 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int s
     return z;
 }
 
-pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+int ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
     if (ward_spawn_begin(cfg, err, pidfd) != 0) return -1;
     z->call = cfg;
     z->call_err = err;
     z->call_pid = -1;
     z->call_pidfd = -1;
     char byte = 1;
-    if (write(z->req[1], &byte, 1) != 1 || !wait_reply(z)) {
+    if (write(z->req[1], &byte, 1) != 1) {
+        err->step = WARD_STEP_ZYGOTE;
+        err->error = ESRCH;
+        return -1;
+    }
+    return 0;
+}
+
+pid_t ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd) {
+    if (!wait_reply(z)) {
         err->step = WARD_STEP_ZYGOTE;
         err->error = ESRCH;
         return -1;
     }
     if (z->call_pid < 0) return -1;
     return ward_spawn_end(z->call_pid, z->call_pidfd, err, pidfd);
+}
+
+pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+    if (ward_zygote_spawn_start(z, cfg, err, pidfd) != 0) return -1;
+    return ward_zygote_spawn_finish(z, err, pidfd);
 }
 
 pid_t ward_zygote_pid(const struct ward_zygote *z) { return z->pid; }

@@ -105,7 +105,10 @@ extension Ledger {
     /// - Throws: `conflict` (same call ID, other tool or arguments), `in-doubt` (a
     ///   non-idempotent call caught by a crash, not yet settled), `in-progress` (another
     ///   live process or thread is running it: see `awaitOutcome`), `storage`.
-    public func begin(_ request: BeginRequest) throws(LedgerError) -> BeginDecision {
+    ///   - beforeCommit: runs when the call is to execute, inside the transaction, just before
+    ///     the commit that makes the record durable: work that must not precede the decision
+    ///     but may overlap the fsync (the supervisor parks the call's child here).
+    public func begin(_ request: BeginRequest, beforeCommit: () -> Void = {}) throws(LedgerError) -> BeginDecision {
         let canonical = request.arguments.canonical
         let argsHash = Digest.sha256Hex(canonical.utf8)
         let binaryHash = digests.digest(of: request.executable)
@@ -127,6 +130,7 @@ extension Ledger {
                 ]
                 if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
                 try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data)
+                beforeCommit()
                 return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
                                            execution: execution, checkpointSeq: checkpointSeq))
             }

@@ -19,8 +19,15 @@ final class Zygote: @unchecked Sendable {
     private let scopeFD: Int32
     /// The running zygote's C handle. @unchecked: it is only touched inside `handle`'s lock.
     private struct Handle: @unchecked Sendable { var zygote: OpaquePointer? }
-    /// The running zygote. Requests are serialized: one spawn at a time per zygote.
+    /// The running zygote.
     private let handle = Lock(Handle(zygote: nil))
+    /// One spawn at a time per zygote; a parked call holds it from `startParked` to
+    /// `finishParked`, so it is a bare mutex rather than a scoped `Lock`.
+    private let spawning: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
 
     /// The syscalls a call's child makes between the zygote and the tool: a policy that
     /// denies any of them is started directly instead.
@@ -48,6 +55,8 @@ final class Zygote: @unchecked Sendable {
             h.zygote = nil
         }
         if scopeFD >= 0 { close(scopeFD) }
+        pthread_mutex_destroy(spawning)
+        spawning.deallocate()
         config.deallocate()
         bpf.deallocate()
     }
@@ -58,21 +67,55 @@ final class Zygote: @unchecked Sendable {
     /// Spawns through the zygote; nil when the zygote is unavailable (the caller then
     /// spawns directly). A failure of the call's own child is returned like ward_spawn's.
     func spawn(_ call: inout ward_spawn_config, _ error: inout ward_spawn_error, _ pidfd: inout Int32) -> pid_t? {
-        handle.withLock { h -> pid_t? in
-            if h.zygote == nil {
-                var startError = ward_spawn_error()
-                h.zygote = ward_zygote_start(config, scopeFD, &startError)
-                if h.zygote == nil { return nil }
-            }
-            let pid = ward_zygote_spawn(h.zygote, &call, &error, &pidfd)
-            if pid < 0 && error.step == Int32(WARD_STEP_ZYGOTE.rawValue) {
-                // The zygote died (killed from outside, or by a tool of this policy before
-                // the scope could stop it): reap it; the next call starts a new one.
-                ward_zygote_stop(h.zygote)
-                h.zygote = nil
-                return nil
-            }
-            return pid
+        pthread_mutex_lock(spawning)
+        defer { pthread_mutex_unlock(spawning) }
+        return handle.withLock { h -> pid_t? in
+            guard let z = running(&h) else { return nil }
+            return settle(&h, ward_zygote_spawn(z, &call, &error, &pidfd), error)
         }
+    }
+
+    /// Asks the zygote for a child that waits at `call.gate_fd` before execve, if no other
+    /// call holds the zygote; true when asked: the zygote is then reserved for this call
+    /// until `finishParked`.
+    func startParked(_ call: UnsafePointer<ward_spawn_config>, _ error: UnsafeMutablePointer<ward_spawn_error>,
+                     _ pidfd: UnsafeMutablePointer<Int32>) -> Bool {
+        guard pthread_mutex_trylock(spawning) == 0 else { return false }
+        let asked = handle.withLock { h -> Bool in
+            guard let z = running(&h) else { return false }
+            if ward_zygote_spawn_start(z, call, error, pidfd) == 0 { return true }
+            _ = settle(&h, -1, error.pointee)
+            return false
+        }
+        if !asked { pthread_mutex_unlock(spawning) }
+        return asked
+    }
+
+    /// Waits until the parked child has exec'd or given up (after its gate byte) and frees
+    /// the zygote; nil when the zygote died meanwhile.
+    func finishParked(_ error: UnsafeMutablePointer<ward_spawn_error>, _ pidfd: UnsafeMutablePointer<Int32>) -> pid_t? {
+        defer { pthread_mutex_unlock(spawning) }
+        return handle.withLock { h -> pid_t? in
+            guard let z = h.zygote else { return nil }
+            return settle(&h, ward_zygote_spawn_finish(z, error, pidfd), error.pointee)
+        }
+    }
+
+    /// The zygote, started on first use (or after it died); nil when it cannot start.
+    private func running(_ h: inout Handle) -> OpaquePointer? {
+        if h.zygote == nil {
+            var startError = ward_spawn_error()
+            h.zygote = ward_zygote_start(config, scopeFD, &startError)
+        }
+        return h.zygote
+    }
+
+    /// A spawn's result; nil when the zygote is gone: killed from outside, or by a tool of
+    /// this policy before the scope could stop it. It is reaped and the next call starts a new one.
+    private func settle(_ h: inout Handle, _ pid: pid_t, _ error: ward_spawn_error) -> pid_t? {
+        guard pid < 0 && error.step == Int32(WARD_STEP_ZYGOTE.rawValue) else { return pid }
+        ward_zygote_stop(h.zygote)
+        h.zygote = nil
+        return nil
     }
 }

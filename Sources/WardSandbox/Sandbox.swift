@@ -203,12 +203,18 @@ public final class Sandbox: Sendable {
     /// - Parameters:
     ///   - arguments: a JSON object; fills `{name}` placeholders and is the tool's stdin.
     ///   - environment: extra variables (WARD_RUN_ID, WARD_CALL_ID, …) on top of the allowlist.
-    ///   - extraEnvironment: added after the policy's.
-    /// - Throws: `SandboxError` when the call could not start; no child ran then.
     ///   - reconcile: run the policy's `reconcile` command instead of its command, in the
     ///     same sandbox, with `WARD_RECONCILE=1` (to settle an in-doubt call).
+    /// - Throws: `SandboxError` when the call could not start; no child ran then.
     public func run(tool name: String, arguments: JSONValue, environment extra: [(String, String)] = [],
                     reconcile: Bool = false) throws(SandboxError) -> ToolOutcome {
+        try prepareCall(tool: name, arguments: arguments, environment: extra, reconcile: reconcile).run()
+    }
+
+    /// Everything one call needs, prepared in the parent (argv, environment, stdin, pipes, a
+    /// cgroup); no child exists yet. Same parameters as `run`.
+    public func prepareCall(tool name: String, arguments: JSONValue, environment extra: [(String, String)] = [],
+                            reconcile: Bool = false) throws(SandboxError) -> SandboxCall {
         let tool = try prepare(name)
         let policy = tool.policy
         var executable = tool.executable
@@ -234,117 +240,11 @@ public final class Sandbox: Sendable {
             }
         }
         for (key, value) in extra { env.append("\(key)=\(value)") }
-
-        // stdin: the arguments JSON in a memfd, so any size is handed over without a writer thread.
-        let stdinFD = ward_memfd("ward-args")
-        guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
-        defer { close(stdinFD) }
-        let input = arguments.canonicalBytes
-        guard Sandbox.writeAll(stdinFD, input) else { throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno) }
-        lseek(stdinFD, 0, SEEK_SET)
-
-        var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
-        guard ward_pipe_cloexec(&outPipe) == 0 else { throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno) }
-        guard ward_pipe_cloexec(&errPipe) == 0 else {
-            close(outPipe[0]); close(outPipe[1])
-            throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno)
-        }
-        var readEnds = [outPipe[0], errPipe[0]]
-        defer { for fd in readEnds where fd >= 0 { close(fd) } }
-
-        // Containment of the whole tree, and the limits only the kernel's cgroups can hold.
-        let slot: CgroupSlot? = treeKill == .cgroup ? try cgroups!.acquire() : nil
-        let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
-        let rlimits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes, cgroupMemory: enforced.memory)
-
-        let rootless = !features.privileged
-        let newPidNS = treeKill == .pidNamespace
-        let newUserNS = rootless && (newPidNS || tool.newNetNamespace)
-
-        let start = Sandbox.monotonicNanoseconds()
-        var spawnError = ward_spawn_error()
-        var pidfd: Int32 = -1
-        let pid = Sandbox.withCStrings(argv) { cArgv in
-            Sandbox.withCStrings(env) { cEnv in
-                (slot?.procsFDs ?? []).withUnsafeBufferPointer { cgroupFDs in
-                    rlimits.withUnsafeBufferPointer { limits in
-                        tool.bpf.bytes.withUnsafeBytes { bpf in
-                            workspace.withCString { cwd in
-                                executable.withCString { path in
-                                    var config = ward_spawn_config()
-                                    config.path = path
-                                    config.argv = cArgv
-                                    config.envp = cEnv
-                                    config.cwd = cwd
-                                    config.stdin_fd = stdinFD
-                                    config.stdout_fd = outPipe[1]
-                                    config.stderr_fd = errPipe[1]
-                                    config.cgroup_procs_fds = cgroupFDs.baseAddress
-                                    config.cgroup_procs_count = Int32(cgroupFDs.count)
-                                    config.new_pid_namespace = newPidNS ? 1 : 0
-                                    config.new_user_namespace = newUserNS ? 1 : 0
-                                    config.new_net_namespace = tool.newNetNamespace ? 1 : 0
-                                    config.outer_uid = geteuid()
-                                    config.outer_gid = getegid()
-                                    config.rlimits = limits.baseAddress
-                                    config.rlimit_count = Int32(limits.count)
-                                    config.drop_bounding_set = (features.privileged || newUserNS) ? 1 : 0
-                                    config.cap_last = Int32(features.capLast)
-                                    config.landlock_ruleset_fd = tool.landlockFD
-                                    config.bpf = features.seccomp ? bpf.baseAddress : nil
-                                    config.bpf_len = UInt16(tool.bpf.instructionCount)
-                                    config.pdeath_signal = SIGKILL
-                                    config.raise_oom_score = enforced.memory ? 0 : 1
-                                    if let zygote = tool.zygote, let pid = zygote.spawn(&config, &spawnError, &pidfd) { return pid }
-                                    return ward_spawn(&config, &spawnError, &pidfd)
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        close(outPipe[1])
-        close(errPipe[1])
-        guard pid > 0 else {
-            if let slot { cgroups!.release(slot) }
-            let step = String(cString: ward_step_name(spawnError.step))
-            let code: SandboxError.Code = spawnError.step == Int32(WARD_STEP_EXECVE.rawValue) ? .policyDenied : .spawnFailed
-            throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.error)) (tool \(name), \(executable))", errno: spawnError.error)
-        }
-        defer { close(pidfd) }
-        active.withLock { $0[pid] = slot }
-        defer { active.withLock { _ = $0.removeValue(forKey: pid) } }
-        _ = FailPoints.hit(.afterSpawn)
-
-        var collector = OutputCollector(fds: readEnds, limit: Int(policy.limits.output))
-        let deadline = start + policy.timeoutMilliseconds * 1_000_000
-        var timedOut = false
-        // Read output until the tool exits or the deadline passes.
-        while !collector.pollOnce(extra: pidfd, until: deadline) {
-            if Sandbox.monotonicNanoseconds() >= deadline {
-                timedOut = true
-                break
-            }
-        }
-        if timedOut {
-            killTree(pid: pid, slot: slot)
-        }
-        var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
-        ward_wait(pid, &exited, &code, &signal)
-        // The tool is gone; whatever it started goes with it (guarantee 7).
-        if !timedOut { killTree(pid: pid, slot: slot) }
-        collector.drain(until: Sandbox.monotonicNanoseconds() + 2_000_000_000)
-        readEnds = collector.fds
-        let durationMs = Double(Sandbox.monotonicNanoseconds() - start) / 1e6
-        if let slot { cgroups!.release(slot) }
-
-        let status: CallStatus
-        if timedOut { status = .timedOut } else if exited != 0 { status = code == 0 ? .succeeded : .failed } else { status = .killed }
-        return ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
-                           stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
-                           durationMs: (durationMs * 1000).rounded() / 1000)
+        return try SandboxCall(sandbox: self, name: name, tool: tool, executable: executable, argv: argv, environment: env, arguments: arguments)
     }
+
+    func register(_ pid: pid_t, _ slot: CgroupSlot?) { active.withLock { $0[pid] = slot } }
+    func unregister(_ pid: pid_t) { active.withLock { _ = $0.removeValue(forKey: pid) } }
 
     /// The pids of this sandbox's running zygotes (for `ward doctor`-style inspection and tests).
     public func zygoteProcessIDs() -> [pid_t] {

@@ -139,11 +139,19 @@ public final class Supervisor: Sendable {
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
                                    policyHash: policyHash(policy), executable: executable, attempt: attempt,
                                    checkpoint: p["checkpoint"].map(\.canonicalBytes))
+        let environment = Reconciler.environment(run: runID, callId: callId)
         var reconciled = false
         while true {
+            // The child is created and confined while `begin` fsyncs the `running` record, and
+            // waits at its gate: the tool execs only once the record is durable.
+            var parked: SandboxCall?
+            defer { parked?.cancel() }
             let decision: BeginDecision
             do {
-                decision = try ledger.begin(request)
+                decision = try ledger.begin(request) {
+                    parked = try? sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment)
+                    parked?.park()
+                }
             } catch where error.code == .inProgress {
                 // Never a second child: wait for the one that runs.
                 let wait = Double(policy.timeoutMilliseconds) / 1000 + 10
@@ -164,7 +172,8 @@ public final class Supervisor: Sendable {
             case .execute(let ticket):
                 let outcome: ToolOutcome
                 do {
-                    outcome = try sandbox.run(tool: tool, arguments: arguments, environment: Reconciler.environment(run: runID, callId: callId))
+                    let call = try parked ?? sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment)
+                    outcome = try call.run()
                 } catch {
                     // Recorded as denied: the policy or the kernel refused to start it.
                     outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),

@@ -58,4 +58,43 @@ struct ZygoteTests {
         let all = results.withLock { $0 }
         for i in 0..<64 { #expect(all[i] == "\(i)|\(i % 7)", "call \(i): \(all[i] ?? "missing")") }
     }
+
+    /// The supervisor parks a call's child while its `running` record is fsynced: the child
+    /// is made and confined, but the tool runs only when the gate opens, and never after a
+    /// cancel. Each call appends to a file, so a run that should not happen is seen.
+    @Test func aParkedCallRunsOnlyWhenItsGateOpens() throws {
+        _ = try shell("true")  // start the zygote
+        let log = "parked-\(Int.random(in: 100_000...999_999)).log"
+        let path = ZygoteTests.workspace + "/" + log
+        func call(_ tag: String) throws -> SandboxCall {
+            try ZygoteTests.sandbox.prepareCall(tool: "shell", arguments: .object(["command": .string("echo \(tag) >> \(log)")]))
+        }
+        func lines() -> [String] {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        let zombies = Fixture.zombieChildren()
+
+        let cancelled = try call("cancelled")
+        #expect(cancelled.park(), "the zygote was free: the call should park")
+        // Its child exists and is confined, but the tool has not run.
+        let second = try call("second")
+        #expect(!second.park(), "a parked call holds the zygote: a second call must not park")
+        usleep(100_000)
+        #expect(lines().isEmpty, "a parked tool ran before its gate opened: \(lines())")
+        cancelled.cancel()
+
+        let ran = try call("ran")
+        #expect(ran.park())
+        usleep(50_000)
+        #expect(lines().isEmpty)
+        let outcome = try ran.run()
+        #expect(outcome.status == .succeeded, "\(outcome)")
+        #expect(try second.run().status == .succeeded)
+        #expect(lines() == ["ran", "second"])
+        // The cancelled child was reaped (other suites' tools are reaped as they exit, so a
+        // zombie that lasts is one nobody will reap).
+        let left = Fixture.zombieChildren().subtracting(zombies)
+        usleep(300_000)
+        #expect(left.intersection(Fixture.zombieChildren()).isEmpty, "unreaped children: \(left)")
+    }
 }

@@ -33,6 +33,7 @@ enum ward_step {
     WARD_STEP_EXECVE,
     WARD_STEP_PDEATHSIG,
     WARD_STEP_ZYGOTE,
+    WARD_STEP_GATE,
 };
 
 struct ward_rlimit {
@@ -63,6 +64,7 @@ struct ward_spawn_config {
     unsigned short bpf_len;
     int pdeath_signal;            ///< 0 for none
     int raise_oom_score;          ///< no memory cgroup bounds the call: make the tool the OOM victim
+    int gate_fd;                  ///< > 0: read one byte from it before execve; 1 = go, anything else = give up
 };
 
 struct ward_spawn_error {
@@ -112,6 +114,12 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int s
 /// Spawns a call's tool through the zygote (one call at a time per zygote: the caller
 /// serializes). Same contract as ward_spawn; WARD_STEP_ZYGOTE means the zygote is gone.
 pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
+/// ward_zygote_spawn in two halves, for a call whose child waits at `cfg->gate_fd` before
+/// execve: `start` asks the zygote for the child and returns at once (0, or -1 with *err);
+/// `finish` waits until the child has exec'd or given up, with ward_zygote_spawn's result.
+/// The caller writes the gate byte in between and serializes the pair as a whole.
+int ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
+pid_t ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd);
 /// The zygote's pid.
 pid_t ward_zygote_pid(const struct ward_zygote *z);
 /// Kills and reaps the zygote and frees it.

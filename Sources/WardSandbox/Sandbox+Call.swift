@@ -1,0 +1,250 @@
+import CWardSpawn
+import WardCore
+import WardPolicy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One call of a tool, from its prepared spawn to its outcome: `Sandbox.run` is
+/// `prepareCall` then `run`. In between, the supervisor may `park` the call: its child is
+/// created and confined while the call's `running` record is being fsynced, and waits at a
+/// gate before execve, so the tool itself still starts only after the record is durable.
+/// Used by one thread at a time.
+public final class SandboxCall: @unchecked Sendable {
+    // @unchecked: one thread drives a call; the C structures it owns are read by the child,
+    // which shares ward's memory until it execs.
+    let sandbox: Sandbox
+    let name: String
+    let tool: Sandbox.PreparedTool
+    let executable: String
+    private let argv: CStringArray
+    private let environment: CStringArray
+    private let path: UnsafeMutablePointer<CChar>
+    private let cwd: UnsafeMutablePointer<CChar>
+    private let config = UnsafeMutablePointer<ward_spawn_config>.allocate(capacity: 1)
+    private let spawnError = UnsafeMutablePointer<ward_spawn_error>.allocate(capacity: 1)
+    private let pidfd = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    private let rlimits: UnsafeMutableBufferPointer<ward_rlimit>
+    /// The policy's filter, for a direct spawn (a zygote's children inherit it instead).
+    private let bpf: UnsafeMutableRawBufferPointer
+    private let cgroupFDs: UnsafeMutableBufferPointer<Int32>
+    private let slot: CgroupSlot?
+    private var stdinFD: Int32 = -1
+    private var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+    /// The parked child's gate: a pipe whose read end it waits on.
+    private var gate: [Int32] = [-1, -1]
+    /// The zygote holding a parked child (reserved until the child execs or gives up).
+    private var parkedIn: Zygote?
+    private var done = false
+
+    init(sandbox: Sandbox, name: String, tool: Sandbox.PreparedTool, executable: String, argv: [String], environment: [String],
+         arguments: JSONValue) throws(SandboxError) {
+        self.sandbox = sandbox
+        self.name = name
+        self.tool = tool
+        self.executable = executable
+        self.argv = CStringArray(argv)
+        self.environment = CStringArray(environment)
+        path = strdup(executable)
+        cwd = strdup(sandbox.workspace)
+        config.initialize(to: ward_spawn_config())
+        bpf = .allocate(byteCount: max(tool.bpf.bytes.count, 8), alignment: 8)
+        bpf.copyBytes(from: tool.bpf.bytes)
+        spawnError.initialize(to: ward_spawn_error())
+        pidfd.initialize(to: -1)
+        let policy = tool.policy
+        // Containment of the whole tree, and the limits only the kernel's cgroups can hold.
+        var acquired: CgroupSlot?
+        var failure: SandboxError?
+        if sandbox.treeKill == .cgroup {
+            do { acquired = try sandbox.cgroups!.acquire() } catch { failure = error }
+        }
+        slot = acquired
+        let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
+        let limits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes, cgroupMemory: enforced.memory)
+        rlimits = .allocate(capacity: limits.count)
+        _ = rlimits.initialize(from: limits)
+        let fds = slot?.procsFDs ?? []
+        cgroupFDs = .allocate(capacity: fds.count)
+        _ = cgroupFDs.initialize(from: fds)
+        if let failure { throw failure }  // deinit frees what was made
+
+        // stdin: the arguments JSON in a memfd, so any size is handed over without a writer thread.
+        stdinFD = ward_memfd("ward-args")
+        guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
+        guard Sandbox.writeAll(stdinFD, arguments.canonicalBytes) else {
+            throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno)
+        }
+        lseek(stdinFD, 0, SEEK_SET)
+        guard ward_pipe_cloexec(&outPipe) == 0, ward_pipe_cloexec(&errPipe) == 0 else {
+            throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno)
+        }
+
+        let rootless = !sandbox.features.privileged
+        let newPidNS = sandbox.treeKill == .pidNamespace
+        let newUserNS = rootless && (newPidNS || tool.newNetNamespace)
+        config.pointee.path = UnsafePointer(path)
+        config.pointee.argv = UnsafePointer(self.argv.pointers)
+        config.pointee.envp = UnsafePointer(self.environment.pointers)
+        config.pointee.cwd = UnsafePointer(cwd)
+        config.pointee.stdin_fd = stdinFD
+        config.pointee.stdout_fd = outPipe[1]
+        config.pointee.stderr_fd = errPipe[1]
+        config.pointee.cgroup_procs_fds = UnsafePointer(cgroupFDs.baseAddress)
+        config.pointee.cgroup_procs_count = Int32(cgroupFDs.count)
+        config.pointee.new_pid_namespace = newPidNS ? 1 : 0
+        config.pointee.new_user_namespace = newUserNS ? 1 : 0
+        config.pointee.new_net_namespace = tool.newNetNamespace ? 1 : 0
+        config.pointee.outer_uid = geteuid()
+        config.pointee.outer_gid = getegid()
+        config.pointee.rlimits = UnsafePointer(rlimits.baseAddress)
+        config.pointee.rlimit_count = Int32(rlimits.count)
+        config.pointee.drop_bounding_set = (sandbox.features.privileged || newUserNS) ? 1 : 0
+        config.pointee.cap_last = Int32(sandbox.features.capLast)
+        config.pointee.landlock_ruleset_fd = tool.landlockFD
+        config.pointee.bpf = sandbox.features.seccomp ? UnsafeRawPointer(bpf.baseAddress) : nil
+        config.pointee.bpf_len = UInt16(tool.bpf.instructionCount)
+        config.pointee.pdeath_signal = SIGKILL
+        config.pointee.raise_oom_score = enforced.memory ? 0 : 1
+    }
+
+    deinit {
+        if parkedIn != nil { cancel() }
+        for fd in [stdinFD, outPipe[0], outPipe[1], errPipe[0], errPipe[1], gate[0], gate[1]] where fd >= 0 { close(fd) }
+        if let slot, !done { sandbox.cgroups!.release(slot) }
+        free(path)
+        free(cwd)
+        config.deallocate()
+        spawnError.deallocate()
+        pidfd.deallocate()
+        rlimits.deallocate()
+        cgroupFDs.deallocate()
+        bpf.deallocate()
+    }
+
+    /// Creates the child through the tool's zygote and leaves it confined and waiting before
+    /// execve. Returns false, changing nothing, when the tool has no zygote or its zygote is
+    /// busy with another call: `run` then spawns as usual.
+    @discardableResult
+    public func park() -> Bool {
+        guard parkedIn == nil, !done, let zygote = tool.zygote, ward_pipe_cloexec(&gate) == 0 else { return false }
+        config.pointee.gate_fd = gate[0]
+        if zygote.startParked(config, spawnError, pidfd) {
+            parkedIn = zygote
+            return true
+        }
+        config.pointee.gate_fd = 0
+        close(gate[0]); close(gate[1])
+        gate = [-1, -1]
+        return false
+    }
+
+    /// Ends a parked call without running its tool: the child exits at the gate and is reaped.
+    public func cancel() {
+        guard let zygote = parkedIn else { return }
+        parkedIn = nil
+        done = true
+        var no: UInt8 = 0
+        _ = write(gate[1], &no, 1)
+        let pid = zygote.finishParked(spawnError, pidfd)
+        if let pid, pid > 0 {
+            // It exec'd after all (it cannot: it was told no); make sure it is gone.
+            sandbox.killTree(pid: pid, slot: slot)
+            kill(pid, SIGKILL)
+            var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
+            ward_wait(pid, &exited, &code, &signal)
+            close(pidfd.pointee)
+        }
+        if let slot { sandbox.cgroups!.release(slot) }
+    }
+
+    /// Starts the tool (opens a parked child's gate) and waits for it: the tool and
+    /// everything it started are gone when this returns.
+    /// - Throws: `SandboxError` when the call could not start; no tool ran then.
+    public func run() throws(SandboxError) -> ToolOutcome {
+        precondition(!done, "a SandboxCall runs once")
+        done = true
+        let policy = tool.policy
+        let start = Sandbox.monotonicNanoseconds()
+        var pid: pid_t = -1
+        if let zygote = parkedIn {
+            parkedIn = nil
+            var go: UInt8 = 1
+            _ = write(gate[1], &go, 1)
+            if let p = zygote.finishParked(spawnError, pidfd) {
+                pid = p
+            } else {
+                // The zygote died with the child at or past its gate: whether the tool began
+                // is unknown, so it is not started again here; anything it started is killed.
+                if let slot { _ = slot.killAll(); sandbox.cgroups!.release(slot) }
+                throw SandboxError(.spawnFailed, "the zygote of tool \(name) died while starting the call")
+            }
+        } else if let zygote = tool.zygote, let p = zygote.spawn(&config.pointee, &spawnError.pointee, &pidfd.pointee) {
+            pid = p
+        } else {
+            pid = ward_spawn(config, spawnError, pidfd)
+        }
+        close(outPipe[1])
+        close(errPipe[1])
+        outPipe[1] = -1
+        errPipe[1] = -1
+        guard pid > 0 else {
+            if let slot { sandbox.cgroups!.release(slot) }
+            let step = String(cString: ward_step_name(spawnError.pointee.step))
+            let code: SandboxError.Code = spawnError.pointee.step == Int32(WARD_STEP_EXECVE.rawValue) ? .policyDenied : .spawnFailed
+            throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.pointee.error)) (tool \(name), \(executable))", errno: spawnError.pointee.error)
+        }
+        defer { close(pidfd.pointee) }
+        sandbox.register(pid, slot)
+        defer { sandbox.unregister(pid) }
+        _ = FailPoints.hit(.afterSpawn)
+
+        var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output))
+        let deadline = start + policy.timeoutMilliseconds * 1_000_000
+        var timedOut = false
+        // Read output until the tool exits or the deadline passes.
+        while !collector.pollOnce(extra: pidfd.pointee, until: deadline) {
+            if Sandbox.monotonicNanoseconds() >= deadline {
+                timedOut = true
+                break
+            }
+        }
+        if timedOut {
+            sandbox.killTree(pid: pid, slot: slot)
+        }
+        var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
+        ward_wait(pid, &exited, &code, &signal)
+        // The tool is gone; whatever it started goes with it (guarantee 7).
+        if !timedOut { sandbox.killTree(pid: pid, slot: slot) }
+        collector.drain(until: Sandbox.monotonicNanoseconds() + 2_000_000_000)
+        (outPipe[0], errPipe[0]) = (collector.fds[0], collector.fds[1])
+        let durationMs = Double(Sandbox.monotonicNanoseconds() - start) / 1e6
+        if let slot { sandbox.cgroups!.release(slot) }
+
+        let status: CallStatus
+        if timedOut { status = .timedOut } else if exited != 0 { status = code == 0 ? .succeeded : .failed } else { status = .killed }
+        return ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
+                           stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
+                           durationMs: (durationMs * 1000).rounded() / 1000)
+    }
+}
+
+/// A NULL-terminated array of C strings that lives as long as it does (a parked child
+/// reads argv and envp at execve, after the call that built them returned).
+final class CStringArray {
+    let pointers: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+    private let count: Int
+
+    init(_ strings: [String]) {
+        count = strings.count
+        pointers = .allocate(capacity: count + 1)
+        for (i, s) in strings.enumerated() { (pointers + i).initialize(to: strdup(s)) }
+        (pointers + count).initialize(to: nil)
+    }
+
+    deinit {
+        for i in 0..<count { free(pointers[i]) }
+        pointers.deallocate()
+    }
+}
