@@ -25,10 +25,12 @@ func median(_ xs: [Double]) -> Double {
 }
 
 /// Samples of several operations, `rounds` rounds of `block` back-to-back runs of each, the
-/// order of the blocks rotating every round. Back to back, each operation is measured in its
-/// own steady state, aftermath included: bwrap's namespaces are torn down by the kernel after
-/// it exits, and one-at-a-time interleaving charged that work to whatever ran next (ward's
-/// call followed bwrap two times in three, bwrap never followed itself).
+/// order of the blocks rotating every round, with a pause after each block. Back to back,
+/// each operation is measured in its own steady state, its own aftermath included: bwrap's
+/// namespaces are torn down by kernel workers after it exits, for milliseconds, and with
+/// one-at-a-time interleaving that work landed on whatever ran next (ward's call followed
+/// bwrap two times in three, bwrap never followed itself). The pause lets one block's
+/// deferred work end before the next block starts.
 func measureInBlocks(rounds: Int, block: Int, _ operations: (Int) -> [(name: String, run: () throws -> Void)]) throws -> [String: [Double]] {
     var samples: [String: [Double]] = [:]
     for round in 0..<rounds {
@@ -40,6 +42,7 @@ func measureInBlocks(rounds: Int, block: Int, _ operations: (Int) -> [(name: Str
                 try op.run()
                 samples[op.name, default: []].append(Double(now() - t0) / 1000)
             }
+            usleep(50_000)
         }
     }
     return samples
