@@ -486,7 +486,7 @@ var uts = utsname()
 uname(&uts)
 let kernel = withUnsafePointer(to: &uts.release) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
 let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-print("ward bench — \(iterations) interleaved iterations, kernel \(kernel), \(cores) cores, tree kill: \(sandbox.treeKill.rawValue)")
+print("ward bench — \(iterations) iterations in rotating blocks of \(blockLength), kernel \(kernel), \(cores) cores, tree kill: \(sandbox.treeKill.rawValue)")
 print("figure".pad(52) + "ward".pad(11) + "peer".pad(28) + "peer value".pad(12) + "ratio".pad(8) + "budget")
 for r in rows {
     print(r.name.pad(52) + f(r.ward, r.unit).pad(11) + (r.peer.isEmpty ? "—" : r.peer).pad(28) + (r.peerValue.map { f($0, r.unit) } ?? "").pad(12)
