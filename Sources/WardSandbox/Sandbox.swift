@@ -332,10 +332,8 @@ public final class Sandbox: Sendable {
 
     /// A NULL-terminated C array of C strings (argv, envp) for the duration of `body`.
     public static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
-        pointers.append(nil)
-        defer { for p in pointers { free(p) } }
-        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+        let array = CStringArray(strings)
+        return withExtendedLifetime(array) { body(array.pointers) }
     }
 }
 
