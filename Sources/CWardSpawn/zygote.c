@@ -85,6 +85,10 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
     ward_step_signals(err, 0);
     long rc = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
     if (rc < 0) ward_child_fail(err, WARD_STEP_PDEATHSIG, rc);
+    // A name of its own, so `ps` (and an operator) tells the zygote and a call's child that
+    // has not exec'd yet (it inherits the name) from ward. Cosmetic: a failure is ignored.
+    static const char name[] = "ward-zygote";
+    sys(SYS_prctl, PR_SET_NAME, (long)name);
     ward_step_oom_score(err);
     ward_step_confine(z->cfg, err);
     char byte = 1;
