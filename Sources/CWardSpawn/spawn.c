@@ -126,8 +126,8 @@ WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, str
 
     // Join the call's cgroups before anything can fork: every descendant, daemonized or
     // not, stays inside and dies with the call (cgroup.kill / pids.max).
-    for (int i = 0; i < cfg->cgroup_procs_count; i++) {
-        long n = sys(SYS_write, cfg->cgroup_procs_fds[i], (long)"0", 1);
+    for (int i = 0; i < cfg->cgroup_join_count; i++) {
+        long n = sys(SYS_write, cfg->cgroup_join_fds[i], (long)"0", 1);
         if (n != 1) ward_child_fail(err, WARD_STEP_CGROUP, n < 0 ? n : -EIO);
     }
 

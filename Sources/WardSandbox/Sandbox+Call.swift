@@ -65,7 +65,7 @@ public final class SandboxCall: @unchecked Sendable {
         let limits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes, cgroupMemory: enforced.memory)
         rlimits = .allocate(capacity: limits.count)
         _ = rlimits.initialize(from: limits)
-        let fds = slot?.procsFDs ?? []
+        let fds = slot?.joinFDs ?? []
         cgroupFDs = .allocate(capacity: fds.count)
         _ = cgroupFDs.initialize(from: fds)
         if let failure { throw failure }  // deinit frees what was made
@@ -91,8 +91,8 @@ public final class SandboxCall: @unchecked Sendable {
         config.pointee.stdin_fd = stdinFD
         config.pointee.stdout_fd = outPipe[1]
         config.pointee.stderr_fd = errPipe[1]
-        config.pointee.cgroup_procs_fds = UnsafePointer(cgroupFDs.baseAddress)
-        config.pointee.cgroup_procs_count = Int32(cgroupFDs.count)
+        config.pointee.cgroup_join_fds = UnsafePointer(cgroupFDs.baseAddress)
+        config.pointee.cgroup_join_count = Int32(cgroupFDs.count)
         config.pointee.new_pid_namespace = newPidNS ? 1 : 0
         config.pointee.new_user_namespace = newUserNS ? 1 : 0
         config.pointee.new_net_namespace = tool.newNetNamespace ? 1 : 0

@@ -87,12 +87,18 @@ extension Substring {
 }
 
 /// One call's cgroups: one directory per usable hierarchy, reused across calls (mkdir and
-/// rmdir are kept off the hot path). The child joins by writing "0" to each `cgroup.procs`
-/// fd, opened here, before it can fork.
+/// rmdir are kept off the hot path). The child joins by writing "0" (itself) to each join
+/// file, opened here, before it can fork: `tasks` on v1, `cgroup.procs` on v2.
+///
+/// Why `tasks` on v1: moving a whole process (`cgroup.procs`) takes the kernel's global
+/// threadgroup lock for writing, which waits for an RCU grace period unless another move
+/// happened in the last few milliseconds: 6–14 ms for the first call after any idle time,
+/// that is for nearly every call of an agent that thinks between calls. Moving the calling
+/// thread itself skips that lock, and the child is single-threaded, so it moves whole.
 final class CgroupSlot: @unchecked Sendable {
     // @unchecked: a slot is owned by one call at a time, handed over through the pool's lock.
     let directories: [String]
-    let procsFDs: [Int32]
+    let joinFDs: [Int32]
     /// The directory whose membership decides "is the call's tree gone" and how it is killed.
     let primary: String
     let primaryIsV2: Bool
@@ -100,9 +106,9 @@ final class CgroupSlot: @unchecked Sendable {
     let memoryMax: String?
     var applied: (pids: UInt64?, memory: UInt64?) = (nil, nil)
 
-    init(directories: [String], procsFDs: [Int32], primary: String, primaryIsV2: Bool, pidsMax: String?, memoryMax: String?) {
+    init(directories: [String], joinFDs: [Int32], primary: String, primaryIsV2: Bool, pidsMax: String?, memoryMax: String?) {
         self.directories = directories
-        self.procsFDs = procsFDs
+        self.joinFDs = joinFDs
         self.primary = primary
         self.primaryIsV2 = primaryIsV2
         self.pidsMax = pidsMax
@@ -155,7 +161,7 @@ final class CgroupSlot: @unchecked Sendable {
 
     /// Closes the slot's fds (pool shutdown).
     func closeFDs() {
-        for fd in procsFDs { close(fd) }
+        for fd in joinFDs { close(fd) }
         if membersFD >= 0 { close(membersFD) }
     }
 
@@ -230,7 +236,14 @@ final class CgroupPool: Sendable {
             for c in ["pids", "memory"] where available.contains(c) {
                 if writeSmallFile(dir + "/cgroup.subtree_control", "+" + c) == 0 { controllers.insert(c) }
             }
-            roots.append((dir, true, "v2"))
+            // A hybrid machine's v2 hierarchy holds no controller: it would only add
+            // cgroup.kill, which v1 pids matches (pids.max=0, then SIGKILL), and a v2 join
+            // always takes the global lock that `CgroupSlot` explains (6–14 ms after idle).
+            if controllers.isEmpty && layout.v1Pids != nil {
+                rmdir(dir)
+            } else {
+                roots.append((dir, true, "v2"))
+            }
         }
         if let pids = layout.v1Pids, !controllers.contains("pids"), CgroupPool.makeDirectory(pids + "/" + name) {
             roots.append((pids + "/" + name, false, "pids"))
@@ -281,7 +294,7 @@ final class CgroupPool: Sendable {
             closedir(sub)
             for call in calls {
                 let isV2 = access(call + "/cgroup.kill", F_OK) == 0
-                let slot = CgroupSlot(directories: [call], procsFDs: [], primary: call, primaryIsV2: isV2,
+                let slot = CgroupSlot(directories: [call], joinFDs: [], primary: call, primaryIsV2: isV2,
                                       pidsMax: access(call + "/pids.max", F_OK) == 0 ? call + "/pids.max" : nil, memoryMax: nil)
                 if !slot.members().isEmpty { slot.killAll() }
                 rmdir(call)
@@ -306,8 +319,9 @@ final class CgroupPool: Sendable {
             guard CgroupPool.makeDirectory(dir) else {
                 throw SandboxError(.spawnFailed, "cannot create cgroup \(dir): \(errnoName(errno))", errno: errno)
             }
-            let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw SandboxError(.spawnFailed, "cannot open \(dir)/cgroup.procs: \(errnoName(errno))", errno: errno) }
+            let join = dir + (root.isV2 ? "/cgroup.procs" : "/tasks")
+            let fd = open(join, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw SandboxError(.spawnFailed, "cannot open \(join): \(errnoName(errno))", errno: errno) }
             dirs.append(dir)
             fds.append(fd)
             if root.isV2 {
@@ -321,7 +335,7 @@ final class CgroupPool: Sendable {
                 memoryMax = dir + "/memory.limit_in_bytes"
             }
         }
-        return CgroupSlot(directories: dirs, procsFDs: fds, primary: primary!.0, primaryIsV2: primary!.1,
+        return CgroupSlot(directories: dirs, joinFDs: fds, primary: primary!.0, primaryIsV2: primary!.1,
                           pidsMax: pidsMax, memoryMax: memoryMax)
     }
 

@@ -141,7 +141,7 @@ struct RunTests {
         setenv("TOOL_EXTRA", "if [ -e slow ]; then sleep \(token); fi", 1)
         defer { unsetenv("TOOL_EXTRA") }
         try FileManager.default.createDirectory(atPath: dir + "/workspace", withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: dir + "/workspace/slow", contents: nil)
+        _ = FileManager.default.createFile(atPath: dir + "/workspace/slow", contents: nil)
         let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "killed", "--max-restarts", "0", "--",
                     "python3", "agent.py", Paths.repository + "/Scripts"]
         let first = try ward(args, in: dir) { p in

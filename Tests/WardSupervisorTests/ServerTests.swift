@@ -210,7 +210,7 @@ struct ServerTests {
         #expect(c.call(1, "tool.call", shellCall("before", "echo before >> effects.log"))?["result"] != nil)
         // Fill the ledger's disk.
         let filler = mountPoint + "/filler"
-        FileManager.default.createFile(atPath: filler, contents: nil)
+        _ = FileManager.default.createFile(atPath: filler, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: filler))
         while (try? handle.write(contentsOf: Data(repeating: 0, count: 16 * 1024))) != nil {}
         try? handle.close()

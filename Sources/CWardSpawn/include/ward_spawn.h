@@ -49,8 +49,8 @@ struct ward_spawn_config {
     char *const *envp;            ///< NULL-terminated, built from the policy's allowlist
     const char *cwd;              ///< working directory (the workspace)
     int stdin_fd, stdout_fd, stderr_fd;   ///< all > 2, close-on-exec in the parent
-    const int *cgroup_procs_fds;  ///< "cgroup.procs" of each hierarchy the call joins
-    int cgroup_procs_count;
+    const int *cgroup_join_fds;   ///< per hierarchy the call joins, the file it writes "0" to
+    int cgroup_join_count;
     int new_pid_namespace;        ///< the tool becomes pid 1 of a new PID namespace
     int new_user_namespace;       ///< needed for namespaces when not root
     int new_net_namespace;        ///< private network namespace with only loopback up
