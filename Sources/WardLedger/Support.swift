@@ -146,11 +146,26 @@ enum Timestamp {
         var t = ts.tv_sec
         var tm = tm()
         gmtime_r(&t, &tm)
-        func pad(_ v: Int32, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
+        // "YYYY-MM-DDTHH:MM:SS.mmmZ", digit by digit: three of these per tool call.
+        return String(unsafeUninitializedCapacity: 24) { out in
+            var i = 0
+            func put(_ value: Int32, _ width: Int) {
+                var v = Int(value)
+                for k in stride(from: width - 1, through: 0, by: -1) {
+                    out[i + k] = UInt8(ascii: "0") + UInt8(v % 10)
+                    v /= 10
+                }
+                i += width
+            }
+            func put(_ c: Unicode.Scalar) {
+                out[i] = UInt8(ascii: c)
+                i += 1
+            }
+            put(tm.tm_year + 1900, 4); put("-"); put(tm.tm_mon + 1, 2); put("-"); put(tm.tm_mday, 2); put("T")
+            put(tm.tm_hour, 2); put(":"); put(tm.tm_min, 2); put(":"); put(tm.tm_sec, 2); put(".")
+            put(Int32(ts.tv_nsec / 1_000_000), 3); put("Z")
+            return i
         }
-        return "\(pad(tm.tm_year + 1900, 4))-\(pad(tm.tm_mon + 1, 2))-\(pad(tm.tm_mday, 2))T\(pad(tm.tm_hour, 2)):\(pad(tm.tm_min, 2)):\(pad(tm.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
     }
 }
 

@@ -26,8 +26,6 @@ public final class SandboxCall: @unchecked Sendable {
     private let spawnError = UnsafeMutablePointer<ward_spawn_error>.allocate(capacity: 1)
     private let pidfd = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
     private let rlimits: UnsafeMutableBufferPointer<ward_rlimit>
-    /// The policy's filter, for a direct spawn (a zygote's children inherit it instead).
-    private let bpf: UnsafeMutableRawBufferPointer
     private let cgroupFDs: UnsafeMutableBufferPointer<Int32>
     private let slot: CgroupSlot?
     private var stdinFD: Int32 = -1
@@ -49,8 +47,6 @@ public final class SandboxCall: @unchecked Sendable {
         path = strdup(executable)
         cwd = strdup(sandbox.workspace)
         config.initialize(to: ward_spawn_config())
-        bpf = .allocate(byteCount: max(tool.bpf.bytes.count, 8), alignment: 8)
-        bpf.copyBytes(from: tool.bpf.bytes)
         spawnError.initialize(to: ward_spawn_error())
         pidfd.initialize(to: -1)
         let policy = tool.policy
@@ -103,7 +99,9 @@ public final class SandboxCall: @unchecked Sendable {
         config.pointee.drop_bounding_set = (sandbox.features.privileged || newUserNS) ? 1 : 0
         config.pointee.cap_last = Int32(sandbox.features.capLast)
         config.pointee.landlock_ruleset_fd = tool.landlockFD
-        config.pointee.bpf = sandbox.features.seccomp ? UnsafeRawPointer(bpf.baseAddress) : nil
+        // The policy's filter, for a direct spawn (a zygote's children inherit it instead);
+        // `tool` keeps it alive.
+        config.pointee.bpf = sandbox.features.seccomp ? UnsafeRawPointer(tool.bpf.aligned.baseAddress) : nil
         config.pointee.bpf_len = UInt16(tool.bpf.instructionCount)
         config.pointee.pdeath_signal = SIGKILL
         config.pointee.raise_oom_score = enforced.memory ? 0 : 1
@@ -120,7 +118,6 @@ public final class SandboxCall: @unchecked Sendable {
         pidfd.deallocate()
         rlimits.deallocate()
         cgroupFDs.deallocate()
-        bpf.deallocate()
     }
 
     /// Creates the child through the tool's zygote and leaves it confined and waiting before

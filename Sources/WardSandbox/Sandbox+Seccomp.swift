@@ -8,10 +8,21 @@ import Glibc
 
 /// A compiled seccomp program: BPF instructions ready for `seccomp(SECCOMP_SET_MODE_FILTER)`.
 /// Compiled once per (syscall set, network) in the parent; the child only loads it.
-public struct SeccompProgram: Sendable {
+public final class SeccompProgram: Sendable {
     /// The raw `struct sock_filter` array.
     public let bytes: [UInt8]
     public var instructionCount: Int { bytes.count / 8 }
+    /// The same instructions, aligned, at an address that lives as long as the program: what
+    /// a child's `seccomp(2)` reads, so a call or a zygote points here instead of copying.
+    nonisolated(unsafe) let aligned: UnsafeMutableRawBufferPointer
+
+    init(bytes: [UInt8]) {
+        self.bytes = bytes
+        aligned = .allocate(byteCount: max(bytes.count, 8), alignment: 8)
+        aligned.copyBytes(from: bytes)
+    }
+
+    deinit { aligned.deallocate() }
 }
 
 enum Seccomp {

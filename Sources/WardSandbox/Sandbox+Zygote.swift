@@ -11,11 +11,12 @@ import Glibc
 /// capabilities instead of attaching them again. Started on first use, restarted after it
 /// dies; while it cannot run, calls take the direct spawn path, which is equally confined.
 final class Zygote: @unchecked Sendable {
-    // @unchecked: `config` and `bpf` are written once in init and only read afterwards (by
+    // @unchecked: `config` is written once in init and only read afterwards (by
     // the zygote process too, which shares our memory); the C handle lives in the lock.
     /// The confinement the zygote applies; lives as long as the zygote.
     private let config: UnsafeMutablePointer<ward_spawn_config>
-    private let bpf: UnsafeMutableRawBufferPointer
+    /// The filter `config` points at, kept alive with it.
+    private let bpf: SeccompProgram
     private let scopeFD: Int32
     /// The running zygote's C handle. @unchecked: it is only touched inside `handle`'s lock.
     private struct Handle: @unchecked Sendable { var zygote: OpaquePointer? }
@@ -37,12 +38,11 @@ final class Zygote: @unchecked Sendable {
     ]
 
     init(bpf program: SeccompProgram, landlockFD: Int32, features: KernelFeatures) {
-        bpf = UnsafeMutableRawBufferPointer.allocate(byteCount: program.bytes.count, alignment: 8)
-        bpf.copyBytes(from: program.bytes)
+        bpf = program
         config = .allocate(capacity: 1)
         config.initialize(to: ward_spawn_config())
         config.pointee.landlock_ruleset_fd = landlockFD
-        config.pointee.bpf = features.seccomp ? UnsafeRawPointer(bpf.baseAddress) : nil
+        config.pointee.bpf = features.seccomp ? UnsafeRawPointer(program.aligned.baseAddress) : nil
         config.pointee.bpf_len = UInt16(program.instructionCount)
         config.pointee.drop_bounding_set = features.privileged ? 1 : 0
         config.pointee.cap_last = Int32(features.capLast)
@@ -58,7 +58,6 @@ final class Zygote: @unchecked Sendable {
         pthread_mutex_destroy(spawning)
         spawning.deallocate()
         config.deallocate()
-        bpf.deallocate()
     }
 
     /// The running zygote's pid, if one runs.

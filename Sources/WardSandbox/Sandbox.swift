@@ -278,16 +278,25 @@ public final class Sandbox: Sendable {
         case cpu = 0, fileSize = 1, core = 4, processes = 6, openFiles = 7, addressSpace = 9
     }
 
+    /// ward's own hard limits (finite ones), read once: ward never changes them, and a call
+    /// would otherwise ask the kernel for each of them every time.
+    static let hardLimits: [Resource: UInt64] = {
+        var found: [Resource: UInt64] = [:]
+        for resource in [Resource.cpu, .fileSize, .core, .processes, .openFiles, .addressSpace] {
+            var current = rlimit()
+            if getrlimit(__rlimit_resource_t(resource.rawValue), &current) == 0, current.rlim_max != rlim_t.max {
+                found[resource] = UInt64(current.rlim_max)
+            }
+        }
+        return found
+    }()
+
     static func rlimits(_ limits: Limits, cgroupProcesses: Bool, cgroupMemory: Bool) -> [ward_rlimit] {
         var out: [ward_rlimit] = []
         func add(_ resource: Resource, _ value: UInt64?, headroom: UInt64 = 0) {
             guard let value else { return }
             // Without CAP_SYS_RESOURCE a hard limit can only be lowered: clamp to ours.
-            var current = rlimit()
-            var ceiling = UInt64.max
-            if getrlimit(__rlimit_resource_t(resource.rawValue), &current) == 0, current.rlim_max != rlim_t.max {
-                ceiling = UInt64(current.rlim_max)
-            }
+            let ceiling = hardLimits[resource] ?? .max
             out.append(ward_rlimit(resource: resource.rawValue, soft: min(value, ceiling), hard: min(value + headroom, ceiling)))
         }
         add(.core, 0)  // no core files carrying memory contents into the workspace

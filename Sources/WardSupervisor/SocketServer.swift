@@ -11,8 +11,9 @@ import Glibc
 /// on one connection served concurrently and answered by id.
 ///
 /// Every request blocks on the ledger (fsync) and often on a tool for seconds, so each
-/// connection has a reader thread and each request runs on a thread of its own (WorkerPool);
-/// responses are written whole under a per-connection lock. (SO_PEERCRED needs the raw fd.)
+/// request runs on a thread of its own: the thread that read it, while a pool thread takes
+/// over reading the connection (WorkerPool). Responses are written whole under a
+/// per-connection lock. (SO_PEERCRED needs the raw fd.)
 public final class SocketServer: Sendable {
     public let path: String
     let supervisor: Supervisor
@@ -117,9 +118,7 @@ public final class SocketServer: Sendable {
                 close(fd)
                 return
             }
-            let thread = Thread { [self] in serve(fd) }
-            thread.name = "ward-connection"
-            thread.start()
+            workers.run(alwaysStart: true) { [self] in serve(fd) }
         }
     }
 
@@ -138,49 +137,73 @@ public final class SocketServer: Sendable {
     /// read until one finishes (backpressure on a flooding agent, not unbounded threads).
     public static let maximumInFlightPerConnection = 64
 
-    private func serve(_ fd: Int32) {
-        let writer = Writer(fd)
-        let group = DispatchGroup()
+    /// One connection's state. Its reading side (`framer`, `chunk`) belongs to whichever
+    /// thread holds the reader role; the role passes through the worker pool's lock.
+    final class Connection: @unchecked Sendable {
+        let fd: Int32
+        let writer: Writer
+        let requests = DispatchGroup()
         let slots = DispatchSemaphore(value: SocketServer.maximumInFlightPerConnection)
         var framer = LineFramer(maximumLineBytes: Supervisor.maximumLineBytes)
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        reading: while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+
+        init(_ fd: Int32) {
+            self.fd = fd
+            writer = Writer(fd)
+        }
+
+        /// The next request line; nil at the end of the connection (after answering a line
+        /// that is too long). A line cut off by the peer's close is dropped: nothing
+        /// half-read is ever acted on.
+        func nextLine() -> [UInt8]? {
             while true {
-                let line: [UInt8]
                 do {
-                    guard let next = try framer.next() else { break }
-                    line = next
+                    if let line = try framer.next() { return line }
                 } catch {
                     writer.send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "request line longer than \(Supervisor.maximumLineBytes) bytes")))
-                    break reading
+                    return nil
                 }
-                if RPCRequest.isBlank(line) { continue }
-                if draining.load(ordering: .sequentiallyConsistent) {
-                    writer.send(RPCResponse.line(id: .null, error: RPCError(.internal, "ward is shutting down")))
-                    continue
-                }
-                slots.wait()
-                group.enter()
-                inFlight.add(1, ordering: .sequentiallyConsistent)
-                workers.run { [self] in
-                    defer {
-                        inFlight.subtract(1, ordering: .sequentiallyConsistent)
-                        group.leave()
-                        slots.signal()
-                    }
-                    guard let response = supervisor.handle(line: line) else { return }
-                    if FailPoints.hit(.beforeReply) { return }  // a lost reply: the client sees no answer
-                    writer.send(response)
-                }
+                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return nil }
+                chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             }
         }
-        // A line cut off by the peer's close is dropped: nothing half-read is ever acted on.
-        group.wait()
-        connections.withLock { _ = $0.remove(fd) }
-        close(fd)
+    }
+
+    private func serve(_ fd: Int32) {
+        read(Connection(fd))
+    }
+
+    /// Holds a connection's reader role (leader/follower): reads up to the next request, hands
+    /// the role to a pool thread, and answers that request on this thread. A request never
+    /// waits for a thread to wake up: the thread that read it runs it, and the next reader
+    /// wakes while it does.
+    private func read(_ connection: Connection) {
+        while let line = connection.nextLine() {
+            if RPCRequest.isBlank(line) { continue }
+            if draining.load(ordering: .sequentiallyConsistent) {
+                connection.writer.send(RPCResponse.line(id: .null, error: RPCError(.internal, "ward is shutting down")))
+                continue
+            }
+            connection.slots.wait()
+            connection.requests.enter()
+            inFlight.add(1, ordering: .sequentiallyConsistent)
+            // A reader must always get a thread, past the pool's cap too: an idle
+            // connection holds one, and a request needs its connection read to arrive.
+            workers.run(alwaysStart: true) { [self] in read(connection) }
+            defer {
+                inFlight.subtract(1, ordering: .sequentiallyConsistent)
+                connection.requests.leave()
+                connection.slots.signal()
+            }
+            guard let response = supervisor.handle(line: line) else { return }
+            if FailPoints.hit(.beforeReply) { return }  // a lost reply: the client sees no answer
+            connection.writer.send(response)
+            return
+        }
+        connection.requests.wait()
+        connections.withLock { _ = $0.remove(connection.fd) }
+        close(connection.fd)
     }
 }

@@ -8,7 +8,8 @@ import Glibc
 /// for as long as its tool runs (seconds, minutes), so a pool as wide as the CPU count — what
 /// libdispatch's global queue is on Linux — would let two slow tools hold up every other call
 /// of every agent. Width is bounded by the callers (64 in-flight requests per connection) and
-/// by `maximumThreads` across all of them (past it, jobs wait for a thread); threads idle for
+/// by `maximumThreads` across all of them (past it, jobs wait for a thread; a connection's
+/// reader never does, or idle connections could hold every thread); threads idle for
 /// `idleSeconds` exit.
 final class WorkerPool: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -34,13 +35,15 @@ final class WorkerPool: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func run(_ job: @escaping @Sendable () -> Void) {
+    /// Runs `job` on an idle thread, or a new one; past the cap, it waits for a thread unless
+    /// `alwaysStart` (a job that must not wait behind others: a connection's reader).
+    func run(alwaysStart: Bool = false, _ job: @escaping @Sendable () -> Void) {
         pthread_mutex_lock(mutex)
-        queue.append(job)
+        if alwaysStart { queue.insert(job, at: 0) } else { queue.append(job) }
         // Every queued job needs a waiting thread to take it; otherwise start one, up to the cap.
         let enoughIdle = idle >= queue.count
         if enoughIdle { pthread_cond_signal(wake) }
-        let start = !enoughIdle && threads < maximumThreads
+        let start = !enoughIdle && (threads < maximumThreads || alwaysStart)
         if start { threads += 1 }
         pthread_mutex_unlock(mutex)
         if start {
