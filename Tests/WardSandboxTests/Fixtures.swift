@@ -77,7 +77,6 @@ enum Fixture {
         return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments, in: cwd)
     }
 
-    /// This process's children that have exited and not been reaped.
     /// This process's zombie children whose name (`comm`) is `comm`.
     static func zombieChildren(named comm: String) -> Set<Int32> {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
