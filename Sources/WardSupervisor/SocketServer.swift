@@ -118,7 +118,8 @@ public final class SocketServer: Sendable {
                 close(fd)
                 return
             }
-            workers.run(alwaysStart: true) { [self] in serve(fd) }
+            let connection = Connection(fd)
+            workers.run(alwaysStart: true) { [self] in read(connection) }
         }
     }
 
@@ -169,10 +170,6 @@ public final class SocketServer: Sendable {
                 chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             }
         }
-    }
-
-    private func serve(_ fd: Int32) {
-        read(Connection(fd))
     }
 
     /// Holds a connection's reader role (leader/follower): reads up to the next request, hands

@@ -73,6 +73,12 @@ final class WorkerPool: @unchecked Sendable {
             pthread_mutex_unlock(mutex)
             job()
             pthread_mutex_lock(mutex)
+            // A thread started past the cap for a reader does not stay to take capped jobs.
+            if threads > maximumThreads {
+                threads -= 1
+                pthread_mutex_unlock(mutex)
+                return
+            }
         }
     }
 }

@@ -34,6 +34,27 @@ struct WorkerPoolTests {
         #expect(r.peak == 16, "only \(r.peak) of 16 blocking jobs ran at once")
     }
 
+    /// A connection's reader must run even when blocking requests hold every thread the cap
+    /// allows, and ahead of requests already waiting: otherwise nothing reads the request
+    /// that would let them finish.
+    @Test func aReaderRunsPastTheCapAndAheadOfWaitingJobs() {
+        let pool = WorkerPool(idleSeconds: 1, maximumThreads: 1)
+        let release = DispatchSemaphore(value: 0)
+        let order = Mutex<[String]>([])
+        let done = DispatchGroup()
+        done.enter()
+        pool.run { release.wait(); done.leave() }  // holds the only thread
+        done.enter()
+        pool.run { order.withLock { $0.append("request") }; done.leave() }  // waits behind the cap
+        let reader = DispatchSemaphore(value: 0)
+        pool.run(alwaysStart: true) { order.withLock { $0.append("reader") }; reader.signal() }
+        #expect(reader.wait(timeout: .now() + 5) == .success, "the reader waited behind the cap")
+        #expect(order.withLock { $0 } == ["reader"], "\(order.withLock { $0 })")
+        release.signal()
+        done.wait()
+        #expect(order.withLock { $0 } == ["reader", "request"])
+    }
+
     @Test func pastTheCapJobsWaitForAThread() {
         let r = peakConcurrency(jobs: 12, cap: 3, gather: 4, patience: 30)
         #expect(r.finished == 12)
