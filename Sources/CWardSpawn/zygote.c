@@ -22,12 +22,19 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
 #endif
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
@@ -98,17 +105,17 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
         if (n == -EINTR) continue;
         if (n <= 0) sys(SYS_exit_group, 0);
         struct call_context ctx = { { z->call, z->call_err }, z->scope_fd };
-        int fd = -1;
         // glibc's clone wrapper touches no TLS in the child; on failure it sets errno in
-        // the keeper thread's TLS, which nothing else reads concurrently.
+        // the keeper thread's TLS, which nothing else reads concurrently. The kernel stores
+        // the child's pidfd in ward's memory (shared) before the child runs, so ward can
+        // still kill the child if this zygote dies before it replies.
         pid_t pid = ward_clone(call_main, z->child_stack + WARD_STACK_SIZE,
-                          CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD | SIGCHLD, &ctx, &fd);
+                          CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD | SIGCHLD, &ctx, &z->call_pidfd);
         if (pid < 0) {
             z->call_err->step = WARD_STEP_CLONE;
             z->call_err->error = errno;
         }
         z->call_pid = pid;
-        z->call_pidfd = fd;
         sys(SYS_write, z->rep[1], (long)&byte, 1);
     }
 }
@@ -231,17 +238,29 @@ int ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_confi
 
 pid_t ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd) {
     if (!wait_reply(z)) {
+        // Gone. Had it cloned the call's child, the kernel would have stored the child's
+        // pidfd in ward's memory before the child ran: none means no child ever ran.
         err->step = WARD_STEP_ZYGOTE;
         err->error = ESRCH;
+        if (z->call_pidfd >= 0) {
+            // The child is ward's, so it outlives the zygote, and may have exec'd the tool:
+            // killed and reaped here, so a tool that started does not run on unrecorded.
+            siginfo_t info;
+            err->error = EINPROGRESS;
+            sys(SYS_pidfd_send_signal, z->call_pidfd, SIGKILL, 0, 0);
+            while (waitid(P_PIDFD, z->call_pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
+            close(z->call_pidfd);
+            z->call_pidfd = -1;
+        }
         return -1;
     }
     if (z->call_pid < 0) return -1;
     return ward_spawn_end(z->call_pid, z->call_pidfd, err, pidfd);
 }
 
-pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
-    if (ward_zygote_spawn_start(z, cfg, err, pidfd) != 0) return -1;
-    return ward_zygote_spawn_finish(z, err, pidfd);
+int ward_zygote_alive(const struct ward_zygote *z) {
+    struct pollfd p = { z->pidfd, POLLIN, 0 };
+    return poll(&p, 1, 0) == 0;
 }
 
 pid_t ward_zygote_pid(const struct ward_zygote *z) { return z->pid; }

@@ -185,9 +185,23 @@ extension Ledger {
     }
 
     func markInDoubt(_ db: Database, run: String, callId: String, owner: String?) throws {
+        try markInDoubt(db, run: run, callId: callId, reason: "its process \(owner ?? "unknown") died before the outcome was recorded")
+    }
+
+    func markInDoubt(_ db: Database, run: String, callId: String, reason: String) throws {
         try db.execute(sql: "UPDATE calls SET status = 'in-doubt', owner = NULL WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
-        try appendEvent(db, run: run, kind: "call.in-doubt", call: callId,
-                        data: ["reason": .string("its process \(owner ?? "unknown") died before the outcome was recorded")])
+        try appendEvent(db, run: run, kind: "call.in-doubt", call: callId, data: ["reason": .string(reason)])
+    }
+
+    /// Gives up on a call whose tool may or may not have started (the process starting it
+    /// died mid-start): it becomes in-doubt, as after a crash, for an operator or the tool's
+    /// reconcile command to settle. Only a call that is still `running` is changed.
+    public func markInDoubt(_ ticket: CallTicket, reason: String) throws(LedgerError) {
+        try write("marking call \(ticket.callId) in doubt") { db in
+            guard try String.fetchOne(db, sql: "SELECT status FROM calls WHERE run_id = ? AND call_id = ?",
+                                      arguments: [ticket.run, ticket.callId]) == "running" else { return }
+            try self.markInDoubt(db, run: ticket.run, callId: ticket.callId, reason: reason)
+        }
     }
 
     /// Records the outcome durably, then returns the result for the agent. On a storage

@@ -144,8 +144,7 @@ public final class SandboxCall: @unchecked Sendable {
         done = true
         var no: UInt8 = 0
         _ = write(gate[1], &no, 1)
-        let pid = zygote.finishParked(spawnError, pidfd)
-        if let pid, pid > 0 {
+        if case .spawned(let pid) = zygote.finishParked(spawnError, pidfd), pid > 0 {
             // It exec'd after all (it cannot: it was told no); make sure it is gone.
             sandbox.killTree(pid: pid, slot: slot)
             kill(pid, SIGKILL)
@@ -165,22 +164,23 @@ public final class SandboxCall: @unchecked Sendable {
         let policy = tool.policy
         let start = Sandbox.monotonicNanoseconds()
         var pid: pid_t = -1
+        var spawned = Zygote.Spawn.unavailable
         if let zygote = parkedIn {
             parkedIn = nil
             var go: UInt8 = 1
             _ = write(gate[1], &go, 1)
-            if let p = zygote.finishParked(spawnError, pidfd) {
-                pid = p
-            } else {
-                // The zygote died with the child at or past its gate: whether the tool began
-                // is unknown, so it is not started again here; anything it started is killed.
-                if let slot { _ = slot.killAll(); sandbox.cgroups!.release(slot) }
-                throw SandboxError(.spawnFailed, "the zygote of tool \(name) died while starting the call")
-            }
-        } else if let zygote = tool.zygote, let p = zygote.spawn(&config.pointee, &spawnError.pointee, &pidfd.pointee) {
+            spawned = zygote.finishParked(spawnError, pidfd)
+        } else if let zygote = tool.zygote {
+            spawned = zygote.spawn(&config.pointee, &spawnError.pointee, &pidfd.pointee)
+        }
+        switch spawned {
+        case .spawned(let p):
             pid = p
-        } else {
+        case .unavailable:
+            config.pointee.gate_fd = 0
             pid = ward_spawn(config, spawnError, pidfd)
+        case .lost:
+            throw lost()
         }
         close(outPipe[1])
         close(errPipe[1])
@@ -224,6 +224,17 @@ public final class SandboxCall: @unchecked Sendable {
         return ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
                            stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
                            durationMs: (durationMs * 1000).rounded() / 1000)
+    }
+}
+
+extension SandboxCall {
+    /// The zygote died after it took this call: whether the tool began is unknown, so it is
+    /// not started again here (that could run it twice). The call's child, if there was
+    /// one, was killed (`ward_zygote_spawn_finish`); whatever it started dies with the
+    /// cgroup (or with the child, as its PID namespace's init).
+    private func lost() -> SandboxError {
+        if let slot { _ = slot.killAll(); sandbox.cgroups!.release(slot) }
+        return SandboxError(.startUnknown, "the zygote of tool \(name) died while starting the call: the tool may have started")
     }
 }
 

@@ -63,14 +63,25 @@ final class Zygote: @unchecked Sendable {
     /// The running zygote's pid, if one runs.
     var pid: pid_t? { handle.withLock { h in h.zygote.map { ward_zygote_pid($0) } } }
 
-    /// Spawns through the zygote; nil when the zygote is unavailable (the caller then
-    /// spawns directly). A failure of the call's own child is returned like ward_spawn's.
-    func spawn(_ call: inout ward_spawn_config, _ error: inout ward_spawn_error, _ pidfd: inout Int32) -> pid_t? {
+    /// What became of a spawn asked of the zygote.
+    enum Spawn {
+        /// The zygote made no child for the request (it cannot start, or it died first):
+        /// nothing was started, the caller spawns directly.
+        case unavailable
+        /// The call's pid, or -1 with the child's failure in the error (as ward_spawn).
+        case spawned(pid_t)
+        /// The zygote died after it made the call's child: the tool may have started.
+        case lost
+    }
+
+    /// Spawns through the zygote.
+    func spawn(_ call: inout ward_spawn_config, _ error: inout ward_spawn_error, _ pidfd: inout Int32) -> Spawn {
         pthread_mutex_lock(spawning)
         defer { pthread_mutex_unlock(spawning) }
-        return handle.withLock { h -> pid_t? in
-            guard let z = running(&h) else { return nil }
-            return settle(&h, ward_zygote_spawn(z, &call, &error, &pidfd), error)
+        return handle.withLock { h -> Spawn in
+            guard let z = running(&h) else { return .unavailable }
+            if ward_zygote_spawn_start(z, &call, &error, &pidfd) != 0 { return settle(&h, -1, error) }
+            return settle(&h, ward_zygote_spawn_finish(z, &error, &pidfd), error)
         }
     }
 
@@ -91,17 +102,23 @@ final class Zygote: @unchecked Sendable {
     }
 
     /// Waits until the parked child has exec'd or given up (after its gate byte) and frees
-    /// the zygote; nil when the zygote died meanwhile.
-    func finishParked(_ error: UnsafeMutablePointer<ward_spawn_error>, _ pidfd: UnsafeMutablePointer<Int32>) -> pid_t? {
+    /// the zygote.
+    func finishParked(_ error: UnsafeMutablePointer<ward_spawn_error>, _ pidfd: UnsafeMutablePointer<Int32>) -> Spawn {
         defer { pthread_mutex_unlock(spawning) }
-        return handle.withLock { h -> pid_t? in
-            guard let z = h.zygote else { return nil }
+        return handle.withLock { h -> Spawn in
+            guard let z = h.zygote else { return .unavailable }
             return settle(&h, ward_zygote_spawn_finish(z, error, pidfd), error.pointee)
         }
     }
 
-    /// The zygote, started on first use (or after it died); nil when it cannot start.
+    /// The zygote, started on first use (or after it died); nil when it cannot start. A
+    /// zygote found dead here died between calls, before this call's request: replacing it
+    /// is safe, where a death after the request leaves the call's start unknown.
     private func running(_ h: inout Handle) -> OpaquePointer? {
+        if let z = h.zygote, ward_zygote_alive(z) == 0 {
+            ward_zygote_stop(z)
+            h.zygote = nil
+        }
         if h.zygote == nil {
             var startError = ward_spawn_error()
             h.zygote = ward_zygote_start(config, scopeFD, &startError)
@@ -109,12 +126,12 @@ final class Zygote: @unchecked Sendable {
         return h.zygote
     }
 
-    /// A spawn's result; nil when the zygote is gone: killed from outside, or by a tool of
-    /// this policy before the scope could stop it. It is reaped and the next call starts a new one.
-    private func settle(_ h: inout Handle, _ pid: pid_t, _ error: ward_spawn_error) -> pid_t? {
-        guard pid < 0 && error.step == Int32(WARD_STEP_ZYGOTE.rawValue) else { return pid }
+    /// A spawn's result. When the zygote is gone (killed from outside, or by a tool of this
+    /// policy before the scope could stop it) it is reaped, and the next call starts a new one.
+    private func settle(_ h: inout Handle, _ pid: pid_t, _ error: ward_spawn_error) -> Spawn {
+        guard pid < 0 && error.step == Int32(WARD_STEP_ZYGOTE.rawValue) else { return .spawned(pid) }
         ward_zygote_stop(h.zygote)
         h.zygote = nil
-        return nil
+        return error.error == EINPROGRESS ? .lost : .unavailable
     }
 }

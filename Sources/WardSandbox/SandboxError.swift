@@ -14,6 +14,9 @@ public struct SandboxError: Error, Sendable, CustomStringConvertible {
         public static let unknownTool = Code(description: "unknown-tool")
         /// The kernel or the child refused a sandbox step.
         public static let spawnFailed = Code(description: "spawn-failed")
+        /// The process starting the tool died mid-start: the tool may have begun, and
+        /// whatever of it could be found was killed. Not to be started again blindly.
+        public static let startUnknown = Code(description: "start-unknown")
         /// Anything else that should not happen.
         public static let internalError = Code(description: "internal")
     }

@@ -171,9 +171,18 @@ public final class Supervisor: Sendable {
                 return result.json
             case .execute(let ticket):
                 let outcome: ToolOutcome
-                do {
-                    let call = try parked ?? sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment)
-                    outcome = try call.run()
+                do throws(SandboxError) {
+                    let call = if let parked { parked } else { try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment) }
+                    do throws(SandboxError) {
+                        outcome = try call.run()
+                    } catch where error.code == .startUnknown && policy.effect != .nonIdempotent {
+                        // Repeating it is harmless: started afresh.
+                        outcome = try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment).run()
+                    }
+                } catch where error.code == .startUnknown {
+                    // It may have run: never run it again on a guess (guarantee 4).
+                    try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
+                    throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); settle it with `ward ledger resolve \(runID) \(callId) --as executed|not-executed`")
                 } catch {
                     // Recorded as denied: the policy or the kernel refused to start it.
                     outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),

@@ -77,20 +77,6 @@ enum Fixture {
         return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments, in: cwd)
     }
 
-    /// This process's zombie children whose name (`comm`) is `comm`.
-    static func zombieChildren(named comm: String) -> Set<Int32> {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return Set(entries.compactMap { name -> Int32? in
-            guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/stat") else { return nil }
-            let text = String(decoding: data, as: UTF8.self)
-            // "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
-            guard let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else { return nil }
-            guard text[text.index(after: open)..<close] == comm else { return nil }
-            let fields = text[text.index(after: close)...].split(separator: " ")
-            return fields.count > 1 && fields[0] == "Z" && Int32(fields[1]) == getpid() ? pid : nil
-        })
-    }
-
     /// Processes whose command line contains `token` (to find escaped daemons).
     static func processes(containing token: String) -> [Int32] {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }

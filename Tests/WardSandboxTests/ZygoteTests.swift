@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WardCore
 import WardSandbox
+import WardTestSupport
 import Synchronization
 
 @Suite("Zygote: calls share a pre-confined process without sharing a fate", .serialized)
@@ -49,6 +50,62 @@ struct ZygoteTests {
         #expect(!ZygoteTests.zygotes().isEmpty, "no new zygote was started")
     }
 
+    /// A zygote that died before it read a call's request started nothing: the call is
+    /// started directly, once. (It is stopped here, so it never reads the request, and
+    /// killed while the call waits for its reply.)
+    @Test func aZygoteDeadBeforeTakingACallLeavesItToADirectSpawn() throws {
+        _ = try shell("true")  // start the zygote
+        let zygotes = ZygoteTests.zygotes()
+        try #require(!zygotes.isEmpty)
+        let log = "untaken-\(Int.random(in: 100_000...999_999)).log"
+        for z in zygotes { kill(z, SIGSTOP) }
+        let outcome = Mutex<Result<ToolOutcome, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            let result = Result { try self.shell("echo ran >> \(log)") }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }.start()
+        usleep(300_000)  // the request is in the zygote's pipe
+        for z in zygotes { kill(z, SIGKILL) }
+        #expect(done.wait(timeout: .now() + 10) == .success, "the call hung after its zygote died")
+        let status = outcome.withLock { (try? $0?.get())?.status }
+        #expect(status == .succeeded, "\(String(describing: outcome.withLock { $0 }))")
+        #expect(try String(contentsOfFile: ZygoteTests.workspace + "/" + log, encoding: .utf8) == "ran\n")
+    }
+
+    /// A zygote that dies after it took a call may have started the tool (the call's child
+    /// is ward's, so it outlives the zygote): the call is not started again, which could
+    /// run it twice, and what did start is killed. Here the zygote
+    /// is stopped while its child waits at the gate, so the child execs and the zygote
+    /// never replies; it is killed while the call waits for that reply.
+    @Test func aZygoteLostAfterTakingACallDoesNotStartItAgain() throws {
+        _ = try shell("true")  // start the zygote
+        let log = "lost-\(Int.random(in: 100_000...999_999)).log"
+        let call = try ZygoteTests.sandbox.prepareCall(tool: "shell", arguments: .object(["command": .string("sleep 1; echo ran >> \(log)")]))
+        let zygotes = ZygoteTests.zygotes()
+        let before = Processes.children(named: "ward-zygote", zombies: false)
+        try #require(call.park())
+        // Its child (a child of this process, named after the zygote until it execs) exists.
+        for _ in 0..<200 where Processes.children(named: "ward-zygote", zombies: false).subtracting(before).subtracting(zygotes).isEmpty {
+            usleep(5_000)
+        }
+        for z in zygotes { kill(z, SIGSTOP) }
+        let failure = Mutex<SandboxError?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            do { _ = try call.run() } catch let error as SandboxError { failure.withLock { $0 = error } } catch {}
+            done.signal()
+        }.start()
+        usleep(300_000)  // the tool has exec'd; its zygote cannot reply
+        for z in zygotes { kill(z, SIGKILL) }
+        #expect(done.wait(timeout: .now() + 10) == .success, "the call hung after its zygote died")
+        #expect(failure.withLock { $0?.code } == .startUnknown, "\(String(describing: failure.withLock { $0 }))")
+        usleep(1_200_000)
+        #expect(!FileManager.default.fileExists(atPath: ZygoteTests.workspace + "/" + log), "the started tool outlived its call")
+        #expect(try shell("echo next").out == "next\n", "no new zygote")
+    }
+
     @Test func concurrentCallsGetTheirOwnResults() throws {
         let results = Mutex<[Int: String]>([:])
         DispatchQueue.concurrentPerform(iterations: 64) { i in
@@ -74,7 +131,7 @@ struct ZygoteTests {
         }
         // A call's child that never exec'd keeps the zygote's name; other suites' tools run
         // concurrently and are children of this process too, but they have exec'd.
-        func zombies() -> Set<Int32> { Fixture.zombieChildren(named: "ward-zygote") }
+        func zombies() -> Set<Int32> { Processes.children(named: "ward-zygote", zombies: true) }
         let before = zombies()
 
         let cancelled = try call("cancelled")

@@ -56,15 +56,8 @@ struct ClientTests {
     @Test func aStoppedSupervisorGivesATimeoutNotAHang() async throws {
         // A real `ward serve`, then SIGSTOP: the agent's request must fail, not hang.
         let dir = temporaryDirectory("stopped")
-        let serve = Process()
-        serve.executableURL = URL(fileURLWithPath: Paths.ward)
-        serve.arguments = ["serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", "stopped"]
-        serve.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let out = Pipe()
-        serve.standardOutput = out
-        try serve.run()
+        let serve = try startServe(in: dir, run: "stopped")
         defer { kill(serve.processIdentifier, SIGKILL); serve.waitUntilExit() }
-        _ = out.fileHandleForReading.availableData  // it prints the socket path once it listens
         let ward = try WardClient(socketPath: dir + "/s.sock", timeout: .milliseconds(500))
         defer { ward.close() }
         _ = try await ward.resume()

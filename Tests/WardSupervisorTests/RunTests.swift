@@ -32,6 +32,21 @@ func runProgram(_ path: String, _ args: [String], in directory: String? = nil, e
     return (p.terminationStatus, text)
 }
 
+/// Starts `ward serve` on the shipped policies with its socket at `dir/s.sock`; returns once
+/// it listens.
+func startServe(in dir: String, run: String, environment: [String: String] = [:]) throws -> Process {
+    let serve = Process()
+    serve.executableURL = URL(fileURLWithPath: Paths.ward)
+    serve.arguments = ["serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", run]
+    serve.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    serve.currentDirectoryURL = URL(fileURLWithPath: dir)
+    let out = Pipe()
+    serve.standardOutput = out
+    try serve.run()
+    _ = out.fileHandleForReading.availableData  // it prints the socket path once it listens
+    return serve
+}
+
 let agentScript = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -124,6 +139,48 @@ struct RunTests {
             #expect(!(try ward(["ledger", "list", "--json"], in: dir).stdout.contains("in-doubt")))
         }
         if let effects { #expect(lines == effects, "\(spec): \(lines)") }
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
+    /// The process that starts a tool (its policy's zygote) dies after it made the call's
+    /// child: the tool may have begun. A non-idempotent call becomes in-doubt and nothing
+    /// runs it again; an idempotent one is simply started again. `after-begin` stalls each
+    /// call with its child parked at the gate; the zygote is stopped meanwhile, so the child
+    /// execs when the gate opens but the zygote never replies, and it is then killed.
+    @Test func aCallWhoseStartWasLostIsInDoubtUnlessRepeatingIsHarmless() throws {
+        let dir = temporaryDirectory("lost")
+        let serve = try startServe(in: dir, run: "lost", environment: ["WARD_FAILPOINTS": "after-begin=stall:600"])
+        defer { kill(serve.processIdentifier, SIGKILL); serve.waitUntilExit() }
+        let c = try RawClient(dir + "/s.sock")
+        var id = 0
+        func call(_ callId: String, _ tool: String, _ arguments: [String: JSONValue], losingItsStart: Bool) -> [String: JSONValue]? {
+            id += 1
+            let params: JSONValue = .object(["callId": .string(callId), "tool": .string(tool), "arguments": .object(arguments)])
+            guard losingItsStart else { return c.call(id, "tool.call", params) }
+            // No call is in flight: every ward-zygote child of ward is a zygote.
+            let zygotes = Processes.children(of: serve.processIdentifier, named: "ward-zygote", zombies: false)
+            c.request(id, "tool.call", params)
+            usleep(300_000)  // recorded, child parked, ward stalled after begin
+            for z in zygotes { kill(z, SIGSTOP) }
+            usleep(600_000)  // the gate has opened: the tool exec'd; its zygote cannot reply
+            for z in zygotes { kill(z, SIGKILL) }
+            return c.next()
+        }
+        let mail: [String: JSONValue] = ["command": .string("sleep 1; echo sent >> sent.log")]
+        #expect(call("warm", "shell", ["command": .string("true")], losingItsStart: false)?["result"] != nil)  // starts shell's zygote
+        let lost = call("mail", "shell", mail, losingItsStart: true)
+        #expect(kind(lost) == "in-doubt", "\(String(describing: lost))")
+        #expect(kind(call("mail", "shell", mail, losingItsStart: false)) == "in-doubt")
+        let doubt = try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir)
+        #expect(doubt.stdout.contains("\"mail\""), "\(doubt.stdout)")
+        usleep(1_000_000)
+        #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/sent.log"), "the tool ran on after its call ended")
+
+        let write: [String: JSONValue] = ["path": .string("w.txt"), "content": .string("hello")]
+        #expect(call("warm-w", "write_file", ["path": .string("warm.txt"), "content": .string("")], losingItsStart: false)?["result"] != nil)
+        let written = call("w", "write_file", write, losingItsStart: true)
+        #expect(written?["result"]?.objectValue?["status"] == .string("succeeded"), "\(String(describing: written))")
+        #expect(try String(contentsOfFile: dir + "/workspace/w.txt", encoding: .utf8) == "hello")
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
     }
 

@@ -111,15 +111,17 @@ struct ward_zygote;
 /// PDEATHSIG means "ward died". `scope_ruleset_fd` (or -1) is applied by each call's child.
 /// Returns NULL with *err set on failure.
 struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int scope_ruleset_fd, struct ward_spawn_error *err);
-/// Spawns a call's tool through the zygote (one call at a time per zygote: the caller
-/// serializes). Same contract as ward_spawn; WARD_STEP_ZYGOTE means the zygote is gone.
-pid_t ward_zygote_spawn(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
-/// ward_zygote_spawn in two halves, for a call whose child waits at `cfg->gate_fd` before
-/// execve: `start` asks the zygote for the child and returns at once (0, or -1 with *err);
-/// `finish` waits until the child has exec'd or given up, with ward_zygote_spawn's result.
-/// The caller writes the gate byte in between and serializes the pair as a whole.
+/// Spawns a call's tool through the zygote, in two halves (one call at a time per zygote:
+/// the caller serializes the pair): `start` asks the zygote for the child and returns at
+/// once (0, or -1 with *err); `finish` waits until the child has exec'd or given up, with
+/// ward_spawn's result. A child whose `cfg->gate_fd` is set waits there before execve: the
+/// caller writes the gate byte in between. WARD_STEP_ZYGOTE means the zygote is gone: with
+/// ESRCH before it made the call's child (nothing started), with EINPROGRESS after (the tool
+/// may have started; the child has been killed).
 int ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
 pid_t ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd);
+/// 1 while the zygote runs, 0 once it died (it is then stopped and replaced before a request).
+int ward_zygote_alive(const struct ward_zygote *z);
 /// The zygote's pid.
 pid_t ward_zygote_pid(const struct ward_zygote *z);
 /// Kills and reaps the zygote and frees it.
