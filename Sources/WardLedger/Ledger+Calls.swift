@@ -105,10 +105,10 @@ extension Ledger {
     /// - Throws: `conflict` (same call ID, other tool or arguments), `in-doubt` (a
     ///   non-idempotent call caught by a crash, not yet settled), `in-progress` (another
     ///   live process or thread is running it: see `awaitOutcome`), `storage`.
-    ///   - beforeCommit: runs when the call is to execute, inside the transaction, just before
-    ///     the commit that makes the record durable: work that must not precede the decision
-    ///     but may overlap the fsync (the supervisor parks the call's child here).
-    public func begin(_ request: BeginRequest, beforeCommit: () -> Void = {}) throws(LedgerError) -> BeginDecision {
+    ///   - onExecute: runs once the call is to execute, inside the transaction, before its
+    ///     records are written and committed: work that must not precede the decision but may
+    ///     overlap the writing and the fsync (the supervisor parks the call's child here).
+    public func begin(_ request: BeginRequest, onExecute: () -> Void = {}) throws(LedgerError) -> BeginDecision {
         let canonical = request.arguments.canonical
         let argsHash = Digest.sha256Hex(canonical.utf8)
         let binaryHash = digests.digest(of: request.executable)
@@ -118,7 +118,9 @@ extension Ledger {
         // invalidated by every commit.
         let decision = try write("recording the start of call \(request.callId)") { db -> BeginDecision in
             let now = Timestamp.now()
-            func startExecution(_ execution: Int) throws -> BeginDecision {
+            func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
+                onExecute()
+                try record()
                 var checkpointSeq: Int?
                 if let state = request.checkpoint {
                     checkpointSeq = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId)
@@ -130,19 +132,19 @@ extension Ledger {
                 ]
                 if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
                 try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data)
-                beforeCommit()
                 return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
                                            execution: execution, checkpointSeq: checkpointSeq))
             }
 
             guard let call = try CallRecord.fetch(db, run: request.run, callId: request.callId) else {
-                try db.run("""
-                    INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
-                                       attempt, executions, owner, started_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
-                    """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
-                          .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now)])
-                return try startExecution(1)
+                return try startExecution(1) {
+                    try db.run("""
+                        INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
+                                           attempt, executions, owner, started_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
+                        """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
+                              .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now)])
+                }
             }
             if call.tool != request.tool || call.argsHash != argsHash {
                 let what = call.tool != request.tool ? "tool \(call.tool)" : "different arguments"
@@ -158,18 +160,20 @@ extension Ledger {
                     try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner)
                     throw self.inDoubtError(run: request.run, callId: request.callId, started: call.startedAt)
                 }
-                try db.run("UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
-                           [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
-                return try startExecution(call.executions + 1)
+                return try startExecution(call.executions + 1) {
+                    try db.run("UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
+                               [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
+                }
             case "in-doubt":
                 throw self.inDoubtError(run: request.run, callId: request.callId, started: call.startedAt)
             case "resolved" where call.verdict == "not-executed":
-                try db.run("""
-                    UPDATE calls SET status = 'running', executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
-                        verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL
-                    WHERE run_id = ? AND call_id = ?
-                    """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
-                return try startExecution(call.executions + 1)
+                return try startExecution(call.executions + 1) {
+                    try db.run("""
+                        UPDATE calls SET status = 'running', executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
+                            verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL
+                        WHERE run_id = ? AND call_id = ?
+                        """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
+                }
             default:
                 return .replay(try self.result(db, call, replayed: true))
             }

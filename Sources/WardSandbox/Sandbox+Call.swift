@@ -193,15 +193,16 @@ public final class SandboxCall: @unchecked Sendable {
             throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.pointee.error)) (tool \(name), \(executable))", errno: spawnError.pointee.error)
         }
         defer { close(pidfd.pointee) }
-        sandbox.register(pid, slot)
+        let alone = sandbox.register(pid, slot) == 1
         defer { sandbox.unregister(pid) }
         _ = FailPoints.hit(.afterSpawn)
 
         var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output))
         let deadline = start + policy.timeoutMilliseconds * 1_000_000
+        let spinUntil = alone ? Sandbox.monotonicNanoseconds() + Sandbox.spinNanoseconds : 0
         var timedOut = false
         // Read output until the tool exits or the deadline passes.
-        while !collector.pollOnce(extra: pidfd.pointee, until: deadline) {
+        while !collector.pollOnce(extra: pidfd.pointee, until: deadline, spinUntil: spinUntil) {
             if Sandbox.monotonicNanoseconds() >= deadline {
                 timedOut = true
                 break

@@ -243,7 +243,13 @@ public final class Sandbox: Sendable {
         return try SandboxCall(sandbox: self, name: name, tool: tool, executable: executable, argv: argv, environment: env, arguments: arguments)
     }
 
-    func register(_ pid: pid_t, _ slot: CgroupSlot?) { active.withLock { $0[pid] = slot } }
+    /// Records a running call; returns how many calls of this sandbox run now.
+    func register(_ pid: pid_t, _ slot: CgroupSlot?) -> Int {
+        active.withLock { active in
+            active[pid] = slot
+            return active.count
+        }
+    }
     func unregister(_ pid: pid_t) { active.withLock { _ = $0.removeValue(forKey: pid) } }
 
     /// The pids of this sandbox's running zygotes (for `ward doctor`-style inspection and tests).
@@ -333,6 +339,14 @@ public final class Sandbox: Sendable {
         return true
     }
 
+    /// How long a call that runs alone is waited for without sleeping. A short tool (a `cat`,
+    /// a `git status`) ends within this; a thread that slept instead pays a wake-up, and on a
+    /// virtual machine an idle virtual CPU is slow to wake and runs slower for a while after
+    /// (every step of the next call, the ledger's included, measured slower). Alone only: a
+    /// spinning thread takes a CPU that other calls' tools could use; and never on one CPU,
+    /// where it would only delay the tool it waits for.
+    static let spinNanoseconds: UInt64 = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 ? 300_000 : 0
+
     static func monotonicNanoseconds() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -360,12 +374,18 @@ struct OutputCollector {
     }
 
     /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
-    mutating func pollOnce(extra: Int32, until deadline: UInt64) -> Bool {
+    /// Until `spinUntil` it polls without sleeping (see `Sandbox.spinNanoseconds`).
+    mutating func pollOnce(extra: Int32, until deadline: UInt64, spinUntil: UInt64 = 0) -> Bool {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))
-        let now = Sandbox.monotonicNanoseconds()
-        let timeout = deadline > now ? Int32(min((deadline - now) / 1_000_000 + 1, 60_000)) : 0
-        let n = poll(&pfds, nfds_t(pfds.count), timeout)
+        var n: Int32 = 0
+        while true {
+            let now = Sandbox.monotonicNanoseconds()
+            let spinning = now < spinUntil && now < deadline
+            let timeout = spinning || now >= deadline ? 0 : Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+            n = poll(&pfds, nfds_t(pfds.count), timeout)
+            if n != 0 || !spinning { break }
+        }
         if n <= 0 { return false }
         for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
         return pfds.last!.revents != 0

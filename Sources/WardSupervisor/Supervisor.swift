@@ -142,8 +142,8 @@ public final class Supervisor: Sendable {
         let environment = Reconciler.environment(run: runID, callId: callId)
         var reconciled = false
         while true {
-            // The child is created and confined while `begin` fsyncs the `running` record, and
-            // waits at its gate: the tool execs only once the record is durable.
+            // The child is created and confined while `begin` writes and fsyncs the `running`
+            // record, and waits at its gate: the tool execs only once the record is durable.
             var parked: SandboxCall?
             defer { parked?.cancel() }
             let decision: BeginDecision
