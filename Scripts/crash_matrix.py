@@ -59,8 +59,11 @@ def agent():
         if any(k not in results for k in ("effect", "stamp", "look")):
             sys.exit(3)  # a call failed (an in-doubt refusal): the harness restarts us
         state = {"step": step + 1, "seen": state["seen"] + [results["effect"]["stdout"].strip(), results["stamp"]["stdout"].strip()]}
-    with open("final.json", "w") as f:
+    # Written whole or not at all: a kill of ward (and so of this agent) mid-write must not
+    # leave a partial file that looks like a finished run.
+    with open("final.json.tmp", "w") as f:
         json.dump(state, f, sort_keys=True)
+    os.rename("final.json.tmp", "final.json")
 
 
 def processes_with(token, prefix=False):

@@ -173,12 +173,15 @@ public final class SandboxCall: @unchecked Sendable {
         } else if let zygote = tool.zygote {
             spawned = zygote.spawn(&config.pointee, &spawnError.pointee, &pidfd.pointee)
         }
+        let byZygote: Bool
         switch spawned {
         case .spawned(let p):
             pid = p
+            byZygote = true
         case .unavailable:
             config.pointee.gate_fd = 0
             pid = ward_spawn(config, spawnError, pidfd)
+            byZygote = false
         case .lost:
             throw lost()
         }
@@ -199,7 +202,8 @@ public final class SandboxCall: @unchecked Sendable {
 
         var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output))
         let deadline = start + policy.timeoutMilliseconds * 1_000_000
-        let spinUntil = alone ? Sandbox.monotonicNanoseconds() + Sandbox.spinNanoseconds : 0
+        let spin = alone && byZygote && Sandbox.spinNanoseconds > 0 && Sandbox.spareCPU()
+        let spinUntil = spin ? Sandbox.monotonicNanoseconds() + Sandbox.spinNanoseconds : 0
         var timedOut = false
         // Read output until the tool exits or the deadline passes.
         while !collector.pollOnce(extra: pidfd.pointee, until: deadline, spinUntil: spinUntil) {

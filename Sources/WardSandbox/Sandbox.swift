@@ -339,13 +339,26 @@ public final class Sandbox: Sendable {
         return true
     }
 
-    /// How long a call that runs alone is waited for without sleeping. A short tool (a `cat`,
-    /// a `git status`) ends within this; a thread that slept instead pays a wake-up, and on a
-    /// virtual machine an idle virtual CPU is slow to wake and runs slower for a while after
-    /// (every step of the next call, the ledger's included, measured slower). Alone only: a
-    /// spinning thread takes a CPU that other calls' tools could use; and never on one CPU,
-    /// where it would only delay the tool it waits for.
-    static let spinNanoseconds: UInt64 = sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 ? 300_000 : 0
+    /// How long a call started by a zygote and running alone is waited for without sleeping,
+    /// at SCHED_IDLE (the tool, or anything else runnable, always goes first). A short tool
+    /// (a `cat`, a `git status`) ends within this. A thread that slept instead pays a wake-up,
+    /// and on a virtual machine an idle virtual CPU is slow to wake and runs slower for a while
+    /// after: every step of the next call, the ledger's commits included, measured slower.
+    /// Only when a CPU is left for it: the call runs alone, and no more tasks are runnable
+    /// than there are CPUs. On a saturated machine a SCHED_IDLE thread can wait tens of ms
+    /// for its turn (measured: 50–68 ms worst cases under two CPU hogs, 17–25 ms without
+    /// spinning). Not after a direct spawn, where it made calls slower (408 to 718 µs a
+    /// spawn, not understood yet). Off on one CPU, and where the thread could not come back
+    /// from SCHED_IDLE.
+    static let spinNanoseconds: UInt64 = cpus > 1 && ward_can_idle_and_return() == 1 ? 300_000 : 0
+
+    static let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+
+    /// Whether a waiting thread may spin now: a CPU is idle besides the ones this call uses.
+    static func spareCPU() -> Bool {
+        let runnable = ward_runnable_tasks()
+        return runnable >= 0 && runnable <= cpus
+    }
 
     static func monotonicNanoseconds() -> UInt64 {
         var ts = timespec()
@@ -374,11 +387,12 @@ struct OutputCollector {
     }
 
     /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
-    /// Until `spinUntil` it polls without sleeping (see `Sandbox.spinNanoseconds`).
+    /// Until `spinUntil` it polls without sleeping, at SCHED_IDLE (see `Sandbox.spinNanoseconds`).
     mutating func pollOnce(extra: Int32, until deadline: UInt64, spinUntil: UInt64 = 0) -> Bool {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))
         var n: Int32 = 0
+        let idle = spinUntil > 0 && ward_thread_idle(1) == 0
         while true {
             let now = Sandbox.monotonicNanoseconds()
             let spinning = now < spinUntil && now < deadline
@@ -386,6 +400,7 @@ struct OutputCollector {
             n = poll(&pfds, nfds_t(pfds.count), timeout)
             if n != 0 || !spinning { break }
         }
+        if idle { _ = ward_thread_idle(0) }
         if n <= 0 { return false }
         for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
         return pfds.last!.revents != 0

@@ -106,6 +106,14 @@ struct ZygoteTests {
         #expect(try shell("echo next").out == "next\n", "no new zygote")
     }
 
+    /// A call waited for without sleeping drops its thread to SCHED_IDLE meanwhile; the
+    /// thread must come back, or it would starve whenever the machine is busy.
+    @Test func aCallLeavesItsThreadsSchedulingAsItFoundIt() throws {
+        #expect(sched_getscheduler(0) == 0)  // SCHED_OTHER
+        for _ in 0..<3 { #expect(try shell("true").status == .succeeded) }
+        #expect(sched_getscheduler(0) == 0, "the thread was left at policy \(sched_getscheduler(0))")
+    }
+
     @Test func concurrentCallsGetTheirOwnResults() throws {
         let results = Mutex<[Int: String]>([:])
         DispatchQueue.concurrentPerform(iterations: 64) { i in

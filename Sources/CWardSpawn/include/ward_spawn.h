@@ -131,6 +131,16 @@ void ward_zygote_stop(struct ward_zygote *z);
 
 /// pipe2(O_CLOEXEC): Glibc's Swift module is built without _GNU_SOURCE.
 int ward_pipe_cloexec(int fds[2]);
+/// Moves the calling thread to SCHED_IDLE (idle != 0) or back to SCHED_OTHER; 0 or -1.
+/// C: SCHED_IDLE needs _GNU_SOURCE.
+int ward_thread_idle(int idle);
+/// 1 when a thread of this process may go to SCHED_IDLE and come back (coming back needs
+/// CAP_SYS_NICE or a high enough RLIMIT_NICE). Tried on a throwaway thread: a thread stuck
+/// at SCHED_IDLE would starve whenever the machine is busy.
+int ward_can_idle_and_return(void);
+/// How many tasks are runnable on the whole machine right now (the 4th field of
+/// /proc/loadavg), or -1. C: a kept-open fd read with pread, no allocation.
+int ward_runnable_tasks(void);
 /// memfd_create: _GNU_SOURCE only.
 int ward_memfd(const char *name);
 /// Waits for pid; returns 0 and fills exited/code/signal, or -1 with errno. EINTR retried.
