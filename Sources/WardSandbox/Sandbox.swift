@@ -392,15 +392,20 @@ struct OutputCollector {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))
         var n: Int32 = 0
-        let idle = spinUntil > 0 && ward_thread_idle(1) == 0
-        while true {
-            let now = Sandbox.monotonicNanoseconds()
-            let spinning = now < spinUntil && now < deadline
-            let timeout = spinning || now >= deadline ? 0 : Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
-            n = poll(&pfds, nfds_t(pfds.count), timeout)
-            if n != 0 || !spinning { break }
+        var now = Sandbox.monotonicNanoseconds()
+        if now < min(spinUntil, deadline), ward_thread_idle(1) == 0 {
+            repeat {
+                n = poll(&pfds, nfds_t(pfds.count), 0)
+                now = Sandbox.monotonicNanoseconds()
+            } while n == 0 && now < min(spinUntil, deadline)
+            // Back to normal before any sleep: a thread woken at SCHED_IDLE on a busy
+            // machine could wait long for its turn.
+            _ = ward_thread_idle(0)
         }
-        if idle { _ = ward_thread_idle(0) }
+        if n == 0 {
+            let timeout = now < deadline ? Int32(min((deadline - now) / 1_000_000 + 1, 60_000)) : 0
+            n = poll(&pfds, nfds_t(pfds.count), timeout)
+        }
         if n <= 0 { return false }
         for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
         return pfds.last!.revents != 0
