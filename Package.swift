@@ -52,7 +52,7 @@ let package = Package(
         // Writes through the ledger and reports each durable step: crash tests kill it anywhere.
         .executableTarget(name: "ward-torture", dependencies: ["WardCore", "WardLedger"], path: "Sources/WardTorture"),
         // Fuzz targets (Scripts/fuzz builds them with libFuzzer; a plain build replays kept inputs).
-        .executableTarget(name: "ward-fuzz", dependencies: ["WardCore", "WardPolicy"], path: "Sources/WardFuzz"),
+        .executableTarget(name: "ward-fuzz", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor"], path: "Sources/WardFuzz"),
         // Benchmarks (Scripts/bench): whole-process comparisons, interleaved.
         .target(name: "CWardBench"),
         .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "CWardBench"], path: "Sources/WardBench"),

@@ -31,7 +31,8 @@ class Ward:
         if not self.socket_path:
             raise WardError("invalid-arguments", "no socket: set WARD_SOCKET (ward run does) or pass socket_path")
         self.run_id = os.environ.get("WARD_RUN_ID")
-        self.attempt = int(os.environ.get("WARD_ATTEMPT", "1"))
+        attempt = os.environ.get("WARD_ATTEMPT", "1")
+        self.attempt = int(attempt) if attempt.isdigit() else 1
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         self._sock.connect(self.socket_path)
@@ -54,13 +55,32 @@ class Ward:
                 raw = self._file.readline()
                 if not raw:
                     raise WardError("internal", "ward closed the connection")
-                response = json.loads(raw)
+                try:
+                    response = json.loads(raw)
+                except ValueError as e:
+                    raise WardError("internal", f"ward answered with a line that is not JSON: {e}") from None
+                if not isinstance(response, dict):
+                    raise WardError("internal", "ward answered with JSON that is not an object")
                 if response.get("id") in (request_id, None):
                     break
-        if "error" in response:
-            error = response["error"]
-            raise WardError(error.get("data", {}).get("kind", "internal"), error.get("message", ""), error.get("code"))
+        # Whatever ward answers, the caller gets a result or a WardError, never a KeyError.
+        error = response.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise WardError("internal", f"ward answered with a malformed error: {error!r}")
+            data = error.get("data")
+            kind = data.get("kind") if isinstance(data, dict) else None
+            code = error.get("code")
+            raise WardError(kind if isinstance(kind, str) else "internal", str(error.get("message", "")),
+                            code if isinstance(code, int) else None)
+        if "result" not in response:
+            raise WardError("internal", "ward answered with neither a result nor an error")
         return response["result"]
+
+    def _member(self, result, name, method):
+        if not isinstance(result, dict) or name not in result:
+            raise WardError("internal", f"malformed {method} result from ward: no {name}")
+        return result[name]
 
     def resume(self):
         return self.request("run.resume")
@@ -72,16 +92,21 @@ class Ward:
         if checkpoint is not None:
             params["checkpoint"] = checkpoint
         result = self.request("tool.call", params)
+        if not isinstance(result, dict):
+            raise WardError("internal", "malformed tool.call result from ward: not an object")
         for stream in ("stdout", "stderr"):
             if stream + "Base64" in result:
-                result[stream] = base64.b64decode(result.pop(stream + "Base64"))
+                try:
+                    result[stream] = base64.b64decode(result.pop(stream + "Base64"), validate=True)
+                except (ValueError, TypeError) as e:
+                    raise WardError("internal", f"malformed {stream}Base64 from ward: {e}") from None
         return result
 
     def checkpoint(self, state, label=None):
         params = {"state": state}
         if label is not None:
             params["label"] = label
-        return self.request("checkpoint.save", params)["seq"]
+        return self._member(self.request("checkpoint.save", params), "seq", "checkpoint.save")
 
     def load(self, seq=None):
         return self.request("checkpoint.load", {} if seq is None else {"seq": seq})
@@ -89,6 +114,6 @@ class Ward:
     def journal(self, key, fn):
         """The value recorded under `key`; the first time, records fn() (later fn is not called)."""
         existing = self.request("journal.record", {"key": key})  # look up only
-        if existing.get("found"):
-            return existing["value"]
-        return self.request("journal.record", {"key": key, "value": fn()})["value"]
+        if self._member(existing, "found", "journal.record"):
+            return self._member(existing, "value", "journal.record")
+        return self._member(self.request("journal.record", {"key": key, "value": fn()}), "value", "journal.record")

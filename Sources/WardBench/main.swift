@@ -224,6 +224,22 @@ let checkpointStep = median(checkpointTimes), journalStep = median(journalTimes)
 rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "", peerValue: nil, budget: .atMost(300)))
 rows.append(Row(name: "durable step: journal.record", ward: journalStep, peer: "", peerValue: nil, budget: .atMost(300)))
 rows.append(Row(name: "begin + finish of one call", ward: median(callTimes), peer: "", peerValue: nil, budget: .atMost(500)))
+// What checking a request's params member by member adds to every tool.call: the Params
+// reader, two identifiers and the arguments object, as Supervisor.toolCall does.
+let typicalParams = try JSONValue.parse(#"{"callId":"step-47","tool":"shell","arguments":{"command":"make -C site build && ls -la site/out"},"checkpoint":{"step":47,"notes":"résumé"}}"#)
+var validationTimes: [Double] = []
+var validated = 0
+for _ in 0..<max(iterations, 200) {
+    let t0 = now()
+    for _ in 0..<100 {
+        let p = try Params(method: "tool.call", typicalParams, known: ["callId", "tool", "arguments", "checkpoint"])
+        validated &+= (try p.identifier("callId", required: true)?.utf8.count ?? 0) + (try p.identifier("tool", required: true)?.utf8.count ?? 0)
+            + (try p.object("arguments")?.count ?? 0)
+    }
+    validationTimes.append(Double(now() - t0) / 1000 / 100)
+}
+precondition(validated > 0)
+rows.append(Row(name: "params validation of a tool.call request", ward: median(validationTimes), peer: "", peerValue: nil, budget: .atMost(5)))
 if let lg = peers.langgraph { rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
 if let d = peers.dbos { rows.append(Row(name: "durable step: checkpoint.save (small state)", ward: checkpointStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
 rows.append(Row(name: "checkpoint storage, 200 steps × 1 KiB appended", ward: storedBytes, peer: "the final state", peerValue: Double(finalState.count),

@@ -93,17 +93,20 @@ public final class WardClient: Sendable {
     public func saveCheckpoint(_ state: JSONValue, label: String? = nil) async throws(WardClientError) -> Int {
         var params: [String: JSONValue] = ["state": state]
         if let label { params["label"] = .string(label) }
-        guard case .number(let seq)? = try await request("checkpoint.save", .object(params)).objectValue?["seq"] else {
+        guard let seq = try await request("checkpoint.save", .object(params)).objectValue?["seq"]?.integer() else {
             throw WardClientError(kind: .internal, message: "malformed checkpoint.save result", code: nil)
         }
-        return Int(seq)
+        return seq
     }
 
     /// `checkpoint.load`: the given or latest checkpoint, or nil.
     public func loadCheckpoint(seq: Int? = nil) async throws(WardClientError) -> (seq: Int, state: JSONValue)? {
         let result = try await request("checkpoint.load", seq.map { .object(["seq": .number(Double($0))]) } ?? .object([:]))
-        guard let o = result.objectValue, case .number(let s)? = o["seq"], let state = o["state"] else { return nil }
-        return (Int(s), state)
+        if result == .null { return nil }
+        guard let o = result.objectValue, let s = o["seq"]?.integer(), let state = o["state"] else {
+            throw WardClientError(kind: .internal, message: "malformed checkpoint.load result", code: nil)
+        }
+        return (s, state)
     }
 
     /// The value recorded under `key`; the first time, records `make()` (not called after).
@@ -127,8 +130,10 @@ public final class WardClient: Sendable {
                 }
                 guard let id else { return }
                 if let timeout {
-                    let nanos = UInt64(timeout.components.seconds) * 1_000_000_000 + UInt64(timeout.components.attoseconds / 1_000_000_000)
-                    DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [self] in
+                    // Clamped to [0, 100 years]: a negative or huge Duration must not trap.
+                    let seconds = min(max(timeout.components.seconds, 0), 3_153_600_000)
+                    let nanos = Int(seconds) * 1_000_000_000 + Int(max(timeout.components.attoseconds, 0) / 1_000_000_000)
+                    DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
                         if let c = self.state.withLock({ $0.pending.removeValue(forKey: id) }) {
                             c.resume(throwing: WardClientError(kind: .connection, message: "no answer from ward within \(timeout)", code: nil))
                         }
@@ -150,12 +155,13 @@ public final class WardClient: Sendable {
     private func readLoop() {
         var reader = LineReader(fd: fd)
         while let line = reader.next() {
-            guard let response = try? JSONValue.parse(line).objectValue, case .number(let id)? = response["id"],
-                  let continuation = state.withLock({ $0.pending.removeValue(forKey: Int(id)) }) else { continue }
+            // An answer that is not one of ours (unparsable, a foreign or fractional id) is
+            // dropped: its request times out or fails when the connection closes.
+            guard let response = try? JSONValue.parse(line).objectValue, let id = response["id"]?.integer(),
+                  let continuation = state.withLock({ $0.pending.removeValue(forKey: id) }) else { continue }
             if let error = response["error"]?.objectValue {
                 let kind = WardClientError.Kind(rawValue: error["data"]?.objectValue?["kind"]?.stringValue ?? "") ?? .internal
-                var code: Int?
-                if case .number(let c)? = error["code"] { code = Int(c) }
+                let code = error["code"]?.integer()
                 continuation.resume(throwing: WardClientError(kind: kind, message: error["message"]?.stringValue ?? "", code: code))
             } else {
                 continuation.resume(returning: response["result"] ?? .null)

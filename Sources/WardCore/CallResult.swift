@@ -117,16 +117,16 @@ extension CallResult {
     public init?(json: JSONValue) {
         guard let o = json.objectValue, let callId = o["callId"]?.stringValue, let tool = o["tool"]?.stringValue,
               let statusText = o["status"]?.stringValue, let status = CallStatus(rawValue: statusText) else { return nil }
-        func int(_ key: String) -> Int32? { if case .number(let n)? = o[key] { return Int32(n) }; return nil }
+        func int(_ key: String) -> Int32? { o[key]?.integer(Int32.self) }
         func bytes(_ key: String) -> [UInt8] {
             if let s = o[key]?.stringValue { return Array(s.utf8) }
             if let b = o[key + "Base64"]?.stringValue { return Base64.decode(b) ?? [] }
             return []
         }
         var duration = 0.0
-        if case .number(let d)? = o["durationMs"] { duration = d }
+        if case .number(let d)? = o["durationMs"], d >= 0 { duration = d }
         let outcome = ToolOutcome(status: status, exitCode: int("exitCode"), signal: int("signal"), stdout: bytes("stdout"),
                                   stderr: bytes("stderr"), truncated: o["truncated"] == .bool(true), durationMs: duration)
-        self.init(callId: callId, tool: tool, outcome: outcome, replayed: o["replayed"] == .bool(true), attempt: Int(int("attempt") ?? 1))
+        self.init(callId: callId, tool: tool, outcome: outcome, replayed: o["replayed"] == .bool(true), attempt: o["attempt"]?.integer() ?? 1)
     }
 }

@@ -19,9 +19,22 @@ public enum JSONValue: Sendable, Hashable {
         return nil
     }
 
+    /// The items of an array, or nil.
+    public var arrayValue: [JSONValue]? {
+        if case .array(let items) = self { return items }
+        return nil
+    }
+
     /// The string, or nil.
     public var stringValue: String? {
         if case .string(let s) = self { return s }
+        return nil
+    }
+
+    /// The number as a `T` when it is exactly one (integral and in range), else nil: a
+    /// peer's `1e300` or `1.5` never traps a conversion.
+    public func integer<T: FixedWidthInteger>(_: T.Type = Int.self) -> T? {
+        if case .number(let d) = self { return T(exactly: d) }
         return nil
     }
 

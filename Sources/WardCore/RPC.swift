@@ -13,10 +13,13 @@ public struct RPCError: Error, Sendable, CustomStringConvertible {
     public let code: Int
     public let kind: Kind
     public let message: String
+    /// The params member the error is about (`data.field`), for a client to point at.
+    public let field: String?
 
-    public init(_ kind: Kind, _ message: String, code: Int? = nil) {
+    public init(_ kind: Kind, _ message: String, code: Int? = nil, field: String? = nil) {
         self.kind = kind
         self.message = message
+        self.field = field
         switch kind {
         case .invalidArguments: self.code = code ?? -32602
         case .internal: self.code = code ?? -32603
@@ -32,9 +35,11 @@ public struct RPCError: Error, Sendable, CustomStringConvertible {
 
     public var description: String { message }
 
-    /// `{"code": …, "message": …, "data": {"kind": …}}`.
+    /// `{"code": …, "message": …, "data": {"kind": …, "field"?: …}}`.
     public var json: JSONValue {
-        .object(["code": .number(Double(code)), "message": .string(message), "data": .object(["kind": .string(kind.rawValue)])])
+        var data: [String: JSONValue] = ["kind": .string(kind.rawValue)]
+        if let field { data["field"] = .string(field) }
+        return .object(["code": .number(Double(code)), "message": .string(message), "data": .object(data)])
     }
 
     static func parse(_ message: String) -> RPCError { RPCError(.invalidArguments, message, code: -32700) }

@@ -106,7 +106,7 @@ extension Ledger {
             }
             let status = Ledger.effectiveStatus(row)
             var members: [String: JSONValue] = [
-                "run": .string(run), "callId": .string(callId), "tool": .string(row["tool"]), "effect": .string(row["effect"]),
+                "run": .string(row["run_id"]), "callId": .string(row["call_id"]), "tool": .string(row["tool"]), "effect": .string(row["effect"]),
                 "status": .string(status), "arguments": (try? JSONValue.parse(row["args"] as String)) ?? .null,
                 "argsHash": .string(row["args_hash"]), "policyHash": .string(row["policy_hash"]), "binaryHash": .string(row["binary_hash"]),
                 "attempt": .number(Double(row["attempt"] as Int)), "executions": .number(Double(row["executions"] as Int)),

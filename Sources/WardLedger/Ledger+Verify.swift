@@ -24,7 +24,7 @@ extension Ledger {
         try read("verifying the ledger") { db in
             var runs = try String.fetchAll(db, sql: "SELECT run_id FROM runs UNION SELECT DISTINCT run_id FROM events ORDER BY 1")
             if let only {
-                guard runs.contains(only) else { throw LedgerError(.notFound, "no run \(only) in \(self.path)") }
+                guard runs.contains(where: { ExactString($0) == ExactString(only) }) else { throw LedgerError(.notFound, "no run \(only) in \(self.path)") }
                 runs = [only]
             }
             return VerifyReport(runs: try runs.map { try self.verifyRun(db, $0) })
@@ -62,7 +62,7 @@ extension Ledger {
             if case .number(let bodySeq)? = parsed["seq"], Int(bodySeq) != seq {
                 return fail("event \(seq) of run \(run) was reordered (it holds event \(Int(bodySeq)) of the chain)")
             }
-            if parsed["run"]?.stringValue != run {
+            if parsed["run"]?.stringValue.map(ExactString.init) != ExactString(run) {
                 return fail("event \(seq) of run \(run) was moved here from run \(parsed["run"]?.stringValue ?? "?")")
             }
             if storedPrev != prev {
@@ -71,8 +71,9 @@ extension Ledger {
                 }
                 return fail("event \(seq) of run \(run) does not follow event \(seq - 1): an event before it was removed, inserted or altered")
             }
-            if parsed["kind"]?.stringValue != (row["kind"] as String) || parsed["call"]?.stringValue != (row["call_id"] as String?)
-                || parsed["at"]?.stringValue != (row["at"] as String) {
+            func exact(_ member: String) -> ExactString? { parsed[member]?.stringValue.map(ExactString.init) }
+            if exact("kind") != ExactString(row["kind"]) || exact("call") != (row["call_id"] as String?).map(ExactString.init)
+                || exact("at") != ExactString(row["at"]) {
                 return fail("event \(seq) of run \(run) was altered (its columns differ from its hashed body)")
             }
             seenHashes[stored] = seq
@@ -98,31 +99,33 @@ extension Ledger {
 
     /// The recorded calls, outputs and journal must be what the events say.
     private func checkState(_ db: Database, run: String, events: [(seq: Int, kind: String, call: String?, data: [String: JSONValue])]) throws -> String? {
-        var lastStatus: [String: (status: String, seq: Int, data: [String: JSONValue])] = [:]
-        var argsHash: [String: String] = [:]
-        var journalHashes: [String: String] = [:]
+        // Keyed by exact bytes, as the tables are: two call IDs that Swift's String equality
+        // finds canonically equivalent ("é" and "e\u{301}") are two calls.
+        var lastStatus: [ExactString: (status: String, seq: Int, data: [String: JSONValue])] = [:]
+        var argsHash: [ExactString: String] = [:]
+        var journalHashes: [ExactString: String] = [:]
         for e in events {
             switch e.kind {
             case "call.begin":
-                lastStatus[e.call!] = ("running", e.seq, e.data)
-                argsHash[e.call!] = e.data["argsHash"]?.stringValue
-            case "call.finish": lastStatus[e.call!] = (e.data["status"]?.stringValue ?? "?", e.seq, e.data)
-            case "call.in-doubt": lastStatus[e.call!] = ("in-doubt", e.seq, e.data)
-            case "call.resolve": lastStatus[e.call!] = ("resolved", e.seq, e.data)
-            case "journal.record": if let k = e.data["key"]?.stringValue { journalHashes[k] = e.data["valueHash"]?.stringValue }
+                lastStatus[ExactString(e.call!)] = ("running", e.seq, e.data)
+                argsHash[ExactString(e.call!)] = e.data["argsHash"]?.stringValue
+            case "call.finish": lastStatus[ExactString(e.call!)] = (e.data["status"]?.stringValue ?? "?", e.seq, e.data)
+            case "call.in-doubt": lastStatus[ExactString(e.call!)] = ("in-doubt", e.seq, e.data)
+            case "call.resolve": lastStatus[ExactString(e.call!)] = ("resolved", e.seq, e.data)
+            case "journal.record": if let k = e.data["key"]?.stringValue { journalHashes[ExactString(k)] = e.data["valueHash"]?.stringValue }
             default: break
             }
         }
         let calls = try Row.fetchAll(db, sql: "SELECT * FROM calls WHERE run_id = ? ORDER BY call_id", arguments: [run])
         for call in calls {
             let id: String = call["call_id"]
-            guard let last = lastStatus.removeValue(forKey: id) else {
+            guard let last = lastStatus.removeValue(forKey: ExactString(id)) else {
                 return "call \(id) of run \(run) has no events (it was inserted)"
             }
             if (call["status"] as String) != last.status {
                 return "call \(id) of run \(run) was altered: it says \(call["status"] as String), its last event (\(last.seq)) says \(last.status)"
             }
-            if (call["args_hash"] as String) != argsHash[id] {
+            if (call["args_hash"] as String) != argsHash[ExactString(id)] {
                 return "call \(id) of run \(run) was altered: its arguments differ from event records"
             }
             if Digest.sha256Hex((call["args"] as String).utf8) != (call["args_hash"] as String) {
@@ -142,7 +145,7 @@ extension Ledger {
         if let (id, _) = lastStatus.first { return "call \(id) of run \(run) was removed (its events remain)" }
         for row in try Row.fetchAll(db, sql: "SELECT key, value FROM journal WHERE run_id = ?", arguments: [run]) {
             let key: String = row["key"]
-            guard let recorded = journalHashes.removeValue(forKey: key) else { return "journal entry \(key) of run \(run) has no event (it was inserted)" }
+            guard let recorded = journalHashes.removeValue(forKey: ExactString(key)) else { return "journal entry \(key) of run \(run) has no event (it was inserted)" }
             if Digest.sha256Hex((row["value"] as String).utf8) != recorded { return "journal entry \(key) of run \(run) was altered" }
         }
         if let (key, _) = journalHashes.first { return "journal entry \(key) of run \(run) was removed" }

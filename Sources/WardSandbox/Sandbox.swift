@@ -126,16 +126,9 @@ public final class Sandbox: Sendable {
             throw SandboxError(.policyDenied, "tool \(name): command \(policy.command.first ?? "") does not exist or is not executable")
         }
         let bpf = try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
-        let expand = { (paths: [String]) -> [String] in
-            paths.map { p in
-                let body = p.hasPrefix("?") ? String(p.dropFirst()) : p
-                return (try? Template.expand(body, values: [Template.workspace: self.workspace])) ?? body
-            }
-        }
         var landlockFD: Int32 = -1
         if features.landlockABI > 0 {
-            landlockFD = try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write),
-                                                  network: policy.network, abi: features.landlockABI)
+            landlockFD = try Sandbox.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI)
         }
         let zygoteEligible = useZygotes && treeKill == .cgroup && policy.network != .loopback && features.seccomp
             && Zygote.required.isSubset(of: policy.syscalls)
@@ -154,6 +147,29 @@ public final class Sandbox: Sendable {
     /// Compiles a tool's seccomp program (what `prepare` caches), for benchmarks and tests.
     public static func compileFilter(for policy: ToolPolicy) throws(SandboxError) -> SeccompProgram {
         try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
+    }
+
+    /// Builds a tool's whole confinement as `prepare` does, without keeping it or starting
+    /// a zygote: its seccomp program and, on a kernel with Landlock ABI `landlockABI` > 0, its
+    /// Landlock ruleset (built, then closed). For checking policies (the fuzzer loads every
+    /// policy file it makes and then compiles its tools).
+    public static func compileConfinement(for policy: ToolPolicy, workspace: String, landlockABI: Int) throws(SandboxError) -> SeccompProgram {
+        let bpf = try compileFilter(for: policy)
+        guard landlockABI > 0 else { return bpf }
+        close(try landlockRuleset(for: policy, workspace: workspace, abi: landlockABI))
+        return bpf
+    }
+
+    /// The Landlock ruleset fd of a tool's read and write roots (`?` optional paths,
+    /// `{workspace}` expanded).
+    static func landlockRuleset(for policy: ToolPolicy, workspace: String, abi: Int) throws(SandboxError) -> Int32 {
+        let expand = { (paths: [String]) -> [String] in
+            paths.map { p in
+                let body = p.hasPrefix("?") ? String(p.dropFirst()) : p
+                return (try? Template.expand(body, values: [Template.workspace: workspace])) ?? body
+            }
+        }
+        return try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write), network: policy.network, abi: abi)
     }
 
     /// Refuses what `run` would refuse before anything starts (unknown tool, missing program,

@@ -56,17 +56,26 @@ public final class Supervisor: Sendable {
 
     // MARK: - Methods
 
+    /// Runs one method. Its params are checked member by member before anything is read
+    /// from or written to the ledger (`Params`): a bad value is an `invalid-arguments` error
+    /// naming the member, never a trap, so one agent cannot take down the calls of others.
     public func handle(method: String, params: JSONValue) throws(RPCError) -> JSONValue {
-        guard let p = params.objectValue else { throw RPCError(.invalidArguments, "params must be an object") }
         switch method {
-        case "run.resume": return try resume()
-        case "tool.call": return try toolCall(p)
-        case "checkpoint.save": return try checkpointSave(p)
-        case "checkpoint.load": return try checkpointLoad(p)
-        case "journal.record": return try journalRecord(p)
-        default: throw RPCError(.invalidArguments, "unknown method \"\(method)\"", code: -32601)
+        case "run.resume":
+            _ = try Params(method: method, params, known: [])
+            return try resume()
+        case "tool.call": return try toolCall(Params(method: method, params, known: ["callId", "tool", "arguments", "checkpoint"]))
+        case "checkpoint.save": return try checkpointSave(Params(method: method, params, known: ["state", "label"]))
+        case "checkpoint.load": return try checkpointLoad(Params(method: method, params, known: ["seq"]))
+        case "journal.record": return try journalRecord(Params(method: method, params, known: ["key", "value"]))
+        default:
+            throw RPCError(.invalidArguments, "unknown method \(Params.quote(method)) (methods: \(Supervisor.methods.joined(separator: ", ")))",
+                           code: -32601, field: "method")
         }
     }
+
+    /// The methods of the agent protocol.
+    public static let methods = ["run.resume", "tool.call", "checkpoint.save", "checkpoint.load", "journal.record"]
 
     func ledgerCall<T>(_ body: () throws(LedgerError) -> T) throws(RPCError) -> T {
         do { return try body() } catch { throw RPCError(error) }
@@ -89,30 +98,22 @@ public final class Supervisor: Sendable {
         do { return try JSONValue.parse(bytes) } catch { throw RPCError(.storage, "a stored checkpoint is not valid JSON") }
     }
 
-    func checkpointSave(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
-        guard let state = p["state"] else { throw RPCError(.invalidArguments, "checkpoint.save needs a state") }
-        var label: String?
-        if let l = p["label"], l != .null {
-            guard let s = l.stringValue else { throw RPCError(.invalidArguments, "label must be a string") }
-            label = s
-        }
+    func checkpointSave(_ p: Params) throws(RPCError) -> JSONValue {
+        guard let state = p.value("state") else { throw p.error("state", "is required (any JSON value)") }
+        let label = try p.identifier("label", required: false)
         let seq = try ledgerCall { () throws(LedgerError) in try ledger.saveCheckpoint(run: runID, state: state.canonicalBytes, label: label) }
         return .object(["seq": .number(Double(seq))])
     }
 
-    func checkpointLoad(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
-        var seq: Int?
-        if let s = p["seq"], s != .null {
-            guard case .number(let n) = s, n == n.rounded(), n >= 1 else { throw RPCError(.invalidArguments, "seq must be a positive integer") }
-            seq = Int(n)
-        }
+    func checkpointLoad(_ p: Params) throws(RPCError) -> JSONValue {
+        let seq = try p.integer("seq", in: 1...Params.maximumInteger)
         guard let c = try ledgerCall({ () throws(LedgerError) in try ledger.loadCheckpoint(run: runID, seq: seq) }) else { return .null }
         return .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)])
     }
 
-    func journalRecord(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
-        guard let key = p["key"]?.stringValue, !key.isEmpty else { throw RPCError(.invalidArguments, "journal.record needs a non-empty string key") }
-        guard let value = p["value"] else {
+    func journalRecord(_ p: Params) throws(RPCError) -> JSONValue {
+        let key = try p.identifier("key", required: true)!
+        guard let value = p.value("value") else {
             // Without a value: look up only (so a client calls the model only when nothing is recorded).
             let found = try ledgerCall { () throws(LedgerError) in try ledger.journalLookup(run: runID, key: key) }
             return .object(["value": found ?? .null, "recorded": .bool(false), "found": .bool(found != nil)])
@@ -123,22 +124,23 @@ public final class Supervisor: Sendable {
 
     // MARK: - tool.call
 
-    func toolCall(_ p: [String: JSONValue]) throws(RPCError) -> JSONValue {
-        guard let callId = p["callId"]?.stringValue, !callId.isEmpty, callId.utf8.count <= 1024 else {
-            throw RPCError(.invalidArguments, "tool.call needs a callId: a non-empty string of at most 1024 bytes")
+    func toolCall(_ p: Params) throws(RPCError) -> JSONValue {
+        let callId = try p.identifier("callId", required: true)!
+        let requested = try p.identifier("tool", required: true)!
+        let arguments = JSONValue.object(try p.object("arguments") ?? [:])
+        // Tool names match byte for byte: Swift's String equality would let "\u{212A}" (Kelvin
+        // sign) find the tool "K", and the ledger would record a name no policy has.
+        guard let policy = sandbox.policies.tools[requested], policy.name.utf8.elementsEqual(requested.utf8) else {
+            throw RPCError(.unknownTool, "tool.call: unknown tool \(Params.quote(requested)) (known: \(sandbox.policies.tools.keys.sorted().joined(separator: ", ")))",
+                           field: "tool")
         }
-        guard let tool = p["tool"]?.stringValue else { throw RPCError(.invalidArguments, "tool.call needs a tool name") }
-        let arguments = p["arguments"] ?? .object([:])
-        guard arguments.objectValue != nil else { throw RPCError(.invalidArguments, "arguments must be a JSON object, not \(arguments.typeName)") }
-        guard let policy = sandbox.policies.tools[tool] else {
-            throw RPCError(.unknownTool, "unknown tool \"\(tool)\" (known: \(sandbox.policies.tools.keys.sorted().joined(separator: ", ")))")
-        }
+        let tool = policy.name
         // Bad arguments are refused before anything is recorded.
         let executable: String
         do { executable = try sandbox.check(tool: tool, arguments: arguments) } catch { throw RPCError(error) }
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
                                    policyHash: policyHash(policy), executable: executable, attempt: attempt,
-                                   checkpoint: p["checkpoint"].map(\.canonicalBytes))
+                                   checkpoint: p.value("checkpoint").map(\.canonicalBytes))
         let environment = Reconciler.environment(run: runID, callId: callId)
         var reconciled = false
         while true {

@@ -105,3 +105,104 @@ struct ClientTests {
         #expect(throws: WardClientError.self) { _ = try WardClient(socketPath: "/nonexistent/ward.sock") }
     }
 }
+
+/// A server that answers each request line with the next scripted reply (`ID` replaced by
+/// the request's id): what a broken or hostile ward could send a client.
+final class ScriptedServer: @unchecked Sendable {
+    // @unchecked: `listenFD` and `path` are set once in init; the serving thread only reads them.
+    let path: String
+    private let listenFD: Int32
+
+    init(replies: [String]) throws {
+        path = temporaryDirectory("scripted") + "/s.sock"
+        listenFD = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = UnixSocket.address(path)
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listenFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        try #require(bound == 0 && listen(listenFD, 4) == 0)
+        let fd = listenFD
+        Thread.detachNewThread {
+            let conn = accept(fd, nil, nil)
+            guard conn >= 0 else { return }
+            var framer = LineFramer()
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            var replies = replies[...]
+            while let reply = replies.first {
+                let n = chunk.withUnsafeMutableBytes { recv(conn, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                while let line = try? framer.next() {
+                    let id = (try? JSONValue.parse(line).objectValue?["id"])??.canonical ?? "null"
+                    _ = UnixSocket.sendAll(conn, Array((reply.replacingOccurrences(of: "ID", with: id) + "\n").utf8))
+                    replies = replies.dropFirst()
+                    if replies.isEmpty { break }
+                }
+            }
+            close(conn)
+        }
+    }
+
+    deinit { close(listenFD) }
+}
+
+@Suite("Clients never trap on a server's answer")
+struct ClientRobustnessTests {
+    /// Numbers past every integer type, fractional ids, wrong types and unparsable lines.
+    @Test func theSwiftClientTurnsMalformedAnswersIntoErrors() async throws {
+        let server = try ScriptedServer(replies: [
+            #"{"jsonrpc":"2.0","id":ID,"result":{"seq":1e300}}"#,
+            #"{"jsonrpc":"2.0","id":ID,"result":{"seq":1.5,"state":1}}"#,
+            #"{"jsonrpc":"2.0","id":ID,"result":{"callId":"c","tool":"t","status":"succeeded","exitCode":1e300,"signal":-1e300,"attempt":1e300,"durationMs":-5,"stdoutBase64":"!!"}}"#,
+            #"{"jsonrpc":"2.0","id":ID,"error":{"code":1e300,"message":7,"data":{"kind":["x"]}}}"#,
+            "not json\n{\"id\":1e300}\n{\"id\":0.5,\"result\":1}\n[1,2]\n{\"jsonrpc\":\"2.0\",\"id\":ID,\"result\":\"nope\"}",
+        ])
+        let ward = try WardClient(socketPath: server.path, timeout: .seconds(20))
+        defer { ward.close() }
+        await #expect(throws: WardClientError.self) { _ = try await ward.saveCheckpoint(.null) }
+        await #expect(throws: WardClientError.self) { _ = try await ward.loadCheckpoint(seq: 1) }
+        let odd = try await ward.call(callId: "c", tool: "t")
+        #expect(odd.outcome.exitCode == nil && odd.outcome.signal == nil && odd.attempt == 1 && odd.outcome.durationMs == 0)
+        do {
+            _ = try await ward.resume()
+            Issue.record("an error answer was taken as a result")
+        } catch {
+            #expect(error.kind == .internal && error.code == nil, "\(error)")
+        }
+        await #expect(throws: WardClientError.self) { _ = try await ward.call(callId: "c", tool: "t") }
+    }
+
+    @Test func thePythonClientRaisesWardErrorOnMalformedAnswers() throws {
+        let replies = [
+            "not json",
+            #"[1]"#,
+            #"{"jsonrpc":"2.0","id":ID,"error":"boom"}"#,
+            #"{"jsonrpc":"2.0","id":ID,"error":{"code":1e300,"message":7,"data":[1]}}"#,
+            #"{"jsonrpc":"2.0","id":ID}"#,
+            #"{"jsonrpc":"2.0","id":ID,"result":{"nothing":1}}"#,
+            #"{"jsonrpc":"2.0","id":ID,"result":{"callId":"c","stdoutBase64":"@@@"}}"#,
+            #"{"jsonrpc":"2.0","id":ID,"result":[]}"#,
+        ]
+        // One connection per reply: a reply that is not JSON leaves a connection unusable.
+        for reply in replies {
+            let server = try ScriptedServer(replies: [reply])
+            let script = """
+                import sys
+                sys.path.insert(0, sys.argv[1])
+                from ward_client import Ward, WardError
+                ward = Ward(sys.argv[2])
+                for attempt in (lambda: ward.checkpoint({}), lambda: ward.call("c", "t"), lambda: ward.journal("k", lambda: 1)):
+                    try:
+                        attempt()
+                    except WardError as e:
+                        print("WardError", e.kind)
+                        break
+                    except (BrokenPipeError, ConnectionResetError):
+                        print("closed")
+                        break
+                else:
+                    print("no error")
+                """
+            let r = try runProgram("/usr/bin/env", ["python3", "-c", script, Paths.repository + "/Scripts", server.path])
+            #expect(r.status == 0 && r.output.hasPrefix("WardError internal"), "\(reply): \(r.output)")
+        }
+    }
+}
