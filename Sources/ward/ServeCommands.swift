@@ -22,6 +22,14 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("run-id"), help: "The run's ID (default: generated).")
     var runID: String?
 
+    /// A run ID names the run's socket file and is an identifier in the ledger: one with a
+    /// `/`, a control character or a leading `.` is refused before anything is opened.
+    func validate() throws {
+        if let runID, let problem = Identifier.runIDProblem(in: runID) {
+            throw ValidationError("--run-id: the run ID \(problem)")
+        }
+    }
+
     var effectiveRunID: String { runID ?? RunOptions.generatedRunID }
     static let generatedRunID: String = {
         var rng = SystemRandomNumberGenerator()

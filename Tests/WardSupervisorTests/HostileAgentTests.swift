@@ -203,6 +203,16 @@ struct HostileAgentTests {
         let verify = try ward(["ledger", "verify"], in: dir)
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
     }
+
+    /// A run ID names the socket file: one that would leave its directory, hide in it or
+    /// carry a control character is refused before anything is opened.
+    @Test(arguments: ["a/b", "../escape", ".hidden", "", "x\u{1b}]0;t\u{7}", "tab\there", String(repeating: "r", count: 65)])
+    func badRunIDsAreRefused(_ run: String) throws {
+        let dir = temporaryDirectory("runid")
+        let r = try ward(["serve", "--run-id", run, "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock"], in: dir)
+        #expect(r.status == 2 && r.stderr.contains("run ID"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/.ward"), "a ledger was opened for a refused run ID")
+    }
 }
 
 func field(_ response: [String: JSONValue]?) -> String? { response?["error"]?.objectValue?["data"]?.objectValue?["field"]?.stringValue }
