@@ -212,7 +212,7 @@ extension Ledger {
             if let seq {
                 for row in try Row.fetchAll(db, sql: "SELECT seq, body FROM events WHERE run_id = ? AND kind = 'checkpoint.save' ORDER BY seq DESC",
                                             arguments: [run]) {
-                    if case .number(let s)? = (try? JSONValue.parse(row["body"] as String))?.objectValue?["data"]?.objectValue?["seq"], Int(s) == seq {
+                    if (try? JSONValue.parse(row["body"] as String))?.objectValue?["data"]?.objectValue?["seq"]?.integer() == seq {
                         after = row["seq"]
                         break
                     }

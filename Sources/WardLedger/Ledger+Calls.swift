@@ -212,7 +212,7 @@ extension Ledger {
     /// failure the commit is retried (with backoff, up to `retryFor` seconds); the call is
     /// never reported done before its outcome is on disk.
     public func finish(_ ticket: CallTicket, outcome: ToolOutcome, retryFor seconds: Double = 10) throws(LedgerError) -> CallResult {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        let deadline = ContinuousClock.now + .milliseconds(Int(min(max(seconds, 0), 1e9) * 1000))  // never a trap on a huge wait
         var delay = 0.005
         if FailPoints.hit(.beforeFinish) { throw LedgerError(.storage, "fail point before-finish") }
         var recorded: CallResult?
@@ -254,7 +254,7 @@ extension Ledger {
     /// - Throws: `in-progress` after `timeout` seconds; `in-doubt` if its process died (for a
     ///   non-idempotent call); nothing else runs it meanwhile.
     public func awaitOutcome(run: String, callId: String, timeout: Double) throws(LedgerError) -> CallResult? {
-        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        let deadline = ContinuousClock.now + .milliseconds(Int(min(max(timeout, 0), 1e9) * 1000))  // never a trap on a huge wait
         var delay = 0.001
         while true {
             let found = try read("reading call \(callId)") { db -> (CallRecord, CallResult?)? in

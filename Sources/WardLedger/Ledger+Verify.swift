@@ -59,8 +59,9 @@ extension Ledger {
             if Ledger.chain(prev: storedPrev, body: body) != stored {
                 return fail("event \(seq) of run \(run) was altered (its content does not match its hash)")
             }
-            if case .number(let bodySeq)? = parsed["seq"], Int(bodySeq) != seq {
-                return fail("event \(seq) of run \(run) was reordered (it holds event \(Int(bodySeq)) of the chain)")
+            // The file may be hostile too: a seq of 1e300 is a finding, not a trap.
+            if let bodySeq = parsed["seq"], bodySeq.integer() != seq {
+                return fail("event \(seq) of run \(run) was reordered (it holds event \(bodySeq.canonical) of the chain)")
             }
             if parsed["run"]?.stringValue.map(ExactString.init) != ExactString(run) {
                 return fail("event \(seq) of run \(run) was moved here from run \(parsed["run"]?.stringValue ?? "?")")

@@ -79,7 +79,7 @@ public final class SocketServer: Sendable {
 
     /// Waits until no request is running, at most `timeout` seconds; true when idle.
     public func waitUntilIdle(timeout: Double) -> Bool {
-        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        let deadline = ContinuousClock.now + .milliseconds(Int(min(max(timeout, 0), 1e9) * 1000))
         while inFlight.load(ordering: .sequentiallyConsistent) > 0 {
             if ContinuousClock.now >= deadline { return false }
             usleep(10_000)
