@@ -29,6 +29,38 @@ public struct ToolOutcome: Sendable, Hashable {
     }
 }
 
+/// How an in-doubt call was settled: by an operator (`ward ledger resolve`) or by the
+/// tool's reconcile command.
+public struct Resolution: Sendable, Hashable {
+    public enum Verdict: String, Sendable, Hashable, CaseIterable {
+        case executed
+        case notExecuted = "not-executed"
+    }
+
+    public var verdict: Verdict
+    public var note: String
+    /// `operator`, or `reconcile` for the tool's own reconcile command.
+    public var by: String
+    /// When it was settled (UTC, RFC 3339).
+    public var at: String
+
+    public init(verdict: Verdict, note: String, by: String, at: String) {
+        self.verdict = verdict
+        self.note = note
+        self.by = by
+        self.at = at
+    }
+
+    public var json: JSONValue {
+        .object(["verdict": .string(verdict.rawValue), "note": .string(note), "by": .string(by), "at": .string(at)])
+    }
+
+    public init?(json: JSONValue) {
+        guard let o = json.objectValue, let v = o["verdict"]?.stringValue, let verdict = Verdict(rawValue: v) else { return nil }
+        self.init(verdict: verdict, note: o["note"]?.stringValue ?? "", by: o["by"]?.stringValue ?? "", at: o["at"]?.stringValue ?? "")
+    }
+}
+
 /// DESIGN.md's `CallResult`: what an agent gets back for a tool call.
 public struct CallResult: Sendable, Hashable {
     public var callId: String
@@ -36,13 +68,17 @@ public struct CallResult: Sendable, Hashable {
     public var outcome: ToolOutcome
     public var replayed: Bool
     public var attempt: Int
+    /// Present when the call was caught in doubt and settled as executed: the verdict, and
+    /// in `outcome.stdout` the reconcile command's output (empty for an operator's verdict).
+    public var resolution: Resolution?
 
-    public init(callId: String, tool: String, outcome: ToolOutcome, replayed: Bool, attempt: Int) {
+    public init(callId: String, tool: String, outcome: ToolOutcome, replayed: Bool, attempt: Int, resolution: Resolution? = nil) {
         self.callId = callId
         self.tool = tool
         self.outcome = outcome
         self.replayed = replayed
         self.attempt = attempt
+        self.resolution = resolution
     }
 
     /// The JSON object of the protocol. stdout/stderr are UTF-8 strings, or
@@ -59,6 +95,7 @@ public struct CallResult: Sendable, Hashable {
             "replayed": .bool(replayed),
             "attempt": .number(Double(attempt)),
         ]
+        if let resolution { members["resolution"] = resolution.json }
         for (name, bytes) in [("stdout", outcome.stdout), ("stderr", outcome.stderr)] {
             if let text = String(validating: bytes, as: UTF8.self) {
                 members[name] = .string(text)
@@ -127,6 +164,7 @@ extension CallResult {
         if case .number(let d)? = o["durationMs"], d >= 0 { duration = d }
         let outcome = ToolOutcome(status: status, exitCode: int("exitCode"), signal: int("signal"), stdout: bytes("stdout"),
                                   stderr: bytes("stderr"), truncated: o["truncated"] == .bool(true), durationMs: duration)
-        self.init(callId: callId, tool: tool, outcome: outcome, replayed: o["replayed"] == .bool(true), attempt: o["attempt"]?.integer() ?? 1)
+        self.init(callId: callId, tool: tool, outcome: outcome, replayed: o["replayed"] == .bool(true), attempt: o["attempt"]?.integer() ?? 1,
+                  resolution: o["resolution"].flatMap(Resolution.init(json:)))
     }
 }

@@ -115,7 +115,7 @@ extension Ledger {
                 "verdict": (row["verdict"] as String?).map { .string($0) } ?? .null, "note": (row["note"] as String?).map { .string($0) } ?? .null,
             ]
             if status != "running" && status != "in-doubt" {
-                if let call = try CallRecord.fetch(db, run: run, callId: callId) { members["result"] = try self.result(db, call, replayed: false).json }
+                if let call = try CallRecord.fetch(db, run: run, callId: callId) { members["result"] = try self.result(db, run: run, call, replayed: false).json }
             }
             members["events"] = .array(try self.events(db, run: run, callId: callId).map(\.json))
             return .object(members)
@@ -203,9 +203,9 @@ extension Ledger {
 }
 
 extension Ledger {
-    /// Results of the calls of `run` that finished (or were resolved) after checkpoint
-    /// `seq` was saved — all finished calls when `seq` is nil: what a resumed agent has not
-    /// seen in its state yet.
+    /// Results of the calls of `run` that finished (or were resolved `executed`) after
+    /// checkpoint `seq` was saved — all finished calls when `seq` is nil: what a resumed agent
+    /// has not seen in its state yet.
     public func completedSince(run: String, checkpoint seq: Int?) throws(LedgerError) -> [CallResult] {
         try read("reading completed calls of run \(run)") { db in
             var after = 0
@@ -223,9 +223,21 @@ extension Ledger {
                 GROUP BY call_id ORDER BY MIN(seq)
                 """, arguments: [run, after])
             return try ids.compactMap { id in
-                guard let call = try CallRecord.fetch(db, run: run, callId: id), call.status != "running", call.status != "in-doubt" else { return nil }
-                return try self.result(db, call, replayed: true)
+                // A call resolved not-executed is not completed: it is listed apart
+                // (`notExecutedCalls`) and runs when asked for.
+                guard let call = try CallRecord.fetch(db, run: run, callId: id), call.isSettled else { return nil }
+                return try self.result(db, run: run, call, replayed: true)
             }
+        }
+    }
+
+    /// The calls of `run` resolved `not-executed`, in the order they were resolved: an
+    /// operator found they never ran, so each runs (once) when the agent asks for it again.
+    public func notExecutedCalls(run: String) throws(LedgerError) -> [String] {
+        try read("reading the not-executed calls of run \(run)") { db in
+            try String.fetchAll(db, sql: """
+                SELECT call_id FROM calls WHERE run_id = ? AND status = 'resolved' AND verdict = 'not-executed' ORDER BY finished_at, call_id
+                """, arguments: [run])
         }
     }
 }

@@ -46,6 +46,8 @@ struct CallRecord {
     var argsHash: String
     var status: String
     var verdict: String?
+    var note: String?
+    var finishedAt: String?
     var owner: String?
     var startedAt: String
     var attempt: Int
@@ -65,11 +67,12 @@ struct CallRecord {
     static func fetch(_ db: Database, run: String, callId: String) throws -> CallRecord? {
         try db.first("""
             SELECT call_id, tool, effect, args_hash, status, verdict, owner, started_at, attempt, executions, exit_code, signal,
-                   stdout, stderr, truncated, duration_ms
+                   stdout, stderr, truncated, duration_ms, note, finished_at
             FROM calls WHERE run_id = ? AND call_id = ?
             """, [.text(run), .text(callId)]) { r in
             CallRecord(callId: r.text(0), tool: r.text(1), effect: r.text(2), argsHash: r.text(3), status: r.text(4),
-                       verdict: r.optionalText(5), owner: r.optionalText(6), startedAt: r.text(7), attempt: r.int(8), executions: r.int(9),
+                       verdict: r.optionalText(5), note: r.optionalText(16), finishedAt: r.optionalText(17), owner: r.optionalText(6),
+                       startedAt: r.text(7), attempt: r.int(8), executions: r.int(9),
                        exitCode: r.optionalInt(10), signal: r.optionalInt(11), stdoutHash: r.isNull(12) ? nil : r.blob(12),
                        stderrHash: r.isNull(13) ? nil : r.blob(13), truncated: r.int(14) != 0, durationMs: r.real(15))
         }
@@ -175,7 +178,7 @@ extension Ledger {
                         """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
                 }
             default:
-                return .replay(try self.result(db, call, replayed: true))
+                return .replay(try self.result(db, run: request.run, call, replayed: true))
             }
         }
         if case .execute = decision, FailPoints.hit(.afterBegin) {
@@ -259,7 +262,7 @@ extension Ledger {
         while true {
             let found = try read("reading call \(callId)") { db -> (CallRecord, CallResult?)? in
                 guard let call = try CallRecord.fetch(db, run: run, callId: callId) else { return nil }
-                return (call, call.isSettled ? try self.result(db, call, replayed: true) : nil)
+                return (call, call.isSettled ? try self.result(db, run: run, call, replayed: true) : nil)
             }
             guard let (call, result) = found else { return nil }
             if let result { return result }
@@ -280,13 +283,21 @@ extension Ledger {
     }
 
     /// The CallResult of a settled call.
-    func result(_ db: Database, _ call: CallRecord, replayed: Bool) throws -> CallResult {
+    func result(_ db: Database, run: String, _ call: CallRecord, replayed: Bool) throws -> CallResult {
         let out = try call.stdoutHash.map { try blob(db, $0) ?? [] } ?? []
         let err = try call.stderrHash.map { try blob(db, $0) ?? [] } ?? []
         let outcome = ToolOutcome(status: CallStatus(rawValue: call.status) ?? .failed, exitCode: call.exitCode.map(Int32.init),
                                   signal: call.signal.map(Int32.init), stdout: out, stderr: err, truncated: call.truncated,
                                   durationMs: call.durationMs)
-        return CallResult(callId: call.callId, tool: call.tool, outcome: outcome, replayed: replayed, attempt: call.attempt)
+        var resolution: Resolution?
+        if call.status == "resolved", let verdict = call.verdict.flatMap(Resolution.Verdict.init(rawValue:)) {
+            // Who settled it is in the call.resolve event only.
+            let by = try String.fetchOne(db, sql: """
+                SELECT json_extract(body, '$.data.by') FROM events WHERE run_id = ? AND call_id = ? AND kind = 'call.resolve' ORDER BY seq DESC LIMIT 1
+                """, arguments: [run, call.callId])
+            resolution = Resolution(verdict: verdict, note: call.note ?? "", by: by ?? "operator", at: call.finishedAt ?? "")
+        }
+        return CallResult(callId: call.callId, tool: call.tool, outcome: outcome, replayed: replayed, attempt: call.attempt, resolution: resolution)
     }
 
     // MARK: - Recovery
@@ -311,13 +322,10 @@ extension Ledger {
         }
     }
 
-    /// An operator's (or a reconcile command's) verdict on an in-doubt call.
-    public enum Verdict: String, Sendable, CaseIterable {
-        /// It ran: its result is recorded and replayed from now on.
-        case executed
-        /// It did not run: it may run again under the same call ID.
-        case notExecuted = "not-executed"
-    }
+    /// An operator's (or a reconcile command's) verdict on an in-doubt call: `executed`, its
+    /// result is recorded and replayed from now on; `not-executed`, it may run again under
+    /// the same call ID.
+    public typealias Verdict = Resolution.Verdict
 
     /// Settles an in-doubt call. `output` becomes the recorded stdout for `executed` (what a
     /// reconcile command printed; empty for an operator).

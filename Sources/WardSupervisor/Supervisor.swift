@@ -85,12 +85,14 @@ public final class Supervisor: Sendable {
         let checkpoint = try ledgerCall { () throws(LedgerError) in try ledger.loadCheckpoint(run: runID) }
         let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
         let inDoubt = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID) }
+        let notExecuted = try ledgerCall { () throws(LedgerError) in try ledger.notExecutedCalls(run: runID) }
         return .object([
             "runId": .string(runID),
             "attempt": .number(Double(attempt)),
             "checkpoint": try checkpoint.map { c throws(RPCError) in .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)]) } ?? .null,
             "completedSince": .array(completed.map(\.json)),
             "inDoubt": .array(inDoubt.map { .string($0.callId) }),
+            "notExecuted": .array(notExecuted.map { .string($0) }),
         ])
     }
 
