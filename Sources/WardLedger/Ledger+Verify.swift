@@ -105,8 +105,11 @@ extension Ledger {
         var lastStatus: [ExactString: (status: String, seq: Int, data: [String: JSONValue])] = [:]
         var argsHash: [ExactString: String] = [:]
         var journalHashes: [ExactString: String] = [:]
+        var place: [String: JSONValue]?
         for e in events {
             switch e.kind {
+            case "run.place": place = e.data
+            case "run.moved": place = e.data["to"]?.objectValue
             case "call.begin":
                 lastStatus[ExactString(e.call!)] = ("running", e.seq, e.data)
                 argsHash[ExactString(e.call!)] = e.data["argsHash"]?.stringValue
@@ -150,6 +153,12 @@ extension Ledger {
             if Digest.sha256Hex((row["value"] as String).utf8) != recorded { return "journal entry \(key) of run \(run) was altered" }
         }
         if let (key, _) = journalHashes.first { return "journal entry \(key) of run \(run) was removed" }
+        // The place decides where reconcile looks for a call's effect: it must be the one the
+        // events recorded.
+        let recorded = try Ledger.place(db, run: run)?.json
+        if recorded.map({ JSONValue.object($0).canonicalBytes }) != place.map({ JSONValue.object($0).canonicalBytes }) {
+            return "the workspace or policies recorded for run \(run) were altered (they are not the ones its events recorded)"
+        }
         return nil
     }
 }

@@ -243,6 +243,16 @@ public final class Ledger: Sendable {
                 CREATE INDEX calls_in_doubt ON calls(run_id) WHERE status = 'in-doubt';
                 """)
         }
+        // Where each run ran (Ledger+Place): reconcile and later attempts use it.
+        migrator.registerMigration("v3") { db in
+            try db.execute(sql: """
+                ALTER TABLE runs ADD COLUMN workspace TEXT;
+                ALTER TABLE runs ADD COLUMN workspace_dev INTEGER;
+                ALTER TABLE runs ADD COLUMN workspace_ino INTEGER;
+                ALTER TABLE runs ADD COLUMN workspace_born TEXT;
+                ALTER TABLE runs ADD COLUMN policies TEXT;
+                """)
+        }
         return migrator
     }()
 

@@ -157,6 +157,9 @@ int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4,
 long ward_peer_uid(int fd);
 /// seccomp(2) mode query for `ward doctor`.
 int ward_seccomp_available(void);
+/// A directory's device, inode and birth time (0 when the filesystem keeps none); -1 with
+/// errno when it is missing or not a directory. statx is _GNU_SOURCE only.
+int ward_directory_identity(const char *path, uint64_t *dev, uint64_t *ino, int64_t *birth_sec, uint32_t *birth_nsec);
 
 #ifdef __cplusplus
 }

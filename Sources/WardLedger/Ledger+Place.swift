@@ -1,0 +1,86 @@
+import GRDB
+import WardCore
+
+/// Where a run ran: its workspace (the path and the filesystem object behind it) and its
+/// policy directory.
+///
+/// A reconcile command that looks for a call's effect in the wrong directory finds nothing
+/// and answers "not executed", and the call runs twice. So the ledger records the place on
+/// a run's first attempt, and every later attempt, reconcile or resolve of the run uses it
+/// and refuses another one: a different directory, or the same path now holding a new
+/// (empty) directory, which its device, inode and birth time tell apart (`RunPlace.of` in
+/// WardSupervisor reads them).
+public struct RunPlace: Sendable, Hashable, CustomStringConvertible {
+    /// The workspace's absolute, symlink-free path.
+    public var workspace: String
+    public var device: UInt64
+    public var inode: UInt64
+    /// The directory's birth time, `SECONDS.NANOSECONDS` ("" where the filesystem keeps
+    /// none): an inode number is often reused at once for a directory made anew.
+    public var born: String
+    /// The policy directory's absolute path.
+    public var policies: String
+
+    public init(workspace: String, device: UInt64, inode: UInt64, born: String, policies: String) {
+        self.workspace = workspace
+        self.device = device
+        self.inode = inode
+        self.born = born
+        self.policies = policies
+    }
+
+    public var description: String { "\(workspace) (device \(device), inode \(inode), born \(born)), policies \(policies)" }
+
+    var json: [String: JSONValue] {
+        ["workspace": .string(workspace), "device": .number(Double(device)), "inode": .number(Double(inode)), "born": .string(born),
+         "policies": .string(policies)]
+    }
+
+    init?(_ row: Row) {
+        guard let workspace = row["workspace"] as String? else { return nil }
+        self.init(workspace: workspace, device: UInt64(bitPattern: row["workspace_dev"] as Int64), inode: UInt64(bitPattern: row["workspace_ino"] as Int64),
+                  born: row["workspace_born"] ?? "", policies: row["policies"] ?? "")
+    }
+}
+
+extension Ledger {
+    /// The place recorded for `run`, or nil when none is (a new run, or one recorded before
+    /// ward kept places).
+    public func recordedPlace(run: String) throws(LedgerError) -> RunPlace? {
+        try read("reading the place of run \(run)") { db in
+            try Ledger.place(db, run: run)
+        }
+    }
+
+    /// Records `place` for `run` when it has none; when it has one, refuses another with
+    /// `invalid` (naming both) unless `moved`, in which case the move is recorded as a
+    /// `run.moved` event and the new place is used from then on.
+    public func claimPlace(run: String, _ place: RunPlace, moved: Bool = false) throws(LedgerError) {
+        try write("recording the place of run \(run)") { db in
+            let before = try Ledger.place(db, run: run)
+            if before == place { return }
+            if let before, !moved {
+                throw LedgerError(.invalid, Ledger.placeMismatch(run: run, recorded: before, given: place))
+            }
+            try self.appendEvent(db, run: run, kind: before == nil ? "run.place" : "run.moved",
+                                 data: before.map { ["from": .object($0.json), "to": .object(place.json)] } ?? place.json)
+            try db.execute(sql: "UPDATE runs SET workspace = ?, workspace_dev = ?, workspace_ino = ?, workspace_born = ?, policies = ? WHERE run_id = ?",
+                           arguments: [place.workspace, Int64(bitPattern: place.device), Int64(bitPattern: place.inode), place.born, place.policies, run])
+        }
+    }
+
+    static func place(_ db: Database, run: String) throws -> RunPlace? {
+        try Row.fetchOne(db, sql: "SELECT workspace, workspace_dev, workspace_ino, workspace_born, policies FROM runs WHERE run_id = ?", arguments: [run])
+            .flatMap(RunPlace.init)
+    }
+
+    static func placeMismatch(run: String, recorded: RunPlace, given: RunPlace) -> String {
+        if recorded.workspace != given.workspace {
+            return "run \(run) ran in workspace \(recorded.workspace), not \(given.workspace)"
+        }
+        if recorded.device != given.device || recorded.inode != given.inode || recorded.born != given.born {
+            return "the workspace \(given.workspace) of run \(run) was replaced: it is not the directory the run used (device \(recorded.device), inode \(recorded.inode), born \(recorded.born); now device \(given.device), inode \(given.inode), born \(given.born))"
+        }
+        return "run \(run) used the policies in \(recorded.policies), not \(given.policies)"
+    }
+}
