@@ -188,7 +188,19 @@ extension Ledger {
     }
 
     func inDoubtError(run: String, callId: String, started: String) -> LedgerError {
-        LedgerError(.inDoubt, "call \(callId) of run \(run) was started at \(started) and never finished: settle it with `ward ledger resolve \(run) \(callId) --as executed|not-executed`")
+        LedgerError(.inDoubt, "call \(callId) of run \(run) was started at \(started) and never finished: \(settleHint(run: run, callId: callId))")
+    }
+
+    /// The commands that settle an in-doubt call, as an operator pastes them: quoted, with
+    /// this ledger's absolute path, and the note a placeholder to fill in.
+    public func resolveCommand(run: String, callId: String, as verdict: Verdict) -> String {
+        let absolute = path.hasPrefix("/") ? path : (realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? path)
+        return "ward ledger resolve \(Shell.quote(run)) \(Shell.quote(callId)) --as \(verdict.rawValue) --note 'WHAT YOU CHECKED' --ledger \(Shell.quote(absolute))"
+    }
+
+    /// "settle it with `…executed…` or `…not-executed…`".
+    public func settleHint(run: String, callId: String) -> String {
+        "settle it with `\(resolveCommand(run: run, callId: callId, as: .executed))` (it ran) or `\(resolveCommand(run: run, callId: callId, as: .notExecuted))` (it did not)"
     }
 
     func markInDoubt(_ db: Database, run: String, callId: String, owner: String?) throws {
@@ -369,6 +381,8 @@ public struct InDoubtCall: Sendable {
     public var tool: String
     public var arguments: JSONValue
     public var startedAt: String
+    /// Why it is in doubt ("its process … died before the outcome was recorded").
+    public var reason: String?
 }
 
 extension Ledger {
@@ -376,13 +390,19 @@ extension Ledger {
     public func inDoubtCalls(run: String? = nil, callId: String? = nil) throws(LedgerError) -> [InDoubtCall] {
         try recoverDeadOwners()
         return try read("listing in-doubt calls") { db in
-            var sql = "SELECT run_id, call_id, tool, args, started_at FROM calls WHERE status = 'in-doubt'"
+            // The reason comes from the call's last call.in-doubt event: who died, and how.
+            var sql = """
+                SELECT run_id, call_id, tool, args, started_at, (SELECT json_extract(e.body, '$.data.reason') FROM events e
+                    WHERE e.run_id = c.run_id AND e.call_id = c.call_id AND e.kind = 'call.in-doubt' ORDER BY e.seq DESC LIMIT 1) AS reason
+                FROM calls c WHERE status = 'in-doubt'
+                """
             var args: [any DatabaseValueConvertible] = []
             if let run { sql += " AND run_id = ?"; args.append(run) }
             if let callId { sql += " AND call_id = ?"; args.append(callId) }
             return try Row.fetchAll(db, sql: sql + " ORDER BY started_at", arguments: StatementArguments(args)).map { row in
                 InDoubtCall(run: row["run_id"], callId: row["call_id"], tool: row["tool"],
-                            arguments: (try? JSONValue.parse(row["args"] as String)) ?? .object([:]), startedAt: row["started_at"])
+                            arguments: (try? JSONValue.parse(row["args"] as String)) ?? .object([:]), startedAt: row["started_at"],
+                            reason: row["reason"])
             }
         }
     }

@@ -22,6 +22,10 @@ public final class Supervisor: Sendable {
     public let ledger: Ledger
     public let sandbox: Sandbox
     let reconciler: Reconciler
+    /// Set when the agent was told that a call is in doubt (an `in-doubt` error, or in-doubt
+    /// calls in `run.resume`): restarting it would only meet the same refusal, so `ward run`
+    /// waits for an operator instead (`takeToldInDoubt`).
+    private let toldInDoubt = Atomic<Bool>(false)
     /// Policy hashes by tool: the policies do not change while a supervisor runs.
     private let policyHashes = Lock<[String: String]>([:])
     /// Longest accepted request line (DESIGN.md): 16 MiB.
@@ -64,7 +68,11 @@ public final class Supervisor: Sendable {
         case "run.resume":
             _ = try Params(method: method, params, known: [])
             return try resume()
-        case "tool.call": return try toolCall(Params(method: method, params, known: ["callId", "tool", "arguments", "checkpoint"]))
+        case "tool.call":
+            do { return try toolCall(Params(method: method, params, known: ["callId", "tool", "arguments", "checkpoint"])) } catch where error.kind == .inDoubt {
+                toldInDoubt.store(true, ordering: .relaxed)
+                throw error
+            }
         case "checkpoint.save": return try checkpointSave(Params(method: method, params, known: ["state", "label"]))
         case "checkpoint.load": return try checkpointLoad(Params(method: method, params, known: ["seq"]))
         case "journal.record": return try journalRecord(Params(method: method, params, known: ["key", "value"]))
@@ -81,11 +89,15 @@ public final class Supervisor: Sendable {
         do { return try body() } catch { throw RPCError(error) }
     }
 
+    /// Whether the agent was told of a call in doubt since the last time this was asked.
+    public func takeToldInDoubt() -> Bool { toldInDoubt.exchange(false, ordering: .relaxed) }
+
     func resume() throws(RPCError) -> JSONValue {
         let checkpoint = try ledgerCall { () throws(LedgerError) in try ledger.loadCheckpoint(run: runID) }
         let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
         let inDoubt = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID) }
         let notExecuted = try ledgerCall { () throws(LedgerError) in try ledger.notExecutedCalls(run: runID) }
+        if !inDoubt.isEmpty { toldInDoubt.store(true, ordering: .relaxed) }
         return .object([
             "runId": .string(runID),
             "attempt": .number(Double(attempt)),
@@ -186,7 +198,7 @@ public final class Supervisor: Sendable {
                 } catch where error.code == .startUnknown {
                     // It may have run: never run it again on a guess (guarantee 4).
                     try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
-                    throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); settle it with `ward ledger resolve \(runID) \(callId) --as executed|not-executed`")
+                    throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); \(ledger.settleHint(run: runID, callId: callId))")
                 } catch {
                     // Recorded as denied: the policy or the kernel refused to start it.
                     outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),

@@ -26,9 +26,14 @@ struct RunCommand: ParsableCommand {
             ward exits with its final status. SIGINT/SIGTERM: stop accepting calls, let running \
             tools finish within --grace seconds, kill the rest (recorded killed), stop the agent. \
             If ward itself is killed, the agent and the tools die with it; `ward run --run-id SAME` \
-            recovers the run.
+            recovers the run. When the agent stops at a call in doubt, ward does not restart it into \
+            the same refusal: it prints the calls and the commands that settle them, offers to settle \
+            them on a terminal and then resumes the agent, and otherwise exits with status 4.
             """
     )
+
+    /// The exit status when ward stops because calls are in doubt and nobody settled them.
+    static let waitingForOperator: Int32 = 4
 
     @OptionGroup var options: RunOptions
 
@@ -111,6 +116,22 @@ struct RunCommand: ParsableCommand {
                 }
             }
             let crashed = status != 0 || signalled
+            // An agent that met a call in doubt would meet the same refusal after a restart:
+            // an operator decides first. Waiting for one is not a crash (--max-restarts).
+            if supervisor.takeToldInDoubt(), let unsettled = try? supervisor.ledger.inDoubtCalls(run: run), !unsettled.isEmpty {
+                let wouldRestart = restart == .always || (restart == .onFailure && crashed)
+                Output.write(2, Array(RunCommand.inDoubtReport(unsettled, ledger: supervisor.ledger, stopped: wouldRestart).utf8))
+                if wouldRestart {
+                    if isatty(0) == 1, RunCommand.settleOnTerminal(unsettled, ledger: supervisor.ledger) {
+                        Output.write(2, Array("ward: every call in doubt is settled; resuming the agent\n".utf8))
+                        supervisor.attempt = try ledgerCall { () throws(LedgerError) in try supervisor.ledger.startAttempt(run: run) }
+                        continue
+                    }
+                    drain(server: server, supervisor: supervisor)
+                    server.stop()
+                    throw ExitCode(RunCommand.waitingForOperator)
+                }
+            }
             let again = restarts < maxRestarts && (restart == .always || (restart == .onFailure && crashed))
             if !again {
                 // Calls still running for the agent that left are finished and recorded
@@ -146,6 +167,51 @@ struct RunCommand: ParsableCommand {
             supervisor.sandbox.terminateAll()
             _ = server.waitUntilIdle(timeout: 10)
         }
+    }
+
+    /// Which calls are in doubt, what is known of each, and the commands that settle them,
+    /// pasteable as printed.
+    static func inDoubtReport(_ calls: [InDoubtCall], ledger: Ledger, stopped: Bool) -> String {
+        var text = stopped ? "ward: the agent stopped at \(calls.count == 1 ? "a call" : "calls") in doubt; a restart would meet the same refusal, so ward waits for an operator.\n"
+                           : "ward: the agent exited with \(calls.count == 1 ? "a call" : "calls") still in doubt.\n"
+        for call in calls {
+            text += "  call \(call.callId) of run \(call.run): tool \(call.tool), started \(call.startedAt)\n"
+            if let reason = call.reason { text += "    \(reason)\n" }
+            text += "    arguments \(call.arguments.canonical.prefix(300))\n"
+            text += "    if it ran:          \(ledger.resolveCommand(run: call.run, callId: call.callId, as: .executed))\n"
+            text += "    if it did not run:  \(ledger.resolveCommand(run: call.run, callId: call.callId, as: .notExecuted))\n"
+        }
+        if stopped { text += "  then run the same `ward run --run-id \(Shell.quote(calls[0].run)) …` again; `ward ledger show` gives each call's details.\n" }
+        return text
+    }
+
+    /// Asks the operator on the terminal for each call's verdict and note; true when every
+    /// call was settled.
+    static func settleOnTerminal(_ calls: [InDoubtCall], ledger: Ledger) -> Bool {
+        var settled = 0
+        for call in calls {
+            Output.write(2, Array("ward: settle call \(call.callId) now? executed (e), not executed (n), or leave it in doubt (Enter): ".utf8))
+            guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
+            let verdict: Ledger.Verdict
+            switch answer {
+            case "e", "executed": verdict = .executed
+            case "n", "not-executed", "not executed": verdict = .notExecuted
+            default: continue
+            }
+            var note = ""
+            while note.isEmpty {
+                Output.write(2, Array("ward: note (what you checked): ".utf8))
+                guard let line = readLine() else { return false }
+                note = line.trimmingCharacters(in: .whitespaces)
+            }
+            do {
+                try ledger.resolve(run: call.run, callId: call.callId, as: verdict, note: note)
+                settled += 1
+            } catch {
+                Output.write(2, Array("ward: \(error)\n".utf8))
+            }
+        }
+        return settled == calls.count
     }
 
     static func resolve(_ program: String) -> String? {
