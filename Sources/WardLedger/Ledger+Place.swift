@@ -52,18 +52,27 @@ extension Ledger {
         }
     }
 
-    /// Records `place` for `run` when it has none; when it has one, refuses another with
-    /// `invalid` (naming both) unless `moved`, in which case the move is recorded as a
-    /// `run.moved` event and the new place is used from then on.
+    /// Records `place` for `run` when it has none. When it has one, another workspace (or the
+    /// same path holding another directory) is refused with `invalid`, naming both, unless
+    /// `moved`: then the move is recorded (`run.moved`) and the new place is the run's. A new
+    /// policy directory is recorded (`run.policies`): policies are the operator's to change,
+    /// and each call records its tool's policy hash.
     public func claimPlace(run: String, _ place: RunPlace, moved: Bool = false) throws(LedgerError) {
         try write("recording the place of run \(run)") { db in
             let before = try Ledger.place(db, run: run)
             if before == place { return }
-            if let before, !moved {
-                throw LedgerError(.invalid, Ledger.placeMismatch(run: run, recorded: before, given: place))
+            if let before {
+                var sameWorkspace = before
+                sameWorkspace.policies = place.policies
+                if sameWorkspace != place {
+                    guard moved else { throw LedgerError(.invalid, Ledger.placeMismatch(run: run, recorded: before, given: place)) }
+                    try self.appendEvent(db, run: run, kind: "run.moved", data: ["from": .object(before.json), "to": .object(place.json)])
+                } else {
+                    try self.appendEvent(db, run: run, kind: "run.policies", data: ["from": .string(before.policies), "to": .string(place.policies)])
+                }
+            } else {
+                try self.appendEvent(db, run: run, kind: "run.place", data: place.json)
             }
-            try self.appendEvent(db, run: run, kind: before == nil ? "run.place" : "run.moved",
-                                 data: before.map { ["from": .object($0.json), "to": .object(place.json)] } ?? place.json)
             try db.execute(sql: "UPDATE runs SET workspace = ?, workspace_dev = ?, workspace_ino = ?, workspace_born = ?, policies = ? WHERE run_id = ?",
                            arguments: [place.workspace, Int64(bitPattern: place.device), Int64(bitPattern: place.inode), place.born, place.policies, run])
         }
@@ -78,9 +87,6 @@ extension Ledger {
         if recorded.workspace != given.workspace {
             return "run \(run) ran in workspace \(recorded.workspace), not \(given.workspace)"
         }
-        if recorded.device != given.device || recorded.inode != given.inode || recorded.born != given.born {
-            return "the workspace \(given.workspace) of run \(run) was replaced: it is not the directory the run used (device \(recorded.device), inode \(recorded.inode), born \(recorded.born); now device \(given.device), inode \(given.inode), born \(given.born))"
-        }
-        return "run \(run) used the policies in \(recorded.policies), not \(given.policies)"
+        return "the workspace \(given.workspace) of run \(run) was replaced: it is not the directory the run used (device \(recorded.device), inode \(recorded.inode), born \(recorded.born); now device \(given.device), inode \(given.inode), born \(given.born))"
     }
 }

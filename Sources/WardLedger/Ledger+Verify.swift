@@ -110,6 +110,7 @@ extension Ledger {
             switch e.kind {
             case "run.place": place = e.data
             case "run.moved": place = e.data["to"]?.objectValue
+            case "run.policies": place?["policies"] = e.data["to"]
             case "call.begin":
                 lastStatus[ExactString(e.call!)] = ("running", e.seq, e.data)
                 argsHash[ExactString(e.call!)] = e.data["argsHash"]?.stringValue

@@ -208,15 +208,29 @@ extension LedgerCommand {
         @OptionGroup var policyOptions: PolicyOptions
         @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
         @Option(name: .customLong("call"), help: "Only this call.") var callID: String?
+        @Flag(name: .customLong("move-workspace"), help: "The run's workspace was moved to --workspace: use it, and record the move.")
+        var moveWorkspace = false
         @Flag(help: "JSON output.") var json = false
 
         func run() throws {
             let ledger = try options.open()
-            let sandbox: Sandbox
-            do { sandbox = try Sandbox(policies: try policyOptions.load(), workspace: policyOptions.workspace) } catch let error as SandboxError {
-                throw CLIError(message: error.description, exitCode: 1)
+            // Each run is reconciled in the workspace it ran in, with the policies it used:
+            // a reconcile command run anywhere else finds no effect and would let the call
+            // run twice. A missing or different workspace is refused, never made anew.
+            let calls = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID, callId: callID) }
+            var runs: [String] = []
+            for call in calls where !runs.contains(where: { ExactString($0) == ExactString(call.run) }) { runs.append(call.run) }
+            var findings: [(InDoubtCall, Reconciler.Finding)] = []
+            for run in runs {
+                let place = try policyOptions.place(of: run, in: ledger, create: false, defaultAllowed: false)
+                let policies = try PolicyOptions.load(place.policies)
+                try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
+                let sandbox: Sandbox
+                do { sandbox = try Sandbox(policies: policies, workspace: place.workspace) } catch {
+                    throw CLIError(message: error.description, exitCode: 1)
+                }
+                findings += try ledgerCall { () throws(LedgerError) in try Reconciler(ledger: ledger, sandbox: sandbox).reconcileAll(run: run, callId: callID) }
             }
-            let findings = try ledgerCall { () throws(LedgerError) in try Reconciler(ledger: ledger, sandbox: sandbox).reconcileAll(run: runID, callId: callID) }
             if json {
                 printJSON(.array(findings.map { call, finding in
                     var item: [String: JSONValue] = ["run": .string(call.run), "callId": .string(call.callId), "tool": .string(call.tool)]

@@ -22,6 +22,9 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("run-id"), help: "The run's ID (default: generated).")
     var runID: String?
 
+    @Flag(name: .customLong("move-workspace"), help: "The run's workspace was moved to --workspace: use it, and record the move.")
+    var moveWorkspace = false
+
     /// A run ID names the run's socket file and is an identifier in the ledger: one with a
     /// `/`, a control character or a leading `.` is refused before anything is opened.
     func validate() throws {
@@ -47,9 +50,11 @@ struct RunOptions: ParsableArguments {
     func startServer(logger: Logger) throws -> (SocketServer, Supervisor) {
         let run = effectiveRunID
         let ledger = try ledgerOptions.open()
-        let policies = try policyOptions.load()
+        let place = try policyOptions.place(of: run, in: ledger, create: true)
+        let policies = try PolicyOptions.load(place.policies)
+        try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
         let sandbox: Sandbox
-        do { sandbox = try Sandbox(policies: policies, workspace: policyOptions.workspace, logger: logger) } catch {
+        do { sandbox = try Sandbox(policies: policies, workspace: place.workspace, logger: logger) } catch {
             throw CLIError(message: error.description, exitCode: 1)
         }
         let attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run) }
@@ -65,18 +70,30 @@ struct RunOptions: ParsableArguments {
 }
 
 /// Waits for SIGINT or SIGTERM.
-func waitForTermination() {
-    let done = DispatchSemaphore(value: 0)
-    var sources: [any DispatchSourceSignal] = []
-    for sig in [SIGINT, SIGTERM] {
-        signal(sig, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-        source.setEventHandler { done.signal() }
-        source.resume()
-        sources.append(source)
+/// SIGINT and SIGTERM, caught from the moment this is made: a signal that arrives before
+/// `wait` is kept, not lost (a test or an operator may stop ward as soon as it prints its
+/// socket path).
+final class TerminationSignals {
+    private let done = DispatchSemaphore(value: 0)
+    private var sources: [any DispatchSourceSignal] = []
+
+    init() {
+        for sig in [SIGINT, SIGTERM] {
+            // The source is armed before the default action is turned off, so no signal
+            // falls between the two.
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [done] in done.signal() }
+            source.resume()
+            signal(sig, SIG_IGN)
+            sources.append(source)
+        }
     }
-    done.wait()
-    for s in sources { s.cancel() }
+
+    /// Returns once SIGINT or SIGTERM has come (at once if one already did).
+    func wait() {
+        done.wait()
+        for s in sources { s.cancel() }
+    }
 }
 
 struct ServeCommand: ParsableCommand {
@@ -88,9 +105,10 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup var options: RunOptions
 
     func run() throws {
+        let signals = TerminationSignals()
         let (server, _) = try options.startServer(logger: Logger(label: "ward"))
         Output.write(1, Array((server.path + "\n").utf8))
-        waitForTermination()
+        signals.wait()
         server.stop()
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import WardCore
+import WardLedger
 import WardPolicy
 import WardSandbox
 import WardSupervisor
@@ -30,15 +31,56 @@ struct Ward: ParsableCommand {
 
 /// Options shared by commands that load policies and run tools.
 struct PolicyOptions: ParsableArguments {
-    @Option(name: .long, help: "Policy directory.")
-    var policies: String = "policies"
+    @Option(name: .customLong("policies"), help: "Policy directory (default: the run's recorded one, else ./policies).")
+    var policiesOption: String?
 
-    @Option(name: .long, help: "Workspace directory (created when missing).")
-    var workspace: String = "workspace"
+    @Option(name: .customLong("workspace"), help: "Workspace directory (default: the run's recorded one, else ./workspace, created when missing).")
+    var workspaceOption: String?
 
-    func load() throws -> PolicySet {
-        do { return try PolicyLoader.load(directory: policies) } catch {
+    /// The directories given, or the defaults. A run's later attempts and reconciles use the
+    /// ones its ledger recorded instead (`RunPlace`).
+    var policies: String { policiesOption ?? "policies" }
+    var workspace: String { workspaceOption ?? "workspace" }
+
+    func load() throws -> PolicySet { try PolicyOptions.load(policies) }
+
+    static func load(_ directory: String) throws -> PolicySet {
+        do { return try PolicyLoader.load(directory: directory) } catch {
             throw CLIError.usage(error.description)
+        }
+    }
+
+    /// Where a run works: its recorded place (the directories given must be it, unless
+    /// `moved`), or, for a run without one, the directories given. A recorded workspace that
+    /// is missing is never made anew: an empty directory would hide the effects a reconcile
+    /// looks for. `create` makes a missing workspace for a run that has no place yet (`ward
+    /// run`, `ward serve`). The caller loads the policies, then `claim`s the place.
+    func place(of run: String, in ledger: Ledger, create: Bool, defaultAllowed: Bool = true) throws -> RunPlace {
+        let recorded = try ledgerCall { () throws(LedgerError) in try ledger.recordedPlace(run: run) }
+        if recorded == nil && workspaceOption == nil && !defaultAllowed {
+            throw CLIError.usage("run \(run) has no recorded workspace (an older ward ran it): pass --workspace DIR, the directory it ran in")
+        }
+        let workspace = workspaceOption ?? recorded?.workspace ?? self.workspace
+        let policies = policiesOption ?? recorded?.policies ?? self.policies
+        if recorded == nil && create && access(workspace, F_OK) != 0 && mkdir(workspace, 0o755) != 0 {
+            throw CLIError(message: "cannot create workspace \(workspace): \(String(cString: strerror(errno)))", exitCode: 1)
+        }
+        guard let place = RunPlace.of(workspace: workspace, policies: policies) else {
+            if let recorded, workspaceOption == nil {
+                throw CLIError(message: "the workspace \(recorded.workspace) of run \(run) is missing: ward does not make a new one for a run that used it (its effects would not be found); restore it, or pass --workspace DIR --move-workspace where it was moved", exitCode: 1)
+            }
+            throw CLIError(message: "workspace \(workspace) does not exist (or is not a directory)", exitCode: 1)
+        }
+        return place
+    }
+
+    /// Records `place` as `run`'s (see `Ledger.claimPlace`): another workspace than the
+    /// recorded one is refused unless `moved`.
+    func claim(_ place: RunPlace, run: String, in ledger: Ledger, moved: Bool) throws {
+        do { try ledger.claimPlace(run: run, place, moved: moved) } catch where error.code == .invalid {
+            throw CLIError(message: error.message + " (if the run's workspace was moved there, add --move-workspace)", exitCode: 1)
+        } catch {
+            throw CLIError.from(error)
         }
     }
 }

@@ -76,3 +76,94 @@ struct LedgerPlaceTests {
         #expect(!report.ok && report.runs.first?.problem?.contains("workspace") == true, "\(report.runs)")
     }
 }
+
+/// `ward ledger reconcile` and later attempts work in the run's own workspace: from another
+/// directory, with a missing, a different or a newly made workspace, they refuse, make
+/// nothing and run nothing; with the recorded one they settle correctly.
+@Suite("A run's workspace: reconcile and restart use the recorded one", .serialized)
+struct RunPlaceCommandTests {
+    /// `ward serve` on `policies` with its socket at `dir/s.sock`; returns once it listens.
+    func serve(in dir: String, run: String, policies: String, extra: [String] = [], environment: [String: String] = [:]) throws -> Process {
+        let serve = Process()
+        serve.executableURL = URL(fileURLWithPath: Paths.ward)
+        serve.arguments = ["serve", "--policies", policies, "--socket", dir + "/s.sock", "--run-id", run] + extra
+        serve.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        serve.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let out = Pipe()
+        serve.standardOutput = out
+        try serve.run()
+        _ = out.fileHandleForReading.availableData  // it prints the socket path once it listens
+        return serve
+    }
+
+    @Test func reconcileFromAnywhereUsesTheRecordedWorkspaceAndRefusesAnother() throws {
+        let dir = temporaryDirectory("place-run")
+        let policies = try reconcilePolicies()
+        // ward dies after the tool published and before its outcome was recorded.
+        let serve = try serve(in: dir, run: "pub", policies: policies, environment: ["WARD_FAILPOINTS": "before-finish=kill"])
+        let c = try RawClient(dir + "/s.sock")
+        #expect(c.call(1, "tool.call", .object(["callId": .string("p1"), "tool": .string("publish"), "arguments": .object(["page": .string("index")])])) == nil)
+        serve.waitUntilExit()
+        let published = dir + "/workspace/published.log"
+        #expect(try String(contentsOfFile: published, encoding: .utf8).split(separator: "\n").count == 1)
+
+        let elsewhere = temporaryDirectory("elsewhere")
+        let ledger = ["--ledger", dir + "/.ward/ledger.sqlite"]
+        func reconcile(_ extra: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+            try ward(["ledger", "reconcile", "--policies", policies] + ledger + extra, in: elsewhere)
+        }
+        func stillInDoubt() throws -> Bool {
+            try ward(["ledger", "list", "--status", "in-doubt", "--json"] + ledger, in: elsewhere).stdout.contains("\"p1\"")
+        }
+
+        // A relative --workspace that does not exist here: refused, and not created.
+        var r = try reconcile(["--workspace", "workspace"])
+        #expect(r.status == 1 && r.stderr.contains("does not exist"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: elsewhere + "/workspace"), "a reconcile made an empty workspace")
+        // Another existing directory: refused.
+        try FileManager.default.createDirectory(atPath: elsewhere + "/other", withIntermediateDirectories: false)
+        r = try reconcile(["--workspace", elsewhere + "/other"])
+        #expect(r.status == 1 && r.stderr.contains("ran in workspace"), "\(r.stderr)")
+        // The recorded workspace moved away: refused, not made anew.
+        try FileManager.default.moveItem(atPath: dir + "/workspace", toPath: dir + "/moved")
+        r = try reconcile([])
+        #expect(r.status == 1 && r.stderr.contains("is missing"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/workspace"))
+        // An empty directory made at the recorded path: refused as a replacement.
+        try FileManager.default.createDirectory(atPath: dir + "/workspace", withIntermediateDirectories: false)
+        r = try reconcile([])
+        #expect(r.status == 1 && r.stderr.contains("replaced"), "\(r.stderr)")
+        #expect(try stillInDoubt(), "a refused reconcile settled the call")
+        try FileManager.default.removeItem(atPath: dir + "/workspace")
+
+        // Where it was moved, said so: the move is recorded and the call settles as executed.
+        r = try reconcile(["--workspace", dir + "/moved", "--move-workspace"])
+        #expect(r.status == 0 && r.stdout.contains("executed"), "\(r.stdout)\(r.stderr)")
+        #expect(try !stillInDoubt())
+        let events = try ward(["ledger", "export", "--run", "pub"] + ledger, in: elsewhere).stdout
+        #expect(events.contains("\"run.moved\""), "\(events)")
+        #expect(try String(contentsOfFile: dir + "/moved/published.log", encoding: .utf8).split(separator: "\n").count == 1, "published twice")
+        #expect(try ward(["ledger", "verify"] + ledger, in: elsewhere).status == 0)
+    }
+
+    @Test func aLaterAttemptUsesTheRecordedWorkspaceFromAnotherDirectory() throws {
+        let dir = temporaryDirectory("place-restart")
+        let policies = try reconcilePolicies()
+        let first = try serve(in: dir, run: "later", policies: policies)
+        first.terminate()
+        first.waitUntilExit()
+        // Started from elsewhere without --workspace: the run's own workspace is used.
+        let elsewhere = temporaryDirectory("elsewhere")
+        let ledger = dir + "/.ward/ledger.sqlite"
+        let second = try serve(in: elsewhere, run: "later", policies: policies, extra: ["--ledger", ledger])
+        let c = try RawClient(elsewhere + "/s.sock")
+        _ = c.call(1, "tool.call", .object(["callId": .string("p2"), "tool": .string("publish"), "arguments": .object(["page": .string("a")])]))
+        second.terminate()
+        second.waitUntilExit()
+        #expect(FileManager.default.fileExists(atPath: dir + "/workspace/published.log"))
+        #expect(!FileManager.default.fileExists(atPath: elsewhere + "/workspace"), "a second workspace was made for the run")
+        // With another workspace given: refused before anything starts.
+        let refused = try ward(["serve", "--run-id", "later", "--policies", policies, "--ledger", ledger, "--workspace", elsewhere, "--socket", elsewhere + "/t.sock"], in: elsewhere)
+        #expect(refused.status == 1 && refused.stderr.contains("ran in workspace"), "\(refused.stderr)")
+    }
+}
