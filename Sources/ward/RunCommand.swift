@@ -35,10 +35,11 @@ struct RunCommand: ParsableCommand {
     @Option(help: "When to restart the agent: on-failure, always, never.")
     var restart: RestartPolicy = .onFailure
 
-    @Option(name: .customLong("max-restarts"), help: "Restarts at most this many times.")
+    // .unconditional: "--max-restarts -1" is a value to refuse, not an unknown option "-1".
+    @Option(name: .customLong("max-restarts"), parsing: .unconditional, help: "Restarts at most this many times (0 or more).")
     var maxRestarts: Int = 5
 
-    @Option(help: "Seconds running tools get to finish at SIGINT/SIGTERM before they are killed.")
+    @Option(parsing: .unconditional, help: "Seconds running tools get to finish at SIGINT/SIGTERM before they are killed (0 or more).")
     var grace: Double = 10
 
     @Argument(parsing: .postTerminator, help: "The agent's command line (after --).")
@@ -46,7 +47,8 @@ struct RunCommand: ParsableCommand {
 
     func validate() throws {
         guard !agent.isEmpty else { throw ValidationError("no agent: ward run [options] -- AGENT...") }
-        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more, not \(maxRestarts)") }
+        try Checks.notNegative(grace, "--grace")
     }
 
     func run() throws {

@@ -22,6 +22,11 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("run-id"), help: "The run's ID (default: generated).")
     var runID: String?
 
+    func validate() throws {
+        try Checks.nonEmpty(runID, "--run-id")
+        try Checks.nonEmpty(socket, "--socket")
+    }
+
     var effectiveRunID: String { runID ?? RunOptions.generatedRunID }
     static let generatedRunID: String = {
         var rng = SystemRandomNumberGenerator()
@@ -91,7 +96,11 @@ struct CallCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "call",
         abstract: "One tool call through $WARD_SOCKET, for shell agents.",
-        discussion: "Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied)."
+        discussion: """
+            Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). \
+            Into a pipe or file the output is passed through byte for byte; on a terminal, control and bidi characters are shown escaped. \
+            Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied).
+            """
     )
 
     @Option(name: .customLong("call-id"), help: "The call's ID, unique within the run (the same ID replays).")
@@ -107,6 +116,11 @@ struct CallCommand: ParsableCommand {
 
     @Argument(help: "The tool.")
     var tool: String
+
+    func validate() throws {
+        try Checks.nonEmpty(callID, "--call-id")
+        try Checks.nonEmpty(socket, "--socket")
+    }
 
     func run() throws {
         guard let path = socket ?? getenv("WARD_SOCKET").map({ String(cString: $0) }) else {
@@ -124,8 +138,8 @@ struct CallCommand: ParsableCommand {
             printJSON(.object(result))
         } else {
             for (name, fd) in [("stdout", Int32(1)), ("stderr", Int32(2))] {
-                if let text = result[name]?.stringValue { Output.write(fd, Array(text.utf8)) }
-                else if let b64 = result[name + "Base64"]?.stringValue, let bytes = Base64.decode(b64) { Output.write(fd, bytes) }
+                if let text = result[name]?.stringValue { Output.stream(fd, Array(text.utf8)) }
+                else if let b64 = result[name + "Base64"]?.stringValue, let bytes = Base64.decode(b64) { Output.stream(fd, bytes) }
             }
         }
         let status = result["status"]?.stringValue ?? "failed"
