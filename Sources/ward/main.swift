@@ -251,8 +251,32 @@ enum Output {
 
 // MARK: - Entry point
 
+/// Log lines reach the operator's terminal too: whatever a message quotes (a call ID, a tool's
+/// words) is escaped like every other line ward prints.
+struct EscapingLogHandler: LogHandler {
+    var inner: StreamLogHandler
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+    func log(event: LogEvent) {
+        var event = event
+        event.message = "\(TerminalText.escape(event.message.description))"
+        event.metadata = event.metadata?.mapValues { .string(TerminalText.escape($0.description)) }
+        inner.log(event: event)
+    }
+}
+
 LoggingSystem.bootstrap { label in
-    var handler = StreamLogHandler.standardError(label: label)
+    var handler = EscapingLogHandler(inner: StreamLogHandler.standardError(label: label))
     handler.logLevel = getenv("WARD_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .warning
     return handler
 }
