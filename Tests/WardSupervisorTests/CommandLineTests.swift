@@ -184,6 +184,25 @@ struct CommandLineTests {
         #expect(ok.status == 0 && ok.stdout == "fine\n", "\(ok)")
     }
 
+    /// tool.call refuses an undeclared argument as ward sandbox does; ward call passes a tool's
+    /// output through into a pipe exactly and escapes it on a terminal.
+    @Test func callThroughTheSupervisor() throws {
+        let dir = temporaryDirectory("cli-call")
+        let serve = try startServe(in: dir, run: "cli-call")
+        defer { serve.terminate(); serve.waitUntilExit() }
+        let socket = dir + "/s.sock"
+        let refused = try WardSupervisorTests.ward(["call", "--socket", socket, "--call-id", "c1", "shell", "--arg", "command=touch ran", "--arg", "extra=1"], in: dir)
+        #expect(refused.status == 2, "\(refused)")
+        #expect(refused.stderr == "ward: invalid-arguments: tool shell has no argument \"extra\" (its arguments: \"command\")\n", "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/ran"), "a refused call ran")
+        let args = ["call", "--socket", socket, "--call-id", "c2", "shell", "--arg", #"command=printf '\033]52;c;aGk=\007\n'"#]
+        let piped = try WardSupervisorTests.ward(args, in: dir)
+        #expect(piped.status == 0 && piped.stdout == "\u{1b}]52;c;aGk=\u{07}\n", "\(piped)")
+        // The same call ID replays the recorded output, now onto a terminal.
+        let shown = try onTerminal(([Paths.ward] + args).map(shellQuoted).joined(separator: " "), in: dir)
+        #expect(shown.contains(#"\x1b]52;c;aGk=\x07"#) && terminalControls(shown).isEmpty, "\(shown)")
+    }
+
     @Test func aMissingPolicyDirectoryIsAUsageErrorEverywhere() throws {
         for args in [["policy", "check", "/nonexistent/policies"], ["sandbox", "--policies", "/nonexistent/policies", "shell"],
                      ["policy", "explain", "--policies", "/nonexistent/policies", "shell"]] {
