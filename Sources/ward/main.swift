@@ -61,9 +61,9 @@ struct PolicyOptions: ParsableArguments {
     /// The workspace as an absolute path, also before it exists (for `policy explain`).
     var absoluteWorkspace: String {
         if workspace.hasPrefix("/") { return workspace }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        guard getcwd(&buffer, buffer.count) != nil else { return workspace }
-        let cwd = String(cString: buffer)
+        guard let pointer = getcwd(nil, 0) else { return workspace }
+        defer { free(pointer) }
+        let cwd = String(cString: pointer)
         let relative = workspace.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
         return relative.isEmpty ? cwd : (cwd == "/" ? "" : cwd) + "/" + relative
     }
