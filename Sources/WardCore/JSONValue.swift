@@ -38,6 +38,17 @@ public enum JSONValue: Sendable, Hashable {
         return nil
     }
 
+    /// Whether it is, or holds, an integral number past 2^53 in magnitude: one that a
+    /// double may not have held exactly as it was sent.
+    public var holdsIntegerPastExactRange: Bool {
+        switch self {
+        case .number(let d): d == d.rounded() && abs(d) > 9_007_199_254_740_992
+        case .array(let items): items.contains { $0.holdsIntegerPastExactRange }
+        case .object(let members): members.values.contains { $0.holdsIntegerPastExactRange }
+        default: false
+        }
+    }
+
     /// The JSON type's name, for error messages ("expected an object, got array").
     public var typeName: String {
         switch self {
@@ -226,11 +237,21 @@ extension JSONValue {
 
     /// Parses one JSON text from UTF-8 bytes.
     public static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
+        var inexact: String?
+        return try parse(bytes, inexactInteger: &inexact)
+    }
+
+    /// Parses one JSON text, and sets `inexactInteger` to the first integer literal that a
+    /// double cannot hold exactly (past 2^53 in magnitude: `9007199254740993` reads as
+    /// `9007199254740992`). The value is still returned; a caller that records what it was
+    /// sent refuses such a text rather than store, hash or echo a number it was not sent.
+    public static func parse(_ bytes: [UInt8], inexactInteger: inout String?) throws(JSONParseError) -> JSONValue {
         var parser = Parser(bytes: bytes)
         parser.skipWhitespace()
         let value = try parser.value(depth: 0)
         parser.skipWhitespace()
         if parser.pos != bytes.count { throw parser.error("unexpected data after the JSON value") }
+        inexactInteger = parser.inexactInteger
         return value
     }
 }
@@ -238,6 +259,8 @@ extension JSONValue {
 private struct Parser {
     let bytes: [UInt8]
     var pos = 0
+    /// The first integer literal that reads as a different number.
+    var inexactInteger: String?
 
     func error(_ message: String) -> JSONParseError { JSONParseError(message: message, offset: pos) }
 
@@ -387,12 +410,15 @@ private struct Parser {
         } else {
             while pos < bytes.count, (0x30...0x39).contains(bytes[pos]) { pos += 1 }
         }
+        var integral = true
         if pos < bytes.count, bytes[pos] == UInt8(ascii: ".") {
+            integral = false
             pos += 1
             guard pos < bytes.count, (0x30...0x39).contains(bytes[pos]) else { throw error("digit expected after '.'") }
             while pos < bytes.count, (0x30...0x39).contains(bytes[pos]) { pos += 1 }
         }
         if pos < bytes.count, bytes[pos] == UInt8(ascii: "e") || bytes[pos] == UInt8(ascii: "E") {
+            integral = false
             pos += 1
             if pos < bytes.count, bytes[pos] == UInt8(ascii: "+") || bytes[pos] == UInt8(ascii: "-") { pos += 1 }
             guard pos < bytes.count, (0x30...0x39).contains(bytes[pos]) else { throw error("digit expected in exponent") }
@@ -400,6 +426,9 @@ private struct Parser {
         }
         let text = String(decoding: bytes[start..<pos], as: UTF8.self)
         guard let d = Double(text), d.isFinite else { throw error("number out of range") }
+        if inexactInteger == nil, integral, Int64(text).flatMap({ n in Int64(exactly: d).map { $0 == n } }) != true {
+            inexactInteger = text
+        }
         return d
     }
 }

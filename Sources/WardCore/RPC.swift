@@ -63,7 +63,8 @@ public struct RPCRequest: Sendable {
     /// or a refusal to answer with.
     public static func decode(_ line: [UInt8]) -> Result<RPCRequest, Refusal> {
         let request: JSONValue
-        do { request = try JSONValue.parse(line) } catch {
+        var inexact: String?
+        do { request = try JSONValue.parse(line, inexactInteger: &inexact) } catch {
             return .failure(Refusal(id: .null, error: .parse("parse error: \(error)")))
         }
         guard let members = request.objectValue else {
@@ -71,9 +72,14 @@ public struct RPCRequest: Sendable {
         }
         let id = members["id"]
         if let id {
+            // An id is echoed as it was sent: a number only when it is an integer a double
+            // holds exactly (1e300, 0.5 or 2^64 would come back as another number, and a
+            // client matching answers by id would never see its own).
             switch id {
-            case .string, .number, .null: break
-            default: return .failure(Refusal(id: .null, error: .invalidRequest("id must be a string, a number or null")))
+            case .string, .null: break
+            case .number(let d) where Int(exactly: d).map({ abs($0) <= Params.maximumInteger }) == true: break
+            default:
+                return .failure(Refusal(id: .null, error: .invalidRequest("id must be a string, null or an integer of at most 2^53 − 1 in magnitude")))
             }
         }
         guard members["jsonrpc"] == .string("2.0") else {
@@ -81,6 +87,15 @@ public struct RPCRequest: Sendable {
         }
         guard let method = members["method"]?.stringValue else {
             return .failure(Refusal(id: id ?? .null, error: .invalidRequest("method must be a string")))
+        }
+        if let inexact {
+            // Stored, hashed and replayed as another number, a conflict would go unseen. The
+            // member that holds it is named when one holds an integer past 2^53.
+            let params = members["params"]?.objectValue ?? [:]
+            let field = params.keys.sorted(by: JSONValue.utf16Precedes).first { params[$0]!.holdsIntegerPastExactRange }
+            return .failure(Refusal(id: id ?? .null, error: RPCError(.invalidArguments,
+                "\(method)\(field.map { ": " + $0 } ?? ""): the integer \(inexact.prefix(40)) cannot be held exactly: JSON numbers are doubles (integers up to 2^53); send it as a string",
+                field: field)))
         }
         return .success(RPCRequest(id: id, method: method, params: members["params"] ?? .object([:])))
     }

@@ -257,7 +257,9 @@ func checkRequests(_ bytes: [UInt8]) {
             continue
         }
         guard let response, let answer = (try? JSONValue.parse(response))?.objectValue else { fatalError("no JSON answer to \(method)") }
-        require(answer["jsonrpc"] == .string("2.0") && answer["id"] == id, "answer lost its id or version")
+        // An id that cannot be echoed exactly (not an integer, or past 2^53) is refused with id null.
+        let echoed: JSONValue = if case .number(let d) = id, Int(exactly: d).map({ abs($0) <= Params.maximumInteger }) != true { .null } else { id }
+        require(answer["jsonrpc"] == .string("2.0") && answer["id"] == echoed, "answer lost its id or version")
         require((answer["result"] == nil) != (answer["error"] == nil), "an answer needs exactly one of result and error")
         if let error = answer["error"]?.objectValue {
             let kind = error["data"]?.objectValue?["kind"]?.stringValue ?? ""

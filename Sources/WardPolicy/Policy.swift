@@ -80,6 +80,9 @@ public struct ToolPolicy: Sendable, Hashable {
     public var limits: Limits
     /// The reconcile command (argv templates), for settling in-doubt calls.
     public var reconcile: [String]?
+    /// The argument names the tool declares (`arguments = [...]`), or nil when it declares
+    /// none: a declaring tool is given no other argument.
+    public var arguments: [String]? = nil
 
     /// The argument names the command refers to (`{workspace}` excluded).
     public var placeholders: [String] {

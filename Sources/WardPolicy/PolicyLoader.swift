@@ -397,7 +397,9 @@ private struct Builder {
         }
 
         // arguments: when declared, every placeholder must be one of them
+        var arguments: [String]?
         if let (node, path) = lookup("arguments", name, defaults: defaults, own: own), let declared = stringList(file, path, node) {
+            arguments = declared
             let commandPath = own["command"] != nil ? ["tools", name, "command"] : ["defaults", "command"]
             for element in command {
                 for p in Template.placeholders(in: element) where p != Template.workspace && !declared.contains(p) {
@@ -409,7 +411,8 @@ private struct Builder {
         guard diagnostics.count == errorsBefore else { return nil }
         return ToolPolicy(name: name, file: file.path, description: description, command: command, effect: effect,
                           syscalls: syscalls, network: network, read: read.map(\.0), write: write.map(\.0),
-                          environment: environment, timeoutMilliseconds: timeout, limits: limits, reconcile: reconcile)
+                          environment: environment, timeoutMilliseconds: timeout, limits: limits, reconcile: reconcile,
+                          arguments: arguments)
     }
 
     mutating func validateCommand(_ file: ParsedFile, _ path: [String], _ argv: [String]) {

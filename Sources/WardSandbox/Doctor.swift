@@ -1,36 +1,85 @@
+import WardCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// `ward doctor`: each kernel feature, whether it is here, and what ward does without it.
 public enum Doctor {
-    public static func report(_ f: KernelFeatures) -> String {
-        var rows: [(String, String, String)] = []
-        rows.append(("seccomp", f.seccomp ? "yes" : "NO",
-                     f.seccomp ? "syscall allowlists per tool" : "tools are not syscall-filtered"))
+    /// One feature as found on this machine.
+    public struct Feature: Sendable, Hashable {
+        /// Stable identifier for `--json` ("seccomp", "landlock", "user-namespaces", "privileged", "cgroups").
+        public var key: String
+        /// As people read it.
+        public var name: String
+        public var available: Bool
+        /// What is here: "yes", "ABI 6", the cgroup mounts, … (one item per line for the table).
+        public var state: [String]
+        /// What ward does on this machine.
+        public var effect: String
+        /// What ward does on a machine without the feature.
+        public var without: String
+    }
+
+    public static func features(_ f: KernelFeatures) -> [Feature] {
+        var rows: [Feature] = []
+        let noSeccomp = "tools are not syscall-filtered"
+        rows.append(Feature(key: "seccomp", name: "seccomp", available: f.seccomp, state: [f.seccomp ? "yes" : "NO"],
+                            effect: f.seccomp ? "syscall allowlists per tool" : noSeccomp, without: noSeccomp))
         let ll = f.landlockABI
-        rows.append(("landlock", ll > 0 ? "ABI \(ll)" : "NO",
-                     ll == 0 ? "tools are not confined to their read/write roots" :
-                     ll < 4 ? "paths confined; TCP not restricted by Landlock (seccomp socket filter still applies)" :
-                     ll < 6 ? "paths and TCP confined; abstract sockets and signals not scoped" :
-                     "paths, TCP, abstract Unix sockets and signals confined"))
-        rows.append(("user namespaces", f.userNamespaces ? "yes" : "NO",
-                     f.userNamespaces ? "unprivileged runs get a PID namespace per call" : "unprivileged runs cannot kill daemonized descendants"))
+        let noLandlock = "tools are not confined to their read/write roots"
+        rows.append(Feature(key: "landlock", name: "landlock", available: ll > 0, state: [ll > 0 ? "ABI \(ll)" : "NO"],
+                            effect: ll == 0 ? noLandlock :
+                                ll < 4 ? "paths confined; TCP not restricted by Landlock (seccomp socket filter still applies)" :
+                                ll < 6 ? "paths and TCP confined; abstract sockets and signals not scoped" :
+                                "paths, TCP, abstract Unix sockets and signals confined",
+                            without: noLandlock))
+        let noUserNS = "unprivileged runs cannot kill daemonized descendants"
+        rows.append(Feature(key: "user-namespaces", name: "user namespaces", available: f.userNamespaces, state: [f.userNamespaces ? "yes" : "NO"],
+                            effect: f.userNamespaces ? "unprivileged runs get a PID namespace per call" : noUserNS, without: noUserNS))
         let caps = KernelFeatures.effectiveCapabilities()
-        rows.append(("privileged", f.privileged ? "yes (\(caps.count) capabilities)" : (caps.isEmpty ? "no" : "no (\(caps.joined(separator: ", ")))"),
-                     f.privileged ? "securebits locked, bounding set emptied, namespaces without a user namespace" :
-                     "no capabilities to drop; no_new_privs still set"))
+        let unprivileged = "no capabilities to drop; no_new_privs still set"
+        rows.append(Feature(key: "privileged", name: "privileged", available: f.privileged,
+                            state: [f.privileged ? "yes (\(caps.count) capabilities)" : (caps.isEmpty ? "no" : "no (\(caps.joined(separator: ", ")))")],
+                            effect: f.privileged ? "securebits locked, bounding set emptied, namespaces without a user namespace" : unprivileged,
+                            without: unprivileged))
         let c = f.cgroups
         var cgroupState: [String] = []
         if let v2 = c.v2 { cgroupState.append("v2 at \(v2)" + (access(v2, W_OK) == 0 ? " (writable)" : " (read-only)")) }
         if let p = c.v1Pids { cgroupState.append("v1 pids at \(p)" + (access(p, W_OK) == 0 ? " (writable)" : " (read-only)")) }
         if let m = c.v1Memory { cgroupState.append("v1 memory at \(m)" + (access(m, W_OK) == 0 ? " (writable)" : " (read-only)")) }
         let delegated = [c.v2, c.v1Pids].compactMap { $0 }.contains { access($0, W_OK) == 0 }
-        rows.append(("cgroups", cgroupState.isEmpty ? "NONE" : cgroupState.joined(separator: "; "),
-                     delegated ? "one cgroup per call: whole tree killed (cgroup.kill or pids.max=0), pids/memory limits" :
-                     "PID namespace per call to kill the tree; processes via RLIMIT_NPROC, memory via RLIMIT_AS"))
-        let width = rows.map(\.0.count).max()! + 2
-        let valueWidth = min(rows.map(\.1.count).max()! + 2, 60)
-        return rows.map { $0.0.padding(to: width) + $0.1.padding(to: valueWidth) + $0.2 }.joined(separator: "\n")
+        let noCgroups = "PID namespace per call to kill the tree; processes via RLIMIT_NPROC, memory via RLIMIT_AS"
+        rows.append(Feature(key: "cgroups", name: "cgroups", available: delegated, state: cgroupState.isEmpty ? ["NONE"] : cgroupState,
+                            effect: delegated ? "one cgroup per call: whole tree killed (cgroup.kill or pids.max=0), pids/memory limits" : noCgroups,
+                            without: noCgroups))
+        return rows
+    }
+
+    /// The table for people: columns sized to their longest entry, so every column starts at
+    /// one offset. A feature's further state items (cgroup mounts, long paths) go on lines of
+    /// their own below, where no column follows, so they do not widen the table.
+    public static func report(_ f: KernelFeatures) -> String {
+        let rows = features(f)
+        let header = ("FEATURE", "HERE", "WHAT WARD DOES")
+        let nameWidth = max(header.0.count, rows.map(\.name.count).max() ?? 0) + 2
+        let stateWidth = max(header.1.count, rows.compactMap(\.state.first).map(\.count).max() ?? 0) + 2
+        func line(_ a: String, _ b: String, _ c: String) -> String {
+            c.isEmpty ? a.padding(to: nameWidth) + b : a.padding(to: nameWidth) + b.padding(to: stateWidth) + c
+        }
+        var lines = [line(header.0, header.1, header.2)]
+        for row in rows {
+            lines.append(line(row.name, row.state.first ?? "", row.effect))
+            for more in row.state.dropFirst() { lines.append(line("", more, "")) }
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `ward doctor --json`: `{"features": [{"key", "name", "available", "state", "effect", "without"}]}`.
+    public static func json(_ f: KernelFeatures) -> JSONValue {
+        .object(["features": .array(features(f).map { row in
+            .object(["key": .string(row.key), "name": .string(row.name), "available": .bool(row.available),
+                     "state": .string(row.state.joined(separator: "; ")), "effect": .string(row.effect), "without": .string(row.without)])
+        })])
     }
 }

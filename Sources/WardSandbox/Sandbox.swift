@@ -177,8 +177,19 @@ public final class Sandbox: Sendable {
     /// before recording it.
     public func check(tool name: String, arguments: JSONValue) throws(SandboxError) -> String {
         let tool = try prepare(name)
+        try Sandbox.checkDeclared(tool.policy, arguments)
         _ = try Sandbox.expandCommand(tool.policy.command, arguments: arguments, workspace: workspace)
         return tool.executable
+    }
+
+    /// A tool that declares its arguments gets no other: a misspelt or smuggled name is
+    /// refused instead of reaching the tool's stdin unnoticed.
+    static func checkDeclared(_ policy: ToolPolicy, _ arguments: JSONValue) throws(SandboxError) {
+        guard let declared = policy.arguments, let members = arguments.objectValue else { return }
+        if let extra = members.keys.sorted().first(where: { !declared.contains($0) }) {
+            let names = declared.isEmpty ? "none" : declared.map { "\"\($0)\"" }.joined(separator: ", ")
+            throw SandboxError(.invalidArguments, "tool \(policy.name) has no argument \"\(extra)\" (its arguments: \(names))")
+        }
     }
 
     static func expandCommand(_ command: [String], arguments: JSONValue, workspace: String) throws(SandboxError) -> [String] {
@@ -243,6 +254,9 @@ public final class Sandbox: Sendable {
             command = reconcileCommand
             executable = path
             extra.append(("WARD_RECONCILE", "1"))
+        } else {
+            // Reconcile gets the recorded arguments, which were checked when the call began.
+            try Sandbox.checkDeclared(policy, arguments)
         }
         let argv = try Sandbox.expandCommand(command, arguments: arguments, workspace: workspace)
 

@@ -100,8 +100,15 @@ public final class SocketServer: Sendable {
         while !stopping.load(ordering: .sequentiallyConsistent) {
             let fd = accept(listenFD, nil, nil)
             if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return
+                switch errno {
+                case EINTR, ECONNABORTED: continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // Out of descriptors or memory for now (many connections, many calls):
+                    // closing ones free them. Stopping here would leave ward deaf for good.
+                    usleep(20_000)
+                    continue
+                default: return
+                }
             }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             // Only our own user (or root) may drive tools with our privileges.

@@ -4,6 +4,10 @@ import WardLedger
 import WardSandbox
 import WardSupervisor
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `--ledger FILE`, shared by every command that touches the ledger.
 struct LedgerOptions: ParsableArguments {
     @Option(name: .long, help: "Ledger file.")
@@ -38,9 +42,11 @@ func ledgerCall<T>(_ body: () throws(LedgerError) -> T) throws -> T {
     do { return try body() } catch { throw CLIError.from(error) }
 }
 
-/// Aligned text tables for people; `--json` is for machines.
+/// Aligned text tables for people; `--json` is for machines. Every cell is escaped for the
+/// terminal (one line each, so a value can never pose as another row).
 enum Table {
     static func render(_ header: [String], _ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map { TerminalText.escape($0) } }
         var widths = header.map(\.count)
         for row in rows { for (i, cell) in row.enumerated() { widths[i] = max(widths[i], cell.count) } }
         func line(_ cells: [String]) -> String {
@@ -70,13 +76,25 @@ struct LedgerCommand: ParsableCommand {
         @OptionGroup var options: LedgerOptions
         @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
         @Option(help: "Only this tool.") var tool: String?
-        @Option(help: "Only this status (running, succeeded, failed, timed-out, killed, denied, in-doubt, resolved).") var status: String?
-        @Option(help: "Only calls started at or after this UTC time (ISO 8601, e.g. 2026-11-21T20:00).") var since: String?
+        @Option(help: "Only this status (\(CallStatus.allCases.map(\.rawValue).joined(separator: ", "))).") var status: String?
+        @Option(help: "Only calls started at or after this time: \(Checks.sinceForms).") var since: String?
         @Flag(help: "JSON output (one array).") var json = false
+
+        func validate() throws {
+            try Checks.nonEmpty(runID, "--run")
+            try Checks.nonEmpty(tool, "--tool")
+            try Checks.status(status)
+            if let since, Checks.since(since, now: 0) == nil {
+                throw ValidationError("--since \"\(since)\": expected \(Checks.sinceForms)")
+            }
+        }
 
         func run() throws {
             let ledger = try options.open(readOnly: true)
-            let calls = try ledgerCall { () throws(LedgerError) in try ledger.listCalls(run: runID, tool: tool, status: status, since: since) }
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            let from = since.flatMap { Checks.since($0, now: Double(now.tv_sec) + Double(now.tv_nsec) / 1e9) }
+            let calls = try ledgerCall { () throws(LedgerError) in try ledger.listCalls(run: runID, tool: tool, status: status, since: from) }
             if json { return printJSON(.array(calls.map(\.json))) }
             print(Table.render(["RUN", "CALL", "TOOL", "STATUS", "EXIT", "MS", "ATTEMPT", "RUNS", "STARTED"], calls.map { c in
                 [c.run, c.callId, c.tool, c.status, c.exitCode.map(String.init) ?? "-", c.durationMs.map { String(Int($0.rounded())) } ?? "-",
@@ -91,6 +109,11 @@ struct LedgerCommand: ParsableCommand {
         @Argument(help: "Run ID.") var runID: String
         @Argument(help: "Call ID.") var call: String
         @Flag(help: "JSON output.") var json = false
+
+        func validate() throws {
+            try Checks.nonEmpty(runID, "the run ID")
+            try Checks.nonEmpty(call, "the call ID")
+        }
 
         func run() throws {
             let ledger = try options.open(readOnly: true)
@@ -133,6 +156,8 @@ struct LedgerCommand: ParsableCommand {
         @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
         @Flag(help: "JSON output.") var json = false
 
+        func validate() throws { try Checks.nonEmpty(runID, "--run") }
+
         func run() throws {
             let ledger = try options.open(readOnly: true)
             let report = try ledgerCall { () throws(LedgerError) in try ledger.verify(run: runID) }
@@ -145,7 +170,7 @@ struct LedgerCommand: ParsableCommand {
                 print(Table.render(["RUN", "EVENTS", "HEAD", "RESULT"], report.runs.map { r in
                     [r.run, String(r.events), String(r.head.prefix(16)), r.problem ?? "ok"]
                 }))
-                for r in report.runs where r.problem != nil { Output.write(2, Array("ward: \(r.problem!)\n".utf8)) }
+                for r in report.runs where r.problem != nil { Output.line(2, "ward: \(r.problem!)") }
             }
             if !report.ok { throw ExitCode(1) }
         }
@@ -161,6 +186,7 @@ struct LedgerCommand: ParsableCommand {
         @Option(help: "Output format (jsonl).") var format: String = "jsonl"
 
         func validate() throws {
+            try Checks.nonEmpty(runID, "--run")
             guard format == "jsonl" else { throw ValidationError("unknown format \"\(format)\" (supported: jsonl)") }
         }
 
@@ -186,13 +212,20 @@ struct LedgerCommand: ParsableCommand {
         @Option(help: "Why: what the operator checked.") var note: String
         @Flag(help: "JSON output.") var json = false
 
+        func validate() throws {
+            try Checks.nonEmpty(runID, "the run ID")
+            try Checks.nonEmpty(call, "the call ID")
+            // The note is the audit's only record of why: an empty one records nothing.
+            guard note.contains(where: { !$0.isWhitespace }) else { throw ValidationError("--note must say what was checked") }
+        }
+
         func run() throws {
             let ledger = try options.open()
             try ledgerCall { () throws(LedgerError) in try ledger.resolve(run: runID, callId: call, as: verdict, note: note) }
             if json {
                 printJSON(.object(["run": .string(runID), "callId": .string(call), "verdict": .string(verdict.rawValue), "note": .string(note)]))
             } else {
-                print("call \(call) of run \(runID) resolved as \(verdict.rawValue)")
+                Output.line(1, "call \(call) of run \(runID) resolved as \(verdict.rawValue)")
             }
         }
     }
@@ -211,6 +244,11 @@ extension LedgerCommand {
         @Flag(name: .customLong("move-workspace"), help: "The run's workspace was moved to --workspace: use it, and record the move.")
         var moveWorkspace = false
         @Flag(help: "JSON output.") var json = false
+
+        func validate() throws {
+            try Checks.nonEmpty(runID, "--run")
+            try Checks.nonEmpty(callID, "--call")
+        }
 
         func run() throws {
             let ledger = try options.open()
@@ -284,8 +322,14 @@ struct CheckpointCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print a checkpoint's state (the latest unless --seq).")
         @OptionGroup var options: LedgerOptions
         @Argument(help: "Run ID.") var runID: String
-        @Option(help: "Sequence number.") var seq: Int?
+        // .unconditional: "--seq -1" is a value to refuse, not an unknown option.
+        @Option(parsing: .unconditional, help: "Sequence number (1 is a run's first checkpoint).") var seq: Int?
         @Flag(help: "JSON output: {seq, state} with state as JSON when it is JSON, else a string or base64.") var json = false
+
+        func validate() throws {
+            try Checks.nonEmpty(runID, "the run ID")
+            if let seq, seq < 1 { throw ValidationError("--seq must be 1 or more (checkpoints are numbered from 1)") }
+        }
 
         func run() throws {
             let ledger = try options.open(readOnly: true)
@@ -301,8 +345,9 @@ struct CheckpointCommand: ParsableCommand {
             }
             let all = try ledgerCall { () throws(LedgerError) in try ledger.listCheckpoints(run: runID) }
             let meta = all.compactMap(\.objectValue).first { $0["seq"] == .number(Double(checkpoint.seq)) }
-            Output.write(2, Array("run \(runID), checkpoint \(checkpoint.seq) of \(all.count), \(checkpoint.state.count) bytes, \(meta?["createdAt"]?.stringValue ?? "")\(meta?["label"]?.stringValue.map { ", " + $0 } ?? "")\n".utf8))
-            Output.write(1, checkpoint.state)
+            Output.line(2, "run \(runID), checkpoint \(checkpoint.seq) of \(all.count), \(checkpoint.state.count) bytes, \(meta?["createdAt"]?.stringValue ?? "")\(meta?["label"]?.stringValue.map { ", " + $0 } ?? "")")
+            // The agent's own bytes: exact into a pipe, escaped on a terminal.
+            Output.stream(1, checkpoint.state)
             if checkpoint.state.last != 0x0A { Output.write(1, [0x0A]) }
         }
     }

@@ -40,18 +40,16 @@ struct RunCommand: ParsableCommand {
     @Option(help: "When to restart the agent: on-failure, always, never.")
     var restart: RestartPolicy = .onFailure
 
-    @Option(name: .customLong("max-restarts"), help: "Restarts at most this many times.")
+    // .unconditional: "--max-restarts -1" is a value to refuse, not an unknown option "-1".
+    @Option(name: .customLong("max-restarts"), parsing: .unconditional, help: "Restarts at most this many times (0 or more).")
     var maxRestarts: Int = 5
-
-    @Option(help: "Seconds running tools get to finish at SIGINT/SIGTERM before they are killed.")
-    var grace: Double = 10
 
     @Argument(parsing: .postTerminator, help: "The agent's command line (after --).")
     var agent: [String] = []
 
     func validate() throws {
         guard !agent.isEmpty else { throw ValidationError("no agent: ward run [options] -- AGENT...") }
-        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more, not \(maxRestarts)") }
     }
 
     func run() throws {
@@ -160,14 +158,7 @@ struct RunCommand: ParsableCommand {
         server.stop()
     }
 
-    /// No new calls; running ones get the grace period, then are killed (recorded killed).
-    func drain(server: SocketServer, supervisor: Supervisor) {
-        server.drain()
-        if !server.waitUntilIdle(timeout: grace) {
-            supervisor.sandbox.terminateAll()
-            _ = server.waitUntilIdle(timeout: 10)
-        }
-    }
+    func drain(server: SocketServer, supervisor: Supervisor) { options.drain(server: server, supervisor: supervisor) }
 
     /// Which calls are in doubt, what is known of each, and the commands that settle them,
     /// pasteable as printed.
@@ -175,9 +166,11 @@ struct RunCommand: ParsableCommand {
         var text = stopped ? "ward: the agent stopped at \(calls.count == 1 ? "a call" : "calls") in doubt; a restart would meet the same refusal, so ward waits for an operator.\n"
                            : "ward: the agent exited with \(calls.count == 1 ? "a call" : "calls") still in doubt.\n"
         for call in calls {
-            text += "  call \(call.callId) of run \(call.run): tool \(call.tool), started \(call.startedAt)\n"
-            if let reason = call.reason { text += "    \(reason)\n" }
-            text += "    arguments \(call.arguments.canonical.prefix(300))\n"
+            // Identifiers hold no control characters, but arguments and reasons may hold
+            // C1 controls and bidi marks that canonical JSON leaves raw.
+            text += "  call \(TerminalText.escape(call.callId)) of run \(call.run): tool \(call.tool), started \(call.startedAt)\n"
+            if let reason = call.reason { text += "    \(TerminalText.escape(reason))\n" }
+            text += "    arguments \(TerminalText.escape(String(call.arguments.canonical.prefix(300))))\n"
             text += "    if it ran:          \(ledger.resolveCommand(run: call.run, callId: call.callId, as: .executed))\n"
             text += "    if it did not run:  \(ledger.resolveCommand(run: call.run, callId: call.callId, as: .notExecuted))\n"
         }

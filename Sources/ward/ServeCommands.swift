@@ -25,9 +25,15 @@ struct RunOptions: ParsableArguments {
     @Flag(name: .customLong("move-workspace"), help: "The run's workspace was moved to --workspace: use it, and record the move.")
     var moveWorkspace = false
 
+    @Option(parsing: .unconditional, help: "Seconds running tools get to finish at SIGINT/SIGTERM before they are killed (0 or more).")
+    var grace: Double = 10
+
     /// A run ID names the run's socket file and is an identifier in the ledger: one with a
     /// `/`, a control character or a leading `.` is refused before anything is opened.
     func validate() throws {
+        try Checks.nonEmpty(socket, "--socket")
+        try Checks.notNegative(grace, "--grace")
+        try Checks.notNegative(grace, "--grace")
         if let runID, let problem = Identifier.runIDProblem(in: runID) {
             throw ValidationError("--run-id: the run ID \(problem)")
         }
@@ -45,6 +51,16 @@ struct RunOptions: ParsableArguments {
     }()
 
     func socketPath(run: String) -> String { socket ?? "/tmp/ward-\(geteuid())/\(run).sock" }
+
+    /// No new calls; running ones get the grace period, then are killed and recorded
+    /// `killed` (never left `running`, to turn in doubt at the next start).
+    func drain(server: SocketServer, supervisor: Supervisor) {
+        server.drain()
+        if !server.waitUntilIdle(timeout: grace) {
+            supervisor.sandbox.terminateAll()
+            _ = server.waitUntilIdle(timeout: 10)
+        }
+    }
 
     /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.
     func startServer(logger: Logger) throws -> (SocketServer, Supervisor) {
@@ -106,9 +122,10 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         let signals = TerminationSignals()
-        let (server, _) = try options.startServer(logger: Logger(label: "ward"))
+        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"))
         Output.write(1, Array((server.path + "\n").utf8))
         signals.wait()
+        options.drain(server: server, supervisor: supervisor)
         server.stop()
     }
 }
@@ -117,7 +134,11 @@ struct CallCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "call",
         abstract: "One tool call through $WARD_SOCKET, for shell agents.",
-        discussion: "Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied)."
+        discussion: """
+            Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). \
+            Into a pipe or file the output is passed through byte for byte; on a terminal, control and bidi characters are shown escaped. \
+            Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied).
+            """
     )
 
     @Option(name: .customLong("call-id"), help: "The call's ID, unique within the run (the same ID replays).")
@@ -133,6 +154,11 @@ struct CallCommand: ParsableCommand {
 
     @Argument(help: "The tool.")
     var tool: String
+
+    func validate() throws {
+        try Checks.nonEmpty(callID, "--call-id")
+        try Checks.nonEmpty(socket, "--socket")
+    }
 
     func run() throws {
         guard let path = socket ?? getenv("WARD_SOCKET").map({ String(cString: $0) }) else {
@@ -150,8 +176,8 @@ struct CallCommand: ParsableCommand {
             printJSON(.object(result))
         } else {
             for (name, fd) in [("stdout", Int32(1)), ("stderr", Int32(2))] {
-                if let text = result[name]?.stringValue { Output.write(fd, Array(text.utf8)) }
-                else if let b64 = result[name + "Base64"]?.stringValue, let bytes = Base64.decode(b64) { Output.write(fd, bytes) }
+                if let text = result[name]?.stringValue { Output.stream(fd, Array(text.utf8)) }
+                else if let b64 = result[name + "Base64"]?.stringValue, let bytes = Base64.decode(b64) { Output.stream(fd, bytes) }
             }
         }
         let status = result["status"]?.stringValue ?? "failed"

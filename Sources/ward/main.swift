@@ -15,18 +15,34 @@ import Glibc
 struct CLIError: Error, CustomStringConvertible {
     let message: String
     let exitCode: Int32
+    /// Lines printed before `ward: message`, as they are (policy diagnostics, compiler style).
+    var details: [String] = []
     var description: String { message }
 
     static func usage(_ message: String) -> CLIError { CLIError(message: message, exitCode: 2) }
+
+    /// Policies that cannot be loaded. A directory that is missing or holds no policy files is
+    /// a usage error (2) everywhere: nothing was checked. Wrong files exit `invalid`: 1 for
+    /// `policy check`, whose checked thing they are, 2 for commands given them as input.
+    static func policies(_ error: PolicyError, invalid: Int32) -> CLIError {
+        guard !error.diagnostics.isEmpty else { return .usage(error.message) }
+        let sorted = error.diagnostics.sorted { ($0.file, $0.line, $0.column, $0.message) < ($1.file, $1.line, $1.column, $1.message) }
+        let count = sorted.count == 1 ? "1 error" : "\(sorted.count) errors"
+        return CLIError(message: "\(error.message): \(count)", exitCode: invalid, details: sorted.map(\.description))
+    }
 }
 
 struct Ward: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ward",
         abstract: "Run AI agents' tool calls sandboxed, recorded and crash-safe.",
+        version: Ward.version,
         subcommands: [RunCommand.self, ServeCommand.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
                       CheckpointCommand.self, DoctorCommand.self]
     )
+
+    /// ward's version, for `ward --version` and `ward doctor --json`.
+    static let version = "0.5.0"
 }
 
 /// Options shared by commands that load policies and run tools.
@@ -46,7 +62,7 @@ struct PolicyOptions: ParsableArguments {
 
     static func load(_ directory: String) throws -> PolicySet {
         do { return try PolicyLoader.load(directory: directory) } catch {
-            throw CLIError.usage(error.description)
+            throw CLIError.policies(error, invalid: 2)
         }
     }
 
@@ -83,6 +99,16 @@ struct PolicyOptions: ParsableArguments {
             throw CLIError.from(error)
         }
     }
+
+    /// The workspace as an absolute path, also before it exists (for `policy explain`).
+    var absoluteWorkspace: String {
+        if workspace.hasPrefix("/") { return workspace }
+        guard let pointer = getcwd(nil, 0) else { return workspace }
+        defer { free(pointer) }
+        let cwd = String(cString: pointer)
+        let relative = workspace.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
+        return relative.isEmpty ? cwd : (cwd == "/" ? "" : cwd) + "/" + relative
+    }
 }
 
 /// `--arg k=v` and `--args-json JSON`, merged into one JSON object.
@@ -109,7 +135,10 @@ struct ArgumentOptions: ParsableArguments {
             guard let eq = arg.firstIndex(of: "="), eq != arg.startIndex else {
                 throw CLIError.usage("--arg \(arg): expected name=value")
             }
-            members[String(arg[..<eq])] = .string(String(arg[arg.index(after: eq)...]))
+            let name = String(arg[..<eq])
+            // A second value would silently replace the first: say which one is meant.
+            guard members[name] == nil else { throw CLIError.usage("argument \"\(name)\" given twice") }
+            members[name] = .string(String(arg[arg.index(after: eq)...]))
         }
         return .object(members)
     }
@@ -119,7 +148,10 @@ struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox",
         abstract: "Run one tool in its sandbox, without the ledger (for trying policies).",
-        discussion: "Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout)."
+        discussion: """
+            Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). \
+            Into a pipe or file the output is passed through byte for byte; on a terminal, control and bidi characters are shown escaped (\\x1b, \\u{202e}).
+            """
     )
 
     @OptionGroup var policyOptions: PolicyOptions
@@ -147,13 +179,13 @@ struct SandboxCommand: ParsableCommand {
             let result = CallResult(callId: "sandbox", tool: tool, outcome: outcome, replayed: false, attempt: 1)
             Output.write(1, Array((result.json.canonical + "\n").utf8))
         } else {
-            Output.write(1, outcome.stdout)
-            Output.write(2, outcome.stderr)
+            Output.stream(1, outcome.stdout)
+            Output.stream(2, outcome.stderr)
             if outcome.status != .succeeded && outcome.status != .failed {
                 let detail = outcome.signal.map { " by signal \($0) (\(String(cString: strsignal($0))))" } ?? ""
-                Output.write(2, Array("ward: \(tool) \(outcome.status.rawValue)\(detail) after \(Int(outcome.durationMs)) ms\n".utf8))
+                Output.line(2, "ward: \(tool) \(outcome.status.rawValue)\(detail) after \(Int(outcome.durationMs)) ms")
             }
-            if outcome.truncated { Output.write(2, Array("ward: output truncated at the tool's output limit\n".utf8)) }
+            if outcome.truncated { Output.line(2, "ward: output truncated at the tool's output limit") }
         }
         let code: Int32
         switch outcome.status {
@@ -173,7 +205,13 @@ struct PolicyCommand: ParsableCommand {
     )
 
     struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Validate a policy directory; errors as file:line:column (exit 1).")
+        static let configuration = CommandConfiguration(
+            abstract: "Validate a policy directory.",
+            discussion: """
+                Each error is one line FILE:LINE:COLUMN: MESSAGE on stderr, sorted by file, line and column, \
+                then a summary line; exit 1. A directory that is missing or holds no .toml files exits 2.
+                """
+        )
 
         @Argument(help: "Policy directory.")
         var directory: String = "policies"
@@ -181,9 +219,9 @@ struct PolicyCommand: ParsableCommand {
         func run() throws {
             do {
                 let set = try PolicyLoader.load(directory: directory)
-                print("\(directory): \(set.tools.count) tools OK (\(set.tools.keys.sorted().joined(separator: ", ")))")
+                Output.line(1, "\(directory): \(set.tools.count) tools OK (\(set.tools.keys.sorted().joined(separator: ", ")))")
             } catch {
-                throw CLIError(message: error.description, exitCode: 1)
+                throw CLIError.policies(error, invalid: 1)
             }
         }
     }
@@ -200,7 +238,7 @@ struct PolicyCommand: ParsableCommand {
             let set = try policyOptions.load()
             let policy: ToolPolicy
             do { policy = try set.tool(tool) } catch { throw CLIError.usage(error.description) }
-            print(Sandbox.explain(policy, workspace: policyOptions.workspace, features: KernelFeatures.probe()))
+            Output.block(1, Sandbox.explain(policy, workspace: policyOptions.absoluteWorkspace, features: KernelFeatures.probe()))
         }
     }
 }
@@ -208,15 +246,41 @@ struct PolicyCommand: ParsableCommand {
 struct DoctorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
-        abstract: "Which kernel features the sandbox can use here, and what it does without each."
+        abstract: "Which kernel features the sandbox can use here, and what it does without each.",
+        discussion: "--json: {\"version\", \"features\": [{\"key\", \"name\", \"available\", \"state\", \"effect\", \"without\"}]}; effect is what ward does here, without what it does on a machine lacking the feature."
     )
 
+    @Flag(help: "JSON output.") var json = false
+
     func run() throws {
-        print(Doctor.report(KernelFeatures.probe()))
+        let features = KernelFeatures.probe()
+        guard json else { return print(Doctor.report(features)) }
+        guard case .object(var members) = Doctor.json(features) else { return }
+        members["version"] = .string(Ward.version)
+        printJSON(.object(members))
     }
 }
 
+/// Everything ward writes goes through here. Text that an agent or a tool chose (IDs, labels,
+/// notes, output) is escaped for the terminal by `line`, `block` and `Table`; `--json` and
+/// export are written exact with `write`, and a tool's or agent's own byte stream with `stream`.
 enum Output {
+    /// One line for people, every control character in it escaped (`\x1b`).
+    static func line(_ fd: Int32, _ text: String) {
+        write(fd, Array((TerminalText.escape(text) + "\n").utf8))
+    }
+
+    /// Several lines for people: escaped like `line`, but keeping its line breaks and tabs.
+    static func block(_ fd: Int32, _ text: String) {
+        write(fd, Array((TerminalText.escape(text, keepingLineBreaks: true) + "\n").utf8))
+    }
+
+    /// A tool's or checkpoint's own bytes: exact into a pipe or a file, where a program reads
+    /// them; escaped (line breaks kept) on a terminal, where escape sequences would act.
+    static func stream(_ fd: Int32, _ bytes: [UInt8]) {
+        if isatty(fd) == 1 { write(fd, Array(TerminalText.escape(bytes: bytes, keepingLineBreaks: true).utf8)) } else { write(fd, bytes) }
+    }
+
     static func write(_ fd: Int32, _ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {
@@ -229,8 +293,32 @@ enum Output {
 
 // MARK: - Entry point
 
+/// Log lines reach the operator's terminal too: whatever a message quotes (a call ID, a tool's
+/// words) is escaped like every other line ward prints.
+struct EscapingLogHandler: LogHandler {
+    var inner: StreamLogHandler
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+    func log(event: LogEvent) {
+        var event = event
+        event.message = "\(TerminalText.escape(event.message.description))"
+        event.metadata = event.metadata?.mapValues { .string(TerminalText.escape($0.description)) }
+        inner.log(event: event)
+    }
+}
+
 LoggingSystem.bootstrap { label in
-    var handler = StreamLogHandler.standardError(label: label)
+    var handler = EscapingLogHandler(inner: StreamLogHandler.standardError(label: label))
     handler.logLevel = getenv("WARD_LOG").flatMap { Logger.Level(rawValue: String(cString: $0)) } ?? .warning
     return handler
 }
@@ -242,14 +330,16 @@ do {
     var command = try Ward.parseAsRoot()
     try command.run()
 } catch let error as CLIError {
-    Output.write(2, Array("ward: \(error.message)\n".utf8))
+    for line in error.details { Output.line(2, line) }
+    Output.line(2, "ward: \(error.message)")
     exit(error.exitCode)
 } catch let error as ExitCode {
     exit(error.rawValue)
 } catch {
     let code = Ward.exitCode(for: error)
     if code == .validationFailure {
-        Output.write(2, Array((Ward.fullMessage(for: error) + "\n").utf8))
+        // One line, like every other error; --help has the usage.
+        Output.line(2, "ward: " + Ward.message(for: error).split(separator: "\n").joined(separator: " "))
         exit(2)
     }
     Ward.exit(withError: error)

@@ -105,8 +105,20 @@ struct ToolTests {
     }
 
     @Test func argumentsArriveOnStdinAndAsSingleArgvElements() throws {
-        let o = try run("shell", ["command": .string("printf '%s|' \"$0\"; cat"), "extra": .number(1.0), "nested": .object(["k": .bool(true)])])
+        // shell-loopback declares no `arguments`, so any argument is passed on.
+        let o = try run("shell-loopback", ["command": .string("printf '%s|' \"$0\"; cat"), "extra": .number(1.0), "nested": .object(["k": .bool(true)])])
         #expect(o.out == #"/bin/sh|{"command":"printf '%s|' \"$0\"; cat","extra":1,"nested":{"k":true}}"#, "\(o.out)")
+    }
+
+    @Test func aToolThatDeclaresItsArgumentsGetsNoOther() throws {
+        // shell declares arguments = ["command"]: "extra" is refused before anything runs.
+        let arguments = JSONValue.object(["command": .string("echo ran"), "extra": .number(1.0)])
+        for attempt in [{ _ = try ToolTests.sandbox.check(tool: "shell", arguments: arguments) },
+                        { _ = try ToolTests.sandbox.run(tool: "shell", arguments: arguments) }] as [() throws -> Void] {
+            let error = try #require(throws: SandboxError.self, performing: attempt)
+            #expect(error.code == .invalidArguments)
+            #expect(error.description.contains("\"extra\"") && error.description.contains(#"its arguments: "command""#), "\(error)")
+        }
     }
 
     @Test func workspaceTmpAndHomeAreTheWorkspace() throws {
@@ -159,7 +171,8 @@ struct BadInputTests {
             (["sandbox", "--policies", policies, "--workspace", ws, "shell", "--arg", "novalue"], 2, "expected name=value"),
             (["sandbox", "--policies", "/nonexistent", "--workspace", ws, "shell"], 2, "policy directory /nonexistent does not exist"),
             (["sandbox", "shell", "--bogus-flag"], 2, "bogus-flag"),
-            (["policy", "check", "/nonexistent"], 1, "does not exist"),
+            // Nothing to check is a usage error (2); 1 is for policies found wrong.
+            (["policy", "check", "/nonexistent"], 2, "does not exist"),
             (["policy", "explain", "--policies", policies, "nope"], 2, "unknown tool"),
         ]
         for (args, code, message) in cases {
