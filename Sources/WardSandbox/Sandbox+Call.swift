@@ -137,6 +137,11 @@ public final class SandboxCall: @unchecked Sendable {
         return false
     }
 
+    /// The processes in the call's cgroup: its child once it has joined (before its gate),
+    /// and whatever the tool started. Empty without a cgroup. For tests, which must follow
+    /// their own call's processes, not count this process's children.
+    var processIDs: [pid_t] { slot?.members() ?? [] }
+
     /// Ends a parked call without running its tool: the child exits at the gate and is reaped.
     public func cancel() {
         guard let zygote = parkedIn else { return }

@@ -17,6 +17,16 @@ struct ZygoteTests {
     /// This suite's zygotes (other suites' sandboxes come and go concurrently).
     static func zygotes() -> [Int32] { sandbox.zygoteProcessIDs() }
 
+    /// The child of a parked call: the one process in the call's cgroup once it has joined
+    /// it, which it does before its gate. (This process's children in general include other
+    /// suites' calls and, as a subreaper, other suites' orphans: see `Processes`.)
+    static func child(of call: SandboxCall) throws -> Int32 {
+        var members: [Int32] = []
+        try #require(eventually { members = call.processIDs; return !members.isEmpty }, "the parked call's child never joined its cgroup")
+        try #require(members.count == 1, "\(members)")
+        return members[0]
+    }
+
     @Test func toolsCannotSignalTheZygoteOrEachOther() throws {
         _ = try shell("true")  // start the zygote
         let zygotes = ZygoteTests.zygotes()
@@ -27,17 +37,23 @@ struct ZygoteTests {
         }
         // A concurrent call of the same tool is out of reach too.
         let token = "34.\(Int.random(in: 100_000...999_999))"
-        let sleeper = Thread { _ = try? self.shell("exec ./ward-hostile sleep 3 \(token)") }
-        sleeper.start()
+        let slept = Mutex<ToolOutcome?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            let outcome = try? self.shell("exec ./ward-hostile sleep 3 \(token)")
+            slept.withLock { $0 = outcome }
+            done.signal()
+        }.start()
         var victim: Int32?
-        for _ in 0..<100 where victim == nil {
-            victim = Fixture.processes(containing: "ward-hostile sleep 3 \(token)").first
-            usleep(20_000)
-        }
+        #expect(eventually { victim = Fixture.processes(containing: "ward-hostile sleep 3 \(token)").first; return victim != nil })
         let target = try #require(victim)
         let r = try shell("exec ./ward-hostile kill-term \(target)")
         #expect(r.out == "kill-term: EPERM\n", "\(r.out)\(r.err)")
         #expect(kill(target, 0) == 0, "the other call's tool was killed")
+        // The sleeper's call ends here, not during the next test, and it was not disturbed.
+        #expect(done.wait(timeout: .now() + 20) == .success)
+        let outcome = slept.withLock { $0 }
+        #expect(outcome?.status == .succeeded, "\(String(describing: outcome))")
     }
 
     @Test func aKilledZygoteIsReplaced() throws {
@@ -60,13 +76,21 @@ struct ZygoteTests {
         let log = "untaken-\(Int.random(in: 100_000...999_999)).log"
         for z in zygotes { kill(z, SIGSTOP) }
         let outcome = Mutex<Result<ToolOutcome, any Error>?>(nil)
+        let thread = Mutex<String?>(nil)
         let done = DispatchSemaphore(value: 0)
         Thread {
+            thread.withLock { $0 = Processes.currentThread() }
             let result = Result { try self.shell("echo ran >> \(log)") }
             outcome.withLock { $0 = result }
             done.signal()
         }.start()
-        usleep(300_000)  // the request is in the zygote's pipe
+        // The request is in the zygote's pipe once the call's thread waits for the reply:
+        // poll(2) on two fds (reply pipe and zygote pidfd) without a timeout. (The zygote's
+        // liveness check before the request polls one fd with none.)
+        #expect(eventually {
+            guard let t = thread.withLock({ $0 }), let poll = Processes.blockedInPoll(t) else { return false }
+            return poll.fds == 2 && poll.timeout == -1
+        }, "the call never waited for the zygote's reply")
         for z in zygotes { kill(z, SIGKILL) }
         #expect(done.wait(timeout: .now() + 10) == .success, "the call hung after its zygote died")
         let status = outcome.withLock { (try? $0?.get())?.status }
@@ -81,15 +105,14 @@ struct ZygoteTests {
     /// never replies; it is killed while the call waits for that reply.
     @Test func aZygoteLostAfterTakingACallDoesNotStartItAgain() throws {
         _ = try shell("true")  // start the zygote
-        let log = "lost-\(Int.random(in: 100_000...999_999)).log"
-        let call = try ZygoteTests.sandbox.prepareCall(tool: "shell", arguments: .object(["command": .string("sleep 1; echo ran >> \(log)")]))
+        let token = Int.random(in: 100_000...999_999)
+        let log = "lost-\(token).log"
+        // The tool sleeps, so it is still running when its call is lost.
+        let call = try ZygoteTests.sandbox.prepareCall(tool: "shell", arguments: .object(["command": .string("sleep 1.\(token); echo ran >> \(log)")]))
         let zygotes = ZygoteTests.zygotes()
-        let before = Processes.children(named: "ward-zygote", zombies: false)
         try #require(call.park())
-        // Its child (a child of this process, named after the zygote until it execs) exists.
-        for _ in 0..<200 where Processes.children(named: "ward-zygote", zombies: false).subtracting(before).subtracting(zygotes).isEmpty {
-            usleep(5_000)
-        }
+        // Its child exists (a child of this process, named after the zygote until it execs).
+        let child = try ZygoteTests.child(of: call)
         for z in zygotes { kill(z, SIGSTOP) }
         let failure = Mutex<SandboxError?>(nil)
         let done = DispatchSemaphore(value: 0)
@@ -97,12 +120,16 @@ struct ZygoteTests {
             do { _ = try call.run() } catch let error as SandboxError { failure.withLock { $0 = error } } catch {}
             done.signal()
         }.start()
-        usleep(300_000)  // the tool has exec'd; its zygote cannot reply
+        // The gate opened and the tool exec'd (the child took the tool's name); its zygote,
+        // stopped, cannot reply.
+        #expect(eventually { Processes.name(of: child) != "ward-zygote" }, "the parked child never exec'd")
         for z in zygotes { kill(z, SIGKILL) }
         #expect(done.wait(timeout: .now() + 10) == .success, "the call hung after its zygote died")
         #expect(failure.withLock { $0?.code } == .startUnknown, "\(String(describing: failure.withLock { $0 }))")
-        usleep(1_200_000)
-        #expect(!FileManager.default.fileExists(atPath: ZygoteTests.workspace + "/" + log), "the started tool outlived its call")
+        // The lost call killed what started before it returned: nothing is left to write the log.
+        #expect(!Processes.isUnreapedChild(child), "the started tool's process \(child) is alive or unreaped")
+        #expect(Fixture.processes(containing: "sleep 1.\(token)").isEmpty, "the started tool outlived its call")
+        #expect(!FileManager.default.fileExists(atPath: ZygoteTests.workspace + "/" + log), "the started tool ran on")
         #expect(try shell("echo next").out == "next\n", "no new zygote")
     }
 
@@ -122,13 +149,17 @@ struct ZygoteTests {
         let done = DispatchSemaphore(value: 0)
         let (outputFD, exitFD) = (output[0], exit[0])
         Thread {
-            task.withLock { $0 = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self") }
+            task.withLock { $0 = Processes.currentThread() }
             var collector = OutputCollector(fds: [outputFD], limit: 1024)
             let now = Sandbox.monotonicNanoseconds()
             _ = collector.pollOnce(extra: exitFD, until: now + 10_000_000_000, spinUntil: now + 1_000_000)
             done.signal()
         }.start()
-        usleep(200_000)  // the spin is long over: the thread sleeps in poll
+        // The spin is over once the thread sleeps in a poll with a timeout (the spin's polls have none).
+        #expect(eventually {
+            guard let t = task.withLock({ $0 }), let poll = Processes.blockedInPoll(t) else { return false }
+            return poll.timeout != 0
+        }, "the thread never slept in poll")
         let stat = try String(contentsOfFile: "/proc/\(try #require(task.withLock { $0 }))/stat", encoding: .utf8)
         // Field 41 is the scheduling policy; fields from 3 on follow the ")" after the name.
         let fields = stat[stat.index(after: try #require(stat.lastIndex(of: ")")))...].split(separator: " ")
@@ -161,34 +192,27 @@ struct ZygoteTests {
         func lines() -> [String] {
             ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
         }
-        // A call's child that never exec'd keeps the zygote's name; other suites' tools run
-        // concurrently and are children of this process too, but they have exec'd.
-        func zombies() -> Set<Int32> { Processes.children(named: "ward-zygote", zombies: true) }
-        let before = zombies()
-
         let cancelled = try call("cancelled")
         #expect(cancelled.park(), "the zygote was free: the call should park")
         // Its child exists and is confined, but the tool has not run.
+        let child = try ZygoteTests.child(of: cancelled)
+        #expect(Processes.name(of: child) == "ward-zygote", "the parked child exec'd")
         let second = try call("second")
         #expect(!second.park(), "a parked call holds the zygote: a second call must not park")
-        usleep(100_000)
+        usleep(100_000)  // time in which a parked tool must not run (nothing to wait for)
         #expect(lines().isEmpty, "a parked tool ran before its gate opened: \(lines())")
         cancelled.cancel()
+        // cancel waited for the child to give up at its gate and reaped it: it is no child
+        // of this process any more, not even a zombie.
+        #expect(!Processes.isUnreapedChild(child), "the cancelled call's child \(child) was not reaped")
 
         let ran = try call("ran")
         #expect(ran.park())
-        usleep(50_000)
+        usleep(50_000)  // again, time in which the parked tool must not run
         #expect(lines().isEmpty)
         let outcome = try ran.run()
         #expect(outcome.status == .succeeded, "\(outcome)")
         #expect(try second.run().status == .succeeded)
         #expect(lines() == ["ran", "second"])
-        // The cancelled child was reaped.
-        var left = zombies().subtracting(before)
-        for _ in 0..<50 where !left.isEmpty {
-            usleep(100_000)
-            left.formIntersection(zombies())
-        }
-        #expect(left.isEmpty, "unreaped children: \(left)")
     }
 }
