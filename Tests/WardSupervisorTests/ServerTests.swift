@@ -6,6 +6,7 @@ import WardLedger
 import WardPolicy
 import WardSandbox
 @testable import WardSupervisor
+import WardTestSupport
 
 /// A supervisor serving a temporary ledger and workspace on a temporary socket.
 final class TestServer: Sendable {
@@ -231,9 +232,7 @@ struct ServerTests {
         let dir = String(t.server.path[..<t.server.path.lastIndex(of: "/")!])
         chmod(dir, 0o755)
         chmod(t.server.path, 0o777)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", """
+        let r = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", """
         import socket, sys
         s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5)
         try:
@@ -242,11 +241,7 @@ struct ServerTests {
             print("answered" if data else "closed")
         except ConnectionError:
             print("closed")
-        """, t.server.path]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        p.waitUntilExit()
-        #expect(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "closed\n")
+        """, t.server.path])
+        #expect(r.stdout == "closed\n", "\(r)")
     }
 }
