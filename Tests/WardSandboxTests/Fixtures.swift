@@ -72,9 +72,12 @@ enum Fixture {
     }
 
     /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.
-    static func cli(_ arguments: [String], uid: uid_t? = nil, cwd: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        guard let uid else { return try BuildProducts.run(ward, arguments, in: cwd) }
-        return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments, in: cwd)
+    /// `environment` is added to the CLI's environment (never set in this process's).
+    static func cli(_ arguments: [String], uid: uid_t? = nil, cwd: String? = nil,
+                    environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+        guard let uid else { return try BuildProducts.run(ward, arguments, in: cwd, environment: environment) }
+        return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments,
+                                     in: cwd, environment: environment)
     }
 
     /// Processes whose command line contains `token` (to find escaped daemons).
