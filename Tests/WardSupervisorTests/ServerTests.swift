@@ -147,7 +147,7 @@ struct ServerTests {
             let cut = try RawClient(t.server.path)
             cut.send(#"{"jsonrpc":"2.0","id":1,"method":"tool.call","params":{"callId":"cut","tool":"shell","arguments":{"command":"true"}}"#)
         }
-        Thread.sleep(forTimeInterval: 0.2)
+        Thread.sleep(forTimeInterval: 0.2)  // time in which the cut request must not run (nothing to wait for)
         #expect(try t.supervisor.ledger.listCalls(run: "r1").isEmpty)
         // A line over 16 MiB: too-large, and the connection closes; the server lives on.
         let big = try RawClient(t.server.path)
@@ -199,8 +199,8 @@ struct ServerTests {
         #expect(c.call(3, "tool.call", shellCall("mail", "send"))?["result"]?.objectValue?["status"] == .string("failed"))
     }
 
-    @Test func aFullDiskRefusesCallsBeforeAnyChildStarts() throws {
-        guard getuid() == 0 else { return }  // mounting a small tmpfs needs root
+    @Test(.enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
+    func aFullDiskRefusesCallsBeforeAnyChildStarts() throws {
         let mountPoint = temporaryDirectory("fulldisk")
         let mount = try Process.run(URL(fileURLWithPath: "/bin/mount"), arguments: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint])
         mount.waitUntilExit()

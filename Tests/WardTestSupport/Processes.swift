@@ -55,6 +55,13 @@ public enum Processes {
         return (Int(call[2]), Int32(truncatingIfNeeded: call[3]))
     }
 
+    /// Whether a thread is blocked in nanosleep or clock_nanosleep (x86_64 numbers): in a
+    /// retry or polling loop's pause, so it has tried at least once.
+    public static func isSleeping(_ thread: String) -> Bool {
+        guard let call = blockedSyscall(thread) else { return false }
+        return call[0] == 35 || call[0] == 230
+    }
+
     /// This thread, as a path under /proc (`"1234/task/1240"`), for another thread to watch.
     public static func currentThread() -> String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self")) ?? "thread-self"
