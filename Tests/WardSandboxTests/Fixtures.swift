@@ -81,16 +81,7 @@ enum Fixture {
     }
 
     /// Processes whose command line contains `token` (to find escaped daemons).
-    static func processes(containing token: String) -> [Int32] {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return entries.compactMap { name -> Int32? in
-            guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
-            let text = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
-            guard text.contains(token) else { return nil }
-            // Zombies have an empty cmdline and so never match: only live processes count.
-            return pid
-        }
-    }
+    static func processes(containing token: String) -> [Int32] { Processes.withCommandLine(containing: token) }
 }
 
 extension ToolOutcome {

@@ -259,9 +259,4 @@ struct RunTests {
 }
 
 /// Live processes whose command line contains `token`.
-func processes(containing token: String) -> [Int32] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { name in
-        guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
-        return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(token) ? pid : nil
-    }
-}
+func processes(containing token: String) -> [Int32] { Processes.withCommandLine(containing: token) }
