@@ -42,14 +42,21 @@ public final class OutputDrain: @unchecked Sendable {
         return true
     }
 
-    /// Everything the writer wrote, once every writer closed its end.
-    public func all() -> Data {
+    /// Everything the writer wrote, once every writer closed its end; after `seconds`
+    /// (a deadline against hanging), what came so far and a line saying the output stayed
+    /// open, so that a leftover process holding it fails the test instead of hanging it.
+    public func all(within seconds: Double = 60) -> Data {
+        let deadline = Date(timeIntervalSinceNow: seconds)
         condition.lock()
         defer { condition.unlock() }
-        while !ended { condition.wait() }
+        while !ended {
+            if !condition.wait(until: deadline) {
+                return data + Data("\n[test: still open \(Int(seconds)) s on: a leftover process holds this output]\n".utf8)
+            }
+        }
         return data
     }
 
     /// `all()` as text.
-    public func text() -> String { String(decoding: all(), as: UTF8.self) }
+    public func text(within seconds: Double = 60) -> String { String(decoding: all(within: seconds), as: UTF8.self) }
 }
