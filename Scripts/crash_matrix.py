@@ -167,8 +167,11 @@ def main():
         except OSError:
             state_ok = False
         verify_ok = subprocess.run([a.ward, "ledger", "verify"], cwd=work, capture_output=True).returncode == 0
-        time.sleep(0.05)
-        orphans = [p for p in processes_with(work) if p != os.getpid()]
+        # Whatever ward started dies with it (PDEATHSIG, the watchdog's cgroup kill), which
+        # the kernel delivers a moment later: waited for, up to a deadline, not slept on.
+        deadline = time.time() + 5
+        while (orphans := [p for p in processes_with(work) if p != os.getpid()]) and time.time() < deadline:
+            time.sleep(0.01)
         ok = effects_ok and doubt_ok and state_ok and verify_ok and not orphans
         passed += ok
         failed += not ok

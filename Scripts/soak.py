@@ -27,6 +27,18 @@ def resources(pid):
     return fds, threads, rss
 
 
+def sockets(pid):
+    return sum(1 for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+
+
+def wait_for_connections_closed(pid, baseline):
+    """Waits (up to 10 s, a deadline against hanging) until the supervisor holds no more
+    sockets than before any agent connected: every connection it served is closed."""
+    deadline = time.time() + 10
+    while sockets(pid) > baseline and time.time() < deadline:
+        time.sleep(0.01)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("ward")
@@ -39,6 +51,7 @@ def main():
     serve = subprocess.Popen([a.ward, "serve", "--policies", policies, "--socket", sock, "--run-id", "soak"],
                              cwd=root, stdout=subprocess.PIPE, text=True)
     serve.stdout.readline()  # the socket path: it listens
+    listening = sockets(serve.pid)
     passed = failed = 0
 
     def check(ok, text):
@@ -66,7 +79,7 @@ def main():
         warm = [threading.Thread(target=agent, args=(n, "w", 50)) for n in range(a.agents)]
         for t in warm: t.start()
         for t in warm: t.join()
-        time.sleep(0.2)
+        wait_for_connections_closed(serve.pid, listening)
         start = resources(serve.pid)
         t0 = time.time()
         threads = [threading.Thread(target=agent, args=(n,)) for n in range(a.agents)]
@@ -74,7 +87,7 @@ def main():
         for t in threads: t.join()
         seconds = time.time() - t0
         total = a.agents * a.calls
-        time.sleep(0.2)  # connections close
+        wait_for_connections_closed(serve.pid, listening)
         end = resources(serve.pid)
         print(f"soak: {a.agents} agents × {a.calls} calls = {total} calls in {seconds:.1f} s ({total / seconds:.0f} calls/s)")
         print(f"  supervisor at start: {start[0]} fds, {start[1]} threads, {start[2] / 1048576:.1f} MiB RSS")

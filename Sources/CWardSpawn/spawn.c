@@ -118,7 +118,17 @@ WARD_CHILD_SIDE void ward_step_signals(struct ward_spawn_error *err, int unblock
 WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     // The supervisor dies → the tool dies (the direct child; cgroups or the PID namespace
     // take care of the rest of the tree).
-    if (cfg->pdeath_signal) CHECK(WARD_STEP_PDEATHSIG, sys(SYS_prctl, PR_SET_PDEATHSIG, cfg->pdeath_signal));
+    if (cfg->pdeath_signal) {
+        CHECK(WARD_STEP_PDEATHSIG, sys(SYS_prctl, PR_SET_PDEATHSIG, cfg->pdeath_signal));
+        // A supervisor that died before the line above sends no signal: this child was
+        // already reparented. Left to run, it would wait at its gate forever (it holds the
+        // gate's write end too, in its copy of ward's fds) and, with those fds, keep ward's
+        // stdout and the watchdog's pipe open, so the watchdog never kills the call's
+        // cgroup. (In a new PID namespace the parent is outside it: getppid() is 0.)
+        long ppid = sys(SYS_getppid);
+        if (cfg->parent_pid > 0 && ppid != cfg->parent_pid && !(cfg->new_pid_namespace && ppid == 0))
+            ward_child_fail(err, WARD_STEP_PDEATHSIG, -ESRCH);
+    }
 
     // New session, no controlling terminal: TIOCSTI / TIOCLINUX have no terminal of the
     // user's to inject into (CVE-2017-5226), and job-control signals do not reach us.
@@ -295,6 +305,7 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
 }
 
 struct agent_context {
+    pid_t ward;
     const char *path;
     char *const *argv;
     char *const *envp;
@@ -307,6 +318,8 @@ WARD_CHILD_SIDE static int agent_main(void *arg) {
     ward_step_signals(err, 1);
     // ward dies (even by SIGKILL) → the agent dies: nothing acts on a run nobody supervises.
     CHECK(WARD_STEP_PDEATHSIG, sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL));
+    // ward died before the line above: no signal will come (see ward_step_per_call).
+    if (sys(SYS_getppid) != ctx->ward) ward_child_fail(err, WARD_STEP_PDEATHSIG, -ESRCH);
     // Its own process group, so a shutdown can signal the agent and what it started.
     CHECK(WARD_STEP_SETSID, sys(SYS_setpgid, 0, 0));
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)ctx->path, (long)ctx->argv, (long)ctx->envp));
@@ -320,7 +333,7 @@ pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, s
         err->error = errno;
         return -1;
     }
-    struct agent_context ctx = { path, argv, envp, err };
+    struct agent_context ctx = { getpid(), path, argv, envp, err };
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);

@@ -42,6 +42,7 @@
 
 struct ward_zygote {
     pid_t pid;
+    pid_t ward;  // the process that started it
     int pidfd;
     int req[2], rep[2];
     char *stack, *child_stack;
@@ -92,6 +93,9 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
     ward_step_signals(err, 0);
     long rc = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
     if (rc < 0) ward_child_fail(err, WARD_STEP_PDEATHSIG, rc);
+    // ward died before the line above: no signal will come, and with ward's fd table this
+    // zygote would hold its own request pipe open and wait on it forever.
+    if (sys(SYS_getppid) != z->ward) ward_child_fail(err, WARD_STEP_PDEATHSIG, -ESRCH);
     // A name of its own, so `ps` (and an operator) tells the zygote and a call's child that
     // has not exec'd yet (it inherits the name) from ward. Cosmetic: a failure is ignored.
     static const char name[] = "ward-zygote";
@@ -192,6 +196,7 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int s
     struct ward_zygote *z = calloc(1, sizeof *z);
     if (!z) { err->step = WARD_STEP_ZYGOTE; err->error = ENOMEM; return NULL; }
     z->pid = -1;
+    z->ward = getpid();
     z->pidfd = z->req[0] = z->req[1] = z->rep[0] = z->rep[1] = -1;
     z->cfg = cfg;
     z->scope_fd = scope_ruleset_fd;

@@ -104,6 +104,7 @@ public final class SandboxCall: @unchecked Sendable {
         config.pointee.bpf = sandbox.features.seccomp ? UnsafeRawPointer(tool.bpf.aligned.baseAddress) : nil
         config.pointee.bpf_len = UInt16(tool.bpf.instructionCount)
         config.pointee.pdeath_signal = SIGKILL
+        config.pointee.parent_pid = getpid()
         config.pointee.raise_oom_score = enforced.memory ? 0 : 1
     }
 

@@ -34,7 +34,7 @@ final class Zygote: @unchecked Sendable {
     /// denies any of them is started directly instead.
     static let required: Set<String> = [
         "read", "write", "clone", "setsid", "dup2", "chdir", "rt_sigprocmask", "prctl",
-        "prlimit64", "close_range", "execve", "exit_group", "openat",
+        "prlimit64", "close_range", "execve", "exit_group", "openat", "getppid",
     ]
 
     init(bpf program: SeccompProgram, landlockFD: Int32, features: KernelFeatures) {

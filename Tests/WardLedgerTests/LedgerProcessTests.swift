@@ -37,10 +37,14 @@ struct LedgerProcessTests {
             let out = Pipe()
             p.standardOutput = out
             try p.run()
-            usleep(useconds_t(Int.random(in: 20_000...150_000)))
+            let output = OutputDrain(out.fileHandleForReading)
+            // Killed at a random moment of its writing, counted from its first call (its
+            // start-up time on a busy machine is no part of the window).
+            #expect(output.wait(for: "begun"), "round \(round): ward-torture never began a call")
+            usleep(useconds_t(Int.random(in: 20_000...150_000)))  // the kill's random point, not a wait for anything
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
-            let lines = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
+            let lines = output.text().split(separator: "\n")
             for line in lines {
                 let w = line.split(separator: " ")
                 if w.first == "finished" { finished.append(String(w[1])) }

@@ -2,6 +2,8 @@ import Foundation
 import Testing
 import WardCore
 @testable import WardLedger
+import Synchronization
+import WardTestSupport
 
 func temporaryLedgerPath(_ label: String = "ledger") -> String {
     var template = Array("/tmp/ward-ledger-test-XXXXXX".utf8CString)
@@ -88,13 +90,17 @@ struct LedgerCallTests {
         let ticket = try #require(try ledger.begin(request("c1")).ticket)
         expectLedgerError(.inProgress) { _ = try ledger.begin(request("c1")) }
         expectLedgerError(.inProgress) { _ = try ledger.awaitOutcome(run: "r1", callId: "c1", timeout: 0.05) }
-        let waiter = Thread {
-            Thread.sleep(forTimeInterval: 0.1)
-            _ = try? ledger.finish(ticket, outcome: outcome("done"))
-        }
-        waiter.start()
-        let result = try #require(try ledger.awaitOutcome(run: "r1", callId: "c1", timeout: 5))
+        // The outcome is recorded once the waiter found the call running and sleeps before
+        // looking again, so the wait itself is what is tested.
+        let awaiting = Processes.currentThread()
+        let failure = Mutex<String?>(nil)
+        Thread {
+            guard eventually({ Processes.isSleeping(awaiting) }) else { return }
+            do { _ = try ledger.finish(ticket, outcome: outcome("done")) } catch { failure.withLock { $0 = "\(error)" } }
+        }.start()
+        let result = try #require(try ledger.awaitOutcome(run: "r1", callId: "c1", timeout: 30))
         #expect(result.replayed && result.outcome.stdout == Array("done".utf8))
+        #expect(failure.withLock { $0 } == nil)
     }
 
     @Test func nonIdempotentCallOfADeadProcessBecomesInDoubtUntilResolved() throws {

@@ -72,22 +72,16 @@ enum Fixture {
     }
 
     /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.
-    static func cli(_ arguments: [String], uid: uid_t? = nil, cwd: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        guard let uid else { return try BuildProducts.run(ward, arguments, in: cwd) }
-        return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments, in: cwd)
+    /// `environment` is added to the CLI's environment (never set in this process's).
+    static func cli(_ arguments: [String], uid: uid_t? = nil, cwd: String? = nil,
+                    environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+        guard let uid else { return try BuildProducts.run(ward, arguments, in: cwd, environment: environment) }
+        return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments,
+                                     in: cwd, environment: environment)
     }
 
     /// Processes whose command line contains `token` (to find escaped daemons).
-    static func processes(containing token: String) -> [Int32] {
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
-        return entries.compactMap { name -> Int32? in
-            guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
-            let text = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
-            guard text.contains(token) else { return nil }
-            // Zombies have an empty cmdline and so never match: only live processes count.
-            return pid
-        }
-    }
+    static func processes(containing token: String) -> [Int32] { Processes.withCommandLine(containing: token) }
 }
 
 extension ToolOutcome {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WardCore
+import WardPolicy
 import WardSandbox
 
 /// The three ways a call can be contained, each of which must hold every threat.
@@ -59,7 +60,9 @@ final class Harness: Sendable {
         self.sandboxes = sandboxes
     }
 
-    func run(_ mode: Mode, tool: String = "shell", _ command: String) throws -> HostileResult {
+    /// `environment` reaches the supervisor only in the unprivileged mode, whose supervisor
+    /// is a `ward` process; the other modes' supervisor is this process.
+    func run(_ mode: Mode, tool: String = "shell", _ command: String, environment: [String: String] = [:]) throws -> HostileResult {
         let ws = workspaces[mode]!
         if mode == .rootCgroupV2 && sandboxes[mode] == nil {
             // No cgroup2 hierarchy on this machine: the v2 path cannot be exercised here.
@@ -70,7 +73,7 @@ final class Harness: Sendable {
             return HostileResult(status: o.status.rawValue, signal: o.signal, stdout: o.out, truncated: o.truncated, durationMs: o.durationMs)
         }
         let r = try Fixture.cli(["sandbox", "--json", "--policies", Fixture.testPolicies, "--workspace", ws, tool, "--arg", "command=\(command)"],
-                                uid: Mode.nobody, cwd: "/tmp")
+                                uid: Mode.nobody, cwd: "/tmp", environment: environment)
         guard let json = try? JSONValue.parse(r.stdout).objectValue else {
             throw SandboxError(.internalError, "ward sandbox as nobody printed no result (exit \(r.status)): \(r.stderr)")
         }
@@ -83,8 +86,9 @@ final class Harness: Sendable {
     }
 
     /// Runs `ward-hostile BEHAVIOUR ARG` as the tool process itself (exec, no shell in between).
-    func hostile(_ mode: Mode, _ behaviour: String, _ arg: String = "", tool: String = "shell") throws -> HostileResult {
-        try run(mode, tool: tool, "exec ./ward-hostile \(behaviour) \(arg)")
+    func hostile(_ mode: Mode, _ behaviour: String, _ arg: String = "", tool: String = "shell",
+                 environment: [String: String] = [:]) throws -> HostileResult {
+        try run(mode, tool: tool, "exec ./ward-hostile \(behaviour) \(arg)", environment: environment)
     }
 }
 
@@ -204,7 +208,7 @@ struct ThreatTests {
         let caps = try Harness.shared.hostile(mode, "caps")
         #expect(caps.stdout.contains("eff=000000000 prm=000000000 inh=000000000"), "\(caps)")
         #expect(caps.stdout.contains("nnp=1"), "\(caps)")
-        if mode != .unprivileged || true { #expect(caps.stdout.contains("bounding=0"), "\(caps)") }
+        #expect(caps.stdout.contains("bounding=0"), "\(caps)")
 
         // A descriptor this process leaks (no close-on-exec) must not reach the tool.
         let leaked = open("/dev/null", O_RDONLY)
@@ -212,8 +216,24 @@ struct ThreatTests {
         let fds = try Harness.shared.hostile(mode, "fds")
         #expect(fds.stdout.contains("fds: 0 1 2\n"), "\(fds)")
 
-        setenv("WARD_TEST_API_KEY", "sk-secret-do-not-leak", 1)
-        let env = try Harness.shared.hostile(mode, "env")
+        // The tool's environment is the policy's allowlist and nothing of the supervisor's.
+        // The CLI's supervisor gets a secret to keep; the in-process modes' supervisor is this
+        // process, whose environment is taken as it is (a variable set here would race with
+        // every suite running beside this one).
+        let env = try Harness.shared.hostile(mode, "env", environment: ["WARD_TEST_API_KEY": "sk-secret-do-not-leak"])
+        let names = env.stdout.split(separator: "\n").compactMap { line -> String? in
+            guard line.hasPrefix("env: ") else { return nil }
+            return line.dropFirst(5).split(separator: "=", maxSplits: 1).first.map(String.init)
+        }
+        var allowed: Set<String> = ["PWD"]  // set by the shell the tool runs in
+        for entry in try PolicyLoader.load(directory: Fixture.testPolicies).tools["shell"]!.environment {
+            switch entry {
+            case .inherit(let name), .set(let name, _): allowed.insert(name)
+            }
+        }
+        allowed.formUnion(["WARD_RUN_ID", "WARD_CALL_ID", "WARD_IDEMPOTENCY_KEY"])  // ward's own, per call (the CLI's)
+        let extra = Set(names).subtracting(allowed)
+        #expect(names.contains("HOME") && extra.isEmpty, "not in the allowlist: \(extra.sorted()) (\(env))")
         #expect(!env.stdout.contains("sk-secret"), "\(env)")
         #expect(env.stdout.contains("env: PATH=/usr/local/bin:/usr/bin:/bin"), "\(env)")
 

@@ -10,10 +10,12 @@ enum Paths {
     static var ward: String { BuildProducts.ward }
 }
 
-/// Runs `ward ARGS` in `directory`; returns exit status and output.
+/// Runs `ward ARGS` in `directory`, with `environment` added to its own (the agent it runs
+/// inherits it); returns exit status and output.
 @discardableResult
-func ward(_ args: [String], in directory: String, start: ((Process) -> Void)? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-    try BuildProducts.run(Paths.ward, args, in: directory, started: start)
+func ward(_ args: [String], in directory: String, environment: [String: String] = [:],
+          start: ((Process) -> Void)? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    try BuildProducts.run(Paths.ward, args, in: directory, environment: environment, started: start)
 }
 
 /// Runs a program to completion; returns its status and its stdout and stderr together.
@@ -43,7 +45,8 @@ func startServe(in dir: String, run: String, environment: [String: String] = [:]
     let out = Pipe()
     serve.standardOutput = out
     try serve.run()
-    _ = out.fileHandleForReading.availableData  // it prints the socket path once it listens
+    // It prints the socket path once it listens; the drain goes on reading after that.
+    try #require(OutputDrain(out.fileHandleForReading).wait(for: "\n"), "ward serve never listened")
     return serve
 }
 
@@ -78,9 +81,8 @@ struct RunTests {
     @Test("an agent crashed at each step resumes with no duplicate effect", arguments: Array(0..<6))
     func crashAtStep(step: Int) throws {
         let dir = try workdir()
-        setenv("CRASH_AT", "\(step)", 1)
-        defer { unsetenv("CRASH_AT") }
-        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--", "python3", "agent.py", Paths.repository + "/Scripts"], in: dir)
+        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--", "python3", "agent.py", Paths.repository + "/Scripts"],
+                         in: dir, environment: ["CRASH_AT": "\(step)"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.hasSuffix("finished\n"), "\(r.stdout)")
         #expect(r.stdout.contains("\(step) replayed"), "\(r.stdout)")
@@ -121,9 +123,7 @@ struct RunTests {
         let point = String(spec.split(separator: "@")[0])
         let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "fp-\(point)", "--max-restarts", "0", "--",
                     "python3", "agent.py", Paths.repository + "/Scripts"]
-        setenv("WARD_FAILPOINTS", "\(point)=kill@\(spec.split(separator: "@")[1])", 1)
-        let crashed = try ward(args, in: dir)
-        unsetenv("WARD_FAILPOINTS")
+        let crashed = try ward(args, in: dir, environment: ["WARD_FAILPOINTS": "\(point)=kill@\(spec.split(separator: "@")[1])"])
         #expect(crashed.status != 0, "ward was not killed at \(spec): \(crashed)")
         let resumed = try ward(args, in: dir)
         let log = (try? String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)) ?? ""
@@ -147,9 +147,11 @@ struct RunTests {
     /// runs it again; an idempotent one is simply started again. `after-begin` stalls each
     /// call with its child parked at the gate; the zygote is stopped meanwhile, so the child
     /// execs when the gate opens but the zygote never replies, and it is then killed.
+    /// The stall is the window in which the test stops the zygote; it waits for the parked
+    /// child to exist before, and for it to exec after.
     @Test func aCallWhoseStartWasLostIsInDoubtUnlessRepeatingIsHarmless() throws {
         let dir = temporaryDirectory("lost")
-        let serve = try startServe(in: dir, run: "lost", environment: ["WARD_FAILPOINTS": "after-begin=stall:600"])
+        let serve = try startServe(in: dir, run: "lost", environment: ["WARD_FAILPOINTS": "after-begin=stall:1000"])
         defer { kill(serve.processIdentifier, SIGKILL); serve.waitUntilExit() }
         let c = try RawClient(dir + "/s.sock")
         var id = 0
@@ -160,20 +162,31 @@ struct RunTests {
             // No call is in flight: every ward-zygote child of ward is a zygote.
             let zygotes = Processes.children(of: serve.processIdentifier, named: "ward-zygote", zombies: false)
             c.request(id, "tool.call", params)
-            usleep(300_000)  // recorded, child parked, ward stalled after begin
+            // The call's child, parked while its record is written (then ward stalls after
+            // begin): the one ward-zygote child of ward that is not a zygote.
+            var child: Int32?
+            #expect(eventually {
+                child = Processes.children(of: serve.processIdentifier, named: "ward-zygote", zombies: false).subtracting(zygotes).first
+                return child != nil
+            }, "no parked child appeared")
             for z in zygotes { kill(z, SIGSTOP) }
-            usleep(600_000)  // the gate has opened: the tool exec'd; its zygote cannot reply
+            // The gate opened after the stall: the tool exec'd (the child took its name); its
+            // zygote, stopped, cannot reply.
+            if let child { #expect(eventually { Processes.name(of: child) != "ward-zygote" }, "the parked child never exec'd") }
             for z in zygotes { kill(z, SIGKILL) }
             return c.next()
         }
-        let mail: [String: JSONValue] = ["command": .string("sleep 1; echo sent >> sent.log")]
+        // A slow tool, so it is still running when its call is lost.
+        let sleeper = "sleep 1.\(Int.random(in: 100_000...999_999))"
+        let mail: [String: JSONValue] = ["command": .string("\(sleeper); echo sent >> sent.log")]
         #expect(call("warm", "shell", ["command": .string("true")], losingItsStart: false)?["result"] != nil)  // starts shell's zygote
         let lost = call("mail", "shell", mail, losingItsStart: true)
         #expect(kind(lost) == "in-doubt", "\(String(describing: lost))")
         #expect(kind(call("mail", "shell", mail, losingItsStart: false)) == "in-doubt")
         let doubt = try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir)
         #expect(doubt.stdout.contains("\"mail\""), "\(doubt.stdout)")
-        usleep(1_000_000)
+        // Its answer came after the call's processes were killed: nothing is left to send.
+        #expect(processes(containing: sleeper).isEmpty, "the tool ran on after its call ended")
         #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/sent.log"), "the tool ran on after its call ended")
 
         let write: [String: JSONValue] = ["path": .string("w.txt"), "content": .string("hello")]
@@ -195,67 +208,55 @@ struct RunTests {
         let token = "41.\(Int.random(in: 100_000...999_999))"
         // The same command every time (the call's arguments must not change); it is slow
         // only while the workspace holds a marker.
-        setenv("TOOL_EXTRA", "if [ -e slow ]; then sleep \(token); fi", 1)
-        defer { unsetenv("TOOL_EXTRA") }
+        let extra = ["TOOL_EXTRA": "if [ -e slow ]; then sleep \(token); fi"]
         try FileManager.default.createDirectory(atPath: dir + "/workspace", withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: dir + "/workspace/slow", contents: nil)
+        // The agent by its full path: this test's agent, not another run's on this machine.
+        let agent = dir + "/agent.py"
         let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "killed", "--max-restarts", "0", "--",
-                    "python3", "agent.py", Paths.repository + "/Scripts"]
-        let first = try ward(args, in: dir) { p in
-            // Kill ward once the first tool is running.
-            for _ in 0..<200 {
-                if (try? String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)) != nil { break }
-                usleep(20_000)
-            }
-            usleep(100_000)
+                    "python3", agent, Paths.repository + "/Scripts"]
+        let first = try ward(args, in: dir, environment: extra) { p in
+            // Kill ward once the first tool is running: its sleeper exists.
+            #expect(eventually { !processes(containing: token).isEmpty }, "the first tool never started")
             kill(p.processIdentifier, SIGKILL)
         }
         #expect(first.status != 0)
-        // The agent and the tool died with ward.
-        usleep(300_000)
-        #expect(processes(containing: "agent.py").isEmpty, "the agent outlived ward")
+        // The agent died with ward (PDEATHSIG)…
+        #expect(eventually { processes(containing: agent).isEmpty }, "the agent outlived ward")
         // …and so did everything the tool started (the watchdog killed its cgroup).
-        for _ in 0..<100 where !processes(containing: token).isEmpty { usleep(20_000) }
-        #expect(processes(containing: token).isEmpty, "the tool's sleeper outlived ward")
+        #expect(eventually { processes(containing: token).isEmpty }, "the tool's sleeper outlived ward")
         try FileManager.default.removeItem(atPath: dir + "/workspace/slow")
         // Restarted with the same run ID: the call caught mid-flight is in doubt and refused.
-        let second = try ward(args, in: dir)
+        let second = try ward(args, in: dir, environment: extra)
         #expect(second.stdout.contains("error in-doubt"), "\(second.stdout) \(second.stderr)")
         #expect(processes(containing: token).isEmpty, "the tool's sleeper outlived the restart")
         let list = try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir)
         #expect(list.stdout.contains("\"s0\""), "\(list.stdout)")
         // The operator checks and says it did not run: it runs once, and the agent finishes.
         #expect(try ward(["ledger", "resolve", "killed", "s0", "--as", "not-executed", "--note", "effect absent"], in: dir).status == 0)
-        let third = try ward(args, in: dir)
+        let third = try ward(args, in: dir, environment: extra)
         #expect(third.status == 0 && third.stdout.hasSuffix("finished\n"), "\(third.stdout) \(third.stderr)")
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
     }
 
     @Test func sigtermStopsGracefullyAndRecordsKilledTools() throws {
         let dir = try workdir()
-        setenv("TOOL_EXTRA", "sleep 30", 1)
-        defer { unsetenv("TOOL_EXTRA") }
+        let sleeper = "sleep 30.\(Int.random(in: 100_000...999_999))"
+        let agent = dir + "/agent.py"
         let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "term", "--grace", "0.5", "--",
-                          "python3", "agent.py", Paths.repository + "/Scripts"], in: dir) { p in
-            for _ in 0..<200 {
-                if (try? String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8)) != nil { break }
-                usleep(20_000)
-            }
-            usleep(100_000)
+                          "python3", agent, Paths.repository + "/Scripts"], in: dir, environment: ["TOOL_EXTRA": sleeper]) { p in
+            // Stopped once the first tool is running: its sleeper exists.
+            #expect(eventually { !processes(containing: sleeper).isEmpty }, "the first tool never started")
             kill(p.processIdentifier, SIGTERM)
         }
         #expect(r.status == 128 + SIGTERM, "\(r)")
         let list = try ward(["ledger", "list", "--json"], in: dir)
         #expect(list.stdout.contains("\"status\":\"killed\""), "\(list.stdout)")
         #expect(!list.stdout.contains("\"status\":\"running\""))
-        #expect(processes(containing: "agent.py").isEmpty)
+        #expect(processes(containing: agent).isEmpty)
+        #expect(processes(containing: sleeper).isEmpty)
     }
 }
 
 /// Live processes whose command line contains `token`.
-func processes(containing token: String) -> [Int32] {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { name in
-        guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
-        return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(token) ? pid : nil
-    }
-}
+func processes(containing token: String) -> [Int32] { Processes.withCommandLine(containing: token) }

@@ -6,6 +6,7 @@ import WardLedger
 import WardPolicy
 import WardSandbox
 @testable import WardSupervisor
+import WardTestSupport
 
 /// A supervisor serving a temporary ledger and workspace on a temporary socket.
 final class TestServer: Sendable {
@@ -146,7 +147,7 @@ struct ServerTests {
             let cut = try RawClient(t.server.path)
             cut.send(#"{"jsonrpc":"2.0","id":1,"method":"tool.call","params":{"callId":"cut","tool":"shell","arguments":{"command":"true"}}"#)
         }
-        Thread.sleep(forTimeInterval: 0.2)
+        Thread.sleep(forTimeInterval: 0.2)  // time in which the cut request must not run (nothing to wait for)
         #expect(try t.supervisor.ledger.listCalls(run: "r1").isEmpty)
         // A line over 16 MiB: too-large, and the connection closes; the server lives on.
         let big = try RawClient(t.server.path)
@@ -198,8 +199,8 @@ struct ServerTests {
         #expect(c.call(3, "tool.call", shellCall("mail", "send"))?["result"]?.objectValue?["status"] == .string("failed"))
     }
 
-    @Test func aFullDiskRefusesCallsBeforeAnyChildStarts() throws {
-        guard getuid() == 0 else { return }  // mounting a small tmpfs needs root
+    @Test(.enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
+    func aFullDiskRefusesCallsBeforeAnyChildStarts() throws {
         let mountPoint = temporaryDirectory("fulldisk")
         let mount = try Process.run(URL(fileURLWithPath: "/bin/mount"), arguments: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint])
         mount.waitUntilExit()
@@ -231,9 +232,7 @@ struct ServerTests {
         let dir = String(t.server.path[..<t.server.path.lastIndex(of: "/")!])
         chmod(dir, 0o755)
         chmod(t.server.path, 0o777)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", """
+        let r = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", """
         import socket, sys
         s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(5)
         try:
@@ -242,11 +241,7 @@ struct ServerTests {
             print("answered" if data else "closed")
         except ConnectionError:
             print("closed")
-        """, t.server.path]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        p.waitUntilExit()
-        #expect(String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) == "closed\n")
+        """, t.server.path])
+        #expect(r.stdout == "closed\n", "\(r)")
     }
 }

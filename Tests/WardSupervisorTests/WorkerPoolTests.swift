@@ -11,6 +11,8 @@ import Glibc
 struct WorkerPoolTests {
     /// Runs `jobs` jobs that each block until `gather` of them run at once (or `patience` × 10 ms
     /// pass), as requests whose tools take a while; returns how many ran at once at most.
+    /// With `gather` above the cap the patience is time in which no more than the cap may
+    /// run (nothing to wait for); otherwise it is only a deadline.
     func peakConcurrency(jobs: Int, cap: Int, gather: Int, patience: Int = 200) -> (peak: Int, finished: Int) {
         let pool = WorkerPool(idleSeconds: 1, maximumThreads: cap)
         let state = Mutex((running: 0, peak: 0, finished: 0))

@@ -22,23 +22,26 @@ public enum BuildProducts {
     public static var ward: String { directory + "/ward" }
 
     /// Runs a program to completion with no standard input; its status, stdout and stderr.
-    /// `started` sees the running process (to signal it from outside, as a crash test does).
+    /// `environment` is added to this process's (never set in it: suites run in parallel,
+    /// and the environment is the whole process's). `started` sees the running process (to
+    /// signal it from outside, as a crash test does) while its output is already drained.
     @discardableResult
-    public static func run(_ path: String, _ arguments: [String], in directory: String? = nil,
+    public static func run(_ path: String, _ arguments: [String], in directory: String? = nil, environment: [String: String] = [:],
                            started: ((Process) -> Void)? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = arguments
         if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
         p.standardInput = FileHandle.nullDevice
         try p.run()
+        // Both at once: read one to its end first, and a child that fills the other waits forever.
+        let stdout = OutputDrain(out.fileHandleForReading), stderr = OutputDrain(err.fileHandleForReading)
         started?(p)
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        return (p.terminationStatus, stdout.text(), stderr.text())
     }
 }

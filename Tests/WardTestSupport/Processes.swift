@@ -22,6 +22,17 @@ public enum Processes {
         })
     }
 
+    /// Live processes whose command line contains `token` (a token of the test's own, so
+    /// that other tests' and other runs' processes on this machine never match). Zombies
+    /// have an empty command line and never match.
+    public static func withCommandLine(containing token: String) -> [Int32] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { name -> Int32? in
+            guard let pid = Int32(name), let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
+            return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(token) ? pid : nil
+        }
+    }
+
     /// The name (`comm`) of a process or thread (`"1234"` or `"1234/task/1240"`); nil when gone.
     public static func name(of process: String) -> String? {
         guard let data = FileManager.default.contents(atPath: "/proc/\(process)/comm") else { return nil }
@@ -53,6 +64,13 @@ public enum Processes {
         // 7: poll on x86_64, the one architecture ward's spawn code supports.
         guard let call = blockedSyscall(thread), call[0] == 7 else { return nil }
         return (Int(call[2]), Int32(truncatingIfNeeded: call[3]))
+    }
+
+    /// Whether a thread is blocked in nanosleep or clock_nanosleep (x86_64 numbers): in a
+    /// retry or polling loop's pause, so it has tried at least once.
+    public static func isSleeping(_ thread: String) -> Bool {
+        guard let call = blockedSyscall(thread) else { return false }
+        return call[0] == 35 || call[0] == 230
     }
 
     /// This thread, as a path under /proc (`"1234/task/1240"`), for another thread to watch.

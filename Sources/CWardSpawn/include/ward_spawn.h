@@ -63,6 +63,8 @@ struct ward_spawn_config {
     const void *bpf;              ///< struct sock_filter[bpf_len]; NULL for none
     unsigned short bpf_len;
     int pdeath_signal;            ///< 0 for none
+    int parent_pid;               ///< with pdeath_signal: ward's pid. A child whose parent is no longer ward
+                                  ///< (ward died before the child asked for the signal) gives up.
     int raise_oom_score;          ///< no memory cgroup bounds the call: make the tool the OOM victim
     int gate_fd;                  ///< > 0: read one byte from it before execve; 1 = go, anything else = give up
 };

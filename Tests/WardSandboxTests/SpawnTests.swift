@@ -1,0 +1,51 @@
+import CWardSpawn
+import Foundation
+import Testing
+
+@Suite("Spawn: a child whose supervisor is gone does not start")
+struct SpawnTests {
+    /// ward can die after it made a call's child and before the child asked for
+    /// PR_SET_PDEATHSIG: no signal comes then, and the child, reparented, would go on with a
+    /// copy of ward's fds (a parked one waited at its gate forever, holding ward's stdout and
+    /// the watchdog's pipe open). After the prctl the child compares its parent with the pid
+    /// ward gave it. Here it is given another pid, as if ward had died before the prctl.
+    @Test("the child checks its parent after asking for the death signal", arguments: [true, false])
+    func theChildChecksItsParent(parentIsWard: Bool) throws {
+        let path = strdup("/bin/true")!
+        defer { free(path) }
+        var argv: [UnsafeMutablePointer<CChar>?] = [path, nil]
+        var envp: [UnsafeMutablePointer<CChar>?] = [nil]
+        var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
+        let input = ward_memfd("ward-args")
+        try #require(input >= 0 && ward_pipe_cloexec(&out) == 0 && ward_pipe_cloexec(&err) == 0)
+        defer { for fd in [input] + out + err { close(fd) } }
+        var config = ward_spawn_config()
+        config.path = UnsafePointer(path)
+        config.stdin_fd = input
+        config.stdout_fd = out[1]
+        config.stderr_fd = err[1]
+        config.landlock_ruleset_fd = -1
+        config.pdeath_signal = SIGKILL
+        config.parent_pid = parentIsWard ? getpid() : 1
+        var failure = ward_spawn_error()
+        var pidfd: Int32 = -1
+        let pid = argv.withUnsafeMutableBufferPointer { a in
+            envp.withUnsafeMutableBufferPointer { e in
+                config.argv = UnsafePointer(a.baseAddress)
+                config.envp = UnsafePointer(e.baseAddress)
+                return ward_spawn(&config, &failure, &pidfd)
+            }
+        }
+        if parentIsWard {
+            try #require(pid > 0, "\(String(cString: ward_step_name(failure.step))): \(failure.error)")
+            var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
+            ward_wait(pid, &exited, &code, &signal)
+            close(pidfd)
+            #expect(exited != 0 && code == 0)
+        } else {
+            #expect(pid == -1, "a child whose parent is not ward started")
+            #expect(failure.step == Int32(WARD_STEP_PDEATHSIG.rawValue) && failure.error == ESRCH,
+                    "\(String(cString: ward_step_name(failure.step))): \(failure.error)")
+        }
+    }
+}
