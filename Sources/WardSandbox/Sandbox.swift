@@ -408,6 +408,8 @@ struct OutputCollector {
     var fds: [Int32]
     var buffers: [[UInt8]] = [[], []]
     var truncated = false
+    /// Per stream: the limit was reached.
+    private var full = [false, false]
     let limit: Int
     private var scratch = [UInt8](repeating: 0, count: 65536)
 
@@ -462,12 +464,31 @@ struct OutputCollector {
             fds[i] = -1
             return
         }
+        if full[i] { return }  // past the limit: drained and dropped
         let room = limit - buffers[i].count
         if room >= n {
             buffers[i] += scratch[0..<n]
         } else {
             if room > 0 { buffers[i] += scratch[0..<room] }
             truncated = true
+            full[i] = true
+            // A cut inside a UTF-8 character would turn the whole stream into base64 for
+            // the agent: the cut is moved back to the character's start.
+            buffers[i].removeLast(OutputCollector.partialUTF8Suffix(buffers[i]))
         }
+    }
+
+    /// How many bytes at the end of `bytes` start a UTF-8 character that is not complete.
+    static func partialUTF8Suffix(_ bytes: [UInt8]) -> Int {
+        var back = 1
+        while back <= min(3, bytes.count) {
+            let b = bytes[bytes.count - back]
+            if b & 0xC0 != 0x80 {  // not a continuation byte: the character starts here
+                let width = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1
+                return width > back ? back : 0
+            }
+            back += 1
+        }
+        return 0
     }
 }
