@@ -236,6 +236,8 @@ public final class Supervisor: Sendable {
                 "openFiles": p.limits.openFiles.map { .number(Double($0)) } ?? .null, "output": .number(Double(p.limits.output)),
             ]),
             "reconcile": p.reconcile.map { .array($0.map { .string($0) }) } ?? .null,
+            // Which argument names it accepts decides which calls run at all.
+            "arguments": p.arguments.map { .array($0.map { .string($0) }) } ?? .null,
         ])
         return Ledger.sha256Hex(json.canonicalBytes)
     }
