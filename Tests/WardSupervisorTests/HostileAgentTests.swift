@@ -238,7 +238,7 @@ struct ServeResilienceTests {
         let dir = temporaryDirectory("emfile")
         let serve = Process()
         serve.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
-        serve.arguments = ["--nofile=64:64", Paths.ward, "serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", "emfile"]
+        serve.arguments = ["--nofile=64:64", Paths.ward, "serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", "emfile", "--grace", "0"]
         serve.currentDirectoryURL = URL(fileURLWithPath: dir)
         let out = Pipe()
         serve.standardOutput = out
