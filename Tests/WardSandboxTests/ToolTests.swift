@@ -3,6 +3,7 @@ import Testing
 import WardCore
 import WardPolicy
 import WardSandbox
+import WardTestSupport
 
 @Suite("Tools: the shipped policies run what agents really use")
 struct ToolTests {
@@ -75,12 +76,18 @@ struct ToolTests {
     }
 
     /// The test policies with http_get allowed 127.0.0.0/8 as a policy writer says it: an
-    /// env entry WARD_HTTP_ALLOW in the tool's table. ::1 and the rest stay refused.
+    /// env entry WARD_HTTP_ALLOW in the tool's table. ::1 and the rest stay refused. It also
+    /// trusts only the test's own certificate authority (in the workspace), for HTTPS.
     static let loopbackHTTP: Sandbox = {
         let dir = Fixture.temporaryDirectory("policies-http")
         try! FileManager.default.copyItem(atPath: Fixture.shippedPolicies + "/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
         let tools = try! String(contentsOfFile: Fixture.shippedPolicies + "/tools.toml", encoding: .utf8)
-        let allowing = tools.replacingOccurrences(of: "\n[tools.http_get]\n", with: "\n[tools.http_get]\nenv = [\"WARD_HTTP_ALLOW=127.0.0.0/8\"]\n")
+        let allowing = tools.replacingOccurrences(of: "\n[tools.http_get]\n", with: """
+
+        [tools.http_get]
+        env = ["WARD_HTTP_ALLOW=127.0.0.0/8", "SSL_CERT_FILE={workspace}/tls/cert.pem"]
+
+        """)
         precondition(allowing != tools, "tools.toml has no [tools.http_get]")
         try! allowing.write(toFile: dir + "/tools.toml", atomically: true, encoding: .utf8)
         return try! Sandbox(policies: PolicyLoader.load(directory: dir), workspace: workspace)
@@ -171,6 +178,57 @@ struct ToolTests {
                 #expect(got.status == .succeeded && got.out == "after two redirects", "\(got.err)")
             }
         }
+    }
+
+    /// HTTPS connects to the checked address yet verifies the certificate against the host
+    /// name: a certificate for localhost is taken at https://localhost and refused at
+    /// https://127.0.0.1, the same server.
+    @Test func httpGetVerifiesCertificatesAgainstTheHostName() throws {
+        let dir = ToolTests.workspace + "/tls"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let openssl = try BuildProducts.run("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
+        ])
+        try #require(openssl.status == 0, "\(openssl.stderr)")
+        // posix_spawn, SIGKILL and waitpid, not Foundation's Process: in this suite the
+        // child outlived terminate()'s SIGTERM and waitUntilExit hung.
+        let script = """
+        import http.server, ssl, sys
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.send_header("Content-Length", "14"); self.end_headers()
+                self.wfile.write(b"hello over TLS")
+            def log_message(self, *args): pass
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(sys.argv[1], sys.argv[2])
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        with open(sys.argv[3] + ".new", "w") as f: f.write(str(httpd.server_address[1]))
+        import os; os.rename(sys.argv[3] + ".new", sys.argv[3])
+        httpd.serve_forever()
+        """
+        let portFile = dir + "/port"
+        let argv = ["/usr/bin/python3", "-c", script, dir + "/cert.pem", dir + "/key.pem", portFile]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        var pid: pid_t = 0
+        try #require(posix_spawn(&pid, argv[0], nil, nil, &cArgs, environ) == 0)
+        defer {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        var port = ""
+        for _ in 0..<200 where port.isEmpty {
+            port = (try? String(contentsOfFile: portFile, encoding: .utf8)) ?? ""
+            if port.isEmpty { usleep(50_000) }
+        }
+        try #require(!port.isEmpty, "the TLS server did not start")
+
+        let trusted = try httpGet("https://localhost:\(port)/", allowingLoopback: true)
+        #expect(trusted.status == .succeeded && trusted.out == "hello over TLS", "\(trusted.err)")
+        let mismatch = try httpGet("https://127.0.0.1:\(port)/", allowingLoopback: true)
+        #expect(mismatch.status == .failed && mismatch.err.contains("certificate verify failed: IP address mismatch"), "\(mismatch.err)")
     }
 
     @Test func httpGetRedirectsAreBounded() throws {
