@@ -123,4 +123,33 @@ struct RangeTests {
         }
         #expect(got == value)
     }
+
+    /// Every key with every extreme value: each loads within its range or is one diagnostic,
+    /// and none traps (a trap would end the test process).
+    @Test func extremesNeverTrap() throws {
+        let values = [
+            "9223372036854775807", "-9223372036854775808", "0", "1", "0x7FFF_FFFF_FFFF_FFFF", "1.0", "1e308", "-0.0", "inf", "-inf", "nan",
+            "\"18446744073709551615\"", "\"18446744073709551616\"", "\"18446744073709551615T\"", "\"16777216T\"", "\"16777215.999999999T\"",
+            "\"0.999999999T\"", "\"5124095576030431h\"", "\"5124095576030431.999999999h\"", "\"18446744073709551615ms\"",
+            "\"1.999999999s\"", "\"0.0000000001s\"", "\"\"", "\" \"", "\"T\"", "\".T\"", "\"1.T\"", "\"+1\"", "\"1e3\"", "\"0x10\"",
+        ]
+        let maxima: [String: UInt64] = ["timeout": 604_800_000, "memory": 1 << 50, "file-size": 1 << 50, "output": 128 << 20,
+                                        "cpu": 604_800, "processes": 1 << 22, "open-files": 1 << 20]
+        for key in maxima.keys.sorted() {
+            for value in values {
+                let snippet = key == "timeout" ? "timeout = \(value)" : limit("\(key) = \(value)")
+                let dir = try policyDirectory(["t.toml": tool(snippet)])
+                do {
+                    let a = try PolicyLoader.load(directory: dir).tool("a")
+                    let got = key == "timeout" ? a.timeoutMilliseconds : [
+                        "memory": a.limits.memory, "file-size": a.limits.fileSize, "output": a.limits.output,
+                        "cpu": a.limits.cpuSeconds, "processes": a.limits.processes, "open-files": a.limits.openFiles,
+                    ][key]!
+                    #expect(got != nil && got! >= 1 && got! <= maxima[key]!, "\(key) = \(value) gave \(String(describing: got))")
+                } catch {
+                    #expect(error.diagnostics.count == 1, "\(key) = \(value): \(error)")
+                }
+            }
+        }
+    }
 }
