@@ -354,10 +354,9 @@ private struct Builder {
 
         // timeout
         var timeout = PolicyLoader.defaultTimeoutMilliseconds
-        if let (node, path) = lookup("timeout", name, defaults: defaults, own: own) {
-            if let ms = duration(node), ms > 0 { timeout = ms } else {
-                report(file, path, "bad timeout \(describe(node)) (expected a duration such as \"30s\", \"500ms\", \"2m\")")
-            }
+        if let (node, path) = lookup("timeout", name, defaults: defaults, own: own),
+           let ms = quantity(file, path, node, .timeout) {
+            timeout = ms
         }
 
         // limits: the tool's own table overrides the defaults' key by key
@@ -369,22 +368,14 @@ private struct Builder {
             for (k, v) in members { limitEntries[k] = (v, path + [k]) }
         }
         for (key, (node, path)) in limitEntries.sorted(by: { $0.key < $1.key }) {
+            guard let bound = Bound.limits[key], let value = quantity(file, path, node, bound) else { continue }
             switch key {
-            case "memory", "file-size", "output":
-                guard let bytes = size(node), bytes > 0 else {
-                    report(file, path, "bad size \(describe(node)) for \(key) (expected bytes or a size such as \"512M\", \"1G\")"); continue
-                }
-                if key == "memory" { limits.memory = bytes } else if key == "file-size" { limits.fileSize = bytes } else { limits.output = bytes }
-            case "cpu":
-                guard let ms = duration(node), ms >= 1000 else {
-                    report(file, path, "bad cpu limit \(describe(node)) (expected whole seconds such as \"10s\")"); continue
-                }
-                limits.cpuSeconds = ms / 1000
-            case "processes", "open-files":
-                guard case .integer(let n) = node, n > 0 else {
-                    report(file, path, "\(key) must be a positive integer, not \(describe(node))"); continue
-                }
-                if key == "processes" { limits.processes = UInt64(n) } else { limits.openFiles = UInt64(n) }
+            case "memory": limits.memory = value
+            case "file-size": limits.fileSize = value
+            case "output": limits.output = value
+            case "cpu": limits.cpuSeconds = value / 1000
+            case "processes": limits.processes = value
+            case "open-files": limits.openFiles = value
             default: break
             }
         }
@@ -453,26 +444,60 @@ private struct Builder {
         }
     }
 
-    func size(_ node: Node) -> UInt64? {
-        switch node {
-        case .integer(let n): n > 0 ? UInt64(n) : nil
-        case .string(let s): Units.size(s)
-        default: nil
+    /// A numeric key's value in its unit (bytes, milliseconds, a count), or nil after
+    /// reporting why not: malformed, zero or negative, a fraction where a whole number is
+    /// meant, or beyond `bound.maximum`. Every step is checked arithmetic: a policy can
+    /// hold any 64-bit integer or any string, and none of them may trap.
+    mutating func quantity(_ file: ParsedFile, _ path: [String], _ node: Node, _ bound: Bound) -> UInt64? {
+        let key = path.last!
+        var value: UInt64
+        switch (bound.kind, node) {
+        case (_, .integer(let n)) where n <= 0:
+            report(file, path, "\(key) must be at least \(bound.minimumText), not \(n)"); return nil
+        case (.count, .integer(let n)):
+            value = UInt64(n)
+        case (.size, .integer(let n)):
+            value = UInt64(n)
+        case (.duration, .integer(let n)), (.seconds, .integer(let n)):  // whole seconds
+            let (ms, overflow) = UInt64(n).multipliedReportingOverflow(by: 1000)
+            value = overflow ? .max : ms
+        case (.size, .string(let s)):
+            guard let bytes = Units.size(s) else {
+                report(file, path, "bad size \(describe(node)) for \(key) (expected bytes or a size such as \"512M\", \"1G\")"); return nil
+            }
+            value = bytes
+        case (.duration, .string(let s)), (.seconds, .string(let s)):
+            guard let ms = Units.milliseconds(s) else {
+                report(file, path, "bad \(key == "timeout" ? "timeout" : "\(key) limit") \(describe(node)) (expected a duration such as \"30s\", \"500ms\", \"2m\")"); return nil
+            }
+            value = ms
+        case (.count, .double(let d)) where d.isFinite && d > 0 && d != d.rounded(.down):
+            report(file, path, "\(key) must be a whole number, not \(describe(node))"); return nil
+        case (.count, _):
+            report(file, path, "\(key) must be a positive integer, not \(describe(node))"); return nil
+        case (_, .double):
+            let (unit, example) = bound.kind == .size ? ("bytes", "1.5G") : ("seconds", "1.5s")
+            report(file, path, "bad \(key) \(describe(node)): a float is not taken; write whole \(unit) or a string with a unit, such as \"\(example)\""); return nil
+        default:
+            report(file, path, "bad \(key) \(describe(node)) (expected \(bound.kind == .size ? "bytes or a size such as \"512M\"" : "a duration such as \"30s\""))"); return nil
         }
-    }
-
-    func duration(_ node: Node) -> UInt64? {
-        switch node {
-        case .integer(let n): n > 0 ? UInt64(n) * 1000 : nil
-        case .string(let s): Units.milliseconds(s)
-        default: nil
+        guard value >= bound.minimum else {
+            report(file, path, "\(key) must be at least \(bound.minimumText), not \(describe(node))"); return nil
         }
+        guard value <= bound.maximum else {
+            report(file, path, "\(key) \(describe(node)) is too large (at most \(bound.maximumText))"); return nil
+        }
+        if bound.kind == .seconds, value % 1000 != 0 {  // RLIMIT_CPU counts whole seconds
+            report(file, path, "\(key) must be whole seconds, not \(describe(node))"); return nil
+        }
+        return value
     }
 
     func describe(_ node: Node) -> String {
         switch node {
         case .string(let s): "\"\(s)\""
         case .integer(let n): "\(n)"
+        case .double(let d): "\(d)"
         default: "(a \(node.typeName))"
         }
     }
@@ -494,4 +519,37 @@ public enum Executable {
         }
         return nil
     }
+}
+
+/// The range of one numeric policy key, in its unit (bytes, milliseconds, a count). The
+/// maxima are where a larger value stops meaning anything more, or stops fitting what
+/// enforces it; README "Numeric values" lists them for policy writers.
+struct Bound: Sendable {
+    enum Kind: Sendable { case size, duration, seconds, count }
+    let kind: Kind
+    let minimum: UInt64
+    let maximum: UInt64
+    let minimumText: String
+    let maximumText: String
+
+    /// A week: longer than any agent waits on a tool call, and far inside what the
+    /// sandbox's nanosecond deadline (UInt64) and poll's millisecond timeout take.
+    static let timeout = Bound(kind: .duration, minimum: 1, maximum: 7 * 24 * 3_600_000,
+                               minimumText: "1ms", maximumText: "7 days, \"168h\"")
+
+    static let limits: [String: Bound] = [
+        // 1 PiB: more memory than any machine ward runs on, well inside memory.max and RLIMIT_AS.
+        "memory": Bound(kind: .size, minimum: 1, maximum: 1 << 50, minimumText: "1 byte", maximumText: "1 PiB, \"1024T\""),
+        // 1 PiB: past the largest file of ext4 (16 TiB) and far inside off_t, which RLIMIT_FSIZE is compared with.
+        "file-size": Bound(kind: .size, minimum: 1, maximum: 1 << 50, minimumText: "1 byte", maximumText: "1 PiB, \"1024T\""),
+        // ward keeps stdout and stderr in memory, stores each as one SQLite blob (at most
+        // 10^9 bytes) and sends them JSON-escaped (up to 6 bytes a byte): 128 MiB fits all three.
+        "output": Bound(kind: .size, minimum: 1, maximum: 128 << 20, minimumText: "1 byte", maximumText: "128 MiB, \"128M\""),
+        // RLIMIT_CPU, whole seconds; a week as for the timeout.
+        "cpu": Bound(kind: .seconds, minimum: 1000, maximum: 7 * 24 * 3_600_000, minimumText: "1s", maximumText: "7 days, \"168h\""),
+        // pids.max refuses more than PID_MAX_LIMIT (2^22), the most pids Linux ever has.
+        "processes": Bound(kind: .count, minimum: 1, maximum: 1 << 22, minimumText: "1", maximumText: "4194304, Linux's PID_MAX_LIMIT"),
+        // RLIMIT_NOFILE above fs.nr_open (1048576 unless raised) fails setrlimit.
+        "open-files": Bound(kind: .count, minimum: 1, maximum: 1 << 20, minimumText: "1", maximumText: "1048576, Linux's default fs.nr_open"),
+    ]
 }

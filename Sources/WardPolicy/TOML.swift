@@ -477,6 +477,9 @@ struct TOMLReader {
         let token = String(String.UnicodeScalarView(s[begin..<i]))
         guard !token.isEmpty else { throw fail("expected a value") }
         if let node = TOMLReader.scalar(token) { return node }
+        if TOMLReader.integer(token, wide: true) != nil {
+            throw fail("integer \(token) does not fit in 64 bits (TOML integers are -9223372036854775808 to 9223372036854775807)", at: start)
+        }
         throw fail("invalid value \(token)", at: start)
     }
 
@@ -507,17 +510,20 @@ struct TOMLReader {
         return d.count > 1 && d.hasPrefix("0") ? nil : d  // no leading zeros
     }
 
-    static func integer(_ token: String) -> Int? {
+    /// The integer `token` spells, or nil. With `wide`, any well-formed integer gives 0
+    /// (rather than nil when it does not fit in an Int), so the caller can tell "too large"
+    /// from "not a number".
+    static func integer(_ token: String, wide: Bool = false) -> Int? {
         for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where token.hasPrefix(prefix) {
             let isDigit: (Character) -> Bool = { $0.isASCII && $0.isHexDigit && Int(String($0), radix: radix) != nil }
             guard let d = digits(token.dropFirst(2), isDigit) else { return nil }
-            return Int(d, radix: radix)
+            return Int(d, radix: radix) ?? (wide ? 0 : nil)
         }
         var body = Substring(token)
         var sign = ""
         if let f = body.first, f == "+" || f == "-" { sign = f == "-" ? "-" : ""; body = body.dropFirst() }
         guard let d = decimal(body) else { return nil }
-        return Int(sign + d)
+        return Int(sign + d) ?? (wide ? 0 : nil)
     }
 
     static func float(_ token: String) -> Double? {

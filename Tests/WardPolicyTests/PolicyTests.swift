@@ -117,7 +117,7 @@ struct PolicyTests {
         ("[tools.a]\nnetwork = \"some\"\ncommand = [\"/bin/true\"]\n", 5, 1, "network must be one of"),
         ("[tools.a]\ncommand = [\"/bin/true\"]\nenv = [\"1BAD=x\"]\n", 6, 8, "bad environment entry"),
         ("[tools.a]\ndescription = \"no command\"\n", 4, 1, "has no command"),
-        ("[tools.a]\ncommand = [\"/bin/true\"]\n[tools.a.limits]\nprocesses = -3\n", 7, 1, "processes must be a positive integer"),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\n[tools.a.limits]\nprocesses = -3\n", 7, 1, "processes must be at least 1, not -3"),
         ("[tools.a]\ncommand = [\"/bin/true\"\n", 6, 1, "TOML syntax error: the array opened at 5:11 is not closed"),
         ("[tool.a]\ncommand = [\"/bin/true\"]\n", 4, 1, "unknown top-level key \"tool\""),
     ])

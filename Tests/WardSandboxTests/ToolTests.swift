@@ -3,6 +3,7 @@ import Testing
 import WardCore
 import WardPolicy
 import WardSandbox
+import WardTestSupport
 
 @Suite("Tools: the shipped policies run what agents really use")
 struct ToolTests {
@@ -74,14 +75,169 @@ struct ToolTests {
         #expect(log.out == "msg with spaces; and $(symbols)|ward agent\n", "\(log.out)\(log.err)")
     }
 
+    /// The test policies with http_get allowed 127.0.0.0/8 as a policy writer says it: an
+    /// env entry WARD_HTTP_ALLOW in the tool's table. ::1 and the rest stay refused. It also
+    /// trusts only the test's own certificate authority (in the workspace), for HTTPS.
+    static let loopbackHTTP: Sandbox = {
+        let dir = Fixture.temporaryDirectory("policies-http")
+        try! FileManager.default.copyItem(atPath: Fixture.shippedPolicies + "/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
+        let tools = try! String(contentsOfFile: Fixture.shippedPolicies + "/tools.toml", encoding: .utf8)
+        let allowing = tools.replacingOccurrences(of: "\n[tools.http_get]\n", with: """
+
+        [tools.http_get]
+        env = ["WARD_HTTP_ALLOW=127.0.0.0/8", "SSL_CERT_FILE={workspace}/tls/cert.pem"]
+
+        """)
+        precondition(allowing != tools, "tools.toml has no [tools.http_get]")
+        try! allowing.write(toFile: dir + "/tools.toml", atomically: true, encoding: .utf8)
+        return try! Sandbox(policies: PolicyLoader.load(directory: dir), workspace: workspace)
+    }()
+
+    func httpGet(_ url: String, allowingLoopback: Bool = false) throws -> ToolOutcome {
+        try (allowingLoopback ? ToolTests.loopbackHTTP : ToolTests.sandbox).run(tool: "http_get", arguments: .object(["url": .string(url)]))
+    }
+
     @Test func httpGetReachesTheNetworkShellDoesNot() throws {
         let server = try HTTPServer(body: "hello from loopback")
         defer { server.stop() }
         let url = "http://127.0.0.1:\(server.port)/"
-        let got = try run("http_get", ["url": .string(url)])
+        let got = try httpGet(url, allowingLoopback: true)
         #expect(got.status == .succeeded && got.out == "hello from loopback", "\(got.out)\(got.err)")
         let blocked = try shell("python3 -c 'import urllib.request; urllib.request.urlopen(\"\(url)\", timeout=5)'")
         #expect(blocked.status == .failed && blocked.err.contains("Operation not permitted"), "\(blocked.err)")
+    }
+
+    /// The shipped http_get, unchanged: only http(s) to public addresses. Each URL names a
+    /// live server's port, so a refusal that failed would reach it (and be counted).
+    @Test("http_get refuses other schemes and non-public addresses by default", arguments: [
+        ("file:///etc/passwd", "only http and https URLs are fetched, not file:"),
+        ("ftp://127.0.0.1:PORT/", "only http and https URLs are fetched, not ftp:"),
+        ("http://127.0.0.1:PORT/", "127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://127.1:PORT/", "127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://2130706433:PORT/", "127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://localhost:PORT/", "127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[::1]:PORT/", "::1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[::ffff:127.0.0.1]:PORT/", "127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[::ffff:7f00:1]:PORT/", "127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[fd00:ec2::254]/", "fd00:ec2::254 is a cloud metadata address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://169.254.1.1/", "169.254.1.1 is a link-local address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[fe80::1]/", "fe80::1 is a link-local address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://10.1.2.3/", "10.1.2.3 is a private address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://172.16.0.1/", "172.16.0.1 is a private address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("https://192.168.1.1/", "192.168.1.1 is a private address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[fc00::1]/", "fc00::1 is a private address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://100.64.0.1/", "100.64.0.1 is a carrier-grade NAT address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://0.0.0.0:PORT/", "0.0.0.0 is the unspecified address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[::]:PORT/", ":: is the unspecified address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://224.0.0.1/", "224.0.0.1 is a multicast address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://240.0.0.1/", "240.0.0.1 is a reserved address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[64:ff9b::7f00:1]/", "64:ff9b::7f00:1 is a NAT64 address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[2002:7f00:1::]/", "2002:7f00:1:: carries 127.0.0.1 is a loopback address (a policy can allow it with WARD_HTTP_ALLOW)"),
+        ("http://[::7f00:1]/", "::7f00:1 is an IPv4-compatible address (a policy can allow it with WARD_HTTP_ALLOW)"),
+    ])
+    func httpGetRefusesByDefault(url: String, reason: String) throws {
+        let server = try HTTPServer(body: "should not be reached")
+        defer { server.stop() }
+        let url = url.replacingOccurrences(of: "PORT", with: "\(server.port)")
+        let got = try httpGet(url)
+        #expect(got.status == .failed && got.exitCode == 1, "\(got.status) \(got.out)")
+        #expect(got.err == "http_get: refused \(url): \(reason)\n")
+        #expect(server.requests == 0)
+    }
+
+    /// With 127.0.0.0/8 allowed, redirects among allowed servers are followed, and every
+    /// hop is checked again: a redirect from the allowed server elsewhere is refused.
+    @Test func httpGetChecksEveryRedirect() throws {
+        let final = try HTTPServer(body: "after two redirects")
+        defer { final.stop() }
+        let middle = try HTTPServer(redirect: "http://localhost:\(final.port)/final")
+        defer { middle.stop() }
+        let first = try HTTPServer(redirect: "/next", then: "http://127.0.0.1:\(middle.port)/")
+        defer { first.stop() }
+        let got = try httpGet("http://127.0.0.1:\(first.port)/", allowingLoopback: true)
+        #expect(got.status == .succeeded && got.out == "after two redirects", "\(got.err)")
+        #expect(first.requests == 2 && middle.requests == 1 && final.requests == 1)
+
+        for (target, reason) in [
+            ("http://[::1]:\(final.port)/", "::1 is a loopback address"),
+            ("http://[::ffff:7f00:1]:\(final.port)/", nil),  // the same 127.0.0.1: allowed
+            ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
+            ("http://10.0.0.1/", "10.0.0.1 is a private address"),
+            ("file:///etc/passwd", nil),
+        ] as [(String, String?)] {
+            let bouncer = try HTTPServer(redirect: target)
+            defer { bouncer.stop() }
+            let got = try httpGet("http://127.0.0.1:\(bouncer.port)/", allowingLoopback: true)
+            #expect(bouncer.requests == 1)
+            if target.hasPrefix("file:") {
+                #expect(got.status == .failed && got.err == "http_get: refused \(target): only http and https URLs are fetched, not file:\n")
+            } else if let reason {
+                #expect(got.status == .failed && got.err == "http_get: refused \(target): \(reason) (a policy can allow it with WARD_HTTP_ALLOW)\n")
+            } else {
+                #expect(got.status == .succeeded && got.out == "after two redirects", "\(got.err)")
+            }
+        }
+    }
+
+    /// HTTPS connects to the checked address yet verifies the certificate against the host
+    /// name: a certificate for localhost is taken at https://localhost and refused at
+    /// https://127.0.0.1, the same server.
+    @Test func httpGetVerifiesCertificatesAgainstTheHostName() throws {
+        let dir = ToolTests.workspace + "/tls"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let openssl = try BuildProducts.run("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
+        ])
+        try #require(openssl.status == 0, "\(openssl.stderr)")
+        // posix_spawn, SIGKILL and waitpid, not Foundation's Process: in this suite the
+        // child outlived terminate()'s SIGTERM and waitUntilExit hung.
+        let script = """
+        import http.server, ssl, sys
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.send_header("Content-Length", "14"); self.end_headers()
+                self.wfile.write(b"hello over TLS")
+            def log_message(self, *args): pass
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(sys.argv[1], sys.argv[2])
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        with open(sys.argv[3] + ".new", "w") as f: f.write(str(httpd.server_address[1]))
+        import os; os.rename(sys.argv[3] + ".new", sys.argv[3])
+        httpd.serve_forever()
+        """
+        let portFile = dir + "/port"
+        let argv = ["/usr/bin/python3", "-c", script, dir + "/cert.pem", dir + "/key.pem", portFile]
+        var cArgs = argv.map { strdup($0) } + [nil]
+        defer { for a in cArgs { free(a) } }
+        var pid: pid_t = 0
+        try #require(posix_spawn(&pid, argv[0], nil, nil, &cArgs, environ) == 0)
+        defer {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        var port = ""
+        for _ in 0..<200 where port.isEmpty {
+            port = (try? String(contentsOfFile: portFile, encoding: .utf8)) ?? ""
+            if port.isEmpty { usleep(50_000) }
+        }
+        try #require(!port.isEmpty, "the TLS server did not start")
+
+        let trusted = try httpGet("https://localhost:\(port)/", allowingLoopback: true)
+        #expect(trusted.status == .succeeded && trusted.out == "hello over TLS", "\(trusted.err)")
+        let mismatch = try httpGet("https://127.0.0.1:\(port)/", allowingLoopback: true)
+        #expect(mismatch.status == .failed && mismatch.err.contains("certificate verify failed: IP address mismatch"), "\(mismatch.err)")
+    }
+
+    @Test func httpGetRedirectsAreBounded() throws {
+        let loop = try HTTPServer(redirect: "/again")
+        defer { loop.stop() }
+        let url = "http://127.0.0.1:\(loop.port)/"
+        let got = try httpGet(url, allowingLoopback: true)
+        #expect(got.status == .failed && got.err == "http_get: \(url): more than 10 redirects\n")
+        #expect(loop.requests == 11)
     }
 
     @Test func loopbackNetworkIsPrivate() throws {
@@ -245,25 +401,42 @@ struct BadInputTests {
     }
 }
 
-/// A one-response-at-a-time HTTP server on 127.0.0.1 for http_get.
+/// A one-response-at-a-time HTTP server on 127.0.0.1 for http_get: it answers every
+/// request with `body`, or with redirects (302) to the `redirect` locations in turn, the
+/// last one repeated, and counts the requests it read.
 final class HTTPServer: @unchecked Sendable {
     // @unchecked: fd and port are set once in init; the accept thread only reads them.
     let fd: Int32
     let port: UInt16
     private let thread: Thread
+    private let served = Lock(0)
 
-    init(body: String) throws {
+    var requests: Int { served.withLock { $0 } }
+
+    convenience init(redirect locations: String...) throws {
+        try self.init(body: "", redirects: locations)
+    }
+
+    convenience init(redirect first: String, then second: String) throws {
+        try self.init(body: "", redirects: [first, second])
+    }
+
+    init(body: String, redirects: [String] = []) throws {
         let listener = try Listener.tcp()
         fd = listener.fd
         port = listener.port
         let fd = self.fd
+        let served = self.served
         thread = Thread {
             while true {
                 let client = accept(fd, nil, nil)
                 if client < 0 { return }
                 var buffer = [UInt8](repeating: 0, count: 4096)
                 _ = read(client, &buffer, buffer.count)
-                let response = "HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nContent-Type: text/plain\r\n\r\n\(body)"
+                let n = served.withLock { count in count += 1; return count }
+                let response = redirects.isEmpty
+                    ? "HTTP/1.0 200 OK\r\nContent-Length: \(body.utf8.count)\r\nContent-Type: text/plain\r\n\r\n\(body)"
+                    : "HTTP/1.0 302 Found\r\nLocation: \(redirects[min(n, redirects.count) - 1])\r\nContent-Length: 0\r\n\r\n"
                 _ = response.withCString { write(client, $0, strlen($0)) }
                 close(client)
             }
