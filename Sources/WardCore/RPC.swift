@@ -57,6 +57,8 @@ public struct RPCRequest: Sendable {
     public struct Refusal: Error, Sendable {
         public let id: JSONValue
         public let error: RPCError
+        /// A notification with bad params: JSON-RPC answers none (its sender expects none).
+        public var silent = false
     }
 
     /// Decodes one line (without its newline). Never traps: any bytes are either a request
@@ -95,7 +97,7 @@ public struct RPCRequest: Sendable {
             let field = params.keys.sorted(by: JSONValue.utf16Precedes).first { params[$0]!.holdsIntegerPastExactRange }
             return .failure(Refusal(id: id ?? .null, error: RPCError(.invalidArguments,
                 "\(method)\(field.map { ": " + $0 } ?? ""): the integer \(inexact.prefix(40)) cannot be held exactly: JSON numbers are doubles (integers up to 2^53); send it as a string",
-                field: field)))
+                field: field), silent: id == nil))
         }
         return .success(RPCRequest(id: id, method: method, params: members["params"] ?? .object([:])))
     }

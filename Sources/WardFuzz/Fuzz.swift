@@ -89,6 +89,8 @@ func answer(_ line: [UInt8]) {
     case .success(let request):
         id = request.id ?? .null
         response = RPCResponse.line(id: id, result: request.params)
+    case .failure(let refusal) where refusal.silent:
+        return  // a notification with bad params: no answer
     case .failure(let refusal):
         id = refusal.id
         response = RPCResponse.line(id: id, error: refusal.error)

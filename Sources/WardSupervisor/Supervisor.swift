@@ -47,7 +47,7 @@ public final class Supervisor: Sendable {
         let request: RPCRequest
         switch RPCRequest.decode(line) {
         case .success(let r): request = r
-        case .failure(let refusal): return RPCResponse.line(id: refusal.id, error: refusal.error)
+        case .failure(let refusal): return refusal.silent ? nil : RPCResponse.line(id: refusal.id, error: refusal.error)
         }
         let outcome: Result<JSONValue, RPCError>
         do { outcome = .success(try handle(method: request.method, params: request.params)) } catch { outcome = .failure(error) }
