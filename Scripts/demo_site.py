@@ -141,7 +141,9 @@ def demo(ward_bin):
         os.makedirs(work)
         with open(os.path.join(work, "crash-once"), "w") as f:
             f.write(str(crash_at))
-        run = ["run", "--policies", policies, "--run-id", "site", "--", *agent]
+        # Each run's socket in its own directory: another demo or test on this machine may
+        # be using the same run IDs at the same time.
+        run = ["run", "--policies", policies, "--run-id", "site", "--socket", os.path.join(work, "ward.sock"), "--", *agent]
         print(f"\n== 1. The agent under `ward run`; ward is SIGKILLed after step {kill_ward_at + 1}, the agent crashes after step {crash_at + 1} ==")
         t0 = time.time()
         p = subprocess.Popen([ward_bin, *run], cwd=work, stdout=subprocess.PIPE, text=True)
@@ -164,7 +166,7 @@ def demo(ward_bin):
         print("\n== 3. The same agent, never interrupted (for comparison) ==")
         ref = os.path.join(root, "reference")
         os.makedirs(ref)
-        r = subprocess.run([ward_bin, "run", "--policies", policies, "--run-id", "ref", "--", *agent], cwd=ref, capture_output=True, text=True)
+        r = subprocess.run([ward_bin, "run", "--policies", policies, "--run-id", "ref", "--socket", os.path.join(ref, "ward.sock"), "--", *agent], cwd=ref, capture_output=True, text=True)
         print(r.stdout.splitlines()[-1])
         same = site_digest(ws) == site_digest(os.path.join(ref, "workspace"))
 

@@ -96,14 +96,18 @@ public struct CallResult: Sendable, Hashable {
             "attempt": .number(Double(attempt)),
         ]
         if let resolution { members["resolution"] = resolution.json }
-        for (name, bytes) in [("stdout", outcome.stdout), ("stderr", outcome.stderr)] {
-            if let text = String(validating: bytes, as: UTF8.self) {
-                members[name] = .string(text)
-            } else {
-                members[name + "Base64"] = .string(Base64.encode(bytes))
-            }
-        }
+        CallResult.put(outcome.stdout, as: "stdout", into: &members)
+        CallResult.put(outcome.stderr, as: "stderr", into: &members)
         return .object(members)
+    }
+
+    /// Output bytes as ward's JSON carries them: `name` for UTF-8 text, else `nameBase64`.
+    public static func put(_ bytes: [UInt8], as name: String, into members: inout [String: JSONValue]) {
+        if let text = String(validating: bytes, as: UTF8.self) {
+            members[name] = .string(text)
+        } else {
+            members[name + "Base64"] = .string(Base64.encode(bytes))
+        }
     }
 }
 

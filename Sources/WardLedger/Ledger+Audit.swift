@@ -117,6 +117,14 @@ extension Ledger {
             if status != "running" && status != "in-doubt" {
                 if let call = try CallRecord.fetch(db, run: run, callId: callId) { members["result"] = try self.result(db, run: run, call, replayed: false).json }
             }
+            // What an operator settling it has to go on (kept after it is resolved, for the audit).
+            let recorded: String = row["status"]
+            if status == "in-doubt" || recorded == "resolved",
+               let evidence = try self.inDoubtEvidence(db, run: run, callId: callId, status: recorded, owner: row["owner"], execution: row["executions"]) {
+                members["inDoubt"] = evidence
+            }
+            let workspace = try String.fetchOne(db, sql: "SELECT workspace FROM runs WHERE run_id = ?", arguments: [run])
+            members["workspace"] = workspace.map { .string($0) } ?? .null
             members["events"] = .array(try self.events(db, run: run, callId: callId).map(\.json))
             return .object(members)
         }

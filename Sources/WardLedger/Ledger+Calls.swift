@@ -119,7 +119,8 @@ extension Ledger {
         // One write transaction decides and records. A replay writes nothing, so its commit
         // does not touch the disk; and the writer's page cache is warm, where a reader's is
         // invalidated by every commit.
-        let decision = try write("recording the start of call \(request.callId)") { db -> BeginDecision in
+        var foundInDoubt: String?
+        let decided = try write("recording the start of call \(request.callId)") { db -> BeginDecision? in
             let now = Timestamp.now()
             func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
                 onExecute()
@@ -158,10 +159,12 @@ extension Ledger {
                 if let owner = call.owner, let identity = ProcessIdentity(text: owner), identity.isAlive {
                     throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(owner == me ? "in this process" : "process \(identity.pid)"))")
                 }
-                // Its process died mid-call.
+                // Its process died mid-call. Recorded in doubt by this transaction, which
+                // must commit: the refusal is thrown after it.
                 if CallEffect(rawValue: call.effect) == .nonIdempotent {
-                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner)
-                    throw self.inDoubtError(run: request.run, callId: request.callId, started: call.startedAt)
+                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, execution: call.executions)
+                    foundInDoubt = call.startedAt
+                    return nil
                 }
                 return try startExecution(call.executions + 1) {
                     try db.run("UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
@@ -180,6 +183,10 @@ extension Ledger {
             default:
                 return .replay(try self.result(db, run: request.run, call, replayed: true))
             }
+        }
+        guard let decision = decided else {
+            removeCapture(run: request.run, callId: request.callId)
+            throw inDoubtError(run: request.run, callId: request.callId, started: foundInDoubt ?? "")
         }
         if case .execute = decision, FailPoints.hit(.afterBegin) {
             throw LedgerError(.storage, "fail point after-begin")
@@ -203,13 +210,25 @@ extension Ledger {
         "settle it with `\(resolveCommand(run: run, callId: callId, as: .executed))` (it ran) or `\(resolveCommand(run: run, callId: callId, as: .notExecuted))` (it did not)"
     }
 
-    func markInDoubt(_ db: Database, run: String, callId: String, owner: String?) throws {
-        try markInDoubt(db, run: run, callId: callId, reason: "its process \(owner ?? "unknown") died before the outcome was recorded")
+    /// Records that the process running a call died before its outcome was recorded, with
+    /// what is known of it (`InDoubtEvidence`). The caller removes the capture file after
+    /// the commit.
+    func markInDoubt(_ db: Database, run: String, callId: String, owner: String?, execution: Int) throws {
+        let fate = owner.flatMap(ProcessIdentity.init(text:))?.fate ?? "its owner is not recorded"
+        try markInDoubt(db, run: run, callId: callId, execution: execution, data: [
+            "reason": .string("its process \(owner ?? "unknown") died before the outcome was recorded: \(fate)"),
+            "owner": owner.map { .string($0) } ?? .null, "ownerFate": .string(fate),
+        ])
     }
 
-    func markInDoubt(_ db: Database, run: String, callId: String, reason: String) throws {
+    func markInDoubt(_ db: Database, run: String, callId: String, execution: Int, data: [String: JSONValue]) throws {
+        var data = data
+        data["foundBy"] = .string(identity.text)
+        if let captured = readCapture(run: run, callId: callId, execution: execution) {
+            data.merge(try captured.eventData(db, ledger: self)) { _, new in new }
+        }
         try db.execute(sql: "UPDATE calls SET status = 'in-doubt', owner = NULL WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
-        try appendEvent(db, run: run, kind: "call.in-doubt", call: callId, data: ["reason": .string(reason)])
+        try appendEvent(db, run: run, kind: "call.in-doubt", call: callId, data: data)
     }
 
     /// Gives up on a call whose tool may or may not have started (the process starting it
@@ -219,8 +238,10 @@ extension Ledger {
         try write("marking call \(ticket.callId) in doubt") { db in
             guard try String.fetchOne(db, sql: "SELECT status FROM calls WHERE run_id = ? AND call_id = ?",
                                       arguments: [ticket.run, ticket.callId]) == "running" else { return }
-            try self.markInDoubt(db, run: ticket.run, callId: ticket.callId, reason: reason)
+            try self.markInDoubt(db, run: ticket.run, callId: ticket.callId, execution: ticket.execution,
+                                 data: ["reason": .string(reason), "owner": .string(identity.text), "ownerFate": .string("alive")])
         }
+        removeCapture(run: ticket.run, callId: ticket.callId)
     }
 
     /// Records the outcome durably, then returns the result for the agent. On a storage
@@ -258,6 +279,8 @@ extension Ledger {
                 delay = min(delay * 2, 0.5)
             }
         }
+        // Recorded: what was captured for a crash is not needed.
+        removeCapture(run: ticket.run, callId: ticket.callId)
         // After the commit, never inside the retry loop: the outcome is recorded once.
         if FailPoints.hit(.afterFinish) { throw LedgerError(.storage, "fail point after-finish") }
         return recorded!
@@ -317,21 +340,29 @@ extension Ledger {
     /// Calls left `running` by a process that died: non-idempotent ones become in-doubt now;
     /// idempotent and read-only ones are run again on their next request (`begin`).
     func recoverDeadOwners() throws(LedgerError) {
+        // Capture files listed before the calls are read: a file whose call is not running
+        // then was left by a crash after its outcome (or verdict) was recorded.
+        let captures = captureFiles()
         let running = try read("scanning running calls") { db in
-            try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner FROM calls WHERE status = 'running'")
+            try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner, executions FROM calls WHERE status = 'running'")
         }
+        var live = Set<String>()
         for row in running {
             let owner: String? = row["owner"]
-            if owner.flatMap(ProcessIdentity.init(text:))?.isAlive == true { continue }
-            guard CallEffect(rawValue: row["effect"]) == .nonIdempotent else { continue }
             let run: String = row["run_id"], call: String = row["call_id"]
+            if owner.flatMap(ProcessIdentity.init(text:))?.isAlive == true || CallEffect(rawValue: row["effect"]) != .nonIdempotent {
+                live.insert(Ledger.idempotencyKey(run: run, callId: call))
+                continue
+            }
             try write("marking call \(call) in doubt") { db in
                 // Re-check inside the write transaction: another process may have settled it.
                 guard let current = try Row.fetchOne(db, sql: "SELECT status, owner FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, call]),
                       (current["status"] as String) == "running", (current["owner"] as String?) == owner else { return }
-                try self.markInDoubt(db, run: run, callId: call, owner: owner)
+                try self.markInDoubt(db, run: run, callId: call, owner: owner, execution: row["executions"])
             }
+            removeCapture(run: run, callId: call)
         }
+        for name in captures where !live.contains(name) { unlink(captureDirectory + "/" + name) }
     }
 
     /// An operator's (or a reconcile command's) verdict on an in-doubt call: `executed`, its
@@ -383,6 +414,14 @@ public struct InDoubtCall: Sendable {
     public var startedAt: String
     /// Why it is in doubt ("its process … died before the outcome was recorded").
     public var reason: String?
+    /// The workspace its run recorded: where to look for its effect.
+    public var workspace: String?
+    /// How long the tool ran before ward died, when its output was captured.
+    public var ranForMs: Int?
+    /// `{status, exitCode, signal, durationMs}` when the tool ended before ward died.
+    public var toolExit: JSONValue?
+    /// The end of what the tool printed on stdout before the crash (at most 200 bytes).
+    public var outputTail: [UInt8] = []
 }
 
 extension Ledger {
@@ -390,19 +429,27 @@ extension Ledger {
     public func inDoubtCalls(run: String? = nil, callId: String? = nil) throws(LedgerError) -> [InDoubtCall] {
         try recoverDeadOwners()
         return try read("listing in-doubt calls") { db in
-            // The reason comes from the call's last call.in-doubt event: who died, and how.
+            // What is known comes from the call's last call.in-doubt event: who died and how,
+            // and what its capture file held.
             var sql = """
-                SELECT run_id, call_id, tool, args, started_at, (SELECT json_extract(e.body, '$.data.reason') FROM events e
-                    WHERE e.run_id = c.run_id AND e.call_id = c.call_id AND e.kind = 'call.in-doubt' ORDER BY e.seq DESC LIMIT 1) AS reason
+                SELECT run_id, call_id, tool, args, started_at, (SELECT json_extract(e.body, '$.data') FROM events e
+                    WHERE e.run_id = c.run_id AND e.call_id = c.call_id AND e.kind = 'call.in-doubt' ORDER BY e.seq DESC LIMIT 1) AS data,
+                    (SELECT workspace FROM runs r WHERE r.run_id = c.run_id) AS workspace
                 FROM calls c WHERE status = 'in-doubt'
                 """
             var args: [any DatabaseValueConvertible] = []
             if let run { sql += " AND run_id = ?"; args.append(run) }
             if let callId { sql += " AND call_id = ?"; args.append(callId) }
             return try Row.fetchAll(db, sql: sql + " ORDER BY started_at", arguments: StatementArguments(args)).map { row in
-                InDoubtCall(run: row["run_id"], callId: row["call_id"], tool: row["tool"],
-                            arguments: (try? JSONValue.parse(row["args"] as String)) ?? .object([:]), startedAt: row["started_at"],
-                            reason: row["reason"])
+                let data = (row["data"] as String?).flatMap { try? JSONValue.parse($0) }?.objectValue ?? [:]
+                var call = InDoubtCall(run: row["run_id"], callId: row["call_id"], tool: row["tool"],
+                                       arguments: (try? JSONValue.parse(row["args"] as String)) ?? .object([:]), startedAt: row["started_at"],
+                                       reason: data["reason"]?.stringValue, workspace: row["workspace"],
+                                       ranForMs: data["ranForMs"]?.integer(Int.self), toolExit: data["toolExit"].flatMap { $0 == .null ? nil : $0 })
+                if let hex = data["stdoutSoFar"]?.stringValue, let hash = Digest.bytes(fromHex: hex), let out = try self.blob(db, hash) {
+                    call.outputTail = Array(out.suffix(200))
+                }
+                return call
             }
         }
     }

@@ -112,6 +112,14 @@ public struct ProcessIdentity: Sendable, Hashable {
         return start == startTime
     }
 
+    /// Why this process is not alive, in words for an operator; nil while it is.
+    public var fate: String? {
+        guard bootID == ProcessIdentity.bootID else { return "the machine has restarted since (that process ran in boot \(bootID))" }
+        guard let start = ProcessIdentity.startTime(of: pid) else { return "process \(pid) has exited or was killed" }
+        guard start == startTime else { return "process \(pid) has exited or was killed (its pid now belongs to another process)" }
+        return nil
+    }
+
     static let bootID: String = {
         let fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return "unknown" }
@@ -143,6 +151,10 @@ enum Timestamp {
     static func now() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
+        return format(ts)
+    }
+
+    static func format(_ ts: timespec) -> String {
         var t = ts.tv_sec
         var tm = tm()
         gmtime_r(&t, &tm)

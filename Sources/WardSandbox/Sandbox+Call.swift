@@ -163,8 +163,10 @@ public final class SandboxCall: @unchecked Sendable {
 
     /// Starts the tool (opens a parked child's gate) and waits for it: the tool and
     /// everything it started are gone when this returns.
+    /// - Parameter capture: an `OutputCapture` file (its header written) that gets the
+    ///   output as it comes, a heartbeat every second, and the exit; -1 for none.
     /// - Throws: `SandboxError` when the call could not start; no tool ran then.
-    public func run() throws(SandboxError) -> ToolOutcome {
+    public func run(capture: Int32 = -1) throws(SandboxError) -> ToolOutcome {
         precondition(!done, "a SandboxCall runs once")
         done = true
         let policy = tool.policy
@@ -206,16 +208,24 @@ public final class SandboxCall: @unchecked Sendable {
         defer { sandbox.unregister(pid) }
         _ = FailPoints.hit(.afterSpawn)
 
-        var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output))
+        var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output), capture: capture)
         let deadline = start + policy.timeoutMilliseconds * 1_000_000
         let spin = alone && byZygote && Sandbox.spinNanoseconds > 0 && Sandbox.spareCPU()
         let spinUntil = spin ? Sandbox.monotonicNanoseconds() + Sandbox.spinNanoseconds : 0
+        // A captured call's file is touched every second: its mtime tells an operator how
+        // long the tool ran before a crash of ward, even when it printed nothing.
+        var heartbeat = capture >= 0 ? start + 1_000_000_000 : UInt64.max
         var timedOut = false
         // Read output until the tool exits or the deadline passes.
-        while !collector.pollOnce(extra: pidfd.pointee, until: deadline, spinUntil: spinUntil) {
-            if Sandbox.monotonicNanoseconds() >= deadline {
+        while !collector.pollOnce(extra: pidfd.pointee, until: min(deadline, heartbeat), spinUntil: spinUntil) {
+            let now = Sandbox.monotonicNanoseconds()
+            if now >= deadline {
                 timedOut = true
                 break
+            }
+            if now >= heartbeat {
+                futimens(capture, nil)
+                heartbeat = now + 1_000_000_000
             }
         }
         if timedOut {
@@ -232,9 +242,18 @@ public final class SandboxCall: @unchecked Sendable {
 
         let status: CallStatus
         if timedOut { status = .timedOut } else if exited != 0 { status = code == 0 ? .succeeded : .failed } else { status = .killed }
-        return ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
-                           stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
-                           durationMs: (durationMs * 1000).rounded() / 1000)
+        let outcome = ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
+                                  stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
+                                  durationMs: (durationMs * 1000).rounded() / 1000)
+        if capture >= 0 {
+            // How the tool ended, for the operator if ward dies before recording it.
+            let exit = JSONValue.object([
+                "status": .string(status.rawValue), "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,
+                "signal": outcome.signal.map { .number(Double($0)) } ?? .null, "durationMs": .number(outcome.durationMs),
+            ])
+            collector.record(.exit, exit.canonicalBytes[...])
+        }
+        return outcome
     }
 }
 

@@ -403,7 +403,8 @@ public final class Sandbox: Sendable {
     }
 }
 
-/// Drains a tool's stdout and stderr, keeping at most `limit` bytes of each.
+/// Drains a tool's stdout and stderr, keeping at most `limit` bytes of each, and copying
+/// what it keeps to `capture` (an `OutputCapture` file) when there is one.
 struct OutputCollector {
     var fds: [Int32]
     var buffers: [[UInt8]] = [[], []]
@@ -411,11 +412,26 @@ struct OutputCollector {
     /// Per stream: the limit was reached.
     private var full = [false, false]
     let limit: Int
+    let capture: Int32
     private var scratch = [UInt8](repeating: 0, count: 65536)
 
-    init(fds: [Int32], limit: Int) {
+    init(fds: [Int32], limit: Int, capture: Int32 = -1) {
         self.fds = fds
         self.limit = limit
+        self.capture = capture
+    }
+
+    /// Appends one frame to the capture file. A failed write loses evidence, never the call.
+    func record(_ kind: OutputCapture.Kind, _ bytes: ArraySlice<UInt8>) {
+        guard capture >= 0, !bytes.isEmpty else { return }
+        var header = OutputCapture.frameHeader(kind, length: bytes.count)
+        header.withUnsafeMutableBytes { h in
+            bytes.withUnsafeBytes { b in
+                var iov = [iovec(iov_base: h.baseAddress, iov_len: h.count),
+                           iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count)]
+                _ = writev(capture, &iov, 2)
+            }
+        }
     }
 
     /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
@@ -466,10 +482,12 @@ struct OutputCollector {
         }
         if full[i] { return }  // past the limit: drained and dropped
         let room = limit - buffers[i].count
-        if room >= n {
-            buffers[i] += scratch[0..<n]
-        } else {
-            if room > 0 { buffers[i] += scratch[0..<room] }
+        let kept = min(room, n)
+        if kept > 0 {
+            buffers[i] += scratch[0..<kept]
+            record(i == 0 ? .stdout : .stderr, scratch[0..<kept])
+        }
+        if room < n {
             truncated = true
             full[i] = true
             // A cut inside a UTF-8 character would turn the whole stream into base64 for

@@ -187,10 +187,13 @@ public final class Supervisor: Sendable {
                 return result.json
             case .execute(let ticket):
                 let outcome: ToolOutcome
+                // A non-idempotent call's output is captured as it comes: if ward dies
+                // mid-call, it is the operator's evidence of how far the tool got.
+                let capture = policy.effect == .nonIdempotent ? ledger.openCapture(ticket) : nil
                 do throws(SandboxError) {
                     let call = if let parked { parked } else { try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment) }
                     do throws(SandboxError) {
-                        outcome = try call.run()
+                        outcome = try call.run(capture: capture?.fd ?? -1)
                     } catch where error.code == .startUnknown && policy.effect != .nonIdempotent {
                         // Repeating it is harmless: started afresh.
                         outcome = try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment).run()

@@ -134,7 +134,9 @@ struct LedgerCommand: ParsableCommand {
                 ["binary hash", text("binaryHash")], ["attempt", text("attempt")], ["executions", text("executions")],
                 ["started", text("startedAt")], ["finished", text("finishedAt")],
             ]
+            if d["workspace"] != .null { rows.insert(["workspace", text("workspace")], at: 3) }
             if d["verdict"] != .null { rows += [["verdict", text("verdict")], ["note", text("note")]] }
+            if let evidence = d["inDoubt"]?.objectValue { rows += Show.evidenceRows(evidence) }
             if let result = d["result"]?.objectValue {
                 for key in ["exitCode", "signal", "durationMs", "truncated", "stdout", "stdoutBase64", "stderr", "stderrBase64"] {
                     guard let v = result[key], v != .null else { continue }
@@ -147,6 +149,34 @@ struct LedgerCommand: ParsableCommand {
             print(Table.render(["SEQ", "AT", "KIND", "DATA"], events.compactMap(\.objectValue).map { e in
                 [e["seq"].map { $0.canonical } ?? "", e["at"]?.stringValue ?? "", e["kind"]?.stringValue ?? "", e["data"]?.canonical ?? ""]
             }))
+        }
+
+        /// What an operator settling an in-doubt call goes on: who was running it and what
+        /// became of them, how long the tool ran and what it printed before the crash.
+        static func evidenceRows(_ e: [String: JSONValue]) -> [[String]] {
+            func text(_ key: String) -> String? { e[key]?.stringValue }
+            var rows: [[String]] = []
+            if let reason = text("reason") { rows.append(["in doubt because", reason]) }
+            if let owner = text("owner") { rows.append(["owner", owner + (text("ownerFate").map { ": " + $0 } ?? "")]) }
+            if let by = text("foundBy") { rows.append(["found dead by", by]) }
+            guard e["captured"] == .bool(true) else {
+                rows.append(["output so far", "not captured (ward could not write its capture file, or this ledger predates it)"])
+                return rows
+            }
+            let ranFor = e["ranForMs"]?.integer(Int.self).map { String(format: "%.1f s", Double($0) / 1000) } ?? "?"
+            rows.append(["last sign of life", "\(text("lastSignOfLife") ?? "?") (ran at least \(ranFor) before ward died)"])
+            if let exit = e["toolExit"]?.objectValue {
+                let how = exit["exitCode"]?.integer(Int.self).map { "exited \($0)" } ?? exit["signal"]?.integer(Int.self).map { "killed by signal \($0)" }
+                    ?? (exit["status"]?.stringValue ?? "ended")
+                rows.append(["tool exit", "\(how) after \(exit["durationMs"]?.canonical ?? "?") ms: ward died before recording it"])
+            } else {
+                rows.append(["tool exit", "not seen: the tool was still running when ward died (and died with it)"])
+            }
+            for stream in ["stdout", "stderr"] {
+                let label = "\(stream) so far"
+                if let t = text(stream + "SoFar") { rows.append([label, t]) } else if let b = text(stream + "SoFarBase64") { rows.append([label + " (base64)", b]) }
+            }
+            return rows
         }
     }
 

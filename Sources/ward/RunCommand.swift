@@ -170,6 +170,16 @@ struct RunCommand: ParsableCommand {
             // C1 controls and bidi marks that canonical JSON leaves raw.
             text += "  call \(TerminalText.escape(call.callId)) of run \(call.run): tool \(call.tool), started \(call.startedAt)\n"
             if let reason = call.reason { text += "    \(TerminalText.escape(reason))\n" }
+            if let workspace = call.workspace { text += "    in workspace \(TerminalText.escape(workspace))\n" }
+            if let ms = call.ranForMs {
+                let exit = call.toolExit?.objectValue
+                let how = exit == nil ? "it was still running when ward died"
+                    : "it ended (\(exit?["exitCode"]?.integer(Int.self).map { "exit \($0)" } ?? exit?["status"]?.stringValue ?? "?")) before ward could record it"
+                text += "    the tool ran at least \(String(format: "%.1f", Double(ms) / 1000)) s; \(how)\n"
+                if !call.outputTail.isEmpty {
+                    text += "    its output ended with: \(TerminalText.escape(bytes: call.outputTail))\n"
+                }
+            }
             text += "    arguments \(TerminalText.escape(String(call.arguments.canonical.prefix(300))))\n"
             text += "    if it ran:          \(ledger.resolveCommand(run: call.run, callId: call.callId, as: .executed))\n"
             text += "    if it did not run:  \(ledger.resolveCommand(run: call.run, callId: call.callId, as: .notExecuted))\n"

@@ -11,18 +11,26 @@ func temporaryDirectory(_ label: String) -> String {
     return String(cString: mkdtemp(&template)!)
 }
 
-/// Policies with a non-idempotent `publish` whose effect is a line in the workspace's
-/// published.log, and whose reconcile command looks for that line.
-func reconcilePolicies() throws -> String {
-    let dir = temporaryDirectory("policies")
+/// A policy directory whose tools (TOML `tools`) run with a small shared sandbox: the
+/// system's programs and libraries, the workspace writable, no network.
+func testPolicies(_ label: String, tools: String) throws -> String {
+    let dir = temporaryDirectory(label)
     try FileManager.default.copyItem(atPath: Paths.repository + "/policies/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
-    try #"""
+    try (#"""
     [defaults]
     syscalls = ["@system-service"]
     read = ["/usr", "/bin", "/lib", "?/lib64", "/etc/ld.so.cache", "{workspace}"]
     write = ["{workspace}", "/dev/null"]
     env = ["PATH=/usr/bin:/bin"]
 
+    """# + tools).write(toFile: dir + "/t.toml", atomically: true, encoding: .utf8)
+    return dir
+}
+
+/// Policies with a non-idempotent `publish` whose effect is a line in the workspace's
+/// published.log, and whose reconcile command looks for that line.
+func reconcilePolicies() throws -> String {
+    try testPolicies("policies", tools: #"""
     [tools.publish]
     command = ["/bin/sh", "-c", "echo \"$WARD_IDEMPOTENCY_KEY $1\" >> published.log; echo published $1", "sh", "{page}"]
     reconcile = ["/bin/sh", "-c", "[ \"$WARD_RECONCILE\" = 1 ] || exit 9; if grep -q \"^$WARD_IDEMPOTENCY_KEY \" published.log 2>/dev/null; then echo already published $1; exit 0; fi; exit 3", "sh", "{page}"]
@@ -33,8 +41,7 @@ func reconcilePolicies() throws -> String {
 
     [tools.plain]
     command = ["/bin/true"]
-    """#.write(toFile: dir + "/t.toml", atomically: true, encoding: .utf8)
-    return dir
+    """#)
 }
 
 let crashed = ProcessIdentity(pid: 999_998, startTime: 1, bootID: ProcessIdentity.current.bootID)

@@ -34,12 +34,13 @@ func runProgram(_ path: String, _ args: [String], in directory: String? = nil, e
     return (p.terminationStatus, text)
 }
 
-/// Starts `ward serve` on the shipped policies with its socket at `dir/s.sock`; returns once
-/// it listens.
-func startServe(in dir: String, run: String, environment: [String: String] = [:]) throws -> Process {
+/// Starts `ward serve` (on the shipped policies unless told) in `dir`, with its socket at
+/// `dir/s.sock`; returns once it listens.
+func startServe(in dir: String, run: String, policies: String = Paths.repository + "/policies", extra: [String] = [],
+                environment: [String: String] = [:]) throws -> Process {
     let serve = Process()
     serve.executableURL = URL(fileURLWithPath: Paths.ward)
-    serve.arguments = ["serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", run]
+    serve.arguments = ["serve", "--policies", policies, "--socket", dir + "/s.sock", "--run-id", run] + extra
     serve.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     serve.currentDirectoryURL = URL(fileURLWithPath: dir)
     let out = Pipe()
@@ -81,7 +82,7 @@ struct RunTests {
     @Test("an agent crashed at each step resumes with no duplicate effect", arguments: Array(0..<6))
     func crashAtStep(step: Int) throws {
         let dir = try workdir()
-        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--", "python3", "agent.py", Paths.repository + "/Scripts"],
+        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--socket", dir + "/s.sock", "--", "python3", "agent.py", Paths.repository + "/Scripts"],
                          in: dir, environment: ["CRASH_AT": "\(step)"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.hasSuffix("finished\n"), "\(r.stdout)")
@@ -103,7 +104,7 @@ struct RunTests {
         var env = ProcessInfo.processInfo.environment
         env["CRASH_AT"] = "2"
         let (status, text) = try runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.ward, "run",
-                                                                "--run-id", "nobody", "--", "python3", "agent.py", dir], in: dir, environment: env)
+                                                                "--run-id", "nobody", "--socket", dir + "/s.sock", "--", "python3", "agent.py", dir], in: dir, environment: env)
         #expect(status == 0 && text.contains("2 replayed") && text.hasSuffix("finished\n"), "\(text)")
         #expect(try String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8) == "0\n1\n2\n3\n4\n5\n")
     }
@@ -121,7 +122,7 @@ struct RunTests {
     func failPoint(spec: String, expected: String, effects: [String]?) throws {
         let dir = try workdir()
         let point = String(spec.split(separator: "@")[0])
-        let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "fp-\(point)", "--max-restarts", "0", "--",
+        let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "fp-\(point)", "--socket", dir + "/s.sock", "--max-restarts", "0", "--",
                     "python3", "agent.py", Paths.repository + "/Scripts"]
         let crashed = try ward(args, in: dir, environment: ["WARD_FAILPOINTS": "\(point)=kill@\(spec.split(separator: "@")[1])"])
         #expect(crashed.status != 0, "ward was not killed at \(spec): \(crashed)")
@@ -213,7 +214,7 @@ struct RunTests {
         _ = FileManager.default.createFile(atPath: dir + "/workspace/slow", contents: nil)
         // The agent by its full path: this test's agent, not another run's on this machine.
         let agent = dir + "/agent.py"
-        let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "killed", "--max-restarts", "0", "--",
+        let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "killed", "--socket", dir + "/s.sock", "--max-restarts", "0", "--",
                     "python3", agent, Paths.repository + "/Scripts"]
         let first = try ward(args, in: dir, environment: extra) { p in
             // Kill ward once the first tool is running: its sleeper exists.
@@ -229,6 +230,10 @@ struct RunTests {
         // Restarted with the same run ID: the call caught mid-flight is in doubt and refused.
         let second = try ward(args, in: dir, environment: extra)
         #expect(second.stdout.contains("error in-doubt"), "\(second.stdout) \(second.stderr)")
+        // What ward knows of it, said once: where, for how long, and how far the tool got.
+        for fact in ["in workspace \(dir)/workspace", "the tool ran at least", "it was still running when ward died", "has exited or was killed"] {
+            #expect(second.stderr.contains(fact), "missing \"\(fact)\": \(second.stderr)")
+        }
         #expect(processes(containing: token).isEmpty, "the tool's sleeper outlived the restart")
         let list = try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir)
         #expect(list.stdout.contains("\"s0\""), "\(list.stdout)")
@@ -243,7 +248,7 @@ struct RunTests {
         let dir = try workdir()
         let sleeper = "sleep 30.\(Int.random(in: 100_000...999_999))"
         let agent = dir + "/agent.py"
-        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "term", "--grace", "0.5", "--",
+        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "term", "--socket", dir + "/s.sock", "--grace", "0.5", "--",
                           "python3", agent, Paths.repository + "/Scripts"], in: dir, environment: ["TOOL_EXTRA": sleeper]) { p in
             // Stopped once the first tool is running: its sleeper exists.
             #expect(eventually { !processes(containing: sleeper).isEmpty }, "the first tool never started")
