@@ -98,7 +98,10 @@ def main():
 
     def ward_run(work, run, env=None, kill=None):
         """One `ward run`; `kill` = (target, delay) SIGKILLs ward or the agent after delay s."""
-        p = subprocess.Popen([a.ward, "run", "--policies", policies, "--run-id", run, "--max-restarts", "0", "--", *agent_cmd],
+        # The socket in the run's own directory: another matrix or test on this machine may
+        # use the same run IDs at the same time.
+        p = subprocess.Popen([a.ward, "run", "--policies", policies, "--run-id", run, "--socket", os.path.join(work, "ward.sock"),
+                              "--max-restarts", "0", "--", *agent_cmd],
                              cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         if kill:
             target, delay = kill

@@ -269,7 +269,9 @@ final class BenchClient {
         precondition(response["error"] == nil, "\(response)")
         return response
     }
-    func toolCall(_ callId: String) { _ = call("tool.call", .object(["callId": .string(callId), "tool": .string("true"), "arguments": .object([:])])) }
+    func toolCall(_ callId: String, tool: String = "true") {
+        _ = call("tool.call", .object(["callId": .string(callId), "tool": .string(tool), "arguments": .object([:])]))
+    }
 }
 
 func startServer(run: String, ledgerPath: String) throws -> SocketServer {
@@ -286,15 +288,29 @@ let wardBinary = (CommandLine.arguments[0] as NSString).deletingLastPathComponen
 let benchPolicies = workspace + "/policies"
 try FileManager.default.createDirectory(atPath: benchPolicies, withIntermediateDirectories: true)
 try FileManager.default.copyItem(atPath: policiesDir + "/syscall-sets.toml", toPath: benchPolicies + "/syscall-sets.toml")
-try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + "\n[tools.true]\ncommand = [\"/bin/true\"]\nwrite = [\"{workspace}\"]\n")
+// `true_idempotent` is the same tool without the output capture of a non-idempotent call.
+try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + """
+
+    [tools.true]
+    command = ["/bin/true"]
+    write = ["{workspace}"]
+
+    [tools.true_idempotent]
+    command = ["/bin/true"]
+    write = ["{workspace}"]
+    effect = "idempotent"
+
+    """)
     .write(toFile: benchPolicies + "/tools.toml", atomically: true, encoding: .utf8)
 let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
 let client = BenchClient(callServe.socket)
 for i in 0..<20 { client.toolCall("warm-\(i)") }
 var callCount = 0
+var idempotentCount = 0
 let callSamples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { _ in
     var ops: [(name: String, run: () throws -> Void)] = [
         ("call", { client.toolCall("c\(callCount)"); callCount += 1 }),
+        ("idempotent", { client.toolCall("i\(idempotentCount)", tool: "true_idempotent"); idempotentCount += 1 }),
         ("bare", { _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } }),
     ]
     if let bwrap { ops.append(("bwrap", { _ = spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) })) }
@@ -312,6 +328,8 @@ rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(
 if let bwrapAgain = callSamples["bwrap"] {
     rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: .ratio(0.4)))
 }
+rows.append(Row(name: "tool.call, non-idempotent: output captured", ward: median(fullCall), peer: "idempotent, not captured",
+                peerValue: median(callSamples["idempotent"]!), budget: .ratio(1.1)))
 rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "", peerValue: nil, budget: .atMost(150)))
 
 // The same, at an agent's pace: each run after 50 ms idle (a model thinking between calls).
