@@ -82,7 +82,7 @@ extension Ledger {
             let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
             return try Row.fetchAll(db, sql: "SELECT * FROM calls \(whereSQL) ORDER BY started_at, run_id, call_id",
                                     arguments: StatementArguments(args)).map { row in
-                CallSummary(run: row["run_id"], callId: row["call_id"], tool: row["tool"], effect: row["effect"], status: Ledger.effectiveStatus(row),
+                CallSummary(run: row["run_id"], callId: row["call_id"], tool: row["tool"], effect: row["effect"], status: self.effectiveStatus(row),
                             attempt: row["attempt"], executions: row["executions"], startedAt: row["started_at"],
                             finishedAt: row["finished_at"], exitCode: row["exit_code"], durationMs: row["duration_ms"])
             }.filter { status == nil || $0.status == status }
@@ -91,11 +91,11 @@ extension Ledger {
 
     /// The recorded status, except that a non-idempotent call still `running` under a dead
     /// process is in doubt (recovery records that the next time the ledger is opened for writing).
-    static func effectiveStatus(_ row: Row) -> String {
+    func effectiveStatus(_ row: Row) -> String {
         let status: String = row["status"]
         guard status == "running", (row["effect"] as String) == CallEffect.nonIdempotent.rawValue else { return status }
-        let owner: String? = row["owner"]
-        return owner.flatMap(ProcessIdentity.init(text:))?.isAlive == true ? status : "in-doubt"
+        if case .dead = ownerState(row["owner"]) { return "in-doubt" }
+        return status
     }
 
     /// Everything about one call: its record, arguments, result and events.
@@ -104,7 +104,7 @@ extension Ledger {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }
-            let status = Ledger.effectiveStatus(row)
+            let status = self.effectiveStatus(row)
             var members: [String: JSONValue] = [
                 "run": .string(row["run_id"]), "callId": .string(row["call_id"]), "tool": .string(row["tool"]), "effect": .string(row["effect"]),
                 "status": .string(status), "arguments": (try? JSONValue.parse(row["args"] as String)) ?? .null,
@@ -164,7 +164,7 @@ extension Ledger {
                 let orphaned = ((row["running_owners"] as String?) ?? "").split(separator: "\n").filter { line in
                     let parts = line.split(separator: " ", maxSplits: 1)
                     return parts.first.map(String.init) == CallEffect.nonIdempotent.rawValue
-                        && (parts.count < 2 || ProcessIdentity(text: String(parts[1]))?.isAlive != true)
+                        && { if case .dead = self.ownerState(parts.count < 2 ? nil : String(parts[1])) { true } else { false } }()
                 }.count
                 return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
                                   finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],

@@ -90,6 +90,9 @@ public struct CallTicket: Sendable, Hashable {
     public let execution: Int
     /// Sequence number of the checkpoint stored with the call, if any.
     public let checkpointSeq: Int?
+    /// The owner lock of the handle that began it: outcomes are recorded only while the
+    /// call is still this owner's execution (fencing).
+    let owner: String
 }
 
 /// What `begin` decided.
@@ -115,7 +118,7 @@ extension Ledger {
         let canonical = request.arguments.canonical
         let argsHash = Digest.sha256Hex(canonical.utf8)
         let binaryHash = digests.digest(of: request.executable)
-        let me = identity.text
+        let me = try ownerToken()
         // One write transaction decides and records. A replay writes nothing, so its commit
         // does not touch the disk; and the writer's page cache is warm, where a reader's is
         // invalidated by every commit.
@@ -137,7 +140,7 @@ extension Ledger {
                 if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
                 try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data)
                 return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
-                                           execution: execution, checkpointSeq: checkpointSeq))
+                                           execution: execution, checkpointSeq: checkpointSeq, owner: me))
             }
 
             guard let call = try CallRecord.fetch(db, run: request.run, callId: request.callId) else {
@@ -156,13 +159,19 @@ extension Ledger {
             }
             switch call.status {
             case "running":
-                if let owner = call.owner, let identity = ProcessIdentity(text: owner), identity.isAlive {
-                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(owner == me ? "in this process" : "process \(identity.pid)"))")
+                let fate: String
+                switch self.ownerState(call.owner) {
+                case .alive:
+                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(call.owner == me ? "in this process" : "in another process"))")
+                case .unknown(let why):
+                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running, and whether its owner lives cannot be told: \(why)")
+                case .dead(let how):
+                    fate = how
                 }
                 // Its process died mid-call. Recorded in doubt by this transaction, which
                 // must commit: the refusal is thrown after it.
                 if CallEffect(rawValue: call.effect) == .nonIdempotent {
-                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, execution: call.executions)
+                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, fate: fate, execution: call.executions)
                     foundInDoubt = call.startedAt
                     return nil
                 }
@@ -213,17 +222,16 @@ extension Ledger {
     /// Records that the process running a call died before its outcome was recorded, with
     /// what is known of it (`InDoubtEvidence`). The caller removes the capture file after
     /// the commit.
-    func markInDoubt(_ db: Database, run: String, callId: String, owner: String?, execution: Int) throws {
-        let fate = owner.flatMap(ProcessIdentity.init(text:))?.fate ?? "its owner is not recorded"
+    func markInDoubt(_ db: Database, run: String, callId: String, owner: String?, fate: String, execution: Int) throws {
         try markInDoubt(db, run: run, callId: callId, execution: execution, data: [
-            "reason": .string("its process \(owner ?? "unknown") died before the outcome was recorded: \(fate)"),
+            "reason": .string("the process running it died before the outcome was recorded: \(fate)"),
             "owner": owner.map { .string($0) } ?? .null, "ownerFate": .string(fate),
         ])
     }
 
     func markInDoubt(_ db: Database, run: String, callId: String, execution: Int, data: [String: JSONValue]) throws {
         var data = data
-        data["foundBy"] = .string(identity.text)
+        data["foundBy"] = .string(ProcessIdentity.current.description)
         if let captured = readCapture(run: run, callId: callId, execution: execution) {
             data.merge(try captured.eventData(db, ledger: self)) { _, new in new }
         }
@@ -235,11 +243,14 @@ extension Ledger {
     /// died mid-start): it becomes in-doubt, as after a crash, for an operator or the tool's
     /// reconcile command to settle. Only a call that is still `running` is changed.
     public func markInDoubt(_ ticket: CallTicket, reason: String) throws(LedgerError) {
+        let me = ticket.owner
         try write("marking call \(ticket.callId) in doubt") { db in
-            guard try String.fetchOne(db, sql: "SELECT status FROM calls WHERE run_id = ? AND call_id = ?",
-                                      arguments: [ticket.run, ticket.callId]) == "running" else { return }
+            // Fenced: only this handle's own execution of the call.
+            guard let row = try Row.fetchOne(db, sql: "SELECT status, owner, executions FROM calls WHERE run_id = ? AND call_id = ?",
+                                             arguments: [ticket.run, ticket.callId]),
+                  (row["status"] as String) == "running", (row["owner"] as String?) == me, (row["executions"] as Int) == ticket.execution else { return }
             try self.markInDoubt(db, run: ticket.run, callId: ticket.callId, execution: ticket.execution,
-                                 data: ["reason": .string(reason), "owner": .string(identity.text), "ownerFate": .string("alive")])
+                                 data: ["reason": .string(reason), "owner": .string(me), "ownerFate": .string("alive")])
         }
         removeCapture(run: ticket.run, callId: ticket.callId)
     }
@@ -260,10 +271,15 @@ extension Ledger {
                     try db.run("""
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
-                        WHERE run_id = ? AND call_id = ?
+                        WHERE run_id = ? AND call_id = ? AND status = 'running' AND owner = ? AND executions = ?
                         """, [.text(outcome.status.rawValue), .text(Timestamp.now()), SQLValue(outcome.exitCode.map(Int.init)),
                               SQLValue(outcome.signal.map(Int.init)), .blob(out), .blob(err), .int(outcome.truncated ? 1 : 0),
-                              .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId)])
+                              .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)])
+                    // Fenced: another process decided about this call meanwhile (judged its
+                    // owner dead); its decision stands and nothing is recorded over it.
+                    guard db.changesCount == 1 else {
+                        throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it ran; its outcome here is not recorded")
+                    }
                     try self.appendEvent(db, run: ticket.run, kind: "call.finish", call: ticket.callId, data: [
                         "status": .string(outcome.status.rawValue),
                         "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,
@@ -303,7 +319,7 @@ extension Ledger {
             if let result { return result }
             switch call.status {
             case "running":
-                if call.owner.flatMap(ProcessIdentity.init(text:))?.isAlive != true { return nil }  // died: the caller begins again
+                if case .dead = ownerState(call.owner) { return nil }  // died: the caller begins again
             case "in-doubt":
                 throw inDoubtError(run: run, callId: callId, started: call.startedAt)
             default:
@@ -339,30 +355,32 @@ extension Ledger {
 
     /// Calls left `running` by a process that died: non-idempotent ones become in-doubt now;
     /// idempotent and read-only ones are run again on their next request (`begin`).
-    func recoverDeadOwners() throws(LedgerError) {
+    public func recover() throws(LedgerError) {
         // Capture files listed before the calls are read: a file whose call is not running
         // then was left by a crash after its outcome (or verdict) was recorded.
         let captures = captureFiles()
         let running = try read("scanning running calls") { db in
             try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner, executions FROM calls WHERE status = 'running'")
         }
-        var live = Set<String>()
+        var live = Set<String>(), owners = Set<String>()
         for row in running {
             let owner: String? = row["owner"]
             let run: String = row["run_id"], call: String = row["call_id"]
-            if owner.flatMap(ProcessIdentity.init(text:))?.isAlive == true || CallEffect(rawValue: row["effect"]) != .nonIdempotent {
+            guard case .dead(let fate) = ownerState(owner), CallEffect(rawValue: row["effect"]) == .nonIdempotent else {
                 live.insert(Ledger.idempotencyKey(run: run, callId: call))
+                if let owner { owners.insert(owner) }
                 continue
             }
             try write("marking call \(call) in doubt") { db in
                 // Re-check inside the write transaction: another process may have settled it.
                 guard let current = try Row.fetchOne(db, sql: "SELECT status, owner FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, call]),
                       (current["status"] as String) == "running", (current["owner"] as String?) == owner else { return }
-                try self.markInDoubt(db, run: run, callId: call, owner: owner, execution: row["executions"])
+                try self.markInDoubt(db, run: run, callId: call, owner: owner, fate: fate, execution: row["executions"])
             }
             removeCapture(run: run, callId: call)
         }
         for name in captures where !live.contains(name) { unlink(captureDirectory + "/" + name) }
+        sweepOwnerLocks(referenced: owners)
     }
 
     /// An operator's (or a reconcile command's) verdict on an in-doubt call: `executed`, its
@@ -375,11 +393,19 @@ extension Ledger {
     public func resolve(run: String, callId: String, as verdict: Verdict, note: String, by resolver: String = "operator",
                         output: [UInt8] = []) throws(LedgerError) {
         try write("resolving call \(callId)") { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT status FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]) else {
+            guard let row = try Row.fetchOne(db, sql: "SELECT status, effect, owner, executions FROM calls WHERE run_id = ? AND call_id = ?",
+                                             arguments: [run, callId]) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }
-            guard (row["status"] as String) == "in-doubt" else {
-                throw LedgerError(.invalid, "call \(callId) of run \(run) is \(row["status"] as String), not in-doubt")
+            var status: String = row["status"]
+            // Caught running under a dead owner and not yet recovered: recorded in doubt in
+            // this same transaction, so a verdict that fails leaves nothing changed.
+            if status == "running", CallEffect(rawValue: row["effect"]) == .nonIdempotent, case .dead(let fate) = self.ownerState(row["owner"]) {
+                try self.markInDoubt(db, run: run, callId: callId, owner: row["owner"], fate: fate, execution: row["executions"])
+                status = "in-doubt"
+            }
+            guard status == "in-doubt" else {
+                throw LedgerError(.invalid, "call \(callId) of run \(run) is \(status), not in-doubt")
             }
             let out = try self.putBlob(db, output)
             let empty = try self.putBlob(db, [])
@@ -392,6 +418,7 @@ extension Ledger {
                 "verdict": .string(verdict.rawValue), "note": .string(note), "by": .string(resolver), "stdout": .string(Digest.hex(out)),
             ])
         }
+        removeCapture(run: run, callId: callId)  // its evidence is in the call.in-doubt event
     }
 
     /// Starts a new agent attempt of `run` (creating the run); returns its number (1, 2, …).
@@ -412,7 +439,7 @@ public struct InDoubtCall: Sendable {
     public var tool: String
     public var arguments: JSONValue
     public var startedAt: String
-    /// Why it is in doubt ("its process … died before the outcome was recorded").
+    /// Why it is in doubt ("the process running it died before the outcome was recorded: …").
     public var reason: String?
     /// The workspace its run recorded: where to look for its effect.
     public var workspace: String?
@@ -427,7 +454,7 @@ public struct InDoubtCall: Sendable {
 extension Ledger {
     /// In-doubt calls (after recovery), optionally of one run or one call.
     public func inDoubtCalls(run: String? = nil, callId: String? = nil) throws(LedgerError) -> [InDoubtCall] {
-        try recoverDeadOwners()
+        try recover()
         return try read("listing in-doubt calls") { db in
             // What is known comes from the call's last call.in-doubt event: who died and how,
             // and what its capture file held.

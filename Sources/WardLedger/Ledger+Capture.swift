@@ -123,8 +123,8 @@ extension Ledger {
     func inDoubtEvidence(_ db: Database, run: String, callId: String, status: String, owner: String?, execution: Int) throws -> JSONValue? {
         var members: [String: JSONValue]
         if status == "running" {
-            guard let identity = owner.flatMap(ProcessIdentity.init(text:)), let fate = identity.fate else { return nil }
-            members = ["owner": .string(identity.text), "ownerFate": .string(fate), "recorded": .bool(false)]
+            guard case .dead(let fate) = ownerState(owner) else { return nil }
+            members = ["owner": owner.map { .string($0) } ?? .null, "ownerFate": .string(fate), "recorded": .bool(false)]
             if let captured = readCapture(run: run, callId: callId, execution: execution) {
                 members.merge(captured.shown) { _, new in new }
             }

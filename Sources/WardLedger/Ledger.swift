@@ -52,7 +52,8 @@ public final class Ledger: Sendable {
 
     public let path: String
     let pool: DatabasePool
-    let identity: ProcessIdentity
+    /// The lock that makes this handle the owner of the calls it begins (made at the first).
+    let owner = Lock<OwnerLock?>(nil)
     let digests = FileDigests()
     let manifests = ManifestCache()
 
@@ -65,11 +66,14 @@ public final class Ledger: Sendable {
     /// - Throws: `corrupt` when the file is not a ward ledger or is damaged (the file is left
     ///   untouched), `storage` when it cannot be opened or written.
     ///   - readOnly: for audits: nothing is written, not even recovery (the file must exist).
+    ///   - existing: the file must exist (commands that settle what a ledger holds never
+    ///     make an empty one, e.g. when run from another directory without `--ledger`).
+    ///   - recover: recover dead owners' calls now; a command that may fail afterwards
+    ///     opens without, so that failing it changes nothing.
     public init(path: String, durability: Durability = .full, busyTimeout: Double = 5,
-                identity: ProcessIdentity = .current, readOnly: Bool = false) throws(LedgerError) {
+                readOnly: Bool = false, existing: Bool = false, recover: Bool = true) throws(LedgerError) {
         self.path = path
-        self.identity = identity
-        if readOnly {
+        if readOnly || existing {
             guard access(path, F_OK) == 0 else { throw LedgerError(.storage, "no ledger at \(path)") }
         } else {
             try Ledger.createParentDirectory(of: path)
@@ -96,7 +100,7 @@ public final class Ledger: Sendable {
         } catch {
             throw Ledger.map(error, doing: "opening \(path)")
         }
-        if !readOnly { try recoverDeadOwners() }
+        if !readOnly && recover { try self.recover() }
     }
 
     /// The writer connection's `PRAGMA synchronous` as SQLite applies it (2 = FULL, 1 = NORMAL):

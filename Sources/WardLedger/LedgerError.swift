@@ -18,6 +18,9 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
         public static let notFound = Code(description: "not-found")
         /// The request does not make sense (resolving a call that is not in doubt, …).
         public static let invalid = Code(description: "invalid")
+        /// This process's execution of a call was taken over by another decision (its owner
+        /// was judged dead); nothing was recorded over that decision.
+        public static let fenced = Code(description: "fenced")
     }
 
     public let code: Code

@@ -112,6 +112,16 @@ public struct ProcessIdentity: Sendable, Hashable {
         return start == startTime
     }
 
+    /// This process, for people: "pid 123 (ward serve)".
+    public var description: String { "pid \(pid) (\(ProcessIdentity.commandName))" }
+
+    /// The program and its subcommand ("ward serve"), or the program alone.
+    static let commandName: String = {
+        let args = CommandLine.arguments
+        let program = args.first.map { String($0.split(separator: "/").last ?? "") } ?? "?"
+        return args.count > 1 && !args[1].hasPrefix("-") ? program + " " + args[1] : program
+    }()
+
     /// Why this process is not alive, in words for an operator; nil while it is.
     public var fate: String? {
         guard bootID == ProcessIdentity.bootID else { return "the machine has restarted since (that process ran in boot \(bootID))" }

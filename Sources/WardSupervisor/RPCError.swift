@@ -7,7 +7,7 @@ extension RPCError {
         switch error.code {
         case .conflict: self.init(.conflict, error.message)
         case .inProgress: self.init(.inProgress, error.message)
-        case .inDoubt: self.init(.inDoubt, error.message)
+        case .inDoubt, .fenced: self.init(.inDoubt, error.message)
         case .storage, .corrupt: self.init(.storage, error.message)
         case .notFound, .invalid: self.init(.invalidArguments, error.message)
         default: self.init(.internal, error.message)

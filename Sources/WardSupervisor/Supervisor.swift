@@ -31,7 +31,11 @@ public final class Supervisor: Sendable {
     /// Longest accepted request line (DESIGN.md): 16 MiB.
     public static let maximumLineBytes = 16 << 20
 
-    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int) {
+    /// Held for the supervisor's life: no other supervisor serves this run meanwhile.
+    let runLock: RunLock?
+
+    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil) {
+        self.runLock = runLock
         self.ledger = ledger
         self.sandbox = sandbox
         self.runID = runID

@@ -16,9 +16,10 @@ struct LedgerOptions: ParsableArguments {
     @Option(name: .long, help: "full (survives power loss) or normal (survives crashes; may lose the last commits on power loss).")
     var durability: Ledger.Durability = .full
 
-    /// Opens the ledger; `readOnly` for audits, which must never change what they inspect.
-    func open(readOnly: Bool = false) throws -> Ledger {
-        do { return try Ledger(path: ledger, durability: durability, readOnly: readOnly) } catch {
+    /// Opens the ledger; `readOnly` for audits, which must never change what they inspect;
+    /// `existing` and `recover` as `Ledger.init` has them.
+    func open(readOnly: Bool = false, existing: Bool = false, recover: Bool = true) throws -> Ledger {
+        do { return try Ledger(path: ledger, durability: durability, readOnly: readOnly, existing: existing, recover: recover) } catch {
             throw CLIError.from(error)
         }
     }
@@ -250,7 +251,7 @@ struct LedgerCommand: ParsableCommand {
         }
 
         func run() throws {
-            let ledger = try options.open()
+            let ledger = try options.open(existing: true, recover: false)  // a refused verdict changes nothing
             try ledgerCall { () throws(LedgerError) in try ledger.resolve(run: runID, callId: call, as: verdict, note: note) }
             if json {
                 printJSON(.object(["run": .string(runID), "callId": .string(call), "verdict": .string(verdict.rawValue), "note": .string(note)]))
@@ -281,7 +282,7 @@ extension LedgerCommand {
         }
 
         func run() throws {
-            let ledger = try options.open()
+            let ledger = try options.open(existing: true)
             // Each run is reconciled in the workspace it ran in, with the policies it used:
             // a reconcile command run anywhere else finds no effect and would let the call
             // run twice. A missing or different workspace is refused, never made anew.

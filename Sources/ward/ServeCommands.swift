@@ -65,23 +65,29 @@ struct RunOptions: ParsableArguments {
     /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.
     func startServer(logger: Logger) throws -> (SocketServer, Supervisor) {
         let run = effectiveRunID
-        let ledger = try ledgerOptions.open()
+        // The run's lock first: a start refused because another supervisor serves the run
+        // records nothing (no recovery, no place, no attempt).
+        let ledger = try ledgerOptions.open(recover: false)
+        let runLock: RunLock
+        do { runLock = try ledger.lockRun(run) } catch { throw CLIError(message: error.message, exitCode: 1) }
+        try ledgerCall { () throws(LedgerError) in try ledger.recover() }
         let place = try policyOptions.place(of: run, in: ledger, create: true)
         let policies = try PolicyOptions.load(place.policies)
-        try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
         let sandbox: Sandbox
         do { sandbox = try Sandbox(policies: policies, workspace: place.workspace, logger: logger) } catch {
             throw CLIError(message: error.description, exitCode: 1)
         }
-        let attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run) }
-        let supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: attempt)
-        do {
-            let server = try SocketServer(path: socketPath(run: run), supervisor: supervisor)
-            server.start()
-            return (server, supervisor)
-        } catch {
+        let supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: 0, runLock: runLock)
+        // Bound before anything is recorded: a socket that another supervisor holds refuses
+        // the start with no place claimed and no attempt counted.
+        let server: SocketServer
+        do { server = try SocketServer(path: socketPath(run: run), supervisor: supervisor) } catch {
             throw CLIError(message: error.message, exitCode: 1)
         }
+        try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
+        supervisor.attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run) }
+        server.start()
+        return (server, supervisor)
     }
 }
 

@@ -21,7 +21,6 @@ func outcome(_ stdout: String, status: CallStatus = .succeeded, code: Int32 = 0)
 }
 
 /// A process identity that is certainly dead: a crashed supervisor.
-let deadProcess = ProcessIdentity(pid: 999_999, startTime: 1, bootID: ProcessIdentity.current.bootID)
 
 extension BeginDecision {
     var ticket: CallTicket? { if case .execute(let t) = self { return t }; return nil }
@@ -106,7 +105,7 @@ struct LedgerCallTests {
     @Test func nonIdempotentCallOfADeadProcessBecomesInDoubtUntilResolved() throws {
         let path = temporaryLedgerPath()
         do {
-            let crashed = try Ledger(path: path, identity: deadProcess)
+            let crashed = try Ledger(path: path)
             _ = try #require(try crashed.begin(request("send-email")).ticket)
             // …and the supervisor dies before finish.
         }
@@ -123,7 +122,7 @@ struct LedgerCallTests {
 
     @Test func resolvedExecutedReplaysTheVerdict() throws {
         let path = temporaryLedgerPath()
-        _ = try Ledger(path: path, identity: deadProcess).begin(request("publish"))
+        _ = try Ledger(path: path).begin(request("publish"))
         let ledger = try Ledger(path: path)
         try ledger.resolve(run: "r1", callId: "publish", as: .executed, note: "reconciled", by: "reconcile", output: Array("already published".utf8))
         let r = try #require(try ledger.begin(request("publish")).replayed)
@@ -134,7 +133,7 @@ struct LedgerCallTests {
     @Test("idempotent and read-only calls of a dead process simply run again", arguments: [CallEffect.idempotent, .readOnly])
     func retryable(effect: CallEffect) throws {
         let path = temporaryLedgerPath()
-        _ = try Ledger(path: path, identity: deadProcess).begin(request("c1", effect: effect))
+        _ = try Ledger(path: path).begin(request("c1", effect: effect))
         let ledger = try Ledger(path: path)
         #expect(try ledger.listCalls(run: "r1").first?.status == "running")
         let t = try #require(try ledger.begin(request("c1", effect: effect, attempt: 2)).ticket)

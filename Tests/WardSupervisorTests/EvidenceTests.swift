@@ -59,8 +59,9 @@ struct EvidenceTests {
         #expect(evidence["stdoutSoFar"] == .string("step one\nhalf") && evidence["stderrSoFar"] == .string("careful\n"))
         #expect(evidence["toolExit"] == .null, "the tool had not ended")
         #expect((evidence["ranForMs"]?.integer(Int.self) ?? 0) >= 1000, "\(evidence)")
-        #expect(evidence["ownerFate"]?.stringValue?.contains("has exited or was killed") == true, "\(evidence)")
-        #expect(evidence["owner"]?.stringValue?.hasPrefix("\(serve.processIdentifier):") == true, "\(evidence)")
+        // Its owner is known dead because the kernel released its lock, and named.
+        #expect(evidence["ownerFate"]?.stringValue?.contains("pid \(serve.processIdentifier), ward serve) has ended") == true, "\(evidence)")
+        #expect(evidence["owner"]?.stringValue?.utf8.count == 32, "\(evidence)")
 
         // A writer records it in doubt with that evidence (in the hash-chained event) and
         // deletes the file; `show` then gives the same from the ledger.
@@ -77,7 +78,7 @@ struct EvidenceTests {
         // The table says it in words, escaped for the terminal.
         let table = try ward(["ledger", "show", "ev", "c1"], in: dir).stdout
         #expect(table.contains("stdout so far") && table.contains("step one\\x0ahalf"), "\(table)")
-        #expect(table.contains("still running when ward died") && table.contains("has exited or was killed"), "\(table)")
+        #expect(table.contains("still running when ward died") && table.contains("has ended: the kernel released its lock"), "\(table)")
 
         // Settled, the evidence stays with the call for the audit.
         #expect(try ward(["ledger", "resolve", "ev", "c1", "--as", "not-executed", "--note", "nothing was sent"], in: dir).status == 0)

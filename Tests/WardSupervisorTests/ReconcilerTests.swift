@@ -44,8 +44,6 @@ func reconcilePolicies() throws -> String {
     """#)
 }
 
-let crashed = ProcessIdentity(pid: 999_998, startTime: 1, bootID: ProcessIdentity.current.bootID)
-
 @Suite("Reconcile: a tool's own command settles in-doubt calls")
 struct ReconcilerTests {
     func setUp() throws -> (Ledger, Sandbox, String) {
@@ -57,7 +55,7 @@ struct ReconcilerTests {
 
     /// A supervisor that crashed between `begin` and `finish` of `call`.
     func crash(_ ledger: Ledger, tool: String, call: String, page: String = "index") throws {
-        _ = try Ledger(path: ledger.path, identity: crashed).begin(BeginRequest(
+        _ = try Ledger(path: ledger.path).begin(BeginRequest(
             run: "r", callId: call, tool: tool, effect: .nonIdempotent, arguments: .object(["page": .string(page)]),
             policyHash: "p", executable: "/bin/sh", attempt: 1))
     }

@@ -231,7 +231,7 @@ struct RunTests {
         let second = try ward(args, in: dir, environment: extra)
         #expect(second.stdout.contains("error in-doubt"), "\(second.stdout) \(second.stderr)")
         // What ward knows of it, said once: where, for how long, and how far the tool got.
-        for fact in ["in workspace \(dir)/workspace", "the tool ran at least", "it was still running when ward died", "has exited or was killed"] {
+        for fact in ["in workspace \(dir)/workspace", "the tool ran at least", "it was still running when ward died", "has ended"] {
             #expect(second.stderr.contains(fact), "missing \"\(fact)\": \(second.stderr)")
         }
         #expect(processes(containing: token).isEmpty, "the tool's sleeper outlived the restart")

@@ -12,7 +12,7 @@ struct VerdictTests {
     func serverWithCallsInDoubt() throws -> (TestServer, RawClient) {
         let ledgerPath = temporaryDirectory("ledger") + "/l.sqlite"
         for (id, command) in [("mail", "echo sent >> mail.log; echo mailed"), ("post", "echo posted >> post.log")] {
-            _ = try Ledger(path: ledgerPath, identity: crashed).begin(BeginRequest(
+            _ = try Ledger(path: ledgerPath).begin(BeginRequest(
                 run: "r1", callId: id, tool: "shell", effect: .nonIdempotent, arguments: .object(["command": .string(command)]),
                 policyHash: "p", executable: "/bin/sh", attempt: 1))
         }

@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+import WardCore
+import WardLedger
+import WardTestSupport
+
+/// A running call's owner is judged by the kernel (its lock), never by /proc: no process
+/// in another PID namespace, or unable to read the boot ID, declares a live owner dead; a
+/// run has one supervisor; an outcome is recorded only by the execution that still owns
+/// its call.
+@Suite("Ownership: owner locks, run locks, fencing", .serialized, .enabled(if: geteuid() == 0, "namespaces and bind mounts need root"))
+struct OwnershipTests {
+    func policies() throws -> String {
+        try testPolicies("ownership-policies", tools: #"""
+        # Runs until the test removes the workspace's `hold` file, then counts its runs.
+        [tools.send]
+        command = ["/bin/sh", "-c", "echo started >> runs.log; while [ -e hold ]; do sleep 0.01; done; echo sent"]
+        """#)
+    }
+
+    /// `ward ARGS` in new PID and mount namespaces, with their own /proc (where ward's pid
+    /// means nothing), optionally with the boot ID unreadable.
+    func wardElsewhere(_ args: [String], in dir: String, bootIDHidden: Bool = false) throws -> (status: Int32, output: String) {
+        let hide = bootIDHidden ? "mount --bind /dev/null /proc/sys/kernel/random/boot_id && " : ""
+        let command = hide + "exec " + ([Paths.ward] + args).map(Shell.quote).joined(separator: " ")
+        return try runProgram("/usr/bin/unshare", ["--pid", "--mount", "--fork", "--mount-proc", "/bin/sh", "-c", command], in: dir)
+    }
+
+    @Test func aLiveOwnerIsNeverJudgedDeadFromAnotherPIDNamespace() throws {
+        let dir = temporaryDirectory("owner-live")
+        try FileManager.default.createDirectory(atPath: dir + "/workspace", withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: dir + "/workspace/hold", contents: nil)
+        let serve = try startServe(in: dir, run: "own", policies: try policies())
+        defer { kill(serve.processIdentifier, SIGTERM); serve.waitUntilExit() }
+        let client = try RawClient(dir + "/s.sock")
+        client.request(1, "tool.call", .object(["callId": .string("pay"), "tool": .string("send"), "arguments": .object([:])]))
+        #expect(eventually { (try? String(contentsOfFile: dir + "/workspace/runs.log", encoding: .utf8)) == "started\n" }, "the tool never started")
+
+        // From other namespaces, with and without the boot ID: audits, a failing resolve, a
+        // reconcile. None may take the live call for dead.
+        for hidden in [false, true] {
+            let list = try wardElsewhere(["ledger", "list", "--json"], in: dir, bootIDHidden: hidden)
+            #expect(list.output.contains("\"status\":\"running\""), "\(list.output)")
+            let resolve = try wardElsewhere(["ledger", "resolve", "own", "no-such-call", "--as", "executed", "--note", "x"], in: dir, bootIDHidden: hidden)
+            #expect(resolve.status != 0 && resolve.output.contains("no call no-such-call"), "\(resolve.output)")
+            let reconcile = try wardElsewhere(["ledger", "reconcile"], in: dir, bootIDHidden: hidden)
+            #expect(reconcile.status == 0, "\(reconcile.output)")
+            let show = try wardElsewhere(["ledger", "show", "own", "pay", "--json"], in: dir, bootIDHidden: hidden)
+            #expect(show.output.contains("\"status\":\"running\""), "\(show.output)")
+        }
+        #expect(try ward(["ledger", "list", "--status", "in-doubt", "--json"], in: dir).stdout == "[]\n")
+        // Asked again meanwhile (by an agent that reconnected): waited for, never run twice.
+        let again = try RawClient(dir + "/s.sock")
+        try FileManager.default.removeItem(atPath: dir + "/workspace/hold")
+        let first = client.next()?["result"]?.objectValue
+        let second = again.call(2, "tool.call", .object(["callId": .string("pay"), "tool": .string("send"), "arguments": .object([:])]))?["result"]?.objectValue
+        #expect(first?["stdout"] == .string("sent\n") && second?["stdout"] == .string("sent\n"), "\(String(describing: first)) \(String(describing: second))")
+        #expect(try String(contentsOfFile: dir + "/workspace/runs.log", encoding: .utf8) == "started\n", "the call ran twice")
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
+    @Test func aSecondSupervisorOfARunIsRefusedAndRecordsNothing() throws {
+        let dir = temporaryDirectory("owner-run")
+        let policies = try policies()
+        let first = try startServe(in: dir, run: "one", policies: policies)
+        defer { kill(first.processIdentifier, SIGTERM); first.waitUntilExit() }
+        let before = try ward(["ledger", "export", "--run", "one"], in: dir).stdout
+        // Another socket, another PID namespace: still the same run, refused.
+        let second = try wardElsewhere(["serve", "--policies", policies, "--run-id", "one", "--socket", dir + "/other.sock"], in: dir)
+        #expect(second.status == 1 && second.output.contains("run one is served by another supervisor"), "\(second.output)")
+        #expect(try ward(["ledger", "export", "--run", "one"], in: dir).stdout == before, "the refused start recorded something")
+        // A supervisor stopped (SIGSTOP) still holds its run: no one takes it meanwhile.
+        kill(first.processIdentifier, SIGSTOP)
+        let third = try ward(["serve", "--policies", policies, "--run-id", "one", "--socket", dir + "/third.sock"], in: dir)
+        kill(first.processIdentifier, SIGCONT)
+        #expect(third.status == 1 && third.stderr.contains("served by another supervisor"), "\(third.stderr)")
+        #expect(try ward(["ledger", "export", "--run", "one"], in: dir).stdout == before)
+    }
+}
+
+@Suite("Ownership: fencing in the ledger")
+struct FencingTests {
+    @Test func anExecutionWhoseCallWasTakenRecordsNothing() throws {
+        let path = temporaryDirectory("fence") + "/l.sqlite"
+        let ledger = try Ledger(path: path)
+        let request = BeginRequest(run: "r", callId: "c", tool: "t", effect: .nonIdempotent, arguments: .object([:]),
+                                   policyHash: "p", executable: "/bin/true", attempt: 1)
+        guard case .execute(let ticket) = try ledger.begin(request) else { Issue.record("not executed"); return }
+        // Another process decided about the call meanwhile (here: in doubt, then a verdict;
+        // as a process that judged this owner dead would): written straight to the file.
+        let edit = try runProgram("/usr/bin/python3", ["-c", """
+            import sqlite3, sys
+            db = sqlite3.connect(sys.argv[1])
+            db.execute("UPDATE calls SET status = 'resolved', verdict = 'not-executed', owner = NULL WHERE call_id = 'c'")
+            db.commit()
+            """, path])
+        #expect(edit.status == 0, "\(edit.output)")
+        let outcome = ToolOutcome(status: .succeeded, exitCode: 0, signal: nil, stdout: Array("late".utf8), stderr: [], truncated: false, durationMs: 1)
+        do {
+            _ = try ledger.finish(ticket, outcome: outcome, retryFor: 0)
+            Issue.record("a fenced finish was recorded")
+        } catch {
+            #expect(error.code == .fenced, "\(error)")
+        }
+        let shown = try ledger.showCall(run: "r", callId: "c").objectValue
+        #expect(shown?["status"] == .string("resolved") && shown?["verdict"] == .string("not-executed"), "\(String(describing: shown))")
+    }
+}
