@@ -12,6 +12,21 @@ call carrying the agent's checkpoint. After the kill, `ward run --run-id SAME` i
 until the agent finishes. Invariants: every effect happened exactly once; a call was in
 doubt only if the kill could hit the window between begin and finish; the final state
 equals an uncrashed run's; `ward ledger verify` passes; no process of the run is left.
+
+Where ward itself was killed, before the restart `ward ledger reconcile` runs from another
+directory (new and empty, its cwd), with the ledger and policies named absolutely, in one
+of three ways, taken in turn (separately for runs with calls in doubt, so that the few
+such runs meet all three): plain, where the run's recorded workspace is used: it exits 0,
+nothing is left in doubt, and each call is found executed exactly when its effect is in
+effects.log; `--workspace` naming another existing directory; `--workspace workspace`,
+relative, which does not exist there. The last two are refused when a call is in doubt
+(a non-zero exit, a message naming the recorded workspace for the first) and change
+nothing (the same calls in doubt). None of the three runs an effect (effects.log
+unchanged) or makes anything in the other directory or in the other workspace. The
+column `elsewhere` shows the way, the calls in doubt before it, and ok or FAIL; `no
+ledger` where ward died before its ledger was ready (no file, or a half-made one that the
+read-only `ward ledger list` refuses): then the killed attempt recorded nothing (checked
+after the restarts: one attempt a restart), so no call can be in doubt.
 """
 import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, threading, time
 
@@ -66,6 +81,100 @@ def agent():
     os.rename("final.json.tmp", "final.json")
 
 
+def processes_in(directory):
+    """Pids working in `directory` or below it: a run's agent works in the run's directory,
+    its tools in the workspace. (No command line of theirs names the directory.)"""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+        if cwd == directory or cwd.startswith(directory + "/"):
+            found.append(int(name))
+    return found
+
+
+def wait_gone(directory, seconds=5):
+    """Waits until no process works in `directory`, up to `seconds`; returns those left.
+    Whatever ward started dies with it (PDEATHSIG, the watchdog's cgroup kill), which the
+    kernel delivers a moment later: waited for, up to a deadline, not slept on."""
+    deadline = time.time() + seconds
+    while (left := processes_in(directory)) and time.time() < deadline:
+        time.sleep(0.01)
+    return left
+
+
+class ListFailed(Exception):
+    def __init__(self, exit_code, text):
+        super().__init__(f"ward ledger list: exit {exit_code}: {text}")
+        self.exit_code = exit_code
+
+
+def in_doubt_calls(ward, ledger, run, cwd):
+    """The IDs of `run`'s calls in doubt, from `ward ledger list` run in `cwd`."""
+    r = subprocess.run([ward, "ledger", "list", "--ledger", ledger, "--run", run, "--status", "in-doubt", "--json"],
+                       cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ListFailed(r.returncode, r.stderr.strip())
+    return sorted(c["callId"] for c in json.loads(r.stdout))
+
+
+def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
+    """`ward ledger reconcile` of `run`, whose ward was killed, from the empty directory
+    `elsewhere` in `way` (see the module's docstring); `before`: the calls in doubt.
+    Returns what went wrong (empty when nothing did)."""
+    decoy = elsewhere + "-workspace"  # the other existing directory, empty
+    os.makedirs(decoy)
+    ledger = os.path.join(work, ".ward", "ledger.sqlite")
+    log = os.path.join(work, "workspace", "effects.log")
+    recorded = os.path.realpath(os.path.join(work, "workspace"))
+
+    def effects_log():
+        try:
+            with open(log, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    logged = effects_log()
+    extra = {"plain": [], "other": ["--workspace", decoy], "relative": ["--workspace", "workspace"]}[way]
+    r = subprocess.run([ward, "ledger", "reconcile", "--ledger", ledger, "--policies", policies, "--json", *extra],
+                       cwd=elsewhere, capture_output=True, text=True)
+    said = f"exit {r.returncode}: {(r.stderr.strip() or r.stdout.strip())[:200]}"
+    problems = []
+    if way == "plain":
+        if r.returncode != 0:
+            problems.append(f"plain reconcile failed ({said})")
+        else:
+            # The reconcile command looks in the recorded workspace, wherever ward runs.
+            findings = {f["callId"]: f["finding"] for f in json.loads(r.stdout)}
+            done = {line.split()[1] for line in (logged or b"").decode().splitlines()}
+            if sorted(findings) != before:
+                problems.append(f"settled {sorted(findings)}, not the calls in doubt {before}")
+            for call, finding in findings.items():
+                if finding != ("executed" if call in done else "not-executed"):
+                    problems.append(f"{call} found {finding}, but effects.log says otherwise")
+            if before and (left := in_doubt_calls(ward, ledger, run, elsewhere)):
+                problems.append(f"still in doubt after the plain reconcile: {left}")
+    elif before:
+        # Refused, and nothing settled: a reconcile command run elsewhere would find no
+        # effect and let the call run twice.
+        if r.returncode == 0:
+            problems.append(f"--workspace {extra[1]} was not refused ({said})")
+        elif not r.stderr.startswith("ward: ") or (way == "other" and recorded not in r.stderr):
+            problems.append(f"the refusal does not say where the run ran ({said})")
+        if (after := in_doubt_calls(ward, ledger, run, elsewhere)) != before:
+            problems.append(f"in doubt before {before}, after {after}")
+    if effects_log() != logged:
+        problems.append("an effect ran (effects.log changed)")
+    if made := os.listdir(elsewhere) + os.listdir(decoy):
+        problems.append(f"made {made} in the other directory or workspace")
+    return problems
+
+
 def processes_with(token, prefix=False):
     """Pids whose command line contains `token` (or starts with it, when `prefix`)."""
     found = []
@@ -84,7 +193,7 @@ def processes_with(token, prefix=False):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("ward")
+    ap.add_argument("ward", type=os.path.abspath, help="the ward binary (also run from other directories)")
     ap.add_argument("--points", type=int, default=50, help="random kills (besides every fail point)")
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args()
@@ -143,8 +252,14 @@ def main():
         scenarios.append((f"kill {target} at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": target}, target == "ward"))
 
     print(f"crash matrix: {len(scenarios)} runs, seed {seed} (replay: --seed {seed} --points {a.points})")
-    print(f"{'run':<5}{'kill':<30}{'restarts':<10}{'in-doubt':<10}{'effects':<9}{'state':<7}{'verify':<8}{'orphans':<8}")
+    print(f"{'run':<5}{'kill':<30}{'restarts':<10}{'in-doubt':<10}{'effects':<9}{'state':<7}{'verify':<8}{'orphans':<8}{'elsewhere':<17}")
     passed = failed = 0
+    # The reconciles from another directory: the next way for runs without and with calls
+    # in doubt, and the ways the runs with calls in doubt met.
+    ways = ["plain", "other", "relative"]
+    turn = {False: 0, True: 0}
+    met = {way: 0 for way in ways}
+    unready = 0
     for n, (label, how, window) in enumerate(scenarios, start=1):
         work = os.path.join(root, f"run-{n}")
         os.makedirs(work)
@@ -154,6 +269,32 @@ def main():
             ward_run(work, run, env=env)
         else:
             ward_run(work, run, kill=(how["kill"], float(label.split(" at ")[1][:-1])))
+        elsewhere, problems = "-", []
+        if "point" in how or how["kill"] == "ward":
+            wait_gone(work)
+            ledger = os.path.join(work, ".ward", "ledger.sqlite")
+            other = os.path.join(root, f"elsewhere-{n}")
+            os.makedirs(other)
+            try:
+                before = in_doubt_calls(a.ward, ledger, run, other) if os.path.exists(ledger) else None
+            except ListFailed as e:
+                # Killed while making the ledger (before any call): the read-only audits
+                # refuse a half-made one (exit 3), the next `ward run` completes it.
+                if e.exit_code != 3:
+                    problems = [str(e)]
+                before = None
+            if before is None:
+                elsewhere = "no ledger" if not problems else "error"
+                unready += not problems
+            else:
+                way = ways[turn[bool(before)] % len(ways)]
+                turn[bool(before)] += 1
+                met[way] += bool(before)
+                elsewhere = f"{way} {len(before)}"
+                try:
+                    problems = reconcile_elsewhere(a.ward, policies, work, run, way, before, other)
+                except (ListFailed, ValueError) as e:
+                    problems = [str(e)]
         restarts = 0
         while not os.path.exists(os.path.join(work, "final.json")) and restarts < 5:
             ward_run(work, run)
@@ -168,22 +309,27 @@ def main():
         events = subprocess.run([a.ward, "ledger", "export", "--run", run], cwd=work, capture_output=True, text=True).stdout
         in_doubt = sum(1 for line in events.splitlines() if '"kind":"call.in-doubt"' in line)
         doubt_ok = window or in_doubt == 0
+        # "No ledger" is checked, not assumed: the killed attempt recorded none of its own.
+        attempts = sum(1 for line in events.splitlines() if '"kind":"run.attempt"' in line)
+        if elsewhere == "no ledger" and attempts != restarts:
+            problems.append(f"no ledger before the restarts, yet {attempts} attempts recorded for {restarts} restarts")
         try:
             state_ok = open(os.path.join(work, "final.json")).read() == reference
         except OSError:
             state_ok = False
         verify_ok = subprocess.run([a.ward, "ledger", "verify"], cwd=work, capture_output=True).returncode == 0
-        # Whatever ward started dies with it (PDEATHSIG, the watchdog's cgroup kill), which
-        # the kernel delivers a moment later: waited for, up to a deadline, not slept on.
-        deadline = time.time() + 5
-        while (orphans := [p for p in processes_with(work) if p != os.getpid()]) and time.time() < deadline:
-            time.sleep(0.01)
-        ok = effects_ok and doubt_ok and state_ok and verify_ok and not orphans
+        orphans = wait_gone(work)
+        ok = effects_ok and doubt_ok and state_ok and verify_ok and not orphans and not problems
         passed += ok
         failed += not ok
         mark = lambda b: "ok" if b else "FAIL"
         print(f"{n:<5}{label:<30}{restarts:<10}{str(in_doubt) + ('' if doubt_ok else ' FAIL'):<10}{mark(effects_ok):<9}"
-              f"{mark(state_ok):<7}{mark(verify_ok):<8}{mark(not orphans):<8}", flush=True)
+              f"{mark(state_ok):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
+              f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<17}", flush=True)
+        for problem in problems:
+            print(f"     elsewhere: {problem}", flush=True)
+    print(f"elsewhere: {sum(turn.values())} reconciles from another directory, {unready} runs with no ledger yet; "
+          "runs with calls in doubt: " + ", ".join(f"{met[way]} {way}" for way in ways))
     if failed:
         print(f"failures: replay with --seed {seed} --points {a.points}; runs kept in {root}")
     else:
