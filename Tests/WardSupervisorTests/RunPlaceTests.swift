@@ -82,28 +82,12 @@ struct LedgerPlaceTests {
 /// nothing and run nothing; with the recorded one they settle correctly.
 @Suite("A run's workspace: reconcile and restart use the recorded one", .serialized)
 struct RunPlaceCommandTests {
-    /// `ward serve` on `policies` with its socket at `dir/s.sock`; returns once it listens.
-    func serve(in dir: String, run: String, policies: String, extra: [String] = [], environment: [String: String] = [:]) throws -> Process {
-        let serve = Process()
-        serve.executableURL = URL(fileURLWithPath: Paths.ward)
-        serve.arguments = ["serve", "--policies", policies, "--socket", dir + "/s.sock", "--run-id", run] + extra
-        serve.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        serve.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let out = Pipe()
-        serve.standardOutput = out
-        try serve.run()
-        _ = out.fileHandleForReading.availableData  // it prints the socket path once it listens
-        return serve
-    }
-
     @Test func reconcileFromAnywhereUsesTheRecordedWorkspaceAndRefusesAnother() throws {
         let dir = temporaryDirectory("place-run")
         let policies = try reconcilePolicies()
         // ward dies after the tool published and before its outcome was recorded.
-        let serve = try serve(in: dir, run: "pub", policies: policies, environment: ["WARD_FAILPOINTS": "before-finish=kill"])
-        let c = try RawClient(dir + "/s.sock")
-        #expect(c.call(1, "tool.call", .object(["callId": .string("p1"), "tool": .string("publish"), "arguments": .object(["page": .string("index")])])) == nil)
-        serve.waitUntilExit()
+        try callUntilWardDies(in: dir, run: "pub", policies: policies, failpoint: "before-finish=kill",
+                              .object(["callId": .string("p1"), "tool": .string("publish"), "arguments": .object(["page": .string("index")])]))
         let published = dir + "/workspace/published.log"
         #expect(try String(contentsOfFile: published, encoding: .utf8).split(separator: "\n").count == 1)
 
@@ -149,13 +133,13 @@ struct RunPlaceCommandTests {
     @Test func aLaterAttemptUsesTheRecordedWorkspaceFromAnotherDirectory() throws {
         let dir = temporaryDirectory("place-restart")
         let policies = try reconcilePolicies()
-        let first = try serve(in: dir, run: "later", policies: policies)
+        let first = try startServe(in: dir, run: "later", policies: policies)
         first.terminate()
         first.waitUntilExit()
         // Started from elsewhere without --workspace: the run's own workspace is used.
         let elsewhere = temporaryDirectory("elsewhere")
         let ledger = dir + "/.ward/ledger.sqlite"
-        let second = try serve(in: elsewhere, run: "later", policies: policies, extra: ["--ledger", ledger])
+        let second = try startServe(in: elsewhere, run: "later", policies: policies, extra: ["--ledger", ledger])
         let c = try RawClient(elsewhere + "/s.sock")
         _ = c.call(1, "tool.call", .object(["callId": .string("p2"), "tool": .string("publish"), "arguments": .object(["page": .string("a")])]))
         second.terminate()

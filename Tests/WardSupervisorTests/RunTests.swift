@@ -34,12 +34,13 @@ func runProgram(_ path: String, _ args: [String], in directory: String? = nil, e
     return (p.terminationStatus, text)
 }
 
-/// Starts `ward serve` on the shipped policies with its socket at `dir/s.sock`; returns once
-/// it listens.
-func startServe(in dir: String, run: String, environment: [String: String] = [:]) throws -> Process {
+/// Starts `ward serve` in `dir` on `policies` (the shipped ones unless given) with its socket
+/// at `dir/s.sock`; returns once it listens.
+func startServe(in dir: String, run: String, policies: String = Paths.repository + "/policies", extra: [String] = [],
+                environment: [String: String] = [:]) throws -> Process {
     let serve = Process()
     serve.executableURL = URL(fileURLWithPath: Paths.ward)
-    serve.arguments = ["serve", "--policies", Paths.repository + "/policies", "--socket", dir + "/s.sock", "--run-id", run]
+    serve.arguments = ["serve", "--policies", policies, "--socket", dir + "/s.sock", "--run-id", run] + extra
     serve.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     serve.currentDirectoryURL = URL(fileURLWithPath: dir)
     let out = Pipe()
@@ -48,6 +49,29 @@ func startServe(in dir: String, run: String, environment: [String: String] = [:]
     // It prints the socket path once it listens; the drain goes on reading after that.
     try #require(OutputDrain(out.fileHandleForReading).wait(for: "\n"), "ward serve never listened")
     return serve
+}
+
+/// Asks `ward serve` in `dir`, armed with the fail point `failpoint`, for one `tool.call` and
+/// waits for ward to die at it: the call is left as a crash of ward leaves it.
+func callUntilWardDies(in dir: String, run: String, policies: String = Paths.repository + "/policies", failpoint: String,
+                       _ params: JSONValue, environment: [String: String] = [:],
+                       sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let serve = try startServe(in: dir, run: run, policies: policies, environment: environment.merging(["WARD_FAILPOINTS": failpoint]) { $1 })
+    let reply = try RawClient(dir + "/s.sock").call(1, "tool.call", params)
+    serve.waitUntilExit()
+    #expect(reply == nil && serve.terminationReason == .uncaughtSignal, "ward did not die at \(failpoint): \(String(describing: reply))",
+            sourceLocation: sourceLocation)
+}
+
+/// Asks a fresh `ward serve` in `dir` for one `tool.call`; its response, once ward is stopped.
+func callOnce(in dir: String, run: String, policies: String = Paths.repository + "/policies", _ params: JSONValue,
+              environment: [String: String] = [:]) throws -> [String: JSONValue]? {
+    let serve = try startServe(in: dir, run: run, policies: policies, environment: environment)
+    defer {
+        serve.terminate()
+        serve.waitUntilExit()
+    }
+    return try RawClient(dir + "/s.sock").call(1, "tool.call", params)
 }
 
 let agentScript = """
