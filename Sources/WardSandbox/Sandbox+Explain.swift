@@ -19,7 +19,11 @@ extension Sandbox {
         func row(_ key: String, _ value: String) { lines.append(key.padding(to: 11) + value) }
         row("tool", policy.name + "  (" + policy.file + ")")
         if let d = policy.description { row("about", d) }
-        row("command", policy.command.map { $0.contains(" ") || $0.contains("\n") ? "'" + $0.replacingNewlines() + "'" : $0 }.joined(separator: " "))
+        // An argv on one line: a script's lines joined, an element with spaces quoted.
+        func argv(_ command: [String]) -> String {
+            command.map { $0.contains(" ") || $0.contains("\n") ? "'" + $0.replacingNewlines() + "'" : $0 }.joined(separator: " ")
+        }
+        row("command", argv(policy.command))
         row("arguments", policy.placeholders.isEmpty ? "(none)" : policy.placeholders.joined(separator: ", "))
         row("effect", policy.effect.rawValue)
         let networkText: String
@@ -47,7 +51,7 @@ extension Sandbox {
         }.joined(separator: "\n" + "".padding(to: 11)))
         row("read", policy.read.map(expand).joined(separator: "\n" + "".padding(to: 11)))
         row("write", policy.write.isEmpty ? "(nothing)" : policy.write.map(expand).joined(separator: "\n" + "".padding(to: 11)))
-        if let r = policy.reconcile { row("reconcile", r.joined(separator: " ")) }
+        if let r = policy.reconcile { row("reconcile", argv(r)) }
         row("syscalls", "\(policy.syscalls.count) allowed: " + policy.syscalls.joined(separator: " "))
         row("always", "clone3/new mount API → ENOSYS; clone/unshare without namespace flags only; ioctl TIOCSTI/TIOCLINUX → EPERM; personality PER_LINUX only; foreign ABIs killed")
         row("landlock", features.landlockABI > 0 ? "ABI \(features.landlockABI): only the roots above\(features.landlockABI >= 6 ? "; abstract sockets and signals scoped" : "")" : "UNAVAILABLE: paths not confined")

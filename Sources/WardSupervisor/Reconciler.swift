@@ -1,3 +1,4 @@
+import Foundation
 import WardCore
 import WardLedger
 import WardSandbox
@@ -22,6 +23,10 @@ public struct Reconciler: Sendable {
         /// Still in doubt, and why.
         case undecided(String)
     }
+
+    /// How much of an undecided reconcile command's stderr its reason quotes (the end: a
+    /// program's last words say why it gave up).
+    static let reasonLimit = 1000
 
     /// The environment every tool process of a call gets (DESIGN.md, Agent protocol).
     public static func environment(run: String, callId: String) -> [(String, String)] {
@@ -49,7 +54,10 @@ public struct Reconciler: Sendable {
             return .notExecuted
         default:
             let detail = outcome.exitCode.map { "exited \($0)" } ?? outcome.status.rawValue
-            return .undecided("the reconcile command \(detail)")
+            // Its stderr is its reason ("cannot tell whether `git push` happened…"): the
+            // operator who must settle the call by hand reads it in `ward ledger reconcile`.
+            let said = String(decoding: outcome.stderr.suffix(Reconciler.reasonLimit), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            return .undecided("the reconcile command \(detail)" + (said.isEmpty ? "" : ": " + said))
         }
     }
 

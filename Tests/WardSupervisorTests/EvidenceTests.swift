@@ -87,10 +87,8 @@ struct EvidenceTests {
 
     @Test func aToolThatEndedBeforeWardDiedShowsHowItEnded() throws {
         let dir = temporaryDirectory("evidence-ended")
-        let serve = try startServe(in: dir, run: "ev", policies: try policies(), environment: ["WARD_FAILPOINTS": "before-finish=kill"])
-        let client = try RawClient(dir + "/s.sock")
-        #expect(client.call(1, "tool.call", .object(["callId": .string("m1"), "tool": .string("quick"), "arguments": .object(["to": .string("bob")])])) == nil)
-        serve.waitUntilExit()
+        try callUntilWardDies(in: dir, run: "ev", policies: try policies(), failpoint: "before-finish=kill",
+                              .object(["callId": .string("m1"), "tool": .string("quick"), "arguments": .object(["to": .string("bob")])]))
         let evidence = try #require(try show(dir, "ev", "m1")["inDoubt"]?.objectValue)
         #expect(evidence["stdoutSoFar"] == .string("sent bob\n"))
         let exit = try #require(evidence["toolExit"]?.objectValue, "\(evidence)")

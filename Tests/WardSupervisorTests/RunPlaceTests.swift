@@ -86,10 +86,8 @@ struct RunPlaceCommandTests {
         let dir = temporaryDirectory("place-run")
         let policies = try reconcilePolicies()
         // ward dies after the tool published and before its outcome was recorded.
-        let serve = try startServe(in: dir, run: "pub", policies: policies, environment: ["WARD_FAILPOINTS": "before-finish=kill"])
-        let c = try RawClient(dir + "/s.sock")
-        #expect(c.call(1, "tool.call", .object(["callId": .string("p1"), "tool": .string("publish"), "arguments": .object(["page": .string("index")])])) == nil)
-        serve.waitUntilExit()
+        try callUntilWardDies(in: dir, run: "pub", policies: policies, failpoint: "before-finish=kill",
+                              .object(["callId": .string("p1"), "tool": .string("publish"), "arguments": .object(["page": .string("index")])]))
         let published = dir + "/workspace/published.log"
         #expect(try String(contentsOfFile: published, encoding: .utf8).split(separator: "\n").count == 1)
 

@@ -51,6 +51,29 @@ func startServe(in dir: String, run: String, policies: String = Paths.repository
     return serve
 }
 
+/// Asks `ward serve` in `dir`, armed with the fail point `failpoint`, for one `tool.call` and
+/// waits for ward to die at it: the call is left as a crash of ward leaves it.
+func callUntilWardDies(in dir: String, run: String, policies: String = Paths.repository + "/policies", failpoint: String,
+                       _ params: JSONValue, environment: [String: String] = [:],
+                       sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let serve = try startServe(in: dir, run: run, policies: policies, environment: environment.merging(["WARD_FAILPOINTS": failpoint]) { $1 })
+    let reply = try RawClient(dir + "/s.sock").call(1, "tool.call", params)
+    serve.waitUntilExit()
+    #expect(reply == nil && serve.terminationReason == .uncaughtSignal, "ward did not die at \(failpoint): \(String(describing: reply))",
+            sourceLocation: sourceLocation)
+}
+
+/// Asks a fresh `ward serve` in `dir` for one `tool.call`; its response, once ward is stopped.
+func callOnce(in dir: String, run: String, policies: String = Paths.repository + "/policies", _ params: JSONValue,
+              environment: [String: String] = [:]) throws -> [String: JSONValue]? {
+    let serve = try startServe(in: dir, run: run, policies: policies, environment: environment)
+    defer {
+        serve.terminate()
+        serve.waitUntilExit()
+    }
+    return try RawClient(dir + "/s.sock").call(1, "tool.call", params)
+}
+
 let agentScript = """
 import os, sys
 sys.path.insert(0, sys.argv[1])

@@ -57,6 +57,13 @@ public final class OutputDrain: @unchecked Sendable {
         return data
     }
 
+    /// What the writer wrote so far, as text (after `wait(for:)`, to read what it announced).
+    public func textSoFar() -> String {
+        condition.lock()
+        defer { condition.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// `all()` as text.
     public func text(within seconds: Double = 60) -> String { String(decoding: all(within: seconds), as: UTF8.self) }
 }
