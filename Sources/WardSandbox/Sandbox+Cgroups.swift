@@ -203,7 +203,10 @@ final class CgroupSlot: @unchecked Sendable {
     }
 }
 
-/// The pool of call cgroups of this process, under `<own cgroup>/ward-<pid>/`.
+/// The pool of call cgroups of this process, under `<own cgroup>/ward-<random>/`, each
+/// directory `flock`ed for the pool's life. A pool is abandoned when its lock is free: the
+/// kernel releases it when the process dies, so another ward (in any PID namespace, even
+/// where this one is pid 1) can tell a live pool from a dead one without guessing from pids.
 final class CgroupPool: Sendable {
     private struct State {
         var free: [CgroupSlot] = []
@@ -212,6 +215,8 @@ final class CgroupPool: Sendable {
 
     let roots: [(path: String, isV2: Bool, kind: String)]
     let v2Controllers: Set<String>
+    /// The pool's directories, opened and locked (see the type's comment).
+    private let lockFDs: [Int32]
     /// The write end of the watchdog's pipe (see `ward_watchdog_start`): if this process
     /// dies, the watchdog kills every call still running in these cgroups.
     let watchdogFD: Int32
@@ -219,14 +224,12 @@ final class CgroupPool: Sendable {
     var limitsProcesses: Bool { v2Controllers.contains("pids") || roots.contains { $0.kind == "pids" } }
     private let state = Lock(State())
 
-    /// Creates `ward-<pid>` in every usable hierarchy; nil when no hierarchy can kill a tree
-    /// (neither a writable v2 cgroup nor v1 pids), in which case calls use a PID namespace.
-    /// Distinguishes the pools of one process (several sandboxes may live side by side).
-    private static let instances = Atomic<Int>(0)
-
+    /// Creates `ward-<random>` in every usable hierarchy; nil when no hierarchy can kill a
+    /// tree (neither a writable v2 cgroup nor v1 pids), in which case calls use a PID namespace.
     init?(layout: CgroupLayout) {
         // Unique per pool: two pools sharing a directory would kill each other's calls.
-        let name = "ward-\(getpid())-\(CgroupPool.instances.add(1, ordering: .relaxed).newValue)"
+        var rng = SystemRandomNumberGenerator()
+        let name = "ward-" + String((0..<16).map { _ in "0123456789abcdef".randomElement(using: &rng)! })
         for root in [layout.v2, layout.v1Pids, layout.v1Memory].compactMap({ $0 }) { CgroupPool.sweepStale(in: root) }
         var roots: [(String, Bool, String)] = []
         var controllers: Set<String> = []
@@ -251,12 +254,16 @@ final class CgroupPool: Sendable {
         if let memory = layout.v1Memory, !controllers.contains("memory"), CgroupPool.makeDirectory(memory + "/" + name) {
             roots.append((memory + "/" + name, false, "memory"))
         }
-        guard roots.contains(where: { $0.1 || $0.2 == "pids" }) else {
+        // Unlocked, the pool would look abandoned to every other ward.
+        let locks = roots.map { CgroupPool.lock($0.0) }
+        guard roots.contains(where: { $0.1 || $0.2 == "pids" }), !locks.contains(-1) else {
+            for fd in locks where fd >= 0 { close(fd) }
             for root in roots { rmdir(root.0) }
             return nil
         }
         self.roots = roots
         self.v2Controllers = controllers
+        lockFDs = locks
         var cPaths = roots.map { strdup($0.0) }
         defer { for p in cPaths { free(p) } }
         watchdogFD = cPaths.withUnsafeMutableBufferPointer { buf in
@@ -268,21 +275,46 @@ final class CgroupPool: Sendable {
         mkdir(path, 0o755) == 0
     }
 
+    /// The directory opened and locked, or -1.
+    private static func lock(_ path: String) -> Int32 {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return -1 }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            close(fd)
+            return -1
+        }
+        return fd
+    }
+
     /// Removes the call cgroups of ward processes that died without cleaning up (SIGKILL):
     /// whatever still runs in them is killed first, so no tool of a dead supervisor lingers.
+    /// A pool is swept only when its lock can be taken, and only if it is older than a second
+    /// (a live pool is locked a moment after its directory is made).
     static func sweepStale(in root: String) {
         guard let dir = opendir(root) else { return }
-        var stale: [String] = []
+        var stale: [(path: String, lock: Int32)] = []
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
         while let entry = readdir(dir) {
             let name = withUnsafePointer(to: entry.pointee.d_name) {
                 $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
             }
+            let path = root + "/" + name
             let parts = name.split(separator: "-")
-            guard parts.count == 3, parts[0] == "ward", let pid = pid_t(parts[1]) else { continue }
-            if kill(pid, 0) != 0 && errno == ESRCH { stale.append(root + "/" + name) }
+            if parts.count == 3, parts[0] == "ward", let pid = pid_t(parts[1]) {
+                // A pool of a ward from before pool locks: only its pid can say.
+                if kill(pid, 0) != 0 && errno == ESRCH { stale.append((path, -1)) }
+                continue
+            }
+            guard parts.count == 2, parts[0] == "ward", parts[1].utf8.count == 16 else { continue }
+            var st = stat()
+            guard stat(path, &st) == 0, st.st_ctim.tv_sec + 1 < now.tv_sec else { continue }
+            let fd = CgroupPool.lock(path)
+            if fd >= 0 { stale.append((path, fd)) }
         }
         closedir(dir)
-        for pool in stale {
+        for (pool, lock) in stale {
+            defer { if lock >= 0 { close(lock) } }
             guard let sub = opendir(pool) else { continue }
             var calls: [String] = []
             while let entry = readdir(sub) {
@@ -356,6 +388,7 @@ final class CgroupPool: Sendable {
             for dir in slot.directories { rmdir(dir) }
         }
         for root in roots { rmdir(root.path) }
+        for fd in lockFDs where fd >= 0 { close(fd) }
         if watchdogFD >= 0 { close(watchdogFD) }
     }
 }

@@ -78,6 +78,71 @@ struct OwnershipTests {
     }
 }
 
+@Suite("Ownership: cgroup pools", .serialized, .enabled(if: geteuid() == 0 && access("/sys/fs/cgroup", W_OK) == 0, "cgroup pools need root and cgroups"))
+struct CgroupPoolOwnershipTests {
+    /// A tool that prints its cgroup (one line per hierarchy).
+    func policies() throws -> String {
+        try testPolicies("pool-policies", tools: #"""
+        [tools.where]
+        command = ["/bin/cat", "/proc/self/cgroup"]
+        read = ["/proc"]
+        effect = "read-only"
+        """#)
+    }
+
+    /// The pool directories a call ran in: the parents of its call cgroups, one per
+    /// hierarchy ("N:CONTROLLERS:/ward-…/call-…" in /proc/self/cgroup).
+    func pools(_ cgroupLines: String) -> [String] {
+        cgroupLines.split(separator: "\n").compactMap { line -> String? in
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3, parts[2].contains("/ward-") else { return nil }
+            let unified = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/unified") ? "/sys/fs/cgroup/unified" : "/sys/fs/cgroup"
+            let mount = parts[1].isEmpty ? unified : "/sys/fs/cgroup/" + parts[1]
+            return mount + String(parts[2][..<parts[2].lastIndex(of: "/")!])
+        }
+    }
+
+    func callWhere(_ client: RawClient, _ id: Int) -> String? {
+        client.call(id, "tool.call", .object(["callId": .string("w\(id)"), "tool": .string("where"), "arguments": .object([:])]))?["result"]?.objectValue?["stdout"]?.stringValue
+    }
+
+    @Test func aLivePoolSurvivesAWardInAnotherPIDNamespaceAndADeadOneIsSwept() throws {
+        let dir = temporaryDirectory("pool-live")
+        let policies = try policies()
+        let live = try startServe(in: dir, run: "live", policies: policies)
+        defer { kill(live.processIdentifier, SIGTERM); live.waitUntilExit() }
+        let client = try RawClient(dir + "/s.sock")
+        let first = try #require(callWhere(client, 1))
+        let livePools = pools(first)
+        try #require(!livePools.isEmpty, "no pool in \(first)")
+        // Old enough to be swept if it looked abandoned.
+        #expect(eventually { livePools.allSatisfy { p in
+            var st = stat(); var now = timespec(); clock_gettime(CLOCK_REALTIME, &now)
+            return stat(p, &st) == 0 && st.st_ctim.tv_sec + 2 < now.tv_sec
+        } })
+
+        // A ward that dies by SIGKILL leaves its pool behind.
+        let deadDir = temporaryDirectory("pool-dead")
+        let dead = try startServe(in: deadDir, run: "dead", policies: policies)
+        let deadPools = pools(try #require(callWhere(try RawClient(deadDir + "/s.sock"), 1)))
+        kill(dead.processIdentifier, SIGKILL)
+        dead.waitUntilExit()
+        #expect(eventually { deadPools.allSatisfy { p in
+            var st = stat(); var now = timespec(); clock_gettime(CLOCK_REALTIME, &now)
+            return stat(p, &st) == 0 && st.st_ctim.tv_sec + 2 < now.tv_sec
+        } }, "the dead ward's pool is not there to sweep")
+
+        // Another ward, in its own PID namespace (where neither pid exists), makes its pool.
+        let other = try runProgram("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", Paths.ward, "sandbox", "--policies", policies,
+                                                        "--workspace", temporaryDirectory("pool-ws"), "where"])
+        #expect(other.status == 0, "\(other.output)")
+        for p in livePools { #expect(FileManager.default.fileExists(atPath: p), "a live ward's pool \(p) was swept") }
+        for p in deadPools { #expect(!FileManager.default.fileExists(atPath: p), "an abandoned pool \(p) was left") }
+        // The live ward's calls still run in their cgroups.
+        #expect(callWhere(client, 2).map(pools) == livePools)
+    }
+}
+
 @Suite("Ownership: fencing in the ledger")
 struct FencingTests {
     @Test func anExecutionWhoseCallWasTakenRecordsNothing() throws {
