@@ -1,3 +1,4 @@
+import GRDB
 import WardCore
 
 #if canImport(Glibc)
@@ -154,5 +155,32 @@ extension Ledger {
         _ = ftruncate(fd, 0)
         _ = pwrite(fd, details, details.count, 0)
         return RunLock(fd: fd)
+    }
+}
+
+extension Ledger {
+    /// Runs `body` holding the reconcile lock of one call (`LEDGER-locks/reconcile-KEY`):
+    /// two processes or threads reconciling the same in-doubt call take turns, so its
+    /// reconcile command runs once and the second finds the call settled.
+    public func withReconcileLock<T>(run: String, callId: String, _ body: () throws(LedgerError) -> T) throws(LedgerError) -> T {
+        try Ledger.makeDirectory(lockDirectory)
+        let file = lockDirectory + "/reconcile-" + Ledger.idempotencyKey(run: run, callId: callId)
+        let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the reconcile lock \(file): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        // Waits for the other reconciler: its command is bounded by the tool's timeout.
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw LedgerError(.storage, "cannot take the reconcile lock \(file): \(String(cString: strerror(errno)))") }
+        }
+        return try body()
+    }
+
+    /// A call's status and verdict, nil when there is no such call.
+    public func settlement(run: String, callId: String) throws(LedgerError) -> (status: String, verdict: Verdict?)? {
+        try read("reading call \(callId)") { db in
+            try Row.fetchOne(db, sql: "SELECT status, verdict FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]).map { row in
+                (row["status"], (row["verdict"] as String?).flatMap(Verdict.init(rawValue:)))
+            }
+        }
     }
 }

@@ -33,8 +33,20 @@ public struct Reconciler: Sendable {
         [("WARD_RUN_ID", run), ("WARD_CALL_ID", callId), ("WARD_IDEMPOTENCY_KEY", Ledger.idempotencyKey(run: run, callId: callId))]
     }
 
-    /// Tries to settle one in-doubt call.
+    /// Tries to settle one in-doubt call. One reconcile per call at a time, across
+    /// processes: a second request waits, then finds the first one's verdict.
     public func reconcile(_ call: InDoubtCall) throws(LedgerError) -> Finding {
+        try ledger.withReconcileLock(run: call.run, callId: call.callId) { () throws(LedgerError) -> Finding in
+            switch try ledger.settlement(run: call.run, callId: call.callId) {
+            case ("in-doubt", _)?: return try reconcileNow(call)
+            case (_, .executed?)?: return .executed
+            case nil: return .undecided("call \(call.callId) of run \(call.run) is no longer in the ledger")
+            default: return .notExecuted  // settled not-executed meanwhile (and maybe running again)
+            }
+        }
+    }
+
+    private func reconcileNow(_ call: InDoubtCall) throws(LedgerError) -> Finding {
         guard let policy = sandbox.policies.tools[call.tool] else { return .undecided("tool \(call.tool) is no longer in the policies") }
         guard policy.reconcile != nil else { return .undecided("tool \(call.tool) has no reconcile command") }
         let outcome: ToolOutcome

@@ -5,6 +5,7 @@ import WardLedger
 import WardPolicy
 import WardSandbox
 import WardSupervisor
+import WardTestSupport
 
 func temporaryDirectory(_ label: String) -> String {
     var template = Array("/tmp/ward-supervisor-test-\(label)-XXXXXX".utf8CString)
@@ -97,5 +98,36 @@ struct ReconcilerTests {
             guard case .undecided = finding else { Issue.record("decided: \(finding)"); continue }
         }
         #expect(try ledger.inDoubtCalls().count == 2)
+    }
+
+    @Test func twoReconcilesOfOneCallRunItsCommandOnce() throws {
+        let ws = temporaryDirectory("ws")
+        let policies = try testPolicies("policies", tools: #"""
+            [tools.check]
+            command = ["/bin/true"]
+            reconcile = ["/bin/sh", "-c", "echo x >> reconciled.log; while [ -e hold ]; do sleep 0.01; done; echo found"]
+            """#)
+        let sandbox = try Sandbox(policies: try PolicyLoader.load(directory: policies), workspace: ws)
+        let ledger = try Ledger(path: temporaryDirectory("ledger") + "/l.sqlite")
+        try crash(ledger, tool: "check", call: "c1")
+        let call = try #require(try ledger.inDoubtCalls().first)
+        _ = FileManager.default.createFile(atPath: ws + "/hold", contents: nil)
+        let findings = Lock<[Reconciler.Finding]>([]), second = Lock<String?>(nil)
+        let reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
+        let first = Thread { if let f = try? reconciler.reconcile(call) { findings.withLock { $0.append(f) } } }
+        first.start()
+        #expect(eventually { (try? String(contentsOfFile: ws + "/reconciled.log", encoding: .utf8)) == "x\n" }, "the first reconcile never ran")
+        let other = Thread {
+            second.withLock { $0 = Processes.currentThread() }
+            if let f = try? reconciler.reconcile(call) { findings.withLock { $0.append(f) } }
+        }
+        other.start()
+        // The second waits for the first's lock (flock is syscall 73 on x86_64)…
+        #expect(eventually { second.withLock { $0 }.flatMap(Processes.blockedSyscall)?.first == 73 }, "the second reconcile did not wait")
+        try FileManager.default.removeItem(atPath: ws + "/hold")
+        // …then finds the call settled: one run of the command, the same verdict for both.
+        #expect(eventually { findings.withLock { $0.count } == 2 }, "a reconcile failed: \(findings.withLock { $0 })")
+        #expect(findings.withLock { $0 } == [.executed, .executed])
+        #expect(try String(contentsOfFile: ws + "/reconciled.log", encoding: .utf8) == "x\n", "the reconcile command ran twice")
     }
 }
