@@ -72,6 +72,10 @@ extension Ledger {
         }
     }
 
+    /// The lock file of this handle's owner lock, once it has one (for tests that stand in
+    /// for a crashed supervisor).
+    public var ownerLockPath: String? { owner.withLock { $0.map { lockDirectory + "/" + OwnerLock.prefix + $0.token } } }
+
     /// Whether the owner recorded for a running call is alive, dead or cannot be told.
     func ownerState(_ owner: String?) -> OwnerState {
         guard let owner else { return .unknown("no owner is recorded") }

@@ -141,7 +141,7 @@ struct LedgerProcessTests {
             _ = try ledger.startAttempt(run: "demo")
             let t = try #require(try ledger.begin(request("c1", run: "demo", checkpoint: Array(#"{"step":1}"#.utf8))).ticket)
             _ = try ledger.finish(t, outcome: outcome("hello"))
-            _ = try Ledger(path: path).begin(request("c2", run: "demo"))
+            try beginThenCrash(ledgerAt: path, request("c2", run: "demo"))
         }
         let w = Binaries.ward
         let list = try Binaries.run(w, ["ledger", "list", "--ledger", path])

@@ -104,11 +104,8 @@ struct LedgerCallTests {
 
     @Test func nonIdempotentCallOfADeadProcessBecomesInDoubtUntilResolved() throws {
         let path = temporaryLedgerPath()
-        do {
-            let crashed = try Ledger(path: path)
-            _ = try #require(try crashed.begin(request("send-email")).ticket)
-            // …and the supervisor dies before finish.
-        }
+        // …and the supervisor dies before finish.
+        try beginThenCrash(ledgerAt: path, request("send-email"))
         let ledger = try Ledger(path: path)
         #expect(try ledger.listCalls(run: "r1").first?.status == "in-doubt")
         expectLedgerError(.inDoubt) { _ = try ledger.begin(request("send-email")) }
@@ -122,7 +119,7 @@ struct LedgerCallTests {
 
     @Test func resolvedExecutedReplaysTheVerdict() throws {
         let path = temporaryLedgerPath()
-        _ = try Ledger(path: path).begin(request("publish"))
+        try beginThenCrash(ledgerAt: path, request("publish"))
         let ledger = try Ledger(path: path)
         try ledger.resolve(run: "r1", callId: "publish", as: .executed, note: "reconciled", by: "reconcile", output: Array("already published".utf8))
         let r = try #require(try ledger.begin(request("publish")).replayed)
@@ -133,7 +130,7 @@ struct LedgerCallTests {
     @Test("idempotent and read-only calls of a dead process simply run again", arguments: [CallEffect.idempotent, .readOnly])
     func retryable(effect: CallEffect) throws {
         let path = temporaryLedgerPath()
-        _ = try Ledger(path: path).begin(request("c1", effect: effect))
+        try beginThenCrash(ledgerAt: path, request("c1", effect: effect))
         let ledger = try Ledger(path: path)
         #expect(try ledger.listCalls(run: "r1").first?.status == "running")
         let t = try #require(try ledger.begin(request("c1", effect: effect, attempt: 2)).ticket)

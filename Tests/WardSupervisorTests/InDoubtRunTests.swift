@@ -14,7 +14,7 @@ struct InDoubtRunTests {
     func workdirWithCallInDoubt() throws -> (dir: String, args: [String]) {
         let dir = temporaryDirectory("waits")
         try agentScript.write(toFile: dir + "/agent.py", atomically: true, encoding: .utf8)
-        _ = try Ledger(path: dir + "/.ward/ledger.sqlite").begin(BeginRequest(
+        try beginThenCrash(ledgerAt: dir + "/.ward/ledger.sqlite", BeginRequest(
             run: "waits", callId: "s0", tool: "shell", effect: .nonIdempotent, arguments: .object(["command": .string("echo 0 >> effects.log; ")]),
             policyHash: "p", executable: "/bin/sh", attempt: 1))
         return (dir, ["run", "--policies", Paths.repository + "/policies", "--run-id", "waits", "--socket", dir + "/s.sock", "--", "python3", "agent.py", Paths.repository + "/Scripts"])

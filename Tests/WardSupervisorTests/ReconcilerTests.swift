@@ -56,7 +56,7 @@ struct ReconcilerTests {
 
     /// A supervisor that crashed between `begin` and `finish` of `call`.
     func crash(_ ledger: Ledger, tool: String, call: String, page: String = "index") throws {
-        _ = try Ledger(path: ledger.path).begin(BeginRequest(
+        try beginThenCrash(ledgerAt: ledger.path, BeginRequest(
             run: "r", callId: call, tool: tool, effect: .nonIdempotent, arguments: .object(["page": .string(page)]),
             policyHash: "p", executable: "/bin/sh", attempt: 1))
     }

@@ -188,7 +188,7 @@ struct ServerTests {
 
     @Test func inDoubtCallsAreListedAndRefused() throws {
         let ledgerPath = temporaryDirectory("ledger") + "/l.sqlite"
-        _ = try Ledger(path: ledgerPath).begin(BeginRequest(
+        try beginThenCrash(ledgerAt: ledgerPath, BeginRequest(
             run: "r1", callId: "mail", tool: "shell", effect: .nonIdempotent, arguments: .object(["command": .string("send")]),
             policyHash: "p", executable: "/bin/sh", attempt: 1))
         let t = try TestServer(ledgerPath: ledgerPath)

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WardCore
 import WardLedger
+import WardTestSupport
 @testable import WardSupervisor
 
 /// An operator's verdict reaches the agent: a call resolved `not-executed` is not completed
@@ -12,7 +13,7 @@ struct VerdictTests {
     func serverWithCallsInDoubt() throws -> (TestServer, RawClient) {
         let ledgerPath = temporaryDirectory("ledger") + "/l.sqlite"
         for (id, command) in [("mail", "echo sent >> mail.log; echo mailed"), ("post", "echo posted >> post.log")] {
-            _ = try Ledger(path: ledgerPath).begin(BeginRequest(
+            try beginThenCrash(ledgerAt: ledgerPath, BeginRequest(
                 run: "r1", callId: id, tool: "shell", effect: .nonIdempotent, arguments: .object(["command": .string(command)]),
                 policyHash: "p", executable: "/bin/sh", attempt: 1))
         }
