@@ -275,6 +275,12 @@ final class CgroupPool: Sendable {
         mkdir(path, 0o755) == 0
     }
 
+    /// The kernel gives the initial PID namespace a fixed inode (PROC_PID_INIT_INO).
+    static let inInitialPIDNamespace: Bool = {
+        var st = stat()
+        return stat("/proc/self/ns/pid", &st) == 0 && st.st_ino == 0xEFFF_FFFC
+    }()
+
     /// The directory opened and locked, or -1.
     private static func lock(_ path: String) -> Int32 {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -302,8 +308,10 @@ final class CgroupPool: Sendable {
             let path = root + "/" + name
             let parts = name.split(separator: "-")
             if parts.count == 3, parts[0] == "ward", let pid = pid_t(parts[1]) {
-                // A pool of a ward from before pool locks: only its pid can say.
-                if kill(pid, 0) != 0 && errno == ESRCH { stale.append((path, -1)) }
+                // A pool of a ward from before pool locks: only its pid can say, and only in
+                // the initial PID namespace, which sees every process (from any other, a live
+                // ward's pid looks free).
+                if CgroupPool.inInitialPIDNamespace && kill(pid, 0) != 0 && errno == ESRCH { stale.append((path, -1)) }
                 continue
             }
             guard parts.count == 2, parts[0] == "ward", parts[1].utf8.count == 16 else { continue }

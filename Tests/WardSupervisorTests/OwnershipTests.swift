@@ -132,12 +132,20 @@ struct CgroupPoolOwnershipTests {
             return stat(p, &st) == 0 && st.st_ctim.tv_sec + 2 < now.tv_sec
         } }, "the dead ward's pool is not there to sweep")
 
+        // A pool named the old way (by pid), of a live process: its pid is free in another
+        // PID namespace, which must not take that for death.
+        let root = String(livePools[0][..<livePools[0].lastIndex(of: "/")!])
+        let legacy = root + "/ward-\(getpid())-999"
+        #expect(mkdir(legacy, 0o755) == 0, "cannot make \(legacy)")
+        defer { rmdir(legacy) }
+
         // Another ward, in its own PID namespace (where neither pid exists), makes its pool.
         let other = try runProgram("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", Paths.ward, "sandbox", "--policies", policies,
                                                         "--workspace", temporaryDirectory("pool-ws"), "where"])
         #expect(other.status == 0, "\(other.output)")
         for p in livePools { #expect(FileManager.default.fileExists(atPath: p), "a live ward's pool \(p) was swept") }
         for p in deadPools { #expect(!FileManager.default.fileExists(atPath: p), "an abandoned pool \(p) was left") }
+        #expect(FileManager.default.fileExists(atPath: legacy), "a live process's pool was swept by pid from another namespace")
         // The live ward's calls still run in their cgroups.
         #expect(callWhere(client, 2).map(pools) == livePools)
     }
