@@ -83,7 +83,7 @@ public final class Ledger: Sendable {
         config.busyMode = .timeout(busyTimeout)
         config.readonly = readOnly
         do {
-            pool = try DatabasePool(path: path, configuration: config)
+            pool = try DatabasePool(path: readOnly && Ledger.isOnReadOnlyMedia(path) ? Ledger.immutableURI(path) : path, configuration: config)
             // Set on the writer after the pool is open: GRDB's WAL set-up runs after
             // prepareDatabase and sets NORMAL, which would silently drop FULL's fsync per commit.
             if !readOnly {
@@ -111,6 +111,27 @@ public final class Ledger: Sendable {
         } catch {
             throw Ledger.map(error, doing: "reading PRAGMA synchronous")
         }
+    }
+
+    /// Whether `path` lies on a file system mounted read-only (an archive, a snapshot).
+    static func isOnReadOnlyMedia(_ path: String) -> Bool {
+        var st = statvfs()
+        return statvfs(path, &st) == 0 && st.f_flag & UInt(ST_RDONLY) != 0
+    }
+
+    /// A WAL ledger whose `-shm` is missing can only be read where it can be made, or as
+    /// immutable: on read-only media nothing can change it, so immutable is the truth.
+    static func immutableURI(_ path: String) -> String {
+        var escaped = ""
+        for c in path.unicodeScalars {
+            switch c {
+            case "%": escaped += "%25"
+            case "?": escaped += "%3f"
+            case "#": escaped += "%23"
+            default: escaped.unicodeScalars.append(c)
+            }
+        }
+        return "file:" + escaped + "?immutable=1"
     }
 
     private static func createParentDirectory(of path: String) throws(LedgerError) {
