@@ -42,7 +42,7 @@ public enum JSONValue: Sendable, Hashable {
     /// double may not have held exactly as it was sent.
     public var holdsIntegerPastExactRange: Bool {
         switch self {
-        case .number(let d): d == d.rounded() && abs(d) > 9_007_199_254_740_992
+        case .number(let d): d == d.rounded() && abs(d) >= 9_007_199_254_740_992
         case .array(let items): items.contains { $0.holdsIntegerPastExactRange }
         case .object(let members): members.values.contains { $0.holdsIntegerPastExactRange }
         default: false
@@ -241,9 +241,9 @@ extension JSONValue {
         return try parse(bytes, inexactInteger: &inexact)
     }
 
-    /// Parses one JSON text, and sets `inexactInteger` to the first integer literal that a
-    /// double cannot hold exactly (past 2^53 in magnitude: `9007199254740993` reads as
-    /// `9007199254740992`). The value is still returned; a caller that records what it was
+    /// Parses one JSON text, and sets `inexactInteger` to the first integer literal past
+    /// 2^53 in magnitude that would not come back as it was sent (`9007199254740993` reads
+    /// as `9007199254740992`; `4611686018427387904` is written `4611686018427388000`). The value is still returned; a caller that records what it was
     /// sent refuses such a text rather than store, hash or echo a number it was not sent.
     public static func parse(_ bytes: [UInt8], inexactInteger: inout String?) throws(JSONParseError) -> JSONValue {
         var parser = Parser(bytes: bytes)
@@ -426,7 +426,10 @@ private struct Parser {
         }
         let text = String(decoding: bytes[start..<pos], as: UTF8.self)
         guard let d = Double(text), d.isFinite else { throw error("number out of range") }
-        if inexactInteger == nil, integral, Int64(text).flatMap({ n in Int64(exactly: d).map { $0 == n } }) != true {
+        // Past 2^53 an integer is kept only if its canonical form (RFC 8785, as ward hashes,
+        // stores and echoes it) is the literal itself: 2^62 is a double, but it would come
+        // back as 4611686018427388000.
+        if inexactInteger == nil, integral, abs(d) >= 9_007_199_254_740_992, JSONValue.format(number: d) != text {
             inexactInteger = text
         }
         return d

@@ -126,6 +126,20 @@ struct HostileAgentTests {
         c.send(#"{"jsonrpc":"2.0","id":950,"method":"tool.call","params":{"callId":"big","tool":"list_dir","arguments":{"path":".","n":9007199254740993}}}"# + "\n")
         let big = try #require(c.next())
         #expect(big["id"] == .number(950) && kind(big) == "invalid-arguments", "\(big)")
+        // The same for 2^53+1, 2^63, a 20-digit integer, their negatives, and 2^62 (a double,
+        // but written back as 4611686018427388000), in arguments and in journal values; the
+        // integers that come back as they were sent are kept.
+        for (n, literal) in ["9007199254740993", "9223372036854775808", "12345678901234567891", "-9007199254740993", "-12345678901234567891", "4611686018427387904"].enumerated() {
+            c.send(#"{"jsonrpc":"2.0","id":\#(960 + n),"method":"tool.call","params":{"callId":"big\#(n)","tool":"list_dir","arguments":{"path":".","n":\#(literal)}}}"# + "\n")
+            let call = try #require(c.next())
+            #expect(kind(call) == "invalid-arguments" && call["error"]?.objectValue?["message"]?.stringValue?.contains(String(literal.prefix(20))) == true, "\(call)")
+            c.send(#"{"jsonrpc":"2.0","id":\#(970 + n),"method":"journal.record","params":{"key":"big\#(n)","value":{"n":\#(literal)}}}"# + "\n")
+            let journal = try #require(c.next())
+            #expect(kind(journal) == "invalid-arguments", "\(journal)")
+        }
+        c.send(#"{"jsonrpc":"2.0","id":980,"method":"journal.record","params":{"key":"exact","value":[9007199254740992,-9007199254740994,1e300]}}"# + "\n")
+        let exact = try #require(c.next())
+        #expect(exact["result"]?.objectValue?["value"]?.canonical == "[9007199254740992,-9007199254740994,1e+300]", "\(exact)")
         // A notification is run but never answered: the next answer is the next request's.
         c.send(#"{"jsonrpc":"2.0","method":"checkpoint.load","params":{"seq":1e300}}"# + "\n")
 
