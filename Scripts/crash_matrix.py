@@ -122,13 +122,13 @@ def in_doubt_calls(ward, ledger, run, cwd):
     return sorted(c["callId"] for c in json.loads(r.stdout))
 
 
-def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
-    """`ward ledger reconcile` of `run`, whose ward was killed, from the empty directory
-    `elsewhere` in `way` (see the module's docstring); `before`: the calls in doubt.
-    Returns what went wrong (empty when nothing did)."""
+def reconcile_elsewhere(ward, policies, work, run, ledger, way, before, elsewhere):
+    """`ward ledger reconcile` of every run of `ledger` (`run`'s ward was killed) from the
+    empty directory `elsewhere` in `way` (see the module's docstring); `before`: `run`'s
+    calls in doubt, which must be all the ledger has. Returns what went wrong (empty when
+    nothing did)."""
     decoy = elsewhere + "-workspace"  # the other existing directory, empty
     os.makedirs(decoy)
-    ledger = os.path.join(work, ".ward", "ledger.sqlite")
     log = os.path.join(work, "workspace", "effects.log")
     recorded = os.path.realpath(os.path.join(work, "workspace"))
 
@@ -150,12 +150,12 @@ def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
             problems.append(f"plain reconcile failed ({said})")
         else:
             # The reconcile command looks in the recorded workspace, wherever ward runs.
-            findings = {f["callId"]: f["finding"] for f in json.loads(r.stdout)}
+            findings = {(f["run"], f["callId"]): f["finding"] for f in json.loads(r.stdout)}
             done = {line.split()[1] for line in (logged or b"").decode().splitlines()}
-            if sorted(findings) != before:
-                problems.append(f"settled {sorted(findings)}, not the calls in doubt {before}")
-            for call, finding in findings.items():
-                if finding != ("executed" if call in done else "not-executed"):
+            if sorted(findings) != [(run, call) for call in before]:
+                problems.append(f"settled {sorted(findings)}, not the calls in doubt {before} of {run}")
+            for (of, call), finding in findings.items():
+                if of == run and finding != ("executed" if call in done else "not-executed"):
                     problems.append(f"{call} found {finding}, but effects.log says otherwise")
             if before and (left := in_doubt_calls(ward, ledger, run, elsewhere)):
                 problems.append(f"still in doubt after the plain reconcile: {left}")
@@ -175,6 +175,79 @@ def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
     return problems
 
 
+class Elsewhere:
+    """The reconciles from another directory after kills of ward: the next way for runs
+    without and with calls in doubt, and the ways the runs with calls in doubt met."""
+    ways = ["plain", "other", "relative"]
+
+    def __init__(self):
+        self.turn = {False: 0, True: 0}
+        self.met = {way: 0 for way in self.ways}
+        self.unready = 0
+
+    def check(self, ward, policies, work, run, ledger, other):
+        """After `run`'s ward was killed: the reconcile from the new directory `other`.
+        Returns the table's cell and what went wrong."""
+        os.makedirs(other)
+        try:
+            before = in_doubt_calls(ward, ledger, run, other) if os.path.exists(ledger) else None
+        except ListFailed as e:
+            # Killed while making the ledger (before any call): the read-only audits
+            # refuse a half-made one (exit 3), the next `ward run` completes it.
+            if e.exit_code != 3:
+                return "error", [str(e)]
+            before = None
+        if before is None:
+            self.unready += 1
+            return "no ledger", []
+        way = self.ways[self.turn[bool(before)] % len(self.ways)]
+        self.turn[bool(before)] += 1
+        self.met[way] += bool(before)
+        try:
+            return f"{way} {len(before)}", reconcile_elsewhere(ward, policies, work, run, ledger, way, before, other)
+        except (ListFailed, ValueError) as e:
+            return f"{way} {len(before)}", [str(e)]
+
+    def summary(self):
+        return (f"elsewhere: {sum(self.turn.values())} reconciles from another directory, {self.unready} runs with no ledger yet; "
+                "runs with calls in doubt: " + ", ".join(f"{self.met[way]} {way}" for way in self.ways))
+
+
+def ward_run_argv(ward, policies, work, run, agent_cmd, ledger=None):
+    """`ward run` of the agent, its socket in the run's own directory: another matrix or test
+    on this machine may use the same run IDs at the same time."""
+    return [ward, "run", *(["--ledger", ledger] if ledger else []), "--policies", policies, "--run-id", run,
+            "--socket", os.path.join(work, "ward.sock"), "--max-restarts", "0", "--", *agent_cmd]
+
+
+def run_outcome(ward, work, run, ledger, reference):
+    """What a finished run left: its effects (in order), its events, its final state."""
+    try:
+        with open(os.path.join(work, "workspace", "effects.log")) as f:
+            effects = [line.split()[1] for line in f.read().splitlines()]
+    except OSError:
+        effects = []
+    expected = [f"{s}-effect" for s in range(STEPS)]
+    exported = subprocess.run([ward, "ledger", "export", "--ledger", ledger, "--run", run], cwd=work, capture_output=True, text=True).stdout
+    events = [json.loads(line) for line in exported.splitlines()]
+    try:
+        with open(os.path.join(work, "final.json")) as f:
+            state_ok = f.read() == reference
+    except OSError:
+        state_ok = False
+    return {
+        "effects_ok": sorted(effects) == sorted(expected) and len(set(effects)) == len(effects),
+        "events": events,
+        "in_doubt": sum(1 for e in events if e["kind"] == "call.in-doubt"),
+        "attempts": sum(1 for e in events if e["kind"] == "run.attempt"),
+        "state_ok": state_ok,
+    }
+
+
+def mark(ok):
+    return "ok" if ok else "FAIL"
+
+
 def processes_with(token, prefix=False):
     """Pids whose command line contains `token` (or starts with it, when `prefix`)."""
     found = []
@@ -191,6 +264,18 @@ def processes_with(token, prefix=False):
     return found
 
 
+def fail_point_scenarios(rng):
+    """Each fail point at a hit it really reaches: three calls a step, one checkpoint a step,
+    one reply a call plus run.resume. The three calls of a step run at once, so a kill of
+    ward at any point but in-checkpoint (inside the begin of the step's non-idempotent call,
+    which rolls back with it) may catch that step's non-idempotent call mid-flight: a window
+    where an in-doubt call is correct (and must then be settled, with the effect once and
+    the final state equal to the reference's). (label, point, window)."""
+    return [(f"{point}@{rng.randint(1, hits)}", point, window)
+            for point, window, hits in [("after-begin", True, STEPS * 3), ("after-spawn", True, STEPS * 3), ("in-checkpoint", False, STEPS),
+                                        ("before-finish", True, STEPS * 3), ("after-finish", True, STEPS * 3), ("before-reply", True, STEPS * 3 + 1)]]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("ward", type=os.path.abspath, help="the ward binary (also run from other directories)")
@@ -204,13 +289,22 @@ def main():
     from ward_harness import policy_directory
     policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
+    replay = f"--seed {seed} --points {a.points}"
+    passed, failed = one_supervisor(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
+    if failed:
+        print(f"failures: replay with {replay}; runs kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
 
+
+def one_supervisor(a, rng, root, policies, agent_cmd, seeded):
+    """The matrix of one `ward run` at a time, each run with its own ledger. Returns the
+    numbers of runs passed and failed."""
     def ward_run(work, run, env=None, kill=None):
         """One `ward run`; `kill` = (target, delay) SIGKILLs ward or the agent after delay s."""
-        # The socket in the run's own directory: another matrix or test on this machine may
-        # use the same run IDs at the same time.
-        p = subprocess.Popen([a.ward, "run", "--policies", policies, "--run-id", run, "--socket", os.path.join(work, "ward.sock"),
-                              "--max-restarts", "0", "--", *agent_cmd],
+        p = subprocess.Popen(ward_run_argv(a.ward, policies, work, run, agent_cmd),
                              cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         if kill:
             target, delay = kill
@@ -236,34 +330,22 @@ def main():
     with open(os.path.join(ref, "final.json")) as f:
         reference = f.read()
 
-    # Each fail point at a hit it really reaches: three calls a step, one checkpoint a step,
-    # one reply a call plus run.resume. The three calls of a step run at once, so a kill of
-    # ward at any point may catch that step's non-idempotent call mid-flight: every fail
-    # point is a window where an in-doubt call is correct (and must then be settled, with
-    # the effect once and the final state equal to the reference's).
-    scenarios = []
-    for point, window, hits in [("after-begin", True, STEPS * 3), ("after-spawn", True, STEPS * 3), ("in-checkpoint", False, STEPS),
-                                ("before-finish", True, STEPS * 3), ("after-finish", True, STEPS * 3), ("before-reply", True, STEPS * 3 + 1)]:
-        scenarios.append((f"{point}@{rng.randint(1, hits)}", {"point": point}, window))
+    scenarios = [(label, {"point": point}, window) for label, point, window in fail_point_scenarios(rng)]
     # Random kills within the span of an uncrashed run.
     for i in range(a.points):
         target = rng.choice(["ward", "ward", "agent"])
         # Only a kill of ward can leave a call in doubt: a dead agent's calls still finish.
         scenarios.append((f"kill {target} at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": target}, target == "ward"))
 
-    print(f"crash matrix: {len(scenarios)} runs, seed {seed} (replay: --seed {seed} --points {a.points})")
+    print(f"crash matrix: {len(scenarios)} runs, {seeded}")
     print(f"{'run':<5}{'kill':<30}{'restarts':<10}{'in-doubt':<10}{'effects':<9}{'state':<7}{'verify':<8}{'orphans':<8}{'elsewhere':<17}")
     passed = failed = 0
-    # The reconciles from another directory: the next way for runs without and with calls
-    # in doubt, and the ways the runs with calls in doubt met.
-    ways = ["plain", "other", "relative"]
-    turn = {False: 0, True: 0}
-    met = {way: 0 for way in ways}
-    unready = 0
+    elsewhere_checks = Elsewhere()
     for n, (label, how, window) in enumerate(scenarios, start=1):
         work = os.path.join(root, f"run-{n}")
         os.makedirs(work)
         run = f"m{n}"
+        ledger = os.path.join(work, ".ward", "ledger.sqlite")
         if "point" in how:
             env = dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}")
             ward_run(work, run, env=env)
@@ -272,70 +354,28 @@ def main():
         elsewhere, problems = "-", []
         if "point" in how or how["kill"] == "ward":
             wait_gone(work)
-            ledger = os.path.join(work, ".ward", "ledger.sqlite")
-            other = os.path.join(root, f"elsewhere-{n}")
-            os.makedirs(other)
-            try:
-                before = in_doubt_calls(a.ward, ledger, run, other) if os.path.exists(ledger) else None
-            except ListFailed as e:
-                # Killed while making the ledger (before any call): the read-only audits
-                # refuse a half-made one (exit 3), the next `ward run` completes it.
-                if e.exit_code != 3:
-                    problems = [str(e)]
-                before = None
-            if before is None:
-                elsewhere = "no ledger" if not problems else "error"
-                unready += not problems
-            else:
-                way = ways[turn[bool(before)] % len(ways)]
-                turn[bool(before)] += 1
-                met[way] += bool(before)
-                elsewhere = f"{way} {len(before)}"
-                try:
-                    problems = reconcile_elsewhere(a.ward, policies, work, run, way, before, other)
-                except (ListFailed, ValueError) as e:
-                    problems = [str(e)]
+            elsewhere, problems = elsewhere_checks.check(a.ward, policies, work, run, ledger, os.path.join(root, f"elsewhere-{n}"))
         restarts = 0
         while not os.path.exists(os.path.join(work, "final.json")) and restarts < 5:
             ward_run(work, run)
             restarts += 1
-        ws = os.path.join(work, "workspace")
-        try:
-            effects = [l.split()[1] for l in open(os.path.join(ws, "effects.log")).read().splitlines()]
-        except OSError:
-            effects = []
-        expected = [f"{s}-effect" for s in range(STEPS)]
-        effects_ok = sorted(effects) == sorted(expected) and len(set(effects)) == len(effects)
-        events = subprocess.run([a.ward, "ledger", "export", "--run", run], cwd=work, capture_output=True, text=True).stdout
-        in_doubt = sum(1 for line in events.splitlines() if '"kind":"call.in-doubt"' in line)
-        doubt_ok = window or in_doubt == 0
+        out = run_outcome(a.ward, work, run, ledger, reference)
+        doubt_ok = window or out["in_doubt"] == 0
         # "No ledger" is checked, not assumed: the killed attempt recorded none of its own.
-        attempts = sum(1 for line in events.splitlines() if '"kind":"run.attempt"' in line)
-        if elsewhere == "no ledger" and attempts != restarts:
-            problems.append(f"no ledger before the restarts, yet {attempts} attempts recorded for {restarts} restarts")
-        try:
-            state_ok = open(os.path.join(work, "final.json")).read() == reference
-        except OSError:
-            state_ok = False
-        verify_ok = subprocess.run([a.ward, "ledger", "verify"], cwd=work, capture_output=True).returncode == 0
+        if elsewhere == "no ledger" and out["attempts"] != restarts:
+            problems.append(f"no ledger before the restarts, yet {out['attempts']} attempts recorded for {restarts} restarts")
+        verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=work, capture_output=True).returncode == 0
         orphans = wait_gone(work)
-        ok = effects_ok and doubt_ok and state_ok and verify_ok and not orphans and not problems
+        ok = out["effects_ok"] and doubt_ok and out["state_ok"] and verify_ok and not orphans and not problems
         passed += ok
         failed += not ok
-        mark = lambda b: "ok" if b else "FAIL"
-        print(f"{n:<5}{label:<30}{restarts:<10}{str(in_doubt) + ('' if doubt_ok else ' FAIL'):<10}{mark(effects_ok):<9}"
-              f"{mark(state_ok):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
+        print(f"{n:<5}{label:<30}{restarts:<10}{str(out['in_doubt']) + ('' if doubt_ok else ' FAIL'):<10}{mark(out['effects_ok']):<9}"
+              f"{mark(out['state_ok']):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
               f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<17}", flush=True)
         for problem in problems:
             print(f"     elsewhere: {problem}", flush=True)
-    print(f"elsewhere: {sum(turn.values())} reconciles from another directory, {unready} runs with no ledger yet; "
-          "runs with calls in doubt: " + ", ".join(f"{met[way]} {way}" for way in ways))
-    if failed:
-        print(f"failures: replay with --seed {seed} --points {a.points}; runs kept in {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(elsewhere_checks.summary())
+    return passed, failed
 
 
 if __name__ == "__main__":
