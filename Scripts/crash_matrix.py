@@ -2,13 +2,15 @@
 """ward's crash matrix: a torture agent under `ward run`, killed at every fail point and at
 random moments, with its invariants checked after every run.
 
-    crash_matrix.py WARD_BINARY [--points N] [--seed S]     the matrix
-    crash_matrix.py agent                                   the torture agent (under ward run)
+    crash_matrix.py WARD_BINARY [--points N] [--seed S]          the matrix
+    crash_matrix.py WARD_BINARY --two [--points N] [--seed S]    two supervisors (as root)
+    crash_matrix.py agent                                        the torture agent (under ward run)
 
 Each run: STEPS steps of three calls made in parallel on separate connections — a
-non-idempotent `effect` (appends its call ID to effects.log; its reconcile command looks
-for it there), an idempotent `stamp` (writes a file) and a read-only `look` — the effect
-call carrying the agent's checkpoint. After the kill, `ward run --run-id SAME` is run
+non-idempotent `effect` (appends its call ID to effects.log, then waits while the workspace
+holds a file `hold`; its reconcile command looks for the ID in effects.log), an idempotent
+`stamp` (writes a file) and a read-only `look` — the effect call carrying the agent's
+checkpoint. After the kill, `ward run --run-id SAME` is run
 until the agent finishes. Invariants: every effect happened exactly once; a call was in
 doubt only if the kill could hit the window between begin and finish; the final state
 equals an uncrashed run's; `ward ledger verify` passes; no process of the run is left.
@@ -27,6 +29,23 @@ column `elsewhere` shows the way, the calls in doubt before it, and ok or FAIL; 
 ledger` where ward died before its ledger was ready (no file, or a half-made one that the
 read-only `ward ledger list` refuses): then the killed attempt recorded nothing (checked
 after the restarts: one attempt a restart), so no call can be in doubt.
+
+`--two`: pairs of runs, each pair sharing one new ledger, served at the same time by two
+`ward run`s, each in its own PID namespace (`unshare --pid --mount-proc`, its agent inside
+with it): one is killed (every fail point, then N random SIGKILLs, of either side) and,
+as above, reconciled from another directory (a ledger-wide reconcile, while the other
+serves) and restarted in a new namespace until its agent finishes; the other keeps
+serving. The kept side's first effect is held running (logged, outcome not recorded) until
+the killed side's restart has recovered, so the kill, the reconcile and the recovery all
+meet a live owner's call mid-flight. Invariants: the killed run's as above; the kept run
+has no `call.in-doubt` event, begins each call once, finishes at its first attempt with
+each effect once and the final state of an uncrashed pair's runs; `ward ledger verify` passes on the
+pair's ledger; and, while the kept agent holds between two steps, a second `ward run` of
+its run, with its own socket, from the killed side's namespace (or a new one when that
+has none alive) is refused with exit 1 and records nothing (`ward ledger export --run`
+unchanged, nothing made in its directory). Two lines a pair: the killed run (its
+`elsewhere`; `overlap`: its restart recovered while the kept call was held) and the kept
+run (`second`).
 """
 import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, threading, time
 
@@ -35,7 +54,7 @@ STEPS = 8
 
 TOOLS = """
 [tools.effect]
-command = ["/bin/sh", "-c", "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; echo done $WARD_CALL_ID"]
+command = ["/bin/sh", "-c", "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; while [ -e hold ]; do sleep 0.01; done; echo done $WARD_CALL_ID"]
 effect = "non-idempotent"
 reconcile = ["/bin/sh", "-c", "grep -q \\"^$WARD_IDEMPOTENCY_KEY \\" effects.log 2>/dev/null && {{ echo done $WARD_CALL_ID; exit 0; }}; exit 3"]
 
@@ -58,7 +77,10 @@ def agent():
     resumed = main.resume()
     state = (resumed["checkpoint"] or {}).get("state") or {"step": 0, "seen": []}
     conns = [Ward(), Ward()]
+    hold_at = int(os.environ.get("CRASH_MATRIX_HOLD", -1))
     for step in range(state["step"], STEPS):
+        if step == hold_at:
+            hold()
         results = {}
 
         def run(key, fn):
@@ -79,6 +101,19 @@ def agent():
     with open("final.json.tmp", "w") as f:
         json.dump(state, f, sort_keys=True)
     os.rename("final.json.tmp", "final.json")
+
+
+def hold():
+    """Between two steps, with no call in flight, waits until the matrix writes `go` (in the
+    run's directory, the agent's): meanwhile it compares the run's ledger before and after a
+    refused second supervisor, and any change can only be that one's."""
+    with open("paused.tmp", "w"):
+        pass
+    os.rename("paused.tmp", "paused")
+    # Bounded: a matrix that died must not leave the agent (and its ward) waiting forever.
+    deadline = time.time() + 120
+    while not os.path.exists("go") and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def processes_in(directory):
@@ -281,7 +316,12 @@ def main():
     ap.add_argument("ward", type=os.path.abspath, help="the ward binary (also run from other directories)")
     ap.add_argument("--points", type=int, default=50, help="random kills (besides every fail point)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--two", action="store_true",
+                    help="two supervisors of two runs on one ledger, each in its own PID namespace (needs root)")
     a = ap.parse_args()
+    if a.two and os.geteuid() != 0:
+        print("crash matrix --two: new PID namespaces (unshare --pid) need root", file=sys.stderr)
+        return 2
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     root = tempfile.mkdtemp(prefix="ward-matrix-")
@@ -289,8 +329,9 @@ def main():
     from ward_harness import policy_directory
     policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
-    replay = f"--seed {seed} --points {a.points}"
-    passed, failed = one_supervisor(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
+    replay = f"{'--two ' if a.two else ''}--seed {seed} --points {a.points}"
+    mode = two_supervisors if a.two else one_supervisor
+    passed, failed = mode(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
     if failed:
         print(f"failures: replay with {replay}; runs kept in {root}")
     else:
@@ -375,6 +416,270 @@ def one_supervisor(a, rng, root, policies, agent_cmd, seeded):
         for problem in problems:
             print(f"     elsewhere: {problem}", flush=True)
     print(elsewhere_checks.summary())
+    return passed, failed
+
+
+# Each supervisor of the two-supervisor mode in a PID namespace of its own, with its own
+# /proc, where the other's pids mean nothing. A shell is the namespace's init, not ward: the
+# kernel drops a SIGKILL that a namespace's init sends itself, so ward as init would live
+# through its fail points. --kill-child: should the matrix die, each namespace dies with it.
+NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "/bin/sh", "-c", '"$@" & wait $!', "sh"]
+
+
+def children(pid):
+    """The pids whose parent is `pid`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                # The command name may hold spaces and parentheses: the fields follow the last ")".
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def namespace_init(p):
+    """The host pid of the init (the shell) of the namespace that `p` (an unshare of
+    NAMESPACE) made, once it runs; None when `p` has exited or has no init yet."""
+    if p.poll() is None:
+        for pid in children(p.pid):
+            if command_line(pid).startswith(b"/bin/sh\0-c\0"):
+                return pid
+    return None
+
+
+def supervisor_in(p, ward):
+    """The host pid of the ward in `p`'s namespace, waited for until it runs (an early kill
+    must hit ward, not the unshare or shell before it); None once `p` has exited."""
+    while p.poll() is None:
+        init = namespace_init(p)
+        for pid in children(init) if init else []:
+            if command_line(pid).startswith(ward.encode() + b"\0"):
+                return pid
+        time.sleep(0.005)
+    return None
+
+
+def second_supervisor(a, policies, agent_cmd, ledger, run, directory, killed):
+    """Starts another `ward run` of `run`, which its supervisor serves, with a socket of its
+    own in the new directory `directory`: from the namespace of the killed supervisor `killed`
+    (its Popen of the moment) while that lives, else from a new one. It must be refused
+    (exit 1, saying the run is served) and record nothing. Returns the table's cell and what
+    went wrong."""
+    os.makedirs(directory)
+
+    def export():
+        return subprocess.run([a.ward, "ledger", "export", "--ledger", ledger, "--run", run],
+                              cwd=os.path.dirname(directory), capture_output=True, text=True).stdout
+
+    before = export()
+    argv = ward_run_argv(a.ward, policies, directory, run, agent_cmd, ledger)
+    refusal = f"run {run} is served by another supervisor"
+    r, where = None, "own ns"
+    init = namespace_init(killed)
+    if init:
+        r = subprocess.run(["nsenter", "--target", str(init), "--pid", "--mount", f"--wd={directory}", "--", *argv],
+                           cwd=directory, capture_output=True, text=True, timeout=60)
+        where = "other's ns"
+        if r.returncode < 0 or r.returncode == 128 + signal.SIGKILL or r.stderr.startswith("nsenter: "):
+            # The namespace died before or under it (its supervisor was killed): tried again
+            # in a new one.
+            r, where = None, "own ns"
+    if r is None:
+        r = subprocess.run([*NAMESPACE, *argv], cwd=directory, capture_output=True, text=True, timeout=60)
+    problems = []
+    said = f"exit {r.returncode}: {r.stderr.strip()[-200:]}"
+    if r.returncode != 1 or refusal not in r.stderr:
+        problems.append(f"not refused ({said})")
+    if export() != before:
+        problems.append("the refused supervisor recorded something in the run")
+    if made := os.listdir(directory):
+        problems.append(f"the refused supervisor made {made}")
+    return f"{'refused' if not problems else 'FAIL'} ({where})", problems
+
+
+def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
+    """Pairs of runs, each pair on one ledger of its own, served at the same time by two
+    `ward run`s in two PID namespaces; one is killed (a fail point or SIGKILL), reconciled
+    from another directory and restarted until its agent finishes while the other keeps
+    serving. Returns the numbers of pairs passed and failed."""
+    def supervise(work, run, ledger, env=None):
+        return subprocess.Popen([*NAMESPACE, *ward_run_argv(a.ward, policies, work, run, agent_cmd, ledger)],
+                                cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    # The uncrashed pair every other run must equal.
+    ref = os.path.join(root, "reference")
+    for side in "ab":
+        os.makedirs(os.path.join(ref, side))
+    started = time.time()
+    pair = [supervise(os.path.join(ref, side), f"ref{side}", os.path.join(ref, "ledger.sqlite")) for side in "ab"]
+    for p in pair:
+        p.wait()
+    duration = time.time() - started
+    finals = []
+    for side in "ab":
+        try:
+            with open(os.path.join(ref, side, "final.json")) as f:
+                finals.append(f.read())
+        except OSError:
+            finals.append(None)
+    if None in finals or finals[0] != finals[1]:
+        # Already a violation: two uncrashed supervisors on one ledger disturbed each other.
+        print(f"crash matrix, two supervisors: the uncrashed pair failed (final states {finals}, exits {[p.returncode for p in pair]})")
+        return 0, 1
+    reference = finals[0]
+
+    # (label, how, window, the killed side): every fail point, then random kills, each of
+    # either supervisor within the span of an uncrashed pair.
+    scenarios = [(label, {"point": point}, window, rng.choice("ab")) for label, point, window in fail_point_scenarios(rng)]
+    for i in range(a.points):
+        scenarios.append((f"kill at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": True}, True, rng.choice("ab")))
+
+    print(f"crash matrix, two supervisors in two PID namespaces on one ledger: {len(scenarios)} pairs, {seeded}")
+    print(f"{'pair':<5}{'run':<6}{'role':<7}{'kill':<19}{'restarts':<10}{'in-doubt':<10}{'once':<6}{'effects':<9}{'state':<7}"
+          f"{'orphans':<9}{'elsewhere/second':<26}{'overlap':<9}{'verify':<7}")
+    passed = failed = 0
+    overlaps = 0
+    refused = {"other's ns": 0, "own ns": 0}
+    elsewhere_checks = Elsewhere()
+    for n, (label, how, window, killed) in enumerate(scenarios, start=1):
+        kept = "b" if killed == "a" else "a"
+        top = os.path.join(root, f"pair-{n}")
+        ledger = os.path.join(top, "ledger.sqlite")
+        work = {side: os.path.join(top, side) for side in "ab"}
+        run = {side: f"t{n}{side}" for side in "ab"}
+        for side in "ab":
+            os.makedirs(work[side])
+        # The kept side's first non-idempotent call is held running (its effect made, its
+        # outcome not recorded) by `hold` in its workspace until the killed side's restart
+        # has recovered: its kill, the reconcile after it and its recovery all meet a live
+        # owner's call mid-flight, which a live owner judged dead would put in doubt.
+        held = os.path.join(work[kept], "workspace", "hold")
+        os.makedirs(os.path.dirname(held))
+        with open(held, "w"):
+            pass
+        env = {
+            killed: dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}") if "point" in how else None,
+            # Held again before its second step, for the second supervisor: right after the
+            # killed side's restart, which most often still serves then.
+            kept: dict(os.environ, CRASH_MATRIX_HOLD="1"),
+        }
+        started = time.time()
+        procs = {side: supervise(work[side], run[side], ledger, env[side]) for side in "ab"}
+        # The killed side in a thread of its own: killed, reconciled and restarted while the
+        # kept side is served and checked here.
+        side_of_killed = {"current": procs[killed], "restarts": 0, "overlap": False, "elsewhere": ("-", [])}
+
+        def killed_side():
+            try:
+                p = procs[killed]
+                if "kill" in how:
+                    time.sleep(max(0.0, started + float(label.split(" at ")[1][:-1]) - time.time()))
+                    if (pid := supervisor_in(p, a.ward)) is not None:
+                        os.kill(pid, signal.SIGKILL)
+                p.wait()
+                wait_gone(work[killed])
+                # The kept side's held call is running once its effect is logged (begun
+                # before it was spawned): the reconcile and the recovery below must meet it.
+                while not os.path.exists(os.path.join(work[kept], "workspace", "effects.log")) and procs[kept].poll() is None:
+                    time.sleep(0.005)
+                side_of_killed["elsewhere"] = elsewhere_checks.check(a.ward, policies, work[killed], run[killed], ledger,
+                                                                     os.path.join(top, "elsewhere"))
+                socket = os.path.join(work[killed], "ward.sock")
+                while not os.path.exists(os.path.join(work[killed], "final.json")) and side_of_killed["restarts"] < 5:
+                    # Left by the killed ward. The restart binds its socket after its
+                    # recovery: the socket's return says the recovery is done.
+                    if os.path.exists(socket):
+                        os.unlink(socket)
+                    p = side_of_killed["current"] = supervise(work[killed], run[killed], ledger)
+                    if os.path.exists(held):
+                        while not os.path.exists(socket) and p.poll() is None:
+                            time.sleep(0.005)
+                        side_of_killed["overlap"] = os.path.exists(socket) and procs[kept].poll() is None
+                        os.unlink(held)
+                    p.wait()
+                    side_of_killed["restarts"] += 1
+            except Exception as e:  # reported in the table, never a hang of the pair
+                side_of_killed["error"] = repr(e)
+            finally:
+                if os.path.exists(held):
+                    os.unlink(held)
+
+        thread = threading.Thread(target=killed_side)
+        thread.start()
+        second, second_problems = "-", []
+        try:
+            paused = os.path.join(work[kept], "paused")
+            while not os.path.exists(paused) and procs[kept].poll() is None:
+                time.sleep(0.01)
+            if os.path.exists(paused):
+                second, second_problems = second_supervisor(a, policies, agent_cmd, ledger, run[kept], os.path.join(top, "second"),
+                                                            side_of_killed["current"])
+            else:
+                second, second_problems = "FAIL", ["the kept agent never reached its hold"]
+        except Exception as e:
+            second, second_problems = "FAIL", [repr(e)]
+        finally:
+            with open(os.path.join(work[kept], "go"), "w"):
+                pass
+        kept_status = procs[kept].wait()
+        thread.join()
+
+        out = {side: run_outcome(a.ward, work[side], run[side], ledger, reference) for side in "ab"}
+        verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=top, capture_output=True).returncode == 0
+        orphans = {side: wait_gone(work[side]) for side in "ab"}
+        restarts = side_of_killed["restarts"]
+        elsewhere, problems = side_of_killed["elsewhere"]
+        problems = list(problems) + ([side_of_killed["error"]] if "error" in side_of_killed else [])
+        if elsewhere == "no ledger" and out[killed]["attempts"] != restarts:
+            problems.append(f"no ledger before the restarts, yet {out[killed]['attempts']} attempts recorded for {restarts} restarts")
+        doubt_ok = window or out[killed]["in_doubt"] == 0
+        # The kept side: never in doubt, every call begun once, finished at its first attempt.
+        begun = {}
+        for e in out[kept]["events"]:
+            if e["kind"] == "call.begin":
+                begun[e["callId"]] = begun.get(e["callId"], 0) + 1
+        once_ok = len(begun) == STEPS * 3 and set(begun.values()) == {1}
+        kept_problems = [] if kept_status == 0 else [f"its ward exited {kept_status}"]
+        ok_killed = out[killed]["effects_ok"] and doubt_ok and out[killed]["state_ok"] and not orphans[killed] and not problems
+        ok_kept = (out[kept]["effects_ok"] and out[kept]["in_doubt"] == 0 and once_ok and out[kept]["state_ok"]
+                   and not orphans[kept] and not second_problems and not kept_problems)
+        ok = ok_killed and ok_kept and verify_ok
+        passed += ok
+        failed += not ok
+        overlaps += side_of_killed["overlap"]
+        for where in refused:
+            refused[where] += not second_problems and where in second
+        print(f"{n:<5}{run[killed]:<6}{'killed':<7}{label:<19}{restarts:<10}{str(out[killed]['in_doubt']) + ('' if doubt_ok else ' FAIL'):<10}"
+              f"{'-':<6}{mark(out[killed]['effects_ok']):<9}{mark(out[killed]['state_ok']):<7}{mark(not orphans[killed]):<9}"
+              f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<26}{'yes' if side_of_killed['overlap'] else 'no':<9}"
+              f"{mark(verify_ok):<7}", flush=True)
+        kept_doubt = out[kept]["in_doubt"]
+        print(f"{'':<5}{run[kept]:<6}{'kept':<7}{'-':<19}{0:<10}{str(kept_doubt) + ('' if kept_doubt == 0 else ' FAIL'):<10}"
+              f"{mark(once_ok):<6}{mark(out[kept]['effects_ok']):<9}{mark(out[kept]['state_ok']):<7}{mark(not orphans[kept]):<9}"
+              f"{second:<26}", flush=True)
+        for problem in problems:
+            print(f"     elsewhere: {problem}", flush=True)
+        for problem in second_problems:
+            print(f"     second: {problem}", flush=True)
+        for problem in kept_problems:
+            print(f"     kept: {problem}", flush=True)
+    print(elsewhere_checks.summary())
+    from_other, from_own = refused["other's ns"], refused["own ns"]
+    print(f"two supervisors: the killed one recovered while the other's call was held running in {overlaps} of {len(scenarios)} pairs; "
+          f"second supervisors refused: {from_other} from the other's namespace, {from_own} from their own")
     return passed, failed
 
 
