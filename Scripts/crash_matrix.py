@@ -77,10 +77,12 @@ def agent():
     resumed = main.resume()
     state = (resumed["checkpoint"] or {}).get("state") or {"step": 0, "seen": []}
     conns = [Ward(), Ward()]
-    hold_at = int(os.environ.get("CRASH_MATRIX_HOLD", -1))
+    # Set by the two-supervisor matrix: hold once, before the first step at or after it.
+    hold_at = int(os.environ.get("CRASH_MATRIX_HOLD", STEPS))
     for step in range(state["step"], STEPS):
-        if step == hold_at:
+        if step >= hold_at:
             hold()
+            hold_at = STEPS
         results = {}
 
         def run(key, fn):
@@ -106,7 +108,8 @@ def agent():
 def hold():
     """Between two steps, with no call in flight, waits until the matrix writes `go` (in the
     run's directory, the agent's): meanwhile it compares the run's ledger before and after a
-    refused second supervisor, and any change can only be that one's."""
+    refused second supervisor, and any change can only be that one's (and the other run's
+    supervisor, held too, still serves, whose namespace the second one starts in)."""
     with open("paused.tmp", "w"):
         pass
     os.rename("paused.tmp", "paused")
@@ -474,10 +477,10 @@ def supervisor_in(p, ward):
 
 def second_supervisor(a, policies, agent_cmd, ledger, run, directory, killed):
     """Starts another `ward run` of `run`, which its supervisor serves, with a socket of its
-    own in the new directory `directory`: from the namespace of the killed supervisor `killed`
-    (its Popen of the moment) while that lives, else from a new one. It must be refused
-    (exit 1, saying the run is served) and record nothing. Returns the table's cell and what
-    went wrong."""
+    own in the new directory `directory`: from the namespace of the killed side's supervisor
+    of the moment (`killed`, its Popen: its restart) while that lives, else from a new one.
+    It must be refused (exit 1, saying the run is served) and record nothing. Returns the
+    table's cell and what went wrong."""
     os.makedirs(directory)
 
     def export():
@@ -525,9 +528,15 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
         os.makedirs(os.path.join(ref, side))
     started = time.time()
     pair = [supervise(os.path.join(ref, side), f"ref{side}", os.path.join(ref, "ledger.sqlite")) for side in "ab"]
-    for p in pair:
-        p.wait()
-    duration = time.time() - started
+    ends = []
+    waiters = [threading.Thread(target=lambda p=p: (p.wait(), ends.append(time.time()))) for p in pair]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join()
+    # The faster run's span: in a pair the kept side soon waits on its held call, so the
+    # killed one runs nearly alone; kills later than it finishes would be wasted.
+    duration = min(ends) - started
     finals = []
     for side in "ab":
         try:
@@ -572,8 +581,8 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
             pass
         env = {
             killed: dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}") if "point" in how else None,
-            # Held again before its second step, for the second supervisor: right after the
-            # killed side's restart, which most often still serves then.
+            # Held again before its second step, for the second supervisor (by then the
+            # killed side's restart serves, and holds too).
             kept: dict(os.environ, CRASH_MATRIX_HOLD="1"),
         }
         started = time.time()
@@ -603,7 +612,10 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
                     # recovery: the socket's return says the recovery is done.
                     if os.path.exists(socket):
                         os.unlink(socket)
-                    p = side_of_killed["current"] = supervise(work[killed], run[killed], ledger)
+                    # The first restart's agent holds before its first step, so that its
+                    # namespace still lives for the second supervisor.
+                    first = {} if side_of_killed["restarts"] else {"env": dict(os.environ, CRASH_MATRIX_HOLD="0")}
+                    p = side_of_killed["current"] = supervise(work[killed], run[killed], ledger, **first)
                     if os.path.exists(held):
                         while not os.path.exists(socket) and p.poll() is None:
                             time.sleep(0.005)
@@ -624,6 +636,10 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
             paused = os.path.join(work[kept], "paused")
             while not os.path.exists(paused) and procs[kept].poll() is None:
                 time.sleep(0.01)
+            # The killed side's restarted agent holds too (unless none was needed, or it had
+            # no step left).
+            while not os.path.exists(os.path.join(work[killed], "paused")) and thread.is_alive():
+                time.sleep(0.01)
             if os.path.exists(paused):
                 second, second_problems = second_supervisor(a, policies, agent_cmd, ledger, run[kept], os.path.join(top, "second"),
                                                             side_of_killed["current"])
@@ -632,8 +648,9 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
         except Exception as e:
             second, second_problems = "FAIL", [repr(e)]
         finally:
-            with open(os.path.join(work[kept], "go"), "w"):
-                pass
+            for side in "ab":
+                with open(os.path.join(work[side], "go"), "w"):
+                    pass
         kept_status = procs[kept].wait()
         thread.join()
 
