@@ -2,13 +2,15 @@
 """ward's crash matrix: a torture agent under `ward run`, killed at every fail point and at
 random moments, with its invariants checked after every run.
 
-    crash_matrix.py WARD_BINARY [--points N] [--seed S]     the matrix
-    crash_matrix.py agent                                   the torture agent (under ward run)
+    crash_matrix.py WARD_BINARY [--points N] [--seed S]          the matrix
+    crash_matrix.py WARD_BINARY --two [--points N] [--seed S]    two supervisors (as root)
+    crash_matrix.py agent                                        the torture agent (under ward run)
 
 Each run: STEPS steps of three calls made in parallel on separate connections — a
-non-idempotent `effect` (appends its call ID to effects.log; its reconcile command looks
-for it there), an idempotent `stamp` (writes a file) and a read-only `look` — the effect
-call carrying the agent's checkpoint. After the kill, `ward run --run-id SAME` is run
+non-idempotent `effect` (appends its call ID to effects.log, then waits while the workspace
+holds a file `hold`; its reconcile command looks for the ID in effects.log), an idempotent
+`stamp` (writes a file) and a read-only `look` — the effect call carrying the agent's
+checkpoint. After the kill, `ward run --run-id SAME` is run
 until the agent finishes. Invariants: every effect happened exactly once; a call was in
 doubt only if the kill could hit the window between begin and finish; the final state
 equals an uncrashed run's; `ward ledger verify` passes; no process of the run is left.
@@ -27,6 +29,23 @@ column `elsewhere` shows the way, the calls in doubt before it, and ok or FAIL; 
 ledger` where ward died before its ledger was ready (no file, or a half-made one that the
 read-only `ward ledger list` refuses): then the killed attempt recorded nothing (checked
 after the restarts: one attempt a restart), so no call can be in doubt.
+
+`--two`: pairs of runs, each pair sharing one new ledger, served at the same time by two
+`ward run`s, each in its own PID namespace (`unshare --pid --mount-proc`, its agent inside
+with it): one is killed (every fail point, then N random SIGKILLs, of either side) and,
+as above, reconciled from another directory (a ledger-wide reconcile, while the other
+serves) and restarted in a new namespace until its agent finishes; the other keeps
+serving. The kept side's first effect is held running (logged, outcome not recorded) until
+the killed side's restart has recovered, so the kill, the reconcile and the recovery all
+meet a live owner's call mid-flight. Invariants: the killed run's as above; the kept run
+has no `call.in-doubt` event, begins each call once, finishes at its first attempt with
+each effect once and the final state of an uncrashed pair's runs; `ward ledger verify` passes on the
+pair's ledger; and, while the kept agent holds between two steps, a second `ward run` of
+its run, with its own socket, from the killed side's namespace (or a new one when that
+has none alive) is refused with exit 1 and records nothing (`ward ledger export --run`
+unchanged, nothing made in its directory). Two lines a pair: the killed run (its
+`elsewhere`; `overlap`: its restart recovered while the kept call was held) and the kept
+run (`second`).
 """
 import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, threading, time
 
@@ -35,7 +54,7 @@ STEPS = 8
 
 TOOLS = """
 [tools.effect]
-command = ["/bin/sh", "-c", "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; echo done $WARD_CALL_ID"]
+command = ["/bin/sh", "-c", "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; while [ -e hold ]; do sleep 0.01; done; echo done $WARD_CALL_ID"]
 effect = "non-idempotent"
 reconcile = ["/bin/sh", "-c", "grep -q \\"^$WARD_IDEMPOTENCY_KEY \\" effects.log 2>/dev/null && {{ echo done $WARD_CALL_ID; exit 0; }}; exit 3"]
 
@@ -58,7 +77,12 @@ def agent():
     resumed = main.resume()
     state = (resumed["checkpoint"] or {}).get("state") or {"step": 0, "seen": []}
     conns = [Ward(), Ward()]
+    # Set by the two-supervisor matrix: hold once, before the first step at or after it.
+    hold_at = int(os.environ.get("CRASH_MATRIX_HOLD", STEPS))
     for step in range(state["step"], STEPS):
+        if step >= hold_at:
+            hold()
+            hold_at = STEPS
         results = {}
 
         def run(key, fn):
@@ -79,6 +103,20 @@ def agent():
     with open("final.json.tmp", "w") as f:
         json.dump(state, f, sort_keys=True)
     os.rename("final.json.tmp", "final.json")
+
+
+def hold():
+    """Between two steps, with no call in flight, waits until the matrix writes `go` (in the
+    run's directory, the agent's): meanwhile it compares the run's ledger before and after a
+    refused second supervisor, and any change can only be that one's (and the other run's
+    supervisor, held too, still serves, whose namespace the second one starts in)."""
+    with open("paused.tmp", "w"):
+        pass
+    os.rename("paused.tmp", "paused")
+    # Bounded: a matrix that died must not leave the agent (and its ward) waiting forever.
+    deadline = time.time() + 120
+    while not os.path.exists("go") and time.time() < deadline:
+        time.sleep(0.01)
 
 
 def processes_in(directory):
@@ -122,13 +160,13 @@ def in_doubt_calls(ward, ledger, run, cwd):
     return sorted(c["callId"] for c in json.loads(r.stdout))
 
 
-def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
-    """`ward ledger reconcile` of `run`, whose ward was killed, from the empty directory
-    `elsewhere` in `way` (see the module's docstring); `before`: the calls in doubt.
-    Returns what went wrong (empty when nothing did)."""
+def reconcile_elsewhere(ward, policies, work, run, ledger, way, before, elsewhere):
+    """`ward ledger reconcile` of every run of `ledger` (`run`'s ward was killed) from the
+    empty directory `elsewhere` in `way` (see the module's docstring); `before`: `run`'s
+    calls in doubt, which must be all the ledger has. Returns what went wrong (empty when
+    nothing did)."""
     decoy = elsewhere + "-workspace"  # the other existing directory, empty
     os.makedirs(decoy)
-    ledger = os.path.join(work, ".ward", "ledger.sqlite")
     log = os.path.join(work, "workspace", "effects.log")
     recorded = os.path.realpath(os.path.join(work, "workspace"))
 
@@ -150,12 +188,12 @@ def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
             problems.append(f"plain reconcile failed ({said})")
         else:
             # The reconcile command looks in the recorded workspace, wherever ward runs.
-            findings = {f["callId"]: f["finding"] for f in json.loads(r.stdout)}
+            findings = {(f["run"], f["callId"]): f["finding"] for f in json.loads(r.stdout)}
             done = {line.split()[1] for line in (logged or b"").decode().splitlines()}
-            if sorted(findings) != before:
-                problems.append(f"settled {sorted(findings)}, not the calls in doubt {before}")
-            for call, finding in findings.items():
-                if finding != ("executed" if call in done else "not-executed"):
+            if sorted(findings) != [(run, call) for call in before]:
+                problems.append(f"settled {sorted(findings)}, not the calls in doubt {before} of {run}")
+            for (of, call), finding in findings.items():
+                if of == run and finding != ("executed" if call in done else "not-executed"):
                     problems.append(f"{call} found {finding}, but effects.log says otherwise")
             if before and (left := in_doubt_calls(ward, ledger, run, elsewhere)):
                 problems.append(f"still in doubt after the plain reconcile: {left}")
@@ -175,6 +213,79 @@ def reconcile_elsewhere(ward, policies, work, run, way, before, elsewhere):
     return problems
 
 
+class Elsewhere:
+    """The reconciles from another directory after kills of ward: the next way for runs
+    without and with calls in doubt, and the ways the runs with calls in doubt met."""
+    ways = ["plain", "other", "relative"]
+
+    def __init__(self):
+        self.turn = {False: 0, True: 0}
+        self.met = {way: 0 for way in self.ways}
+        self.unready = 0
+
+    def check(self, ward, policies, work, run, ledger, other):
+        """After `run`'s ward was killed: the reconcile from the new directory `other`.
+        Returns the table's cell and what went wrong."""
+        os.makedirs(other)
+        try:
+            before = in_doubt_calls(ward, ledger, run, other) if os.path.exists(ledger) else None
+        except ListFailed as e:
+            # Killed while making the ledger (before any call): the read-only audits
+            # refuse a half-made one (exit 3), the next `ward run` completes it.
+            if e.exit_code != 3:
+                return "error", [str(e)]
+            before = None
+        if before is None:
+            self.unready += 1
+            return "no ledger", []
+        way = self.ways[self.turn[bool(before)] % len(self.ways)]
+        self.turn[bool(before)] += 1
+        self.met[way] += bool(before)
+        try:
+            return f"{way} {len(before)}", reconcile_elsewhere(ward, policies, work, run, ledger, way, before, other)
+        except (ListFailed, ValueError) as e:
+            return f"{way} {len(before)}", [str(e)]
+
+    def summary(self):
+        return (f"elsewhere: {sum(self.turn.values())} reconciles from another directory, {self.unready} runs with no ledger yet; "
+                "runs with calls in doubt: " + ", ".join(f"{self.met[way]} {way}" for way in self.ways))
+
+
+def ward_run_argv(ward, policies, work, run, agent_cmd, ledger=None):
+    """`ward run` of the agent, its socket in the run's own directory: another matrix or test
+    on this machine may use the same run IDs at the same time."""
+    return [ward, "run", *(["--ledger", ledger] if ledger else []), "--policies", policies, "--run-id", run,
+            "--socket", os.path.join(work, "ward.sock"), "--max-restarts", "0", "--", *agent_cmd]
+
+
+def run_outcome(ward, work, run, ledger, reference):
+    """What a finished run left: its effects (in order), its events, its final state."""
+    try:
+        with open(os.path.join(work, "workspace", "effects.log")) as f:
+            effects = [line.split()[1] for line in f.read().splitlines()]
+    except OSError:
+        effects = []
+    expected = [f"{s}-effect" for s in range(STEPS)]
+    exported = subprocess.run([ward, "ledger", "export", "--ledger", ledger, "--run", run], cwd=work, capture_output=True, text=True).stdout
+    events = [json.loads(line) for line in exported.splitlines()]
+    try:
+        with open(os.path.join(work, "final.json")) as f:
+            state_ok = f.read() == reference
+    except OSError:
+        state_ok = False
+    return {
+        "effects_ok": sorted(effects) == sorted(expected) and len(set(effects)) == len(effects),
+        "events": events,
+        "in_doubt": sum(1 for e in events if e["kind"] == "call.in-doubt"),
+        "attempts": sum(1 for e in events if e["kind"] == "run.attempt"),
+        "state_ok": state_ok,
+    }
+
+
+def mark(ok):
+    return "ok" if ok else "FAIL"
+
+
 def processes_with(token, prefix=False):
     """Pids whose command line contains `token` (or starts with it, when `prefix`)."""
     found = []
@@ -191,12 +302,29 @@ def processes_with(token, prefix=False):
     return found
 
 
+def fail_point_scenarios(rng):
+    """Each fail point at a hit it really reaches: three calls a step, one checkpoint a step,
+    one reply a call plus run.resume. The three calls of a step run at once, so a kill of
+    ward at any point but in-checkpoint (inside the begin of the step's non-idempotent call,
+    which rolls back with it) may catch that step's non-idempotent call mid-flight: a window
+    where an in-doubt call is correct (and must then be settled, with the effect once and
+    the final state equal to the reference's). (label, point, window)."""
+    return [(f"{point}@{rng.randint(1, hits)}", point, window)
+            for point, window, hits in [("after-begin", True, STEPS * 3), ("after-spawn", True, STEPS * 3), ("in-checkpoint", False, STEPS),
+                                        ("before-finish", True, STEPS * 3), ("after-finish", True, STEPS * 3), ("before-reply", True, STEPS * 3 + 1)]]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("ward", type=os.path.abspath, help="the ward binary (also run from other directories)")
     ap.add_argument("--points", type=int, default=50, help="random kills (besides every fail point)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--two", action="store_true",
+                    help="two supervisors of two runs on one ledger, each in its own PID namespace (needs root)")
     a = ap.parse_args()
+    if a.two and os.geteuid() != 0:
+        print("crash matrix --two: new PID namespaces (unshare --pid) need root", file=sys.stderr)
+        return 2
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     root = tempfile.mkdtemp(prefix="ward-matrix-")
@@ -204,13 +332,23 @@ def main():
     from ward_harness import policy_directory
     policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
+    replay = f"{'--two ' if a.two else ''}--seed {seed} --points {a.points}"
+    mode = two_supervisors if a.two else one_supervisor
+    passed, failed = mode(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
+    if failed:
+        print(f"failures: replay with {replay}; runs kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
 
+
+def one_supervisor(a, rng, root, policies, agent_cmd, seeded):
+    """The matrix of one `ward run` at a time, each run with its own ledger. Returns the
+    numbers of runs passed and failed."""
     def ward_run(work, run, env=None, kill=None):
         """One `ward run`; `kill` = (target, delay) SIGKILLs ward or the agent after delay s."""
-        # The socket in the run's own directory: another matrix or test on this machine may
-        # use the same run IDs at the same time.
-        p = subprocess.Popen([a.ward, "run", "--policies", policies, "--run-id", run, "--socket", os.path.join(work, "ward.sock"),
-                              "--max-restarts", "0", "--", *agent_cmd],
+        p = subprocess.Popen(ward_run_argv(a.ward, policies, work, run, agent_cmd),
                              cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         if kill:
             target, delay = kill
@@ -236,34 +374,22 @@ def main():
     with open(os.path.join(ref, "final.json")) as f:
         reference = f.read()
 
-    # Each fail point at a hit it really reaches: three calls a step, one checkpoint a step,
-    # one reply a call plus run.resume. The three calls of a step run at once, so a kill of
-    # ward at any point may catch that step's non-idempotent call mid-flight: every fail
-    # point is a window where an in-doubt call is correct (and must then be settled, with
-    # the effect once and the final state equal to the reference's).
-    scenarios = []
-    for point, window, hits in [("after-begin", True, STEPS * 3), ("after-spawn", True, STEPS * 3), ("in-checkpoint", False, STEPS),
-                                ("before-finish", True, STEPS * 3), ("after-finish", True, STEPS * 3), ("before-reply", True, STEPS * 3 + 1)]:
-        scenarios.append((f"{point}@{rng.randint(1, hits)}", {"point": point}, window))
+    scenarios = [(label, {"point": point}, window) for label, point, window in fail_point_scenarios(rng)]
     # Random kills within the span of an uncrashed run.
     for i in range(a.points):
         target = rng.choice(["ward", "ward", "agent"])
         # Only a kill of ward can leave a call in doubt: a dead agent's calls still finish.
         scenarios.append((f"kill {target} at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": target}, target == "ward"))
 
-    print(f"crash matrix: {len(scenarios)} runs, seed {seed} (replay: --seed {seed} --points {a.points})")
+    print(f"crash matrix: {len(scenarios)} runs, {seeded}")
     print(f"{'run':<5}{'kill':<30}{'restarts':<10}{'in-doubt':<10}{'effects':<9}{'state':<7}{'verify':<8}{'orphans':<8}{'elsewhere':<17}")
     passed = failed = 0
-    # The reconciles from another directory: the next way for runs without and with calls
-    # in doubt, and the ways the runs with calls in doubt met.
-    ways = ["plain", "other", "relative"]
-    turn = {False: 0, True: 0}
-    met = {way: 0 for way in ways}
-    unready = 0
+    elsewhere_checks = Elsewhere()
     for n, (label, how, window) in enumerate(scenarios, start=1):
         work = os.path.join(root, f"run-{n}")
         os.makedirs(work)
         run = f"m{n}"
+        ledger = os.path.join(work, ".ward", "ledger.sqlite")
         if "point" in how:
             env = dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}")
             ward_run(work, run, env=env)
@@ -272,70 +398,306 @@ def main():
         elsewhere, problems = "-", []
         if "point" in how or how["kill"] == "ward":
             wait_gone(work)
-            ledger = os.path.join(work, ".ward", "ledger.sqlite")
-            other = os.path.join(root, f"elsewhere-{n}")
-            os.makedirs(other)
-            try:
-                before = in_doubt_calls(a.ward, ledger, run, other) if os.path.exists(ledger) else None
-            except ListFailed as e:
-                # Killed while making the ledger (before any call): the read-only audits
-                # refuse a half-made one (exit 3), the next `ward run` completes it.
-                if e.exit_code != 3:
-                    problems = [str(e)]
-                before = None
-            if before is None:
-                elsewhere = "no ledger" if not problems else "error"
-                unready += not problems
-            else:
-                way = ways[turn[bool(before)] % len(ways)]
-                turn[bool(before)] += 1
-                met[way] += bool(before)
-                elsewhere = f"{way} {len(before)}"
-                try:
-                    problems = reconcile_elsewhere(a.ward, policies, work, run, way, before, other)
-                except (ListFailed, ValueError) as e:
-                    problems = [str(e)]
+            elsewhere, problems = elsewhere_checks.check(a.ward, policies, work, run, ledger, os.path.join(root, f"elsewhere-{n}"))
         restarts = 0
         while not os.path.exists(os.path.join(work, "final.json")) and restarts < 5:
             ward_run(work, run)
             restarts += 1
-        ws = os.path.join(work, "workspace")
-        try:
-            effects = [l.split()[1] for l in open(os.path.join(ws, "effects.log")).read().splitlines()]
-        except OSError:
-            effects = []
-        expected = [f"{s}-effect" for s in range(STEPS)]
-        effects_ok = sorted(effects) == sorted(expected) and len(set(effects)) == len(effects)
-        events = subprocess.run([a.ward, "ledger", "export", "--run", run], cwd=work, capture_output=True, text=True).stdout
-        in_doubt = sum(1 for line in events.splitlines() if '"kind":"call.in-doubt"' in line)
-        doubt_ok = window or in_doubt == 0
+        out = run_outcome(a.ward, work, run, ledger, reference)
+        doubt_ok = window or out["in_doubt"] == 0
         # "No ledger" is checked, not assumed: the killed attempt recorded none of its own.
-        attempts = sum(1 for line in events.splitlines() if '"kind":"run.attempt"' in line)
-        if elsewhere == "no ledger" and attempts != restarts:
-            problems.append(f"no ledger before the restarts, yet {attempts} attempts recorded for {restarts} restarts")
-        try:
-            state_ok = open(os.path.join(work, "final.json")).read() == reference
-        except OSError:
-            state_ok = False
-        verify_ok = subprocess.run([a.ward, "ledger", "verify"], cwd=work, capture_output=True).returncode == 0
+        if elsewhere == "no ledger" and out["attempts"] != restarts:
+            problems.append(f"no ledger before the restarts, yet {out['attempts']} attempts recorded for {restarts} restarts")
+        verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=work, capture_output=True).returncode == 0
         orphans = wait_gone(work)
-        ok = effects_ok and doubt_ok and state_ok and verify_ok and not orphans and not problems
+        ok = out["effects_ok"] and doubt_ok and out["state_ok"] and verify_ok and not orphans and not problems
         passed += ok
         failed += not ok
-        mark = lambda b: "ok" if b else "FAIL"
-        print(f"{n:<5}{label:<30}{restarts:<10}{str(in_doubt) + ('' if doubt_ok else ' FAIL'):<10}{mark(effects_ok):<9}"
-              f"{mark(state_ok):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
+        print(f"{n:<5}{label:<30}{restarts:<10}{str(out['in_doubt']) + ('' if doubt_ok else ' FAIL'):<10}{mark(out['effects_ok']):<9}"
+              f"{mark(out['state_ok']):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
               f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<17}", flush=True)
         for problem in problems:
             print(f"     elsewhere: {problem}", flush=True)
-    print(f"elsewhere: {sum(turn.values())} reconciles from another directory, {unready} runs with no ledger yet; "
-          "runs with calls in doubt: " + ", ".join(f"{met[way]} {way}" for way in ways))
-    if failed:
-        print(f"failures: replay with --seed {seed} --points {a.points}; runs kept in {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    print(elsewhere_checks.summary())
+    return passed, failed
+
+
+# Each supervisor of the two-supervisor mode in a PID namespace of its own, with its own
+# /proc, where the other's pids mean nothing. A shell is the namespace's init, not ward: the
+# kernel drops a SIGKILL that a namespace's init sends itself, so ward as init would live
+# through its fail points. --kill-child: should the matrix die, each namespace dies with it.
+NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "/bin/sh", "-c", '"$@" & wait $!', "sh"]
+
+
+def children(pid):
+    """The pids whose parent is `pid`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                # The command name may hold spaces and parentheses: the fields follow the last ")".
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def namespace_init(p):
+    """The host pid of the init (the shell) of the namespace that `p` (an unshare of
+    NAMESPACE) made, once it runs; None when `p` has exited or has no init yet."""
+    if p.poll() is None:
+        for pid in children(p.pid):
+            if command_line(pid).startswith(b"/bin/sh\0-c\0"):
+                return pid
+    return None
+
+
+def supervisor_in(p, ward):
+    """The host pid of the ward in `p`'s namespace, waited for until it runs (an early kill
+    must hit ward, not the unshare or shell before it); None once `p` has exited."""
+    while p.poll() is None:
+        init = namespace_init(p)
+        for pid in children(init) if init else []:
+            if command_line(pid).startswith(ward.encode() + b"\0"):
+                return pid
+        time.sleep(0.005)
+    return None
+
+
+def second_supervisor(a, policies, agent_cmd, ledger, run, directory, killed):
+    """Starts another `ward run` of `run`, which its supervisor serves, with a socket of its
+    own in the new directory `directory`: from the namespace of the killed side's supervisor
+    of the moment (`killed`, its Popen: its restart) while that lives, else from a new one.
+    It must be refused (exit 1, saying the run is served) and record nothing. Returns the
+    table's cell and what went wrong."""
+    os.makedirs(directory)
+
+    def export():
+        return subprocess.run([a.ward, "ledger", "export", "--ledger", ledger, "--run", run],
+                              cwd=os.path.dirname(directory), capture_output=True, text=True).stdout
+
+    before = export()
+    argv = ward_run_argv(a.ward, policies, directory, run, agent_cmd, ledger)
+    refusal = f"run {run} is served by another supervisor"
+    r, where = None, "own ns"
+    init = namespace_init(killed)
+    if init:
+        r = subprocess.run(["nsenter", "--target", str(init), "--pid", "--mount", f"--wd={directory}", "--", *argv],
+                           cwd=directory, capture_output=True, text=True, timeout=60)
+        where = "other's ns"
+        if r.returncode < 0 or r.returncode == 128 + signal.SIGKILL or r.stderr.startswith("nsenter: "):
+            # The namespace died before or under it (its supervisor was killed): tried again
+            # in a new one.
+            r, where = None, "own ns"
+    if r is None:
+        r = subprocess.run([*NAMESPACE, *argv], cwd=directory, capture_output=True, text=True, timeout=60)
+    problems = []
+    said = f"exit {r.returncode}: {r.stderr.strip()[-200:]}"
+    if r.returncode != 1 or refusal not in r.stderr:
+        problems.append(f"not refused ({said})")
+    if export() != before:
+        problems.append("the refused supervisor recorded something in the run")
+    if made := os.listdir(directory):
+        problems.append(f"the refused supervisor made {made}")
+    return f"{'refused' if not problems else 'FAIL'} ({where})", problems
+
+
+def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
+    """Pairs of runs, each pair on one ledger of its own, served at the same time by two
+    `ward run`s in two PID namespaces; one is killed (a fail point or SIGKILL), reconciled
+    from another directory and restarted until its agent finishes while the other keeps
+    serving. Returns the numbers of pairs passed and failed."""
+    def supervise(work, run, ledger, env=None):
+        return subprocess.Popen([*NAMESPACE, *ward_run_argv(a.ward, policies, work, run, agent_cmd, ledger)],
+                                cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    # The uncrashed pair every other run must equal.
+    ref = os.path.join(root, "reference")
+    for side in "ab":
+        os.makedirs(os.path.join(ref, side))
+    started = time.time()
+    pair = [supervise(os.path.join(ref, side), f"ref{side}", os.path.join(ref, "ledger.sqlite")) for side in "ab"]
+    ends = []
+    waiters = [threading.Thread(target=lambda p=p: (p.wait(), ends.append(time.time()))) for p in pair]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join()
+    # The faster run's span: in a pair the kept side soon waits on its held call, so the
+    # killed one runs nearly alone; kills later than it finishes would be wasted.
+    duration = min(ends) - started
+    finals = []
+    for side in "ab":
+        try:
+            with open(os.path.join(ref, side, "final.json")) as f:
+                finals.append(f.read())
+        except OSError:
+            finals.append(None)
+    if None in finals or finals[0] != finals[1]:
+        # Already a violation: two uncrashed supervisors on one ledger disturbed each other.
+        print(f"crash matrix, two supervisors: the uncrashed pair failed (final states {finals}, exits {[p.returncode for p in pair]})")
+        return 0, 1
+    reference = finals[0]
+
+    # (label, how, window, the killed side): every fail point, then random kills, each of
+    # either supervisor within the span of an uncrashed pair.
+    scenarios = [(label, {"point": point}, window, rng.choice("ab")) for label, point, window in fail_point_scenarios(rng)]
+    for i in range(a.points):
+        scenarios.append((f"kill at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": True}, True, rng.choice("ab")))
+
+    print(f"crash matrix, two supervisors in two PID namespaces on one ledger: {len(scenarios)} pairs, {seeded}")
+    print(f"{'pair':<5}{'run':<6}{'role':<7}{'kill':<19}{'restarts':<10}{'in-doubt':<10}{'once':<6}{'effects':<9}{'state':<7}"
+          f"{'orphans':<9}{'elsewhere/second':<26}{'overlap':<9}{'verify':<7}")
+    passed = failed = 0
+    overlaps = 0
+    refused = {"other's ns": 0, "own ns": 0}
+    elsewhere_checks = Elsewhere()
+    for n, (label, how, window, killed) in enumerate(scenarios, start=1):
+        kept = "b" if killed == "a" else "a"
+        top = os.path.join(root, f"pair-{n}")
+        ledger = os.path.join(top, "ledger.sqlite")
+        work = {side: os.path.join(top, side) for side in "ab"}
+        run = {side: f"t{n}{side}" for side in "ab"}
+        for side in "ab":
+            os.makedirs(work[side])
+        # The kept side's first non-idempotent call is held running (its effect made, its
+        # outcome not recorded) by `hold` in its workspace until the killed side's restart
+        # has recovered: its kill, the reconcile after it and its recovery all meet a live
+        # owner's call mid-flight, which a live owner judged dead would put in doubt.
+        held = os.path.join(work[kept], "workspace", "hold")
+        os.makedirs(os.path.dirname(held))
+        with open(held, "w"):
+            pass
+        env = {
+            killed: dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}") if "point" in how else None,
+            # Held again before its second step, for the second supervisor (by then the
+            # killed side's restart serves, and holds too).
+            kept: dict(os.environ, CRASH_MATRIX_HOLD="1"),
+        }
+        started = time.time()
+        procs = {side: supervise(work[side], run[side], ledger, env[side]) for side in "ab"}
+        # The killed side in a thread of its own: killed, reconciled and restarted while the
+        # kept side is served and checked here.
+        side_of_killed = {"current": procs[killed], "restarts": 0, "overlap": False, "elsewhere": ("-", [])}
+
+        def killed_side():
+            try:
+                p = procs[killed]
+                if "kill" in how:
+                    time.sleep(max(0.0, started + float(label.split(" at ")[1][:-1]) - time.time()))
+                    if (pid := supervisor_in(p, a.ward)) is not None:
+                        os.kill(pid, signal.SIGKILL)
+                p.wait()
+                wait_gone(work[killed])
+                # The kept side's held call is running once its effect is logged (begun
+                # before it was spawned): the reconcile and the recovery below must meet it.
+                while not os.path.exists(os.path.join(work[kept], "workspace", "effects.log")) and procs[kept].poll() is None:
+                    time.sleep(0.005)
+                side_of_killed["elsewhere"] = elsewhere_checks.check(a.ward, policies, work[killed], run[killed], ledger,
+                                                                     os.path.join(top, "elsewhere"))
+                socket = os.path.join(work[killed], "ward.sock")
+                while not os.path.exists(os.path.join(work[killed], "final.json")) and side_of_killed["restarts"] < 5:
+                    # Left by the killed ward. The restart binds its socket after its
+                    # recovery: the socket's return says the recovery is done.
+                    if os.path.exists(socket):
+                        os.unlink(socket)
+                    # The first restart's agent holds before its first step, so that its
+                    # namespace still lives for the second supervisor.
+                    first = {} if side_of_killed["restarts"] else {"env": dict(os.environ, CRASH_MATRIX_HOLD="0")}
+                    p = side_of_killed["current"] = supervise(work[killed], run[killed], ledger, **first)
+                    if os.path.exists(held):
+                        while not os.path.exists(socket) and p.poll() is None:
+                            time.sleep(0.005)
+                        side_of_killed["overlap"] = os.path.exists(socket) and procs[kept].poll() is None
+                        os.unlink(held)
+                    p.wait()
+                    side_of_killed["restarts"] += 1
+            except Exception as e:  # reported in the table, never a hang of the pair
+                side_of_killed["error"] = repr(e)
+            finally:
+                if os.path.exists(held):
+                    os.unlink(held)
+
+        thread = threading.Thread(target=killed_side)
+        thread.start()
+        second, second_problems = "-", []
+        try:
+            paused = os.path.join(work[kept], "paused")
+            while not os.path.exists(paused) and procs[kept].poll() is None:
+                time.sleep(0.01)
+            # The killed side's restarted agent holds too (unless none was needed, or it had
+            # no step left).
+            while not os.path.exists(os.path.join(work[killed], "paused")) and thread.is_alive():
+                time.sleep(0.01)
+            if os.path.exists(paused):
+                second, second_problems = second_supervisor(a, policies, agent_cmd, ledger, run[kept], os.path.join(top, "second"),
+                                                            side_of_killed["current"])
+            else:
+                second, second_problems = "FAIL", ["the kept agent never reached its hold"]
+        except Exception as e:
+            second, second_problems = "FAIL", [repr(e)]
+        finally:
+            for side in "ab":
+                with open(os.path.join(work[side], "go"), "w"):
+                    pass
+        kept_status = procs[kept].wait()
+        thread.join()
+
+        out = {side: run_outcome(a.ward, work[side], run[side], ledger, reference) for side in "ab"}
+        verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=top, capture_output=True).returncode == 0
+        orphans = {side: wait_gone(work[side]) for side in "ab"}
+        restarts = side_of_killed["restarts"]
+        elsewhere, problems = side_of_killed["elsewhere"]
+        problems = list(problems) + ([side_of_killed["error"]] if "error" in side_of_killed else [])
+        if elsewhere == "no ledger" and out[killed]["attempts"] != restarts:
+            problems.append(f"no ledger before the restarts, yet {out[killed]['attempts']} attempts recorded for {restarts} restarts")
+        doubt_ok = window or out[killed]["in_doubt"] == 0
+        # The kept side: never in doubt, every call begun once, finished at its first attempt.
+        begun = {}
+        for e in out[kept]["events"]:
+            if e["kind"] == "call.begin":
+                begun[e["callId"]] = begun.get(e["callId"], 0) + 1
+        once_ok = len(begun) == STEPS * 3 and set(begun.values()) == {1}
+        kept_problems = [] if kept_status == 0 else [f"its ward exited {kept_status}"]
+        ok_killed = out[killed]["effects_ok"] and doubt_ok and out[killed]["state_ok"] and not orphans[killed] and not problems
+        ok_kept = (out[kept]["effects_ok"] and out[kept]["in_doubt"] == 0 and once_ok and out[kept]["state_ok"]
+                   and not orphans[kept] and not second_problems and not kept_problems)
+        ok = ok_killed and ok_kept and verify_ok
+        passed += ok
+        failed += not ok
+        overlaps += side_of_killed["overlap"]
+        for where in refused:
+            refused[where] += not second_problems and where in second
+        print(f"{n:<5}{run[killed]:<6}{'killed':<7}{label:<19}{restarts:<10}{str(out[killed]['in_doubt']) + ('' if doubt_ok else ' FAIL'):<10}"
+              f"{'-':<6}{mark(out[killed]['effects_ok']):<9}{mark(out[killed]['state_ok']):<7}{mark(not orphans[killed]):<9}"
+              f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<26}{'yes' if side_of_killed['overlap'] else 'no':<9}"
+              f"{mark(verify_ok):<7}", flush=True)
+        kept_doubt = out[kept]["in_doubt"]
+        print(f"{'':<5}{run[kept]:<6}{'kept':<7}{'-':<19}{0:<10}{str(kept_doubt) + ('' if kept_doubt == 0 else ' FAIL'):<10}"
+              f"{mark(once_ok):<6}{mark(out[kept]['effects_ok']):<9}{mark(out[kept]['state_ok']):<7}{mark(not orphans[kept]):<9}"
+              f"{second:<26}", flush=True)
+        for problem in problems:
+            print(f"     elsewhere: {problem}", flush=True)
+        for problem in second_problems:
+            print(f"     second: {problem}", flush=True)
+        for problem in kept_problems:
+            print(f"     kept: {problem}", flush=True)
+    print(elsewhere_checks.summary())
+    from_other, from_own = refused["other's ns"], refused["own ns"]
+    print(f"two supervisors: the killed one recovered while the other's call was held running in {overlaps} of {len(scenarios)} pairs; "
+          f"second supervisors refused: {from_other} from the other's namespace, {from_own} from their own")
+    return passed, failed
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ enum OwnerState: Equatable {
 }
 
 extension Ledger {
-    /// `LEDGER-locks/`: owner locks, run locks, reconcile locks.
+    /// `LEDGER-locks/`: owner locks, run locks, reconcile locks, the schema lock (`SchemaLock`).
     var lockDirectory: String { path + "-locks" }
 
     /// The owner lock of this handle, made at its first call.

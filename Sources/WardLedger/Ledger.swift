@@ -83,6 +83,13 @@ public final class Ledger: Sendable {
         config.busyMode = .timeout(busyTimeout)
         config.readonly = readOnly
         do {
+            // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
+            // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
+            // whatever the busy timeout, and GRDB's migrator reads which migrations are
+            // applied before its transactions, so both would apply one ("duplicate column
+            // name"). A ledger in WAL mode and up to date (every open but the first) takes
+            // no lock.
+            var setUp = readOnly || Ledger.isInWALMode(path) ? nil : try SchemaLock(ledger: path)
             pool = try DatabasePool(path: readOnly && Ledger.isOnReadOnlyMedia(path) ? Ledger.immutableURI(path) : path, configuration: config)
             // Set on the writer after the pool is open: GRDB's WAL set-up runs after
             // prepareDatabase and sets NORMAL, which would silently drop FULL's fsync per commit.
@@ -94,9 +101,11 @@ public final class Ledger: Sendable {
             if readOnly {
                 let applied = try pool.read { db in try Ledger.migrator.appliedMigrations(db) }
                 guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
-            } else {
+            } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
+                if setUp == nil { setUp = try SchemaLock(ledger: path) }
                 try Ledger.migrator.migrate(pool)
             }
+            withExtendedLifetime(setUp) {}
         } catch {
             throw Ledger.map(error, doing: "opening \(path)")
         }
@@ -132,6 +141,16 @@ public final class Ledger: Sendable {
             }
         }
         return "file:" + escaped + "?immutable=1"
+    }
+
+    /// Whether `path` is an SQLite database in WAL mode (its header's read and write
+    /// versions are 2): then opening it changes no journal mode.
+    private static func isInWALMode(_ path: String) -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 20)
+        return pread(fd, &header, 20, 0) == 20 && header[18] == 2 && header[19] == 2
     }
 
     private static func createParentDirectory(of path: String) throws(LedgerError) {
@@ -384,4 +403,29 @@ extension DatabaseValue {
         default: []
         }
     }
+}
+
+/// Held while a process sets a ledger up (WAL mode and schema): an exclusive `flock` on
+/// `LEDGER-locks/schema`, which works across PID namespaces and is released when the
+/// process dies.
+final class SchemaLock {
+    private let fd: Int32
+
+    init(ledger path: String) throws(LedgerError) {
+        let directory = path + "-locks"
+        try Ledger.makeDirectory(directory)
+        let file = directory + "/schema"
+        fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the schema lock \(file): \(String(cString: strerror(errno)))") }
+        // Waited for: another process's set-up takes milliseconds.
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else {
+                let error = String(cString: strerror(errno))
+                close(fd)
+                throw LedgerError(.storage, "cannot take the schema lock \(file): \(error)")
+            }
+        }
+    }
+
+    deinit { close(fd) }
 }

@@ -33,7 +33,6 @@ struct RunOptions: ParsableArguments {
     func validate() throws {
         try Checks.nonEmpty(socket, "--socket")
         try Checks.notNegative(grace, "--grace")
-        try Checks.notNegative(grace, "--grace")
         if let runID, let problem = Identifier.runIDProblem(in: runID) {
             throw ValidationError("--run-id: the run ID \(problem)")
         }
