@@ -33,14 +33,25 @@ public final class Supervisor: Sendable {
 
     /// Held for the supervisor's life: no other supervisor serves this run meanwhile.
     let runLock: RunLock?
+    /// Where ward tells its operator what the agent may not see (stderr, "ward: …").
+    let notify: @Sendable (String) -> Void
+    /// Damaged checkpoints the operator was told of: once each, however often they are met.
+    private let toldDamage = Lock<Set<Int>>([])
 
-    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil) {
+    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil,
+                notify: @escaping @Sendable (String) -> Void = Supervisor.notifyOnStderr) {
         self.runLock = runLock
         self.ledger = ledger
         self.sandbox = sandbox
         self.runID = runID
+        self.notify = notify
         currentAttempt = Atomic(attempt)
         reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
+    }
+
+    public static let notifyOnStderr: @Sendable (String) -> Void = { message in
+        let line = Array("ward: \(message)\n".utf8)
+        _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
 
     // MARK: - JSON-RPC framing
@@ -97,7 +108,7 @@ public final class Supervisor: Sendable {
     public func takeToldInDoubt() -> Bool { toldInDoubt.exchange(false, ordering: .relaxed) }
 
     func resume() throws(RPCError) -> JSONValue {
-        let checkpoint = try ledgerCall { () throws(LedgerError) in try ledger.loadCheckpoint(run: runID) }
+        let (checkpoint, damaged) = try usableCheckpoint(seq: nil)
         let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
         let inDoubt = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID) }
         let notExecuted = try ledgerCall { () throws(LedgerError) in try ledger.notExecutedCalls(run: runID) }
@@ -105,7 +116,7 @@ public final class Supervisor: Sendable {
         return .object([
             "runId": .string(runID),
             "attempt": .number(Double(attempt)),
-            "checkpoint": try checkpoint.map { c throws(RPCError) in .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)]) } ?? .null,
+            "checkpoint": try Supervisor.checkpoint(checkpoint, damaged: damaged),
             "completedSince": .array(completed.map(\.json)),
             "inDoubt": .array(inDoubt.map { .string($0.callId) }),
             "notExecuted": .array(notExecuted.map { .string($0) }),
@@ -114,6 +125,26 @@ public final class Supervisor: Sendable {
 
     static func state(_ bytes: [UInt8]) throws(RPCError) -> JSONValue {
         do { return try JSONValue.parse(bytes) } catch { throw RPCError(.storage, "a stored checkpoint is not valid JSON") }
+    }
+
+    /// The checkpoint to resume from: `seq` (the latest when nil), or the last good one
+    /// before it when that one is damaged. A damaged checkpoint is reported (in the answer,
+    /// as a `checkpoint.damaged` event, to the operator), never an error that would fail
+    /// every load and every resume of the run from then on.
+    func usableCheckpoint(seq: Int?) throws(RPCError) -> (checkpoint: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) {
+        let found = try ledgerCall { () throws(LedgerError) in try ledger.loadUsableCheckpoint(run: runID, seq: seq) }
+        for d in found.damaged where toldDamage.withLock({ $0.insert(d.seq).inserted }) {
+            notify("checkpoint \(d.seq) of run \(runID) is damaged and skipped: \(d.problem)")
+        }
+        return found
+    }
+
+    /// `{seq, state, damaged?}` (`damaged`: the checkpoints skipped for this one), or null.
+    static func checkpoint(_ c: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) throws(RPCError) -> JSONValue {
+        guard let c else { return .null }
+        var members: [String: JSONValue] = ["seq": .number(Double(c.seq)), "state": try state(c.state)]
+        if !damaged.isEmpty { members["damaged"] = .array(damaged.map(\.json)) }
+        return .object(members)
     }
 
     func checkpointSave(_ p: Params) throws(RPCError) -> JSONValue {
@@ -125,8 +156,8 @@ public final class Supervisor: Sendable {
 
     func checkpointLoad(_ p: Params) throws(RPCError) -> JSONValue {
         let seq = try p.integer("seq", in: 1...Params.maximumInteger)
-        guard let c = try ledgerCall({ () throws(LedgerError) in try ledger.loadCheckpoint(run: runID, seq: seq) }) else { return .null }
-        return .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)])
+        let (checkpoint, damaged) = try usableCheckpoint(seq: seq)
+        return try Supervisor.checkpoint(checkpoint, damaged: damaged)
     }
 
     func journalRecord(_ p: Params) throws(RPCError) -> JSONValue {
