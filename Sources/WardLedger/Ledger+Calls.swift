@@ -262,7 +262,10 @@ extension Ledger {
 
     /// Records the outcome durably, then returns the result for the agent. On a storage
     /// failure the commit is retried (with backoff, up to `retryFor` seconds); the call is
-    /// never reported done before its outcome is on disk.
+    /// never reported done before its outcome is on disk. A `storage` error leaves the call
+    /// `running` under this handle, its capture file in place: the caller still holds the
+    /// outcome and must commit it again until it lands (the supervisor's `OutcomeRetrier`),
+    /// or the call waits, unfinished, for as long as this process lives.
     public func finish(_ ticket: CallTicket, outcome: ToolOutcome, retryFor seconds: Double = 10) throws(LedgerError) -> CallResult {
         let deadline = ContinuousClock.now + .milliseconds(Int(min(max(seconds, 0), 1e9) * 1000))  // never a trap on a huge wait
         var delay = 0.005

@@ -33,25 +33,42 @@ public final class Supervisor: Sendable {
 
     /// Held for the supervisor's life: no other supervisor serves this run meanwhile.
     let runLock: RunLock?
+    /// How long `finish` retries a failed commit in line before the outcome is handed to
+    /// `outcomes` and the agent is told it is not recorded yet.
+    let finishRetry: Double
+    /// Outcomes that ran but are not recorded yet, committed again until they land.
+    let outcomes: OutcomeRetrier
     /// Where ward tells its operator what the agent may not see (stderr, "ward: …").
     let notify: @Sendable (String) -> Void
     /// Damaged checkpoints the operator was told of: once each, however often they are met.
     private let toldDamage = Lock<Set<Int>>([])
 
-    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil,
+    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil, finishRetry: Double = 10,
                 notify: @escaping @Sendable (String) -> Void = Supervisor.notifyOnStderr) {
         self.runLock = runLock
         self.ledger = ledger
         self.sandbox = sandbox
         self.runID = runID
+        self.finishRetry = finishRetry
         self.notify = notify
         currentAttempt = Atomic(attempt)
         reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
+        outcomes = OutcomeRetrier(ledger: ledger, notify: notify)
     }
+
+    deinit { outcomes.stop() }
 
     public static let notifyOnStderr: @Sendable (String) -> Void = { message in
         let line = Array("ward: \(message)\n".utf8)
         _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// At ward's exit, once no request runs: outcomes not recorded yet get one more attempt,
+    /// and more until they land or `seconds` pass. Returns how many could not be recorded
+    /// (each one is reported through `notify`).
+    @discardableResult
+    public func recordPendingOutcomes(within seconds: Double) -> Int {
+        outcomes.flush(within: seconds).count
     }
 
     // MARK: - JSON-RPC framing
@@ -206,6 +223,15 @@ public final class Supervisor: Sendable {
             } catch where error.code == .inProgress {
                 // Never a second child: wait for the one that runs.
                 let wait = Double(policy.timeoutMilliseconds) / 1000 + 10
+                // It ran here, and its outcome waits for the disk: the real result once it
+                // is recorded, or the reason it is not yet.
+                switch outcomes.wait(run: runID, callId: callId, timeout: wait) {
+                case .pending(let last)?:
+                    throw RPCError(.storage, "call \(callId) of run \(runID) ran, but its outcome is not recorded yet (\(last.message)); "
+                                   + "ward keeps trying: ask again for its result")
+                case .settled?: continue
+                case nil: break
+                }
                 let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: callId, timeout: wait) }
                 if let result { return result.json }
                 continue  // its process died: begin decides again
@@ -242,8 +268,24 @@ public final class Supervisor: Sendable {
                     outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),
                                           truncated: false, durationMs: 0)
                 }
-                return try ledgerCall { () throws(LedgerError) in try ledger.finish(ticket, outcome: outcome) }.json
+                return try record(ticket, outcome).json
             }
+        }
+    }
+
+    /// Records a call's outcome. One that cannot be committed within `finishRetry` (the
+    /// disk is full) is kept and committed again until it lands: its call must not stay
+    /// `running` for as long as ward lives, nor its output be lost. Until then the agent
+    /// gets a storage error, and a repeated request waits for the real result.
+    func record(_ ticket: CallTicket, _ outcome: ToolOutcome) throws(RPCError) -> CallResult {
+        do {
+            return try ledger.finish(ticket, outcome: outcome, retryFor: finishRetry)
+        } catch where error.code == .storage {
+            outcomes.hand(ticket, outcome: outcome, error: error)
+            throw RPCError(.storage, "call \(ticket.callId) of run \(ticket.run) ran, but its outcome could not be recorded (\(error.message)); "
+                           + "ward keeps trying: ask again for its result")
+        } catch {
+            throw RPCError(error)
         }
     }
 

@@ -1,8 +1,9 @@
 import Foundation
+import Synchronization
 import Testing
 import WardCore
 import WardLedger
-import WardSupervisor
+@testable import WardSupervisor
 import WardTestSupport
 
 /// A small tmpfs for a ledger, which a filler file fills to the last page and whose space
@@ -86,6 +87,106 @@ struct StorageOutageTests {
         #expect(try a.supervisor.ledger.exportEvents(run: "r1").allSatisfy { $0.kind != "checkpoint.damaged" })
         let verified = try verifyLedger(ledgerPath)
         #expect(verified.status == 0, "\(verified.output)")
+    }
+
+    /// A non-idempotent tool that waits for `go` in the workspace, then prints 1..300000
+    /// (1,988,895 bytes); `ran.log` counts its runs.
+    static func emitPolicies() throws -> String {
+        try testPolicies("outage", tools: #"""
+        [tools.emit]
+        command = ["/bin/sh", "-c", "echo ran >> ran.log; while [ ! -e go ]; do sleep 0.01; done; seq 1 300000"]
+        effect = "non-idempotent"
+        write = ["{workspace}"]
+        limits = { output = "4M" }
+        """#)
+    }
+
+    @Test(.enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
+    func anOutcomeThatMeetsAFullDiskIsRecordedOnceSpaceReturns() throws {
+        let disk = try SmallDisk(megabytes: 16)
+        let ledgerPath = disk.mountPoint + "/ledger.sqlite"
+        let notices = Mutex<[String]>([])
+        let a = try TestServer(run: "r1", ledgerPath: ledgerPath, policies: try Self.emitPolicies(), finishRetry: 0.5,
+                               notify: { message in notices.withLock { $0.append(message) } })
+        let b = try TestServer(run: "r2", ledgerPath: ledgerPath)
+        let cb = try RawClient(b.server.path)
+        let expected = (1...300_000).map { "\($0)\n" }.joined()
+        let call = JSONValue.object(["callId": .string("big"), "tool": .string("emit"), "arguments": .object([:])])
+        let first = try RawClient(a.server.path)
+        first.request(1, "tool.call", call)
+        #expect(eventually { FileManager.default.fileExists(atPath: a.workspace + "/ran.log") }, "the tool never started")
+        try disk.fill()
+        FileManager.default.createFile(atPath: a.workspace + "/go", contents: nil)
+        // The tool ran; its outcome cannot be committed.
+        let refused = first.next()
+        #expect(kind(refused) == "storage", "\(String(describing: refused))")
+        #expect(refused?["error"]?.objectValue?["message"]?.stringValue?.contains("ward keeps trying") == true, "\(String(describing: refused))")
+        #expect(try a.supervisor.ledger.listCalls(run: "r1").map(\.status) == ["running"])
+        // Its capture file stays until the outcome is committed.
+        let capture = ledgerPath + "-output/" + Ledger.idempotencyKey(run: "r1", callId: "big")
+        #expect(FileManager.default.fileExists(atPath: capture))
+        // The other supervisor's writes fail cleanly meanwhile.
+        let journal = cb.call(1, "journal.record", .object(["key": .string("k"), "value": .number(1)]))
+        #expect(kind(journal) == "storage", "\(String(describing: journal))")
+        // What ward's exit does: one more attempt, and the outcome reported when it fails.
+        #expect(a.supervisor.recordPendingOutcomes(within: 0) == 1)
+        #expect(notices.withLock { $0 }.contains { $0.contains("call big of run r1 could not be recorded") }, "\(notices.withLock { $0 })")
+        // Asked again while the disk is full, the call waits for its outcome (never runs again).
+        let again = try RawClient(a.server.path)
+        again.request(2, "tool.call", call)
+        #expect(eventually { a.supervisor.outcomes.isAwaited(run: "r1", callId: "big") }, "the repeated request did not wait for the outcome")
+        try disk.free()
+        let result = try #require(again.next()?["result"]?.objectValue, "no result once space returned")
+        #expect(result["status"] == .string("succeeded") && result["replayed"] == .bool(true))
+        // Compared apart: a failed #expect on two 2 MB strings would diff them for hours.
+        let same = result["stdout"]?.stringValue == expected
+        #expect(same, "the output is not the tool's, byte for byte (\(result["stdout"]?.stringValue?.utf8.count ?? 0) bytes)")
+        #expect(a.supervisor.recordPendingOutcomes(within: 10) == 0)
+        // Recorded once; asked for again, by this ward and by one started afresh, the same bytes.
+        let replayed = try RawClient(a.server.path).call(3, "tool.call", call)?["result"]?.objectValue?["stdout"]?.stringValue == expected
+        #expect(replayed, "asked again, the call did not return the same bytes")
+        let decision = try Ledger(path: ledgerPath).begin(BeginRequest(
+            run: "r1", callId: "big", tool: "emit", effect: .nonIdempotent, arguments: .object([:]), policyHash: "p",
+            executable: "/bin/sh", attempt: 1))
+        guard case .replay(let replay) = decision else { Issue.record("a fresh ward would run the call again: \(decision)"); return }
+        let fromDisk = replay.outcome.stdout == Array(expected.utf8)
+        #expect(fromDisk, "a fresh ward replays other bytes (\(replay.outcome.stdout.count))")
+        #expect(try String(contentsOfFile: a.workspace + "/ran.log", encoding: .utf8) == "ran\n", "the tool ran more than once")
+        #expect(try a.supervisor.ledger.exportEvents(run: "r1").filter { $0.kind == "call.finish" }.count == 1)
+        #expect(!FileManager.default.fileExists(atPath: capture), "the capture file outlived the commit")
+        #expect(cb.call(2, "journal.record", .object(["key": .string("k"), "value": .number(1)]))?["result"]?.objectValue?["recorded"] == .bool(true))
+        let verified = try verifyLedger(ledgerPath)
+        #expect(verified.status == 0, "\(verified.output)")
+    }
+
+    @Test(.enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
+    func wardsExitTriesOnceMoreWhateverTheBackoff() throws {
+        let disk = try SmallDisk(megabytes: 8)
+        let ledger = try Ledger(path: disk.mountPoint + "/ledger.sqlite")
+        let decision = try ledger.begin(BeginRequest(run: "r1", callId: "c1", tool: "shell", effect: .nonIdempotent,
+                                                     arguments: .object([:]), policyHash: "p", executable: "/bin/sh", attempt: 1))
+        guard case .execute(let ticket) = decision else { Issue.record("\(decision)"); return }
+        let output = Array(String(repeating: "output of the call\n", count: 100_000).utf8)
+        let outcome = ToolOutcome(status: .succeeded, exitCode: 0, signal: nil, stdout: output, stderr: [], truncated: false, durationMs: 1)
+        try disk.fill()
+        var failure: LedgerError?
+        do { _ = try ledger.finish(ticket, outcome: outcome, retryFor: 0) } catch { failure = error }
+        let error = try #require(failure, "the outcome was committed on a full disk")
+        // A retrier whose next attempt of its own is an hour away: only the exit's attempt can land.
+        let notices = Mutex<[String]>([])
+        let retrier = OutcomeRetrier(ledger: ledger, firstDelay: 3600, maximumDelay: 3600,
+                                     notify: { message in notices.withLock { $0.append(message) } })
+        defer { retrier.stop() }
+        retrier.hand(ticket, outcome: outcome, error: error)
+        let start = ContinuousClock.now
+        #expect(retrier.flush(within: 0).map(\.callId) == ["c1"])
+        #expect(ContinuousClock.now - start < .seconds(30), "the exit waited for the backoff")
+        #expect(notices.withLock { $0 }.count == 1)
+        #expect(try ledger.listCalls(run: "r1").map(\.status) == ["running"])
+        try disk.free()
+        #expect(retrier.flush(within: 0).isEmpty, "the exit's attempt did not land once there was space")
+        let recorded = try ledger.awaitOutcome(run: "r1", callId: "c1", timeout: 0)?.outcome.stdout == output
+        #expect(recorded, "the recorded output is not the call's")
     }
 
     @Test func aDamagedCheckpointIsReportedAndSkippedAndLaterSavesLoad() throws {
