@@ -348,39 +348,38 @@ private struct Parser {
 
     mutating func string() throws(JSONParseError) -> String {
         pos += 1
-        var scalars = String.UnicodeScalarView()
+        // UTF-8 bytes, made a String once at the end: appending to a String's scalars copies
+        // the whole string at each escape, quadratic in a large output full of newlines.
+        var utf8: [UInt8] = []
         var runStart = pos
-        func flush(_ p: inout Parser, upTo end: Int, into s: inout String.UnicodeScalarView) throws(JSONParseError) {
+        func flush(_ p: inout Parser, upTo end: Int, into s: inout [UInt8]) throws(JSONParseError) {
             guard runStart < end else { return }
-            guard let run = String(validating: p.bytes[runStart..<end], as: UTF8.self) else {
-                throw p.error("invalid UTF-8 in string")
-            }
-            s.append(contentsOf: run.unicodeScalars)
+            let run = p.bytes[runStart..<end]
+            guard String(validating: run, as: UTF8.self) != nil else { throw p.error("invalid UTF-8 in string") }
+            s.append(contentsOf: run)
         }
         while true {
             guard pos < bytes.count else { throw error("unterminated string") }
             let c = bytes[pos]
             if c == UInt8(ascii: "\"") {
-                try flush(&self, upTo: pos, into: &scalars)
+                try flush(&self, upTo: pos, into: &utf8)
                 pos += 1
-                return String(scalars)
+                return String(decoding: utf8, as: UTF8.self)
             }
             if c < 0x20 { throw error("control character in string") }
             if c != UInt8(ascii: "\\") { pos += 1; continue }
-            try flush(&self, upTo: pos, into: &scalars)
+            try flush(&self, upTo: pos, into: &utf8)
             pos += 1
             guard pos < bytes.count else { throw error("unterminated escape") }
             let e = bytes[pos]
             pos += 1
             switch e {
-            case UInt8(ascii: "\""): scalars.append("\"")
-            case UInt8(ascii: "\\"): scalars.append("\\")
-            case UInt8(ascii: "/"): scalars.append("/")
-            case UInt8(ascii: "b"): scalars.append("\u{08}")
-            case UInt8(ascii: "f"): scalars.append("\u{0C}")
-            case UInt8(ascii: "n"): scalars.append("\n")
-            case UInt8(ascii: "r"): scalars.append("\r")
-            case UInt8(ascii: "t"): scalars.append("\t")
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): utf8.append(e)
+            case UInt8(ascii: "b"): utf8.append(0x08)
+            case UInt8(ascii: "f"): utf8.append(0x0C)
+            case UInt8(ascii: "n"): utf8.append(0x0A)
+            case UInt8(ascii: "r"): utf8.append(0x0D)
+            case UInt8(ascii: "t"): utf8.append(0x09)
             case UInt8(ascii: "u"):
                 var code = try hex4()
                 if (0xD800...0xDBFF).contains(code) {
@@ -394,7 +393,7 @@ private struct Parser {
                 } else if (0xDC00...0xDFFF).contains(code) {
                     throw error("lone surrogate in string")
                 }
-                scalars.append(Unicode.Scalar(code)!)
+                utf8.append(contentsOf: Unicode.Scalar(code)!.utf8)
             default: throw error("bad escape")
             }
             runStart = pos

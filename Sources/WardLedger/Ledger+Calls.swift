@@ -123,6 +123,8 @@ extension Ledger {
         // does not touch the disk; and the writer's page cache is warm, where a reader's is
         // invalidated by every commit.
         var foundInDoubt: String?
+        // The stored checkpoint's manifest, for the cache once the transaction commits.
+        var storedManifest: ManifestCache.Entry?
         let decided = try write("recording the start of call \(request.callId)") { db -> BeginDecision? in
             let now = Timestamp.now()
             func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
@@ -130,7 +132,9 @@ extension Ledger {
                 try record()
                 var checkpointSeq: Int?
                 if let state = request.checkpoint {
-                    checkpointSeq = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId)
+                    let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId)
+                    checkpointSeq = stored.seq
+                    storedManifest = stored.manifest
                 }
                 var data: [String: JSONValue] = [
                     "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
@@ -193,6 +197,7 @@ extension Ledger {
                 return .replay(try self.result(db, run: request.run, call, replayed: true))
             }
         }
+        if let storedManifest { manifests.committed(request.run, storedManifest) }
         guard let decision = decided else {
             removeCapture(run: request.run, callId: request.callId)
             throw inDoubtError(run: request.run, callId: request.callId, started: foundInDoubt ?? "")
@@ -257,7 +262,10 @@ extension Ledger {
 
     /// Records the outcome durably, then returns the result for the agent. On a storage
     /// failure the commit is retried (with backoff, up to `retryFor` seconds); the call is
-    /// never reported done before its outcome is on disk.
+    /// never reported done before its outcome is on disk. A `storage` error leaves the call
+    /// `running` under this handle, its capture file in place: the caller still holds the
+    /// outcome and must commit it again until it lands (the supervisor's `OutcomeRetrier`),
+    /// or the call waits, unfinished, for as long as this process lives.
     public func finish(_ ticket: CallTicket, outcome: ToolOutcome, retryFor seconds: Double = 10) throws(LedgerError) -> CallResult {
         let deadline = ContinuousClock.now + .milliseconds(Int(min(max(seconds, 0), 1e9) * 1000))  // never a trap on a huge wait
         var delay = 0.005

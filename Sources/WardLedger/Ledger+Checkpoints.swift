@@ -64,12 +64,45 @@ enum Chunker {
 
 /// The last manifest (chunk hash list) of each run, so a checkpoint is stored as a delta
 /// against its predecessor without reading it back.
+///
+/// An entry describes a checkpoint as it was committed, never one still inside a
+/// transaction: a transaction that fails (a full disk) must leave nothing behind that a
+/// later save would build on. And an entry is trusted only while nothing else has written
+/// the ledger (`dataVersion`): another process may have stored checkpoints of the run
+/// meanwhile, or edited them.
 final class ManifestCache: Sendable {
-    struct Entry { var seq: Int; var hashes: [[UInt8]]; var chainLength: Int; var chainBytes: Int }
+    struct Entry {
+        var seq: Int
+        var hashes: [[UInt8]]
+        var chainLength: Int
+        var chainBytes: Int
+        /// The checkpoint's `state_hash`, checked against its row.
+        var stateHash: String
+        /// `PRAGMA data_version` of the writer inside the transaction that stored it: the
+        /// same value later means no other connection has committed since.
+        var dataVersion: Int
+    }
     private let entries = Lock<[String: Entry]>([:])
 
     func get(_ run: String) -> Entry? { entries.withLock { $0[run] } }
-    func set(_ run: String, _ entry: Entry?) { entries.withLock { $0[run] = entry } }
+
+    /// Called once the transaction that stored `entry` has committed. Two saves of a run
+    /// commit in order but may get here in either: the later checkpoint is kept.
+    func committed(_ run: String, _ entry: Entry) {
+        entries.withLock { entries in
+            if let held = entries[run], held.seq > entry.seq { return }
+            entries[run] = entry
+        }
+    }
+}
+
+/// A checkpoint that cannot be loaded: its chunk list (or one it is a delta against) is
+/// damaged, a chunk is missing, or its state does not match its recorded hash.
+public struct DamagedCheckpoint: Sendable, Equatable {
+    public var seq: Int
+    public var problem: String
+
+    public var json: JSONValue { .object(["seq": .number(Double(seq)), "problem": .string(problem)]) }
 }
 
 extension Ledger {
@@ -79,18 +112,46 @@ extension Ledger {
 
     /// Saves the agent's state under the next sequence number of `run`.
     public func saveCheckpoint(run: String, state: [UInt8], label: String? = nil) throws(LedgerError) -> Int {
-        try write("saving a checkpoint of run \(run)") { db in
+        let stored = try write("saving a checkpoint of run \(run)") { db in
             try self.storeCheckpoint(db, run: run, state: state, label: label, callId: nil)
         }
+        manifests.committed(run, stored.manifest)
+        return stored.seq
+    }
+
+    /// What `storeCheckpoint` wrote; the caller hands `manifest` to the cache once the
+    /// transaction has committed.
+    struct StoredCheckpoint {
+        var seq: Int
+        var manifest: ManifestCache.Entry
     }
 
     /// Stores a checkpoint inside the caller's transaction (with a call's `running` record).
-    func storeCheckpoint(_ db: Database, run: String, state: [UInt8], label: String?, callId: String?) throws -> Int {
-        let seq = (try Int.fetchOne(db.cachedStatement(sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?"), arguments: [run]) ?? 0) + 1
+    func storeCheckpoint(_ db: Database, run: String, state: [UInt8], label: String?, callId: String?) throws -> StoredCheckpoint {
+        let latest = try db.first("SELECT seq, state_hash FROM checkpoints WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [.text(run)]) {
+            (seq: $0.int(0), stateHash: $0.text(1))
+        }
+        let seq = (latest?.seq ?? 0) + 1
+        let dataVersion = try db.first("PRAGMA data_version") { $0.int(0) } ?? -1
         var hashes: [[UInt8]] = []
         for range in Chunker.chunks(state) { hashes.append(try putBlob(db, Array(state[range]))) }
-        var previous = manifests.get(run)
-        if previous?.seq != seq - 1 { previous = seq > 1 ? try loadManifest(db, run: run, seq: seq - 1).map { ManifestCache.Entry(seq: seq - 1, hashes: $0.0, chainLength: $0.1, chainBytes: $0.2) } : nil }
+        var previous: ManifestCache.Entry?
+        if let latest {
+            if let cached = manifests.get(run), cached.seq == latest.seq, cached.stateHash == latest.stateHash, cached.dataVersion == dataVersion {
+                previous = cached
+            } else {
+                do {
+                    previous = try loadManifest(db, run: run, seq: latest.seq).map {
+                        ManifestCache.Entry(seq: latest.seq, hashes: $0.0, chainLength: $0.1, chainBytes: $0.2, stateHash: latest.stateHash,
+                                            dataVersion: dataVersion)
+                    }
+                } catch let error as LedgerError where error.code == .corrupt {
+                    // A damaged predecessor is no base: this checkpoint is stored whole (a
+                    // keyframe), so the run's later checkpoints load again.
+                    try recordDamage(db, run: run, [DamagedCheckpoint(seq: latest.seq, problem: error.message)])
+                }
+            }
+        }
         // Delta against the previous checkpoint: its first `keep` and last `keepTail` chunks.
         var keep = 0, keepTail = 0
         if let previous {
@@ -115,31 +176,44 @@ extension Ledger {
         var data: [String: JSONValue] = ["seq": .number(Double(seq)), "size": .number(Double(state.count)), "stateHash": .string(stateHash)]
         if let label { data["label"] = .string(label) }
         try appendEvent(db, run: run, kind: "checkpoint.save", call: callId, data: data)
-        manifests.set(run, ManifestCache.Entry(seq: seq, hashes: hashes, chainLength: keyframe ? 0 : chainLength,
-                                               chainBytes: keyframe ? 0 : chainBytes))
-        return seq
+        return StoredCheckpoint(seq: seq, manifest: ManifestCache.Entry(
+            seq: seq, hashes: hashes, chainLength: keyframe ? 0 : chainLength, chainBytes: keyframe ? 0 : chainBytes,
+            stateHash: stateHash, dataVersion: dataVersion))
     }
 
-    /// The chunk hashes of a checkpoint, with the length and byte size of its delta chain.
+    /// The chunk hashes of a checkpoint, with the length and byte size of its delta chain;
+    /// nil when there is no such checkpoint.
+    ///
+    /// - Throws: `corrupt` when its chunk list, or one in its chain, cannot be decoded. The
+    ///   rows may have been edited by hand: no value in them may trap or loop.
     func loadManifest(_ db: Database, run: String, seq: Int) throws -> ([[UInt8]], Int, Int)? {
-        var rows: [(keep: Int, keepTail: Int, chunks: [UInt8], keyframe: Bool)] = []
+        var rows: [(seq: Int, keep: Int, keepTail: Int, chunks: [UInt8], keyframe: Bool)] = []
         var current: Int? = seq
+        func damaged(_ at: Int, _ why: String) -> LedgerError {
+            LedgerError(.corrupt, "the chunk list of checkpoint \(at) of run \(run) is damaged (\(why))\(at == seq ? "" : ", and checkpoint \(seq) is stored against it")")
+        }
         while let s = current {
             guard let row = try Row.fetchOne(db, sql: "SELECT base_seq, keep, keep_tail, chunks FROM checkpoints WHERE run_id = ? AND seq = ?",
                                              arguments: [run, s]) else {
                 if rows.isEmpty { return nil }
                 throw LedgerError(.corrupt, "checkpoint \(s) of run \(run) is missing (needed by checkpoint \(seq))")
             }
-            let chunks: DatabaseValue = row["chunks"]
-            let base: Int? = row["base_seq"]
-            rows.append((row["keep"], row["keep_tail"], chunks.bytes, base == nil))
+            // Read as stored values: GRDB traps on a column it cannot convert (keep = 'x').
+            let chunks: DatabaseValue = row["chunks"], baseValue: DatabaseValue = row["base_seq"]
+            guard let keep = (row["keep"] as DatabaseValue).integer, let keepTail = (row["keep_tail"] as DatabaseValue).integer,
+                  baseValue.isNull || baseValue.integer != nil else { throw damaged(s, "a number in it is not a number") }
+            let base = baseValue.integer
+            // A base at or after its own checkpoint would make the chain a loop.
+            if let base, base >= s { throw damaged(s, "it is stored against checkpoint \(base)") }
+            rows.append((s, keep, keepTail, chunks.bytes, base == nil))
             current = base
         }
         var hashes: [[UInt8]] = []
         var chainBytes = 0
         for (index, row) in rows.reversed().enumerated() {
-            guard row.chunks.count % 32 == 0, row.keep + row.keepTail <= hashes.count || row.keyframe else {
-                throw LedgerError(.corrupt, "checkpoint manifest of run \(run) is damaged")
+            guard row.chunks.count % 32 == 0 else { throw damaged(row.seq, "\(row.chunks.count) bytes is not a list of hashes") }
+            guard row.keyframe || (row.keep >= 0 && row.keepTail >= 0 && row.keep <= hashes.count - row.keepTail) else {
+                throw damaged(row.seq, "it keeps \(row.keep) + \(row.keepTail) chunks of a checkpoint of \(hashes.count)")
             }
             var fresh: [[UInt8]] = []
             var i = 0
@@ -157,28 +231,83 @@ extension Ledger {
         return (hashes, rows.count - 1, chainBytes)
     }
 
+    /// The state of checkpoint `seq` of `run`, checked against its recorded hash; nil when
+    /// there is no such checkpoint. Throws `corrupt` when it cannot be loaded.
+    func loadState(_ db: Database, run: String, seq: Int) throws -> [UInt8]? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT state_hash FROM checkpoints WHERE run_id = ? AND seq = ?", arguments: [run, seq]),
+              let (hashes, _, _) = try loadManifest(db, run: run, seq: seq) else { return nil }
+        var state: [UInt8] = []
+        for hash in hashes {
+            guard let chunk = try blob(db, hash) else {
+                throw LedgerError(.corrupt, "a chunk of checkpoint \(seq) of run \(run) is missing")
+            }
+            state += chunk
+        }
+        guard Array(Digest.sha256Hex(state).utf8) == (row["state_hash"] as DatabaseValue).bytes else {
+            throw LedgerError(.corrupt, "checkpoint \(seq) of run \(run) does not match its recorded hash")
+        }
+        return state
+    }
+
     /// A checkpoint of `run`: the given sequence number, or the latest.
+    ///
+    /// - Throws: `corrupt` when that checkpoint is damaged (audits show it as it is; a
+    ///   supervisor uses `loadUsableCheckpoint`, which skips it).
     public func loadCheckpoint(run: String, seq: Int? = nil) throws(LedgerError) -> (seq: Int, state: [UInt8])? {
         try read("loading a checkpoint of run \(run)") { db -> (Int, [UInt8])? in
-            let target: Int
-            if let seq { target = seq } else {
-                guard let latest = try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run]) else { return nil }
-                target = latest
-            }
-            guard let row = try Row.fetchOne(db, sql: "SELECT state_hash FROM checkpoints WHERE run_id = ? AND seq = ?", arguments: [run, target]),
-                  let (hashes, _, _) = try self.loadManifest(db, run: run, seq: target) else { return nil }
-            var state: [UInt8] = []
-            for hash in hashes {
-                guard let chunk = try self.blob(db, hash) else {
-                    throw LedgerError(.corrupt, "a chunk of checkpoint \(target) of run \(run) is missing")
-                }
-                state += chunk
-            }
-            guard Digest.sha256Hex(state) == (row["state_hash"] as String) else {
-                throw LedgerError(.corrupt, "checkpoint \(target) of run \(run) does not match its recorded hash")
-            }
+            guard let target = try seq ?? Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run]),
+                  let state = try self.loadState(db, run: run, seq: target) else { return nil }
             return (target, state)
         }
+    }
+
+    /// The checkpoint an agent resumes from: `seq` (the latest when nil), or when that one is
+    /// damaged the last one before it that loads. A damaged checkpoint never wedges a run:
+    /// each one skipped is returned in `damaged` and recorded once as a `checkpoint.damaged`
+    /// event (when the ledger is writable; a failure to record it fails nothing).
+    public func loadUsableCheckpoint(run: String, seq: Int? = nil) throws(LedgerError)
+        -> (checkpoint: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) {
+        let (found, damaged) = try read("loading a checkpoint of run \(run)") { db -> ((Int, [UInt8])?, [DamagedCheckpoint]) in
+            var damaged: [DamagedCheckpoint] = []
+            var target = try seq ?? Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run])
+            while let t = target {
+                do {
+                    guard let state = try self.loadState(db, run: run, seq: t) else { break }  // no such checkpoint
+                    return ((t, state), damaged)
+                } catch let error as LedgerError where error.code == .corrupt {
+                    damaged.append(DamagedCheckpoint(seq: t, problem: error.message))
+                }
+                target = try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ? AND seq < ?", arguments: [run, t])
+            }
+            return (nil, damaged)
+        }
+        let unreported = damaged.filter { d in !reportedDamage.withLock { $0.contains(DamageKey(run: run, seq: d.seq)) } }
+        if !unreported.isEmpty && !pool.configuration.readonly,
+           let reported = try? write("recording damaged checkpoints of run \(run)", { db in try self.recordDamage(db, run: run, unreported) }) {
+            // Remembered once committed, so the next load does not look for the events again.
+            reportedDamage.withLock { $0.formUnion(reported.map { DamageKey(run: run, seq: $0) }) }
+        }
+        return (found, damaged)
+    }
+
+    struct DamageKey: Hashable {
+        var run: String
+        var seq: Int
+    }
+
+    /// Appends a `checkpoint.damaged` event for each of `damaged` that has none yet, inside
+    /// the caller's transaction; returns every damaged checkpoint of the run now reported.
+    @discardableResult
+    func recordDamage(_ db: Database, run: String, _ damaged: [DamagedCheckpoint]) throws -> Set<Int> {
+        var reported = Set<Int>()
+        for body in try String.fetchAll(db, sql: "SELECT body FROM events WHERE run_id = ? AND kind = 'checkpoint.damaged'", arguments: [run]) {
+            if let seq = (try? JSONValue.parse(body))?.objectValue?["data"]?.objectValue?["seq"]?.integer(Int.self) { reported.insert(seq) }
+        }
+        for d in damaged where !reported.contains(d.seq) {
+            try appendEvent(db, run: run, kind: "checkpoint.damaged", data: ["seq": .number(Double(d.seq)), "problem": .string(d.problem)])
+            reported.insert(d.seq)
+        }
+        return reported
     }
 
     // MARK: - Journal

@@ -56,6 +56,8 @@ public final class Ledger: Sendable {
     let owner = Lock<OwnerLock?>(nil)
     let digests = FileDigests()
     let manifests = ManifestCache()
+    /// Damaged checkpoints whose `checkpoint.damaged` event is known to be committed.
+    let reportedDamage = Lock<Set<DamageKey>>([])
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -362,7 +364,13 @@ public final class Ledger: Sendable {
                 }
             }
         } catch let error as LedgerError { throw error } catch {
-            throw Ledger.map(error, doing: what)
+            let mapped = Ledger.map(error, doing: what)
+            // Rolled back whole: the caller (an agent, an operator) learns that no part of
+            // it stayed, so repeating it is safe.
+            if (error as? DatabaseError)?.resultCode == .SQLITE_FULL {
+                throw LedgerError(.storage, mapped.message + " (nothing of it was recorded)", underlying: mapped.underlying)
+            }
+            throw mapped
         }
     }
 
@@ -395,6 +403,12 @@ extension Array where Element == UInt8 {
 }
 
 extension DatabaseValue {
+    /// An INTEGER as stored; nil for any other type.
+    var integer: Int? {
+        if case .int64(let value) = storage { return Int(exactly: value) }
+        return nil
+    }
+
     /// The bytes of a BLOB (or of TEXT), empty for NULL.
     var bytes: [UInt8] {
         switch storage {

@@ -33,14 +33,42 @@ public final class Supervisor: Sendable {
 
     /// Held for the supervisor's life: no other supervisor serves this run meanwhile.
     let runLock: RunLock?
+    /// How long `finish` retries a failed commit in line before the outcome is handed to
+    /// `outcomes` and the agent is told it is not recorded yet.
+    let finishRetry: Double
+    /// Outcomes that ran but are not recorded yet, committed again until they land.
+    let outcomes: OutcomeRetrier
+    /// Where ward tells its operator what the agent may not see (stderr, "ward: …").
+    let notify: @Sendable (String) -> Void
+    /// Damaged checkpoints the operator was told of: once each, however often they are met.
+    private let toldDamage = Lock<Set<Int>>([])
 
-    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil) {
+    public init(ledger: Ledger, sandbox: Sandbox, runID: String, attempt: Int, runLock: RunLock? = nil, finishRetry: Double = 10,
+                notify: @escaping @Sendable (String) -> Void = Supervisor.notifyOnStderr) {
         self.runLock = runLock
         self.ledger = ledger
         self.sandbox = sandbox
         self.runID = runID
+        self.finishRetry = finishRetry
+        self.notify = notify
         currentAttempt = Atomic(attempt)
         reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
+        outcomes = OutcomeRetrier(ledger: ledger, notify: notify)
+    }
+
+    deinit { outcomes.stop() }
+
+    public static let notifyOnStderr: @Sendable (String) -> Void = { message in
+        let line = Array("ward: \(message)\n".utf8)
+        _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+
+    /// At ward's exit, once no request runs: outcomes not recorded yet get one more attempt,
+    /// and more until they land or `seconds` pass. Returns how many could not be recorded
+    /// (each one is reported through `notify`).
+    @discardableResult
+    public func recordPendingOutcomes(within seconds: Double) -> Int {
+        outcomes.flush(within: seconds).count
     }
 
     // MARK: - JSON-RPC framing
@@ -97,7 +125,7 @@ public final class Supervisor: Sendable {
     public func takeToldInDoubt() -> Bool { toldInDoubt.exchange(false, ordering: .relaxed) }
 
     func resume() throws(RPCError) -> JSONValue {
-        let checkpoint = try ledgerCall { () throws(LedgerError) in try ledger.loadCheckpoint(run: runID) }
+        let (checkpoint, damaged) = try usableCheckpoint(seq: nil)
         let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
         let inDoubt = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID) }
         let notExecuted = try ledgerCall { () throws(LedgerError) in try ledger.notExecutedCalls(run: runID) }
@@ -105,7 +133,7 @@ public final class Supervisor: Sendable {
         return .object([
             "runId": .string(runID),
             "attempt": .number(Double(attempt)),
-            "checkpoint": try checkpoint.map { c throws(RPCError) in .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)]) } ?? .null,
+            "checkpoint": try Supervisor.checkpoint(checkpoint, damaged: damaged),
             "completedSince": .array(completed.map(\.json)),
             "inDoubt": .array(inDoubt.map { .string($0.callId) }),
             "notExecuted": .array(notExecuted.map { .string($0) }),
@@ -114,6 +142,26 @@ public final class Supervisor: Sendable {
 
     static func state(_ bytes: [UInt8]) throws(RPCError) -> JSONValue {
         do { return try JSONValue.parse(bytes) } catch { throw RPCError(.storage, "a stored checkpoint is not valid JSON") }
+    }
+
+    /// The checkpoint to resume from: `seq` (the latest when nil), or the last good one
+    /// before it when that one is damaged. A damaged checkpoint is reported (in the answer,
+    /// as a `checkpoint.damaged` event, to the operator), never an error that would fail
+    /// every load and every resume of the run from then on.
+    func usableCheckpoint(seq: Int?) throws(RPCError) -> (checkpoint: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) {
+        let found = try ledgerCall { () throws(LedgerError) in try ledger.loadUsableCheckpoint(run: runID, seq: seq) }
+        for d in found.damaged where toldDamage.withLock({ $0.insert(d.seq).inserted }) {
+            notify("checkpoint \(d.seq) of run \(runID) is damaged and skipped: \(d.problem)")
+        }
+        return found
+    }
+
+    /// `{seq, state, damaged?}` (`damaged`: the checkpoints skipped for this one), or null.
+    static func checkpoint(_ c: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) throws(RPCError) -> JSONValue {
+        guard let c else { return .null }
+        var members: [String: JSONValue] = ["seq": .number(Double(c.seq)), "state": try state(c.state)]
+        if !damaged.isEmpty { members["damaged"] = .array(damaged.map(\.json)) }
+        return .object(members)
     }
 
     func checkpointSave(_ p: Params) throws(RPCError) -> JSONValue {
@@ -125,8 +173,8 @@ public final class Supervisor: Sendable {
 
     func checkpointLoad(_ p: Params) throws(RPCError) -> JSONValue {
         let seq = try p.integer("seq", in: 1...Params.maximumInteger)
-        guard let c = try ledgerCall({ () throws(LedgerError) in try ledger.loadCheckpoint(run: runID, seq: seq) }) else { return .null }
-        return .object(["seq": .number(Double(c.seq)), "state": try Supervisor.state(c.state)])
+        let (checkpoint, damaged) = try usableCheckpoint(seq: seq)
+        return try Supervisor.checkpoint(checkpoint, damaged: damaged)
     }
 
     func journalRecord(_ p: Params) throws(RPCError) -> JSONValue {
@@ -175,6 +223,15 @@ public final class Supervisor: Sendable {
             } catch where error.code == .inProgress {
                 // Never a second child: wait for the one that runs.
                 let wait = Double(policy.timeoutMilliseconds) / 1000 + 10
+                // It ran here, and its outcome waits for the disk: the real result once it
+                // is recorded, or the reason it is not yet.
+                switch outcomes.wait(run: runID, callId: callId, timeout: wait) {
+                case .pending(let last)?:
+                    throw RPCError(.storage, "call \(callId) of run \(runID) ran, but its outcome is not recorded yet (\(last.message)); "
+                                   + "ward keeps trying: ask again for its result")
+                case .settled?: continue
+                case nil: break
+                }
                 let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: callId, timeout: wait) }
                 if let result { return result.json }
                 continue  // its process died: begin decides again
@@ -211,8 +268,24 @@ public final class Supervisor: Sendable {
                     outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),
                                           truncated: false, durationMs: 0)
                 }
-                return try ledgerCall { () throws(LedgerError) in try ledger.finish(ticket, outcome: outcome) }.json
+                return try record(ticket, outcome).json
             }
+        }
+    }
+
+    /// Records a call's outcome. One that cannot be committed within `finishRetry` (the
+    /// disk is full) is kept and committed again until it lands: its call must not stay
+    /// `running` for as long as ward lives, nor its output be lost. Until then the agent
+    /// gets a storage error, and a repeated request waits for the real result.
+    func record(_ ticket: CallTicket, _ outcome: ToolOutcome) throws(RPCError) -> CallResult {
+        do {
+            return try ledger.finish(ticket, outcome: outcome, retryFor: finishRetry)
+        } catch where error.code == .storage {
+            outcomes.hand(ticket, outcome: outcome, error: error)
+            throw RPCError(.storage, "call \(ticket.callId) of run \(ticket.run) ran, but its outcome could not be recorded (\(error.message)); "
+                           + "ward keeps trying: ask again for its result")
+        } catch {
+            throw RPCError(error)
         }
     }
 

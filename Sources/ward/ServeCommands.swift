@@ -52,13 +52,15 @@ struct RunOptions: ParsableArguments {
     func socketPath(run: String) -> String { socket ?? "/tmp/ward-\(geteuid())/\(run).sock" }
 
     /// No new calls; running ones get the grace period, then are killed and recorded
-    /// `killed` (never left `running`, to turn in doubt at the next start).
+    /// `killed` (never left `running`, to turn in doubt at the next start). Then outcomes
+    /// not recorded yet (a full disk) get one more attempt, and more within the grace period.
     func drain(server: SocketServer, supervisor: Supervisor) {
         server.drain()
         if !server.waitUntilIdle(timeout: grace) {
             supervisor.sandbox.terminateAll()
             _ = server.waitUntilIdle(timeout: 10)
         }
+        supervisor.recordPendingOutcomes(within: grace)
     }
 
     /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.

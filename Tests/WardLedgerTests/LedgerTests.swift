@@ -199,6 +199,29 @@ struct LedgerStateTests {
         #expect(try ledger.loadCheckpoint(run: "r")?.state == state)
     }
 
+    @Test(arguments: [
+        "base_seq = 3", "base_seq = 7", "keep = -1", "keep_tail = 1000000", "chunks = x'0001'", "chunks = zeroblob(32)",
+        "state_hash = 'altered'", "keep = 'x'", "base_seq = 2.5", "state_hash = x'00'",
+    ])
+    func aChunkListEditedByHandIsDamageNeverATrapOrALoop(edit: String) throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        // Each state extends the one before: checkpoints 2 and 3 are deltas.
+        let states = (1...3).map { step in Array((0..<(200 * step)).map { "line \($0) of the state\n" }.joined().utf8) }
+        for state in states { _ = try ledger.saveCheckpoint(run: "r", state: state) }
+        let sql = try BuildProducts.run("/usr/bin/sqlite3", [ledger.path, "UPDATE checkpoints SET \(edit) WHERE run_id = 'r' AND seq = 3"])
+        try #require(sql.status == 0, "\(sql)")
+        expectLedgerError(.corrupt) { _ = try ledger.loadCheckpoint(run: "r") }
+        let usable = try ledger.loadUsableCheckpoint(run: "r")
+        #expect(usable.checkpoint?.seq == 2 && usable.checkpoint?.state == states[1])
+        #expect(usable.damaged.map(\.seq) == [3], "\(usable.damaged)")
+        // The next save, much like checkpoint 3, loads; the damage is recorded once.
+        let next = states[2] + Array("one more line\n".utf8)
+        #expect(try ledger.saveCheckpoint(run: "r", state: next) == 4)
+        #expect(try Ledger(path: ledger.path).loadUsableCheckpoint(run: "r").checkpoint?.state == next)
+        _ = try ledger.loadUsableCheckpoint(run: "r", seq: 3)
+        #expect(try ledger.exportEvents(run: "r").filter { $0.kind == "checkpoint.damaged" }.map { $0.data.objectValue?["seq"] } == [.number(3)])
+    }
+
     @Test func checkpointWithACallIsInTheSameTransaction() throws {
         let ledger = try Ledger(path: temporaryLedgerPath())
         let state = Array(#"{"step":3}"#.utf8)

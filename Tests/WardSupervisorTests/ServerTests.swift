@@ -14,12 +14,14 @@ final class TestServer: Sendable {
     let supervisor: Supervisor
     let workspace: String
 
-    init(run: String = "r1", ledgerPath: String? = nil) throws {
+    init(run: String = "r1", ledgerPath: String? = nil, policies directory: String = Paths.repository + "/policies", finishRetry: Double = 10,
+         notify: @escaping @Sendable (String) -> Void = Supervisor.notifyOnStderr) throws {
         workspace = temporaryDirectory("ws")
-        let policies = try PolicyLoader.load(directory: Paths.repository + "/policies")
+        let policies = try PolicyLoader.load(directory: directory)
         let ledger = try Ledger(path: ledgerPath ?? temporaryDirectory("ledger") + "/l.sqlite")
         let sandbox = try Sandbox(policies: policies, workspace: workspace)
-        supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: try ledger.startAttempt(run: run))
+        supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: try ledger.startAttempt(run: run),
+                                finishRetry: finishRetry, notify: notify)
         server = try SocketServer(path: temporaryDirectory("sock") + "/s.sock", supervisor: supervisor)
         server.start()
     }
