@@ -431,6 +431,43 @@ precondition(resumed["result"]?.objectValue?["checkpoint"] != .null)
 rows.append(Row(name: "resume after a crash at step \(resumeSteps)", ward: resumeMicros, peer: "", peerValue: nil, budget: .atMost(50_000)))
 resumeServer.stop()
 
+/// Runs `argv` to its end, its output discarded; its wall time (µs) and peak RSS (bytes),
+/// the latter from wait4's rusage: the child's own, nothing of the bench's.
+func measureProcess(_ argv: [String]) -> (status: Int32, micros: Double, maxRSS: Double) {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    var pid: pid_t = 0
+    let t0 = now()
+    let rc = Sandbox.withCStrings(argv) { cArgv in posix_spawn(&pid, argv[0], &actions, nil, UnsafeMutablePointer(mutating: cArgv), environ) }
+    guard rc == 0 else { return (-1, 0, 0) }
+    var status: Int32 = 0
+    var usage = rusage()
+    wait4(pid, &status, 0, &usage)
+    return (status, Double(now() - t0) / 1000, Double(usage.ru_maxrss) * 1024)
+}
+
+// `ward ledger verify` of 100,000 events, in its own process as an operator runs it. An
+// agent that checkpoints at every call makes three events a step (checkpoint.save,
+// call.begin, call.finish): 33,333 steps and the run's attempt.
+do {
+    let path = workspace + "/verify.sqlite"
+    let l = try Ledger(path: path, durability: .normal)
+    _ = try l.startAttempt(run: "verify")
+    for i in 0..<33_333 {
+        guard case .execute(let t) = try l.begin(BeginRequest(run: "verify", callId: "v\(i)", tool: "true", effect: .nonIdempotent,
+            arguments: .object(["i": .number(Double(i))]), policyHash: "p", executable: "/bin/true", attempt: 1,
+            checkpoint: Array("{\"step\":\(i),\"plan\":\"write the pages, build, check, commit\"}".utf8))) else { fatalError() }
+        _ = try l.finish(t, outcome: benchOutcome)
+    }
+    let verified = measureProcess([wardBinary, "ledger", "verify", "--ledger", path])
+    precondition(verified.status == 0, "ward ledger verify found a problem in a ledger nobody touched (wait status \(verified.status))")
+    rows.append(Row(name: "ledger verify of 100,000 events", ward: verified.micros, peer: "", peerValue: nil, budget: .atMost(2_000_000)))
+    rows.append(Row(name: "ledger verify of 100,000 events: peak RSS", ward: verified.maxRSS, peer: "", peerValue: nil,
+                    budget: .atMost(64 * 1_048_576), unit: .bytes))
+}
+
 // 8 agents in parallel, each with its own connection, N calls each.
 let perAgent = iterations >= 300 ? 1000 : 250
 let throughputServer = try startServer(run: "load", ledgerPath: workspace + "/load.sqlite")
