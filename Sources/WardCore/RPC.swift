@@ -1,8 +1,8 @@
-/// The JSON-RPC 2.0 framing of DESIGN.md's agent protocol: one object per line. Everything
+/// The JSON-RPC 2.0 framing of the README's agent protocol: one object per line. Everything
 /// here is pure (no socket, no ledger), so the decoder every agent request goes through can
 /// be fuzzed on its own (Tests/Fuzz).
 
-/// A JSON-RPC error with DESIGN.md's `data.kind`.
+/// A JSON-RPC error with the README's `data.kind`.
 public struct RPCError: Error, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable, CaseIterable {
         case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"

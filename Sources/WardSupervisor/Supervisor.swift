@@ -8,7 +8,7 @@ import WardSandbox
 import Glibc
 #endif
 
-/// The agent protocol of DESIGN.md for one run: each method's params → result, over the
+/// The agent protocol of the README for one run: each method's params → result, over the
 /// ledger and the sandbox. Thread-safe; a request blocks the calling thread for as long as
 /// its tool runs, so callers give each request its own thread.
 public final class Supervisor: Sendable {
@@ -28,7 +28,7 @@ public final class Supervisor: Sendable {
     private let toldInDoubt = Atomic<Bool>(false)
     /// Policy hashes by tool: the policies do not change while a supervisor runs.
     private let policyHashes = Lock<[String: String]>([:])
-    /// Longest accepted request line (DESIGN.md): 16 MiB.
+    /// Longest accepted request line (README): 16 MiB.
     public static let maximumLineBytes = 16 << 20
 
     /// Held for the supervisor's life: no other supervisor serves this run meanwhile.

@@ -10,7 +10,7 @@ import WardSupervisor
 import Glibc
 #endif
 
-/// An error the user reads, with the process exit code of DESIGN.md
+/// An error the user reads, with the process exit code of the README
 /// (1 the checked thing is wrong, 2 usage or bad input, 3 storage).
 struct CLIError: Error, CustomStringConvertible {
     let message: String

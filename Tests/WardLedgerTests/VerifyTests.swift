@@ -11,7 +11,7 @@ import WardCore
 /// one left running; checkpoints (saved with a call, labelled, a delta); journal entries;
 /// the run finished. Run "other" is there so that a finding is seen to name the right run.
 enum VerifyFixture {
-    static let place = RunPlace(workspace: "/work/r", device: 1, inode: 2, born: "3.000000004", policies: "/policies/a")
+    static let place = RunPlace(workspace: "relative/r", device: 1, inode: 2, born: "3.000000004", policies: "relative/policies-a")
 
     /// A state of a few chunks, the same every time.
     static func state(_ seed: UInt64) -> [UInt8] {
@@ -30,7 +30,7 @@ enum VerifyFixture {
             policies.policies = "/policies/b"
             try crashed.claimPlace(run: "r", policies)
             var moved = policies
-            moved.workspace = "/work/r-moved"
+            moved.workspace = "relative/r-moved"
             moved.inode = 5
             try crashed.claimPlace(run: "r", moved, moved: true)
             let c1 = try #require(try crashed.begin(request("c1", run: "r", checkpoint: state(1))).ticket)
@@ -182,9 +182,9 @@ struct VerifyTests {
             TableEdit("run finish time", "UPDATE runs SET finished_at = NULL WHERE run_id = 'r'", finding: "run r was altered: its finish time is none where its events say"),
             TableEdit("run exit status", "UPDATE runs SET exit_status = 1 WHERE run_id = 'r'", finding: "run r was altered: its exit status is 1 where its events say 0"),
             TableEdit("run creation time", "UPDATE runs SET created_at = '2000-01-01T00:00:00.000Z' WHERE run_id = 'r'", finding: "run r was altered: its creation time is 2000-01-01T00:00:00.000Z"),
-            TableEdit("run workspace", "UPDATE runs SET workspace = '/work/elsewhere' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
+            TableEdit("run workspace", "UPDATE runs SET workspace = 'relative/elsewhere' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
             TableEdit("run workspace inode", "UPDATE runs SET workspace_ino = 2 WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
-            TableEdit("run policies", "UPDATE runs SET policies = '/policies/a' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
+            TableEdit("run policies", "UPDATE runs SET policies = 'relative/policies-b' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
             TableEdit("run workspace device of another type", "UPDATE runs SET workspace_dev = 'one' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
         ]
     }()
