@@ -40,10 +40,11 @@ struct EvidenceTests {
         let serve = try startServe(in: dir, run: "ev", policies: try policies())
         let client = try RawClient(dir + "/s.sock")
         client.request(1, "tool.call", .object(["callId": .string("c1"), "tool": .string("slow"), "arguments": .object([:])]))
-        // The output reaches the capture file as the tool prints it; a heartbeat then moves
+        // The output reaches the capture file as the tool prints it (both streams, read in
+        // either order, before the mtime is taken); a heartbeat then moves
         // the file's mtime on while the tool is silent.
         let capture = dir + "/.ward/ledger.sqlite-output/" + Ledger.idempotencyKey(run: "ev", callId: "c1")
-        #expect(eventually { (try? String(contentsOfFile: capture, encoding: .utf8))?.contains("half") == true }, "the output was not captured")
+        #expect(eventually { (try? String(contentsOfFile: capture, encoding: .utf8)).map { $0.contains("half") && $0.contains("careful") } == true }, "the output was not captured")
         let printed = try FileManager.default.attributesOfItem(atPath: capture)[.modificationDate] as! Date
         #expect(eventually { (try? FileManager.default.attributesOfItem(atPath: capture)[.modificationDate] as? Date).map { $0 > printed } == true },
                 "no heartbeat while the tool was silent")
