@@ -177,10 +177,9 @@ extension Ledger {
     /// Records that the run's agent exited for good with `status`.
     public func finishRun(run: String, exitStatus: Int) throws(LedgerError) {
         try write("finishing run \(run)") { db in
-            try self.appendEvent(db, run: run, kind: "run.finish", data: ["exitStatus": .number(Double(exitStatus))])
-            // Finished at its event's own time (appendEvent has just stamped updated_at with
-            // it), so that verify can check the time against the event.
-            try db.execute(sql: "UPDATE runs SET finished_at = updated_at, exit_status = ? WHERE run_id = ?", arguments: [exitStatus, run])
+            let now = Timestamp.now()
+            try self.appendEvent(db, run: run, kind: "run.finish", data: ["exitStatus": .number(Double(exitStatus))], at: now)
+            try db.execute(sql: "UPDATE runs SET finished_at = ?, exit_status = ? WHERE run_id = ?", arguments: [now, exitStatus, run])
         }
     }
 

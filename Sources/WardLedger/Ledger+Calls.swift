@@ -132,7 +132,7 @@ extension Ledger {
                 try record()
                 var checkpointSeq: Int?
                 if let state = request.checkpoint {
-                    let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId)
+                    let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId, at: now)
                     checkpointSeq = stored.seq
                     storedManifest = stored.manifest
                 }
@@ -142,7 +142,7 @@ extension Ledger {
                     "attempt": .number(Double(request.attempt)), "execution": .number(Double(execution)), "owner": .string(me),
                 ]
                 if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
-                try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data)
+                try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data, at: now)
                 return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
                                            execution: execution, checkpointSeq: checkpointSeq, owner: me))
             }
@@ -274,13 +274,14 @@ extension Ledger {
         while recorded == nil {
             do {
                 recorded = try write("recording the outcome of call \(ticket.callId)") { db in
+                    let now = Timestamp.now()
                     let out = try self.putBlob(db, outcome.stdout)
                     let err = try self.putBlob(db, outcome.stderr)
                     try db.run("""
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
                         WHERE run_id = ? AND call_id = ? AND status = 'running' AND owner = ? AND executions = ?
-                        """, [.text(outcome.status.rawValue), .text(Timestamp.now()), SQLValue(outcome.exitCode.map(Int.init)),
+                        """, [.text(outcome.status.rawValue), .text(now), SQLValue(outcome.exitCode.map(Int.init)),
                               SQLValue(outcome.signal.map(Int.init)), .blob(out), .blob(err), .int(outcome.truncated ? 1 : 0),
                               .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)])
                     // Fenced: another process decided about this call meanwhile (judged its
@@ -295,7 +296,7 @@ extension Ledger {
                         "stdout": .string(Digest.hex(out)), "stderr": .string(Digest.hex(err)),
                         "truncated": .bool(outcome.truncated), "durationMs": .number(outcome.durationMs),
                         "execution": .number(Double(ticket.execution)),
-                    ])
+                    ], at: now)
                     return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
                 }
             } catch where error.code == .storage && ContinuousClock.now < deadline {
@@ -417,14 +418,15 @@ extension Ledger {
             }
             let out = try self.putBlob(db, output)
             let empty = try self.putBlob(db, [])
+            let now = Timestamp.now()
             try db.execute(sql: """
                 UPDATE calls SET status = 'resolved', verdict = ?, note = ?, finished_at = ?, stdout = ?, stderr = ?,
                     exit_code = NULL, signal = NULL, truncated = 0, owner = NULL
                 WHERE run_id = ? AND call_id = ?
-                """, arguments: [verdict.rawValue, note, Timestamp.now(), out.databaseData, empty.databaseData, run, callId])
+                """, arguments: [verdict.rawValue, note, now, out.databaseData, empty.databaseData, run, callId])
             try self.appendEvent(db, run: run, kind: "call.resolve", call: callId, data: [
                 "verdict": .string(verdict.rawValue), "note": .string(note), "by": .string(resolver), "stdout": .string(Digest.hex(out)),
-            ])
+            ], at: now)
         }
         removeCapture(run: run, callId: callId)  // its evidence is in the call.in-doubt event
     }

@@ -127,7 +127,7 @@ extension Ledger {
     }
 
     /// Stores a checkpoint inside the caller's transaction (with a call's `running` record).
-    func storeCheckpoint(_ db: Database, run: String, state: [UInt8], label: String?, callId: String?) throws -> StoredCheckpoint {
+    func storeCheckpoint(_ db: Database, run: String, state: [UInt8], label: String?, callId: String?, at now: String = Timestamp.now()) throws -> StoredCheckpoint {
         let latest = try db.first("SELECT seq, state_hash FROM checkpoints WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [.text(run)]) {
             (seq: $0.int(0), stateHash: $0.text(1))
         }
@@ -171,11 +171,11 @@ extension Ledger {
         try db.run("""
             INSERT INTO checkpoints (run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep, keep_tail, chunks)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """, [.text(run), .int(seq), SQLValue(label), SQLValue(callId), .text(Timestamp.now()), .int(state.count), .text(stateHash),
+            """, [.text(run), .int(seq), SQLValue(label), SQLValue(callId), .text(now), .int(state.count), .text(stateHash),
                   keyframe ? .null : .int(seq - 1), .int(keyframe ? 0 : keep), .int(keyframe ? 0 : keepTail), .blob(stored)])
         var data: [String: JSONValue] = ["seq": .number(Double(seq)), "size": .number(Double(state.count)), "stateHash": .string(stateHash)]
         if let label { data["label"] = .string(label) }
-        try appendEvent(db, run: run, kind: "checkpoint.save", call: callId, data: data)
+        try appendEvent(db, run: run, kind: "checkpoint.save", call: callId, data: data, at: now)
         return StoredCheckpoint(seq: seq, manifest: ManifestCache.Entry(
             seq: seq, hashes: hashes, chainLength: keyframe ? 0 : chainLength, chainBytes: keyframe ? 0 : chainBytes,
             stateHash: stateHash, dataVersion: dataVersion))
@@ -332,8 +332,9 @@ extension Ledger {
                 }
                 return (parsed, false)
             }
-            try db.run("INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)", [.text(run), .text(key), .text(text), .text(Timestamp.now())])
-            try self.appendEvent(db, run: run, kind: "journal.record", data: ["key": .string(key), "valueHash": .string(Digest.sha256Hex(text.utf8))])
+            let now = Timestamp.now()
+            try db.run("INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)", [.text(run), .text(key), .text(text), .text(now)])
+            try self.appendEvent(db, run: run, kind: "journal.record", data: ["key": .string(key), "valueHash": .string(Digest.sha256Hex(text.utf8))], at: now)
             return (value, true)
         }
     }

@@ -36,10 +36,23 @@ public struct RunPlace: Sendable, Hashable, CustomStringConvertible {
          "policies": .string(policies)]
     }
 
-    init?(_ row: Row) {
-        guard let workspace = row["workspace"] as String? else { return nil }
-        self.init(workspace: workspace, device: UInt64(bitPattern: row["workspace_dev"] as Int64), inode: UInt64(bitPattern: row["workspace_ino"] as Int64),
-                  born: row["workspace_born"] ?? "", policies: row["policies"] ?? "")
+    /// The place a `runs` row records; nil when it records none. Columns of other types than
+    /// ward writes (an edited file) are `corrupt`, never a trap: reconcile must not guess.
+    init?(_ row: Row, run: String) throws(LedgerError) {
+        let values = ["workspace", "workspace_dev", "workspace_ino", "workspace_born", "policies"].map { row[$0] as DatabaseValue }
+        if values[0].isNull { return nil }
+        let damaged = LedgerError(.corrupt, "the workspace recorded for run \(run) is damaged (its columns are not of the types ward records)")
+        guard case .string(let workspace) = values[0].storage, case .int64(let device) = values[1].storage, case .int64(let inode) = values[2].storage
+        else { throw damaged }
+        func text(_ value: DatabaseValue) throws(LedgerError) -> String {
+            switch value.storage {
+            case .null: return ""
+            case .string(let s): return s
+            default: throw damaged
+            }
+        }
+        self.init(workspace: workspace, device: UInt64(bitPattern: device), inode: UInt64(bitPattern: inode),
+                  born: try text(values[3]), policies: try text(values[4]))
     }
 }
 
@@ -79,8 +92,9 @@ extension Ledger {
     }
 
     static func place(_ db: Database, run: String) throws -> RunPlace? {
-        try Row.fetchOne(db, sql: "SELECT workspace, workspace_dev, workspace_ino, workspace_born, policies FROM runs WHERE run_id = ?", arguments: [run])
-            .flatMap(RunPlace.init)
+        guard let row = try Row.fetchOne(db, sql: "SELECT workspace, workspace_dev, workspace_ino, workspace_born, policies FROM runs WHERE run_id = ?",
+                                         arguments: [run]) else { return nil }
+        return try RunPlace(row, run: run)
     }
 
     static func placeMismatch(run: String, recorded: RunPlace, given: RunPlace) -> String {

@@ -38,7 +38,7 @@ extension Ledger {
                 runs = [only]
             }
             return VerifyReport(runs: try runs.map { run in
-                var check = RunCheck(db: db, run: run)
+                var check = RunCheck(db: db, run: run, exactTimes: self.timesFollowEvents)
                 return try check.report()
             })
         }
@@ -154,6 +154,8 @@ private struct Event {
     var run: String
     var seq: Int
     var kind: String
+    /// When it was recorded: the time of the rows it changed.
+    var at: String
     let values: [Value?]
 
     func invalid(_ member: String) -> Finding { Finding("event \(seq) of run \(run) (\(kind)) holds no valid \(member)") }
@@ -263,12 +265,15 @@ private struct CallReplay {
     var execution = 0
     var lastEvent = 0
     var row = Fields()
-    var finished = false
 }
 
 /// The columns of `calls` that events set, in the order a finding reports them.
 private enum Field: Int, CaseIterable {
-    case status, tool, effect, argsHash, policyHash, binaryHash, attempt, executions, owner, exitCode, signal, stdout, stderr, truncated, duration, verdict, note
+    case status, tool, effect, argsHash, policyHash, binaryHash, attempt, executions, owner, exitCode, signal, stdout, stderr, truncated, duration, verdict, note,
+         startedAt, finishedAt
+
+    /// The times, held to their events' only in a ledger whose rows carry them.
+    static let times: Set<Field> = [.startedAt, .finishedAt]
 
     var column: String {
         switch self {
@@ -277,6 +282,8 @@ private enum Field: Int, CaseIterable {
         case .binaryHash: "binary_hash"
         case .exitCode: "exit_code"
         case .duration: "duration_ms"
+        case .startedAt: "started_at"
+        case .finishedAt: "finished_at"
         default: "\(self)"
         }
     }
@@ -292,6 +299,8 @@ private enum Field: Int, CaseIterable {
         case .stdout: "stdout hash"
         case .stderr: "stderr hash"
         case .truncated: "truncation"
+        case .startedAt: "start time"
+        case .finishedAt: "finish time"
         default: "\(self)"
         }
     }
@@ -319,6 +328,8 @@ private struct Fields {
 private struct RunCheck {
     let db: Database
     let run: String
+    /// Rows carry their events' times (`Ledger.timesFollowEvents`).
+    let exactTimes: Bool
 
     var events = 0
     var head = Digest.genesis
@@ -456,7 +467,7 @@ private struct RunCheck {
                 return readData(data, into: &values)
             }
             guard read else { throw Finding("event \(seq) of run \(run) was altered (its data is not a JSON object)") }
-            try follow(Event(run: run, seq: seq, kind: kind, values: values), data: whole, at: at, call: call)
+            try follow(Event(run: run, seq: seq, kind: kind, at: at, values: values), data: whole, call: call)
         }
         if let pending = pendingCheckpoint {
             throw Finding("checkpoint \(pending.seq) of run \(run) was saved with call \(pending.call) (event \(pending.event)), but that call never began")
@@ -466,7 +477,7 @@ private struct RunCheck {
 
     /// The run's own sequences, and the rows written once with an event, as each event comes
     /// (`data`: the whole of a place event's).
-    mutating func follow(_ e: Event, data: [String: JSONValue], at: String, call: String?) throws {
+    mutating func follow(_ e: Event, data: [String: JSONValue], call: String?) throws {
         if let pending = pendingCheckpoint {
             // `begin` saves the call's checkpoint and records the call in one transaction.
             guard e.kind == "call.begin", call.map(ExactString.init) == ExactString(pending.call), try e.optionalInt(.checkpoint) == pending.seq else {
@@ -484,7 +495,7 @@ private struct RunCheck {
             }
             attempts = attempt
         case "run.finish":
-            finish = (at, try e.int(.exitStatus))
+            finish = (e.at, try e.int(.exitStatus))
         case "run.place":
             guard place == nil else { throw Finding("event \(e.seq) of run \(run) records a first place for a run that had one (a move is recorded as run.moved)") }
             place = data
@@ -523,16 +534,19 @@ private struct RunCheck {
         if let call { pendingCheckpoint = (e.seq, seq, call) }
         var name: String { "checkpoint \(seq) of run \(run)" }  // made for a finding only
         guard let row = try db.first("""
-            SELECT label, call_id, size, state_hash, base_seq, keep, keep_tail, chunks FROM checkpoints WHERE run_id = ? AND seq = ?
+            SELECT label, call_id, size, state_hash, base_seq, keep, keep_tail, chunks, created_at FROM checkpoints WHERE run_id = ? AND seq = ?
             """, [.text(run), .int(seq)], { r in
                 (label: r.isNull(0) ? DatabaseValue.null : r.text(0).databaseValue, call: r.isNull(1) ? DatabaseValue.null : r.text(1).databaseValue,
-                 size: r.int(2), stateHash: r.text(3), base: r.optionalInt(4), keep: r.int(5), keepTail: r.int(6), chunks: r.blob(7))
+                 size: r.int(2), stateHash: r.text(3), base: r.optionalInt(4), keep: r.int(5), keepTail: r.int(6), chunks: r.blob(7), createdAt: r.value(8))
             }) else {
             throw Finding("\(name) was removed (its event \(e.seq) remains)")
         }
-        for (field, recorded, expected) in [("label", row.label, label.map(\.databaseValue) ?? .null), ("call", row.call, call.map(\.databaseValue) ?? .null),
-                                            ("size", row.size.databaseValue, size.databaseValue), ("state hash", row.stateHash.databaseValue, stateHash.databaseValue)]
-        where !same(recorded, expected) {
+        var fields: [(String, DatabaseValue, DatabaseValue)] = [
+            ("label", row.label, label.map(\.databaseValue) ?? .null), ("call", row.call, call.map(\.databaseValue) ?? .null),
+            ("size", row.size.databaseValue, size.databaseValue), ("state hash", row.stateHash.databaseValue, stateHash.databaseValue),
+        ]
+        if exactTimes { fields.append(("time", row.createdAt, e.at.databaseValue)) }
+        for (field, recorded, expected) in fields where !same(recorded, expected) {
             throw Finding("\(name) was altered: its \(field) is \(shown(recorded)) where its event (\(e.seq)) says \(shown(expected))")
         }
         // The chunk list as `loadManifest` builds it; ward's deltas are always on the checkpoint before.
@@ -565,10 +579,17 @@ private struct RunCheck {
     /// A journal entry never changes once recorded: its value must hash to its event's.
     mutating func checkJournalEntry(_ e: Event) throws {
         let key = try e.string(.key), valueHash = try e.string(.valueHash)
-        guard let value = try db.first("SELECT value FROM journal WHERE run_id = ? AND key = ?", [.text(run), .text(key)], { $0.blob(0) }) else {
+        guard let (value, recordedAt) = try db.first("SELECT value, recorded_at FROM journal WHERE run_id = ? AND key = ?", [.text(run), .text(key)], {
+            ($0.blob(0), $0.value(1))
+        }) else {
             throw Finding("journal entry \(key) of run \(run) was removed")
         }
         if Digest.sha256Hex(value) != valueHash { throw Finding("journal entry \(key) of run \(run) was altered") }
+        if exactTimes && !same(recordedAt, e.at.databaseValue) {
+            // The row has the time of an earlier event of the key: this one records it again.
+            try refuseJournalKeyRecordedTwice()
+            throw Finding("journal entry \(key) of run \(run) was altered: its time is \(shown(recordedAt)) where its event (\(e.seq)) says \(e.at)")
+        }
         journalEntries += 1
     }
 
@@ -599,10 +620,13 @@ private struct RunCheck {
             ("finished_at", "finish time", finish.map { $0.at.databaseValue } ?? .null),
             ("exit_status", "exit status", finish.map { $0.exitStatus.databaseValue } ?? .null),
         ]
-        for (column, name, expected) in fields where !same(row[column], expected) {
-            throw Finding("run \(run) was altered: its \(name) is \(shown(row[column])) where its events say \(shown(expected))")
+        for (column, name, expected) in fields {
+            let recorded: DatabaseValue = row[column]
+            // An older ledger's finish time is its own clock reading: only its presence is held.
+            if exactTimes || column != "finished_at" ? same(recorded, expected) : recorded.isNull == expected.isNull { continue }
+            throw Finding("run \(run) was altered: its \(name) is \(shown(recorded)) where its events say \(shown(expected))")
         }
-        // `RunPlace` converts these columns as it reads them (and traps on what it cannot).
+        // `RunPlace` refuses a row whose columns are not of these types: name the edit here.
         guard try Bool.fetchOne(db, sql: """
             SELECT workspace IS NULL OR (typeof(workspace) = 'text' AND typeof(workspace_dev) = 'integer' AND typeof(workspace_ino) = 'integer'
                 AND typeof(workspace_born) IN ('text', 'null') AND typeof(policies) IN ('text', 'null')) FROM runs WHERE run_id = ?
@@ -621,12 +645,7 @@ private struct RunCheck {
     /// one key would be a first value replaced.
     func checkJournalRows() throws {
         // A scan of the run's events, made only when two of them could name one key.
-        if journalEntries > 1, let key = try String.fetchOne(db, sql: """
-            SELECT k FROM (SELECT CASE WHEN json_valid(body) THEN json_extract(body, '$.data.key') END AS k FROM events WHERE run_id = ? AND kind = 'journal.record')
-            GROUP BY k HAVING COUNT(*) > 1 LIMIT 1
-            """, arguments: [run]) {
-            throw Finding("journal entry \(key) of run \(run) is recorded by two events (the first value recorded is the only one)")
-        }
+        if journalEntries > 1 { try refuseJournalKeyRecordedTwice() }
         let rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM journal WHERE run_id = ?", arguments: [run]) ?? 0
         if rows > journalEntries {
             let key = try String.fetchOne(db, sql: """
@@ -635,6 +654,15 @@ private struct RunCheck {
                 ORDER BY 1 LIMIT 1
                 """, arguments: [run, run])
             throw Finding("journal entry \(key ?? "?") of run \(run) has no event (it was inserted)")
+        }
+    }
+
+    func refuseJournalKeyRecordedTwice() throws {
+        if let key = try String.fetchOne(db, sql: """
+            SELECT k FROM (SELECT CASE WHEN json_valid(body) THEN json_extract(body, '$.data.key') END AS k FROM events WHERE run_id = ? AND kind = 'journal.record')
+            GROUP BY k HAVING COUNT(*) > 1 LIMIT 1
+            """, arguments: [run]) {
+            throw Finding("journal entry \(key) of run \(run) is recorded by two events (the first value recorded is the only one)")
         }
     }
 
@@ -707,6 +735,7 @@ private struct RunCheck {
                 call.row[.attempt] = attempt.databaseValue
                 call.row[.executions] = 1.databaseValue
                 call.row[.owner] = owner.databaseValue
+                call.row[.startedAt] = e.at.databaseValue
                 call.state = .running
                 call.execution = 1
                 break
@@ -719,9 +748,8 @@ private struct RunCheck {
                 // An idempotent or read-only call whose process died is run again as it is.
                 break
             case .resolved(Resolution.Verdict.notExecuted.rawValue):
-                for field in [Field.verdict, .note, .stdout, .stderr, .exitCode, .signal] { call.row[field] = .null }
+                for field in [Field.verdict, .note, .stdout, .stderr, .exitCode, .signal, .finishedAt] { call.row[field] = .null }
                 call.row[.status] = "running".databaseValue
-                call.finished = false
             case .finished:
                 throw Finding("\(name): execution \(execution) began after execution \(call.execution) finished (a finished call is replayed, never run again)")
             case .resolved:
@@ -736,6 +764,7 @@ private struct RunCheck {
             call.row[.executions] = execution.databaseValue
             call.row[.owner] = owner.databaseValue
             call.row[.attempt] = attempt.databaseValue
+            call.row[.startedAt] = e.at.databaseValue
             call.state = .running
             call.execution = execution
         case "call.finish":
@@ -757,7 +786,7 @@ private struct RunCheck {
             call.row[.truncated] = (try e.bool(.truncated) ? 1 : 0).databaseValue
             call.row[.duration] = try e.number(.durationMs).databaseValue
             call.row[.owner] = .null
-            call.finished = true
+            call.row[.finishedAt] = e.at.databaseValue
             call.state = .finished(status)
         case "call.in-doubt":
             guard call.state == .running else { throw Finding("\(name): event \(e.seq) puts it in doubt, but it \(call.state.was)") }
@@ -782,7 +811,7 @@ private struct RunCheck {
             call.row[.signal] = .null
             call.row[.truncated] = 0.databaseValue
             call.row[.owner] = .null
-            call.finished = true
+            call.row[.finishedAt] = e.at.databaseValue
             call.state = .resolved(verdict)
         default:
             throw Finding("event \(e.seq) of run \(run) is of a kind this ward does not know (\(e.kind))")
@@ -791,27 +820,28 @@ private struct RunCheck {
     }
 
     /// The call's row must be the one its events leave, and its outputs the blobs they name.
-    static let rowSQL = "SELECT \(Field.allCases.map(\.column).joined(separator: ", ")), finished_at, args FROM calls WHERE run_id = ? AND call_id = ?"
+    static let rowSQL = "SELECT \(Field.allCases.map(\.column).joined(separator: ", ")), args FROM calls WHERE run_id = ? AND call_id = ?"
 
     mutating func checkRow(_ call: CallReplay) throws {
         let run = run  // a copy: the names below are made while self is being changed
         var name: String { "call \(call.id) of run \(run)" }  // made for a finding only
+        let exactTimes = exactTimes
         // Compared where SQLite holds the row: values are made only for a finding.
-        let finished = Int32(Field.allCases.count), args = finished + 1
-        guard let (mismatch, finishedAt, argsHash) = try db.first(Self.rowSQL, [.text(run), .text(call.id)], { r in
-            (Field.allCases.first { !r.holds(call.row[$0], at: Int32($0.rawValue)) }.map { ($0, r.value(Int32($0.rawValue))) },
-             r.isNull(finished) == call.finished ? r.value(finished) : nil,
+        let args = Int32(Field.allCases.count)
+        guard let (mismatch, argsHash) = try db.first(Self.rowSQL, [.text(run), .text(call.id)], { r in
+            (Field.allCases.first { field in
+                let i = Int32(field.rawValue)
+                // An older ledger's times are its rows' own clock readings: there only
+                // whether the call has finished is held to its events.
+                if !exactTimes && Field.times.contains(field) { return field == .finishedAt && r.isNull(i) != call.row[field].isNull }
+                return !r.holds(call.row[field], at: i)
+            }.map { ($0, r.value(Int32($0.rawValue))) },
              SHA256.hash(data: UnsafeRawBufferPointer(start: sqlite3_column_blob(r.handle, args), count: Int(sqlite3_column_bytes(r.handle, args)))))
         }) else {
             throw Finding("\(name) was removed (its events remain)")
         }
         if let (field, recorded) = mismatch {
             throw Finding("\(name) was altered: its \(field.name) is \(shown(recorded)) where its events say \(shown(call.row[field])) (event \(call.lastEvent))")
-        }
-        if let finishedAt {
-            throw Finding(call.finished
-                ? "\(name) was altered: it has no finish time where its events say it finished (event \(call.lastEvent))"
-                : "\(name) was altered: it has a finish time (\(shown(finishedAt))) where its events say it \(call.state.was) (event \(call.lastEvent))")
         }
         guard case .string(let recordedHash) = call.row[.argsHash].storage, isHex(of: argsHash, recordedHash) else {
             throw Finding("\(name) was altered: its arguments do not match their hash")

@@ -58,6 +58,9 @@ public final class Ledger: Sendable {
     let manifests = ManifestCache()
     /// Damaged checkpoints whose `checkpoint.damaged` event is known to be committed.
     let reportedDamage = Lock<Set<DamageKey>>([])
+    /// Whether rows carry their events' times (migration v4): an audit of an older ledger,
+    /// opened read-only and so not migrated, cannot hold the times to the events.
+    let timesFollowEvents: Bool
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -84,6 +87,7 @@ public final class Ledger: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(busyTimeout)
         config.readonly = readOnly
+        var timesFollowEvents = true
         do {
             // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
             // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
@@ -103,6 +107,7 @@ public final class Ledger: Sendable {
             if readOnly {
                 let applied = try pool.read { db in try Ledger.migrator.appliedMigrations(db) }
                 guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
+                timesFollowEvents = applied.contains("v4")
             } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
                 if setUp == nil { setUp = try SchemaLock(ledger: path) }
                 try Ledger.migrator.migrate(pool)
@@ -111,6 +116,7 @@ public final class Ledger: Sendable {
         } catch {
             throw Ledger.map(error, doing: "opening \(path)")
         }
+        self.timesFollowEvents = timesFollowEvents
         if !readOnly && recover { try self.recover() }
     }
 
@@ -299,16 +305,41 @@ public final class Ledger: Sendable {
                 ALTER TABLE runs ADD COLUMN policies TEXT;
                 """)
         }
+        // Rows are stamped with the time of the event that changed them (`appendEvent`'s
+        // `at`), so verify holds each time to its event. Before, each took its own clock
+        // reading a few microseconds apart: set them to their events' once. (SQLite gives a
+        // bare column the values of the row that MAX() picked.)
+        migrator.registerMigration("v4") { db in
+            try db.execute(sql: """
+                UPDATE runs SET finished_at = e.at
+                FROM (SELECT run_id, MAX(seq), at FROM events WHERE kind = 'run.finish' GROUP BY run_id) AS e
+                WHERE runs.run_id = e.run_id AND runs.finished_at IS NOT NULL;
+                UPDATE calls SET started_at = e.at
+                FROM (SELECT run_id, call_id, MAX(seq), at FROM events WHERE kind = 'call.begin' GROUP BY run_id, call_id) AS e
+                WHERE calls.run_id = e.run_id AND calls.call_id = e.call_id;
+                UPDATE calls SET finished_at = e.at
+                FROM (SELECT run_id, call_id, MAX(seq), at FROM events WHERE kind IN ('call.finish', 'call.resolve') GROUP BY run_id, call_id) AS e
+                WHERE calls.run_id = e.run_id AND calls.call_id = e.call_id AND calls.finished_at IS NOT NULL;
+                UPDATE checkpoints SET created_at = e.at
+                FROM (SELECT run_id, json_extract(body, '$.data.seq') AS seq, at FROM events WHERE kind = 'checkpoint.save' AND json_valid(body)) AS e
+                WHERE checkpoints.run_id = e.run_id AND checkpoints.seq = e.seq;
+                UPDATE journal SET recorded_at = e.at
+                FROM (SELECT run_id, json_extract(body, '$.data.key') AS key, MIN(seq), at FROM events
+                      WHERE kind = 'journal.record' AND json_valid(body) GROUP BY run_id, key) AS e
+                WHERE journal.run_id = e.run_id AND journal.key = e.key;
+                """)
+        }
         return migrator
     }()
 
     // MARK: - Events
 
     /// Appends an event to `run`'s chain inside the caller's transaction. The body is the RFC
-    /// 8785 JSON of {run, seq, at, kind, call?, data}; it is what the hash covers.
+    /// 8785 JSON of {run, seq, at, kind, call?, data}; it is what the hash covers. A row the
+    /// event changes is stamped with the event's own time (`now`), so that verify can hold
+    /// the row's time to it.
     @discardableResult
-    func appendEvent(_ db: Database, run: String, kind: String, call: String? = nil, data: [String: JSONValue]) throws -> Int {
-        let now = Timestamp.now()
+    func appendEvent(_ db: Database, run: String, kind: String, call: String? = nil, data: [String: JSONValue], at now: String = Timestamp.now()) throws -> Int {
         let head = try db.first("SELECT event_count, head_hash FROM runs WHERE run_id = ?", [.text(run)]) { (count: $0.int(0), hash: $0.text(1)) }
         if head == nil {
             try db.run("INSERT INTO runs (run_id, created_at, updated_at, attempts, event_count, head_hash) VALUES (?, ?, ?, 0, 0, ?)",

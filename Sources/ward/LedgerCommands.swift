@@ -182,7 +182,7 @@ struct LedgerCommand: ParsableCommand {
     }
 
     struct Verify: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Recompute the hash chains; name the first event altered, removed, inserted or reordered (exit 1).")
+        static let configuration = CommandConfiguration(abstract: "Recompute the hash chains and hold every recorded field to its events; name the first thing altered, removed, inserted or reordered (exit 1).")
         @OptionGroup var options: LedgerOptions
         @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
         @Flag(help: "JSON output.") var json = false

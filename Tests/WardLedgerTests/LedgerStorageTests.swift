@@ -45,8 +45,7 @@ struct LedgerStorageTests {
 
     @Test(.enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
     func aFullDiskRefusesBeginKeepsEverythingRecordedAndFinishWaitsForSpace() throws {
-        var template = Array("/tmp/ward-full-XXXXXX".utf8CString)
-        let mountPoint = String(cString: mkdtemp(&template)!)
+        let mountPoint = makeTemporaryDirectory("ward-full")
         let mount = try Process.run(URL(fileURLWithPath: "/bin/mount"), arguments: ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint])
         mount.waitUntilExit()
         try #require(mount.terminationStatus == 0)

@@ -5,10 +5,7 @@ import WardCore
 import Synchronization
 import WardTestSupport
 
-func temporaryLedgerPath(_ label: String = "ledger") -> String {
-    var template = Array("/tmp/ward-ledger-test-XXXXXX".utf8CString)
-    return String(cString: mkdtemp(&template)!) + "/\(label).sqlite"
-}
+func temporaryLedgerPath(_ label: String = "ledger") -> String { makeTemporaryDirectory("ward-ledger-test") + "/\(label).sqlite" }
 
 func request(_ call: String, run: String = "r1", tool: String = "shell", effect: CallEffect = .nonIdempotent,
              args: JSONValue = .object(["command": .string("echo hi")]), checkpoint: [UInt8]? = nil, attempt: Int = 1) -> BeginRequest {

@@ -2,14 +2,14 @@ import Foundation
 import Testing
 import WardCore
 import WardLedger
+import WardTestSupport
 
 /// An archived ledger (a read-only mount, no `-wal` or `-shm` beside it) is still audited:
 /// SQLite cannot make the shared-memory file there, so ward reads it as immutable.
 @Suite("Ledger: audits of read-only media", .serialized, .enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
 struct ReadOnlyMediaTests {
     @Test func everyAuditReadsALedgerOnAReadOnlyMount() throws {
-        var template = Array("/tmp/ward-ro-XXXXXX".utf8CString)
-        let mountPoint = String(cString: mkdtemp(&template)!)
+        let mountPoint = makeTemporaryDirectory("ward-ro")
         func mount(_ args: [String]) throws -> Int32 {
             let p = try Process.run(URL(fileURLWithPath: "/bin/mount"), arguments: args)
             p.waitUntilExit()

@@ -147,7 +147,14 @@ struct VerifyTests {
             TableEdit("call attempt", "UPDATE calls SET attempt = 1 \(c) = 'c5'", finding: "call c5 of run r was altered: its attempt is 1 where its events say 2"),
             TableEdit("call owner", "UPDATE calls SET owner = 'ffffffffffffffffffffffffffffffff' \(c) = 'c7'", finding: "call c7 of run r was altered: its owner is ffffffffffffffffffffffffffffffff where its events say"),
             TableEdit("call owner of a finished call", "UPDATE calls SET owner = 'ffffffffffffffffffffffffffffffff' \(c) = 'c1'", finding: "call c1 of run r was altered: its owner is ffffffffffffffffffffffffffffffff where its events say none"),
-            TableEdit("call finish time", "UPDATE calls SET finished_at = NULL \(c) = 'c1'", finding: "call c1 of run r was altered: it has no finish time where its events say it finished"),
+            TableEdit("call finish time removed", "UPDATE calls SET finished_at = NULL \(c) = 'c1'", finding: "call c1 of run r was altered: its finish time is none where its events say 20"),
+            // Times order the not-executed calls a resumed agent is given, and audits.
+            TableEdit("call finish time", "UPDATE calls SET finished_at = '2000-01-01T00:00:00.000000Z' \(c) = 'c2'",
+                      finding: "call c2 of run r was altered: its finish time is 2000-01-01T00:00:00.000000Z where its events say 20"),
+            TableEdit("call finish time of a call still running", "UPDATE calls SET finished_at = '2000-01-01T00:00:00.000000Z' \(c) = 'c7'",
+                      finding: "call c7 of run r was altered: its finish time is 2000-01-01T00:00:00.000000Z where its events say none"),
+            TableEdit("call start time", "UPDATE calls SET started_at = '2000-01-01T00:00:00.000000Z' \(c) = 'c4'",
+                      finding: "call c4 of run r was altered: its start time is 2000-01-01T00:00:00.000000Z where its events say 20"),
             TableEdit("call removed", "DELETE FROM calls \(c) = 'c2'", finding: "call c2 of run r was removed (its events remain)"),
             TableEdit("call inserted", "INSERT INTO calls SELECT run_id, 'c9', tool, effect, args_hash, args, policy_hash, binary_hash, status, attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr, truncated, duration_ms, verdict, note FROM calls \(c) = 'c2'",
                       finding: "call c9 of run r has no events (it was inserted)"),
@@ -170,16 +177,22 @@ struct VerifyTests {
             TableEdit("checkpoint state hash", "UPDATE checkpoints SET state_hash = '\(Digest.sha256Hex([]))' WHERE run_id = 'r' AND seq = 2", finding: "checkpoint 2 of run r was altered: its state hash is"),
             TableEdit("checkpoint label", "UPDATE checkpoints SET label = 'release' WHERE run_id = 'r' AND seq = 2", finding: "checkpoint 2 of run r was altered: its label is release where its event"),
             TableEdit("checkpoint call", "UPDATE checkpoints SET call_id = 'c2' WHERE run_id = 'r' AND seq = 1", finding: "checkpoint 1 of run r was altered: its call is c2 where its event"),
+            TableEdit("checkpoint time", "UPDATE checkpoints SET created_at = '2000-01-01T00:00:00.000000Z' WHERE run_id = 'r' AND seq = 2",
+                      finding: "checkpoint 2 of run r was altered: its time is 2000-01-01T00:00:00.000000Z where its event"),
             TableEdit("checkpoint removed", "DELETE FROM checkpoints WHERE run_id = 'r' AND seq = 3", finding: "checkpoint 3 of run r was removed"),
             TableEdit("checkpoint inserted", "INSERT INTO checkpoints SELECT run_id, 4, label, call_id, created_at, size, state_hash, base_seq, keep, keep_tail, chunks FROM checkpoints WHERE run_id = 'r' AND seq = 3",
                       finding: "checkpoint 4 of run r has no event (it was inserted)"),
             // The journal: first value wins.
             TableEdit("journal value", "UPDATE journal SET value = '\"w\"' WHERE run_id = 'r' AND key = 'k'", finding: "journal entry k of run r was altered"),
+            TableEdit("journal time", "UPDATE journal SET recorded_at = '2000-01-01T00:00:00.000000Z' WHERE run_id = 'r' AND key = 'k2'",
+                      finding: "journal entry k2 of run r was altered: its time is 2000-01-01T00:00:00.000000Z where its event"),
             TableEdit("journal entry removed", "DELETE FROM journal WHERE run_id = 'r' AND key = 'k2'", finding: "journal entry k2 of run r was removed"),
             TableEdit("journal entry inserted", "INSERT INTO journal VALUES ('r', 'k3', '1', '2026-01-01T00:00:00.000Z')", finding: "journal entry k3 of run r has no event (it was inserted)"),
             // The run.
             TableEdit("run attempts", "UPDATE runs SET attempts = 1 WHERE run_id = 'r'", finding: "run r was altered: its attempt count is 1 where its events say 2"),
-            TableEdit("run finish time", "UPDATE runs SET finished_at = NULL WHERE run_id = 'r'", finding: "run r was altered: its finish time is none where its events say"),
+            TableEdit("run finish time removed", "UPDATE runs SET finished_at = NULL WHERE run_id = 'r'", finding: "run r was altered: its finish time is none where its events say"),
+            TableEdit("run finish time", "UPDATE runs SET finished_at = '2000-01-01T00:00:00.000000Z' WHERE run_id = 'r'",
+                      finding: "run r was altered: its finish time is 2000-01-01T00:00:00.000000Z where its events say 20"),
             TableEdit("run exit status", "UPDATE runs SET exit_status = 1 WHERE run_id = 'r'", finding: "run r was altered: its exit status is 1 where its events say 0"),
             TableEdit("run creation time", "UPDATE runs SET created_at = '2000-01-01T00:00:00.000Z' WHERE run_id = 'r'", finding: "run r was altered: its creation time is 2000-01-01T00:00:00.000Z"),
             TableEdit("run workspace", "UPDATE runs SET workspace = 'relative/elsewhere' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
@@ -209,6 +222,32 @@ struct VerifyTests {
         #expect(Set(events.map(\.kind)) == ["run.attempt", "run.place", "run.policies", "run.moved", "call.begin", "call.finish", "call.in-doubt",
                                              "call.resolve", "checkpoint.save", "journal.record", "run.finish"])
         #expect(try Ledger(path: path, readOnly: true).verify(run: "r").runs.map(\.problem) == [nil])
+    }
+
+    /// A ledger written before rows took their events' times (each row read the clock
+    /// itself, microseconds apart): opened read-only it is not migrated and its times are not
+    /// held to the events (only whether a call or run finished); opened to write, migration
+    /// v4 sets each time to its event's, and from then on they are held.
+    @Test func aLedgerFromBeforeRowsTookTheirEventsTimesVerifies() throws {
+        let path = try VerifyFixture.make()
+        // Each edit opens the file to write, which migrates it first: the skew and the
+        // forgotten migration are made after.
+        let old = [
+            "UPDATE calls SET started_at = started_at || '1', finished_at = finished_at || '1'",
+            "UPDATE runs SET finished_at = finished_at || '1'",
+            "UPDATE checkpoints SET created_at = created_at || '1'",
+            "UPDATE journal SET recorded_at = recorded_at || '1'",
+            "DELETE FROM grdb_migrations WHERE identifier = 'v4'",
+        ]
+        try VerifyFixture.edit(path, old)
+        #expect(try VerifyFixture.problem(path) == nil)
+        try VerifyFixture.edit(path, ["UPDATE calls SET finished_at = NULL WHERE run_id = 'r' AND call_id = 'c1'"] + old)
+        #expect(try VerifyFixture.problem(path)?.hasPrefix("call c1 of run r was altered: its finish time is none") == true)
+        try VerifyFixture.edit(path, ["UPDATE calls SET finished_at = 'x' WHERE run_id = 'r' AND call_id = 'c1'"] + old)
+        _ = try Ledger(path: path, durability: .normal)  // migrated: each time is its event's again
+        #expect(try VerifyFixture.problem(path) == nil)
+        try VerifyFixture.edit(path, ["UPDATE journal SET recorded_at = recorded_at || '1' WHERE run_id = 'r'"])
+        #expect(try VerifyFixture.problem(path)?.hasPrefix("journal entry k of run r was altered: its time") == true)
     }
 
     /// The attacks of issue 14, with what each did before verify caught it.
@@ -352,7 +391,8 @@ struct VerifySequenceTests {
         "INSERT OR IGNORE INTO blobs VALUES (X'\(Digest.sha256Hex([]))', 0, X'')",
         """
         UPDATE calls SET status = 'succeeded', exit_code = 0, signal = NULL, stdout = X'\(Digest.sha256Hex([]))', stderr = X'\(Digest.sha256Hex([]))',
-            truncated = 0, duration_ms = 1, owner = NULL, finished_at = '2026-01-01T00:00:00.000Z' WHERE call_id = 'c1'
+            truncated = 0, duration_ms = 1, owner = NULL,
+            finished_at = (SELECT at FROM events WHERE call_id = 'c1' AND kind = 'call.finish' ORDER BY seq DESC LIMIT 1) WHERE call_id = 'c1'
         """,
     ]
 

@@ -11,8 +11,7 @@ let shippedPolicies = BuildProducts.repository + "/policies"
 
 /// A temporary policy directory holding the shipped syscall sets plus `files`.
 func policyDirectory(_ files: [String: String], withSets: Bool = true) throws -> String {
-    var template = Array("/tmp/ward-policy-XXXXXX".utf8CString)
-    let dir = String(cString: mkdtemp(&template)!)
+    let dir = makeTemporaryDirectory("ward-policy")
     var all = files
     if withSets {
         let fp = fopen(shippedPolicies + "/syscall-sets.toml", "r")!

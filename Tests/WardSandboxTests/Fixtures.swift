@@ -50,10 +50,7 @@ enum Fixture {
         return dir
     }()
 
-    static func temporaryDirectory(_ label: String) -> String {
-        var template = Array("/tmp/ward-test-\(label)-XXXXXX".utf8CString)
-        return String(cString: mkdtemp(&template)!)
-    }
+    static func temporaryDirectory(_ label: String) -> String { makeTemporaryDirectory("ward-test-\(label)") }
 
     /// A fresh workspace holding a copy of ward-hostile, owned by `owner` when given.
     static func workspace(owner: uid_t? = nil) -> String {

@@ -7,10 +7,7 @@ import WardSandbox
 import WardSupervisor
 import WardTestSupport
 
-func temporaryDirectory(_ label: String) -> String {
-    var template = Array("/tmp/ward-supervisor-test-\(label)-XXXXXX".utf8CString)
-    return String(cString: mkdtemp(&template)!)
-}
+func temporaryDirectory(_ label: String) -> String { makeTemporaryDirectory("ward-supervisor-test-\(label)") }
 
 /// A policy directory whose tools (TOML `tools`) run with a small shared sandbox: the
 /// system's programs and libraries, the workspace writable, no network.

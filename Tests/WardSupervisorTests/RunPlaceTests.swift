@@ -14,17 +14,6 @@ struct LedgerPlaceTests {
 
     func temporaryLedgerPath() -> String { temporaryDirectory("ledger") + "/l.sqlite" }
 
-    func expectLedgerError(_ code: LedgerError.Code, _ body: () throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) {
-        do {
-            try body()
-            Issue.record("expected \(code)", sourceLocation: sourceLocation)
-        } catch let error as LedgerError {
-            #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
-        } catch {
-            Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
-        }
-    }
-
     @Test func theFirstPlaceIsKeptAndAnotherIsRefused() throws {
         let ledger = try Ledger(path: temporaryLedgerPath())
         let policies = try directory("policies")
@@ -38,7 +27,7 @@ struct LedgerPlaceTests {
 
         // Another directory, and the same path holding a new directory: both refused.
         let other = try #require(RunPlace.of(workspace: try directory("other"), policies: policies))
-        expectLedgerError(.invalid) { try ledger.claimPlace(run: "r1", other) }
+        #expect(#expect(throws: LedgerError.self) { try ledger.claimPlace(run: "r1", other) }?.code == .invalid)
         try FileManager.default.removeItem(atPath: ws)
         try FileManager.default.createDirectory(atPath: ws, withIntermediateDirectories: false)
         let recreated = try #require(RunPlace.of(workspace: ws, policies: policies))
