@@ -203,6 +203,18 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
         CHECK(WARD_STEP_SECUREBITS, sys(SYS_prctl, PR_SET_SECUREBITS, (long)bits));
         for (int cap = 0; cap <= cfg->cap_last; cap++) CHECK(WARD_STEP_CAPBSET, sys(SYS_prctl, PR_CAPBSET_DROP, cap));
     }
+
+    // A root ward's tools run as an unprivileged identity: as uid 0 a tool could read the
+    // root-only files in its read roots, plant setuid-root binaries for other users, and
+    // change the limits of every root process. Groups first (root's supplementary groups
+    // go), then gid, then uid (after which neither could change). The capabilities kept
+    // through the change by SECBIT_NO_SETUID_FIXUP are emptied just below.
+    if (cfg->set_identity) {
+        uint32_t groups[1] = { cfg->tool_gid };
+        CHECK(WARD_STEP_IDENTITY, sys(SYS_setgroups, 1, (long)groups));
+        CHECK(WARD_STEP_IDENTITY, sys(SYS_setresgid, cfg->tool_gid, cfg->tool_gid, cfg->tool_gid));
+        CHECK(WARD_STEP_IDENTITY, sys(SYS_setresuid, cfg->tool_uid, cfg->tool_uid, cfg->tool_uid));
+    }
     CHECK(WARD_STEP_AMBIENT, sys(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0));
     struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
@@ -377,6 +389,7 @@ const char *ward_step_name(int step) {
     case WARD_STEP_PDEATHSIG: return "prctl(PR_SET_PDEATHSIG)";
     case WARD_STEP_ZYGOTE: return "zygote";
     case WARD_STEP_GATE: return "start gate";
+    case WARD_STEP_IDENTITY: return "setresuid to the tool identity";
     default: return "spawn";
     }
 }

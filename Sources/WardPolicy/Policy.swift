@@ -101,6 +101,15 @@ public struct PolicySet: Sendable {
     public var tools: [String: ToolPolicy]
     public var syscallSets: [String: [String]]
     public var directory: String
+    /// `[defaults] user`: who a root ward's tools run as (see `ToolIdentity`); nil: the default.
+    public var toolUser: String?
+
+    public init(tools: [String: ToolPolicy], syscallSets: [String: [String]], directory: String, toolUser: String? = nil) {
+        self.tools = tools
+        self.syscallSets = syscallSets
+        self.directory = directory
+        self.toolUser = toolUser
+    }
 
     /// The tool, or a `PolicyError` naming the known tools.
     public func tool(_ name: String) throws(PolicyError) -> ToolPolicy {

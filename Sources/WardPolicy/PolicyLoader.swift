@@ -71,7 +71,7 @@ public enum PolicyLoader {
             let unique = builder.diagnostics.filter { seen.insert($0).inserted }
             throw PolicyError(message: "invalid policies in \(directory)", code: .invalidPolicy, diagnostics: unique)
         }
-        return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory)
+        return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory, toolUser: builder.toolUser?.name)
     }
 
     /// The text of one policy file; a diagnostic at 1:1 when it cannot be read or is not UTF-8.
@@ -138,6 +138,8 @@ private struct Builder {
     var diagnostics: [PolicyDiagnostic] = []
     var sets: [String: [String]] = [:]
     var tools: [String: ToolPolicy] = [:]
+    /// `[defaults] user`, and the file that set it.
+    var toolUser: (name: String, file: String)?
     private var setOrigin: [String: (ParsedFile, [String])] = [:]
 
     init(directory: String) { self.directory = directory }
@@ -218,6 +220,19 @@ private struct Builder {
         var defaults: [String: Node] = [:]
         if let node = file.root["defaults"] {
             if case .table(let members) = node { defaults = members } else { report(file, ["defaults"], "[defaults] must be a table") }
+            // Who a root ward's tools run as: one identity for the whole directory, since the
+            // workspace they share is given to it.
+            if let user = defaults.removeValue(forKey: "user") {
+                if case .string(let name) = user, !name.isEmpty {
+                    if let other = toolUser, other.name != name {
+                        report(file, ["defaults", "user"], "[defaults] user = \"\(name)\" differs from \"\(other.name)\" in \(other.file) (tools share one workspace, so one user runs them all)")
+                    } else {
+                        toolUser = (name, file.path)
+                    }
+                } else {
+                    report(file, ["defaults", "user"], "[defaults] user must be a user name, \"UID\" or \"UID:GID\"")
+                }
+            }
             checkKeys(file, ["defaults"], defaults)
         }
         guard let toolsNode = file.root["tools"] else { return }
@@ -238,6 +253,9 @@ private struct Builder {
 
     mutating func checkKeys(_ file: ParsedFile, _ path: [String], _ table: [String: Node]) {
         for key in table.keys.sorted() where !PolicyLoader.toolKeys.contains(key) {
+            if key == "user" {
+                report(file, path + [key], "user is chosen for all tools at once, in [defaults] (they share one workspace)"); continue
+            }
             report(file, path + [key], "unknown key \"\(key)\" (known: \(PolicyLoader.toolKeys.sorted().joined(separator: ", ")))")
         }
         if case .table(let limits)? = table["limits"] {

@@ -41,7 +41,10 @@ public enum Doctor {
         let unprivileged = "no capabilities to drop; no_new_privs still set"
         rows.append(Feature(key: "privileged", name: "privileged", available: f.privileged,
                             state: [f.privileged ? "yes (\(caps.count) capabilities)" : (caps.isEmpty ? "no" : "no (\(caps.joined(separator: ", ")))")],
-                            effect: f.privileged ? "securebits locked, bounding set emptied, namespaces without a user namespace" : unprivileged,
+                            effect: f.privileged
+                                ? "securebits locked, bounding set emptied, namespaces without a user namespace; tools run as "
+                                    + ((try? ToolIdentity.resolve(nil)).map { "\($0)" } ?? "the --tool-user") + " (--tool-user), never uid 0"
+                                : unprivileged + "; tools keep ward's uid",
                             without: unprivileged))
         let c = f.cgroups
         var cgroupState: [String] = []

@@ -58,7 +58,8 @@ public final class SandboxCall: @unchecked Sendable {
         }
         slot = acquired
         let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
-        let limits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes, cgroupMemory: enforced.memory)
+        // RLIMIT_NPROC counts every process of the uid: the tool identity's are all calls'.
+        let limits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes || sandbox.toolIdentity != nil, cgroupMemory: enforced.memory)
         rlimits = .allocate(capacity: limits.count)
         _ = rlimits.initialize(from: limits)
         let fds = slot?.joinFDs ?? []
@@ -98,6 +99,7 @@ public final class SandboxCall: @unchecked Sendable {
         config.pointee.rlimit_count = Int32(rlimits.count)
         config.pointee.drop_bounding_set = (sandbox.features.privileged || newUserNS) ? 1 : 0
         config.pointee.cap_last = Int32(sandbox.features.capLast)
+        if let identity = sandbox.toolIdentity { config.pointee.setIdentity(identity) }
         config.pointee.landlock_ruleset_fd = tool.landlockFD
         // The policy's filter, for a direct spawn (a zygote's children inherit it instead);
         // `tool` keeps it alive.
@@ -284,5 +286,14 @@ final class CStringArray {
     deinit {
         for i in 0..<count { free(pointers[i]) }
         pointers.deallocate()
+    }
+}
+
+extension ward_spawn_config {
+    /// The tool drops to `identity` (a root ward's tools never run as uid 0).
+    mutating func setIdentity(_ identity: ToolIdentity) {
+        set_identity = 1
+        tool_uid = identity.uid
+        tool_gid = identity.gid
     }
 }

@@ -35,9 +35,19 @@ enum Seccomp {
     static let allowedPersonalities: [UInt64] = [0, 0x8, 0x20000, 0x20008, 0xFFFF_FFFF]
     /// Always ENOSYS: clone3's flags live in a struct a filter cannot read, and glibc falls
     /// back to clone on ENOSYS (EPERM would break it); the new mount API likewise.
-    static let enosys = ["clone3", "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr"]
+    static let enosys = ["clone3", "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr", "openat2"]
+    /// Syscalls that set a file's mode, with the argument holding it. A tool never sets the
+    /// setuid or setgid bit: a binary it leaves in the workspace would run as the tool's
+    /// user for whoever starts it (no_new_privs covers only the tool's own processes).
+    /// Seccomp, not `nosuid`: the workspace is the operator's file system, not a mount of
+    /// ward's. (openat2's mode lives in a struct a filter cannot read: it gets ENOSYS, and
+    /// callers fall back to openat.)
+    static let modeArgument: [String: UInt32] = [
+        "chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "creat": 1, "open": 2, "openat": 3, "mknod": 1, "mknodat": 2,
+    ]
+    static let setIDBits: UInt64 = 0o6000
     /// Syscalls whose arguments ward restricts itself.
-    static let filtered: Set<String> = ["clone", "unshare", "ioctl", "personality", "socket", "socketpair"]
+    static let filtered: Set<String> = Set(["clone", "unshare", "ioctl", "personality", "socket", "socketpair"]).union(modeArgument.keys)
 
     /// Compiles the allowlist. Default action EPERM; foreign ABIs kill the process. Any
     /// libseccomp failure is fatal: a silently dropped rule is a hole.
@@ -101,6 +111,9 @@ enum Seccomp {
             case .any: families = [AF_INET, AF_INET6, AF_UNIX]
             }
             for f in families { try add(SCMP_ACT_ALLOW, "socket", [equals(0, UInt64(f))]) }
+        }
+        for (name, argument) in modeArgument where allowed.contains(name) {
+            try add(SCMP_ACT_ALLOW, name, [masked(argument, mask: setIDBits, equals: 0)])
         }
         if allowed.contains("socketpair") {
             try add(SCMP_ACT_ALLOW, "socketpair", [equals(0, UInt64(AF_UNIX))])

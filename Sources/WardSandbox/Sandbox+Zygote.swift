@@ -37,7 +37,7 @@ final class Zygote: @unchecked Sendable {
         "prlimit64", "close_range", "execve", "exit_group", "openat", "getppid",
     ]
 
-    init(bpf program: SeccompProgram, landlockFD: Int32, features: KernelFeatures) {
+    init(bpf program: SeccompProgram, landlockFD: Int32, features: KernelFeatures, identity: ToolIdentity?) {
         bpf = program
         config = .allocate(capacity: 1)
         config.initialize(to: ward_spawn_config())
@@ -46,6 +46,7 @@ final class Zygote: @unchecked Sendable {
         config.pointee.bpf_len = UInt16(program.instructionCount)
         config.pointee.drop_bounding_set = features.privileged ? 1 : 0
         config.pointee.cap_last = Int32(features.capLast)
+        if let identity { config.pointee.setIdentity(identity) }
         scopeFD = Landlock.makeScopeRuleset(abi: features.landlockABI)
     }
 

@@ -30,9 +30,13 @@ public final class Sandbox: Sendable {
     public let workspace: String
     public let features: KernelFeatures
     public let treeKill: TreeKill
-    /// Whether `limits.processes` holds here: a cgroup's pids.max, or RLIMIT_NPROC for a
-    /// non-root uid. The kernel exempts uid 0 from RLIMIT_NPROC, so root without a writable
-    /// cgroup cannot bound a fork bomb (the tree still dies with the call).
+    /// Who tools run as when ward is root (nil: ward is not, and tools keep its uid).
+    public let toolIdentity: ToolIdentity?
+    /// Whether `limits.processes` holds here: a cgroup's pids.max, or RLIMIT_NPROC for an
+    /// unprivileged ward. A root ward's tools share one identity, whose processes the kernel
+    /// counts together for RLIMIT_NPROC (every call's, and the zygotes): a per-call bound
+    /// cannot be had from it, so without a pids cgroup there is none (the tree still dies
+    /// with the call).
     public var enforcesProcessLimit: Bool { cgroups?.limitsProcesses ?? !features.privileged }
     let logger: Logger
     let cgroups: CgroupPool?
@@ -48,8 +52,10 @@ public final class Sandbox: Sendable {
     ///   - cgroupLayout: the hierarchies to use instead of the detected ones (tests of the
     ///     cgroup v1 path on a machine that also has v2).
     ///   - useZygotes: false starts every call directly (tests and benchmarks of that path).
+    ///   - toolUser: who tools run as when ward is root (`ToolIdentity.resolve`); nil: the
+    ///     policies' `[defaults] user`, else the default. Refused when ward is not root.
     public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"),
-                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true) throws(SandboxError) {
+                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true, toolUser: String? = nil) throws(SandboxError) {
         self.useZygotes = useZygotes
         for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
             throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
@@ -63,6 +69,15 @@ public final class Sandbox: Sendable {
         self.logger = logger
         let features = KernelFeatures.probe()
         self.features = features
+        if features.privileged && geteuid() == 0 {
+            let identity = try ToolIdentity.resolve(toolUser ?? policies.toolUser)
+            try Sandbox.prepareWorkspace(self.workspace, for: identity)
+            toolIdentity = identity
+        } else if let user = toolUser ?? policies.toolUser {
+            throw SandboxError(.policyDenied, "tool user \(user): only a root ward chooses who tools run as (this one runs as uid \(geteuid()), and so do its tools, in a user namespace of their own)")
+        } else {
+            toolIdentity = nil
+        }
         let pool = useCgroups ? CgroupPool(layout: cgroupLayout ?? features.cgroups) : nil
         self.cgroups = pool
         // Orphaned descendants of a tool come to ward, not to an init that may never reap them.
@@ -74,7 +89,7 @@ public final class Sandbox: Sendable {
         } else {
             treeKill = .processGroup
         }
-        Sandbox.warnOnce(features: features, treeKill: treeKill, processLimit: pool?.limitsProcesses ?? !features.privileged, logger: logger)
+        Sandbox.warnOnce(features: features, treeKill: treeKill, processLimit: enforcesProcessLimit, logger: logger)
     }
 
     deinit {
@@ -134,7 +149,7 @@ public final class Sandbox: Sendable {
             && Zygote.required.isSubset(of: policy.syscalls)
         let tool = PreparedTool(policy: policy, executable: executable, bpf: bpf, landlockFD: landlockFD,
                                 newNetNamespace: policy.network == .loopback,
-                                zygote: zygoteEligible ? Zygote(bpf: bpf, landlockFD: landlockFD, features: features) : nil)
+                                zygote: zygoteEligible ? Zygote(bpf: bpf, landlockFD: landlockFD, features: features, identity: toolIdentity) : nil)
         let winner = prepared.withLock { cache -> PreparedTool in
             if let existing = cache[name] { return existing }
             cache[name] = tool

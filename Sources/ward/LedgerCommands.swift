@@ -294,10 +294,7 @@ extension LedgerCommand {
                 let place = try policyOptions.place(of: run, in: ledger, create: false, defaultAllowed: false)
                 let policies = try PolicyOptions.load(place.policies)
                 try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
-                let sandbox: Sandbox
-                do { sandbox = try Sandbox(policies: policies, workspace: place.workspace) } catch {
-                    throw CLIError(message: error.description, exitCode: 1)
-                }
+                let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace)
                 findings += try ledgerCall { () throws(LedgerError) in try Reconciler(ledger: ledger, sandbox: sandbox).reconcileAll(run: run, callId: callID) }
             }
             if json {

@@ -74,10 +74,7 @@ struct RunOptions: ParsableArguments {
         try ledgerCall { () throws(LedgerError) in try ledger.recover() }
         let place = try policyOptions.place(of: run, in: ledger, create: true)
         let policies = try PolicyOptions.load(place.policies)
-        let sandbox: Sandbox
-        do { sandbox = try Sandbox(policies: policies, workspace: place.workspace, logger: logger) } catch {
-            throw CLIError(message: error.description, exitCode: 1)
-        }
+        let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace, logger: logger)
         let supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: 0, runLock: runLock)
         // Bound before anything is recorded: a socket that another supervisor holds refuses
         // the start with no place claimed and no attempt counted.

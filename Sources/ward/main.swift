@@ -58,7 +58,18 @@ struct PolicyOptions: ParsableArguments {
     var policies: String { policiesOption ?? "policies" }
     var workspace: String { workspaceOption ?? "workspace" }
 
+    @Option(name: .customLong("tool-user"),
+            help: "Who tools run as when ward is root: NAME, UID or UID:GID (default: the policies' [defaults] user, else ward-tool, else 65533). Never root.")
+    var toolUser: String?
+
     func load() throws -> PolicySet { try PolicyOptions.load(policies) }
+
+    /// The sandbox tools of `policies` run in: in `workspace`, as `--tool-user`.
+    func sandbox(_ policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward")) throws -> Sandbox {
+        do { return try Sandbox(policies: policies, workspace: workspace, logger: logger, toolUser: toolUser) } catch {
+            throw CLIError(message: error.description, exitCode: 1)
+        }
+    }
 
     static func load(_ directory: String) throws -> PolicySet {
         do { return try PolicyLoader.load(directory: directory) } catch {
@@ -166,10 +177,7 @@ struct SandboxCommand: ParsableCommand {
     func run() throws {
         let policies = try policyOptions.load()
         let arguments = try argumentOptions.arguments()
-        let sandbox: Sandbox
-        do { sandbox = try Sandbox(policies: policies, workspace: policyOptions.workspace, logger: Logger(label: "ward")) } catch {
-            throw CLIError(message: error.description, exitCode: 1)
-        }
+        let sandbox = try policyOptions.sandbox(policies, workspace: policyOptions.workspace)
         let outcome: ToolOutcome
         // The same WARD_* variables a tool gets under `ward run`, for run and call "sandbox".
         do { outcome = try sandbox.run(tool: tool, arguments: arguments, environment: Reconciler.environment(run: "sandbox", callId: "sandbox")) } catch {

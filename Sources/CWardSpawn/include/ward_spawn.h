@@ -34,6 +34,7 @@ enum ward_step {
     WARD_STEP_PDEATHSIG,
     WARD_STEP_ZYGOTE,
     WARD_STEP_GATE,
+    WARD_STEP_IDENTITY,
 };
 
 struct ward_rlimit {
@@ -58,6 +59,8 @@ struct ward_spawn_config {
     const struct ward_rlimit *rlimits;
     int rlimit_count;
     int drop_bounding_set;        ///< we hold CAP_SETPCAP: lock securebits, empty the bounding set
+    int set_identity;             ///< become tool_uid/tool_gid (a root ward's tools never run as uid 0)
+    uint32_t tool_uid, tool_gid;
     int cap_last;                 ///< highest capability number the kernel knows
     int landlock_ruleset_fd;      ///< -1 when Landlock is unavailable
     const void *bpf;              ///< struct sock_filter[bpf_len]; NULL for none
@@ -159,6 +162,14 @@ int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4,
 long ward_peer_uid(int fd);
 /// seccomp(2) mode query for `ward doctor`.
 int ward_seccomp_available(void);
+/// Whether `path` can be searched (X_OK) by uid/gid with no supplementary groups: asked of a
+/// forked child that takes that identity. 1, 0, or -1 with errno. C: the forked child of a
+/// multithreaded process may run only raw syscalls.
+int ward_searchable_as(const char *path, uint32_t uid, uint32_t gid);
+/// Gives every entry of the tree at `root` (not following symlinks, not crossing into other
+/// file systems) to uid/gid; 0, or -1 with errno and the path that failed in `failed`
+/// (PATH_MAX bytes).
+int ward_chown_tree(const char *root, uint32_t uid, uint32_t gid, char *failed);
 /// A directory's device, inode and birth time (0 when the filesystem keeps none); -1 with
 /// errno when it is missing or not a directory. statx is _GNU_SOURCE only.
 int ward_directory_identity(const char *path, uint64_t *dev, uint64_t *ino, int64_t *birth_sec, uint32_t *birth_nsec);

@@ -1,0 +1,110 @@
+import CWardSpawn
+import WardCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who a root ward's tools run as: never uid 0.
+///
+/// As uid 0 a tool reads the root-only files in its read roots, plants setuid-root binaries
+/// in the workspace for any local user to run, and changes the limits of every root process
+/// (a `prlimit` on ward itself). So when ward runs as root every tool drops to this
+/// identity before it starts (the spawn's identity step), with no supplementary groups. The
+/// workspace is handed to it (`prepareWorkspace`): its files belong to the tool identity,
+/// which also keeps an operator's `git` out of it (git refuses a repository another user
+/// owns, so a hook or `core.fsmonitor` a tool wrote never runs as root).
+///
+/// An unprivileged ward's tools keep its uid; a user namespace of their own, Landlock and
+/// the seccomp filter separate them from ward.
+public struct ToolIdentity: Sendable, Equatable, CustomStringConvertible {
+    public var uid: UInt32
+    public var gid: UInt32
+    /// The user name, when the uid has one.
+    public var name: String?
+
+    /// The identity used when neither `--tool-user` nor the policies' `[defaults] user`
+    /// names one: the `ward-tool` user where the system has it (`Scripts/setup` makes it),
+    /// else uid and gid 65533, a number no distribution assigns.
+    public static let defaultUser = "ward-tool"
+    static let fallbackID: UInt32 = 65533
+
+    public var description: String { "\(name ?? "uid \(uid)") (uid \(uid), gid \(gid))" }
+
+    /// `NAME`, `UID` or `UID:GID` (a name's gid is its primary group; a bare uid's gid is
+    /// the same number). nil: the default. Refuses uid 0 and gid 0.
+    public static func resolve(_ spec: String?) throws(SandboxError) -> ToolIdentity {
+        let identity: ToolIdentity
+        if let spec {
+            let parts = spec.split(separator: ":", omittingEmptySubsequences: false)
+            if let uid = UInt32(parts[0]), parts.count <= 2 {
+                guard let gid = parts.count == 2 ? UInt32(parts[1]) : uid else {
+                    throw SandboxError(.policyDenied, "tool user \(spec): the gid after the colon is not a number")
+                }
+                identity = ToolIdentity(uid: uid, gid: gid, name: user(uid))
+            } else if parts.count == 1, let entry = passwd(named: spec) {
+                identity = entry
+            } else {
+                throw SandboxError(.policyDenied, "tool user \(spec): no such user (give a name, UID or UID:GID)")
+            }
+        } else {
+            identity = passwd(named: defaultUser) ?? ToolIdentity(uid: fallbackID, gid: fallbackID, name: user(fallbackID))
+        }
+        guard identity.uid != 0, identity.gid != 0, identity.uid != UInt32.max, identity.gid != UInt32.max else {
+            throw SandboxError(.policyDenied, "tool user \(spec ?? defaultUser) is \(identity): tools never run as root or with root's group")
+        }
+        return identity
+    }
+
+    private static func passwd(named name: String) -> ToolIdentity? {
+        guard let entry = getpwnam(name) else { return nil }
+        return ToolIdentity(uid: entry.pointee.pw_uid, gid: entry.pointee.pw_gid, name: name)
+    }
+
+    private static func user(_ uid: UInt32) -> String? {
+        getpwuid(uid).map { String(cString: $0.pointee.pw_name) }
+    }
+}
+
+extension Sandbox {
+    /// Makes the workspace the tool identity's: every entry in it is given to the identity
+    /// (tools create, change and remove files there; the operator, root, still can), and
+    /// each directory above it that the identity cannot search gets an ACL entry letting it
+    /// search (only search: Landlock still decides what a tool may reach).
+    static func prepareWorkspace(_ workspace: String, for identity: ToolIdentity) throws(SandboxError) {
+        var failed = [CChar](repeating: 0, count: Int(PATH_MAX))
+        if ward_chown_tree(workspace, identity.uid, identity.gid, &failed) != 0 {
+            let e = errno
+            throw SandboxError(.internalError, "cannot give the workspace to the tool user \(identity): chown of \(String(cString: failed)) failed: \(errnoName(e))", errno: e)
+        }
+        var path = ""
+        for component in workspace.split(separator: "/") {
+            path += "/" + component
+            guard ward_searchable_as(path, identity.uid, identity.gid) != 1 else { continue }
+            // setfacl (the acl package) merges the entry with any ACL the directory has.
+            let rc = Sandbox.runQuietly("/usr/bin/setfacl", ["-m", "u:\(identity.uid):x", path])
+            guard rc == 0, ward_searchable_as(path, identity.uid, identity.gid) == 1 else {
+                throw SandboxError(.internalError, """
+                    the tool user \(identity) cannot reach the workspace: \(path) is not searchable by it, and \
+                    \(rc == 127 ? "setfacl is not installed (the acl package)" : "setfacl -m u:\(identity.uid):x \(path) failed"); \
+                    make \(path) searchable by uid \(identity.uid), or choose another --tool-user or workspace
+                    """)
+            }
+        }
+    }
+
+    /// Runs a program with no input or output; its exit status (127 when it cannot start).
+    static func runQuietly(_ path: String, _ arguments: [String]) -> Int32 {
+        var pid: pid_t = 0
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd in [Int32(0), 1, 2] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+        let argv = CStringArray([path] + arguments)
+        let env = CStringArray(["PATH=/usr/bin:/bin", "LC_ALL=C"])
+        guard posix_spawn(&pid, path, &actions, nil, argv.pointers, env.pointers) == 0 else { return 127 }
+        var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
+        guard ward_wait(pid, &exited, &code, &signal) == 0, exited != 0 else { return 127 }
+        return code
+    }
+}
