@@ -181,9 +181,11 @@ WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, str
 }
 
 WARD_CHILD_SIDE void ward_step_oom_score(struct ward_spawn_error *err) {
-    // Under global memory pressure the OOM killer takes the tool, not the supervisor. (With
-    // a memory cgroup per call, an OOM stays inside the call's cgroup anyway.) Inherited by
-    // children, so a zygote sets it once for all its calls.
+    // Under global memory pressure the OOM killer takes the tool, not the supervisor (a
+    // memory cgroup per call bounds the call, but the limits of all calls may exceed the
+    // machine's memory). Inherited by the tool's children. Only ever written by the vfork
+    // child: the kernel copies a score written by any other process that shares ward's
+    // memory (the zygote) to ward itself, and a vfork child's score is its own.
     long rc = write_file("/proc/self/oom_score_adj", "1000", 4);
     if (rc < 0 && rc != -ENOENT) ward_child_fail(err, WARD_STEP_OOM_SCORE, rc);
 }
@@ -237,7 +239,7 @@ WARD_CHILD_SIDE static int child_main(void *arg) {
         CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
     }
 
-    if (cfg->raise_oom_score) ward_step_oom_score(err);
+    ward_step_oom_score(err);
     ward_step_per_call(cfg, err);
     ward_step_confine(cfg, err);
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));

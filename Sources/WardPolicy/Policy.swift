@@ -101,6 +101,9 @@ public struct PolicySet: Sendable {
     public var tools: [String: ToolPolicy]
     public var syscallSets: [String: [String]]
     public var directory: String
+    /// Remarks for `ward policy check` that are not errors, e.g. a tool allowed `ptrace`
+    /// (which ward confines to the tool's own call).
+    public var notes: [PolicyDiagnostic] = []
 
     /// The tool, or a `PolicyError` naming the known tools.
     public func tool(_ name: String) throws(PolicyError) -> ToolPolicy {
