@@ -308,7 +308,8 @@ struct ThreatTests {
     func crossProcessControls() throws {
         let token = "36.\(Int.random(in: 100_000...999_999))"
         let victim = try ThreatTests.nobodyVictim(token)
-        defer { victim.terminate(); victim.waitUntilExit() }
+        // SIGKILL: the attach left it stopped, where a SIGTERM would wait forever.
+        defer { kill(victim.processIdentifier, SIGKILL); victim.waitUntilExit() }
         var pid: Int32?
         #expect(eventually { pid = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return pid != nil })
         let target = try #require(pid)
@@ -348,7 +349,7 @@ struct ThreatTests {
             // The unprivileged ward is another process; one of its uid stands in for it.
             let stand = "37.\(Int.random(in: 100_000...999_999))"
             let p = try ThreatTests.nobodyVictim(stand)
-            defer { p.terminate(); p.waitUntilExit() }
+            defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
             var pid: Int32?
             #expect(eventually { pid = Fixture.processes(containing: stand).first { Processes.name(of: $0) == "ward-hostile" }; return pid != nil })
             targets.append(("a process of ward's uid", try #require(pid)))
