@@ -181,11 +181,34 @@ WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, str
 }
 
 WARD_CHILD_SIDE void ward_step_oom_score(struct ward_spawn_error *err) {
-    // Under global memory pressure the OOM killer takes the tool, not the supervisor. (With
-    // a memory cgroup per call, an OOM stays inside the call's cgroup anyway.) Inherited by
-    // children, so a zygote sets it once for all its calls.
+    // Under global memory pressure the OOM killer takes the tool, not the supervisor (a
+    // memory cgroup per call bounds the call, but the limits of all calls may exceed the
+    // machine's memory). Inherited by the tool's children. Only ever written by the vfork
+    // child: the kernel copies a score written by any other process that shares ward's
+    // memory (the zygote) to ward itself, and a vfork child's score is its own.
     long rc = write_file("/proc/self/oom_score_adj", "1000", 4);
     if (rc < 0 && rc != -ENOENT) ward_child_fail(err, WARD_STEP_OOM_SCORE, rc);
+}
+
+WARD_CHILD_SIDE void ward_step_identity(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    // A root ward's tools run as an unprivileged identity: as uid 0 a tool could read the
+    // root-only files in its read roots, plant setuid-root binaries for other users, and
+    // change the limits of every root process. Groups first (root's supplementary groups
+    // go), then gid, then uid (after which neither could change). The capabilities kept
+    // through the change by SECBIT_NO_SETUID_FIXUP are emptied next (ward_step_capset).
+    if (!cfg->set_identity) return;
+    uint32_t groups[1] = { cfg->tool_gid };
+    CHECK(WARD_STEP_IDENTITY, sys(SYS_setgroups, 1, (long)groups));
+    CHECK(WARD_STEP_IDENTITY, sys(SYS_setresgid, cfg->tool_gid, cfg->tool_gid, cfg->tool_gid));
+    CHECK(WARD_STEP_IDENTITY, sys(SYS_setresuid, cfg->tool_uid, cfg->tool_uid, cfg->tool_uid));
+}
+
+WARD_CHILD_SIDE void ward_step_capset(struct ward_spawn_error *err, int keep_setid) {
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (keep_setid) data[0].effective = data[0].permitted = (1u << CAP_SETUID) | (1u << CAP_SETGID);
+    CHECK(WARD_STEP_CAPSET, sys(SYS_capset, (long)&hdr, (long)data));
 }
 
 WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
@@ -204,22 +227,10 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
         for (int cap = 0; cap <= cfg->cap_last; cap++) CHECK(WARD_STEP_CAPBSET, sys(SYS_prctl, PR_CAPBSET_DROP, cap));
     }
 
-    // A root ward's tools run as an unprivileged identity: as uid 0 a tool could read the
-    // root-only files in its read roots, plant setuid-root binaries for other users, and
-    // change the limits of every root process. Groups first (root's supplementary groups
-    // go), then gid, then uid (after which neither could change). The capabilities kept
-    // through the change by SECBIT_NO_SETUID_FIXUP are emptied just below.
-    if (cfg->set_identity) {
-        uint32_t groups[1] = { cfg->tool_gid };
-        CHECK(WARD_STEP_IDENTITY, sys(SYS_setgroups, 1, (long)groups));
-        CHECK(WARD_STEP_IDENTITY, sys(SYS_setresgid, cfg->tool_gid, cfg->tool_gid, cfg->tool_gid));
-        CHECK(WARD_STEP_IDENTITY, sys(SYS_setresuid, cfg->tool_uid, cfg->tool_uid, cfg->tool_uid));
-    }
+    // A zygote keeps what its calls' children need to take the tool identity themselves.
+    if (!cfg->keep_setid_caps) ward_step_identity(cfg, err);
     CHECK(WARD_STEP_AMBIENT, sys(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0));
-    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct data[2];
-    memset(data, 0, sizeof data);
-    CHECK(WARD_STEP_CAPSET, sys(SYS_capset, (long)&hdr, (long)data));
+    ward_step_capset(err, cfg->keep_setid_caps);
 
     // Landlock: only the policy's read and write roots are reachable; TCP and the
     // abstract-socket and signal scopes as the ruleset (sized to the kernel's ABI) says.
@@ -249,7 +260,7 @@ WARD_CHILD_SIDE static int child_main(void *arg) {
         CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
     }
 
-    if (cfg->raise_oom_score) ward_step_oom_score(err);
+    ward_step_oom_score(err);
     ward_step_per_call(cfg, err);
     ward_step_confine(cfg, err);
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));

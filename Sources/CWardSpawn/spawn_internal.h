@@ -56,8 +56,13 @@ WARD_CHILD_SIDE __attribute__((noreturn)) void ward_child_fail(struct ward_spawn
 void ward_step_signals(struct ward_spawn_error *err, int unblock);
 /// The per-call steps: pdeathsig, session, cgroups, loopback, stdio, cwd, rlimits, fds.
 void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
-/// oom_score_adj = 1000: the tool, not the supervisor, is the OOM killer's choice.
+/// oom_score_adj = 1000: the tool, not the supervisor, is the OOM killer's choice. Only in a
+/// vfork child (a score written elsewhere in ward's memory would be ward's too).
 void ward_step_oom_score(struct ward_spawn_error *err);
+/// Becomes cfg->tool_uid/tool_gid with no supplementary groups (when cfg->set_identity).
+void ward_step_identity(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// Empties every capability set but, with `keep_setid`, CAP_SETUID and CAP_SETGID.
+void ward_step_capset(struct ward_spawn_error *err, int keep_setid);
 /// The per-policy confinement: no_new_privs, capabilities, Landlock, seccomp.
 void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// Resets *err and *pidfd and checks the config; 0, or -1 with *err set.

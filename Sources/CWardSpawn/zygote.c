@@ -13,6 +13,11 @@
 // The zygote never closes an fd (it would close ward's). Each call's child is made with
 // CLONE_VM|CLONE_VFORK|CLONE_PARENT: ward is its parent (it reaps it and reads its exit
 // status), and the zygote waits only until it has exec'd.
+//
+// Sharing ward's memory makes the zygote as precious as ward: ward (root) is non-dumpable,
+// so no process without CAP_SYS_PTRACE may ptrace it, process_vm_* it or pidfd_getfd from
+// it, and each call gets a Landlock domain nested under the zygote's, which a tool cannot
+// leave to reach the zygote, ward or another call (see call_main).
 #include "spawn_internal.h"
 
 #include <errno.h>
@@ -47,7 +52,7 @@ struct ward_zygote {
     int req[2], rep[2];
     char *stack, *child_stack;
     const struct ward_spawn_config *cfg;
-    int scope_fd;
+    int call_fd;
     struct ward_spawn_error start_err;
     // The request in flight, written by ward before it writes to req, read back after rep.
     const struct ward_spawn_config *call;
@@ -58,7 +63,7 @@ struct ward_zygote {
 
 struct call_context {
     struct ward_child_context base;
-    int scope_fd;
+    int call_fd;
 };
 
 // The child of one call: everything of the policy is inherited from the zygote.
@@ -70,11 +75,25 @@ WARD_CHILD_SIDE static int call_main(void *arg) {
     unsigned long empty_mask = 0;
     long rc = sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)&empty_mask, 0, 8);
     if (rc < 0) ward_child_fail(err, WARD_STEP_SIGNALS, rc);
+    // Written here, by a vfork child, for this child alone: the kernel copies a score written
+    // in one process to every process sharing its memory, except from a vfork child. The
+    // zygote itself never writes one (it would be ward's too). The zygote's domain lets
+    // this child write under /proc; the tool's own domain, nested below, does not.
+    ward_step_oom_score(err);
     ward_step_per_call(cfg, err);
-    // A nested Landlock domain per call, scoped for signals and abstract sockets: the tools
-    // of one policy share the zygote's domain, and must not signal each other or it.
-    if (ctx->scope_fd >= 0 && (rc = sys(SYS_landlock_restrict_self, ctx->scope_fd, 0)) < 0)
-        ward_child_fail(err, WARD_STEP_LANDLOCK, rc);
+    // A Landlock domain of the call's own (the tool's ruleset), nested under the zygote's: Landlock lets a
+    // process ptrace (and process_vm_*, pidfd_getfd, kcmp, /proc/PID/mem) only processes of
+    // its own domain or of domains nested under it, so a tool reaches neither the zygote
+    // (which shares ward's memory) nor ward nor another call, whatever its policy allows.
+    // From ABI 6 the domain also scopes signals and abstract Unix sockets.
+    if ((rc = sys(SYS_landlock_restrict_self, ctx->call_fd, 0)) < 0) ward_child_fail(err, WARD_STEP_LANDLOCK, rc);
+    // The tool identity, taken only now: the score above and the cgroup join were written
+    // as root (a non-dumpable ward's /proc files are root's). Then the zygote's CAP_SETUID
+    // and CAP_SETGID go too.
+    if (cfg->set_identity) {
+        ward_step_identity(cfg, err);
+        ward_step_capset(err, 0);
+    }
     // The gate: everything up to here overlaps the fsync of the call's `running` record;
     // the tool itself starts only once ward says that record is on disk. If ward dies
     // meanwhile, PDEATHSIG (set above) kills this child before it ever execs.
@@ -100,7 +119,6 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
     // has not exec'd yet (it inherits the name) from ward. Cosmetic: a failure is ignored.
     static const char name[] = "ward-zygote";
     sys(SYS_prctl, PR_SET_NAME, (long)name);
-    ward_step_oom_score(err);
     ward_step_confine(z->cfg, err);
     char byte = 1;
     sys(SYS_write, z->rep[1], (long)&byte, 1);
@@ -108,7 +126,7 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
         long n = sys(SYS_read, z->req[0], (long)&byte, 1);
         if (n == -EINTR) continue;
         if (n <= 0) sys(SYS_exit_group, 0);
-        struct call_context ctx = { { z->call, z->call_err }, z->scope_fd };
+        struct call_context ctx = { { z->call, z->call_err }, z->call_fd };
         // glibc's clone wrapper touches no TLS in the child; on failure it sets errno in
         // the keeper thread's TLS, which nothing else reads concurrently. The kernel stores
         // the child's pidfd in ward's memory (shared) before the child runs, so ward can
@@ -190,16 +208,18 @@ static void release(struct ward_zygote *z) {
     free(z);
 }
 
-struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int scope_ruleset_fd, struct ward_spawn_error *err) {
+struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int call_ruleset_fd, struct ward_spawn_error *err) {
     err->step = WARD_STEP_NONE;
     err->error = 0;
+    // Without a domain of their own, the calls would share the zygote's: refused.
+    if (call_ruleset_fd < 0) { err->step = WARD_STEP_LANDLOCK; err->error = EBADF; return NULL; }
     struct ward_zygote *z = calloc(1, sizeof *z);
     if (!z) { err->step = WARD_STEP_ZYGOTE; err->error = ENOMEM; return NULL; }
     z->pid = -1;
     z->ward = getpid();
     z->pidfd = z->req[0] = z->req[1] = z->rep[0] = z->rep[1] = -1;
     z->cfg = cfg;
-    z->scope_fd = scope_ruleset_fd;
+    z->call_fd = call_ruleset_fd;
     if (ward_pipe_cloexec(z->req) != 0 || ward_pipe_cloexec(z->rep) != 0 || !(z->stack = ward_stack()) ||
         !(z->child_stack = ward_stack())) {
         err->step = WARD_STEP_ZYGOTE;

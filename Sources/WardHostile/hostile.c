@@ -50,6 +50,7 @@ static const char *err_name(int e) {
     case EROFS: return "EROFS";
     case ENETUNREACH: return "ENETUNREACH";
     case EEXIST: return "EEXIST";
+    case EFAULT: return "EFAULT";
     default: {
         static char buf[32];
         snprintf(buf, sizeof buf, "errno%d", e);
@@ -110,6 +111,36 @@ static int daemonize(const char *token) {
     _exit(1);
 }
 
+// Other processes. Each takes a pid, or "child": a paused child of this process (the
+// call's own, so inside the sandbox the same calls work). Run outside any sandbox against a
+// process of the same uid, each succeeds (process_vm_* with EFAULT: the access check
+// passed, the address is unmapped on purpose, so a control changes nothing), which is what
+// makes a refusal inside the sandbox mean something. -2: not such a behaviour.
+static int probe_process(const char *b, pid_t pid) {
+    if (!strcmp(b, "ptrace")) return report(b, syscall(SYS_ptrace, 16 /* PTRACE_ATTACH */, pid, 0, 0));
+    if (!strcmp(b, "ptrace-seize")) return report(b, syscall(SYS_ptrace, 0x4206 /* PTRACE_SEIZE */, pid, 0, 0));
+    if (!strcmp(b, "process_vm_readv")) {
+        char buf[8];
+        struct iovec l = { buf, 8 }, r = { (void *)0x400000, 8 };
+        return report(b, syscall(SYS_process_vm_readv, pid, &l, 1, &r, 1, 0));
+    }
+    if (!strcmp(b, "process_vm_writev")) {
+        char buf[8] = { 0 };
+        struct iovec l = { buf, 8 }, r = { (void *)0x400000, 8 };
+        return report(b, syscall(SYS_process_vm_writev, pid, &l, 1, &r, 1, 0));
+    }
+    if (!strcmp(b, "pidfd_getfd")) {
+        // A copy of the process's fd 0.
+        long pidfd = syscall(SYS_pidfd_open, pid, 0);
+        if (pidfd < 0) return report(b, pidfd);
+        return report(b, syscall(SYS_pidfd_getfd, pidfd, 0, 0));
+    }
+    if (!strcmp(b, "kcmp")) return report(b, syscall(SYS_kcmp, getpid(), pid, 0, 0, 0));
+    if (!strcmp(b, "kill")) return report(b, kill(pid, 0));
+    if (!strcmp(b, "kill-term")) return report(b, kill(pid, SIGTERM));
+    return -2;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: ward-hostile BEHAVIOUR [ARG]\n"); return 2; }
     const char *b = argv[1];
@@ -155,22 +186,14 @@ int main(int argc, char **argv) {
     if (!strcmp(b, "umount")) return report(b, umount2("/proc", MNT_DETACH));
     if (!strcmp(b, "chroot")) return report(b, chroot("."));
     if (!strcmp(b, "pivot_root")) return report(b, syscall(SYS_pivot_root, ".", "."));
-    // Other processes.
-    if (!strcmp(b, "ptrace")) return report(b, syscall(SYS_ptrace, 16 /* PTRACE_ATTACH */, atoi(arg), 0, 0));
-    if (!strcmp(b, "process_vm_readv")) {
-        char buf[8];
-        struct iovec l = { buf, 8 }, r = { (void *)0x400000, 8 };
-        return report(b, syscall(SYS_process_vm_readv, atoi(arg), &l, 1, &r, 1, 0));
+    if (!strcmp(b, "pidfd_getfd") && !*arg) return report(b, syscall(SYS_pidfd_getfd, 0, 0, 0));  // the syscall itself
+    if (*arg && (!strcmp(arg, "child") || atoi(arg) > 0)) {
+        pid_t pid = atoi(arg);
+        if (!strcmp(arg, "child") && (pid = fork()) == 0) for (;;) pause();
+        int rc = probe_process(b, pid);
+        if (!strcmp(arg, "child") && pid > 0) { kill(pid, SIGKILL); waitpid(pid, NULL, 0); }
+        if (rc != -2) return rc;
     }
-    if (!strcmp(b, "process_vm_writev")) {
-        char buf[8] = { 0 };
-        struct iovec l = { buf, 8 }, r = { (void *)0x400000, 8 };
-        return report(b, syscall(SYS_process_vm_writev, atoi(arg), &l, 1, &r, 1, 0));
-    }
-    if (!strcmp(b, "pidfd_getfd")) return report(b, syscall(SYS_pidfd_getfd, 0, 0, 0));
-    if (!strcmp(b, "kcmp")) return report(b, syscall(SYS_kcmp, getpid(), atoi(arg), 0, 0, 0));
-    if (!strcmp(b, "kill")) return report(b, kill(atoi(arg), 0));
-    if (!strcmp(b, "kill-term")) return report(b, kill(atoi(arg), SIGTERM));
     if (!strcmp(b, "proc-environ")) { char p[64]; snprintf(p, sizeof p, "/proc/%s/environ", arg); return report(b, open(p, O_RDONLY)); }
     if (!strcmp(b, "proc-cmdline")) { char p[64]; snprintf(p, sizeof p, "/proc/%s/cmdline", arg); return report(b, open(p, O_RDONLY)); }
     if (!strcmp(b, "proc-self-mem")) return report(b, open("/proc/self/mem", O_RDWR));

@@ -103,12 +103,17 @@ public struct PolicySet: Sendable {
     public var directory: String
     /// `[defaults] user`: who a root ward's tools run as (see `ToolIdentity`); nil: the default.
     public var toolUser: String?
+    /// Remarks for `ward policy check` that are not errors, e.g. a tool allowed `ptrace`
+    /// (which ward confines to the tool's own call).
+    public var notes: [PolicyDiagnostic]
 
-    public init(tools: [String: ToolPolicy], syscallSets: [String: [String]], directory: String, toolUser: String? = nil) {
+    public init(tools: [String: ToolPolicy], syscallSets: [String: [String]], directory: String, toolUser: String? = nil,
+                notes: [PolicyDiagnostic] = []) {
         self.tools = tools
         self.syscallSets = syscallSets
         self.directory = directory
         self.toolUser = toolUser
+        self.notes = notes
     }
 
     /// The tool, or a `PolicyError` naming the known tools.

@@ -71,7 +71,9 @@ public enum PolicyLoader {
             let unique = builder.diagnostics.filter { seen.insert($0).inserted }
             throw PolicyError(message: "invalid policies in \(directory)", code: .invalidPolicy, diagnostics: unique)
         }
-        return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory, toolUser: builder.toolUser?.name)
+        var seen = Set<PolicyDiagnostic>()
+        let notes = builder.notes.filter { seen.insert($0).inserted }.sorted { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
+        return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory, toolUser: builder.toolUser?.name, notes: notes)
     }
 
     /// The text of one policy file; a diagnostic at 1:1 when it cannot be read or is not UTF-8.
@@ -140,6 +142,8 @@ private struct Builder {
     var tools: [String: ToolPolicy] = [:]
     /// `[defaults] user`, and the file that set it.
     var toolUser: (name: String, file: String)?
+    /// Remarks that are not errors (`noteCrossProcess`).
+    var notes: [PolicyDiagnostic] = []
     private var setOrigin: [String: (ParsedFile, [String])] = [:]
 
     init(directory: String) { self.directory = directory }
@@ -152,6 +156,29 @@ private struct Builder {
     mutating func report(_ file: ParsedFile, element: String, in path: [String], _ message: String) {
         let pos = file.map.position(ofString: element, in: path)
         diagnostics.append(PolicyDiagnostic(file: file.path, line: pos.line, column: pos.column, message: message))
+    }
+
+    /// Syscalls that act on another process's memory, file descriptors or identity.
+    static let crossProcess: Set<String> = ["ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp"]
+
+    /// A tool that asks for `crossProcess` syscalls gets them only within its own call: a
+    /// note at each entry that brings one in says so (not an error: tracing the tool's own
+    /// children, as strace and gdb do, works).
+    mutating func noteCrossProcess(_ file: ParsedFile, _ tool: String, _ entries: [(String, [String])], _ resolved: Set<String>) {
+        let granted = resolved.intersection(Self.crossProcess)
+        guard !granted.isEmpty else { return }
+        for (entry, path) in entries where !entry.hasPrefix("!") {
+            var scratch = Builder(directory: directory)
+            scratch.sets = sets
+            scratch.setOrigin = setOrigin
+            guard let brought = scratch.resolveSyscalls(file, path, [entry])?.intersection(granted), !brought.isEmpty else { continue }
+            let pos = file.map.position(ofString: entry, in: path)
+            let names = brought.sorted().joined(separator: ", ")
+            notes.append(PolicyDiagnostic(file: file.path, line: pos.line, column: pos.column, message:
+                "note: tool \"\(tool)\" allows \(names) only towards its own call's processes: ward, its zygotes and "
+                + "other calls stay out of reach (a Landlock domain per call, a PID namespace per call below Landlock "
+                + "ABI 6, a non-dumpable ward when root)"))
+        }
     }
 
     // MARK: Syscall sets
@@ -341,6 +368,7 @@ private struct Builder {
                 if entry.hasPrefix("!") { resolved.subtract(members) } else { resolved.formUnion(members) }
             }
             syscalls = resolved.sorted()
+            noteCrossProcess(file, name, entries, resolved)
             if entries.isEmpty { report(file, ["tools", name], "tool \"\(name)\" allows no syscalls (set syscalls in [defaults] or the tool)") }
         }
 

@@ -8,7 +8,8 @@ import Glibc
 public enum Doctor {
     /// One feature as found on this machine.
     public struct Feature: Sendable, Hashable {
-        /// Stable identifier for `--json` ("seccomp", "landlock", "user-namespaces", "privileged", "cgroups").
+        /// Stable identifier for `--json` ("seccomp", "landlock", "user-namespaces", "privileged",
+        /// "isolation", "cgroups").
         public var key: String
         /// As people read it.
         public var name: String
@@ -46,6 +47,10 @@ public enum Doctor {
                                     + ((try? ToolIdentity.resolve(nil)).map { "\($0)" } ?? "the --tool-user") + " (--tool-user), never uid 0"
                                 : unprivileged + "; tools keep ward's uid",
                             without: unprivileged))
+        let isolation = isolation(f)
+        rows.append(Feature(key: "isolation", name: "tool isolation", available: isolation.holds, state: [isolation.state],
+                            effect: isolation.effect,
+                            without: "below Landlock ABI 6: no zygotes, a PID namespace per call; without Landlock: only the PID namespace keeps tools from ward and other calls"))
         let c = f.cgroups
         var cgroupState: [String] = []
         if let v2 = c.v2 { cgroupState.append("v2 at \(v2)" + (access(v2, W_OK) == 0 ? " (writable)" : " (read-only)")) }
@@ -57,6 +62,36 @@ public enum Doctor {
                             effect: delegated ? "one cgroup per call: whole tree killed (cgroup.kill or pids.max=0), pids/memory limits" : noCgroups,
                             without: noCgroups))
         return rows
+    }
+
+    /// How this kernel keeps a tool from ward, its zygotes and other calls (ptrace,
+    /// process_vm_*, pidfd_getfd, kcmp, signals), and which path ward takes for it:
+    /// `holds` is false when some of it is not separated here.
+    public static func isolation(_ f: KernelFeatures) -> (holds: Bool, state: String, effect: String) {
+        let ll = f.landlockABI
+        let pidNamespace = f.privileged || f.userNamespaces
+        var parts: [String] = []
+        var state: [String] = []
+        if ll >= 1 {
+            state.append("Landlock domain per call")
+            parts.append("ptrace, process_vm_*, pidfd_getfd, kcmp reach only the call's own processes (a Landlock domain per call)")
+        } else if pidNamespace {
+            parts.append("ptrace, process_vm_*, pidfd_getfd, kcmp: ward and other calls hidden by a PID namespace per call")
+        } else {
+            parts.append("ptrace, process_vm_*, pidfd_getfd, kcmp NOT separated from ward's uid (no Landlock, no namespaces)")
+        }
+        if ll >= 6 {
+            parts.append("signals and abstract sockets scoped; tools start from per-tool zygotes")
+        } else if pidNamespace {
+            state.append("PID namespace per call")
+            parts.append("signals not scoped: no zygotes, each call in a PID namespace that hides ward, zygotes and other calls (slower spawn)")
+        } else {
+            parts.append("signals NOT separated: a tool can signal ward and other calls of its uid")
+        }
+        parts.append(f.privileged ? "ward non-dumpable (tracing it needs CAP_SYS_PTRACE)"
+                                  : "ward stays dumpable (unprivileged, it writes its calls' /proc files)")
+        parts.append("tools get oom_score_adj 1000, ward keeps its own")
+        return (ll >= 6 || pidNamespace, state.isEmpty ? "NONE" : state.joined(separator: " + "), parts.joined(separator: "; "))
     }
 
     /// The table for people: columns sized to their longest entry, so every column starts at

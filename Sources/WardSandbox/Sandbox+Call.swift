@@ -79,7 +79,7 @@ public final class SandboxCall: @unchecked Sendable {
         }
 
         let rootless = !sandbox.features.privileged
-        let newPidNS = sandbox.treeKill == .pidNamespace
+        let newPidNS = sandbox.pidNamespacePerCall
         let newUserNS = rootless && (newPidNS || tool.newNetNamespace)
         config.pointee.path = UnsafePointer(path)
         config.pointee.argv = UnsafePointer(self.argv.pointers)
@@ -107,7 +107,6 @@ public final class SandboxCall: @unchecked Sendable {
         config.pointee.bpf_len = UInt16(tool.bpf.instructionCount)
         config.pointee.pdeath_signal = SIGKILL
         config.pointee.parent_pid = getpid()
-        config.pointee.raise_oom_score = enforced.memory ? 0 : 1
     }
 
     deinit {

@@ -55,6 +55,7 @@ extension Sandbox {
         row("syscalls", "\(policy.syscalls.count) allowed: " + policy.syscalls.joined(separator: " "))
         row("always", "clone3/new mount API → ENOSYS; clone/unshare without namespace flags only; ioctl TIOCSTI/TIOCLINUX → EPERM; personality PER_LINUX only; foreign ABIs killed")
         row("landlock", features.landlockABI > 0 ? "ABI \(features.landlockABI): only the roots above\(features.landlockABI >= 6 ? "; abstract sockets and signals scoped" : "")" : "UNAVAILABLE: paths not confined")
+        row("isolation", Doctor.isolation(features).effect)
         row("privilege", "no_new_privs; all capabilities dropped\(features.privileged ? ", bounding set emptied, securebits locked" : "")")
         row("process", "new session (no controlling tty), fds ≥ 3 closed, whole tree killed at the end (\(CgroupPool.describe(features)))")
         return lines.joined(separator: "\n")

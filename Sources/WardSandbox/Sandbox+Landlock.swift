@@ -35,11 +35,18 @@ public enum Landlock {
     /// Rights that make sense on a file (directory-only rights on a file rule give EINVAL).
     static let fileRights: UInt64 = execute | writeFile | readFile | truncate | ioctlDev
 
-    /// The kernel's Landlock ABI, 0 when Landlock is absent or disabled.
+    /// The Landlock ABI ward uses: the kernel's, 0 when Landlock is absent or disabled,
+    /// lowered to `WARD_TEST_LANDLOCK_ABI` when that is set (see `testABICap`).
     public static func abiVersion() -> Int {
         let v = ward_landlock_create_ruleset(nil, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
-        return v < 0 ? 0 : Int(v)
+        let kernel = v < 0 ? 0 : Int(v)
+        return testABICap.map { min($0, kernel) } ?? kernel
     }
+
+    /// For tests only: `WARD_TEST_LANDLOCK_ABI=N` (read once, at first use) makes ward use
+    /// at most Landlock ABI N, as on an older kernel, so the threat tests can run at every
+    /// ABI ward supports on one machine. It can only take protections away.
+    static let testABICap: Int? = getenv("WARD_TEST_LANDLOCK_ABI").flatMap { Int(String(cString: $0)) }.map { max(0, $0) }
 
     /// Every filesystem right this ABI knows: all of them are handled, so anything not
     /// granted by a rule is denied (never device nodes: MAKE_CHAR/MAKE_BLOCK are never granted).
@@ -63,7 +70,12 @@ public enum Landlock {
     /// Builds a ruleset fd for these roots. Paths that do not exist are skipped (the policy
     /// check already refused missing non-optional ones). The fd is close-on-exec; the child
     /// applies it with landlock_restrict_self.
-    static func makeRuleset(read: [String], write: [String], network: NetworkAccess, abi: Int) throws(SandboxError) -> Int32 {
+    /// `zygote`: also let the holder write files under /proc. A zygote's domain needs that
+    /// for each call's child to write its own OOM score (a score written anywhere else in
+    /// ward's memory would be ward's too), and only ward's C code ever runs in it: each
+    /// call's child then nests the tool's own ruleset, which takes /proc away again.
+    static func makeRuleset(read: [String], write: [String], network: NetworkAccess, abi: Int,
+                            zygote: Bool = false) throws(SandboxError) -> Int32 {
         // struct landlock_ruleset_attr { handled_access_fs; handled_access_net; scoped }
         var attr: (UInt64, UInt64, UInt64) = (handledFS(abi: abi), 0, 0)
         // Network "none": TCP bind and connect handled with no rule = all denied (seccomp
@@ -83,20 +95,12 @@ public enum Landlock {
             for (paths, rights) in [(read, readRights(abi: abi)), (write, writeRights(abi: abi))] {
                 for path in paths { try addRule(rulesetFD, path: path, rights: rights) }
             }
+            if zygote { try addRule(rulesetFD, path: "/proc", rights: writeFile) }
         } catch {
             close(rulesetFD)
             throw error
         }
         return rulesetFD
-    }
-
-    /// A ruleset that only scopes signals and abstract Unix sockets (ABI 6+), or -1. Each
-    /// call started by a zygote nests it so that it cannot signal the zygote or other calls.
-    static func makeScopeRuleset(abi: Int) -> Int32 {
-        guard abi >= 6 else { return -1 }
-        var attr: (UInt64, UInt64, UInt64) = (0, 0, scopeAbstractUnix | scopeSignal)
-        let fd = withUnsafePointer(to: &attr) { ward_landlock_create_ruleset($0, 24, 0) }
-        return fd < 0 ? -1 : Int32(fd)
     }
 
     private static func addRule(_ ruleset: Int32, path: String, rights: UInt64) throws(SandboxError) {

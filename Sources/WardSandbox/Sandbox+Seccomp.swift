@@ -92,6 +92,10 @@ enum Seccomp {
         // Always allowed: it can only take privileges away, and each call started by a
         // zygote uses it to nest its own Landlock scope.
         if !allowed.contains("landlock_restrict_self") { try add(SCMP_ACT_ALLOW, "landlock_restrict_self") }
+        // Likewise: each call of a root ward's zygote takes the tool identity with these,
+        // under this filter. Without CAP_SETUID and CAP_SETGID (no tool has them) they only
+        // move among the ids the caller already has, and capset only lowers.
+        for name in ["setgroups", "setresgid", "setresuid", "capset"] where !allowed.contains(name) { try add(SCMP_ACT_ALLOW, name) }
         for name in enosys { try add(ward_scmp_act_errno(UInt16(ENOSYS)), name) }
         if allowed.contains("clone") {
             try add(SCMP_ACT_ALLOW, "clone", [masked(0, mask: namespaceFlags, equals: 0)])

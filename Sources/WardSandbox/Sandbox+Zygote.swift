@@ -17,7 +17,11 @@ final class Zygote: @unchecked Sendable {
     private let config: UnsafeMutablePointer<ward_spawn_config>
     /// The filter `config` points at, kept alive with it.
     private let bpf: SeccompProgram
-    private let scopeFD: Int32
+    /// The zygote's own Landlock ruleset (owned here), and the tool's (owned by the tool
+    /// cache), which each call's child nests under the zygote's domain: a domain of its own
+    /// per call, which Landlock keeps from ptracing (process_vm_*, pidfd_getfd, kcmp) the
+    /// zygote, ward and other calls, and from signalling them (scopes, ABI 6).
+    private let zygoteFD: Int32, callFD: Int32
     /// The running zygote's C handle. @unchecked: it is only touched inside `handle`'s lock.
     private struct Handle: @unchecked Sendable { var zygote: OpaquePointer? }
     /// The running zygote.
@@ -37,7 +41,7 @@ final class Zygote: @unchecked Sendable {
         "prlimit64", "close_range", "execve", "exit_group", "openat", "getppid",
     ]
 
-    init(bpf program: SeccompProgram, landlockFD: Int32, features: KernelFeatures, identity: ToolIdentity?) {
+    init(bpf program: SeccompProgram, landlockFD: Int32, callLandlockFD: Int32, features: KernelFeatures, identity: ToolIdentity?) {
         bpf = program
         config = .allocate(capacity: 1)
         config.initialize(to: ward_spawn_config())
@@ -46,8 +50,11 @@ final class Zygote: @unchecked Sendable {
         config.pointee.bpf_len = UInt16(program.instructionCount)
         config.pointee.drop_bounding_set = features.privileged ? 1 : 0
         config.pointee.cap_last = Int32(features.capLast)
-        if let identity { config.pointee.setIdentity(identity) }
-        scopeFD = Landlock.makeScopeRuleset(abi: features.landlockABI)
+        // Each call's child takes the tool identity itself, after the steps that need root
+        // (its OOM score): the zygote keeps only CAP_SETUID and CAP_SETGID for that.
+        if identity != nil { config.pointee.keep_setid_caps = 1 }
+        zygoteFD = landlockFD
+        callFD = callLandlockFD
     }
 
     deinit {
@@ -55,7 +62,7 @@ final class Zygote: @unchecked Sendable {
             if let z = h.zygote { ward_zygote_stop(z) }
             h.zygote = nil
         }
-        if scopeFD >= 0 { close(scopeFD) }
+        close(zygoteFD)
         pthread_mutex_destroy(spawning)
         spawning.deallocate()
         config.deallocate()
@@ -122,13 +129,12 @@ final class Zygote: @unchecked Sendable {
         }
         if h.zygote == nil {
             var startError = ward_spawn_error()
-            h.zygote = ward_zygote_start(config, scopeFD, &startError)
+            h.zygote = ward_zygote_start(config, callFD, &startError)
         }
         return h.zygote
     }
 
-    /// A spawn's result. When the zygote is gone (killed from outside, or by a tool of this
-    /// policy before the scope could stop it) it is reaped, and the next call starts a new one.
+    /// A spawn's result. When the zygote is gone (killed from outside) it is reaped, and the next call starts a new one.
     private func settle(_ h: inout Handle, _ pid: pid_t, _ error: ward_spawn_error) -> Spawn {
         guard pid < 0 && error.step == Int32(WARD_STEP_ZYGOTE.rawValue) else { return .spawned(pid) }
         ward_zygote_stop(h.zygote)

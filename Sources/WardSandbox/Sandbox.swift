@@ -38,6 +38,10 @@ public final class Sandbox: Sendable {
     /// cannot be had from it, so without a pids cgroup there is none (the tree still dies
     /// with the call).
     public var enforcesProcessLimit: Bool { cgroups?.limitsProcesses ?? !features.privileged }
+    /// Every call's tool is pid 1 of a PID namespace of its own: without cgroups, to kill
+    /// its tree; below Landlock ABI 6, also because signals are not scoped there, and a
+    /// namespace is what hides ward, its zygotes and other calls from a tool's kill(2).
+    public let pidNamespacePerCall: Bool
     let logger: Logger
     let cgroups: CgroupPool?
     let useZygotes: Bool
@@ -54,8 +58,11 @@ public final class Sandbox: Sendable {
     ///   - useZygotes: false starts every call directly (tests and benchmarks of that path).
     ///   - toolUser: who tools run as when ward is root (`ToolIdentity.resolve`); nil: the
     ///     policies' `[defaults] user`, else the default. Refused when ward is not root.
+    ///   - maxLandlockABI: use at most this Landlock ABI, as on an older kernel (tests of
+    ///     every ABI on one machine; `WARD_TEST_LANDLOCK_ABI` does the same for a process).
     public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"),
-                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true, toolUser: String? = nil) throws(SandboxError) {
+                useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true,
+                toolUser: String? = nil, maxLandlockABI: Int? = nil) throws(SandboxError) {
         self.useZygotes = useZygotes
         for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
             throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
@@ -67,7 +74,8 @@ public final class Sandbox: Sendable {
         free(real)
         self.policies = policies
         self.logger = logger
-        let features = KernelFeatures.probe()
+        var features = KernelFeatures.probe()
+        if let cap = maxLandlockABI { features.landlockABI = min(features.landlockABI, max(0, cap)) }
         self.features = features
         if features.privileged && geteuid() == 0 {
             let identity = try ToolIdentity.resolve(toolUser ?? policies.toolUser)
@@ -78,6 +86,14 @@ public final class Sandbox: Sendable {
         } else {
             toolIdentity = nil
         }
+        // A root ward is non-dumpable (the flag belongs to its memory, so its zygotes and a
+        // call's child until execve share it): ptrace, process_vm_readv/writev and
+        // pidfd_getfd of it then need CAP_SYS_PTRACE, which no tool has, whatever its policy
+        // allows and whatever Landlock this kernel offers. Not when unprivileged: its /proc
+        // files would become root's, so it could no longer write its calls' user-namespace
+        // maps nor their OOM score (measured: EACCES); there a Landlock domain or a user
+        // namespace per call keeps tools out instead (`Doctor.isolation`).
+        if features.privileged { _ = ward_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0) }
         let pool = useCgroups ? CgroupPool(layout: cgroupLayout ?? features.cgroups) : nil
         self.cgroups = pool
         // Orphaned descendants of a tool come to ward, not to an init that may never reap them.
@@ -89,6 +105,8 @@ public final class Sandbox: Sendable {
         } else {
             treeKill = .processGroup
         }
+        pidNamespacePerCall = treeKill == .pidNamespace
+            || (features.landlockABI < 6 && (features.privileged || features.userNamespaces))
         Sandbox.warnOnce(features: features, treeKill: treeKill, processLimit: enforcesProcessLimit, logger: logger)
     }
 
@@ -105,7 +123,7 @@ public final class Sandbox: Sendable {
         if features.landlockABI == 0 {
             logger.warning("Landlock is unavailable on this kernel: tools are NOT confined to their read/write roots")
         } else if features.landlockABI < 6 {
-            logger.warning("Landlock ABI \(features.landlockABI) < 6: abstract Unix sockets and signals are not scoped")
+            logger.warning("Landlock ABI \(features.landlockABI) < 6: abstract Unix sockets and signals are not scoped; calls start without zygotes, each in a PID namespace of its own")
         }
         if !features.seccomp { logger.warning("seccomp is unavailable: tools are NOT syscall-filtered") }
         if treeKill == .processGroup {
@@ -127,7 +145,7 @@ public final class Sandbox: Sendable {
         let landlockFD: Int32
         let newNetNamespace: Bool
         /// Present when the tool can be started through a zygote (cgroup containment, no
-        /// network namespace, and the policy allows the per-call steps).
+        /// network namespace, Landlock ABI 6, and the policy allows the per-call steps).
         let zygote: Zygote?
     }
 
@@ -145,11 +163,18 @@ public final class Sandbox: Sendable {
         if features.landlockABI > 0 {
             landlockFD = try Sandbox.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI)
         }
-        let zygoteEligible = useZygotes && treeKill == .cgroup && policy.network != .loopback && features.seccomp
-            && Zygote.required.isSubset(of: policy.syscalls)
+        // A zygote only where its calls can be kept from it and from each other: a Landlock
+        // domain per call (ptrace and the like) with signals scoped (ABI 6). Below that, calls
+        // start directly, each in a PID namespace of its own.
+        let zygoteEligible = useZygotes && treeKill == .cgroup && !pidNamespacePerCall && features.landlockABI >= 6
+            && policy.network != .loopback && features.seccomp && Zygote.required.isSubset(of: policy.syscalls)
+        var zygote: Zygote?
+        if zygoteEligible {
+            let zygoteFD = try Sandbox.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI, zygote: true)
+            zygote = Zygote(bpf: bpf, landlockFD: zygoteFD, callLandlockFD: landlockFD, features: features, identity: toolIdentity)
+        }
         let tool = PreparedTool(policy: policy, executable: executable, bpf: bpf, landlockFD: landlockFD,
-                                newNetNamespace: policy.network == .loopback,
-                                zygote: zygoteEligible ? Zygote(bpf: bpf, landlockFD: landlockFD, features: features, identity: toolIdentity) : nil)
+                                newNetNamespace: policy.network == .loopback, zygote: zygote)
         let winner = prepared.withLock { cache -> PreparedTool in
             if let existing = cache[name] { return existing }
             cache[name] = tool
@@ -177,14 +202,14 @@ public final class Sandbox: Sendable {
 
     /// The Landlock ruleset fd of a tool's read and write roots (`?` optional paths,
     /// `{workspace}` expanded).
-    static func landlockRuleset(for policy: ToolPolicy, workspace: String, abi: Int) throws(SandboxError) -> Int32 {
+    static func landlockRuleset(for policy: ToolPolicy, workspace: String, abi: Int, zygote: Bool = false) throws(SandboxError) -> Int32 {
         let expand = { (paths: [String]) -> [String] in
             paths.map { p in
                 let body = p.hasPrefix("?") ? String(p.dropFirst()) : p
                 return (try? Template.expand(body, values: [Template.workspace: workspace])) ?? body
             }
         }
-        return try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write), network: policy.network, abi: abi)
+        return try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write), network: policy.network, abi: abi, zygote: zygote)
     }
 
     /// Refuses what `run` would refuse before anything starts (unknown tool, missing program,

@@ -217,7 +217,8 @@ struct PolicyCommand: ParsableCommand {
             abstract: "Validate a policy directory.",
             discussion: """
                 Each error is one line FILE:LINE:COLUMN: MESSAGE on stderr, sorted by file, line and column, \
-                then a summary line; exit 1. A directory that is missing or holds no .toml files exits 2.
+                then a summary line; exit 1. Notes (FILE:LINE:COLUMN: note: ..., on stderr) say what ward does \
+                with an allowed but sensitive setting, and leave the exit status alone. A directory that is missing or holds no .toml files exits 2.
                 """
         )
 
@@ -227,6 +228,7 @@ struct PolicyCommand: ParsableCommand {
         func run() throws {
             do {
                 let set = try PolicyLoader.load(directory: directory)
+                for note in set.notes { Output.line(2, note.description) }
                 Output.line(1, "\(directory): \(set.tools.count) tools OK (\(set.tools.keys.sorted().joined(separator: ", ")))")
             } catch {
                 throw CLIError.policies(error, invalid: 1)

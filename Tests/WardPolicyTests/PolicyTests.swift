@@ -66,6 +66,30 @@ struct PolicyTests {
         #expect(try set.tool("write_file").effect == .idempotent)
     }
 
+    /// A tool allowed ptrace and the like gets a note at the entry that asked (ward keeps them
+    /// to the tool's own call); a tool without them gets none, and a `!` that removes them
+    /// again leaves no note.
+    @Test func crossProcessSyscallsGetANote() throws {
+        let text = base + """
+        [tools.tracer]
+        command = ["/bin/true"]
+        syscalls = ["ptrace", "kcmp"]
+        [tools.plain]
+        command = ["/bin/true"]
+        [tools.undone]
+        command = ["/bin/true"]
+        syscalls = ["ptrace", "!ptrace"]
+        """
+        let dir = try policyDirectory(["t.toml": text])
+        let notes = try PolicyLoader.load(directory: dir).notes
+        #expect(notes.map(\.column) == [13, 23], "one note per entry: \(notes)")
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        for (note, name) in zip(notes, ["ptrace", "kcmp"]) {
+            #expect(note.file.hasSuffix("t.toml") && note.message.contains("\"tracer\" allows \(name) only towards its own call"), "\(note)")
+            #expect(lines[note.line - 1] == "syscalls = [\"ptrace\", \"kcmp\"]", "\(note)")
+        }
+    }
+
     @Test func listsExtendDefaultsAndBangRemoves() throws {
         let dir = try policyDirectory(["t.toml": base + """
         [tools.a]

@@ -14,7 +14,8 @@ enum Fixture {
     static var shippedPolicies: String { repository + "/policies" }
 
     /// The shipped policies plus `shell-short`: the shell tool's sandbox with small limits,
-    /// so resource tests end in seconds.
+    /// so resource tests end in seconds; `shell-net` and `shell-loopback` with network; and
+    /// `shell-trace`, allowed ptrace and the other calls that act on another process.
     static let testPolicies: String = {
         let dir = temporaryDirectory("policies")
         for name in ["syscall-sets.toml", "tools.toml"] {
@@ -40,6 +41,11 @@ enum Fixture {
         write = ["{workspace}"]
         network = "any"
 
+        [tools.shell-trace]
+        command = ["/bin/sh", "-c", "{command}"]
+        write = ["{workspace}"]
+        syscalls = ["ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "pidfd_open", "kcmp"]
+
         [tools.shell-loopback]
         command = ["/bin/sh", "-c", "{command}"]
         write = ["{workspace}"]
@@ -63,9 +69,10 @@ enum Fixture {
         return dir
     }
 
-    static func sandbox(workspace: String, useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true) throws -> Sandbox {
+    static func sandbox(workspace: String, useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true,
+                        maxLandlockABI: Int? = nil) throws -> Sandbox {
         try Sandbox(policies: try PolicyLoader.load(directory: testPolicies), workspace: workspace, useCgroups: useCgroups,
-                    cgroupLayout: cgroupLayout, useZygotes: useZygotes)
+                    cgroupLayout: cgroupLayout, useZygotes: useZygotes, maxLandlockABI: maxLandlockABI)
     }
 
     /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.

@@ -1,8 +1,10 @@
 import Foundation
+import Synchronization
 import Testing
 import WardCore
 import WardPolicy
 import WardSandbox
+import WardTestSupport
 
 /// The three ways a call can be contained, each of which must hold every threat.
 enum Mode: String, CaseIterable, CustomTestStringConvertible, Sendable {
@@ -36,6 +38,16 @@ final class Harness: Sendable {
 
     let workspaces: [Mode: String]
     let sandboxes: [Mode: Sandbox]
+    /// Root sandboxes at a lowered Landlock ABI, made on first use.
+    private let capped = Mutex<[Int: Sandbox]>([:])
+
+    /// The Landlock ABI of this kernel, and the older ones the matrix runs at too (ward is
+    /// told to use at most that ABI: `Sandbox(maxLandlockABI:)`, `WARD_TEST_LANDLOCK_ABI`).
+    static let ownABI = KernelFeatures.probe().landlockABI
+    static let olderABIs = [1, 3, 4, 5].filter { $0 < ownABI }
+    /// Every mode at this kernel's ABI; root (a cgroup per call, zygotes where ward uses
+    /// them) and unprivileged at each older ABI.
+    static let setups: [(Mode, Int)] = Mode.allCases.map { ($0, ownABI) } + olderABIs.flatMap { [(Mode.root, $0), (.unprivileged, $0)] }
 
     init() {
         var workspaces: [Mode: String] = [:]
@@ -62,13 +74,28 @@ final class Harness: Sendable {
 
     /// `environment` reaches the supervisor only in the unprivileged mode, whose supervisor
     /// is a `ward` process; the other modes' supervisor is this process.
-    func run(_ mode: Mode, tool: String = "shell", _ command: String, environment: [String: String] = [:]) throws -> HostileResult {
+    /// The in-process sandbox of a mode at an ABI; nil for the unprivileged mode (the CLI).
+    func sandbox(_ mode: Mode, abi: Int = ownABI) -> Sandbox? {
+        guard abi < Harness.ownABI, mode != .unprivileged else { return sandboxes[mode] }
+        precondition(mode == .root, "older ABIs run as root with cgroups and as unprivileged")
+        return capped.withLock { cache in
+            if let s = cache[abi] { return s }
+            let s = try! Fixture.sandbox(workspace: workspaces[.root]!, maxLandlockABI: abi)
+            cache[abi] = s
+            return s
+        }
+    }
+
+    func run(_ mode: Mode, tool: String = "shell", _ command: String, environment: [String: String] = [:],
+             abi: Int = ownABI) throws -> HostileResult {
         let ws = workspaces[mode]!
+        var environment = environment
+        if abi < Harness.ownABI { environment["WARD_TEST_LANDLOCK_ABI"] = "\(abi)" }
         if mode == .rootCgroupV2 && sandboxes[mode] == nil {
             // No cgroup2 hierarchy on this machine: the v2 path cannot be exercised here.
             throw SandboxError(.internalError, "this machine has no cgroup2 hierarchy")
         }
-        if let sandbox = sandboxes[mode] {
+        if let sandbox = sandbox(mode, abi: abi) {
             let o = try sandbox.run(tool: tool, arguments: .object(["command": .string(command)]))
             return HostileResult(status: o.status.rawValue, signal: o.signal, stdout: o.out, truncated: o.truncated, durationMs: o.durationMs)
         }
@@ -87,8 +114,8 @@ final class Harness: Sendable {
 
     /// Runs `ward-hostile BEHAVIOUR ARG` as the tool process itself (exec, no shell in between).
     func hostile(_ mode: Mode, _ behaviour: String, _ arg: String = "", tool: String = "shell",
-                 environment: [String: String] = [:]) throws -> HostileResult {
-        try run(mode, tool: tool, "exec ./ward-hostile \(behaviour) \(arg)", environment: environment)
+                 environment: [String: String] = [:], abi: Int = ownABI) throws -> HostileResult {
+        try run(mode, tool: tool, "exec ./ward-hostile \(behaviour) \(arg)", environment: environment, abi: abi)
     }
 }
 
@@ -148,13 +175,16 @@ let containedBehaviours: [(String, Expect)] = [
 
 @Suite("Threats: hostile programs under the shell policy")
 struct ThreatTests {
-    static let cases: [(Mode, String, Expect)] = Mode.allCases.flatMap { mode in containedBehaviours.map { (mode, $0.0, $0.1) } }
+    /// Every behaviour in every setup: the same expectations hold at every Landlock ABI.
+    static let cases: [(Mode, Int, String, Expect)] = Harness.setups.flatMap { setup in
+        containedBehaviours.map { (setup.0, setup.1, $0.0, $0.1) }
+    }
 
     @Test("contained", arguments: cases)
-    func contained(mode: Mode, behaviour: String, expect: Expect) throws {
+    func contained(mode: Mode, abi: Int, behaviour: String, expect: Expect) throws {
         let parts = behaviour.split(separator: " ", maxSplits: 1).map(String.init)
         let name = parts[0]
-        let r = try Harness.shared.hostile(mode, name, parts.count > 1 ? parts[1] : "")
+        let r = try Harness.shared.hostile(mode, name, parts.count > 1 ? parts[1] : "", abi: abi)
         switch expect {
         case .killed(let signal):
             #expect(r.status == "killed", "\(r)")
@@ -168,44 +198,45 @@ struct ThreatTests {
         }
     }
 
-    @Test("host processes can be neither traced, signalled nor read", arguments: Mode.allCases)
-    func hostProcesses(mode: Mode) throws {
+    @Test("host processes can be neither traced, signalled nor read", arguments: Harness.setups)
+    func hostProcesses(mode: Mode, abi: Int) throws {
         let me = "\(getpid())"
         for behaviour in ["ptrace", "process_vm_readv", "process_vm_writev", "kcmp"] {
-            let r = try Harness.shared.hostile(mode, behaviour, me)
+            let r = try Harness.shared.hostile(mode, behaviour, me, abi: abi)
             #expect(r.stdout.contains("\(behaviour): EPERM"), "\(r)")
         }
         for behaviour in ["kill", "kill-term"] {
-            let r = try Harness.shared.hostile(mode, behaviour, me)
+            let r = try Harness.shared.hostile(mode, behaviour, me, abi: abi)
             #expect(r.stdout.contains("\(behaviour): EPERM") || r.stdout.contains("\(behaviour): ESRCH"), "\(r)")
         }
         for behaviour in ["proc-environ", "proc-cmdline"] {
-            let r = try Harness.shared.hostile(mode, behaviour, me)
+            let r = try Harness.shared.hostile(mode, behaviour, me, abi: abi)
             #expect(r.stdout.contains("\(behaviour): EACCES") || r.stdout.contains("\(behaviour): ENOENT"), "\(r)")
         }
     }
 
-    @Test("no TCP to host loopback, no host Unix sockets", arguments: Mode.allCases)
-    func hostSockets(mode: Mode) throws {
+    @Test("no TCP to host loopback, no host Unix sockets", arguments: Harness.setups)
+    func hostSockets(mode: Mode, abi: Int) throws {
         let tcp = try Listener.tcp()
         let abstract = try Listener.unix(abstract: true)
         let pathname = try Listener.unix(abstract: false)
         defer { tcp.close(); abstract.close(); pathname.close() }
         for (behaviour, arg) in [("connect-tcp", "\(tcp.port)"), ("connect-abstract", abstract.name), ("connect-unix", pathname.name)] {
-            let r = try Harness.shared.hostile(mode, behaviour, arg)
+            let r = try Harness.shared.hostile(mode, behaviour, arg, abi: abi)
             #expect(r.stdout.contains("\(behaviour): EPERM"), "\(r)")
         }
         // With host networking allowed, TCP goes through (the listener is real), but the
-        // abstract socket of the host stays out of reach (Landlock scope).
-        let net = try Harness.shared.hostile(mode, "connect-tcp", "\(tcp.port)", tool: "shell-net")
+        // abstract socket of the host stays out of reach (Landlock scope, ABI 6). Below ABI 6
+        // nothing scopes them: the README says so, and this shows it is still true.
+        let net = try Harness.shared.hostile(mode, "connect-tcp", "\(tcp.port)", tool: "shell-net", abi: abi)
         #expect(net.stdout.contains("connect-tcp: OK"), "\(net)")
-        let scoped = try Harness.shared.hostile(mode, "connect-abstract", abstract.name, tool: "shell-net")
-        #expect(scoped.stdout.contains("connect-abstract: EPERM"), "\(scoped)")
+        let scoped = try Harness.shared.hostile(mode, "connect-abstract", abstract.name, tool: "shell-net", abi: abi)
+        #expect(scoped.stdout.contains(abi >= 6 ? "connect-abstract: EPERM" : "connect-abstract: OK"), "\(scoped)")
     }
 
-    @Test("privileges: no capabilities, no_new_privs, nothing inherited", arguments: Mode.allCases)
-    func privileges(mode: Mode) throws {
-        let caps = try Harness.shared.hostile(mode, "caps")
+    @Test("privileges: no capabilities, no_new_privs, nothing inherited", arguments: Harness.setups)
+    func privileges(mode: Mode, abi: Int) throws {
+        let caps = try Harness.shared.hostile(mode, "caps", abi: abi)
         #expect(caps.stdout.contains("eff=000000000 prm=000000000 inh=000000000"), "\(caps)")
         #expect(caps.stdout.contains("nnp=1"), "\(caps)")
         #expect(caps.stdout.contains("bounding=0"), "\(caps)")
@@ -213,14 +244,14 @@ struct ThreatTests {
         // A descriptor this process leaks (no close-on-exec) must not reach the tool.
         let leaked = open("/dev/null", O_RDONLY)
         defer { close(leaked) }
-        let fds = try Harness.shared.hostile(mode, "fds")
+        let fds = try Harness.shared.hostile(mode, "fds", abi: abi)
         #expect(fds.stdout.contains("fds: 0 1 2\n"), "\(fds)")
 
         // The tool's environment is the policy's allowlist and nothing of the supervisor's.
         // The CLI's supervisor gets a secret to keep; the in-process modes' supervisor is this
         // process, whose environment is taken as it is (a variable set here would race with
         // every suite running beside this one).
-        let env = try Harness.shared.hostile(mode, "env", environment: ["WARD_TEST_API_KEY": "sk-secret-do-not-leak"])
+        let env = try Harness.shared.hostile(mode, "env", environment: ["WARD_TEST_API_KEY": "sk-secret-do-not-leak"], abi: abi)
         let names = env.stdout.split(separator: "\n").compactMap { line -> String? in
             guard line.hasPrefix("env: ") else { return nil }
             return line.dropFirst(5).split(separator: "=", maxSplits: 1).first.map(String.init)
@@ -237,12 +268,125 @@ struct ThreatTests {
         #expect(!env.stdout.contains("sk-secret"), "\(env)")
         #expect(env.stdout.contains("env: PATH=/usr/local/bin:/usr/bin:/bin"), "\(env)")
 
-        let session = try Harness.shared.hostile(mode, "session")
+        let session = try Harness.shared.hostile(mode, "session", abi: abi)
         let fields = session.stdout.split(separator: " ").reduce(into: [String: String]()) { d, f in
             let kv = f.split(separator: "=")
             if kv.count == 2 { d[String(kv[0])] = String(kv[1].trimmingCharacters(in: .whitespacesAndNewlines)) }
         }
         #expect(fields["sid"] == fields["pid"], "the tool must lead its own session: \(session)")
+    }
+
+    /// What a tool allowed ptrace, process_vm_*, pidfd_getfd and kcmp (`shell-trace`) tries
+    /// against processes outside its call, one line per attempt.
+    static let crossProcessProbes = ["ptrace", "ptrace-seize", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp", "kill", "kill-term"]
+
+    static func probeScript(_ target: String, program: String = "./ward-hostile") -> String {
+        crossProcessProbes.map { "\(program) \($0) \(target)" }.joined(separator: "; ")
+    }
+
+    /// The probes' outcome per behaviour ("ptrace" → "EPERM").
+    static func outcomes(_ stdout: String) -> [String: String] {
+        var found: [String: String] = [:]
+        for line in stdout.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2, crossProcessProbes.contains(parts[0]) { found[parts[0]] = parts[1] }
+        }
+        return found
+    }
+
+    /// An unsandboxed `ward-hostile sleep` as nobody: a process of the unprivileged ward's
+    /// uid outside every call, which the kernel would let a tool of that uid trace.
+    static func nobodyVictim(_ token: String) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--", Fixture.hostile, "sleep", "30", token]
+        try p.run()
+        return p
+    }
+
+    @Test("positive controls: outside any sandbox, each cross-process probe works on a process of its own uid")
+    func crossProcessControls() throws {
+        let token = "36.\(Int.random(in: 100_000...999_999))"
+        let victim = try ThreatTests.nobodyVictim(token)
+        // SIGKILL: the attach left it stopped, where a SIGTERM would wait forever.
+        defer { kill(victim.processIdentifier, SIGKILL); victim.waitUntilExit() }
+        var pid: Int32?
+        #expect(eventually { pid = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return pid != nil })
+        let target = try #require(pid)
+        // The probes as nobody, unsandboxed, against nobody's process; kill-term last ends it.
+        let r = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--",
+                                                           "/bin/sh", "-c", ThreatTests.probeScript("\(target)", program: Fixture.hostile)], in: "/tmp")
+        let got = ThreatTests.outcomes(r.stdout)
+        for probe in ThreatTests.crossProcessProbes {
+            let open = probe.hasPrefix("process_vm") ? "EFAULT" : "OK"  // EFAULT: past the access check
+            #expect(got[probe] == open, "\(probe): \(got[probe] ?? "nothing") (\(r.stdout)\(r.stderr))")
+        }
+    }
+
+    @Test("a ptrace-allowing tool reaches neither ward, nor its zygote, nor another call; its own child it does",
+          arguments: Harness.setups)
+    func crossProcess(mode: Mode, abi: Int) throws {
+        let harness = Harness.shared
+        // Inside the call the same probes work: the refusals below are not seccomp's.
+        let own = ThreatTests.outcomes(try harness.run(mode, tool: "shell-trace", ThreatTests.probeScript("child"), abi: abi).stdout)
+        for probe in ThreatTests.crossProcessProbes {
+            #expect(own[probe] == (probe.hasPrefix("process_vm") ? "EFAULT" : "OK"), "own child, \(probe): \(own[probe] ?? "nothing")")
+        }
+
+        // Another call's tool, running meanwhile.
+        let token = "35.\(Int.random(in: 100_000...999_999))"
+        let done = DispatchSemaphore(value: 0)
+        let other = Mutex<HostileResult?>(nil)
+        Thread {
+            let r = try? harness.hostile(mode, "sleep", "6 \(token)", abi: abi)
+            other.withLock { $0 = r }
+            done.signal()
+        }.start()
+        var victim: Int32?
+        #expect(eventually { victim = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return victim != nil })
+        var targets: [(String, Int32)] = [("another call's tool", try #require(victim))]
+        if mode == .unprivileged {
+            // The unprivileged ward is another process; one of its uid stands in for it.
+            let stand = "37.\(Int.random(in: 100_000...999_999))"
+            let p = try ThreatTests.nobodyVictim(stand)
+            defer { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+            var pid: Int32?
+            #expect(eventually { pid = Fixture.processes(containing: stand).first { Processes.name(of: $0) == "ward-hostile" }; return pid != nil })
+            targets.append(("a process of ward's uid", try #require(pid)))
+            try attack(mode, abi, targets)
+        } else {
+            targets.append(("ward", getpid()))
+            for z in harness.sandbox(mode, abi: abi)!.zygoteProcessIDs() { targets.append(("zygote", z)) }
+            #expect(harness.sandbox(mode, abi: abi)!.zygoteProcessIDs().isEmpty == (mode != .root || abi < 6),
+                    "zygotes are used at ABI 6 and above only")
+            try attack(mode, abi, targets)
+        }
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        #expect(other.withLock { $0?.status } == "succeeded", "the other call was disturbed: \(String(describing: other.withLock { $0 }))")
+    }
+
+    private func attack(_ mode: Mode, _ abi: Int, _ targets: [(String, Int32)]) throws {
+        for (what, pid) in targets {
+            let r = try Harness.shared.run(mode, tool: "shell-trace", ThreatTests.probeScript("\(pid)"), abi: abi)
+            let got = ThreatTests.outcomes(r.stdout)
+            for probe in ThreatTests.crossProcessProbes {
+                // EPERM: a Landlock domain, a non-dumpable ward, a uid; ESRCH: a PID namespace hides it.
+                #expect(got[probe] == "EPERM" || got[probe] == "ESRCH", "\(what) \(pid), \(probe): \(got[probe] ?? "nothing") (\(r))")
+            }
+            #expect(kill(pid, 0) == 0, "\(what) \(pid) died")
+        }
+    }
+
+    @Test("doctor says which isolation the kernel gives at each ABI")
+    func doctorIsolation() throws {
+        for abi in Harness.olderABIs + [Harness.ownABI] {
+            let r = try Fixture.cli(["doctor", "--json"], environment: ["WARD_TEST_LANDLOCK_ABI": "\(abi)"])
+            let features = try #require(JSONValue.parse(r.stdout).objectValue?["features"]?.arrayValue)
+            let isolation = try #require(features.first { $0.objectValue?["key"]?.stringValue == "isolation" }?.objectValue)
+            let state = isolation["state"]?.stringValue ?? ""
+            #expect(state == (abi >= 6 ? "Landlock domain per call" : "Landlock domain per call + PID namespace per call"), "ABI \(abi): \(state)")
+            #expect(features.first { $0.objectValue?["key"]?.stringValue == "landlock" }?.objectValue?["state"]?.stringValue == "ABI \(abi)")
+        }
     }
 
     @Test("setuid binaries confer nothing")

@@ -27,6 +27,31 @@ struct ZygoteTests {
         return members[0]
     }
 
+    /// The OOM killer takes tools, never ward: each tool gets oom_score_adj 1000, written by
+    /// its own vfork child, while ward and the zygote (which share ward's memory, so a
+    /// score written there would be ward's too) keep theirs. Through the zygote and direct.
+    @Test func toolsAreTheOOMKillersChoiceNotWard() throws {
+        func score(_ pid: String) -> String? { try? String(contentsOfFile: "/proc/\(pid)/oom_score_adj", encoding: .utf8) }
+        let mine = try #require(score("self"))
+        #expect(mine != "1000\n", "this process starts at the tools' score: the test could not tell them apart")
+        let direct = try Fixture.sandbox(workspace: ZygoteTests.workspace, useZygotes: false)
+        for sandbox in [ZygoteTests.sandbox, direct] {
+            let token = "38.\(Int.random(in: 100_000...999_999))"
+            let done = DispatchSemaphore(value: 0)
+            Thread {
+                _ = try? sandbox.run(tool: "shell", arguments: .object(["command": .string("exec ./ward-hostile sleep 2 \(token)")]))
+                done.signal()
+            }.start()
+            var tool: Int32?
+            #expect(eventually { tool = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return tool != nil })
+            #expect(score("\(try #require(tool))") == "1000\n")
+            for z in sandbox.zygoteProcessIDs() { #expect(score("\(z)") == mine, "zygote \(z)") }
+            #expect(done.wait(timeout: .now() + 20) == .success)
+            #expect(score("self") == mine, "ward's own score changed")
+        }
+        #expect(!ZygoteTests.sandbox.zygoteProcessIDs().isEmpty, "no zygote took the call")
+    }
+
     @Test func toolsCannotSignalTheZygoteOrEachOther() throws {
         _ = try shell("true")  // start the zygote
         let zygotes = ZygoteTests.zygotes()

@@ -61,6 +61,7 @@ struct ward_spawn_config {
     int drop_bounding_set;        ///< we hold CAP_SETPCAP: lock securebits, empty the bounding set
     int set_identity;             ///< become tool_uid/tool_gid (a root ward's tools never run as uid 0)
     uint32_t tool_uid, tool_gid;
+    int keep_setid_caps;          ///< a zygote keeps CAP_SETUID/CAP_SETGID: each call's child takes the identity
     int cap_last;                 ///< highest capability number the kernel knows
     int landlock_ruleset_fd;      ///< -1 when Landlock is unavailable
     const void *bpf;              ///< struct sock_filter[bpf_len]; NULL for none
@@ -68,7 +69,6 @@ struct ward_spawn_config {
     int pdeath_signal;            ///< 0 for none
     int parent_pid;               ///< with pdeath_signal: ward's pid. A child whose parent is no longer ward
                                   ///< (ward died before the child asked for the signal) gives up.
-    int raise_oom_score;          ///< no memory cgroup bounds the call: make the tool the OOM victim
     int gate_fd;                  ///< > 0: read one byte from it before execve; 1 = go, anything else = give up
 };
 
@@ -106,16 +106,18 @@ const char *ward_step_name(int step);
 /// inherits the zygote's seccomp filter, Landlock domain and dropped capabilities instead
 /// of attaching its own (~75 µs of kernel time per filter attach on its own), is made with
 /// CLONE_PARENT so that ward is its parent (reaps it, gets its status, its PDEATHSIG), and
-/// applies only the per-call steps, plus a nested Landlock scope so that tools of one
-/// policy cannot signal each other or the zygote. Why C: it runs in a process that shares
+/// applies only the per-call steps, plus a Landlock domain of its own nested under the
+/// zygote's, so that a tool can ptrace (or process_vm_*, pidfd_getfd, kcmp) neither the
+/// zygote, nor ward, nor another call, and from ABI 6 cannot signal them. Why C: it runs in a process that shares
 /// a multithreaded Swift process's memory, with raw syscalls only.
 struct ward_zygote;
 
 /// Starts a zygote confined by `cfg` (its NNP, capability, Landlock and seccomp fields;
 /// `cfg` must stay valid while the zygote lives) from ward's keeper thread, so its
-/// PDEATHSIG means "ward died". `scope_ruleset_fd` (or -1) is applied by each call's child.
-/// Returns NULL with *err set on failure.
-struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int scope_ruleset_fd, struct ward_spawn_error *err);
+/// PDEATHSIG means "ward died". `call_ruleset_fd`, a Landlock ruleset, is applied by each
+/// call's child (required: without it calls would share the zygote's domain). Returns NULL
+/// with *err set on failure.
+struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int call_ruleset_fd, struct ward_spawn_error *err);
 /// Spawns a call's tool through the zygote, in two halves (one call at a time per zygote:
 /// the caller serializes the pair): `start` asks the zygote for the child and returns at
 /// once (0, or -1 with *err); `finish` waits until the child has exec'd or given up, with
