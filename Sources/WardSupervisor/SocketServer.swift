@@ -10,12 +10,19 @@ import Glibc
 /// Serves the agent protocol on a Unix stream socket: one JSON object per line, requests
 /// on one connection served concurrently and answered by id.
 ///
+/// A connection is served only once it has presented the agent's token (`AgentCredential`):
+/// tools may share ward's uid, so the peer's uid alone does not tell the agent from a tool.
+///
 /// Every request blocks on the ledger (fsync) and often on a tool for seconds, so each
 /// request runs on a thread of its own: the thread that read it, while a pool thread takes
 /// over reading the connection (WorkerPool). Responses are written whole under a
 /// per-connection lock. (SO_PEERCRED needs the raw fd.)
 public final class SocketServer: Sendable {
     public let path: String
+    /// The agent's credential for this server's life: `ward run` hands it to the agent.
+    public let token: String
+    /// Where the token was published for agents started elsewhere (`ward serve`), or nil.
+    public let tokenFile: String?
     let supervisor: Supervisor
     let listenFD: Int32
     private let stopping = Atomic<Bool>(false)
@@ -24,20 +31,26 @@ public final class SocketServer: Sendable {
     private let inFlight = Atomic<Int>(0)
     private let connections = Lock<Set<Int32>>([])
 
-    /// Creates the socket's directory (mode 0700) when missing, replaces a stale socket
-    /// file, binds (mode 0600) and listens.
-    public init(path: String, supervisor: Supervisor) throws(RPCError) {
+    /// Checks the socket's directory (creating it with mode 0700 when missing), replaces a
+    /// stale socket file, binds (mode 0600) and listens, with a new token.
+    /// - Parameter publishToken: also write the token to `AgentCredential.tokenFile(forSocket:)`
+    ///   (mode 0600), for agents that ward does not start itself.
+    public init(path: String, supervisor: Supervisor, publishToken: Bool = false) throws(RPCError) {
         self.path = path
         self.supervisor = supervisor
+        token = AgentCredential.generate()
         guard path.utf8.count < 108 else { throw RPCError(.internal, "socket path too long (at most 107 bytes): \(path)") }
-        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
-            let dir = String(path[..<slash])
-            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
-                throw RPCError(.internal, "cannot create socket directory \(dir): \(String(cString: strerror(errno)))")
-            }
+        let slash = path.lastIndex(of: "/")
+        let dir = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+            throw RPCError(.internal, "cannot create socket directory \(dir): \(String(cString: strerror(errno)))")
         }
+        try SocketServer.checkDirectory(dir)
         if SocketServer.isLive(path) { throw RPCError(.internal, "another supervisor is listening on \(path)") }
         unlink(path)
+        // A stale token file (of a supervisor that was killed) must never pass for this one's.
+        let tokenPath = AgentCredential.tokenFile(forSocket: path)
+        unlink(tokenPath)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RPCError(.internal, "socket: \(String(cString: strerror(errno)))") }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
@@ -49,11 +62,42 @@ public final class SocketServer: Sendable {
             throw RPCError(.internal, "cannot bind \(path): \(String(cString: strerror(e)))")
         }
         chmod(path, 0o600)
+        if publishToken && !AgentCredential.publish(token, at: tokenPath) {
+            let e = errno
+            close(fd)
+            unlink(path)
+            throw RPCError(.internal, "cannot write the token file \(tokenPath): \(String(cString: strerror(e)))")
+        }
+        tokenFile = publishToken ? tokenPath : nil
         guard listen(fd, 128) == 0 else {
             close(fd)
             throw RPCError(.internal, "listen: \(String(cString: strerror(errno)))")
         }
         listenFD = fd
+    }
+
+    /// Refuses a socket directory that anyone but ward's own uid could change: another local
+    /// user who made it first (mode 0777, or a symlink to a directory of theirs) could swap
+    /// the socket for one of their own and answer the agent's calls (forged results, stolen
+    /// arguments and token). It must be a directory (not a symlink) owned by ward's
+    /// effective uid with no group or other permissions, or be `$XDG_RUNTIME_DIR` (made by
+    /// the system for this user alone).
+    public static func checkDirectory(_ dir: String) throws(RPCError) {
+        var st = stat()
+        guard lstat(dir, &st) == 0 else {
+            throw RPCError(.internal, "socket directory \(dir): \(String(cString: strerror(errno)))")
+        }
+        let refuse = { (problem: String) throws(RPCError) in
+            throw RPCError(.internal, "socket directory \(dir) \(problem): another user could replace ward's socket; "
+                           + "remove it, or pass --socket in a directory of mode 0700 that only uid \(geteuid()) owns")
+        }
+        if st.st_mode & S_IFMT == S_IFLNK { try refuse("is a symlink") }
+        if st.st_mode & S_IFMT != S_IFDIR { try refuse("is not a directory") }
+        if st.st_uid != geteuid() { try refuse("is owned by uid \(st.st_uid), not ward's uid \(geteuid())") }
+        let runtime = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) }
+        if st.st_mode & 0o077 != 0 && runtime != dir {
+            try refuse("has mode \(String(st.st_mode & 0o7777, radix: 8)), not 700")
+        }
     }
 
     /// Whether something accepts connections on `path` now.
@@ -93,6 +137,7 @@ public final class SocketServer: Sendable {
         shutdown(listenFD, Int32(SHUT_RDWR))
         close(listenFD)
         unlink(path)
+        if let tokenFile { unlink(tokenFile) }
         for fd in connections.withLock({ $0 }) { shutdown(fd, Int32(SHUT_RDWR)) }
     }
 
@@ -126,7 +171,9 @@ public final class SocketServer: Sendable {
                 return
             }
             let connection = Connection(fd)
-            workers.run(alwaysStart: true) { [self] in read(connection) }
+            workers.run(alwaysStart: true) { [self] in
+                if authenticate(connection) { read(connection) } else { end(connection) }
+            }
         }
     }
 
@@ -179,6 +226,45 @@ public final class SocketServer: Sendable {
         }
     }
 
+    /// Reads the connection's first request, which must be `session.auth` with the token;
+    /// answers it, and true when the peer is the agent. Anything else is answered with an
+    /// `unauthorized` error (the caller then closes the connection): a tool that reached the
+    /// socket never gets a request served.
+    private func authenticate(_ connection: Connection) -> Bool {
+        var line: [UInt8]
+        repeat {
+            guard let next = connection.nextLine() else { return false }
+            line = next
+        } while RPCRequest.isBlank(line)
+        let request: RPCRequest
+        switch RPCRequest.decode(line) {
+        case .success(let r): request = r
+        case .failure(let refusal):
+            connection.writer.send(RPCResponse.line(id: refusal.id, error: refusal.error))
+            return false
+        }
+        let refusal: String
+        if request.method != AgentCredential.method {
+            refusal = "the connection must open with \(AgentCredential.method) and the agent's token (\(AgentCredential.environmentVariable) "
+                + "under ward run, the token file beside the socket under ward serve); \(Params.quote(request.method)) refused"
+        } else if case .string(let presented)? = request.params.objectValue?["token"],
+                  AgentCredential.matches(presented, token) {
+            connection.writer.send(RPCResponse.line(id: request.id ?? .null, result: .object(["runId": .string(supervisor.runID)])))
+            return true
+        } else {
+            refusal = "\(AgentCredential.method): wrong or missing token"
+        }
+        connection.writer.send(RPCResponse.line(id: request.id ?? .null, error: RPCError(.unauthorized, refusal)))
+        return false
+    }
+
+    /// Closes a connection once its requests are answered.
+    private func end(_ connection: Connection) {
+        connection.requests.wait()
+        connections.withLock { _ = $0.remove(connection.fd) }
+        close(connection.fd)
+    }
+
     /// Holds a connection's reader role (leader/follower): reads up to the next request, hands
     /// the role to a pool thread, and answers that request on this thread. A request never
     /// waits for a thread to wake up: the thread that read it runs it, and the next reader
@@ -206,8 +292,6 @@ public final class SocketServer: Sendable {
             connection.writer.send(response)
             return
         }
-        connection.requests.wait()
-        connections.withLock { _ = $0.remove(connection.fd) }
-        close(connection.fd)
+        end(connection)
     }
 }

@@ -166,6 +166,7 @@ struct SandboxCommand: ParsableCommand {
     func run() throws {
         let policies = try policyOptions.load()
         let arguments = try argumentOptions.arguments()
+        try Checks.layout(policies: policies, workspace: policyOptions.workspace, ledger: nil)
         let sandbox: Sandbox
         do { sandbox = try Sandbox(policies: policies, workspace: policyOptions.workspace, logger: Logger(label: "ward")) } catch {
             throw CLIError(message: error.description, exitCode: 1)
