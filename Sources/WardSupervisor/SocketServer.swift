@@ -10,8 +10,10 @@ import Glibc
 /// Serves the agent protocol on a Unix stream socket: one JSON object per line, requests
 /// on one connection served concurrently and answered by id.
 ///
-/// A connection is served only once it has presented the agent's token (`AgentCredential`):
-/// tools may share ward's uid, so the peer's uid alone does not tell the agent from a tool.
+/// A connection is served only when its peer is provably not a tool of a call (see
+/// `peerIsOutsideEveryCall`), or once it has presented the agent's token
+/// (`AgentCredential`): tools may share ward's uid, so the peer's uid alone does not tell the
+/// agent from a tool.
 ///
 /// Every request blocks on the ledger (fsync) and often on a tool for seconds, so each
 /// request runs on a thread of its own: the thread that read it, while a pool thread takes
@@ -171,8 +173,13 @@ public final class SocketServer: Sendable {
                 return
             }
             let connection = Connection(fd)
+            let outside = peerIsOutsideEveryCall(fd)
             workers.run(alwaysStart: true) { [self] in
-                if authenticate(connection) { read(connection) } else { end(connection) }
+                switch opening(connection, outsideEveryCall: outside) {
+                case .refused: end(connection)
+                case .authenticated: read(connection)
+                case .request(let line): read(connection, first: line)
+                }
             }
         }
     }
@@ -226,36 +233,74 @@ public final class SocketServer: Sendable {
         }
     }
 
-    /// Reads the connection's first request, which must be `session.auth` with the token;
-    /// answers it, and true when the peer is the agent. Anything else is answered with an
-    /// `unauthorized` error (the caller then closes the connection): a tool that reached the
-    /// socket never gets a request served.
-    private func authenticate(_ connection: Connection) -> Bool {
+    /// Whether the peer is provably not a tool of a call: in ward's own PID namespace (a
+    /// tool started directly is pid 1 of its own) and in no call's cgroup (every process of
+    /// a call stays in it, daemonized or not). Such a peer, with ward's uid (checked at
+    /// accept), needs no token: an agent speaking the protocol as it is, started by hand or
+    /// by `ward run`. Where calls have neither (no cgroups, no namespaces), nothing proves
+    /// it, and the token is required. A root ward's tools run as another uid and never get
+    /// this far.
+    func peerIsOutsideEveryCall(_ fd: Int32) -> Bool {
+        guard supervisor.sandbox.treeKill != .processGroup else { return false }
+        let pid = ward_peer_pid(fd)
+        guard pid > 0 else { return false }  // 0: the peer's PID namespace is not under ward's
+        var mine = stat(), theirs = stat()
+        guard stat("/proc/self/ns/pid", &mine) == 0, stat("/proc/\(pid)/ns/pid", &theirs) == 0,
+              mine.st_ino == theirs.st_ino, mine.st_dev == theirs.st_dev else { return false }
+        guard let cgroups = SocketServer.readSmallFile("/proc/\(pid)/cgroup") else { return false }
+        return !cgroups.split(separator: "\n").contains { $0.contains("/ward-") && $0.contains("/call-") }
+    }
+
+    private static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 16384)
+        let n = Glibc.read(fd, &bytes, bytes.count)
+        return n > 0 ? String(decoding: bytes[0..<n], as: UTF8.self) : nil
+    }
+
+    /// How a connection opened.
+    enum Opening {
+        case refused
+        /// `session.auth` with the token, answered.
+        case authenticated
+        /// A peer outside every call began with a request: served as any other.
+        case request([UInt8])
+    }
+
+    /// Reads the connection's first request. `session.auth` with the token is answered; a
+    /// peer outside every call may also begin with any other request (the caller serves it).
+    /// Anything else is answered with an `unauthorized` error (the caller then closes the
+    /// connection): a tool that reached the socket never gets a request served.
+    private func opening(_ connection: Connection, outsideEveryCall: Bool) -> Opening {
         var line: [UInt8]
         repeat {
-            guard let next = connection.nextLine() else { return false }
+            guard let next = connection.nextLine() else { return .refused }
             line = next
         } while RPCRequest.isBlank(line)
         let request: RPCRequest
         switch RPCRequest.decode(line) {
         case .success(let r): request = r
         case .failure(let refusal):
+            if outsideEveryCall { return .request(line) }
             connection.writer.send(RPCResponse.line(id: refusal.id, error: refusal.error))
-            return false
+            return .refused
         }
         let refusal: String
         if request.method != AgentCredential.method {
+            if outsideEveryCall { return .request(line) }
             refusal = "the connection must open with \(AgentCredential.method) and the agent's token (\(AgentCredential.environmentVariable) "
                 + "under ward run, the token file beside the socket under ward serve); \(Params.quote(request.method)) refused"
         } else if case .string(let presented)? = request.params.objectValue?["token"],
                   AgentCredential.matches(presented, token) {
             connection.writer.send(RPCResponse.line(id: request.id ?? .null, result: .object(["runId": .string(supervisor.runID)])))
-            return true
+            return .authenticated
         } else {
             refusal = "\(AgentCredential.method): wrong or missing token"
         }
         connection.writer.send(RPCResponse.line(id: request.id ?? .null, error: RPCError(.unauthorized, refusal)))
-        return false
+        return .refused
     }
 
     /// Closes a connection once its requests are answered.
@@ -269,8 +314,10 @@ public final class SocketServer: Sendable {
     /// the role to a pool thread, and answers that request on this thread. A request never
     /// waits for a thread to wake up: the thread that read it runs it, and the next reader
     /// wakes while it does.
-    private func read(_ connection: Connection) {
-        while let line = connection.nextLine() {
+    private func read(_ connection: Connection, first: [UInt8]? = nil) {
+        var first = first
+        while let line = first ?? connection.nextLine() {
+            first = nil
             if RPCRequest.isBlank(line) { continue }
             if draining.load(ordering: .sequentiallyConsistent) {
                 connection.writer.send(RPCResponse.line(id: .null, error: RPCError(.internal, "ward is shutting down")))
