@@ -253,7 +253,9 @@ class Elsewhere:
 
 def ward_run_argv(ward, policies, work, run, agent_cmd, ledger=None):
     """`ward run` of the agent, its socket in the run's own directory: another matrix or test
-    on this machine may use the same run IDs at the same time."""
+    on this machine may use the same run IDs at the same time. ward refuses a socket
+    directory that other users may enter: the run's directory is made private."""
+    os.chmod(work, 0o700)
     return [ward, "run", *(["--ledger", ledger] if ledger else []), "--policies", policies, "--run-id", run,
             "--socket", os.path.join(work, "ward.sock"), "--max-restarts", "0", "--", *agent_cmd]
 

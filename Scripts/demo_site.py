@@ -138,7 +138,7 @@ def demo(ward_bin):
     root = tempfile.mkdtemp(prefix="ward-demo-")
     try:
         work = os.path.join(root, "with-ward")
-        os.makedirs(work)
+        os.makedirs(work, mode=0o700)  # the socket directory: ward refuses one that others may enter
         with open(os.path.join(work, "crash-once"), "w") as f:
             f.write(str(crash_at))
         # Each run's socket in its own directory: another demo or test on this machine may
@@ -165,7 +165,7 @@ def demo(ward_bin):
 
         print("\n== 3. The same agent, never interrupted (for comparison) ==")
         ref = os.path.join(root, "reference")
-        os.makedirs(ref)
+        os.makedirs(ref, mode=0o700)
         r = subprocess.run([ward_bin, "run", "--policies", policies, "--run-id", "ref", "--socket", os.path.join(ref, "ward.sock"), "--", *agent], cwd=ref, capture_output=True, text=True)
         print(r.stdout.splitlines()[-1])
         same = site_digest(ws) == site_digest(os.path.join(ref, "workspace"))

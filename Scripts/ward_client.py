@@ -1,7 +1,7 @@
 """ward's Python client: one file, standard library only.
 
     from ward_client import Ward
-    ward = Ward()                      # connects to $WARD_SOCKET (set by `ward run`)
+    ward = Ward()                      # connects to $WARD_SOCKET with $WARD_TOKEN (set by `ward run`)
     state = ward.resume()              # {runId, attempt, checkpoint, completedSince, inDoubt}
     result = ward.call("c1", "shell", command="ls")          # CallResult dict
     ward.checkpoint({"step": 3})       # -> seq
@@ -25,11 +25,32 @@ class WardError(Exception):
         self.code = code
 
 
+def token_file(socket_path):
+    """Where `ward serve` writes the token of the socket at socket_path (mode 0600)."""
+    return (socket_path[:-5] if socket_path.endswith(".sock") else socket_path) + ".token"
+
+
+def find_token(socket_path):
+    """The agent's token for a socket: the token file beside it (`ward serve`), else $WARD_TOKEN (`ward run`)."""
+    try:
+        fd = os.open(token_file(socket_path), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return os.environ.get("WARD_TOKEN")
+    with os.fdopen(fd, "rb") as f:
+        return f.readline(256).strip().decode() or os.environ.get("WARD_TOKEN")
+
+
 class Ward:
-    def __init__(self, socket_path=None, timeout=None):
+    def __init__(self, socket_path=None, timeout=None, token=None):
+        """Connects and opens the connection with the agent's token (`token`, else find_token):
+        ward serves nothing else. Raises WardError("unauthorized", ...) when it is refused."""
         self.socket_path = socket_path or os.environ.get("WARD_SOCKET")
         if not self.socket_path:
             raise WardError("invalid-arguments", "no socket: set WARD_SOCKET (ward run does) or pass socket_path")
+        token = token or find_token(self.socket_path)
+        if not token:
+            raise WardError("unauthorized", f"no token for {self.socket_path}: set WARD_TOKEN (ward run does) "
+                            f"or let this user read {token_file(self.socket_path)} (ward serve writes it)")
         self.run_id = os.environ.get("WARD_RUN_ID")
         attempt = os.environ.get("WARD_ATTEMPT", "1")
         self.attempt = int(attempt) if attempt.isdigit() else 1
@@ -39,6 +60,11 @@ class Ward:
         self._file = self._sock.makefile("rb")
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        try:
+            self.request("session.auth", {"token": token})
+        except BaseException:
+            self.close()
+            raise
 
     def close(self):
         self._file.close()

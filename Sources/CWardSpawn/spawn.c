@@ -477,6 +477,13 @@ int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4,
     return prctl(option, a2, a3, a4, a5);
 }
 
+long ward_peer_pid(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    return (long)cred.pid;
+}
+
 long ward_peer_uid(int fd) {
     struct ucred cred;
     socklen_t len = sizeof cred;

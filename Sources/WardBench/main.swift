@@ -257,6 +257,7 @@ final class BenchClient {
     var id = 0
     init(_ path: String) {
         guard case .success(let fd) = UnixSocket.connect(path) else { fatalError("cannot connect to \(path)") }
+        if let refusal = AgentCredential.authenticate(fd: fd, socketPath: path) { fatalError("\(path): \(refusal)") }
         self.fd = fd
         reader = LineReader(fd: fd)
     }
@@ -277,7 +278,7 @@ final class BenchClient {
 func startServer(run: String, ledgerPath: String) throws -> SocketServer {
     let l = try Ledger(path: ledgerPath, durability: .full)
     let supervisor = Supervisor(ledger: l, sandbox: sandbox, runID: run, attempt: try l.startAttempt(run: run))
-    let server = try SocketServer(path: workspace + "/\(run).sock", supervisor: supervisor)
+    let server = try SocketServer(path: workspace + "/\(run).sock", supervisor: supervisor, publishToken: true)
     server.start()
     return server
 }

@@ -11,7 +11,7 @@ public struct WardClientError: Error, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable {
         case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"
         case invalidArguments = "invalid-arguments", policyDenied = "policy-denied", tooLarge = "too-large"
-        case storage, `internal`
+        case storage, `internal`, unauthorized
         /// The socket could not be reached, or ward closed it.
         case connection
     }
@@ -28,7 +28,7 @@ public struct WardClientError: Error, Sendable, CustomStringConvertible {
 /// in flight on it at once (answered by id).
 ///
 /// ```swift
-/// let ward = try WardClient()                // $WARD_SOCKET
+/// let ward = try WardClient()                // $WARD_SOCKET, $WARD_TOKEN
 /// let state = try await ward.resume()
 /// let result = try await ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("ls")])
 /// ```
@@ -48,10 +48,13 @@ public final class WardClient: Sendable {
     /// as its tool, so set it above the longest tool timeout).
     public let timeout: Duration?
 
-    /// Connects to `socketPath`, or to `$WARD_SOCKET`.
+    /// Connects to `socketPath`, or to `$WARD_SOCKET`, and opens the connection with the
+    /// agent's token: `token`, else the token file beside the socket (`ward serve`), else
+    /// `$WARD_TOKEN` (`ward run`).
     /// - Parameter timeout: fail a request with `.connection` when ward does not answer in
     ///   time (a stopped or wedged supervisor), instead of waiting forever.
-    public init(socketPath: String? = nil, timeout: Duration? = nil) throws(WardClientError) {
+    /// - Throws: `.unauthorized` when ward refuses the token, `.connection` when it cannot be reached.
+    public init(socketPath: String? = nil, token: String? = nil, timeout: Duration? = nil) throws(WardClientError) {
         self.timeout = timeout
         guard let path = socketPath ?? ProcessInfo.processInfo.environment["WARD_SOCKET"] else {
             throw WardClientError(kind: .connection, message: "no socket: set WARD_SOCKET (ward run does) or pass socketPath", code: nil)
@@ -61,6 +64,11 @@ public final class WardClient: Sendable {
             self.fd = fd
             writer = Lock(fd)
         case .failure(let e): throw WardClientError(kind: .connection, message: "cannot connect to \(path): \(e)", code: nil)
+        }
+        // Answered before the reader starts: nothing else is in flight yet. (A throw from
+        // here on runs deinit, which closes the fd.)
+        if let refusal = AgentCredential.authenticate(fd: fd, socketPath: path, token: token) {
+            throw WardClientError(kind: WardClientError.Kind(rawValue: refusal.kind) ?? .connection, message: refusal.message, code: nil)
         }
         let reader = Thread { [self] in readLoop() }
         reader.name = "ward-client"

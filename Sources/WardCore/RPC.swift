@@ -8,6 +8,8 @@ public struct RPCError: Error, Sendable, CustomStringConvertible {
         case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"
         case invalidArguments = "invalid-arguments", policyDenied = "policy-denied", tooLarge = "too-large"
         case storage, `internal`
+        /// The connection did not open with the agent's credential (`AgentCredential`).
+        case unauthorized
     }
 
     public let code: Int
@@ -30,6 +32,7 @@ public struct RPCError: Error, Sendable, CustomStringConvertible {
         case .policyDenied: self.code = code ?? -32005
         case .tooLarge: self.code = code ?? -32006
         case .storage: self.code = code ?? -32007
+        case .unauthorized: self.code = code ?? -32008
         }
     }
 

@@ -51,6 +51,9 @@ public final class Ledger: Sendable {
     static let applicationID: Int32 = 0x5741_5244
 
     public let path: String
+    /// Every file and directory of this ledger: the database, SQLite's side files, the owner
+    /// locks and the captured outputs. Whoever can change one can change the record.
+    public var files: [String] { [path, path + "-wal", path + "-shm", path + "-journal", lockDirectory, captureDirectory] }
     let pool: DatabasePool
     /// The lock that makes this handle the owner of the calls it begins (made at the first).
     let owner = Lock<OwnerLock?>(nil)

@@ -1,3 +1,4 @@
+import WardCore
 import WardPolicy
 
 #if canImport(Glibc)
@@ -36,7 +37,8 @@ extension Sandbox {
         row("timeout", describeMilliseconds(policy.timeoutMilliseconds))
         let l = policy.limits
         row("limits", [
-            "memory " + (l.memory.map(describeBytes) ?? "unlimited"),
+            "memory " + (l.memory.map { describeBytes($0) + (features.cgroups.limitsMemoryPerCall ? " per call (memory cgroup)"
+                : " PER PROCESS (RLIMIT_AS; no writable memory cgroup here, so a call's processes may each use this much)") } ?? "unlimited"),
             "cpu " + (l.cpuSeconds.map { "\($0) s" } ?? "unlimited"),
             "processes " + (l.processes.map(String.init) ?? "unlimited"),
             "file-size " + (l.fileSize.map(describeBytes) ?? "unlimited"),
@@ -45,6 +47,7 @@ extension Sandbox {
         ].joined(separator: ", "))
         row("env", policy.environment.map { e -> String in
             switch e {
+            case .inherit(let n) where n == AgentCredential.environmentVariable: n + " (never passed: the agent's credential)"
             case .inherit(let n): n + " (inherited)"
             case .set(let n, let v): n + "=" + ((try? Template.expand(v, values: [Template.workspace: ws])) ?? v)
             }
@@ -69,6 +72,18 @@ extension Sandbox {
     }
 
     static func describeMilliseconds(_ ms: UInt64) -> String { ms % 1000 == 0 ? "\(ms / 1000) s" : "\(ms) ms" }
+}
+
+extension CgroupLayout {
+    /// Whether a call's memory can be limited as a whole here: a writable memory controller
+    /// (v1, or v2 delegated to ward's own cgroup, as `systemd-run --user -p Delegate=yes`
+    /// gives an unprivileged user). Without one, `limits.memory` is RLIMIT_AS, which the
+    /// kernel applies to each process on its own.
+    var limitsMemoryPerCall: Bool {
+        if let v1 = v1Memory, access(v1, W_OK) == 0 { return true }
+        guard let v2, access(v2, W_OK) == 0 else { return false }
+        return (readSmallFile(v2 + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory")
+    }
 }
 
 extension CgroupPool {

@@ -303,6 +303,9 @@ public final class Sandbox: Sendable {
         var env: [String] = []
         for entry in policy.environment {
             switch entry {
+            // The agent's credential never reaches a tool, whatever the policy asks: ward
+            // may itself run under an agent (of another ward) that holds one.
+            case .inherit(let key) where key == AgentCredential.environmentVariable: continue
             case .inherit(let key):
                 if let v = getenv(key) { env.append("\(key)=\(String(cString: v))") }
             case .set(let key, let value):

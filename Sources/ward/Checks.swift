@@ -1,5 +1,8 @@
 import ArgumentParser
 import WardCore
+import WardLedger
+import WardPolicy
+import WardSandbox
 
 #if canImport(Glibc)
 import Glibc
@@ -16,6 +19,21 @@ enum Checks {
     /// A count or duration that must be a finite number at least zero.
     static func notNegative(_ value: Double, _ option: String) throws {
         guard value.isFinite, value >= 0 else { throw ValidationError("\(option) must be a number of 0 or more, not \(JSONValue.format(number: value))") }
+    }
+
+    /// Refuses to start tools when one of them could change what ward trusts (see
+    /// `Sandbox.checkLayout`): the ledger's files, the policies, the socket's directory
+    /// (which no tool may even read when it holds a published token).
+    static func layout(policies: PolicySet, workspace: String, ledger: Ledger?, socket: String? = nil, tokenPublished: Bool = false) throws {
+        var protected = ProtectedPath.policies(policies.directory)
+        for file in ledger?.files ?? [] { protected.append(ProtectedPath("the ledger", file)) }
+        if let socket {
+            let directory = socket.lastIndex(of: "/").map { $0 == socket.startIndex ? "/" : String(socket[..<$0]) } ?? "."
+            protected.append(ProtectedPath(tokenPublished ? "the socket and its token" : "the socket", directory, secret: tokenPublished))
+        }
+        do { try Sandbox.checkLayout(policies: policies, workspace: workspace, protecting: protected) } catch {
+            throw CLIError(message: error.message, exitCode: 1)
+        }
     }
 
     /// `--status`: one of the states of a call.

@@ -293,6 +293,7 @@ extension LedgerCommand {
             for run in runs {
                 let place = try policyOptions.place(of: run, in: ledger, create: false, defaultAllowed: false)
                 let policies = try PolicyOptions.load(place.policies)
+                try Checks.layout(policies: policies, workspace: place.workspace, ledger: ledger)
                 try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
                 let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace)
                 findings += try ledgerCall { () throws(LedgerError) in try Reconciler(ledger: ledger, sandbox: sandbox).reconcileAll(run: run, callId: callID) }

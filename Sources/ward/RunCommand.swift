@@ -21,7 +21,8 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Supervise an agent: start it, serve it, restart it after a crash with backoff, resume its run.",
         discussion: """
-            The agent gets ward's environment plus WARD_SOCKET, WARD_RUN_ID and WARD_ATTEMPT. \
+            The agent gets ward's environment plus WARD_SOCKET, WARD_RUN_ID, WARD_ATTEMPT and WARD_TOKEN \
+            (the credential its connections open with; tools never get it). \
             It is restarted after a crash (non-zero exit or signal) with exponential backoff; \
             ward exits with its final status. SIGINT/SIGTERM: stop accepting calls, let running \
             tools finish within --grace seconds, kill the rest (recorded killed), stop the agent. \
@@ -54,7 +55,7 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         guard let program = RunCommand.resolve(agent[0]) else { throw CLIError.usage("agent \(agent[0]) not found in PATH") }
-        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"))
+        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"), publishToken: false)
         let run = supervisor.runID
 
         // One waiter for both events: the agent exiting, or SIGINT/SIGTERM.
@@ -73,14 +74,18 @@ struct RunCommand: ParsableCommand {
 
         var restarts = 0
         while true {
+            // The agent's token goes into its environment only: never into ward's own, from
+            // which tools' environments are built.
+            let own = ["WARD_SOCKET": server.path, "WARD_RUN_ID": run, "WARD_ATTEMPT": "\(supervisor.attempt)",
+                       AgentCredential.environmentVariable: server.token]
             var env: [String] = []
             var e = environ
             while let p = e.pointee {
                 let entry = String(cString: p)
-                if !entry.hasPrefix("WARD_SOCKET=") && !entry.hasPrefix("WARD_RUN_ID=") && !entry.hasPrefix("WARD_ATTEMPT=") { env.append(entry) }
+                if own[String(entry.prefix { $0 != "=" })] == nil { env.append(entry) }
                 e += 1
             }
-            env += ["WARD_SOCKET=\(server.path)", "WARD_RUN_ID=\(run)", "WARD_ATTEMPT=\(supervisor.attempt)"]
+            env += own.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
             var err = ward_spawn_error()
             let pid = Sandbox.withCStrings(agent) { argv in
                 Sandbox.withCStrings(env) { envp in program.withCString { ward_spawn_agent($0, argv, envp, &err) } }

@@ -16,7 +16,7 @@ struct RunOptions: ParsableArguments {
     @OptionGroup var policyOptions: PolicyOptions
     @OptionGroup var ledgerOptions: LedgerOptions
 
-    @Option(help: "Socket path (default: /tmp/ward-UID/RUN.sock, in a directory of mode 0700).")
+    @Option(help: "Socket path (default: /tmp/ward-UID/RUN.sock). Its directory must be ward's uid's alone (mode 0700, not a symlink) or $XDG_RUNTIME_DIR; a missing one is made so.")
     var socket: String?
 
     @Option(name: .customLong("run-id"), help: "The run's ID (default: generated).")
@@ -64,7 +64,9 @@ struct RunOptions: ParsableArguments {
     }
 
     /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.
-    func startServer(logger: Logger) throws -> (SocketServer, Supervisor) {
+    /// `publishToken`: write the agent's token beside the socket (`ward serve`, whose agents
+    /// start elsewhere); `ward run` hands it to the agent it starts instead.
+    func startServer(logger: Logger, publishToken: Bool) throws -> (SocketServer, Supervisor) {
         let run = effectiveRunID
         // The run's lock first: a start refused because another supervisor serves the run
         // records nothing (no recovery, no place, no attempt).
@@ -74,12 +76,15 @@ struct RunOptions: ParsableArguments {
         try ledgerCall { () throws(LedgerError) in try ledger.recover() }
         let place = try policyOptions.place(of: run, in: ledger, create: true)
         let policies = try PolicyOptions.load(place.policies)
+        let socket = socketPath(run: run)
+        // Before the sandbox, which gives the workspace to the tool identity.
+        try Checks.layout(policies: policies, workspace: place.workspace, ledger: ledger, socket: socket, tokenPublished: publishToken)
         let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace, logger: logger)
         let supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: 0, runLock: runLock)
         // Bound before anything is recorded: a socket that another supervisor holds refuses
         // the start with no place claimed and no attempt counted.
         let server: SocketServer
-        do { server = try SocketServer(path: socketPath(run: run), supervisor: supervisor) } catch {
+        do { server = try SocketServer(path: socket, supervisor: supervisor, publishToken: publishToken) } catch {
             throw CLIError(message: error.message, exitCode: 1)
         }
         try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
@@ -126,7 +131,7 @@ struct ServeCommand: ParsableCommand {
 
     func run() throws {
         let signals = TerminationSignals()
-        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"))
+        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"), publishToken: true)
         Output.write(1, Array((server.path + "\n").utf8))
         signals.wait()
         options.drain(server: server, supervisor: supervisor)
@@ -139,6 +144,7 @@ struct CallCommand: ParsableCommand {
         commandName: "call",
         abstract: "One tool call through $WARD_SOCKET, for shell agents.",
         discussion: """
+            Opens the connection with the agent's token: the token file beside the socket (ward serve), else $WARD_TOKEN (ward run). \
             Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). \
             Into a pipe or file the output is passed through byte for byte; on a terminal, control and bidi characters are shown escaped. \
             Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied).
@@ -207,6 +213,9 @@ enum LineClient {
         case .failure(let e): throw CLIError(message: "cannot connect to \(path): \(e)", exitCode: 1)
         }
         defer { close(fd) }
+        if let refusal = AgentCredential.authenticate(fd: fd, socketPath: path) {
+            throw CLIError(message: "\(refusal.kind): \(refusal.message)", exitCode: 1)
+        }
         let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(1), "method": .string(method), "params": params]).canonicalBytes
         guard UnixSocket.sendAll(fd, line + [0x0A]) else { throw CLIError(message: "sending to \(path) failed", exitCode: 1) }
         var reader = LineReader(fd: fd)

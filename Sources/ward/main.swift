@@ -177,6 +177,7 @@ struct SandboxCommand: ParsableCommand {
     func run() throws {
         let policies = try policyOptions.load()
         let arguments = try argumentOptions.arguments()
+        try Checks.layout(policies: policies, workspace: policyOptions.workspace, ledger: nil)
         let sandbox = try policyOptions.sandbox(policies, workspace: policyOptions.workspace)
         let outcome: ToolOutcome
         // The same WARD_* variables a tool gets under `ward run`, for run and call "sandbox".

@@ -106,8 +106,9 @@ struct ClientTests {
     }
 }
 
-/// A server that answers each request line with the next scripted reply (`ID` replaced by
-/// the request's id): what a broken or hostile ward could send a client.
+/// A server that accepts the client's `session.auth` (its token file is beside the socket),
+/// then answers each request line with the next scripted reply (`ID` replaced by the
+/// request's id): what a broken or hostile ward could send a client.
 final class ScriptedServer: @unchecked Sendable {
     // @unchecked: `listenFD` and `path` are set once in init; the serving thread only reads them.
     let path: String
@@ -119,6 +120,8 @@ final class ScriptedServer: @unchecked Sendable {
         var addr = UnixSocket.address(path)
         let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listenFD, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         try #require(bound == 0 && listen(listenFD, 4) == 0)
+        try #require(AgentCredential.publish("scripted", at: AgentCredential.tokenFile(forSocket: path)))
+        let replies = [#"{"jsonrpc":"2.0","id":ID,"result":{"runId":"scripted"}}"#] + replies
         let fd = listenFD
         Thread.detachNewThread {
             let conn = accept(fd, nil, nil)

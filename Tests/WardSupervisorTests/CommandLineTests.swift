@@ -244,6 +244,17 @@ struct CommandLineTests {
         #expect(!r.stdout.contains("HOME=ws"), "\(r.stdout)")
     }
 
+    /// The memory limit says how it is enforced: per call where a memory cgroup is writable
+    /// (root here), per process (RLIMIT_AS) where none is (an unprivileged user here, with no
+    /// delegated cgroup).
+    @Test func explainSaysWhetherMemoryIsLimitedPerCallOrPerProcess() throws {
+        let root = try ward(["policy", "explain", "--policies", Paths.repository + "/policies", "shell"])
+        #expect(root.status == 0 && root.stdout.contains("memory 1 GiB per call (memory cgroup)"), "\(root)")
+        let nobody = try runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.ward,
+                                                         "policy", "explain", "--policies", Paths.repository + "/policies", "--workspace", "/tmp", "shell"], in: "/tmp")
+        #expect(nobody.status == 0 && nobody.output.contains("memory 1 GiB PER PROCESS (RLIMIT_AS;"), "\(nobody.output)")
+    }
+
     @Test func versionIsPrinted() throws {
         let r = try ward(["--version"])
         #expect(r.status == 0)

@@ -136,7 +136,7 @@ struct RunPlaceCommandTests {
         #expect(FileManager.default.fileExists(atPath: dir + "/workspace/published.log"))
         #expect(!FileManager.default.fileExists(atPath: elsewhere + "/workspace"), "a second workspace was made for the run")
         // With another workspace given: refused before anything starts.
-        let refused = try ward(["serve", "--run-id", "later", "--policies", policies, "--ledger", ledger, "--workspace", elsewhere, "--socket", elsewhere + "/t.sock"], in: elsewhere)
+        let refused = try ward(["serve", "--run-id", "later", "--policies", policies, "--ledger", ledger, "--workspace", elsewhere, "--socket", temporaryDirectory("sock") + "/t.sock"], in: elsewhere)
         #expect(refused.status == 1 && refused.stderr.contains("ran in workspace"), "\(refused.stderr)")
     }
 }

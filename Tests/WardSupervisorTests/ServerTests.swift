@@ -22,19 +22,21 @@ final class TestServer: Sendable {
         let sandbox = try Sandbox(policies: policies, workspace: workspace)
         supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: try ledger.startAttempt(run: run),
                                 finishRetry: finishRetry, notify: notify)
-        server = try SocketServer(path: temporaryDirectory("sock") + "/s.sock", supervisor: supervisor)
+        server = try SocketServer(path: temporaryDirectory("sock") + "/s.sock", supervisor: supervisor, publishToken: true)
         server.start()
     }
 
     deinit { server.stop() }
 }
 
-/// A raw line client: sends bytes, reads response lines.
+/// A raw line client: sends bytes, reads response lines. It opens the connection as the
+/// agent (`session.auth` with the token beside the socket, or `token`) unless `authenticate`
+/// is false.
 final class RawClient {
     let fd: Int32
     private var buffer: [UInt8] = []
 
-    init(_ path: String) throws {
+    init(_ path: String, authenticate: Bool = true, token: String? = nil) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -43,6 +45,11 @@ final class RawClient {
         try #require(rc == 0)
         var tv = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if authenticate {
+            let token = try #require(token ?? AgentCredential.find(forSocket: path), "no token beside \(path)")
+            let answer = call(0, AgentCredential.method, .object(["token": .string(token)]))
+            try #require(answer?["result"] != nil, "ward refused the token: \(String(describing: answer))")
+        }
     }
 
     deinit { close(fd) }

@@ -162,6 +162,8 @@ int ward_open_path(const char *path);
 int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
 /// The uid of a Unix socket's peer (SO_PEERCRED), or -1: struct ucred is _GNU_SOURCE only.
 long ward_peer_uid(int fd);
+/// The pid of a Unix socket's peer as ward's PID namespace sees it (0: not visible there), or -1.
+long ward_peer_pid(int fd);
 /// seccomp(2) mode query for `ward doctor`.
 int ward_seccomp_available(void);
 /// Whether `path` can be searched (X_OK) by uid/gid with no supplementary groups: asked of a
