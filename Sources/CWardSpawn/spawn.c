@@ -422,6 +422,18 @@ int ward_can_idle_and_return(void) {
 
 int ward_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+int ward_input_memfd(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+    if (fd < 0 && errno == EINVAL) fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);  // before 6.3
+    return fd;
+}
+
+int ward_seal_contents(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE); }
+
 int ward_wait(pid_t pid, int *exited, int *code, int *signal) {
     int status = 0;
     pid_t r;

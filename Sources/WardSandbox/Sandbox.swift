@@ -34,6 +34,10 @@ public final class Sandbox: Sendable {
     /// non-root uid. The kernel exempts uid 0 from RLIMIT_NPROC, so root without a writable
     /// cgroup cannot bound a fork bomb (the tree still dies with the call).
     public var enforcesProcessLimit: Bool { cgroups?.limitsProcesses ?? !features.privileged }
+    /// Whether each call's tool is pid 1 of a PID namespace of its own, where the pids it can
+    /// name are its own processes'; otherwise calls share ward's PID namespace (cgroup
+    /// containment, zygotes) and the seccomp filter keeps process-targeting calls to pid 0.
+    public var callsOwnPIDNamespace: Bool { treeKill == .pidNamespace }
     let logger: Logger
     let cgroups: CgroupPool?
     let useZygotes: Bool
@@ -125,7 +129,7 @@ public final class Sandbox: Sendable {
         guard let program = policy.command.first, let executable = Executable.resolve(program) else {
             throw SandboxError(.policyDenied, "tool \(name): command \(policy.command.first ?? "") does not exist or is not executable")
         }
-        let bpf = try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
+        let bpf = try Sandbox.compileFilter(for: policy, ownPIDNamespace: callsOwnPIDNamespace)
         var landlockFD: Int32 = -1
         if features.landlockABI > 0 {
             landlockFD = try Sandbox.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI)
@@ -145,8 +149,10 @@ public final class Sandbox: Sendable {
     }
 
     /// Compiles a tool's seccomp program (what `prepare` caches), for benchmarks and tests.
-    public static func compileFilter(for policy: ToolPolicy) throws(SandboxError) -> SeccompProgram {
-        try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
+    /// `ownPIDNamespace`: each call runs in a PID namespace of its own (see
+    /// `callsOwnPIDNamespace`), which lets the filter allow pids other than the caller's.
+    public static func compileFilter(for policy: ToolPolicy, ownPIDNamespace: Bool = false) throws(SandboxError) -> SeccompProgram {
+        try Seccomp.compile(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: ownPIDNamespace)
     }
 
     /// Builds a tool's whole confinement as `prepare` does, without keeping it or starting

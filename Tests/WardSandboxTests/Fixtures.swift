@@ -14,7 +14,8 @@ enum Fixture {
     static var shippedPolicies: String { repository + "/policies" }
 
     /// The shipped policies plus `shell-short`: the shell tool's sandbox with small limits,
-    /// so resource tests end in seconds.
+    /// so resource tests end in seconds; `shell-net` and `shell-loopback` with network; and
+    /// `shell-pids`, which also lists the process-targeting syscalls and `unshare`.
     static let testPolicies: String = {
         let dir = temporaryDirectory("policies")
         for name in ["syscall-sets.toml", "tools.toml"] {
@@ -39,6 +40,11 @@ enum Fixture {
         command = ["/bin/sh", "-c", "{command}"]
         write = ["{workspace}"]
         network = "any"
+
+        [tools.shell-pids]
+        command = ["/bin/sh", "-c", "{command}"]
+        write = ["{workspace}"]
+        syscalls = ["setpriority", "sched_setaffinity", "ioprio_get", "ioprio_set", "unshare"]
 
         [tools.shell-loopback]
         command = ["/bin/sh", "-c", "{command}"]
