@@ -115,7 +115,7 @@ WARD_CHILD_SIDE void ward_step_signals(struct ward_spawn_error *err, int unblock
     }
 }
 
-WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+WARD_CHILD_SIDE static void ward_step_pdeathsig(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     // The supervisor dies → the tool dies (the direct child; cgroups or the PID namespace
     // take care of the rest of the tree).
     if (cfg->pdeath_signal) {
@@ -129,6 +129,10 @@ WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, str
         if (cfg->parent_pid > 0 && ppid != cfg->parent_pid && !(cfg->new_pid_namespace && ppid == 0))
             ward_child_fail(err, WARD_STEP_PDEATHSIG, -ESRCH);
     }
+}
+
+WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    ward_step_pdeathsig(cfg, err);
 
     // New session, no controlling terminal: TIOCSTI / TIOCLINUX have no terminal of the
     // user's to inject into (CVE-2017-5226), and job-control signals do not reach us.
@@ -228,7 +232,11 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
     }
 
     // A zygote keeps what its calls' children need to take the tool identity themselves.
-    if (!cfg->keep_setid_caps) ward_step_identity(cfg, err);
+    // The kernel clears the parent-death signal when the uid changes: set again.
+    if (!cfg->keep_setid_caps && cfg->set_identity) {
+        ward_step_identity(cfg, err);
+        ward_step_pdeathsig(cfg, err);
+    }
     CHECK(WARD_STEP_AMBIENT, sys(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0));
     ward_step_capset(err, cfg->keep_setid_caps);
 
@@ -445,6 +453,18 @@ int ward_can_idle_and_return(void) {
 }
 
 int ward_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+int ward_input_memfd(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+    if (fd < 0 && errno == EINVAL) fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);  // before 6.3
+    return fd;
+}
+
+int ward_seal_contents(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE); }
 
 int ward_wait(pid_t pid, int *exited, int *code, int *signal) {
     int status = 0;

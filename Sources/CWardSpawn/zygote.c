@@ -80,6 +80,15 @@ WARD_CHILD_SIDE static int call_main(void *arg) {
     // zygote itself never writes one (it would be ward's too). The zygote's domain lets
     // this child write under /proc; the tool's own domain, nested below, does not.
     ward_step_oom_score(err);
+    // The tool identity, taken right after the score (a non-dumpable ward's /proc files are
+    // root's, so only root writes it), before the per-call steps: the zygote keeps no
+    // capability but CAP_SETUID and CAP_SETGID, so as root it could not even enter the
+    // workspace, which is the tool identity's. Then those two go as well. (The parent-death
+    // signal, which a change of uid clears, is set by the per-call steps after.)
+    if (cfg->set_identity) {
+        ward_step_identity(cfg, err);
+        ward_step_capset(err, 0);
+    }
     ward_step_per_call(cfg, err);
     // A Landlock domain of the call's own (the tool's ruleset), nested under the zygote's: Landlock lets a
     // process ptrace (and process_vm_*, pidfd_getfd, kcmp, /proc/PID/mem) only processes of
@@ -87,13 +96,7 @@ WARD_CHILD_SIDE static int call_main(void *arg) {
     // (which shares ward's memory) nor ward nor another call, whatever its policy allows.
     // From ABI 6 the domain also scopes signals and abstract Unix sockets.
     if ((rc = sys(SYS_landlock_restrict_self, ctx->call_fd, 0)) < 0) ward_child_fail(err, WARD_STEP_LANDLOCK, rc);
-    // The tool identity, taken only now: the score above and the cgroup join were written
-    // as root (a non-dumpable ward's /proc files are root's). Then the zygote's CAP_SETUID
-    // and CAP_SETGID go too.
-    if (cfg->set_identity) {
-        ward_step_identity(cfg, err);
-        ward_step_capset(err, 0);
-    }
+
     // The gate: everything up to here overlaps the fsync of the call's `running` record;
     // the tool itself starts only once ward says that record is on disk. If ward dies
     // meanwhile, PDEATHSIG (set above) kills this child before it ever execs.

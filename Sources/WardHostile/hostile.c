@@ -51,6 +51,8 @@ static const char *err_name(int e) {
     case ENETUNREACH: return "ENETUNREACH";
     case EEXIST: return "EEXIST";
     case EFAULT: return "EFAULT";
+    case EISCONN: return "EISCONN";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
     default: {
         static char buf[32];
         snprintf(buf, sizeof buf, "errno%d", e);
@@ -141,6 +143,27 @@ static int probe_process(const char *b, pid_t pid) {
     return -2;
 }
 
+// Copies /bin/echo into `fd` and runs it from /proc/self/fd: a success prints "NAME: OK".
+static int copy_and_exec(const char *name, int fd, int make_executable) {
+    int src = open("/bin/echo", O_RDONLY);
+    char buf[65536], line[64];
+    ssize_t n;
+    while ((n = read(src, buf, sizeof buf)) > 0)
+        if (write(fd, buf, (size_t)n) != n) return report(name, -1);
+    if (make_executable) fchmod(fd, 0755);  // refused on a sealed memfd (F_SEAL_EXEC); exec tells
+    snprintf(line, sizeof line, "%s: OK (fileless exec ran)", name);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    char *args[] = { "echo", line, NULL }, *env[] = { NULL };
+    return report(name, execve(path, args, env));
+}
+
+static int memfd_exec(const char *name, unsigned flags, int make_executable) {
+    int fd = (int)syscall(SYS_memfd_create, "x", flags);
+    if (fd < 0) return report(name, -1);
+    return copy_and_exec(name, fd, make_executable);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: ward-hostile BEHAVIOUR [ARG]\n"); return 2; }
     const char *b = argv[1];
@@ -228,6 +251,68 @@ int main(int argc, char **argv) {
         while ((n = read(src, buf, sizeof buf)) > 0) write(fd, buf, n);
         char *args[] = { "echo", "memfd-exec: OK (fileless exec ran)", NULL }, *env[] = { NULL };
         return report(b, syscall(SYS_execveat, fd, "", args, env, AT_EMPTY_PATH));
+    }
+    if (!strcmp(b, "memfd-proc-exec")) return memfd_exec(b, 0, 0);
+    if (!strcmp(b, "memfd-sealed-exec")) return memfd_exec(b, 0x8 /* MFD_NOEXEC_SEAL */, 1);
+    if (!strcmp(b, "stdin-exec")) {
+        // ward's stdin memfd is read-write: write a program into it and run it from /proc.
+        if (ftruncate(0, 0) < 0) return report(b, -1);
+        return copy_and_exec(b, 0, 0);
+    }
+    // Acting on another process (pid in arg; 0 = itself): each sets a value to what the
+    // target already has, so a success changes nothing but proves the door was open.
+    if (!strcmp(b, "prlimit")) {
+        struct rlimit lim;
+        if (syscall(SYS_prlimit64, atoi(arg), RLIMIT_NOFILE, NULL, &lim) < 0) return report(b, -1);
+        return report(b, syscall(SYS_prlimit64, atoi(arg), RLIMIT_NOFILE, &lim, NULL));
+    }
+    if (!strcmp(b, "setpriority")) {
+        errno = 0;
+        int nice = getpriority(PRIO_PROCESS, atoi(arg));
+        if (nice == -1 && errno) return report(b, -1);
+        return report(b, setpriority(PRIO_PROCESS, atoi(arg), nice));
+    }
+    if (!strcmp(b, "setpriority-user")) return report(b, setpriority(PRIO_USER, 0, 19));
+    if (!strcmp(b, "sched_setaffinity")) {
+        cpu_set_t set;
+        if (sched_getaffinity(atoi(arg), sizeof set, &set) < 0) return report(b, -1);
+        return report(b, sched_setaffinity(atoi(arg), sizeof set, &set));
+    }
+    if (!strcmp(b, "ioprio_set")) {
+        long prio = syscall(SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, atoi(arg));
+        if (prio < 0) return report(b, -1);
+        return report(b, syscall(SYS_ioprio_set, 1, atoi(arg), prio));
+    }
+    if (!strcmp(b, "pidfd_open")) return report(b, syscall(SYS_pidfd_open, atoi(arg) ? atoi(arg) : getpid(), 0));
+    // prctl options no tool needs, and one every runtime uses.
+    if (!strcmp(b, "prctl-user-dispatch")) return report(b, prctl(59 /* PR_SET_SYSCALL_USER_DISPATCH */, 0 /* OFF */, 0, 0, 0));
+    if (!strcmp(b, "prctl-dumpable")) return report(b, prctl(PR_SET_DUMPABLE, 1, 0, 0, 0));
+    if (!strcmp(b, "prctl-name")) return report(b, prctl(PR_SET_NAME, "hostile", 0, 0, 0));
+    if (!strcmp(b, "unshare-none")) return report(b, unshare(0));
+    // Socket calls on the only sockets a network = "none" tool can make: a socketpair's ends.
+    if (!strcmp(b, "socket-calls")) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) return report("socket-calls", -1);
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "ward-hostile-%d", (int)getpid());
+        socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a.sun_path + 1));
+        int one = 1;
+        socklen_t len = sizeof one;
+        report("bind", bind(sv[0], (struct sockaddr *)&a, alen));
+        report("listen", listen(sv[0], 1));
+        report("connect", connect(sv[1], (struct sockaddr *)&a, alen));
+        report("accept", accept(sv[0], NULL, NULL));
+        report("setsockopt", setsockopt(sv[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+        report("getsockopt", getsockopt(sv[0], SOL_SOCKET, SO_TYPE, &one, &len));
+        return report("send", send(sv[0], "x", 1, 0) == 1 && recv(sv[1], &c, 1, 0) == 1 ? 0 : -1);
+    }
+    // A datagram pair's end sends to a host datagram socket by path (Landlock does not check).
+    if (!strcmp(b, "dgram-sendto")) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) < 0) return report(b, -1);
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        strncpy(a.sun_path, arg, sizeof a.sun_path - 1);
+        return report(b, sendto(sv[0], "x", 1, 0, (struct sockaddr *)&a, sizeof a));
     }
     // personality tricks.
     if (!strcmp(b, "personality-rie")) return report(b, personality(READ_IMPLIES_EXEC));

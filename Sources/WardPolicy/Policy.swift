@@ -9,7 +9,8 @@ public enum Effect: String, Sendable, Hashable, CaseIterable {
 
 /// How much network a tool gets.
 public enum NetworkAccess: String, Sendable, Hashable, CaseIterable {
-    /// No sockets at all (seccomp refuses `socket`; `socketpair` still works): no host
+    /// No sockets at all (seccomp refuses `socket` and the calls that need an address;
+    /// AF_UNIX stream and seqpacket `socketpair`s still work): no host
     /// loopback, no abstract or pathname Unix sockets, no TCP or UDP.
     case none
     /// A private network namespace with only its own loopback up.

@@ -68,10 +68,15 @@ public final class SandboxCall: @unchecked Sendable {
         if let failure { throw failure }  // deinit frees what was made
 
         // stdin: the arguments JSON in a memfd, so any size is handed over without a writer thread.
-        stdinFD = ward_memfd("ward-args")
+        // Sealed once written: the tool holds it read-write as fd 0, and must not turn it into
+        // a program of its own (`execve("/proc/self/fd/0")`).
+        stdinFD = ward_input_memfd("ward-args")
         guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
         guard Sandbox.writeAll(stdinFD, arguments.canonicalBytes) else {
             throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno)
+        }
+        guard ward_seal_contents(stdinFD) == 0 else {
+            throw SandboxError(.internalError, "sealing the arguments failed: \(errnoName(errno))", errno: errno)
         }
         lseek(stdinFD, 0, SEEK_SET)
         guard ward_pipe_cloexec(&outPipe) == 0, ward_pipe_cloexec(&errPipe) == 0 else {

@@ -29,7 +29,7 @@ extension Sandbox {
         row("effect", policy.effect.rawValue)
         let networkText: String
         switch policy.network {
-        case .none: networkText = "none (socket() refused by seccomp; socketpair(AF_UNIX) allowed\(features.landlockABI >= 4 ? "; Landlock denies TCP bind/connect" : ""))"
+        case .none: networkText = "none (socket() refused by seccomp; AF_UNIX stream/seqpacket socketpairs only\(features.landlockABI >= 4 ? "; Landlock denies TCP bind/connect" : ""))"
         case .loopback: networkText = "loopback (private network namespace per call; host loopback unreachable)"
         case .any: networkText = "any (host network; AF_INET, AF_INET6, AF_UNIX sockets only)"
         }
@@ -55,8 +55,24 @@ extension Sandbox {
         row("read", policy.read.map(expand).joined(separator: "\n" + "".padding(to: 11)))
         row("write", policy.write.isEmpty ? "(nothing)" : policy.write.map(expand).joined(separator: "\n" + "".padding(to: 11)))
         if let r = policy.reconcile { row("reconcile", argv(r)) }
-        row("syscalls", "\(policy.syscalls.count) allowed: " + policy.syscalls.joined(separator: " "))
-        row("always", "clone3/new mount API → ENOSYS; clone/unshare without namespace flags only; ioctl TIOCSTI/TIOCLINUX → EPERM; personality PER_LINUX only; foreign ABIs killed")
+        // The filter's own plan, so this says what the filter does. Explained for calls that
+        // share ward's PID namespace (the stricter filter); each limit says what a call with
+        // a PID namespace of its own gets instead.
+        let plan = Seccomp.plan(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: false)
+        let indent = "\n" + "".padding(to: 11)
+        row("syscalls", "\(plan.rules.count) allowed: " + plan.rules.map(\.name).joined(separator: " "))
+        row("limited", plan.rules.compactMap { r in r.limit.map { r.name + ": " + $0 } }.joined(separator: indent))
+        if !plan.refused.isEmpty {
+            // One line per reason, its syscalls first.
+            var reasons: [String] = []
+            var names: [String: [String]] = [:]
+            for (name, reason) in plan.refused {
+                if names[reason] == nil { reasons.append(reason) }
+                names[reason, default: []].append(name)
+            }
+            row("refused", reasons.map { names[$0]!.joined(separator: ", ") + ": " + $0 }.joined(separator: indent))
+        }
+        row("always", "anything else → EPERM (unshare too, unless listed); \(Seccomp.enosys.joined(separator: ", ")) → ENOSYS; ioctl TIOCSTI/TIOCLINUX → EPERM; foreign ABIs (i386, x32) killed")
         row("landlock", features.landlockABI > 0 ? "ABI \(features.landlockABI): only the roots above\(features.landlockABI >= 6 ? "; abstract sockets and signals scoped" : "")" : "UNAVAILABLE: paths not confined")
         row("isolation", Doctor.isolation(features).effect)
         row("privilege", "no_new_privs; all capabilities dropped\(features.privileged ? ", bounding set emptied, securebits locked" : "")")

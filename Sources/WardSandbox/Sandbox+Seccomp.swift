@@ -35,23 +35,167 @@ enum Seccomp {
     static let allowedPersonalities: [UInt64] = [0, 0x8, 0x20000, 0x20008, 0xFFFF_FFFF]
     /// Always ENOSYS: clone3's flags live in a struct a filter cannot read, and glibc falls
     /// back to clone on ENOSYS (EPERM would break it); the new mount API likewise.
+    /// openat2 too: its mode lives in a struct a filter cannot read (see `modeArgument`), and
+    /// callers fall back to openat.
     static let enosys = ["clone3", "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr", "openat2"]
+
     /// Syscalls that set a file's mode, with the argument holding it. A tool never sets the
     /// setuid or setgid bit: a binary it leaves in the workspace would run as the tool's
     /// user for whoever starts it (no_new_privs covers only the tool's own processes).
     /// Seccomp, not `nosuid`: the workspace is the operator's file system, not a mount of
-    /// ward's. (openat2's mode lives in a struct a filter cannot read: it gets ENOSYS, and
-    /// callers fall back to openat.)
+    /// ward's.
     static let modeArgument: [String: UInt32] = [
         "chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "creat": 1, "open": 2, "openat": 3, "mknod": 1, "mknodat": 2,
     ]
-    static let setIDBits: UInt64 = 0o6000
-    /// Syscalls whose arguments ward restricts itself.
-    static let filtered: Set<String> = Set(["clone", "unshare", "ioctl", "personality", "socket", "socketpair"]).union(modeArgument.keys)
+
+    /// The prctl options a tool may use, with why; every other option (PR_SET_MM,
+    /// PR_SET_PTRACER, PR_SCHED_CORE on other processes, PR_SET_SYSCALL_USER_DISPATCH,
+    /// PR_SET_SECUREBITS, PR_CAPBSET_DROP, …) is refused. Measured with strace: sh, bash,
+    /// coreutils, git, perl, python3 and node call no prctl at start-up; java names its
+    /// threads.
+    static let prctlOptions: [(option: UInt64, name: String)] = [
+        (1, "PR_SET_PDEATHSIG"), (2, "PR_GET_PDEATHSIG"),      // Go's and Python's subprocess options; ward's own call child
+        (3, "PR_GET_DUMPABLE"),
+        (15, "PR_SET_NAME"), (16, "PR_GET_NAME"),              // thread names (pthread_setname_np, java, libuv)
+        (21, "PR_GET_SECCOMP"), (22, "PR_SET_SECCOMP"),        // a filter of its own only narrows
+        (23, "PR_CAPBSET_READ"), (27, "PR_GET_SECUREBITS"),    // libcap reads (capsh, getpcaps)
+        (36, "PR_SET_CHILD_SUBREAPER"), (37, "PR_GET_CHILD_SUBREAPER"),  // process runners (tini); own descendants only
+        (38, "PR_SET_NO_NEW_PRIVS"), (39, "PR_GET_NO_NEW_PRIVS"),        // set already; sandboxing libraries ask again
+        (0x5356_4D41, "PR_SET_VMA"),                           // glibc 2.38+ names its own mappings
+    ]
+    /// PR_SET_DUMPABLE only to 0 (ssh and gpg-agent make themselves undumpable), and
+    /// PR_CAP_AMBIENT only for IS_SET (libcap's read).
+    static let prctlWithArgument: [(option: UInt64, argument: UInt64, name: String)] = [
+        (4, 0, "PR_SET_DUMPABLE 0"), (47, 1, "PR_CAP_AMBIENT_IS_SET"),
+    ]
+
+    /// Syscalls that act on another process named by pid in their first argument (0 = the
+    /// caller). The kernel lets a process of the same uid (or root, for root's processes)
+    /// change another's limits, affinity, scheduling or pages: a root tool set `ward serve`'s
+    /// RLIMIT_NOFILE to 5. When calls share the host's PID namespace (cgroup containment,
+    /// zygotes) the filter allows only pid 0; a call in a PID namespace of its own can name
+    /// nothing but its own processes, so any pid is fine there.
+    static let pidFirst = ["prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr",
+                           "migrate_pages", "move_pages"]
+    /// `(which, who, …)` syscalls: who 0 is the caller for every `which`, but PRIO_USER /
+    /// IOPRIO_WHO_USER 0 means every process of the caller's uid. Only the process itself or
+    /// its process group (which holds only the call's processes: each call leads its own
+    /// session) with who 0.
+    static let whichWho: [(name: String, process: UInt64, group: UInt64)] = [("setpriority", 0, 1), ("ioprio_set", 1, 2)]
+
+    /// Under `network = "none"` and `"loopback"` a tool's only Unix sockets are its own
+    /// connected stream or seqpacket pairs (`socket(AF_UNIX)` is refused). A datagram pair
+    /// is refused too: an end of one can `sendto` or `connect` any pathname datagram socket
+    /// of the host (/dev/log, systemd's notify socket), which Landlock does not check.
+    static let pairTypes: [UInt64] = [1 /* SOCK_STREAM */, 5 /* SOCK_SEQPACKET */]
+    /// Under `network = "none"`: calls that only make sense on a socket that can reach
+    /// something (an address to bind, connect, listen or accept on, options to set). Kept:
+    /// sendmsg, recvmsg, sendto, recvfrom and shutdown, which move bytes and descriptors over
+    /// the pairs, and getsockname/getpeername, which Python's `socket.socketpair` (asyncio's
+    /// event loop, multiprocessing's Pipe) calls on both ends.
+    static let networkOnly: Set<String> = [
+        "accept", "accept4", "bind", "connect", "getsockopt", "listen", "recvmmsg", "sendmmsg", "setsockopt",
+    ]
+    /// memfd_create only with MFD_NOEXEC_SEAL (0x8) and without MFD_EXEC (0x10): a memfd a
+    /// tool makes can never be executed (`execve("/proc/self/fd/N")`, `execveat` with
+    /// AT_EMPTY_PATH, fexecve), which Landlock's execute right does not see. Kernels before
+    /// 6.3 do not know the flag (EINVAL): there, tools get no memfd at all.
+    static let memfdExecFlags: UInt64 = 0x18, memfdNoExecSeal: UInt64 = 0x8
+
+    /// One comparison of a rule: `(arg & mask) == value`. Arguments the kernel reads as a C
+    /// int are compared on their low 32 bits, as the kernel sees them.
+    struct Match: Equatable {
+        var arg: UInt32
+        var mask: UInt64
+        var value: UInt64
+        static func int(_ arg: UInt32, _ value: UInt64) -> Match { Match(arg: arg, mask: 0xFFFF_FFFF, value: value) }
+        static func long(_ arg: UInt32, _ value: UInt64) -> Match { Match(arg: arg, mask: .max, value: value) }
+    }
+
+    /// A syscall the filter allows: whatever its arguments (`alternatives` empty), or when
+    /// every match of one alternative holds. `limit` says which, for `ward policy explain`.
+    struct Rule {
+        let name: String
+        let alternatives: [[Match]]
+        let limit: String?
+    }
+
+    /// A tool's filter as data: `compile` turns it into BPF, `ward policy explain` prints it,
+    /// so what explain says is what the filter does.
+    struct Plan {
+        var rules: [Rule] = []
+        /// Listed by the policy, refused here anyway, with why.
+        var refused: [(name: String, reason: String)] = []
+    }
+
+    /// The filter of a policy's syscall list. `ownPIDNamespace`: each call's tool is pid 1
+    /// of a PID namespace of its own (no cgroup containment), so pids name only its processes.
+    static func plan(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool) -> Plan {
+        var plan = Plan()
+        func allow(_ name: String, _ alternatives: [[Match]] = [], _ limit: String? = nil) {
+            plan.rules.append(Rule(name: name, alternatives: alternatives, limit: limit))
+        }
+        let pidLimit = "pid 0 (itself) only while calls share the host's PID namespace (cgroup containment); any pid of its own PID namespace otherwise"
+        for name in Set(syscalls).sorted() where !enosys.contains(name) {
+            switch name {
+            case "clone", "unshare":
+                allow(name, [[Match(arg: 0, mask: namespaceFlags, value: 0)]], "without namespace flags")
+            case "personality":
+                allow(name, allowedPersonalities.map { [.int(0, $0)] }, "PER_LINUX (also PER_LINUX32, UNAME26) and the query only")
+            case "socket":
+                let families: [(Int32, String)]
+                switch network {
+                case .none: families = []
+                case .loopback: families = [(AF_INET, "AF_INET"), (AF_INET6, "AF_INET6")]
+                case .any: families = [(AF_INET, "AF_INET"), (AF_INET6, "AF_INET6"), (AF_UNIX, "AF_UNIX")]
+                }
+                if families.isEmpty {
+                    plan.refused.append((name, "network = \"none\""))
+                } else {
+                    allow(name, families.map { [.int(0, UInt64($0.0))] }, families.map(\.1).joined(separator: ", ") + " only")
+                }
+            case "socketpair":
+                if network == .any {
+                    allow(name, [[.int(0, UInt64(AF_UNIX))]], "AF_UNIX only")
+                } else {
+                    allow(name, pairTypes.map { [.int(0, UInt64(AF_UNIX)), Match(arg: 1, mask: 0xF, value: $0)] },
+                          "AF_UNIX stream and seqpacket pairs only (a datagram end could sendto host sockets)")
+                }
+            case _ where network == .none && networkOnly.contains(name):
+                plan.refused.append((name, "network = \"none\": no socket can reach anything"))
+            case "prctl":
+                allow(name, prctlOptions.map { [.int(0, $0.option)] } + prctlWithArgument.map { [.int(0, $0.option), .long(1, $0.argument)] },
+                      "options " + (prctlOptions.map(\.name) + prctlWithArgument.map(\.name)).joined(separator: ", ") + " only")
+            case "memfd_create":
+                allow(name, [[Match(arg: 1, mask: memfdExecFlags, value: memfdNoExecSeal)]],
+                      "MFD_NOEXEC_SEAL only: never executable (kernel 6.3+; older kernels refuse the flag, so no memfd there)")
+            case "pidfd_open" where !ownPIDNamespace:
+                plan.refused.append((name, "calls share the host's PID namespace: it would open any host process (allowed with a PID namespace of its own)"))
+            case _ where modeArgument[name] != nil:
+                allow(name, [[Match(arg: modeArgument[name]!, mask: 0o6000, value: 0)]], "no setuid or setgid bit in the mode")
+            case _ where pidFirst.contains(name):
+                allow(name, ownPIDNamespace ? [] : [[.int(0, 0)]], pidLimit)
+            case _ where whichWho.contains { $0.name == name }:
+                let w = whichWho.first { $0.name == name }!
+                allow(name, ownPIDNamespace ? [] : [[.int(0, w.process), .int(1, 0)], [.int(0, w.group), .int(1, 0)]],
+                      "itself or its process group (who 0) only while calls share the host's PID namespace; any of its own PID namespace otherwise")
+            default:
+                allow(name)
+            }
+        }
+        // Always allowed: it can only take privileges away, and each call started by a
+        // zygote uses it to nest its own Landlock scope.
+        if !syscalls.contains("landlock_restrict_self") { allow("landlock_restrict_self") }
+        // Likewise: each call of a root ward's zygote takes the tool identity with these,
+        // under this filter. Without CAP_SETUID and CAP_SETGID (no tool has them) they only
+        // move among the ids the caller already has, and capset only lowers.
+        for name in ["setgroups", "setresgid", "setresuid", "capset"] where !syscalls.contains(name) { allow(name) }
+        return plan
+    }
 
     /// Compiles the allowlist. Default action EPERM; foreign ABIs kill the process. Any
     /// libseccomp failure is fatal: a silently dropped rule is a hole.
-    static func compile(syscalls: [String], network: NetworkAccess) throws(SandboxError) -> SeccompProgram {
+    static func compile(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool) throws(SandboxError) -> SeccompProgram {
         guard let ctx = seccomp_init(ward_scmp_act_errno(UInt16(EPERM))) else {
             throw SandboxError(.internalError, "seccomp_init failed")
         }
@@ -65,65 +209,23 @@ enum Seccomp {
         try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0), "leave no_new_privs to the spawn")
         try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2), "binary-tree layout")
 
-        func nr(_ name: String) throws(SandboxError) -> Int32 {
+        func add(_ action: UInt32, _ name: String, _ matches: [Match] = []) throws(SandboxError) {
             let n = seccomp_syscall_resolve_name(name)
             guard n != __NR_SCMP_ERROR else { throw SandboxError(.internalError, "seccomp: unknown syscall \(name)") }
-            return n
-        }
-        func add(_ action: UInt32, _ name: String, _ conditions: [scmp_arg_cmp] = []) throws(SandboxError) {
-            let n = try nr(name)
-            var conds = conditions
+            var conds = matches.map { ward_scmp_arg($0.arg, SCMP_CMP_MASKED_EQ, $0.mask, $0.value) }
             let rc = conds.withUnsafeMutableBufferPointer { buf in
                 seccomp_rule_add_exact_array(ctx, action, n, UInt32(buf.count), buf.baseAddress)
             }
             try check(rc, "rule for \(name)")
         }
-        func masked(_ arg: UInt32, mask: UInt64, equals value: UInt64) -> scmp_arg_cmp {
-            ward_scmp_arg(arg, SCMP_CMP_MASKED_EQ, mask, value)
-        }
-        func equals(_ arg: UInt32, _ value: UInt64) -> scmp_arg_cmp {
-            ward_scmp_arg(arg, SCMP_CMP_EQ, value, 0)
-        }
 
-        let allowed = Set(syscalls)
-        for name in syscalls where !filtered.contains(name) && !enosys.contains(name) {
-            try add(SCMP_ACT_ALLOW, name)
+        for rule in plan(syscalls: syscalls, network: network, ownPIDNamespace: ownPIDNamespace).rules {
+            if rule.alternatives.isEmpty { try add(SCMP_ACT_ALLOW, rule.name) }
+            for matches in rule.alternatives { try add(SCMP_ACT_ALLOW, rule.name, matches) }
         }
-        // Always allowed: it can only take privileges away, and each call started by a
-        // zygote uses it to nest its own Landlock scope.
-        if !allowed.contains("landlock_restrict_self") { try add(SCMP_ACT_ALLOW, "landlock_restrict_self") }
-        // Likewise: each call of a root ward's zygote takes the tool identity with these,
-        // under this filter. Without CAP_SETUID and CAP_SETGID (no tool has them) they only
-        // move among the ids the caller already has, and capset only lowers.
-        for name in ["setgroups", "setresgid", "setresuid", "capset"] where !allowed.contains(name) { try add(SCMP_ACT_ALLOW, name) }
         for name in enosys { try add(ward_scmp_act_errno(UInt16(ENOSYS)), name) }
-        if allowed.contains("clone") {
-            try add(SCMP_ACT_ALLOW, "clone", [masked(0, mask: namespaceFlags, equals: 0)])
-        }
-        if allowed.contains("unshare") {
-            try add(SCMP_ACT_ALLOW, "unshare", [masked(0, mask: namespaceFlags, equals: 0)])
-        }
-        if allowed.contains("ioctl") { try add(SCMP_ACT_ALLOW, "ioctl") }
-        if allowed.contains("personality") {
-            for p in allowedPersonalities { try add(SCMP_ACT_ALLOW, "personality", [equals(0, p)]) }
-        }
-        if allowed.contains("socket") {
-            let families: [Int32]
-            switch network {
-            case .none: families = []
-            case .loopback: families = [AF_INET, AF_INET6]
-            case .any: families = [AF_INET, AF_INET6, AF_UNIX]
-            }
-            for f in families { try add(SCMP_ACT_ALLOW, "socket", [equals(0, UInt64(f))]) }
-        }
-        for (name, argument) in modeArgument where allowed.contains(name) {
-            try add(SCMP_ACT_ALLOW, name, [masked(argument, mask: setIDBits, equals: 0)])
-        }
-        if allowed.contains("socketpair") {
-            try add(SCMP_ACT_ALLOW, "socketpair", [equals(0, UInt64(AF_UNIX))])
-        }
         let program = try export(ctx)
-        return allowed.contains("ioctl") ? SeccompProgram(bytes: ttyInjectionGuard + program.bytes) : program
+        return syscalls.contains("ioctl") ? SeccompProgram(bytes: ttyInjectionGuard + program.bytes) : program
     }
 
     /// A hand-written prefix that refuses ioctl TIOCSTI and TIOCLINUX before libseccomp's

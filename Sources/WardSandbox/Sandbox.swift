@@ -158,7 +158,7 @@ public final class Sandbox: Sendable {
         guard let program = policy.command.first, let executable = Executable.resolve(program) else {
             throw SandboxError(.policyDenied, "tool \(name): command \(policy.command.first ?? "") does not exist or is not executable")
         }
-        let bpf = try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
+        let bpf = try Sandbox.compileFilter(for: policy, ownPIDNamespace: pidNamespacePerCall)
         var landlockFD: Int32 = -1
         if features.landlockABI > 0 {
             landlockFD = try Sandbox.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI)
@@ -185,8 +185,10 @@ public final class Sandbox: Sendable {
     }
 
     /// Compiles a tool's seccomp program (what `prepare` caches), for benchmarks and tests.
-    public static func compileFilter(for policy: ToolPolicy) throws(SandboxError) -> SeccompProgram {
-        try Seccomp.compile(syscalls: policy.syscalls, network: policy.network)
+    /// `ownPIDNamespace`: each call runs in a PID namespace of its own (see
+    /// `pidNamespacePerCall`), which lets the filter allow pids other than the caller's.
+    public static func compileFilter(for policy: ToolPolicy, ownPIDNamespace: Bool = false) throws(SandboxError) -> SeccompProgram {
+        try Seccomp.compile(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: ownPIDNamespace)
     }
 
     /// Builds a tool's whole confinement as `prepare` does, without keeping it or starting

@@ -97,8 +97,10 @@ public final class SocketServer: Sendable {
         if st.st_mode & S_IFMT != S_IFDIR { try refuse("is not a directory") }
         if st.st_uid != geteuid() { try refuse("is owned by uid \(st.st_uid), not ward's uid \(geteuid())") }
         let runtime = getenv("XDG_RUNTIME_DIR").map { String(cString: $0) }
-        if st.st_mode & 0o077 != 0 && runtime != dir {
-            try refuse("has mode \(String(st.st_mode & 0o7777, radix: 8)), not 700")
+        // Search permission alone (x, as a root ward's ACL entry for the tool identity on a
+        // workspace's parents shows in the group bits) lets no one list or change it.
+        if st.st_mode & 0o066 != 0 && runtime != dir {
+            try refuse("has mode \(String(st.st_mode & 0o7777, radix: 8)): others may read or change it (700 or 711 at most)")
         }
     }
 

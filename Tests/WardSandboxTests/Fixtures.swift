@@ -16,6 +16,7 @@ enum Fixture {
     /// The shipped policies plus `shell-short`: the shell tool's sandbox with small limits,
     /// so resource tests end in seconds; `shell-net` and `shell-loopback` with network; and
     /// `shell-trace`, allowed ptrace and the other calls that act on another process.
+    /// `shell-pids`, which also lists the process-targeting syscalls and `unshare`.
     static let testPolicies: String = {
         let dir = temporaryDirectory("policies")
         for name in ["syscall-sets.toml", "tools.toml"] {
@@ -45,6 +46,10 @@ enum Fixture {
         command = ["/bin/sh", "-c", "{command}"]
         write = ["{workspace}"]
         syscalls = ["ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "pidfd_open", "kcmp"]
+        [tools.shell-pids]
+        command = ["/bin/sh", "-c", "{command}"]
+        write = ["{workspace}"]
+        syscalls = ["setpriority", "sched_setaffinity", "ioprio_get", "ioprio_set", "unshare"]
 
         [tools.shell-loopback]
         command = ["/bin/sh", "-c", "{command}"]

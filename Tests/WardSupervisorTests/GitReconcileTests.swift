@@ -8,10 +8,11 @@ import WardSupervisor
 import WardTestSupport
 
 /// Runs /usr/bin/git in `directory` (outside any sandbox: the test's own look at the
-/// repository); its stdout, or a failed expectation.
+/// repository, which a root ward gives to the tool identity, hence `safe.directory`); its
+/// stdout, or a failed expectation.
 @discardableResult
 func git(_ args: [String], in directory: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
-    let r = try BuildProducts.run("/usr/bin/git", args, in: directory,
+    let r = try BuildProducts.run("/usr/bin/git", ["-c", "safe.directory=*"] + args, in: directory,
                                   environment: ["GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@ward.invalid",
                                                 "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@ward.invalid"])
     try #require(r.status == 0, "git \(args): \(r.stderr)", sourceLocation: sourceLocation)
@@ -191,6 +192,11 @@ struct GitReconcileCommandTests {
         try git(["init", "-q"], in: repo)
         try "a\n".write(toFile: repo + "/a.txt", atomically: true, encoding: .utf8)
         try git(["add", "a.txt"], in: repo)
+        // Made by the operator after ward started: the tool identity's only when given.
+        if geteuid() == 0 {
+            let identity = try ToolIdentity.resolve(nil)
+            try #require(try BuildProducts.run("/bin/chown", ["-R", "\(identity.uid):\(identity.gid)", repo]).status == 0)
+        }
         let made = try run("c1", ["commit", "-m", "first", "--", "a.txt"])
         try #require(made.exitCode == 0, "\(String(decoding: made.stderr, as: UTF8.self))")
         let original = try git(["rev-parse", "HEAD"], in: repo).trimmingCharacters(in: .newlines)

@@ -150,6 +150,13 @@ int ward_can_idle_and_return(void);
 int ward_runnable_tasks(void);
 /// memfd_create: _GNU_SOURCE only.
 int ward_memfd(const char *name);
+/// A memfd for a tool's stdin, which the tool gets read-write: never executable where the
+/// kernel knows MFD_NOEXEC_SEAL (6.3+), and sealable, so `ward_seal_contents` can freeze it.
+/// Otherwise a tool could write a program into its stdin and run it from /proc/self/fd/0.
+int ward_input_memfd(const char *name);
+/// Seals a memfd's contents (no write, no resize, no further seal change); 0 or -1 with
+/// errno. C: F_ADD_SEALS is _GNU_SOURCE only and fcntl is variadic.
+int ward_seal_contents(int fd);
 /// Waits for pid; returns 0 and fills exited/code/signal, or -1 with errno. EINTR retried.
 int ward_wait(pid_t pid, int *exited, int *code, int *signal);
 /// Landlock syscalls: no glibc wrappers exist.
