@@ -168,9 +168,9 @@ let samples = try measureInBlocks(rounds: iterations / blockLength, block: block
 
 var rows: [Row] = []
 let wardSpawn = median(samples["ward"]!)
-rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: .ratio(1.8)))
+rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: .ratio(1.5)))
 if bwrap != nil {
-    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bwrap --unshare-all", peerValue: median(samples["bwrap"]!), budget: .ratio(0.3)))
+    rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "bwrap --unshare-all", peerValue: median(samples["bwrap"]!), budget: .ratio(0.25)))
 }
 if let firejailSamples = samples["firejail"] {
     rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(firejailSamples), budget: nil))

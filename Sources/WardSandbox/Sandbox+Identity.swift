@@ -75,7 +75,7 @@ extension Sandbox {
         var failed = [CChar](repeating: 0, count: Int(PATH_MAX))
         if ward_chown_tree(workspace, identity.uid, identity.gid, &failed) != 0 {
             let e = errno
-            throw SandboxError(.internalError, "cannot give the workspace to the tool user \(identity): chown of \(String(cString: failed)) failed: \(errnoName(e))", errno: e)
+            throw SandboxError(.internalError, "cannot give the workspace to the tool user \(identity): chown of \(String(decoding: failed.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) failed: \(errnoName(e))", errno: e)
         }
         var path = ""
         for component in workspace.split(separator: "/") {

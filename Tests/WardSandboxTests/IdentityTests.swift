@@ -126,6 +126,7 @@ struct IdentityTests {
     @Test func anUnprivilegedWardRefusesAToolUser() throws {
         let ws = makeTemporaryDirectory("ward-identity-unprivileged")
         chown(ws, 65534, 65534)
+        chmod(Fixture.testPolicies, 0o755)  // readable by nobody
         let o = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws + "/w", "--tool-user", "4321", "shell", "--arg", "command=id -u"],
                                 uid: 65534, cwd: ws)
         #expect(o.status != 0 && o.stderr.contains("only a root ward chooses who tools run as"), "\(o.stderr)")

@@ -320,8 +320,10 @@ struct ThreatTests {
         #expect(eventually { pid = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return pid != nil })
         let target = try #require(pid)
         // The probes as nobody, unsandboxed, against nobody's process; kill-term last ends it.
+        // From a copy of nobody's own (the checkout may lie under a 0700 directory).
+        let ws = Fixture.workspace(owner: Mode.nobody)
         let r = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--",
-                                                           "/bin/sh", "-c", ThreatTests.probeScript("\(target)", program: Fixture.hostile)], in: "/tmp")
+                                                           "/bin/sh", "-c", ThreatTests.probeScript("\(target)")], in: ws)
         let got = ThreatTests.outcomes(r.stdout)
         for probe in ThreatTests.crossProcessProbes {
             let open = probe.hasPrefix("process_vm") ? "EFAULT" : "OK"  // EFAULT: past the access check

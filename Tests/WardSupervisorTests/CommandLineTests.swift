@@ -250,8 +250,14 @@ struct CommandLineTests {
     @Test func explainSaysWhetherMemoryIsLimitedPerCallOrPerProcess() throws {
         let root = try ward(["policy", "explain", "--policies", Paths.repository + "/policies", "shell"])
         #expect(root.status == 0 && root.stdout.contains("memory 1 GiB per call (memory cgroup)"), "\(root)")
+        // A copy nobody can read wherever the checkout lies (a clone under a 0700 directory).
+        let policies = makeTemporaryDirectory("ward-explain-policies")
+        chmod(policies, 0o755)
+        for name in ["syscall-sets.toml", "tools.toml"] {
+            try FileManager.default.copyItem(atPath: Paths.repository + "/policies/" + name, toPath: policies + "/" + name)
+        }
         let nobody = try runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.ward,
-                                                         "policy", "explain", "--policies", Paths.repository + "/policies", "--workspace", "/tmp", "shell"], in: "/tmp")
+                                                         "policy", "explain", "--policies", policies, "--workspace", "/tmp", "shell"], in: "/tmp")
         #expect(nobody.status == 0 && nobody.output.contains("memory 1 GiB PER PROCESS (RLIMIT_AS;"), "\(nobody.output)")
     }
 
