@@ -125,6 +125,11 @@ public final class WardClient: Sendable {
         return try await request("journal.record", .object(["key": .string(key), "value": value])).objectValue?["value"] ?? .null
     }
 
+    /// Where request timeouts fire: a queue of its own, which libdispatch gives a thread even
+    /// when the global queues' few threads (one per CPU) are all blocked by the caller's work;
+    /// a timer there fired seconds late.
+    private static let timers = DispatchQueue(label: "ward-client-timeouts")
+
     /// Any method: its result, or the error ward answered.
     public func request(_ method: String, _ params: JSONValue) async throws(WardClientError) -> JSONValue {
         do {
@@ -141,7 +146,7 @@ public final class WardClient: Sendable {
                     // Clamped to [0, 100 years]: a negative or huge Duration must not trap.
                     let seconds = min(max(timeout.components.seconds, 0), 3_153_600_000)
                     let nanos = Int(seconds) * 1_000_000_000 + Int(max(timeout.components.attoseconds, 0) / 1_000_000_000)
-                    DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
+                    WardClient.timers.asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
                         if let c = self.state.withLock({ $0.pending.removeValue(forKey: id) }) {
                             c.resume(throwing: WardClientError(kind: .connection, message: "no answer from ward within \(timeout)", code: nil))
                         }
