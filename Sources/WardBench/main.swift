@@ -136,7 +136,10 @@ netns.name = "true-netns"
 netns.network = .loopback
 shipped.tools["true-netns"] = netns
 var template = Array("/tmp/ward-bench-XXXXXX".utf8CString)
-let workspace = String(cString: mkdtemp(&template)!)
+/// Ledgers, sockets and policies here; tools write only `workspace` inside it (ward refuses
+/// a ledger, policy or socket under a write root, and gives the workspace to the tool user).
+let base = String(cString: mkdtemp(&template)!)
+let workspace = base + "/workspace"
 let sandbox = try Sandbox(policies: shipped, workspace: workspace)
 let pidnsSandbox = try Sandbox(policies: shipped, workspace: workspace, useCgroups: false)
 let directSandbox = try Sandbox(policies: shipped, workspace: workspace, useZygotes: false)
@@ -182,7 +185,7 @@ rows.append(Row(name: "… network isolated by a netns per call", ward: median(s
 
 // MARK: - The ledger at synchronous=FULL: durable steps, begin+finish, checkpoint storage
 
-let ledger = try Ledger(path: workspace + "/bench-ledger.sqlite", durability: .full)
+let ledger = try Ledger(path: base + "/bench-ledger.sqlite", durability: .full)
 var checkpointTimes: [Double] = [], journalTimes: [Double] = [], callTimes: [Double] = []
 let benchOutcome = ToolOutcome(status: .succeeded, exitCode: 0, signal: nil, stdout: Array("ok\n".utf8), stderr: [], truncated: false, durationMs: 0.4)
 for i in 0..<max(iterations, 200) {
@@ -278,7 +281,7 @@ final class BenchClient {
 func startServer(run: String, ledgerPath: String) throws -> SocketServer {
     let l = try Ledger(path: ledgerPath, durability: .full)
     let supervisor = Supervisor(ledger: l, sandbox: sandbox, runID: run, attempt: try l.startAttempt(run: run))
-    let server = try SocketServer(path: workspace + "/\(run).sock", supervisor: supervisor, publishToken: true)
+    let server = try SocketServer(path: base + "/\(run).sock", supervisor: supervisor, publishToken: true)
     server.start()
     return server
 }
@@ -286,7 +289,7 @@ func startServer(run: String, ledgerPath: String) throws -> SocketServer {
 // A real `ward serve` (its own process, as agents meet it), with the shipped policies plus a
 // `true` tool under the shell tool's sandbox.
 let wardBinary = (CommandLine.arguments[0] as NSString).deletingLastPathComponent + "/ward"
-let benchPolicies = workspace + "/policies"
+let benchPolicies = base + "/policies"
 try FileManager.default.createDirectory(atPath: benchPolicies, withIntermediateDirectories: true)
 try FileManager.default.copyItem(atPath: policiesDir + "/syscall-sets.toml", toPath: benchPolicies + "/syscall-sets.toml")
 // `true_idempotent` is the same tool without the output capture of a non-idempotent call.
@@ -378,7 +381,7 @@ if let d = peers.dbos { rows.append(Row(name: "durable step through the socket",
 let growthSizes = iterations >= 300 ? [1_000, 10_000, 100_000] : [1_000, 10_000]
 var growth: [(Int, Double, Double)] = []
 do {
-    let path = workspace + "/growth.sqlite"
+    let path = base + "/growth.sqlite"
     let filler = try Ledger(path: path, durability: .normal)
     let growthServer = try startServer(run: "growth", ledgerPath: path)
     let g = BenchClient(growthServer.path)
@@ -412,7 +415,7 @@ do {
 // Resume after a crash at step 10,000: from run.resume to the first new result.
 let resumeSteps = iterations >= 300 ? 10_000 : 2_000
 do {
-    let path = workspace + "/resume.sqlite"
+    let path = base + "/resume.sqlite"
     let l = try Ledger(path: path, durability: .normal)
     _ = try l.startAttempt(run: "resume")
     for i in 0..<resumeSteps {
@@ -422,7 +425,7 @@ do {
         _ = try l.finish(t, outcome: benchOutcome)
     }
 }
-let resumeServer = try startServer(run: "resume", ledgerPath: workspace + "/resume.sqlite")
+let resumeServer = try startServer(run: "resume", ledgerPath: base + "/resume.sqlite")
 let resumeClient = BenchClient(resumeServer.path)
 var t0 = now()
 let resumed = resumeClient.call("run.resume", .object([:]))
@@ -453,7 +456,7 @@ func measureProcess(_ argv: [String]) -> (status: Int32, micros: Double, maxRSS:
 // agent that checkpoints at every call makes three events a step (checkpoint.save,
 // call.begin, call.finish): 33,333 steps and the run's attempt.
 do {
-    let path = workspace + "/verify.sqlite"
+    let path = base + "/verify.sqlite"
     let l = try Ledger(path: path, durability: .normal)
     _ = try l.startAttempt(run: "verify")
     for i in 0..<33_333 {
@@ -471,7 +474,7 @@ do {
 
 // 8 agents in parallel, each with its own connection, N calls each.
 let perAgent = iterations >= 300 ? 1000 : 250
-let throughputServer = try startServer(run: "load", ledgerPath: workspace + "/load.sqlite")
+let throughputServer = try startServer(run: "load", ledgerPath: base + "/load.sqlite")
 t0 = now()
 DispatchQueue.concurrentPerform(iterations: 8) { agent in
     let c = BenchClient(throughputServer.path)
@@ -486,8 +489,8 @@ rows.append(Row(name: "throughput, 8 agents × \(perAgent) calls", ward: through
 @MainActor func startServe(_ binary: String, name: String, policies: String = policiesDir) throws -> (process: Process, socket: String) {
     let serve = Process()
     serve.executableURL = URL(fileURLWithPath: binary)
-    let socket = workspace + "/\(name).sock"
-    serve.arguments = ["serve", "--policies", policies, "--ledger", workspace + "/\(name).sqlite", "--workspace", workspace + "/\(name)-ws",
+    let socket = base + "/\(name).sock"
+    serve.arguments = ["serve", "--policies", policies, "--ledger", base + "/\(name).sqlite", "--workspace", base + "/\(name)-ws",
                        "--socket", socket, "--run-id", name]
     let out = Pipe()
     serve.standardOutput = out
