@@ -61,7 +61,7 @@ let package = Package(
         .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")],
                           linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         // What the test suites share: where the built programs are, and running them.
-        .target(name: "WardTestSupport", dependencies: ["WardLedger"], path: "Tests/WardTestSupport"),
+        .target(name: "WardTestSupport", dependencies: ["WardLedger", "WardSandbox"], path: "Tests/WardTestSupport"),
         .testTarget(name: "WardCoreTests", dependencies: ["WardCore"]),
         .testTarget(name: "WardPolicyTests", dependencies: ["WardPolicy", "WardTestSupport"]),
         .testTarget(name: "WardLedgerTests", dependencies: ["WardLedger", "WardCore", "WardTestSupport", "ward", "ward-torture"]),

@@ -251,23 +251,26 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
     }
 }
 
+// An unprivileged ward's tools run in a user namespace of their own (made by clone with
+// CLONE_NEWUSER): whatever their policy allows, the kernel then refuses them ptrace,
+// process_vm_* and pidfd_getfd of ward, which would need CAP_SYS_PTRACE in ward's user
+// namespace, and it gives the PID and network namespaces without root. Map only our own
+// uid and gid (the one mapping an unprivileged process may write) and give up setgroups,
+// so the tool cannot drop a group that denies it access.
+WARD_CHILD_SIDE void ward_step_user_namespace(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    char map[48];
+    CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/setgroups", "deny", 4));
+    CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)));
+    CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
+}
+
 WARD_CHILD_SIDE static int child_main(void *arg) {
     struct ward_child_context *ctx = arg;
     const struct ward_spawn_config *cfg = ctx->cfg;
     struct ward_spawn_error *err = ctx->err;
 
     ward_step_signals(err, 1);
-
-    // Without root, the PID/network namespaces need a user namespace of our own. Map only
-    // our own uid and gid (the one mapping an unprivileged process may write) and give up
-    // setgroups, so the tool cannot drop a group that denies it access.
-    if (cfg->new_user_namespace) {
-        char map[48];
-        CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/setgroups", "deny", 4));
-        CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)));
-        CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
-    }
-
+    if (cfg->new_user_namespace) ward_step_user_namespace(cfg, err);
     ward_step_oom_score(err);
     ward_step_per_call(cfg, err);
     ward_step_confine(cfg, err);

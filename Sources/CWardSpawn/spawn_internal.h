@@ -54,6 +54,8 @@ struct ward_child_context {
 WARD_CHILD_SIDE __attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc);
 /// Resets every signal disposition; unblocks the mask when `unblock`.
 void ward_step_signals(struct ward_spawn_error *err, int unblock);
+/// Maps ward's own uid and gid in the user namespace clone just made (setgroups denied).
+void ward_step_user_namespace(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// The per-call steps: pdeathsig, session, cgroups, loopback, stdio, cwd, rlimits, fds.
 void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// oom_score_adj = 1000: the tool, not the supervisor, is the OOM killer's choice. Only in a

@@ -16,8 +16,10 @@
 //
 // Sharing ward's memory makes the zygote as precious as ward: ward (root) is non-dumpable,
 // so no process without CAP_SYS_PTRACE may ptrace it, process_vm_* it or pidfd_getfd from
-// it, and each call gets a Landlock domain nested under the zygote's, which a tool cannot
-// leave to reach the zygote, ward or another call (see call_main).
+// it; an unprivileged ward's zygote lives in a user namespace of its own, where its calls
+// hold no capability of ward's namespace; and each call gets a Landlock domain nested
+// under the zygote's, which a tool cannot leave to reach the zygote, ward or another call
+// (see call_main).
 #include "spawn_internal.h"
 
 #include <errno.h>
@@ -122,6 +124,9 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
     // has not exec'd yet (it inherits the name) from ward. Cosmetic: a failure is ignored.
     static const char name[] = "ward-zygote";
     sys(SYS_prctl, PR_SET_NAME, (long)name);
+    // An unprivileged ward's zygote lives in a user namespace of its own, and so do the
+    // calls it starts: the kernel keeps them from ptracing ward, whose uid they share.
+    if (z->cfg->new_user_namespace) ward_step_user_namespace(z->cfg, err);
     ward_step_confine(z->cfg, err);
     char byte = 1;
     sys(SYS_write, z->rep[1], (long)&byte, 1);
@@ -164,7 +169,9 @@ static void *keeper_main(void *unused) {
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, &old);
         int fd = -1;
-        z->pid = ward_clone(zygote_main, z->stack + WARD_STACK_SIZE, CLONE_VM | CLONE_FILES | CLONE_PIDFD | SIGCHLD, z, &fd);
+        int flags = CLONE_VM | CLONE_FILES | CLONE_PIDFD | SIGCHLD;
+        if (z->cfg->new_user_namespace) flags |= CLONE_NEWUSER;
+        z->pid = ward_clone(zygote_main, z->stack + WARD_STACK_SIZE, flags, z, &fd);
         if (z->pid < 0) {
             z->start_err.step = WARD_STEP_CLONE;
             z->start_err.error = errno;

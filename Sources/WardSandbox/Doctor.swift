@@ -37,7 +37,7 @@ public enum Doctor {
                             without: noLandlock))
         let noUserNS = "unprivileged runs cannot kill daemonized descendants"
         rows.append(Feature(key: "user-namespaces", name: "user namespaces", available: f.userNamespaces, state: [f.userNamespaces ? "yes" : "NO"],
-                            effect: f.userNamespaces ? "unprivileged runs get a PID namespace per call" : noUserNS, without: noUserNS))
+                            effect: f.userNamespaces ? "an unprivileged ward's tools run in a user namespace of their own (and a PID namespace where one is needed)" : noUserNS, without: noUserNS))
         let caps = KernelFeatures.effectiveCapabilities()
         let unprivileged = "no capabilities to drop; no_new_privs still set"
         rows.append(Feature(key: "privileged", name: "privileged", available: f.privileged,
@@ -45,7 +45,7 @@ public enum Doctor {
                             effect: f.privileged
                                 ? "securebits locked, bounding set emptied, namespaces without a user namespace; tools run as "
                                     + ((try? ToolIdentity.resolve(nil)).map { "\($0)" } ?? "the --tool-user") + " (--tool-user), never uid 0"
-                                : unprivileged + "; tools keep ward's uid",
+                                : unprivileged + "; tools keep ward's uid" + (f.userNamespaces ? ", in a user namespace of their own" : ""),
                             without: unprivileged))
         let isolation = isolation(f)
         rows.append(Feature(key: "isolation", name: "tool isolation", available: isolation.holds, state: [isolation.state],
@@ -89,7 +89,8 @@ public enum Doctor {
             parts.append("signals NOT separated: a tool can signal ward and other calls of its uid")
         }
         parts.append(f.privileged ? "ward non-dumpable (tracing it needs CAP_SYS_PTRACE)"
-                                  : "ward stays dumpable (unprivileged, it writes its calls' /proc files)")
+                     : f.userNamespaces ? "tools in a user namespace of their own (tracing ward needs a capability in ward's)"
+                     : "ward stays dumpable and tools share its user namespace (unprivileged, no user namespaces)")
         parts.append("tools get oom_score_adj 1000, ward keeps its own")
         return (ll >= 6 || pidNamespace, state.isEmpty ? "NONE" : state.joined(separator: " + "), parts.joined(separator: "; "))
     }

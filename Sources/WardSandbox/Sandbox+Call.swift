@@ -85,7 +85,9 @@ public final class SandboxCall: @unchecked Sendable {
 
         let rootless = !sandbox.features.privileged
         let newPidNS = sandbox.pidNamespacePerCall
-        let newUserNS = rootless && (newPidNS || tool.newNetNamespace)
+        // Unprivileged: a user namespace of the call's own wherever the kernel offers one,
+        // not only where a PID or network namespace needs it (see `ward_step_user_namespace`).
+        let newUserNS = rootless && (sandbox.features.userNamespaces || newPidNS || tool.newNetNamespace)
         config.pointee.path = UnsafePointer(path)
         config.pointee.argv = UnsafePointer(self.argv.pointers)
         config.pointee.envp = UnsafePointer(self.environment.pointers)

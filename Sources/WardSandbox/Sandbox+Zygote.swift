@@ -48,7 +48,13 @@ final class Zygote: @unchecked Sendable {
         config.pointee.landlock_ruleset_fd = landlockFD
         config.pointee.bpf = features.seccomp ? UnsafeRawPointer(program.aligned.baseAddress) : nil
         config.pointee.bpf_len = UInt16(program.instructionCount)
-        config.pointee.drop_bounding_set = features.privileged ? 1 : 0
+        // Unprivileged: the zygote and its calls in a user namespace of their own (see
+        // `ward_step_user_namespace`), where the kernel offers one.
+        let newUserNS = !features.privileged && features.userNamespaces
+        config.pointee.new_user_namespace = newUserNS ? 1 : 0
+        config.pointee.outer_uid = geteuid()
+        config.pointee.outer_gid = getegid()
+        config.pointee.drop_bounding_set = (features.privileged || newUserNS) ? 1 : 0
         config.pointee.cap_last = Int32(features.capLast)
         // Each call's child takes the tool identity itself, after the steps that need root
         // (its OOM score): the zygote keeps only CAP_SETUID and CAP_SETGID for that.

@@ -10,20 +10,20 @@ import WardTestSupport
 @Suite("Threats: the allowlist, least privilege")
 struct AllowlistThreatTests {
     /// The uid a mode's tools and supervisor run as.
-    static func uid(_ mode: Mode) -> uid_t { mode == .unprivileged ? Mode.nobody : 0 }
+    static func uid(_ mode: Mode) -> uid_t { mode.isUnprivileged ? Mode.nobody : 0 }
 
     /// Whether the mode's calls share the host's PID namespace (cgroup containment): then the
     /// seccomp filter refuses other pids (EPERM); in a PID namespace of their own they cannot
-    /// even see them (ESRCH). The unprivileged supervisor has no writable cgroup here.
-    static func sharesPIDs(_ mode: Mode) -> Bool { Harness.shared.sandboxes[mode].map { !$0.pidNamespacePerCall } ?? false }
+    /// even see them (ESRCH).
+    static func sharesPIDs(_ mode: Mode) -> Bool { Harness.shared.callsSharePIDs(mode) }
 
     /// ward-hostile run directly, unsandboxed, as the mode's uid, in its workspace.
     static func outside(_ mode: Mode, _ behaviour: String, _ arg: String = "") throws -> String {
         let ws = Harness.shared.workspaces[mode]!
         var argv = ["./ward-hostile", behaviour] + (arg.isEmpty ? [] : [arg])
-        if mode == .unprivileged { argv = ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--"] + argv }
-        let r = try BuildProducts.run(mode == .unprivileged ? "/usr/bin/setpriv" : ws + "/ward-hostile",
-                                      mode == .unprivileged ? argv : Array(argv.dropFirst()), in: ws)
+        if mode.isUnprivileged { argv = ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--"] + argv }
+        let r = try BuildProducts.run(mode.isUnprivileged ? "/usr/bin/setpriv" : ws + "/ward-hostile",
+                                      mode.isUnprivileged ? argv : Array(argv.dropFirst()), in: ws)
         return r.stdout
     }
 
@@ -36,8 +36,8 @@ struct AllowlistThreatTests {
     /// alone would let a tool of that uid act on it.
     static func bystander(_ mode: Mode) throws -> Process {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: mode == .unprivileged ? "/usr/bin/setpriv" : "/bin/sleep")
-        p.arguments = (mode == .unprivileged ? ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--", "/bin/sleep"] : []) + ["600"]
+        p.executableURL = URL(fileURLWithPath: mode.isUnprivileged ? "/usr/bin/setpriv" : "/bin/sleep")
+        p.arguments = (mode.isUnprivileged ? ["--reuid=\(Mode.nobody)", "--regid=\(Mode.nobody)", "--clear-groups", "--", "/bin/sleep"] : []) + ["600"]
         try p.run()
         return p
     }
@@ -68,7 +68,7 @@ struct AllowlistThreatTests {
             #expect(Self.result(own.stdout, behaviour) == expected, "\(behaviour) 0: \(own)")
         }
         // ward's own process as the outside target (as root: ward's uid in these modes).
-        if mode != .unprivileged {
+        if !mode.isUnprivileged {
             let out = try Self.outside(mode, "prlimit", "\(getpid())")
             #expect(Self.result(out, "prlimit") == "OK", "\(out)")
         }

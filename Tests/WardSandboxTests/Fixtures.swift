@@ -80,10 +80,15 @@ enum Fixture {
                     cgroupLayout: cgroupLayout, useZygotes: useZygotes, maxLandlockABI: maxLandlockABI)
     }
 
-    /// Runs the ward CLI, optionally as another uid (via setpriv), and collects its output.
-    /// `environment` is added to the CLI's environment (never set in this process's).
-    static func cli(_ arguments: [String], uid: uid_t? = nil, cwd: String? = nil,
+    /// Runs the ward CLI, optionally as another uid (via setpriv), from inside a delegated
+    /// cgroup when given (as its uid), and collects its output. `environment` is added to
+    /// the CLI's environment (never set in this process's).
+    static func cli(_ arguments: [String], uid: uid_t? = nil, cgroup: DelegatedCgroup? = nil, cwd: String? = nil,
                     environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+        if let cgroup {
+            let (program, argv) = cgroup.command(ward, arguments)
+            return try BuildProducts.run(program, argv, in: cwd, environment: environment)
+        }
         guard let uid else { return try BuildProducts.run(ward, arguments, in: cwd, environment: environment) }
         return try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--inh-caps=-all", "--", ward] + arguments,
                                      in: cwd, environment: environment)

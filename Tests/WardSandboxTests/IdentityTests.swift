@@ -48,11 +48,19 @@ struct IdentityTests {
         #expect(owner(parent)?.uid == 0)
     }
 
+    /// Run as `uid`: the euid `ward-hostile euid` at `path` reports.
+    func euid(of path: String, runAs uid: uid_t) throws -> String {
+        let r = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--", path, "euid"])
+        return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     @Test func setuidAndSetgidBitsAreNeverSet() throws {
         let ws = Fixture.workspace()
+        try FileManager.default.copyItem(atPath: Fixture.hostile, toPath: ws + "/planted")
         let sandbox = try Fixture.sandbox(workspace: ws)
         let identity = try #require(sandbox.toolIdentity)
         let attempts = """
+            chmod 4755 planted; chmod u+s planted
             cp /bin/true t; chmod 4755 t; chmod g+s t; chmod u+s,g+s t; install -m 6755 /bin/true u
             python3 -c 'import os; os.open("v", os.O_CREAT | os.O_WRONLY, 0o4755)'
             python3 -c 'import os; os.mknod("w", 0o102755)'
@@ -68,6 +76,16 @@ struct IdentityTests {
         let outside = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(identity.uid)", "--regid=\(identity.gid)", "--clear-groups", "/bin/sh", "-c",
                                                                  attempts + " 2>/dev/null"], in: control)
         #expect(outside.stdout.contains("./t") && outside.stdout.contains("./v"), "the control set no bit: \(outside.stdout)")
+        // The binary a tool tried to make setuid, run by another user, runs as that user;
+        // the control's, which the tool user did make setuid outside ward, as the tool user.
+        let other = Mode.nobody
+        #expect(try euid(of: ws + "/planted", runAs: other) == "euid: \(other)")
+        try FileManager.default.copyItem(atPath: Fixture.hostile, toPath: control + "/planted")
+        chown(control + "/planted", identity.uid, identity.gid)
+        let made = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(identity.uid)", "--regid=\(identity.gid)", "--clear-groups",
+                                                              "/bin/chmod", "4755", "planted"], in: control)
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(try euid(of: control + "/planted", runAs: other) == "euid: \(identity.uid)")
     }
 
     @Test func rootOnlyFilesInReadRootsAreUnreadable() throws {

@@ -18,8 +18,14 @@ enum Mode: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case rootPidNamespace = "root-pidns"
     /// An unprivileged uid with no cgroup access: user + PID namespace, via the CLI.
     case unprivileged
+    /// An unprivileged uid in a cgroup delegated to it (a systemd user service's layout):
+    /// one cgroup per call, tools started by the policy's zygote in a user namespace of
+    /// their own, calls sharing ward's PID namespace; via the CLI.
+    case unprivilegedCgroup = "unprivileged-cgroup"
 
     var testDescription: String { rawValue }
+    /// ward runs as nobody (the CLI), not in this process.
+    var isUnprivileged: Bool { self == .unprivileged || self == .unprivilegedCgroup }
     static let nobody: uid_t = 65534
 }
 
@@ -38,6 +44,8 @@ final class Harness: Sendable {
 
     let workspaces: [Mode: String]
     let sandboxes: [Mode: Sandbox]
+    /// The cgroup delegated to nobody for the unprivileged-cgroup mode.
+    let delegated = DelegatedCgroup(uid: Mode.nobody)
     /// Root sandboxes at a lowered Landlock ABI, made on first use.
     private let capped = Mutex<[Int: Sandbox]>([:])
 
@@ -54,7 +62,7 @@ final class Harness: Sendable {
         var sandboxes: [Mode: Sandbox] = [:]
         chmod(Fixture.testPolicies, 0o755)
         for mode in Mode.allCases {
-            let ws = Fixture.workspace(owner: mode == .unprivileged ? Mode.nobody : nil)
+            let ws = Fixture.workspace(owner: mode.isUnprivileged ? Mode.nobody : nil)
             workspaces[mode] = ws
             switch mode {
             case .root, .rootPidNamespace:
@@ -64,7 +72,7 @@ final class Harness: Sendable {
                 layout.v1Pids = nil
                 layout.v1Memory = nil
                 if layout.v2 != nil { sandboxes[mode] = try! Fixture.sandbox(workspace: ws, cgroupLayout: layout, useZygotes: false) }
-            case .unprivileged:
+            case .unprivileged, .unprivilegedCgroup:
                 break
             }
         }
@@ -76,13 +84,23 @@ final class Harness: Sendable {
     /// is a `ward` process; the other modes' supervisor is this process.
     /// The in-process sandbox of a mode at an ABI; nil for the unprivileged mode (the CLI).
     func sandbox(_ mode: Mode, abi: Int = ownABI) -> Sandbox? {
-        guard abi < Harness.ownABI, mode != .unprivileged else { return sandboxes[mode] }
+        guard abi < Harness.ownABI, !mode.isUnprivileged else { return sandboxes[mode] }
         precondition(mode == .root, "older ABIs run as root with cgroups and as unprivileged")
         return capped.withLock { cache in
             if let s = cache[abi] { return s }
             let s = try! Fixture.sandbox(workspace: workspaces[.root]!, maxLandlockABI: abi)
             cache[abi] = s
             return s
+        }
+    }
+
+    /// Whether a mode's calls share ward's PID namespace (cgroup containment at Landlock ABI
+    /// 6 and above) rather than each getting one of its own.
+    func callsSharePIDs(_ mode: Mode, abi: Int = ownABI) -> Bool {
+        switch mode {
+        case .unprivileged: false  // no cgroup: the PID namespace kills the tree
+        case .unprivilegedCgroup: abi >= 6
+        default: sandbox(mode, abi: abi).map { !$0.pidNamespacePerCall } ?? false
         }
     }
 
@@ -99,8 +117,11 @@ final class Harness: Sendable {
             let o = try sandbox.run(tool: tool, arguments: .object(["command": .string(command)]))
             return HostileResult(status: o.status.rawValue, signal: o.signal, stdout: o.out, truncated: o.truncated, durationMs: o.durationMs)
         }
+        if mode == .unprivilegedCgroup && delegated == nil {
+            throw SandboxError(.internalError, "this machine has no v1 cgroup hierarchy to delegate")
+        }
         let r = try Fixture.cli(["sandbox", "--json", "--policies", Fixture.testPolicies, "--workspace", ws, tool, "--arg", "command=\(command)"],
-                                uid: Mode.nobody, cwd: "/tmp", environment: environment)
+                                uid: Mode.nobody, cgroup: mode == .unprivilegedCgroup ? delegated : nil, cwd: "/tmp", environment: environment)
         guard let json = try? JSONValue.parse(r.stdout).objectValue else {
             throw SandboxError(.internalError, "ward sandbox as nobody printed no result (exit \(r.status)): \(r.stderr)")
         }
@@ -339,7 +360,7 @@ struct ThreatTests {
         let own = ThreatTests.outcomes(try harness.run(mode, tool: "shell-trace", ThreatTests.probeScript("child"), abi: abi).stdout)
         // pidfd_getfd starts with pidfd_open, which the filter refuses where calls share
         // ward's PID namespace (it would open any host process).
-        let sharesPIDs = harness.sandbox(mode, abi: abi).map { !$0.pidNamespacePerCall } ?? false
+        let sharesPIDs = harness.callsSharePIDs(mode, abi: abi)
         for probe in ThreatTests.crossProcessProbes {
             let expected = probe == "pidfd_getfd" && sharesPIDs ? "EPERM" : probe.hasPrefix("process_vm") ? "EFAULT" : "OK"
             #expect(own[probe] == expected, "own child, \(probe): \(own[probe] ?? "nothing")")
@@ -357,7 +378,7 @@ struct ThreatTests {
         var victim: Int32?
         #expect(eventually { victim = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return victim != nil })
         var targets: [(String, Int32)] = [("another call's tool", try #require(victim))]
-        if mode == .unprivileged {
+        if mode.isUnprivileged {
             // The unprivileged ward is another process; one of its uid stands in for it.
             let stand = "37.\(Int.random(in: 100_000...999_999))"
             let p = try ThreatTests.nobodyVictim(stand)
@@ -401,6 +422,34 @@ struct ThreatTests {
         }
     }
 
+    /// Whatever its policy allows, a tool of an unprivileged ward holds no capability in
+    /// ward's user namespace, so the kernel refuses it ptrace of ward even where no Landlock
+    /// domain or PID namespace separates them (the initial namespace maps every uid).
+    @Test("an unprivileged ward's tools run in a user namespace of their own", arguments: [Mode.unprivileged, .unprivilegedCgroup])
+    func ownUserNamespace(mode: Mode) throws {
+        let token = "38.\(Int.random(in: 100_000...999_999))"
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<HostileResult?>(nil)
+        Thread {
+            let r = try? Harness.shared.hostile(mode, "sleep", "3 \(token)")
+            result.withLock { $0 = r }
+            done.signal()
+        }.start()
+        var found: Int32?
+        #expect(eventually { found = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return found != nil })
+        let tool = try #require(found)
+        func namespace(_ pid: String) -> String? { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/user") }
+        let map = try String(contentsOfFile: "/proc/\(tool)/uid_map", encoding: .utf8).split(whereSeparator: \.isWhitespace)
+        #expect(map == ["\(Mode.nobody)", "\(Mode.nobody)", "1"], "the tool's uid map: \(map)")
+        #expect(namespace("\(tool)") != nil && namespace("\(tool)") != namespace("self"))
+        // Positive control: this process (and so ward, started from it) is in the initial
+        // namespace, which maps every uid.
+        let own = try String(contentsOfFile: "/proc/self/uid_map", encoding: .utf8).split(whereSeparator: \.isWhitespace)
+        #expect(own == ["0", "0", "4294967295"], "\(own)")
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        #expect(result.withLock { $0?.status } == "succeeded")
+    }
+
     @Test("setuid binaries confer nothing")
     func setuidBinary() throws {
         let ws = Harness.shared.workspaces[.unprivileged]!
@@ -418,7 +467,7 @@ struct ThreatTests {
     @Test("resources: fork bombs, memory hogs, CPU loops, huge files, floods", arguments: Mode.allCases)
     func resources(mode: Mode) throws {
         let token = "33.\(Int.random(in: 100_000...999_999))"
-        let bounded = mode == .unprivileged || Harness.shared.sandboxes[mode]!.enforcesProcessLimit
+        let bounded = mode.isUnprivileged || Harness.shared.sandboxes[mode]!.enforcesProcessLimit
         // A v2 hierarchy without the pids controller (this machine's, used alone) has no bound either.
         if mode == .rootPidNamespace || !bounded {
             // uid 0 is exempt from RLIMIT_NPROC: without a pids cgroup the bound cannot hold,

@@ -74,13 +74,13 @@ func intruderPolicies(extraRead: [String] = []) throws -> String {
 
 /// Checks the intruder's report: every request refused as `unauthorized` and the connection
 /// closed after it, and no token found anywhere.
-func expectRefused(_ report: [String: JSONValue], environ: Bool, sourceLocation: SourceLocation = #_sourceLocation) {
+func expectRefused(_ report: [String: JSONValue], environ: Bool, rootWard: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) {
     func refusedThenClosed(_ answers: JSONValue?) -> Bool {
         guard let a = answers?.arrayValue?.compactMap(\.stringValue) else { return false }
         // A root ward's tools run as another uid: the kernel refuses them at connect (the
         // socket's directory is ward's alone). Sharing ward's uid, they reach the socket and
         // are refused by ward.
-        if geteuid() == 0 { return a == ["denied PermissionError"] }
+        if rootWard { return a == ["denied PermissionError"] }
         return a.count == 2 && a[0] == "unauthorized" && (a[1] == "closed" || a[1].hasPrefix("error "))
     }
     let direct = report["direct"]?.arrayValue ?? []
@@ -121,6 +121,50 @@ struct SocketAccessTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/forged"))
         let list = try ward(["ledger", "list", "--json"], in: dir)
         #expect(list.status == 0 && !list.stdout.contains("forged") && list.stdout.contains("\"mine\""), "\(list.stdout)")
+    }
+
+    /// An unprivileged `ward run` (as nobody), with no cgroup and in a cgroup delegated to
+    /// it: its tools share its uid, so the kernel lets the intruder connect to ward's socket
+    /// (it reads /tmp, where the socket lies), and ward itself must refuse it: the intruder is
+    /// not the agent (its call's cgroup or PID namespace shows it) and has no token, which it
+    /// cannot read from the agent's environment either (a user namespace and a Landlock
+    /// domain of its own keep /proc/PID/environ of the agent from it).
+    @Test(arguments: [false, true])
+    func aToolOfAnUnprivilegedWardCannotDriveWard(delegatedCgroup: Bool) throws {
+        let nobody: uid_t = 65534
+        let dir = temporaryDirectory("run-intruder-nobody")
+        let policies = try intruderPolicies(extraRead: ["/tmp"])
+        chmod(policies, 0o755)
+        try """
+            import json, os, sys
+            sys.path.insert(0, sys.argv[1])
+            from ward_client import Ward
+            ward = Ward()
+            probe = ward.call("probe", "intruder", socket=os.environ["WARD_SOCKET"], pid=str(os.getpid()))
+            print("PROBE " + probe["stdout"].strip(), flush=True)
+            own = ward.call("mine", "shell", command="id -u")["stdout"].strip()
+            print("AFTER " + json.dumps({"journal": ward.request("journal.record", {"key": "model-reply"})["found"], "own": own}))
+            """.write(toFile: dir + "/agent.py", atomically: true, encoding: .utf8)
+        // Copies nobody can read wherever the checkout lies (a clone under a 0700 directory).
+        try FileManager.default.copyItem(atPath: Paths.repository + "/Scripts/ward_client.py", toPath: dir + "/ward_client.py")
+        for entry in ["", "/agent.py", "/ward_client.py"] { chown(dir + entry, nobody, nobody) }
+        let arguments = ["run", "--policies", policies, "--run-id", "intruded", "--socket", dir + "/sock/s.sock", "--max-restarts", "0", "--",
+                         "python3", dir + "/agent.py", dir]
+        let r: (status: Int32, stdout: String, stderr: String)
+        if delegatedCgroup {
+            let cgroup = try #require(DelegatedCgroup(uid: nobody), "this machine has no v1 cgroup hierarchy to delegate")
+            let (program, argv) = cgroup.command(Paths.ward, arguments)
+            r = try BuildProducts.run(program, argv, in: dir)
+        } else {
+            r = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "--", Paths.ward] + arguments, in: dir)
+        }
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n")
+        let probe = try #require(lines.first { $0.hasPrefix("PROBE ") }.flatMap { try? JSONValue.parse(Array($0.dropFirst(6).utf8)).objectValue }, "\(r.stdout)\(r.stderr)")
+        expectRefused(probe, environ: true, rootWard: false)
+        let after = try #require(lines.first { $0.hasPrefix("AFTER ") }.flatMap { try? JSONValue.parse(Array($0.dropFirst(6).utf8)).objectValue })
+        #expect(after == ["journal": .bool(false), "own": .string("\(nobody)")], "\(after)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/forged"))
     }
 
     /// `ward serve`: the agent opens with the token file beside the socket; the intruder,
