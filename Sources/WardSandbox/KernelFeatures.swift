@@ -65,7 +65,7 @@ public struct KernelFeatures: Sendable {
 }
 
 /// Reads a small text file (proc, sysfs, cgroupfs), trimmed; nil when unreadable.
-func readSmallFile(_ path: String) -> String? {
+public func readSmallFile(_ path: String) -> String? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }

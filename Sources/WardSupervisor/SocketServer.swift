@@ -2,6 +2,7 @@ import CWardSpawn
 import Foundation
 import Synchronization
 import WardCore
+import WardSandbox
 
 #if canImport(Glibc)
 import Glibc
@@ -249,17 +250,8 @@ public final class SocketServer: Sendable {
         var mine = stat(), theirs = stat()
         guard stat("/proc/self/ns/pid", &mine) == 0, stat("/proc/\(pid)/ns/pid", &theirs) == 0,
               mine.st_ino == theirs.st_ino, mine.st_dev == theirs.st_dev else { return false }
-        guard let cgroups = SocketServer.readSmallFile("/proc/\(pid)/cgroup") else { return false }
+        guard let cgroups = readSmallFile("/proc/\(pid)/cgroup") else { return false }
         return !cgroups.split(separator: "\n").contains { $0.contains("/ward-") && $0.contains("/call-") }
-    }
-
-    private static func readSmallFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: 16384)
-        let n = Glibc.read(fd, &bytes, bytes.count)
-        return n > 0 ? String(decoding: bytes[0..<n], as: UTF8.self) : nil
     }
 
     /// How a connection opened.
