@@ -77,7 +77,8 @@ extension Ledger {
             if let tool { clauses.append("tool = ?"); args.append(tool) }
             // A running call whose process died is reported as what it is (in doubt, when
             // non-idempotent) even by a read-only audit that records nothing.
-            if let status { clauses.append(status == "in-doubt" ? "status IN ('in-doubt', 'running')" : "status = ?"); if status != "in-doubt" { args.append(status) } }
+            let inDoubt = CallStatus.inDoubt.rawValue
+            if let status { clauses.append(status == inDoubt ? "status IN (\(CallState.sql(.inDoubt)), \(CallState.sql(.running)))" : "status = ?"); if status != inDoubt { args.append(status) } }
             if let since { clauses.append("started_at >= ?"); args.append(since) }
             let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
             return try Row.fetchAll(db, sql: "SELECT * FROM calls \(whereSQL) ORDER BY started_at, run_id, call_id",
@@ -93,9 +94,8 @@ extension Ledger {
     /// process is in doubt (recovery records that the next time the ledger is opened for writing).
     func effectiveStatus(_ row: Row) -> String {
         let status: String = row["status"]
-        guard status == "running", (row["effect"] as String) == CallEffect.nonIdempotent.rawValue else { return status }
-        if case .dead = ownerState(row["owner"]) { return "in-doubt" }
-        return status
+        guard status == CallStatus.running.rawValue, caughtInDoubt(effect: row["effect"], owner: row["owner"]) != nil else { return status }
+        return CallStatus.inDoubt.rawValue
     }
 
     /// Everything about one call: its record, arguments, result and events.
@@ -114,12 +114,13 @@ extension Ledger {
                 "owner": (row["owner"] as String?).map { .string($0) } ?? .null,
                 "verdict": (row["verdict"] as String?).map { .string($0) } ?? .null, "note": (row["note"] as String?).map { .string($0) } ?? .null,
             ]
-            if status != "running" && status != "in-doubt" {
-                if let call = try CallRecord.fetch(db, run: run, callId: callId) { members["result"] = try self.result(db, run: run, call, replayed: false).json }
+            let call = try CallRecord.fetch(db, run: run, callId: callId)
+            if let call, status != CallStatus.running.rawValue && status != CallStatus.inDoubt.rawValue {
+                members["result"] = try self.result(db, run: run, call, replayed: false).json
             }
             // What an operator settling it has to go on (kept after it is resolved, for the audit).
             let recorded: String = row["status"]
-            if status == "in-doubt" || recorded == "resolved",
+            if status == CallStatus.inDoubt.rawValue || call?.state.verdict != nil,
                let evidence = try self.inDoubtEvidence(db, run: run, callId: callId, status: recorded, owner: row["owner"], execution: row["executions"]) {
                 members["inDoubt"] = evidence
             }
@@ -153,18 +154,17 @@ extension Ledger {
         try read("listing runs") { db in
             try Row.fetchAll(db, sql: """
                 SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
-                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = 'running') AS running,
-                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = 'in-doubt') AS in_doubt,
+                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running,
+                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.inDoubt))) AS in_doubt,
                        (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c
-                            WHERE c.run_id = r.run_id AND c.status = 'running') AS running_owners,
+                            WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running_owners,
                        (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints
                 FROM runs r ORDER BY r.created_at, r.run_id
                 """).map { row in
                 // Running calls of dead processes count as in doubt (non-idempotent), as in listCalls.
                 let orphaned = ((row["running_owners"] as String?) ?? "").split(separator: "\n").filter { line in
                     let parts = line.split(separator: " ", maxSplits: 1)
-                    return parts.first.map(String.init) == CallEffect.nonIdempotent.rawValue
-                        && { if case .dead = self.ownerState(parts.count < 2 ? nil : String(parts[1])) { true } else { false } }()
+                    return self.caughtInDoubt(effect: parts.first.map(String.init) ?? "", owner: parts.count < 2 ? nil : String(parts[1])) != nil
                 }.count
                 return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
                                   finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
@@ -234,7 +234,7 @@ extension Ledger {
             return try ids.compactMap { id in
                 // A call resolved not-executed is not completed: it is listed apart
                 // (`notExecutedCalls`) and runs when asked for.
-                guard let call = try CallRecord.fetch(db, run: run, callId: id), call.isSettled else { return nil }
+                guard let call = try CallRecord.fetch(db, run: run, callId: id), call.state.isSettled else { return nil }
                 return try self.result(db, run: run, call, replayed: true)
             }
         }
@@ -245,7 +245,8 @@ extension Ledger {
     public func notExecutedCalls(run: String) throws(LedgerError) -> [String] {
         try read("reading the not-executed calls of run \(run)") { db in
             try String.fetchAll(db, sql: """
-                SELECT call_id FROM calls WHERE run_id = ? AND status = 'resolved' AND verdict = 'not-executed' ORDER BY finished_at, call_id
+                SELECT call_id FROM calls WHERE run_id = ? AND status = \(CallState.sql(.resolved)) AND verdict = \(CallState.sql(.notExecuted))
+                ORDER BY finished_at, call_id
                 """, arguments: [run])
         }
     }

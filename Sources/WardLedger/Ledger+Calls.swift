@@ -42,10 +42,9 @@ public struct BeginRequest: Sendable {
 struct CallRecord {
     var callId: String
     var tool: String
-    var effect: String
+    var effect: CallEffect
     var argsHash: String
-    var status: String
-    var verdict: String?
+    var state: CallState
     var note: String?
     var finishedAt: String?
     var owner: String?
@@ -59,10 +58,8 @@ struct CallRecord {
     var truncated: Bool
     var durationMs: Double
 
-    /// Finished, or resolved as executed: its result is final and is replayed.
-    var isSettled: Bool {
-        status != "running" && status != "in-doubt" && (status != "resolved" || verdict == "executed")
-    }
+    /// What `begin` and `CallState.step` weigh a request against.
+    var decided: (state: CallState, effect: CallEffect, tool: String, argsHash: String) { (state, effect, tool, argsHash) }
 
     static func fetch(_ db: Database, run: String, callId: String) throws -> CallRecord? {
         try db.first("""
@@ -70,8 +67,11 @@ struct CallRecord {
                    stdout, stderr, truncated, duration_ms, note, finished_at
             FROM calls WHERE run_id = ? AND call_id = ?
             """, [.text(run), .text(callId)]) { r in
-            CallRecord(callId: r.text(0), tool: r.text(1), effect: r.text(2), argsHash: r.text(3), status: r.text(4),
-                       verdict: r.optionalText(5), note: r.optionalText(16), finishedAt: r.optionalText(17), owner: r.optionalText(6),
+            guard let effect = CallEffect(rawValue: r.text(2)), let state = CallState(status: r.text(4), verdict: r.optionalText(5)) else {
+                throw LedgerError(.corrupt, "call \(callId) of run \(run) has a status (\(r.text(4)), verdict \(r.optionalText(5) ?? "none")) or effect (\(r.text(2))) this ward never records")
+            }
+            return CallRecord(callId: r.text(0), tool: r.text(1), effect: effect, argsHash: r.text(3), state: state,
+                       note: r.optionalText(16), finishedAt: r.optionalText(17), owner: r.optionalText(6),
                        startedAt: r.text(7), attempt: r.int(8), executions: r.int(9),
                        exitCode: r.optionalInt(10), signal: r.optionalInt(11), stdoutHash: r.isNull(12) ? nil : r.blob(12),
                        stderrHash: r.isNull(13) ? nil : r.blob(13), truncated: r.int(14) != 0, durationMs: r.real(15))
@@ -147,54 +147,47 @@ extension Ledger {
                                            execution: execution, checkpointSeq: checkpointSeq, owner: me))
             }
 
-            guard let call = try CallRecord.fetch(db, run: request.run, callId: request.callId) else {
+            let call = try CallRecord.fetch(db, run: request.run, callId: request.callId)
+            switch CallState.step(recorded: call?.decided, tool: request.tool, argsHash: argsHash, owner: { self.ownerState(call?.owner) }) {
+            case .start:
                 return try startExecution(1) {
                     try db.run("""
                         INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
                                            attempt, executions, owner, started_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, 1, ?, ?)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.running)), ?, 1, ?, ?)
                         """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
                               .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now)])
                 }
-            }
-            if call.tool != request.tool || call.argsHash != argsHash {
-                let what = call.tool != request.tool ? "tool \(call.tool)" : "different arguments"
+            case .conflict(let otherTool):
+                let call = call!
+                let what = otherTool ? "tool \(call.tool)" : "different arguments"
                 throw LedgerError(.conflict, "call \(request.callId) of run \(request.run) was recorded with \(what) (started \(call.startedAt))")
-            }
-            switch call.status {
-            case "running":
-                let fate: String
-                switch self.ownerState(call.owner) {
-                case .alive:
-                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(call.owner == me ? "in this process" : "in another process"))")
-                case .unknown(let why):
-                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running, and whether its owner lives cannot be told: \(why)")
-                case .dead(let how):
-                    fate = how
-                }
+            case .wait(nil):
+                throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(call!.owner == me ? "in this process" : "in another process"))")
+            case .wait(let why?):
+                throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running, and whether its owner lives cannot be told: \(why)")
+            case .putInDoubt(let fate):
                 // Its process died mid-call. Recorded in doubt by this transaction, which
                 // must commit: the refusal is thrown after it.
-                if CallEffect(rawValue: call.effect) == .nonIdempotent {
-                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, fate: fate, execution: call.executions)
-                    foundInDoubt = call.startedAt
-                    return nil
-                }
-                return try startExecution(call.executions + 1) {
-                    try db.run("UPDATE calls SET executions = ?, owner = ?, attempt = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
-                               [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
-                }
-            case "in-doubt":
-                throw self.inDoubtError(run: request.run, callId: request.callId, started: call.startedAt)
-            case "resolved" where call.verdict == "not-executed":
+                let call = call!
+                try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, fate: fate, execution: call.executions)
+                foundInDoubt = call.startedAt
+                return nil
+            case .refuseInDoubt:
+                throw self.inDoubtError(run: request.run, callId: request.callId, started: call!.startedAt)
+            case .runAgain:
+                // A process that died mid-call (the tool may run twice), or a verdict that it
+                // did not run: the next execution, its earlier outcome and verdict cleared.
+                let call = call!
                 return try startExecution(call.executions + 1) {
                     try db.run("""
-                        UPDATE calls SET status = 'running', executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
+                        UPDATE calls SET status = \(CallState.sql(.running)), executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
                             verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL
                         WHERE run_id = ? AND call_id = ?
                         """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
                 }
-            default:
-                return .replay(try self.result(db, run: request.run, call, replayed: true))
+            case .replay:
+                return .replay(try self.result(db, run: request.run, call!, replayed: true))
             }
         }
         if let storedManifest { manifests.committed(request.run, storedManifest) }
@@ -206,6 +199,21 @@ extension Ledger {
             throw LedgerError(.storage, "fail point after-begin")
         }
         return decision
+    }
+
+    /// What becomes of a recorded call if it is asked for again as it was recorded.
+    func step(of call: CallRecord) -> CallStep {
+        CallState.step(recorded: call.decided, tool: call.tool, argsHash: call.argsHash, owner: { self.ownerState(call.owner) })
+    }
+
+    /// For a call recorded `running` with this effect and owner: how its owner died, when
+    /// that puts it in doubt (`CallStep.putInDoubt`); nil while it may still finish or may
+    /// simply run again. An effect this ward never records counts as non-idempotent.
+    func caughtInDoubt(effect: String, owner: String?) -> String? {
+        let effect = CallEffect(rawValue: effect) ?? .nonIdempotent
+        guard case .putInDoubt(let fate) = CallState.step(recorded: (.running, effect, "", ""), tool: "", argsHash: "",
+                                                          owner: { self.ownerState(owner) }) else { return nil }
+        return fate
     }
 
     func inDoubtError(run: String, callId: String, started: String) -> LedgerError {
@@ -240,7 +248,7 @@ extension Ledger {
         if let captured = readCapture(run: run, callId: callId, execution: execution) {
             data.merge(try captured.eventData(db, ledger: self)) { _, new in new }
         }
-        try db.execute(sql: "UPDATE calls SET status = 'in-doubt', owner = NULL WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
+        try db.execute(sql: "UPDATE calls SET status = \(CallState.sql(.inDoubt)), owner = NULL WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
         try appendEvent(db, run: run, kind: "call.in-doubt", call: callId, data: data)
     }
 
@@ -253,7 +261,7 @@ extension Ledger {
             // Fenced: only this handle's own execution of the call.
             guard let row = try Row.fetchOne(db, sql: "SELECT status, owner, executions FROM calls WHERE run_id = ? AND call_id = ?",
                                              arguments: [ticket.run, ticket.callId]),
-                  (row["status"] as String) == "running", (row["owner"] as String?) == me, (row["executions"] as Int) == ticket.execution else { return }
+                  (row["status"] as String) == CallStatus.running.rawValue, (row["owner"] as String?) == me, (row["executions"] as Int) == ticket.execution else { return }
             try self.markInDoubt(db, run: ticket.run, callId: ticket.callId, execution: ticket.execution,
                                  data: ["reason": .string(reason), "owner": .string(me), "ownerFate": .string("alive")])
         }
@@ -280,7 +288,7 @@ extension Ledger {
                     try db.run("""
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
-                        WHERE run_id = ? AND call_id = ? AND status = 'running' AND owner = ? AND executions = ?
+                        WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?
                         """, [.text(outcome.status.rawValue), .text(now), SQLValue(outcome.exitCode.map(Int.init)),
                               SQLValue(outcome.signal.map(Int.init)), .blob(out), .blob(err), .int(outcome.truncated ? 1 : 0),
                               .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)])
@@ -322,17 +330,14 @@ extension Ledger {
         while true {
             let found = try read("reading call \(callId)") { db -> (CallRecord, CallResult?)? in
                 guard let call = try CallRecord.fetch(db, run: run, callId: callId) else { return nil }
-                return (call, call.isSettled ? try self.result(db, run: run, call, replayed: true) : nil)
+                return (call, call.state.isSettled ? try self.result(db, run: run, call, replayed: true) : nil)
             }
             guard let (call, result) = found else { return nil }
             if let result { return result }
-            switch call.status {
-            case "running":
-                if case .dead = ownerState(call.owner) { return nil }  // died: the caller begins again
-            case "in-doubt":
-                throw inDoubtError(run: run, callId: callId, started: call.startedAt)
-            default:
-                return nil  // resolved not-executed: the caller begins again
+            switch step(of: call) {
+            case .wait: break
+            case .refuseInDoubt: throw inDoubtError(run: run, callId: callId, started: call.startedAt)
+            default: return nil  // its owner died, or a verdict says it did not run: the caller begins again
             }
             if ContinuousClock.now >= deadline {
                 throw LedgerError(.inProgress, "call \(callId) of run \(run) is still running after \(timeout) s")
@@ -346,11 +351,11 @@ extension Ledger {
     func result(_ db: Database, run: String, _ call: CallRecord, replayed: Bool) throws -> CallResult {
         let out = try call.stdoutHash.map { try blob(db, $0) ?? [] } ?? []
         let err = try call.stderrHash.map { try blob(db, $0) ?? [] } ?? []
-        let outcome = ToolOutcome(status: CallStatus(rawValue: call.status) ?? .failed, exitCode: call.exitCode.map(Int32.init),
+        let outcome = ToolOutcome(status: call.state.status, exitCode: call.exitCode.map(Int32.init),
                                   signal: call.signal.map(Int32.init), stdout: out, stderr: err, truncated: call.truncated,
                                   durationMs: call.durationMs)
         var resolution: Resolution?
-        if call.status == "resolved", let verdict = call.verdict.flatMap(Resolution.Verdict.init(rawValue:)) {
+        if let verdict = call.state.verdict {
             // Who settled it is in the call.resolve event only.
             let by = try String.fetchOne(db, sql: """
                 SELECT json_extract(body, '$.data.by') FROM events WHERE run_id = ? AND call_id = ? AND kind = 'call.resolve' ORDER BY seq DESC LIMIT 1
@@ -369,13 +374,13 @@ extension Ledger {
         // then was left by a crash after its outcome (or verdict) was recorded.
         let captures = captureFiles()
         let running = try read("scanning running calls") { db in
-            try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner, executions FROM calls WHERE status = 'running'")
+            try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner, executions FROM calls WHERE status = \(CallState.sql(.running))")
         }
         var live = Set<String>(), owners = Set<String>()
         for row in running {
             let owner: String? = row["owner"]
             let run: String = row["run_id"], call: String = row["call_id"]
-            guard case .dead(let fate) = ownerState(owner), CallEffect(rawValue: row["effect"]) == .nonIdempotent else {
+            guard let fate = caughtInDoubt(effect: row["effect"], owner: owner) else {
                 live.insert(Ledger.idempotencyKey(run: run, callId: call))
                 if let owner { owners.insert(owner) }
                 continue
@@ -383,7 +388,7 @@ extension Ledger {
             try write("marking call \(call) in doubt") { db in
                 // Re-check inside the write transaction: another process may have settled it.
                 guard let current = try Row.fetchOne(db, sql: "SELECT status, owner FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, call]),
-                      (current["status"] as String) == "running", (current["owner"] as String?) == owner else { return }
+                      (current["status"] as String) == CallStatus.running.rawValue, (current["owner"] as String?) == owner else { return }
                 try self.markInDoubt(db, run: run, callId: call, owner: owner, fate: fate, execution: row["executions"])
             }
             removeCapture(run: run, callId: call)
@@ -402,25 +407,24 @@ extension Ledger {
     public func resolve(run: String, callId: String, as verdict: Verdict, note: String, by resolver: String = "operator",
                         output: [UInt8] = []) throws(LedgerError) {
         try write("resolving call \(callId)") { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT status, effect, owner, executions FROM calls WHERE run_id = ? AND call_id = ?",
-                                             arguments: [run, callId]) else {
+            guard let call = try CallRecord.fetch(db, run: run, callId: callId) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }
-            var status: String = row["status"]
+            var state = call.state
             // Caught running under a dead owner and not yet recovered: recorded in doubt in
             // this same transaction, so a verdict that fails leaves nothing changed.
-            if status == "running", CallEffect(rawValue: row["effect"]) == .nonIdempotent, case .dead(let fate) = self.ownerState(row["owner"]) {
-                try self.markInDoubt(db, run: run, callId: callId, owner: row["owner"], fate: fate, execution: row["executions"])
-                status = "in-doubt"
+            if case .putInDoubt(let fate) = self.step(of: call) {
+                try self.markInDoubt(db, run: run, callId: callId, owner: call.owner, fate: fate, execution: call.executions)
+                state = .inDoubt
             }
-            guard status == "in-doubt" else {
-                throw LedgerError(.invalid, "call \(callId) of run \(run) is \(status), not in-doubt")
+            guard state == .inDoubt else {
+                throw LedgerError(.invalid, "call \(callId) of run \(run) is \(state.status.rawValue), not in-doubt")
             }
             let out = try self.putBlob(db, output)
             let empty = try self.putBlob(db, [])
             let now = Timestamp.now()
             try db.execute(sql: """
-                UPDATE calls SET status = 'resolved', verdict = ?, note = ?, finished_at = ?, stdout = ?, stderr = ?,
+                UPDATE calls SET status = \(CallState.sql(.resolved)), verdict = ?, note = ?, finished_at = ?, stdout = ?, stderr = ?,
                     exit_code = NULL, signal = NULL, truncated = 0, owner = NULL
                 WHERE run_id = ? AND call_id = ?
                 """, arguments: [verdict.rawValue, note, now, out.databaseData, empty.databaseData, run, callId])
@@ -472,7 +476,7 @@ extension Ledger {
                 SELECT run_id, call_id, tool, args, started_at, (SELECT json_extract(e.body, '$.data') FROM events e
                     WHERE e.run_id = c.run_id AND e.call_id = c.call_id AND e.kind = 'call.in-doubt' ORDER BY e.seq DESC LIMIT 1) AS data,
                     (SELECT workspace FROM runs r WHERE r.run_id = c.run_id) AS workspace
-                FROM calls c WHERE status = 'in-doubt'
+                FROM calls c WHERE status = \(CallState.sql(.inDoubt))
                 """
             var args: [any DatabaseValueConvertible] = []
             if let run { sql += " AND run_id = ?"; args.append(run) }

@@ -122,7 +122,7 @@ extension Ledger {
     /// writer has recovered yet, from its capture file and owner as they are now.
     func inDoubtEvidence(_ db: Database, run: String, callId: String, status: String, owner: String?, execution: Int) throws -> JSONValue? {
         var members: [String: JSONValue]
-        if status == "running" {
+        if status == CallStatus.running.rawValue {
             guard case .dead(let fate) = ownerState(owner) else { return nil }
             members = ["owner": owner.map { .string($0) } ?? .null, "ownerFate": .string(fate), "recorded": .bool(false)]
             if let captured = readCapture(run: run, callId: callId, execution: execution) {

@@ -179,12 +179,8 @@ extension Ledger {
         return try body()
     }
 
-    /// A call's status and verdict, nil when there is no such call.
-    public func settlement(run: String, callId: String) throws(LedgerError) -> (status: String, verdict: Verdict?)? {
-        try read("reading call \(callId)") { db in
-            try Row.fetchOne(db, sql: "SELECT status, verdict FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]).map { row in
-                (row["status"], (row["verdict"] as String?).flatMap(Verdict.init(rawValue:)))
-            }
-        }
+    /// A call's state, nil when there is no such call.
+    public func state(run: String, callId: String) throws(LedgerError) -> CallState? {
+        try read("reading call \(callId)") { db in try CallRecord.fetch(db, run: run, callId: callId)?.state }
     }
 }

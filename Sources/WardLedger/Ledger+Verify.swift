@@ -216,21 +216,15 @@ private struct Event {
     }
 }
 
-/// Where one call is, after the events read so far.
-private enum CallState: Equatable {
-    case unbegun, running, inDoubt
-    case finished(String)
-    case resolved(String)
-
-    /// "was running", for "… but it was running".
-    var was: String {
-        switch self {
-        case .unbegun: "had not begun"
-        case .running: "was running"
-        case .inDoubt: "was in doubt"
-        case .finished(let status): "had finished (\(status))"
-        case .resolved(let verdict): "had been resolved as \(verdict)"
-        }
+/// "was running", for "… but it was running": where a call was (nil: not begun) when an
+/// event came that ward's writer would not have written.
+private func was(_ state: CallState?) -> String {
+    switch state {
+    case nil: "had not begun"
+    case .running?: "was running"
+    case .inDoubt?: "was in doubt"
+    case .finished(let status)?: "had finished (\(status.rawValue))"
+    case .resolved(let verdict)?: "had been resolved as \(verdict.rawValue)"
     }
 }
 
@@ -261,7 +255,8 @@ private struct CallReplay {
     /// The first `call.begin`'s tool, effect and arguments hash: the row is inserted with
     /// them, and no later execution changes them.
     var first: (tool: String, effect: String, argsHash: String)?
-    var state = CallState.unbegun
+    /// nil until its first `call.begin`.
+    var state: CallState?
     var execution = 0
     var lastEvent = 0
     var row = Fields()
@@ -692,11 +687,10 @@ private struct RunCheck {
             call = CallReplay(id: id)
         }
         try replay(e, into: &call)
-        switch call.state {
-        case .finished, .resolved(Resolution.Verdict.executed.rawValue):
+        if let state = call.state, state.isSettled {
             try checkRow(call)
-            ended[key] = (call.state, call.execution)
-        default:
+            ended[key] = (state, call.execution)
+        } else {
             open[key] = call
         }
     }
@@ -723,7 +717,7 @@ private struct RunCheck {
             let execution = try e.int(.execution), tool = try e.string(.tool), effect = try e.string(.effect), argsHash = try e.string(.argsHash)
             let policyHash = try e.string(.policyHash), binaryHash = try e.string(.binaryHash), attempt = try e.int(.attempt), owner = try e.string(.owner)
             guard CallEffect(rawValue: effect) != nil else { throw e.invalid(.effect) }
-            if call.state == .unbegun {
+            if call.state == nil {
                 guard execution == 1 else { throw Finding("\(name): event \(e.seq) begins execution \(execution), but no execution began before it") }
                 call.first = (tool, effect, argsHash)
                 call.row[.tool] = tool.databaseValue
@@ -731,7 +725,7 @@ private struct RunCheck {
                 call.row[.argsHash] = argsHash.databaseValue
                 call.row[.policyHash] = policyHash.databaseValue
                 call.row[.binaryHash] = binaryHash.databaseValue
-                call.row[.status] = "running".databaseValue
+                call.row[.status] = CallStatus.running.rawValue.databaseValue
                 call.row[.attempt] = attempt.databaseValue
                 call.row[.executions] = 1.databaseValue
                 call.row[.owner] = owner.databaseValue
@@ -743,20 +737,22 @@ private struct RunCheck {
             guard execution == call.execution + 1 else {
                 throw Finding("\(name): event \(e.seq) begins execution \(execution) after execution \(call.execution) (executions are numbered one by one)")
             }
-            switch call.state {
-            case .running where call.first?.effect != CallEffect.nonIdempotent.rawValue:
-                // An idempotent or read-only call whose process died is run again as it is.
-                break
-            case .resolved(Resolution.Verdict.notExecuted.rawValue):
-                for field in [Field.verdict, .note, .stdout, .stderr, .exitCode, .signal, .finishedAt] { call.row[field] = .null }
-                call.row[.status] = "running".databaseValue
-            case .finished:
-                throw Finding("\(name): execution \(execution) began after execution \(call.execution) finished (a finished call is replayed, never run again)")
-            case .resolved:
-                throw Finding("\(name): execution \(execution) began after execution \(call.execution) was resolved as executed")
-            default:
-                throw Finding("\(name): execution \(execution) began without a not-executed verdict after execution \(call.execution)")
+            // Only where `begin` runs a call again (`CallState.mayRunAgain`): an idempotent or
+            // read-only call whose process died, run again as it is, or a not-executed verdict.
+            let recordedEffect = call.first.flatMap { CallEffect(rawValue: $0.effect) } ?? .nonIdempotent
+            guard let state = call.state, state.mayRunAgain(effect: recordedEffect) else {
+                switch call.state {
+                case .finished?:
+                    throw Finding("\(name): execution \(execution) began after execution \(call.execution) finished (a finished call is replayed, never run again)")
+                case .resolved?:
+                    throw Finding("\(name): execution \(execution) began after execution \(call.execution) was resolved as executed")
+                default:
+                    throw Finding("\(name): execution \(execution) began without a not-executed verdict after execution \(call.execution)")
+                }
             }
+            // What `begin` clears for the next execution (still clear on a call that was running).
+            for field in [Field.verdict, .note, .stdout, .stderr, .exitCode, .signal, .finishedAt] { call.row[field] = .null }
+            call.row[.status] = CallStatus.running.rawValue.databaseValue
             // `begin` refuses another tool or other arguments under the same call ID.
             guard let first = call.first, sameBytes(first.tool, tool), sameBytes(first.argsHash, argsHash) else {
                 throw Finding("\(name): execution \(execution) began (event \(e.seq)) with another tool or other arguments than execution 1")
@@ -770,14 +766,14 @@ private struct RunCheck {
         case "call.finish":
             let execution = try e.int(.execution)
             guard call.state == .running, execution == call.execution else {
-                throw Finding(call.state == .unbegun || execution > call.execution
+                throw Finding(call.state == nil || execution > call.execution
                     ? "\(name): event \(e.seq) finishes execution \(execution), which never began"
                     : execution < call.execution
                     ? "\(name): event \(e.seq) finishes execution \(execution), which execution \(call.execution) had replaced"
-                    : "\(name): event \(e.seq) finishes execution \(execution), which \(call.state.was)")
+                    : "\(name): event \(e.seq) finishes execution \(execution), which \(was(call.state))")
             }
             let status = try e.string(.status)
-            guard let known = CallStatus(rawValue: status), ![.running, .inDoubt, .resolved].contains(known) else { throw e.invalid(.status) }
+            guard let outcome = CallStatus(rawValue: status), CallState.outcomes.contains(outcome) else { throw e.invalid(.status) }
             call.row[.status] = status.databaseValue
             call.row[.exitCode] = try e.optionalInt(.exitCode)?.databaseValue ?? .null
             call.row[.signal] = try e.optionalInt(.signal)?.databaseValue ?? .null
@@ -787,22 +783,22 @@ private struct RunCheck {
             call.row[.duration] = try e.number(.durationMs).databaseValue
             call.row[.owner] = .null
             call.row[.finishedAt] = e.at.databaseValue
-            call.state = .finished(status)
+            call.state = .finished(outcome)
         case "call.in-doubt":
-            guard call.state == .running else { throw Finding("\(name): event \(e.seq) puts it in doubt, but it \(call.state.was)") }
+            guard call.state == .running else { throw Finding("\(name): event \(e.seq) puts it in doubt, but it \(was(call.state))") }
             // What the operator settles it on: the output captured before the crash.
             for (stream, member) in [("stdout", Member.stdoutSoFar), ("stderr", .stderrSoFar)] where e.has(member) {
                 try checkBlob(try e.hash(member), "the \(stream) captured of \(name) before it was in doubt (event \(e.seq))")
             }
-            call.row[.status] = "in-doubt".databaseValue
+            call.row[.status] = CallStatus.inDoubt.rawValue.databaseValue
             call.row[.owner] = .null
             call.state = .inDoubt
         case "call.resolve":
-            guard call.state == .inDoubt else { throw Finding("\(name): event \(e.seq) resolves it, but it \(call.state.was), not in doubt") }
+            guard call.state == .inDoubt else { throw Finding("\(name): event \(e.seq) resolves it, but it \(was(call.state)), not in doubt") }
             let verdict = try e.string(.verdict), note = try e.string(.note)
-            guard Resolution.Verdict(rawValue: verdict) != nil else { throw e.invalid(.verdict) }
+            guard let settled = Resolution.Verdict(rawValue: verdict) else { throw e.invalid(.verdict) }
             _ = try e.string(.by)  // who settled it: replayed results read it from this event
-            call.row[.status] = "resolved".databaseValue
+            call.row[.status] = CallStatus.resolved.rawValue.databaseValue
             call.row[.verdict] = verdict.databaseValue
             call.row[.note] = note.databaseValue
             call.row[.stdout] = Data(try e.hash(.stdout)).databaseValue
@@ -812,7 +808,7 @@ private struct RunCheck {
             call.row[.truncated] = 0.databaseValue
             call.row[.owner] = .null
             call.row[.finishedAt] = e.at.databaseValue
-            call.state = .resolved(verdict)
+            call.state = .resolved(settled)
         default:
             throw Finding("event \(e.seq) of run \(run) is of a kind this ward does not know (\(e.kind))")
         }

@@ -37,9 +37,9 @@ public struct Reconciler: Sendable {
     /// processes: a second request waits, then finds the first one's verdict.
     public func reconcile(_ call: InDoubtCall) throws(LedgerError) -> Finding {
         try ledger.withReconcileLock(run: call.run, callId: call.callId) { () throws(LedgerError) -> Finding in
-            switch try ledger.settlement(run: call.run, callId: call.callId) {
-            case ("in-doubt", _)?: return try reconcileNow(call)
-            case (_, .executed?)?: return .executed
+            switch try ledger.state(run: call.run, callId: call.callId) {
+            case .inDoubt?: return try reconcileNow(call)
+            case .resolved(.executed)?: return .executed
             case nil: return .undecided("call \(call.callId) of run \(call.run) is no longer in the ledger")
             default: return .notExecuted  // settled not-executed meanwhile (and maybe running again)
             }
