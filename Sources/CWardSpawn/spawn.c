@@ -279,11 +279,37 @@ WARD_CHILD_SIDE static int child_main(void *arg) {
 
 // One child stack per spawning thread, allocated on first use and kept: saves an
 // mmap/munmap pair on every call. The child runs only the steps above, so 64 KiB is plenty.
+// Pool threads come and go: a thread-specific key unmaps a thread's stack when it exits.
 static __thread char *spawn_stack;
+static pthread_key_t spawn_stack_key;
+static pthread_once_t spawn_stack_key_once = PTHREAD_ONCE_INIT;
 
 char *ward_stack(void) {
     void *stack = mmap(NULL, WARD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     return stack == MAP_FAILED ? NULL : stack;
+}
+
+void ward_stack_free(char *stack) {
+    if (stack) munmap(stack, WARD_STACK_SIZE);
+}
+
+const void *ward_thread_stack(void) { return spawn_stack; }
+
+static void free_thread_stack(void *stack) { ward_stack_free(stack); }
+static void make_spawn_stack_key(void) { pthread_key_create(&spawn_stack_key, free_thread_stack); }
+
+// This thread's child stack, mapped on first use; NULL with errno when it cannot be.
+static char *thread_stack(void) {
+    if (spawn_stack) return spawn_stack;
+    pthread_once(&spawn_stack_key_once, make_spawn_stack_key);
+    char *stack = ward_stack();
+    if (!stack) return NULL;
+    if (pthread_setspecific(spawn_stack_key, stack) != 0) {
+        ward_stack_free(stack);
+        errno = ENOMEM;
+        return NULL;
+    }
+    return spawn_stack = stack;
 }
 
 int ward_spawn_begin(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
@@ -311,7 +337,7 @@ pid_t ward_spawn_end(pid_t pid, int fd, struct ward_spawn_error *err, int *pidfd
 
 pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
     if (ward_spawn_begin(cfg, err, pidfd) != 0) return -1;
-    if (!spawn_stack && !(spawn_stack = ward_stack())) {
+    if (!thread_stack()) {
         err->step = WARD_STEP_CLONE;
         err->error = errno;
         return -1;
@@ -362,7 +388,7 @@ WARD_CHILD_SIDE static int agent_main(void *arg) {
 pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, struct ward_spawn_error *err) {
     err->step = WARD_STEP_NONE;
     err->error = 0;
-    if (!spawn_stack && !(spawn_stack = ward_stack())) {
+    if (!thread_stack()) {
         err->step = WARD_STEP_CLONE;
         err->error = errno;
         return -1;

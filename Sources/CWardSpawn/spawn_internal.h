@@ -74,4 +74,6 @@ int ward_spawn_begin(const struct ward_spawn_config *cfg, struct ward_spawn_erro
 pid_t ward_spawn_end(pid_t pid, int fd, struct ward_spawn_error *err, int *pidfd);
 /// A fresh child stack of WARD_STACK_SIZE bytes, or NULL.
 char *ward_stack(void);
+/// Unmaps a stack from ward_stack (NULL: nothing).
+void ward_stack_free(char *stack);
 #endif

@@ -213,8 +213,8 @@ static void release(struct ward_zygote *z) {
     if (z->req[0] >= 0) { close(z->req[0]); close(z->req[1]); }
     if (z->rep[0] >= 0) { close(z->rep[0]); close(z->rep[1]); }
     if (z->pidfd >= 0) close(z->pidfd);
-    if (z->stack) munmap(z->stack, WARD_STACK_SIZE);
-    if (z->child_stack) munmap(z->child_stack, WARD_STACK_SIZE);
+    ward_stack_free(z->stack);
+    ward_stack_free(z->child_stack);
     free(z);
 }
 

@@ -268,6 +268,35 @@ extension Ledger {
         removeCapture(run: ticket.run, callId: ticket.callId)
     }
 
+    /// Records a new execution of a running call whose start was lost (its zygote died
+    /// after taking it: the tool may have started) and whose tool may run twice: the
+    /// caller starts it again only after this, so the ledger counts both executions. Fenced
+    /// as `finish` is; never for a non-idempotent call (that one is put in doubt).
+    public func runAgain(_ ticket: CallTicket) throws(LedgerError) -> CallTicket {
+        let execution = ticket.execution + 1
+        return try write("recording execution \(execution) of call \(ticket.callId)") { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT effect, args_hash, policy_hash, binary_hash FROM calls
+                WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?
+                """, arguments: [ticket.run, ticket.callId, ticket.owner, ticket.execution]) else {
+                throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it started")
+            }
+            guard let effect = CallEffect(rawValue: row["effect"]), CallState.running.mayRunAgain(effect: effect) else {
+                throw LedgerError(.invalid, "call \(ticket.callId) of run \(ticket.run) is non-idempotent: it is never started again on a guess")
+            }
+            let now = Timestamp.now()
+            try db.run("UPDATE calls SET executions = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
+                       [.int(execution), .text(now), .text(ticket.run), .text(ticket.callId)])
+            try self.appendEvent(db, run: ticket.run, kind: "call.begin", call: ticket.callId, data: [
+                "tool": .string(ticket.tool), "effect": .string(effect.rawValue), "argsHash": .string(row["args_hash"]),
+                "policyHash": .string(row["policy_hash"]), "binaryHash": .string(row["binary_hash"]),
+                "attempt": .number(Double(ticket.attempt)), "execution": .number(Double(execution)), "owner": .string(ticket.owner),
+            ], at: now)
+            return CallTicket(run: ticket.run, callId: ticket.callId, tool: ticket.tool, attempt: ticket.attempt,
+                              execution: execution, checkpointSeq: ticket.checkpointSeq, owner: ticket.owner)
+        }
+    }
+
     /// Records the outcome durably, then returns the result for the agent. On a storage
     /// failure the commit is retried (with backoff, up to `retryFor` seconds); the call is
     /// never reported done before its outcome is on disk. A `storage` error leaves the call

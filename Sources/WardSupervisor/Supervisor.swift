@@ -246,29 +246,33 @@ public final class Supervisor: Sendable {
             switch decision {
             case .replay(let result):
                 return result.json
-            case .execute(let ticket):
-                let outcome: ToolOutcome
+            case .execute(var ticket):
+                let execution = ticket.execution
                 // A non-idempotent call's output is captured as it comes: if ward dies
                 // mid-call, it is the operator's evidence of how far the tool got.
                 let capture = policy.effect == .nonIdempotent ? ledger.openCapture(ticket) : nil
-                do throws(SandboxError) {
-                    let call = if let parked { parked } else { try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment) }
+                var outcome: ToolOutcome?
+                var call = parked
+                while outcome == nil {
                     do throws(SandboxError) {
-                        outcome = try call.run(capture: capture?.fd ?? -1)
-                    } catch where error.code == .startUnknown && policy.effect != .nonIdempotent {
-                        // Repeating it is harmless: started afresh.
-                        outcome = try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment).run()
+                        let starting = if let call { call } else { try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment) }
+                        outcome = try starting.run(capture: capture?.fd ?? -1)
+                    } catch where error.code == .startUnknown && policy.effect != .nonIdempotent && ticket.execution == execution {
+                        // Repeating it is harmless: started afresh, once, as an execution of
+                        // its own in the ledger (the lost start may have run the tool).
+                        ticket = try ledgerCall { () throws(LedgerError) in try ledger.runAgain(ticket) }
+                        call = nil
+                    } catch where error.code == .startUnknown {
+                        // It may have run: never run it again on a guess (guarantee 4).
+                        try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
+                        throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); \(ledger.settleHint(run: runID, callId: callId))")
+                    } catch {
+                        // Recorded as denied: the policy or the kernel refused to start it.
+                        outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),
+                                              truncated: false, durationMs: 0)
                     }
-                } catch where error.code == .startUnknown {
-                    // It may have run: never run it again on a guess (guarantee 4).
-                    try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
-                    throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); \(ledger.settleHint(run: runID, callId: callId))")
-                } catch {
-                    // Recorded as denied: the policy or the kernel refused to start it.
-                    outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),
-                                          truncated: false, durationMs: 0)
                 }
-                return try record(ticket, outcome).json
+                return try record(ticket, outcome!).json
             }
         }
     }

@@ -1,6 +1,8 @@
 import CWardSpawn
 import Foundation
 import Testing
+import WardCore
+import WardSandbox
 
 @Suite("Spawn: a child whose supervisor is gone does not start")
 struct SpawnTests {
@@ -47,5 +49,41 @@ struct SpawnTests {
             #expect(failure.step == Int32(WARD_STEP_PDEATHSIG.rawValue) && failure.error == ESRCH,
                     "\(String(cString: ward_step_name(failure.step))): \(failure.error)")
         }
+    }
+}
+
+/// The child stack a thread maps for its spawns goes when the thread does: the pools'
+/// threads come and go, and each left 64 KiB mapped for the life of ward.
+@Suite("Spawn stacks")
+struct SpawnStackTests {
+    final class Spawner: @unchecked Sendable {
+        // @unchecked: written by the spawning thread, read after it was joined.
+        let sandbox: Sandbox
+        var stack: UnsafeRawPointer?
+        var status: CallStatus?
+        init(_ sandbox: Sandbox) { self.sandbox = sandbox }
+    }
+
+    @Test func aThreadsChildStackIsUnmappedWhenItExits() throws {
+        let spawner = Spawner(try Fixture.sandbox(workspace: Fixture.workspace(), useZygotes: false))
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(spawner).toOpaque()
+        #expect(pthread_create(&thread, nil, { raw in
+            let spawner = Unmanaged<Spawner>.fromOpaque(raw!).takeRetainedValue()
+            spawner.status = (try? spawner.sandbox.run(tool: "shell", arguments: .object(["command": .string("true")])))?.status
+            spawner.stack = ward_thread_stack()
+            return nil
+        }, context) == 0)
+        #expect(pthread_join(thread, nil) == 0)
+        #expect(spawner.status == .succeeded)
+        let stack = try #require(spawner.stack, "the thread spawned without a stack of its own")
+        // mincore fails with ENOMEM on a range that is not mapped (any more).
+        var resident = [UInt8](repeating: 0, count: 16)
+        let rc = mincore(UnsafeMutableRawPointer(mutating: stack), 64 * 1024, &resident)
+        #expect(rc == -1 && errno == ENOMEM, "the exited thread's child stack at \(stack) is still mapped")
+        // Positive control: this thread's own stack, once it spawned, is mapped.
+        _ = try spawner.sandbox.run(tool: "shell", arguments: .object(["command": .string("true")]))
+        let own = try #require(ward_thread_stack())
+        #expect(mincore(UnsafeMutableRawPointer(mutating: own), 64 * 1024, &resident) == 0)
     }
 }

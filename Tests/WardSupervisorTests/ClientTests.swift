@@ -53,7 +53,11 @@ struct ClientTests {
         for i in 0..<16 { #expect(results[i] == "\(i)") }
     }
 
-    @Test func aStoppedSupervisorGivesATimeoutNotAHang() async throws {
+    /// The answer is the client's own timeout ("no answer"), which only the timer makes; a
+    /// hang would outlast the time limit. (No wall-clock bound: on a loaded 2-core machine
+    /// the test pool's threads, blocked by other suites, delayed the awaiting task by 12 s.)
+    @Test(.timeLimit(.minutes(1)))
+    func aStoppedSupervisorGivesATimeoutNotAHang() async throws {
         // A real `ward serve`, then SIGSTOP: the agent's request must fail, not hang.
         let dir = temporaryDirectory("stopped")
         let serve = try startServe(in: dir, run: "stopped")
@@ -63,14 +67,12 @@ struct ClientTests {
         _ = try await ward.resume()
         kill(serve.processIdentifier, SIGSTOP)
         defer { kill(serve.processIdentifier, SIGCONT) }
-        let start = ContinuousClock.now
         do {
             _ = try await ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("true")])
             Issue.record("a stopped supervisor answered")
         } catch {
             #expect(error.kind == .connection && error.message.contains("no answer"), "\(error)")
         }
-        #expect(ContinuousClock.now - start < .seconds(10))  // the 500 ms timeout, not a hang (generous: sanitizer runs are slow)
     }
 
     @Test func aFloodOfRequestsIsAllAnsweredAndTheServerLivesOn() async throws {

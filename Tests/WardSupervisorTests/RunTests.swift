@@ -218,6 +218,12 @@ struct RunTests {
         let written = call("w", "write_file", write, losingItsStart: true)
         #expect(written?["result"]?.objectValue?["status"] == .string("succeeded"), "\(String(describing: written))")
         #expect(try String(contentsOfFile: dir + "/workspace/w.txt", encoding: .utf8) == "hello")
+        // The ledger counts both starts: the lost one (which may have run the tool) and the
+        // one that ran it again, each with its own call.begin.
+        let shown = try JSONValue.parse(try ward(["ledger", "show", "lost", "w", "--json"], in: dir).stdout).objectValue
+        #expect(shown?["executions"] == .number(2), "\(String(describing: shown))")
+        let begins = shown?["events"]?.arrayValue?.filter { $0.objectValue?["kind"] == .string("call.begin") }
+        #expect(begins?.compactMap { $0.objectValue?["data"]?.objectValue?["execution"] } == [.number(1), .number(2)], "\(String(describing: begins))")
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
     }
 

@@ -134,6 +134,10 @@ pid_t ward_zygote_pid(const struct ward_zygote *z);
 /// Kills and reaps the zygote and frees it.
 void ward_zygote_stop(struct ward_zygote *z);
 
+/// The calling thread's child stack (mapped by its first spawn; NULL before), which is
+/// unmapped when the thread exits. For tests.
+const void *ward_thread_stack(void);
+
 // MARK: - Small wrappers (variadic, function-like macros or _GNU_SOURCE-only in Swift)
 
 /// pipe2(O_CLOEXEC): Glibc's Swift module is built without _GNU_SOURCE.
