@@ -256,41 +256,37 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int c
     return z;
 }
 
-int ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
-    if (ward_spawn_begin(cfg, err, pidfd) != 0) return -1;
+enum ward_zygote_outcome ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+    // A bad config is the caller's to report like any failed step: asked, and failed.
+    if (ward_spawn_begin(cfg, err, pidfd) != 0) return WARD_ZYGOTE_SPAWNED;
     z->call = cfg;
     z->call_err = err;
     z->call_pid = -1;
     z->call_pidfd = -1;
     char byte = 1;
-    if (write(z->req[1], &byte, 1) != 1) {
-        err->step = WARD_STEP_ZYGOTE;
-        err->error = ESRCH;
-        return -1;
-    }
-    return 0;
+    if (write(z->req[1], &byte, 1) != 1) return WARD_ZYGOTE_UNAVAILABLE;
+    return WARD_ZYGOTE_SPAWNED;
 }
 
-pid_t ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd) {
+enum ward_zygote_outcome ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd, pid_t *pid) {
+    *pid = -1;
+    if (err->step != WARD_STEP_NONE) return WARD_ZYGOTE_SPAWNED;  // refused by ward_spawn_begin
     if (!wait_reply(z)) {
         // Gone. Had it cloned the call's child, the kernel would have stored the child's
         // pidfd in ward's memory before the child ran: none means no child ever ran.
-        err->step = WARD_STEP_ZYGOTE;
-        err->error = ESRCH;
-        if (z->call_pidfd >= 0) {
-            // The child is ward's, so it outlives the zygote, and may have exec'd the tool:
-            // killed and reaped here, so a tool that started does not run on unrecorded.
-            siginfo_t info;
-            err->error = EINPROGRESS;
-            sys(SYS_pidfd_send_signal, z->call_pidfd, SIGKILL, 0, 0);
-            while (waitid(P_PIDFD, z->call_pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
-            close(z->call_pidfd);
-            z->call_pidfd = -1;
-        }
-        return -1;
+        if (z->call_pidfd < 0) return WARD_ZYGOTE_UNAVAILABLE;
+        // The child is ward's, so it outlives the zygote, and may have exec'd the tool:
+        // killed and reaped here, so a tool that started does not run on unrecorded.
+        siginfo_t info;
+        sys(SYS_pidfd_send_signal, z->call_pidfd, SIGKILL, 0, 0);
+        while (waitid(P_PIDFD, z->call_pidfd, &info, WEXITED) < 0 && errno == EINTR) {}
+        close(z->call_pidfd);
+        z->call_pidfd = -1;
+        return WARD_ZYGOTE_LOST;
     }
-    if (z->call_pid < 0) return -1;
-    return ward_spawn_end(z->call_pid, z->call_pidfd, err, pidfd);
+    // No child: the clone failed (err says why, as a failed step).
+    if (z->call_pid >= 0) *pid = ward_spawn_end(z->call_pid, z->call_pidfd, err, pidfd);
+    return WARD_ZYGOTE_SPAWNED;
 }
 
 int ward_zygote_alive(const struct ward_zygote *z) {

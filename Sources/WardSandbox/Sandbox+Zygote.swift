@@ -94,8 +94,10 @@ final class Zygote: @unchecked Sendable {
         defer { pthread_mutex_unlock(spawning) }
         return handle.withLock { h -> Spawn in
             guard let z = running(&h) else { return .unavailable }
-            if ward_zygote_spawn_start(z, &call, &error, &pidfd) != 0 { return settle(&h, -1, error) }
-            return settle(&h, ward_zygote_spawn_finish(z, &error, &pidfd), error)
+            guard ward_zygote_spawn_start(z, &call, &error, &pidfd) == WARD_ZYGOTE_SPAWNED else { return settle(&h, WARD_ZYGOTE_UNAVAILABLE, -1) }
+            var pid: pid_t = -1
+            let outcome = ward_zygote_spawn_finish(z, &error, &pidfd, &pid)
+            return settle(&h, outcome, pid)
         }
     }
 
@@ -107,8 +109,8 @@ final class Zygote: @unchecked Sendable {
         guard pthread_mutex_trylock(spawning) == 0 else { return false }
         let asked = handle.withLock { h -> Bool in
             guard let z = running(&h) else { return false }
-            if ward_zygote_spawn_start(z, call, error, pidfd) == 0 { return true }
-            _ = settle(&h, -1, error.pointee)
+            if ward_zygote_spawn_start(z, call, error, pidfd) == WARD_ZYGOTE_SPAWNED { return true }
+            _ = settle(&h, WARD_ZYGOTE_UNAVAILABLE, -1)
             return false
         }
         if !asked { pthread_mutex_unlock(spawning) }
@@ -121,7 +123,9 @@ final class Zygote: @unchecked Sendable {
         defer { pthread_mutex_unlock(spawning) }
         return handle.withLock { h -> Spawn in
             guard let z = h.zygote else { return .unavailable }
-            return settle(&h, ward_zygote_spawn_finish(z, error, pidfd), error.pointee)
+            var pid: pid_t = -1
+            let outcome = ward_zygote_spawn_finish(z, error, pidfd, &pid)
+            return settle(&h, outcome, pid)
         }
     }
 
@@ -141,10 +145,10 @@ final class Zygote: @unchecked Sendable {
     }
 
     /// A spawn's result. When the zygote is gone (killed from outside) it is reaped, and the next call starts a new one.
-    private func settle(_ h: inout Handle, _ pid: pid_t, _ error: ward_spawn_error) -> Spawn {
-        guard pid < 0 && error.step == Int32(WARD_STEP_ZYGOTE.rawValue) else { return .spawned(pid) }
+    private func settle(_ h: inout Handle, _ outcome: ward_zygote_outcome, _ pid: pid_t) -> Spawn {
+        guard outcome != WARD_ZYGOTE_SPAWNED else { return .spawned(pid) }
         ward_zygote_stop(h.zygote)
         h.zygote = nil
-        return error.error == EINPROGRESS ? .lost : .unavailable
+        return outcome == WARD_ZYGOTE_LOST ? .lost : .unavailable
     }
 }

@@ -120,13 +120,25 @@ struct ward_zygote;
 struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int call_ruleset_fd, struct ward_spawn_error *err);
 /// Spawns a call's tool through the zygote, in two halves (one call at a time per zygote:
 /// the caller serializes the pair): `start` asks the zygote for the child and returns at
-/// once (0, or -1 with *err); `finish` waits until the child has exec'd or given up, with
-/// ward_spawn's result. A child whose `cfg->gate_fd` is set waits there before execve: the
-/// caller writes the gate byte in between. WARD_STEP_ZYGOTE means the zygote is gone: with
-/// ESRCH before it made the call's child (nothing started), with EINPROGRESS after (the tool
-/// may have started; the child has been killed).
-int ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
-pid_t ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd);
+/// once; `finish` waits until the child has exec'd or given up.
+///
+/// What became of a spawn asked of a zygote.
+enum ward_zygote_outcome {
+    /// The zygote made the call's child: `*pid` is its pid, or -1 with the failed step in
+    /// `err` (the child reported it before execve: no tool ran).
+    WARD_ZYGOTE_SPAWNED,
+    /// The zygote is gone and made no child for the request: nothing started.
+    WARD_ZYGOTE_UNAVAILABLE,
+    /// The zygote died after it made the call's child: the tool may have started. The
+    /// child has been killed and reaped.
+    WARD_ZYGOTE_LOST,
+};
+/// Asks the zygote for a child: WARD_ZYGOTE_SPAWNED once asked (then call
+/// ward_zygote_spawn_finish), else WARD_ZYGOTE_UNAVAILABLE. A child whose `cfg->gate_fd` is
+/// set waits there before execve: the caller writes the gate byte in between.
+enum ward_zygote_outcome ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
+/// Waits for the zygote's reply to the request: the child, or why there is none.
+enum ward_zygote_outcome ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd, pid_t *pid);
 /// 1 while the zygote runs, 0 once it died (it is then stopped and replaced before a request).
 int ward_zygote_alive(const struct ward_zygote *z);
 /// The zygote's pid.
