@@ -6,6 +6,7 @@
     result = ward.call("c1", "shell", command="ls")          # CallResult dict
     ward.checkpoint({"step": 3})       # -> seq
     plan = ward.journal("llm-1", lambda: ask_the_model())    # recorded once, replayed after
+    ward.close()                       # or `with Ward() as ward: ...`, which closes it
 """
 # Annotations stay unevaluated: agents import this file with whatever Python they run, which
 # may predate `X | None` at run time.
