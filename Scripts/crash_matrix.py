@@ -47,16 +47,38 @@ unchanged, nothing made in its directory). Two lines a pair: the killed run (its
 `elsewhere`; `overlap`: its restart recovered while the kept call was held) and the kept
 run (`second`).
 """
-import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, threading, time
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The script's directory is the first on sys.path when it runs, the agent's too.
+from ward_client import Ward
+from ward_harness import policy_directory
+
 STEPS = 8
 
 TOOLS = """
 [tools.effect]
-command = ["/bin/sh", "-c", "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; while [ -e hold ]; do sleep 0.01; done; echo done $WARD_CALL_ID"]
+command = [
+  "/bin/sh", "-c",
+  "echo \\"$WARD_IDEMPOTENCY_KEY $WARD_CALL_ID\\" >> effects.log; while [ -e hold ]; do sleep 0.01; done; echo done $WARD_CALL_ID",
+]
 effect = "non-idempotent"
-reconcile = ["/bin/sh", "-c", "grep -q \\"^$WARD_IDEMPOTENCY_KEY \\" effects.log 2>/dev/null && {{ echo done $WARD_CALL_ID; exit 0; }}; exit 3"]
+reconcile = [
+  "/bin/sh", "-c",
+  "grep -q \\"^$WARD_IDEMPOTENCY_KEY \\" effects.log 2>/dev/null && {{ echo done $WARD_CALL_ID; exit 0; }}; exit 3",
+]
 
 [tools.stamp]
 command = ["/bin/sh", "-c", "mkdir -p stamps && echo \\"$1\\" > \\"stamps/$1\\" && echo stamped $1", "sh", "{name}"]
@@ -69,13 +91,10 @@ effect = "read-only"
 """
 
 
-def agent():
-    sys.path.insert(0, HERE)
-    from ward_client import Ward
-
+def agent() -> None:
     main = Ward()
     resumed = main.resume()
-    state = (resumed["checkpoint"] or {}).get("state") or {"step": 0, "seen": []}
+    state: dict[str, Any] = (resumed["checkpoint"] or {}).get("state") or {"step": 0, "seen": []}
     conns = [Ward(), Ward()]
     # Set by the two-supervisor matrix: hold once, before the first step at or after it.
     hold_at = int(os.environ.get("CRASH_MATRIX_HOLD", STEPS))
@@ -83,18 +102,7 @@ def agent():
         if step >= hold_at:
             hold()
             hold_at = STEPS
-        results = {}
-
-        def run(key, fn):
-            results[key] = fn()
-
-        threads = [
-            threading.Thread(target=run, args=("effect", lambda: main.call(f"{step}-effect", "effect", checkpoint=state))),
-            threading.Thread(target=run, args=("stamp", lambda: conns[0].call(f"{step}-stamp", "stamp", name=f"s{step}"))),
-            threading.Thread(target=run, args=("look", lambda: conns[1].call(f"{step}-look", "look"))),
-        ]
-        for t in threads: t.start()
-        for t in threads: t.join()
+        results = step_calls(main, conns, step, state)
         if any(k not in results for k in ("effect", "stamp", "look")):
             sys.exit(3)  # a call failed (an in-doubt refusal): the harness restarts us
         state = {"step": step + 1, "seen": state["seen"] + [results["effect"]["stdout"].strip(), results["stamp"]["stdout"].strip()]}
@@ -105,7 +113,27 @@ def agent():
     os.rename("final.json.tmp", "final.json")
 
 
-def hold():
+def step_calls(main: Ward, conns: list[Ward], step: int, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One step's three calls, made at once on three connections: the results of those that
+    returned (a call that raised is missing)."""
+    results: dict[str, dict[str, Any]] = {}
+
+    def run(key: str, fn: Callable[[], dict[str, Any]]) -> None:
+        results[key] = fn()
+
+    threads = [
+        threading.Thread(target=run, args=("effect", lambda: main.call(f"{step}-effect", "effect", checkpoint=state))),
+        threading.Thread(target=run, args=("stamp", lambda: conns[0].call(f"{step}-stamp", "stamp", name=f"s{step}"))),
+        threading.Thread(target=run, args=("look", lambda: conns[1].call(f"{step}-look", "look"))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def hold() -> None:
     """Between two steps, with no call in flight, waits until the matrix writes `go` (in the
     run's directory, the agent's): meanwhile it compares the run's ledger before and after a
     refused second supervisor, and any change can only be that one's (and the other run's
@@ -119,7 +147,7 @@ def hold():
         time.sleep(0.01)
 
 
-def processes_in(directory):
+def processes_in(directory: str) -> list[int]:
     """Pids working in `directory` or below it: a run's agent works in the run's directory,
     its tools in the workspace. (No command line of theirs names the directory.)"""
     found = []
@@ -135,7 +163,7 @@ def processes_in(directory):
     return found
 
 
-def wait_gone(directory, seconds=5):
+def wait_gone(directory: str, seconds: float = 5) -> list[int]:
     """Waits until no process works in `directory`, up to `seconds`; returns those left.
     Whatever ward started dies with it (PDEATHSIG, the watchdog's cgroup kill), which the
     kernel delivers a moment later: waited for, up to a deadline, not slept on."""
@@ -146,12 +174,12 @@ def wait_gone(directory, seconds=5):
 
 
 class ListFailed(Exception):
-    def __init__(self, exit_code, text):
+    def __init__(self, exit_code: int, text: str) -> None:
         super().__init__(f"ward ledger list: exit {exit_code}: {text}")
         self.exit_code = exit_code
 
 
-def in_doubt_calls(ward, ledger, run, cwd):
+def in_doubt_calls(ward: str, ledger: str, run: str, cwd: str) -> list[str]:
     """The IDs of `run`'s calls in doubt, from `ward ledger list` run in `cwd`."""
     r = subprocess.run([ward, "ledger", "list", "--ledger", ledger, "--run", run, "--status", "in-doubt", "--json"],
                        cwd=cwd, capture_output=True, text=True)
@@ -160,7 +188,8 @@ def in_doubt_calls(ward, ledger, run, cwd):
     return sorted(c["callId"] for c in json.loads(r.stdout))
 
 
-def reconcile_elsewhere(ward, policies, work, run, ledger, way, before, elsewhere):
+def reconcile_elsewhere(ward: str, policies: str, work: str, run: str, ledger: str, way: str, before: list[str],
+                        elsewhere: str) -> list[str]:
     """`ward ledger reconcile` of every run of `ledger` (`run`'s ward was killed) from the
     empty directory `elsewhere` in `way` (see the module's docstring); `before`: `run`'s
     calls in doubt, which must be all the ledger has. Returns what went wrong (empty when
@@ -170,7 +199,7 @@ def reconcile_elsewhere(ward, policies, work, run, ledger, way, before, elsewher
     log = os.path.join(work, "workspace", "effects.log")
     recorded = os.path.realpath(os.path.join(work, "workspace"))
 
-    def effects_log():
+    def effects_log() -> bytes | None:
         try:
             with open(log, "rb") as f:
                 return f.read()
@@ -178,11 +207,11 @@ def reconcile_elsewhere(ward, policies, work, run, ledger, way, before, elsewher
             return None
 
     logged = effects_log()
-    extra = {"plain": [], "other": ["--workspace", decoy], "relative": ["--workspace", "workspace"]}[way]
+    extra: list[str] = {"plain": [], "other": ["--workspace", decoy], "relative": ["--workspace", "workspace"]}[way]
     r = subprocess.run([ward, "ledger", "reconcile", "--ledger", ledger, "--policies", policies, "--json", *extra],
                        cwd=elsewhere, capture_output=True, text=True)
     said = f"exit {r.returncode}: {(r.stderr.strip() or r.stdout.strip())[:200]}"
-    problems = []
+    problems: list[str] = []
     if way == "plain":
         if r.returncode != 0:
             problems.append(f"plain reconcile failed ({said})")
@@ -213,19 +242,28 @@ def reconcile_elsewhere(ward, policies, work, run, ledger, way, before, elsewher
     return problems
 
 
+@dataclass
+class Reconciled:
+    """What the reconcile from another directory after a kill of ward met: `cell`, the table's
+    `elsewhere` column (the way and the calls in doubt before it); `ledger_ready` False when
+    ward died before its ledger was ready, and so no reconcile ran."""
+    cell: str
+    problems: list[str]
+    ledger_ready: bool = True
+
+
 class Elsewhere:
     """The reconciles from another directory after kills of ward: the next way for runs
     without and with calls in doubt, and the ways the runs with calls in doubt met."""
     ways = ["plain", "other", "relative"]
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.turn = {False: 0, True: 0}
         self.met = {way: 0 for way in self.ways}
         self.unready = 0
 
-    def check(self, ward, policies, work, run, ledger, other):
-        """After `run`'s ward was killed: the reconcile from the new directory `other`.
-        Returns the table's cell and what went wrong."""
+    def check(self, ward: str, policies: str, work: str, run: str, ledger: str, other: str) -> Reconciled:
+        """After `run`'s ward was killed: the reconcile from the new directory `other`."""
         os.makedirs(other)
         try:
             before = in_doubt_calls(ward, ledger, run, other) if os.path.exists(ledger) else None
@@ -233,25 +271,25 @@ class Elsewhere:
             # Killed while making the ledger (before any call): the read-only audits
             # refuse a half-made one (exit 3), the next `ward run` completes it.
             if e.exit_code != 3:
-                return "error", [str(e)]
+                return Reconciled("error", [str(e)])
             before = None
         if before is None:
             self.unready += 1
-            return "no ledger", []
+            return Reconciled("no ledger", [], ledger_ready=False)
         way = self.ways[self.turn[bool(before)] % len(self.ways)]
         self.turn[bool(before)] += 1
         self.met[way] += bool(before)
         try:
-            return f"{way} {len(before)}", reconcile_elsewhere(ward, policies, work, run, ledger, way, before, other)
+            return Reconciled(f"{way} {len(before)}", reconcile_elsewhere(ward, policies, work, run, ledger, way, before, other))
         except (ListFailed, ValueError) as e:
-            return f"{way} {len(before)}", [str(e)]
+            return Reconciled(f"{way} {len(before)}", [str(e)])
 
-    def summary(self):
+    def summary(self) -> str:
         return (f"elsewhere: {sum(self.turn.values())} reconciles from another directory, {self.unready} runs with no ledger yet; "
                 "runs with calls in doubt: " + ", ".join(f"{self.met[way]} {way}" for way in self.ways))
 
 
-def ward_run_argv(ward, policies, work, run, agent_cmd, ledger=None):
+def ward_run_argv(ward: str, policies: str, work: str, run: str, agent_cmd: list[str], ledger: str | None = None) -> list[str]:
     """`ward run` of the agent, its socket in the run's own directory: another matrix or test
     on this machine may use the same run IDs at the same time. ward refuses a socket
     directory that other users may enter: the run's directory is made private."""
@@ -260,8 +298,17 @@ def ward_run_argv(ward, policies, work, run, agent_cmd, ledger=None):
             "--socket", os.path.join(work, "ward.sock"), "--max-restarts", "0", "--", *agent_cmd]
 
 
-def run_outcome(ward, work, run, ledger, reference):
-    """What a finished run left: its effects (in order), its events, its final state."""
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished run left: its effects (each once, none lost), its events, its final state."""
+    effects_ok: bool
+    events: list[dict[str, Any]]
+    in_doubt: int
+    attempts: int
+    state_ok: bool
+
+
+def run_outcome(ward: str, work: str, run: str, ledger: str, reference: str) -> Outcome:
     try:
         with open(os.path.join(work, "workspace", "effects.log")) as f:
             effects = [line.split()[1] for line in f.read().splitlines()]
@@ -269,26 +316,26 @@ def run_outcome(ward, work, run, ledger, reference):
         effects = []
     expected = [f"{s}-effect" for s in range(STEPS)]
     exported = subprocess.run([ward, "ledger", "export", "--ledger", ledger, "--run", run], cwd=work, capture_output=True, text=True).stdout
-    events = [json.loads(line) for line in exported.splitlines()]
+    events: list[dict[str, Any]] = [json.loads(line) for line in exported.splitlines()]
     try:
         with open(os.path.join(work, "final.json")) as f:
             state_ok = f.read() == reference
     except OSError:
         state_ok = False
-    return {
-        "effects_ok": sorted(effects) == sorted(expected) and len(set(effects)) == len(effects),
-        "events": events,
-        "in_doubt": sum(1 for e in events if e["kind"] == "call.in-doubt"),
-        "attempts": sum(1 for e in events if e["kind"] == "run.attempt"),
-        "state_ok": state_ok,
-    }
+    return Outcome(
+        effects_ok=sorted(effects) == sorted(expected) and len(set(effects)) == len(effects),
+        events=events,
+        in_doubt=sum(1 for e in events if e["kind"] == "call.in-doubt"),
+        attempts=sum(1 for e in events if e["kind"] == "run.attempt"),
+        state_ok=state_ok,
+    )
 
 
-def mark(ok):
+def mark(ok: bool) -> str:
     return "ok" if ok else "FAIL"
 
 
-def processes_with(token, prefix=False):
+def processes_with(token: str, prefix: bool = False) -> list[int]:
     """Pids whose command line contains `token` (or starts with it, when `prefix`)."""
     found = []
     for name in os.listdir("/proc"):
@@ -304,34 +351,75 @@ def processes_with(token, prefix=False):
     return found
 
 
-def fail_point_scenarios(rng):
+@dataclass(frozen=True)
+class Scenario:
+    """How a run (or, with `side`, a pair's side `side`) is killed: by ward at the `hit`th hit
+    of its fail point `point` (a kill of ward, the `target`), or else by a SIGKILL of
+    `target` (ward or the agent) `delay` seconds after the start. `window`: the kill can hit
+    a call between its begin and its finish, where a call in doubt is correct. The runs use
+    these fields; `label` only shows them in the table."""
+    window: bool
+    point: str | None = None
+    hit: int = 0
+    target: str = "ward"
+    delay: float = 0.0
+    side: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.point is not None:
+            return f"{self.point}@{self.hit}"
+        # A pair's kills are all of a supervisor.
+        return f"kill {self.target} at {self.delay:.3f}s" if self.side is None else f"kill at {self.delay:.3f}s"
+
+    def failpoints(self) -> dict[str, str] | None:
+        """The environment of the `ward run` to kill: with its fail point armed; None (inherited)
+        for a SIGKILL."""
+        return dict(os.environ, WARD_FAILPOINTS=f"{self.point}=kill@{self.hit}") if self.point is not None else None
+
+
+def kill_delay(rng: random.Random, duration: float) -> float:
+    """A random moment within the span of an uncrashed run, to the millisecond the table shows."""
+    return round(rng.uniform(0.02, duration * 0.9), 3)
+
+
+def fail_point_scenarios(rng: random.Random) -> list[Scenario]:
     """Each fail point at a hit it really reaches: three calls a step, one checkpoint a step,
     one reply a call plus run.resume. The three calls of a step run at once, so a kill of
     ward at any point but in-checkpoint (inside the begin of the step's non-idempotent call,
     which rolls back with it) may catch that step's non-idempotent call mid-flight: a window
     where an in-doubt call is correct (and must then be settled, with the effect once and
-    the final state equal to the reference's). (label, point, window)."""
-    return [(f"{point}@{rng.randint(1, hits)}", point, window)
-            for point, window, hits in [("after-begin", True, STEPS * 3), ("after-spawn", True, STEPS * 3), ("in-checkpoint", False, STEPS),
-                                        ("before-finish", True, STEPS * 3), ("after-finish", True, STEPS * 3), ("before-reply", True, STEPS * 3 + 1)]]
+    the final state equal to the reference's)."""
+    return [Scenario(window=window, point=point, hit=rng.randint(1, hits))
+            for point, window, hits in [("after-begin", True, STEPS * 3), ("after-spawn", True, STEPS * 3),
+                                        ("in-checkpoint", False, STEPS), ("before-finish", True, STEPS * 3),
+                                        ("after-finish", True, STEPS * 3), ("before-reply", True, STEPS * 3 + 1)]]
 
 
-def main():
+@dataclass(frozen=True)
+class Options:
+    """The command line."""
+    ward: str
+    points: int
+    seed: int | None
+    two: bool
+
+
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("ward", type=os.path.abspath, help="the ward binary (also run from other directories)")
     ap.add_argument("--points", type=int, default=50, help="random kills (besides every fail point)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--two", action="store_true",
                     help="two supervisors of two runs on one ledger, each in its own PID namespace (needs root)")
-    a = ap.parse_args()
+    parsed = ap.parse_args()
+    a = Options(ward=parsed.ward, points=parsed.points, seed=parsed.seed, two=parsed.two)
     if a.two and os.geteuid() != 0:
         print("crash matrix --two: new PID namespaces (unshare --pid) need root", file=sys.stderr)
         return 2
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     root = tempfile.mkdtemp(prefix="ward-matrix-")
-    sys.path.insert(0, HERE)
-    from ward_harness import policy_directory
     policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
     replay = f"{'--two ' if a.two else ''}--seed {seed} --points {a.points}"
@@ -345,10 +433,10 @@ def main():
     return 1 if failed else 0
 
 
-def one_supervisor(a, rng, root, policies, agent_cmd, seeded):
+def one_supervisor(a: Options, rng: random.Random, root: str, policies: str, agent_cmd: list[str], seeded: str) -> tuple[int, int]:
     """The matrix of one `ward run` at a time, each run with its own ledger. Returns the
     numbers of runs passed and failed."""
-    def ward_run(work, run, env=None, kill=None):
+    def ward_run(work: str, run: str, env: dict[str, str] | None = None, kill: tuple[str, float] | None = None) -> int:
         """One `ward run`; `kill` = (target, delay) SIGKILLs ward or the agent after delay s."""
         p = subprocess.Popen(ward_run_argv(a.ward, policies, work, run, agent_cmd),
                              cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -376,52 +464,57 @@ def one_supervisor(a, rng, root, policies, agent_cmd, seeded):
     with open(os.path.join(ref, "final.json")) as f:
         reference = f.read()
 
-    scenarios = [(label, {"point": point}, window) for label, point, window in fail_point_scenarios(rng)]
+    scenarios = fail_point_scenarios(rng)
     # Random kills within the span of an uncrashed run.
-    for i in range(a.points):
+    for _ in range(a.points):
         target = rng.choice(["ward", "ward", "agent"])
         # Only a kill of ward can leave a call in doubt: a dead agent's calls still finish.
-        scenarios.append((f"kill {target} at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": target}, target == "ward"))
+        scenarios.append(Scenario(window=target == "ward", target=target, delay=kill_delay(rng, duration)))
 
     print(f"crash matrix: {len(scenarios)} runs, {seeded}")
     print(f"{'run':<5}{'kill':<30}{'restarts':<10}{'in-doubt':<10}{'effects':<9}{'state':<7}{'verify':<8}{'orphans':<8}{'elsewhere':<17}")
     passed = failed = 0
     elsewhere_checks = Elsewhere()
-    for n, (label, how, window) in enumerate(scenarios, start=1):
+    for n, scenario in enumerate(scenarios, start=1):
         work = os.path.join(root, f"run-{n}")
         os.makedirs(work)
         run = f"m{n}"
         ledger = os.path.join(work, ".ward", "ledger.sqlite")
-        if "point" in how:
-            env = dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}")
-            ward_run(work, run, env=env)
+        if scenario.point is not None:
+            ward_run(work, run, env=scenario.failpoints())
         else:
-            ward_run(work, run, kill=(how["kill"], float(label.split(" at ")[1][:-1])))
-        elsewhere, problems = "-", []
-        if "point" in how or how["kill"] == "ward":
+            ward_run(work, run, kill=(scenario.target, scenario.delay))
+        reconciled = None
+        if scenario.target == "ward":
             wait_gone(work)
-            elsewhere, problems = elsewhere_checks.check(a.ward, policies, work, run, ledger, os.path.join(root, f"elsewhere-{n}"))
+            reconciled = elsewhere_checks.check(a.ward, policies, work, run, ledger, os.path.join(root, f"elsewhere-{n}"))
+        problems = reconciled.problems if reconciled else []
         restarts = 0
         while not os.path.exists(os.path.join(work, "final.json")) and restarts < 5:
             ward_run(work, run)
             restarts += 1
         out = run_outcome(a.ward, work, run, ledger, reference)
-        doubt_ok = window or out["in_doubt"] == 0
+        doubt_ok = scenario.window or out.in_doubt == 0
         # "No ledger" is checked, not assumed: the killed attempt recorded none of its own.
-        if elsewhere == "no ledger" and out["attempts"] != restarts:
-            problems.append(f"no ledger before the restarts, yet {out['attempts']} attempts recorded for {restarts} restarts")
+        if reconciled and not reconciled.ledger_ready and out.attempts != restarts:
+            problems.append(f"no ledger before the restarts, yet {out.attempts} attempts recorded for {restarts} restarts")
         verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=work, capture_output=True).returncode == 0
         orphans = wait_gone(work)
-        ok = out["effects_ok"] and doubt_ok and out["state_ok"] and verify_ok and not orphans and not problems
+        ok = out.effects_ok and doubt_ok and out.state_ok and verify_ok and not orphans and not problems
         passed += ok
         failed += not ok
-        print(f"{n:<5}{label:<30}{restarts:<10}{str(out['in_doubt']) + ('' if doubt_ok else ' FAIL'):<10}{mark(out['effects_ok']):<9}"
-              f"{mark(out['state_ok']):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
-              f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<17}", flush=True)
+        print(f"{n:<5}{scenario.label:<30}{restarts:<10}{str(out.in_doubt) + ('' if doubt_ok else ' FAIL'):<10}{mark(out.effects_ok):<9}"
+              f"{mark(out.state_ok):<7}{mark(verify_ok):<8}{mark(not orphans):<8}"
+              f"{elsewhere_cell(reconciled, problems):<17}", flush=True)
         for problem in problems:
             print(f"     elsewhere: {problem}", flush=True)
     print(elsewhere_checks.summary())
     return passed, failed
+
+
+def elsewhere_cell(reconciled: Reconciled | None, problems: list[str]) -> str:
+    """The table's `elsewhere` column: "-" where no reconcile followed (the agent was killed)."""
+    return f"{reconciled.cell} {mark(not problems)}" if reconciled else "-"
 
 
 # Each supervisor of the two-supervisor mode in a PID namespace of its own, with its own
@@ -431,7 +524,7 @@ def one_supervisor(a, rng, root, policies, agent_cmd, seeded):
 NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "/bin/sh", "-c", '"$@" & wait $!', "sh"]
 
 
-def children(pid):
+def children(pid: int) -> list[int]:
     """The pids whose parent is `pid`."""
     found = []
     for name in os.listdir("/proc"):
@@ -447,7 +540,7 @@ def children(pid):
     return found
 
 
-def command_line(pid):
+def command_line(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
@@ -455,7 +548,7 @@ def command_line(pid):
         return b""
 
 
-def namespace_init(p):
+def namespace_init(p: subprocess.Popen[bytes]) -> int | None:
     """The host pid of the init (the shell) of the namespace that `p` (an unshare of
     NAMESPACE) made, once it runs; None when `p` has exited or has no init yet."""
     if p.poll() is None:
@@ -465,7 +558,7 @@ def namespace_init(p):
     return None
 
 
-def supervisor_in(p, ward):
+def supervisor_in(p: subprocess.Popen[bytes], ward: str) -> int | None:
     """The host pid of the ward in `p`'s namespace, waited for until it runs (an early kill
     must hit ward, not the unshare or shell before it); None once `p` has exited."""
     while p.poll() is None:
@@ -477,22 +570,32 @@ def supervisor_in(p, ward):
     return None
 
 
-def second_supervisor(a, policies, agent_cmd, ledger, run, directory, killed):
+@dataclass(frozen=True)
+class Second:
+    """A second `ward run` of a served run: the table's cell, what went wrong, and the
+    namespace it ran in ("other's ns" or "own ns")."""
+    cell: str
+    problems: list[str]
+    where: str | None = None
+
+
+def second_supervisor(a: Options, policies: str, agent_cmd: list[str], ledger: str, run: str, directory: str,
+                      killed: subprocess.Popen[bytes]) -> Second:
     """Starts another `ward run` of `run`, which its supervisor serves, with a socket of its
     own in the new directory `directory`: from the namespace of the killed side's supervisor
     of the moment (`killed`, its Popen: its restart) while that lives, else from a new one.
-    It must be refused (exit 1, saying the run is served) and record nothing. Returns the
-    table's cell and what went wrong."""
+    It must be refused (exit 1, saying the run is served) and record nothing."""
     os.makedirs(directory)
 
-    def export():
+    def export() -> str:
         return subprocess.run([a.ward, "ledger", "export", "--ledger", ledger, "--run", run],
                               cwd=os.path.dirname(directory), capture_output=True, text=True).stdout
 
     before = export()
     argv = ward_run_argv(a.ward, policies, directory, run, agent_cmd, ledger)
     refusal = f"run {run} is served by another supervisor"
-    r, where = None, "own ns"
+    r: subprocess.CompletedProcess[str] | None = None
+    where = "own ns"
     init = namespace_init(killed)
     if init:
         r = subprocess.run(["nsenter", "--target", str(init), "--pid", "--mount", f"--wd={directory}", "--", *argv],
@@ -512,26 +615,34 @@ def second_supervisor(a, policies, agent_cmd, ledger, run, directory, killed):
         problems.append("the refused supervisor recorded something in the run")
     if made := os.listdir(directory):
         problems.append(f"the refused supervisor made {made}")
-    return f"{'refused' if not problems else 'FAIL'} ({where})", problems
+    return Second(f"{'refused' if not problems else 'FAIL'} ({where})", problems, where)
 
 
-def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
+def supervise(a: Options, policies: str, agent_cmd: list[str], work: str, run: str, ledger: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """One side of a pair: `ward run` of the agent in a PID namespace of its own."""
+    return subprocess.Popen([*NAMESPACE, *ward_run_argv(a.ward, policies, work, run, agent_cmd, ledger)],
+                            cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def two_supervisors(a: Options, rng: random.Random, root: str, policies: str, agent_cmd: list[str], seeded: str) -> tuple[int, int]:
     """Pairs of runs, each pair on one ledger of its own, served at the same time by two
     `ward run`s in two PID namespaces; one is killed (a fail point or SIGKILL), reconciled
     from another directory and restarted until its agent finishes while the other keeps
     serving. Returns the numbers of pairs passed and failed."""
-    def supervise(work, run, ledger, env=None):
-        return subprocess.Popen([*NAMESPACE, *ward_run_argv(a.ward, policies, work, run, agent_cmd, ledger)],
-                                cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-
     # The uncrashed pair every other run must equal.
     ref = os.path.join(root, "reference")
     for side in "ab":
         os.makedirs(os.path.join(ref, side))
     started = time.time()
-    pair = [supervise(os.path.join(ref, side), f"ref{side}", os.path.join(ref, "ledger.sqlite")) for side in "ab"]
-    ends = []
-    waiters = [threading.Thread(target=lambda p=p: (p.wait(), ends.append(time.time()))) for p in pair]
+    pair = [supervise(a, policies, agent_cmd, os.path.join(ref, side), f"ref{side}", os.path.join(ref, "ledger.sqlite")) for side in "ab"]
+    ends: list[float] = []
+
+    def wait_for(p: subprocess.Popen[bytes]) -> None:
+        p.wait()
+        ends.append(time.time())
+
+    waiters = [threading.Thread(target=wait_for, args=(p,)) for p in pair]
     for t in waiters:
         t.start()
     for t in waiters:
@@ -539,24 +650,24 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
     # The faster run's span: in a pair the kept side soon waits on its held call, so the
     # killed one runs nearly alone; kills later than it finishes would be wasted.
     duration = min(ends) - started
-    finals = []
+    finals: list[str | None] = []
     for side in "ab":
         try:
             with open(os.path.join(ref, side, "final.json")) as f:
                 finals.append(f.read())
         except OSError:
             finals.append(None)
-    if None in finals or finals[0] != finals[1]:
+    reference = finals[0]
+    if reference is None or finals[1] != reference:
         # Already a violation: two uncrashed supervisors on one ledger disturbed each other.
         print(f"crash matrix, two supervisors: the uncrashed pair failed (final states {finals}, exits {[p.returncode for p in pair]})")
         return 0, 1
-    reference = finals[0]
 
-    # (label, how, window, the killed side): every fail point, then random kills, each of
-    # either supervisor within the span of an uncrashed pair.
-    scenarios = [(label, {"point": point}, window, rng.choice("ab")) for label, point, window in fail_point_scenarios(rng)]
-    for i in range(a.points):
-        scenarios.append((f"kill at {rng.uniform(0.02, duration * 0.9):.3f}s", {"kill": True}, True, rng.choice("ab")))
+    # Every fail point, then random kills, each of either supervisor within the span of an
+    # uncrashed pair.
+    scenarios = [replace(scenario, side=rng.choice("ab")) for scenario in fail_point_scenarios(rng)]
+    for _ in range(a.points):
+        scenarios.append(Scenario(window=True, delay=kill_delay(rng, duration), side=rng.choice("ab")))
 
     print(f"crash matrix, two supervisors in two PID namespaces on one ledger: {len(scenarios)} pairs, {seeded}")
     print(f"{'pair':<5}{'run':<6}{'role':<7}{'kill':<19}{'restarts':<10}{'in-doubt':<10}{'once':<6}{'effects':<9}{'state':<7}"
@@ -565,141 +676,163 @@ def two_supervisors(a, rng, root, policies, agent_cmd, seeded):
     overlaps = 0
     refused = {"other's ns": 0, "own ns": 0}
     elsewhere_checks = Elsewhere()
-    for n, (label, how, window, killed) in enumerate(scenarios, start=1):
-        kept = "b" if killed == "a" else "a"
-        top = os.path.join(root, f"pair-{n}")
-        ledger = os.path.join(top, "ledger.sqlite")
-        work = {side: os.path.join(top, side) for side in "ab"}
-        run = {side: f"t{n}{side}" for side in "ab"}
-        for side in "ab":
-            os.makedirs(work[side])
-        # The kept side's first non-idempotent call is held running (its effect made, its
-        # outcome not recorded) by `hold` in its workspace until the killed side's restart
-        # has recovered: its kill, the reconcile after it and its recovery all meet a live
-        # owner's call mid-flight, which a live owner judged dead would put in doubt.
-        held = os.path.join(work[kept], "workspace", "hold")
-        os.makedirs(os.path.dirname(held))
-        with open(held, "w"):
-            pass
-        env = {
-            killed: dict(os.environ, WARD_FAILPOINTS=f"{how['point']}=kill@{label.split('@')[1]}") if "point" in how else None,
-            # Held again before its second step, for the second supervisor (by then the
-            # killed side's restart serves, and holds too).
-            kept: dict(os.environ, CRASH_MATRIX_HOLD="1"),
-        }
-        started = time.time()
-        procs = {side: supervise(work[side], run[side], ledger, env[side]) for side in "ab"}
-        # The killed side in a thread of its own: killed, reconciled and restarted while the
-        # kept side is served and checked here.
-        side_of_killed = {"current": procs[killed], "restarts": 0, "overlap": False, "elsewhere": ("-", [])}
-
-        def killed_side():
-            try:
-                p = procs[killed]
-                if "kill" in how:
-                    time.sleep(max(0.0, started + float(label.split(" at ")[1][:-1]) - time.time()))
-                    if (pid := supervisor_in(p, a.ward)) is not None:
-                        os.kill(pid, signal.SIGKILL)
-                p.wait()
-                wait_gone(work[killed])
-                # The kept side's held call is running once its effect is logged (begun
-                # before it was spawned): the reconcile and the recovery below must meet it.
-                while not os.path.exists(os.path.join(work[kept], "workspace", "effects.log")) and procs[kept].poll() is None:
-                    time.sleep(0.005)
-                side_of_killed["elsewhere"] = elsewhere_checks.check(a.ward, policies, work[killed], run[killed], ledger,
-                                                                     os.path.join(top, "elsewhere"))
-                socket = os.path.join(work[killed], "ward.sock")
-                while not os.path.exists(os.path.join(work[killed], "final.json")) and side_of_killed["restarts"] < 5:
-                    # Left by the killed ward. The restart binds its socket after its
-                    # recovery: the socket's return says the recovery is done.
-                    if os.path.exists(socket):
-                        os.unlink(socket)
-                    # The first restart's agent holds before its first step, so that its
-                    # namespace still lives for the second supervisor.
-                    first = {} if side_of_killed["restarts"] else {"env": dict(os.environ, CRASH_MATRIX_HOLD="0")}
-                    p = side_of_killed["current"] = supervise(work[killed], run[killed], ledger, **first)
-                    if os.path.exists(held):
-                        while not os.path.exists(socket) and p.poll() is None:
-                            time.sleep(0.005)
-                        side_of_killed["overlap"] = os.path.exists(socket) and procs[kept].poll() is None
-                        os.unlink(held)
-                    p.wait()
-                    side_of_killed["restarts"] += 1
-            except Exception as e:  # reported in the table, never a hang of the pair
-                side_of_killed["error"] = repr(e)
-            finally:
-                if os.path.exists(held):
-                    os.unlink(held)
-
-        thread = threading.Thread(target=killed_side)
-        thread.start()
-        second, second_problems = "-", []
-        try:
-            paused = os.path.join(work[kept], "paused")
-            while not os.path.exists(paused) and procs[kept].poll() is None:
-                time.sleep(0.01)
-            # The killed side's restarted agent holds too (unless none was needed, or it had
-            # no step left).
-            while not os.path.exists(os.path.join(work[killed], "paused")) and thread.is_alive():
-                time.sleep(0.01)
-            if os.path.exists(paused):
-                second, second_problems = second_supervisor(a, policies, agent_cmd, ledger, run[kept], os.path.join(top, "second"),
-                                                            side_of_killed["current"])
-            else:
-                second, second_problems = "FAIL", ["the kept agent never reached its hold"]
-        except Exception as e:
-            second, second_problems = "FAIL", [repr(e)]
-        finally:
-            for side in "ab":
-                with open(os.path.join(work[side], "go"), "w"):
-                    pass
-        kept_status = procs[kept].wait()
-        thread.join()
-
-        out = {side: run_outcome(a.ward, work[side], run[side], ledger, reference) for side in "ab"}
-        verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=top, capture_output=True).returncode == 0
-        orphans = {side: wait_gone(work[side]) for side in "ab"}
-        restarts = side_of_killed["restarts"]
-        elsewhere, problems = side_of_killed["elsewhere"]
-        problems = list(problems) + ([side_of_killed["error"]] if "error" in side_of_killed else [])
-        if elsewhere == "no ledger" and out[killed]["attempts"] != restarts:
-            problems.append(f"no ledger before the restarts, yet {out[killed]['attempts']} attempts recorded for {restarts} restarts")
-        doubt_ok = window or out[killed]["in_doubt"] == 0
-        # The kept side: never in doubt, every call begun once, finished at its first attempt.
-        begun = {}
-        for e in out[kept]["events"]:
-            if e["kind"] == "call.begin":
-                begun[e["callId"]] = begun.get(e["callId"], 0) + 1
-        once_ok = len(begun) == STEPS * 3 and set(begun.values()) == {1}
-        kept_problems = [] if kept_status == 0 else [f"its ward exited {kept_status}"]
-        ok_killed = out[killed]["effects_ok"] and doubt_ok and out[killed]["state_ok"] and not orphans[killed] and not problems
-        ok_kept = (out[kept]["effects_ok"] and out[kept]["in_doubt"] == 0 and once_ok and out[kept]["state_ok"]
-                   and not orphans[kept] and not second_problems and not kept_problems)
-        ok = ok_killed and ok_kept and verify_ok
+    for n, scenario in enumerate(scenarios, start=1):
+        ok, overlap, second = one_pair(a, policies, agent_cmd, os.path.join(root, f"pair-{n}"), n, scenario, reference, elsewhere_checks)
         passed += ok
         failed += not ok
-        overlaps += side_of_killed["overlap"]
-        for where in refused:
-            refused[where] += not second_problems and where in second
-        print(f"{n:<5}{run[killed]:<6}{'killed':<7}{label:<19}{restarts:<10}{str(out[killed]['in_doubt']) + ('' if doubt_ok else ' FAIL'):<10}"
-              f"{'-':<6}{mark(out[killed]['effects_ok']):<9}{mark(out[killed]['state_ok']):<7}{mark(not orphans[killed]):<9}"
-              f"{elsewhere + ('' if elsewhere == '-' else ' ' + mark(not problems)):<26}{'yes' if side_of_killed['overlap'] else 'no':<9}"
-              f"{mark(verify_ok):<7}", flush=True)
-        kept_doubt = out[kept]["in_doubt"]
-        print(f"{'':<5}{run[kept]:<6}{'kept':<7}{'-':<19}{0:<10}{str(kept_doubt) + ('' if kept_doubt == 0 else ' FAIL'):<10}"
-              f"{mark(once_ok):<6}{mark(out[kept]['effects_ok']):<9}{mark(out[kept]['state_ok']):<7}{mark(not orphans[kept]):<9}"
-              f"{second:<26}", flush=True)
-        for problem in problems:
-            print(f"     elsewhere: {problem}", flush=True)
-        for problem in second_problems:
-            print(f"     second: {problem}", flush=True)
-        for problem in kept_problems:
-            print(f"     kept: {problem}", flush=True)
+        overlaps += overlap
+        if second.where is not None and not second.problems:
+            refused[second.where] += 1
     print(elsewhere_checks.summary())
     from_other, from_own = refused["other's ns"], refused["own ns"]
     print(f"two supervisors: the killed one recovered while the other's call was held running in {overlaps} of {len(scenarios)} pairs; "
           f"second supervisors refused: {from_other} from the other's namespace, {from_own} from their own")
     return passed, failed
+
+
+@dataclass
+class KilledSide:
+    """The killed side of a pair, as its thread goes: its supervisor of the moment, its
+    restarts, whether its restart recovered while the kept side's call was held, its
+    reconcile from another directory, and an error that stopped the thread."""
+    current: subprocess.Popen[bytes]
+    restarts: int = 0
+    overlap: bool = False
+    reconciled: Reconciled | None = None
+    error: str | None = None
+
+
+def one_pair(a: Options, policies: str, agent_cmd: list[str], top: str, n: int, scenario: Scenario, reference: str,
+             elsewhere_checks: Elsewhere) -> tuple[bool, bool, Second]:
+    """Pair `n` in the new directory `top`: runs it, checks it and prints its two lines.
+    Returns whether it passed, whether the killed side's restart recovered while the kept
+    side's call was held, and the second supervisor's refusal."""
+    assert scenario.side is not None
+    killed = scenario.side
+    kept = "b" if killed == "a" else "a"
+    ledger = os.path.join(top, "ledger.sqlite")
+    work = {side: os.path.join(top, side) for side in "ab"}
+    run = {side: f"t{n}{side}" for side in "ab"}
+    for side in "ab":
+        os.makedirs(work[side])
+    # The kept side's first non-idempotent call is held running (its effect made, its
+    # outcome not recorded) by `hold` in its workspace until the killed side's restart
+    # has recovered: its kill, the reconcile after it and its recovery all meet a live
+    # owner's call mid-flight, which a live owner judged dead would put in doubt.
+    held = os.path.join(work[kept], "workspace", "hold")
+    os.makedirs(os.path.dirname(held))
+    with open(held, "w"):
+        pass
+    env = {
+        killed: scenario.failpoints(),
+        # Held again before its second step, for the second supervisor (by then the
+        # killed side's restart serves, and holds too).
+        kept: dict(os.environ, CRASH_MATRIX_HOLD="1"),
+    }
+    started = time.time()
+    procs = {side: supervise(a, policies, agent_cmd, work[side], run[side], ledger, env[side]) for side in "ab"}
+    # The killed side in a thread of its own: killed, reconciled and restarted while the
+    # kept side is served and checked here.
+    side_of_killed = KilledSide(current=procs[killed])
+
+    def killed_side() -> None:
+        try:
+            p = procs[killed]
+            if scenario.point is None:
+                time.sleep(max(0.0, started + scenario.delay - time.time()))
+                if (pid := supervisor_in(p, a.ward)) is not None:
+                    os.kill(pid, signal.SIGKILL)
+            p.wait()
+            wait_gone(work[killed])
+            # The kept side's held call is running once its effect is logged (begun
+            # before it was spawned): the reconcile and the recovery below must meet it.
+            while not os.path.exists(os.path.join(work[kept], "workspace", "effects.log")) and procs[kept].poll() is None:
+                time.sleep(0.005)
+            side_of_killed.reconciled = elsewhere_checks.check(a.ward, policies, work[killed], run[killed], ledger,
+                                                               os.path.join(top, "elsewhere"))
+            socket = os.path.join(work[killed], "ward.sock")
+            while not os.path.exists(os.path.join(work[killed], "final.json")) and side_of_killed.restarts < 5:
+                # Left by the killed ward. The restart binds its socket after its
+                # recovery: the socket's return says the recovery is done.
+                if os.path.exists(socket):
+                    os.unlink(socket)
+                # The first restart's agent holds before its first step, so that its
+                # namespace still lives for the second supervisor.
+                first = None if side_of_killed.restarts else dict(os.environ, CRASH_MATRIX_HOLD="0")
+                p = side_of_killed.current = supervise(a, policies, agent_cmd, work[killed], run[killed], ledger, first)
+                if os.path.exists(held):
+                    while not os.path.exists(socket) and p.poll() is None:
+                        time.sleep(0.005)
+                    side_of_killed.overlap = os.path.exists(socket) and procs[kept].poll() is None
+                    os.unlink(held)
+                p.wait()
+                side_of_killed.restarts += 1
+        except Exception as e:  # reported in the table, never a hang of the pair
+            side_of_killed.error = repr(e)
+        finally:
+            if os.path.exists(held):
+                os.unlink(held)
+
+    thread = threading.Thread(target=killed_side)
+    thread.start()
+    second = Second("-", [])
+    try:
+        paused = os.path.join(work[kept], "paused")
+        while not os.path.exists(paused) and procs[kept].poll() is None:
+            time.sleep(0.01)
+        # The killed side's restarted agent holds too (unless none was needed, or it had
+        # no step left).
+        while not os.path.exists(os.path.join(work[killed], "paused")) and thread.is_alive():
+            time.sleep(0.01)
+        if os.path.exists(paused):
+            second = second_supervisor(a, policies, agent_cmd, ledger, run[kept], os.path.join(top, "second"), side_of_killed.current)
+        else:
+            second = Second("FAIL", ["the kept agent never reached its hold"])
+    except Exception as e:
+        second = Second("FAIL", [repr(e)])
+    finally:
+        for side in "ab":
+            with open(os.path.join(work[side], "go"), "w"):
+                pass
+    kept_status = procs[kept].wait()
+    thread.join()
+
+    out = {side: run_outcome(a.ward, work[side], run[side], ledger, reference) for side in "ab"}
+    verify_ok = subprocess.run([a.ward, "ledger", "verify", "--ledger", ledger], cwd=top, capture_output=True).returncode == 0
+    orphans = {side: wait_gone(work[side]) for side in "ab"}
+    restarts = side_of_killed.restarts
+    reconciled = side_of_killed.reconciled
+    problems = list(reconciled.problems if reconciled else []) + ([side_of_killed.error] if side_of_killed.error is not None else [])
+    if reconciled and not reconciled.ledger_ready and out[killed].attempts != restarts:
+        problems.append(f"no ledger before the restarts, yet {out[killed].attempts} attempts recorded for {restarts} restarts")
+    doubt_ok = scenario.window or out[killed].in_doubt == 0
+    # The kept side: never in doubt, every call begun once, finished at its first attempt.
+    begun: dict[str, int] = {}
+    for event in out[kept].events:
+        if event["kind"] == "call.begin":
+            begun[event["callId"]] = begun.get(event["callId"], 0) + 1
+    once_ok = len(begun) == STEPS * 3 and set(begun.values()) == {1}
+    kept_problems = [] if kept_status == 0 else [f"its ward exited {kept_status}"]
+    ok_killed = out[killed].effects_ok and doubt_ok and out[killed].state_ok and not orphans[killed] and not problems
+    ok_kept = (out[kept].effects_ok and out[kept].in_doubt == 0 and once_ok and out[kept].state_ok
+               and not orphans[kept] and not second.problems and not kept_problems)
+    ok = ok_killed and ok_kept and verify_ok
+    killed_doubt = out[killed].in_doubt
+    print(f"{n:<5}{run[killed]:<6}{'killed':<7}{scenario.label:<19}{restarts:<10}{str(killed_doubt) + ('' if doubt_ok else ' FAIL'):<10}"
+          f"{'-':<6}{mark(out[killed].effects_ok):<9}{mark(out[killed].state_ok):<7}{mark(not orphans[killed]):<9}"
+          f"{elsewhere_cell(reconciled, problems):<26}{'yes' if side_of_killed.overlap else 'no':<9}"
+          f"{mark(verify_ok):<7}", flush=True)
+    kept_doubt = out[kept].in_doubt
+    print(f"{'':<5}{run[kept]:<6}{'kept':<7}{'-':<19}{0:<10}{str(kept_doubt) + ('' if kept_doubt == 0 else ' FAIL'):<10}"
+          f"{mark(once_ok):<6}{mark(out[kept].effects_ok):<9}{mark(out[kept].state_ok):<7}{mark(not orphans[kept]):<9}"
+          f"{second.cell:<26}", flush=True)
+    for problem in problems:
+        print(f"     elsewhere: {problem}", flush=True)
+    for problem in second.problems:
+        print(f"     second: {problem}", flush=True)
+    for problem in kept_problems:
+        print(f"     kept: {problem}", flush=True)
+    return ok, side_of_killed.overlap, second
 
 
 if __name__ == "__main__":

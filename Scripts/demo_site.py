@@ -10,6 +10,7 @@ journal.record, as a real agent records its LLM responses, and its state is chec
 with each tool call. A file named `crash-once` in the working directory makes the agent die
 (once) right after the step it names.
 """
+import functools
 import hashlib
 import json
 import os
@@ -20,10 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
+
+# The script's directory is the first on sys.path when it runs, the agent's too.
+from ward_client import Ward
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAGES = ["index", "about", "blog", "post-1", "post-2", "post-3", "contact", "faq", "docs", "changelog"]
-BUILD_PY = """import html, pathlib
+BUILD_PY = """import html
+import pathlib
 pages = sorted(p.stem for p in pathlib.Path("pages").glob("*.md"))
 nav = "<nav>" + " ".join(f'<a href="{p}.html">{p}</a>' for p in pages) + "</nav>"
 pathlib.Path("site").mkdir(exist_ok=True)
@@ -35,11 +41,12 @@ print(f"built {len(pages)} pages")
 """
 
 
-def plan(step):
+def plan(step: int) -> tuple[str, dict[str, str]]:
     """The 'model': which tool call comes at each step (deterministic, like a seeded LLM)."""
     if step < 10:
         page = PAGES[step]
-        return "write_file", {"path": f"pages/{page}.md", "content": f"# {page.replace('-', ' ').title()}\nThis is the {page} page.\nWritten by an agent under ward.\n"}
+        content = f"# {page.replace('-', ' ').title()}\nThis is the {page} page.\nWritten by an agent under ward.\n"
+        return "write_file", {"path": f"pages/{page}.md", "content": content}
     if step == 10:
         return "write_file", {"path": "build.py", "content": BUILD_PY}
     if step == 11:
@@ -65,7 +72,13 @@ def plan(step):
 STEPS = 47
 
 
-def maybe_crash(step):
+def decide(step: int) -> dict[str, Any]:
+    """The decision at `step` as the agent records it."""
+    tool, arguments = plan(step)
+    return {"tool": tool, "arguments": arguments}
+
+
+def maybe_crash(step: int) -> None:
     try:
         with open("crash-once") as f:
             at = int(f.read())
@@ -77,18 +90,16 @@ def maybe_crash(step):
         os._exit(1)
 
 
-def run_agent():
-    sys.path.insert(0, HERE)
-    from ward_client import Ward
-
+def run_agent() -> None:
     ward = Ward()
     resumed = ward.resume()
-    state = (resumed["checkpoint"] or {}).get("state") or {"step": 0}
-    start = state["step"]
-    print(f"  ▶ attempt {ward.attempt}: resuming at step {start + 1} of {STEPS}" if start else f"  ▶ attempt {ward.attempt}: starting", flush=True)
+    state: dict[str, Any] = (resumed["checkpoint"] or {}).get("state") or {"step": 0}
+    start: int = state["step"]
+    print(f"  ▶ attempt {ward.attempt}: resuming at step {start + 1} of {STEPS}" if start else f"  ▶ attempt {ward.attempt}: starting",
+          flush=True)
     counts = {"ran": 0, "replayed": 0}
     for step in range(start, STEPS):
-        decision = ward.journal(f"decision-{step}", lambda: dict(zip(("tool", "arguments"), plan(step))))
+        decision = ward.journal(f"decision-{step}", functools.partial(decide, step))
         result = ward.call(f"step-{step}", decision["tool"], checkpoint={"step": step}, **decision["arguments"])
         how = "replayed" if result["replayed"] else "ran"
         counts[how] += 1
@@ -100,9 +111,9 @@ def run_agent():
     print(f"  ✔ attempt {ward.attempt} finished: {counts['ran']} calls ran, {counts['replayed']} replayed", flush=True)
 
 
-def run_naive():
+def run_naive() -> None:
     """The same plan with no ledger, no checkpoints, no sandbox: a restart starts over."""
-    def call(tool, a):
+    def call(tool: str, a: dict[str, str]) -> None:
         if tool == "write_file":
             os.makedirs(os.path.dirname(a["path"]) or ".", exist_ok=True)
             with open(a["path"], "w") as f:
@@ -120,7 +131,7 @@ def run_naive():
     print("  ✔ naive agent finished", flush=True)
 
 
-def site_digest(workspace):
+def site_digest(workspace: str) -> str:
     h = hashlib.sha256()
     for name in sorted(os.listdir(os.path.join(workspace, "site"))):
         h.update(name.encode())
@@ -129,7 +140,7 @@ def site_digest(workspace):
     return h.hexdigest()
 
 
-def demo(ward_bin):
+def demo(ward_bin: str) -> int:
     policies = os.path.join(os.path.dirname(HERE), "policies")
     agent = [sys.executable, os.path.abspath(__file__), "agent"]
     rng = random.Random()
@@ -144,16 +155,17 @@ def demo(ward_bin):
         # Each run's socket in its own directory: another demo or test on this machine may
         # be using the same run IDs at the same time.
         run = ["run", "--policies", policies, "--run-id", "site", "--socket", os.path.join(work, "ward.sock"), "--", *agent]
-        print(f"\n== 1. The agent under `ward run`; ward is SIGKILLed after step {kill_ward_at + 1}, the agent crashes after step {crash_at + 1} ==")
+        print(f"\n== 1. The agent under `ward run`; ward is SIGKILLed after step {kill_ward_at + 1}, "
+              f"the agent crashes after step {crash_at + 1} ==")
         t0 = time.time()
-        p = subprocess.Popen([ward_bin, *run], cwd=work, stdout=subprocess.PIPE, text=True)
-        for line in p.stdout:
-            print(line, end="", flush=True)
-            if line.strip().startswith(f"step {kill_ward_at + 1:2}/"):
-                p.send_signal(signal.SIGKILL)
-                print(f"  💥 ward run itself is SIGKILLed (the agent and any running tool die with it)", flush=True)
-                break
-        p.wait()
+        with subprocess.Popen([ward_bin, *run], cwd=work, stdout=subprocess.PIPE, text=True) as killed:
+            assert killed.stdout is not None
+            for line in killed.stdout:
+                print(line, end="", flush=True)
+                if line.strip().startswith(f"step {kill_ward_at + 1:2}/"):
+                    killed.send_signal(signal.SIGKILL)
+                    print("  💥 ward run itself is SIGKILLed (the agent and any running tool die with it)", flush=True)
+                    break
         print("\n== 2. `ward run --run-id site` again: it recovers the run and the agent resumes ==")
         p = subprocess.run([ward_bin, *run], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         print(p.stdout, end="")
@@ -161,12 +173,14 @@ def demo(ward_bin):
         runs = json.loads(subprocess.run([ward_bin, "runs", "list", "--json"], cwd=work, capture_output=True, text=True).stdout)
         verify = subprocess.run([ward_bin, "ledger", "verify"], cwd=work, capture_output=True, text=True)
         ws = os.path.join(work, "workspace")
-        published = open(os.path.join(ws, "published.log")).read().splitlines()
+        with open(os.path.join(ws, "published.log")) as f:
+            published = f.read().splitlines()
 
         print("\n== 3. The same agent, never interrupted (for comparison) ==")
         ref = os.path.join(root, "reference")
         os.makedirs(ref, mode=0o700)
-        r = subprocess.run([ward_bin, "run", "--policies", policies, "--run-id", "ref", "--socket", os.path.join(ref, "ward.sock"), "--", *agent], cwd=ref, capture_output=True, text=True)
+        r = subprocess.run([ward_bin, "run", "--policies", policies, "--run-id", "ref", "--socket", os.path.join(ref, "ward.sock"),
+                            "--", *agent], cwd=ref, capture_output=True, text=True)
         print(r.stdout.splitlines()[-1])
         same = site_digest(ws) == site_digest(os.path.join(ref, "workspace"))
 
@@ -177,12 +191,13 @@ def demo(ward_bin):
             f.write(str(crash_at))
         for _ in range(2):
             subprocess.run([sys.executable, os.path.abspath(__file__), "naive"], cwd=naive)
-        naive_published = open(os.path.join(naive, "published.log")).read().splitlines()
+        with open(os.path.join(naive, "published.log")) as f:
+            naive_published = f.read().splitlines()
 
         print("\n== Summary ==")
         ok = True
 
-        def check(cond, text):
+        def check(cond: bool, text: str) -> None:
             nonlocal ok
             ok &= cond
             print(f"  {'✔' if cond else '✘'} {text}")
@@ -201,11 +216,16 @@ def demo(ward_bin):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-if __name__ == "__main__":
+def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else "demo"
     if mode == "agent":
         run_agent()
     elif mode == "naive":
         run_naive()
     else:
-        sys.exit(demo(sys.argv[2]))
+        return demo(sys.argv[2])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,27 +5,42 @@ installed is reported as null (the bench says so and skips its rows).
 
     python3 Scripts/peers.py STEPS
 """
-import json, os, shutil, sys, tempfile, time
+# No `from __future__ import annotations`: LangGraph reads the state classes' annotations at
+# run time, and those made inside a function would not resolve from strings.
+import json
+import operator
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from typing import Annotated, Any, TypedDict
 
-steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-out = {"langgraphStepMicros": None, "dbosStepMicros": None, "langgraphStorageBytes": None, "finalStateBytes": None, "errors": []}
+
+class Results(TypedDict):
+    """The printed object; a figure stays null when its peer failed before reaching it."""
+    langgraphStepMicros: float | None
+    dbosStepMicros: float | None
+    langgraphStorageBytes: int | None
+    finalStateBytes: int | None
+    errors: list[str]
 
 
-def median(xs):
+def median(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[len(xs) // 2]
 
 
-def langgraph():
-    import sqlite3
+def langgraph(steps: int, out: Results) -> None:
+    # Imported here: a peer that is not installed is reported, not fatal.
     from langgraph.checkpoint.sqlite import SqliteSaver
-    from langgraph.graph import StateGraph, END
-    from typing import TypedDict
+    from langgraph.graph import END, StateGraph
 
     class State(TypedDict):
-        items: list
+        items: list[dict[str, Any]]
 
-    def append(state):
+    def append(state: State) -> dict[str, Any]:
         return {"items": state["items"] + [{"step": len(state["items"]), "note": "x" * 1000}]}
 
     d = tempfile.mkdtemp()
@@ -44,15 +59,13 @@ def langgraph():
             app.invoke({"items": []}, {"configurable": {"thread_id": f"t{i}"}})
             times.append((time.perf_counter() - t0) * 1e6)
         out["langgraphStepMicros"] = median(times)
+
         # Storage: 200 steps each appending 1 KiB to the state of one thread, the idiomatic
         # way (a list reducer: each step adds one item, the state accumulates).
-        import operator
-        from typing import Annotated
-
         class Growing(TypedDict):
-            items: Annotated[list, operator.add]
+            items: Annotated[list[dict[str, Any]], operator.add]
 
-        def add_one(state):
+        def add_one(state: Growing) -> dict[str, Any]:
             return {"items": [{"step": len(state["items"]), "note": "x" * 1000}]}
 
         g2 = StateGraph(Growing)
@@ -63,7 +76,7 @@ def langgraph():
         app2 = g2.compile(checkpointer=SqliteSaver(conn2))
         config = {"configurable": {"thread_id": "storage"}}
         state = None
-        for i in range(200):
+        for _ in range(200):
             state = app2.invoke({"items": []}, config)
         conn2.commit()
         conn2.close()
@@ -73,7 +86,8 @@ def langgraph():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def dbos():
+def dbos(steps: int, out: Results) -> None:
+    # Imported here: a peer that is not installed is reported, not fatal.
     from dbos import DBOS, DBOSConfig
 
     d = tempfile.mkdtemp()
@@ -82,12 +96,13 @@ def dbos():
                               "log_level": "WARNING"}
         DBOS(config=config)
 
-        @DBOS.step()
-        def step(i):
+        # The lint environment has no DBOS, so its decorators are untyped there.
+        @DBOS.step()  # type: ignore[untyped-decorator]
+        def step(i: int) -> int:
             return i
 
-        @DBOS.workflow()
-        def workflow(n):
+        @DBOS.workflow()  # type: ignore[untyped-decorator]
+        def workflow(n: int) -> list[float]:
             times = []
             for i in range(n):
                 t0 = time.perf_counter()
@@ -104,9 +119,17 @@ def dbos():
         shutil.rmtree(d, ignore_errors=True)
 
 
-for name, fn in (("langgraph", langgraph), ("dbos", dbos)):
-    try:
-        fn()
-    except Exception as e:  # a missing or broken peer is reported, not fatal
-        out["errors"].append(f"{name}: {type(e).__name__}: {e}")
-print(json.dumps(out))
+def main() -> None:
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    out: Results = {"langgraphStepMicros": None, "dbosStepMicros": None, "langgraphStorageBytes": None, "finalStateBytes": None,
+                    "errors": []}
+    for name, fn in (("langgraph", langgraph), ("dbos", dbos)):
+        try:
+            fn(steps, out)
+        except Exception as e:  # a missing or broken peer is reported, not fatal
+            out["errors"].append(f"{name}: {type(e).__name__}: {e}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

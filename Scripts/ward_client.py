@@ -6,31 +6,38 @@
     result = ward.call("c1", "shell", command="ls")          # CallResult dict
     ward.checkpoint({"step": 3})       # -> seq
     plan = ward.journal("llm-1", lambda: ask_the_model())    # recorded once, replayed after
+    ward.close()                       # or `with Ward() as ward: ...`, which closes it
 """
+# Annotations stay unevaluated: agents import this file with whatever Python they run, which
+# may predate `X | None` at run time.
+from __future__ import annotations
+
 import base64
 import itertools
 import json
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any
 
 
 class WardError(Exception):
     """A JSON-RPC error from ward; `kind` is one of the error kinds in the README's protocol section."""
 
-    def __init__(self, kind, message, code=None):
+    def __init__(self, kind: str, message: str, code: int | None = None) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.message = message
         self.code = code
 
 
-def token_file(socket_path):
+def token_file(socket_path: str) -> str:
     """Where `ward serve` writes the token of the socket at socket_path (mode 0600)."""
     return (socket_path[:-5] if socket_path.endswith(".sock") else socket_path) + ".token"
 
 
-def find_token(socket_path):
+def find_token(socket_path: str) -> str | None:
     """The agent's token for a socket: the token file beside it (`ward serve`), else $WARD_TOKEN (`ward run`)."""
     try:
         fd = os.open(token_file(socket_path), os.O_RDONLY | os.O_NOFOLLOW)
@@ -41,12 +48,13 @@ def find_token(socket_path):
 
 
 class Ward:
-    def __init__(self, socket_path=None, timeout=None, token=None):
+    def __init__(self, socket_path: str | None = None, timeout: float | None = None, token: str | None = None) -> None:
         """Connects and opens the connection with the agent's token (`token`, else find_token):
         ward serves nothing else. Raises WardError("unauthorized", ...) when it is refused."""
-        self.socket_path = socket_path or os.environ.get("WARD_SOCKET")
-        if not self.socket_path:
+        path = socket_path or os.environ.get("WARD_SOCKET")
+        if not path:
             raise WardError("invalid-arguments", "no socket: set WARD_SOCKET (ward run does) or pass socket_path")
+        self.socket_path: str = path
         token = token or find_token(self.socket_path)
         if not token:
             raise WardError("unauthorized", f"no token for {self.socket_path}: set WARD_TOKEN (ward run does) "
@@ -66,11 +74,18 @@ class Ward:
             self.close()
             raise
 
-    def close(self):
+    def close(self) -> None:
         self._file.close()
         self._sock.close()
 
-    def request(self, method, params=None):
+    # `with Ward() as ward:` closes the connection however the block ends.
+    def __enter__(self) -> Ward:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Sends one request and returns its result, or raises WardError."""
         with self._lock:
             request_id = next(self._ids)
@@ -103,18 +118,18 @@ class Ward:
             raise WardError("internal", "ward answered with neither a result nor an error")
         return response["result"]
 
-    def _member(self, result, name, method):
+    def _member(self, result: Any, name: str, method: str) -> Any:
         if not isinstance(result, dict) or name not in result:
             raise WardError("internal", f"malformed {method} result from ward: no {name}")
         return result[name]
 
-    def resume(self):
+    def resume(self) -> Any:
         return self.request("run.resume")
 
-    def call(self, call_id, tool, checkpoint=None, **arguments):
+    def call(self, call_id: str, tool: str, checkpoint: Any = None, **arguments: Any) -> dict[str, Any]:
         """Runs (or replays) one tool call; returns the CallResult with stdout/stderr as str,
         or bytes when they were not UTF-8."""
-        params = {"callId": call_id, "tool": tool, "arguments": arguments}
+        params: dict[str, Any] = {"callId": call_id, "tool": tool, "arguments": arguments}
         if checkpoint is not None:
             params["checkpoint"] = checkpoint
         result = self.request("tool.call", params)
@@ -128,16 +143,16 @@ class Ward:
                     raise WardError("internal", f"malformed {stream}Base64 from ward: {e}") from None
         return result
 
-    def checkpoint(self, state, label=None):
-        params = {"state": state}
+    def checkpoint(self, state: Any, label: str | None = None) -> Any:
+        params: dict[str, Any] = {"state": state}
         if label is not None:
             params["label"] = label
         return self._member(self.request("checkpoint.save", params), "seq", "checkpoint.save")
 
-    def load(self, seq=None):
+    def load(self, seq: int | None = None) -> Any:
         return self.request("checkpoint.load", {} if seq is None else {"seq": seq})
 
-    def journal(self, key, fn):
+    def journal(self, key: str, fn: Callable[[], Any]) -> Any:
         """The value recorded under `key`; the first time, records fn() (later fn is not called)."""
         existing = self.request("journal.record", {"key": key})  # look up only
         if self._member(existing, "found", "journal.record"):

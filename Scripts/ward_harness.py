@@ -1,6 +1,7 @@
 """Shared by ward's test harnesses (crash_matrix.py, soak.py): a policy directory with the
 shipped syscall sets, the defaults every harness tool needs, and the harness's own tools."""
-import os, shutil
+import os
+import shutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -14,7 +15,7 @@ timeout = "20s"
 """
 
 
-def policy_directory(root, tools):
+def policy_directory(root: str, tools: str) -> str:
     """Writes ROOT/policies with the shipped syscall sets and `tools` (TOML [tools.*] tables)."""
     directory = os.path.join(root, "policies")
     os.makedirs(directory)

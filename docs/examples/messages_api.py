@@ -17,17 +17,18 @@ import json
 import os
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 
 class State:
-    def __init__(self, path):
+    def __init__(self, path: str | None) -> None:
         self.path = path
-        self.data = {"posts": 0, "messages": []}
+        self.data: dict[str, Any] = {"posts": 0, "messages": []}
         if path and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 self.data = json.load(f)
 
-    def save(self):
+    def save(self) -> None:
         # Written whole and renamed: a reader never sees half a file.
         if self.path:
             with open(self.path + ".new", "w", encoding="utf-8") as f:
@@ -36,7 +37,10 @@ class State:
 
 
 class Handler(BaseHTTPRequestHandler):
-    def reply(self, status, value):
+    # The one State of the server (set by main before it serves).
+    state: State
+
+    def reply(self, status: int, value: Any) -> None:
         body = json.dumps(value).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -44,7 +48,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         if urllib.parse.urlsplit(self.path).path != "/messages":
             return self.reply(404, {"error": "no such resource"})
         try:
@@ -53,6 +57,7 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             return self.reply(400, {"error": "expected a JSON object with to and text"})
         key = self.headers.get("Idempotency-Key")
+        state = self.state
         state.data["posts"] += 1
         earlier = [m for m in state.data["messages"] if key and m["idempotencyKey"] == key]
         if earlier:
@@ -65,19 +70,24 @@ class Handler(BaseHTTPRequestHandler):
         state.save()
         self.reply(201, message)
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if url.path != "/messages":
             return self.reply(404, {"error": "no such resource"})
         keys = urllib.parse.parse_qs(url.query).get("idempotency_key")
-        self.reply(200, [m for m in state.data["messages"] if keys is None or m["idempotencyKey"] in keys])
+        self.reply(200, [m for m in self.state.data["messages"] if keys is None or m["idempotencyKey"] in keys])
 
 
-parser = argparse.ArgumentParser(description="A toy messages API that honours idempotency keys.")
-parser.add_argument("--port", type=int, default=8080)
-parser.add_argument("--state", help="a JSON file that keeps the messages (default: in memory)")
-options = parser.parse_args()
-state = State(options.state)
-server = HTTPServer(("127.0.0.1", options.port), Handler)
-print("listening on http://127.0.0.1:%d" % server.server_address[1], flush=True)
-server.serve_forever()
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A toy messages API that honours idempotency keys.")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--state", help="a JSON file that keeps the messages (default: in memory)")
+    options = parser.parse_args()
+    Handler.state = State(options.state)
+    with HTTPServer(("127.0.0.1", options.port), Handler) as server:
+        print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
