@@ -16,7 +16,7 @@ import threading
 
 
 class WardError(Exception):
-    """A JSON-RPC error from ward; `kind` is one of the error kinds in the README's protocol section."""
+    """A JSON-RPC error from ward; `kind` is one of the error kinds of docs/design.md, "Errors"."""
 
     def __init__(self, kind, message, code=None):
         super().__init__(f"{kind}: {message}")
