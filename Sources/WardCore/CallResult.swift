@@ -1,4 +1,4 @@
-/// The states of a call (docs/design.md, *States of a call*).
+/// The states of a call (docs/design.md, *Call states*; the moves between them: `CallState`).
 public enum CallStatus: String, Sendable, Hashable, CaseIterable {
     case running, succeeded, failed
     case timedOut = "timed-out"
