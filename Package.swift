@@ -40,7 +40,7 @@ let package = Package(
             .product(name: "GRDBSQLite", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        // Orchestration of ledger and sandbox: reconcile, and (next) the agent-facing server.
+        // Orchestration of ledger and sandbox: the agent protocol, its socket server, reconcile.
         .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardSpawn"]),
         // The Swift client of the agent protocol (async, typed errors).
         .target(name: "WardClient", dependencies: ["WardCore"]),

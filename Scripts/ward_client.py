@@ -23,7 +23,7 @@ from typing import Any
 
 
 class WardError(Exception):
-    """A JSON-RPC error from ward; `kind` is one of the error kinds in the README's protocol section."""
+    """A JSON-RPC error from ward; `kind` is one of the error kinds of docs/design.md, "Errors"."""
 
     def __init__(self, kind: str, message: str, code: int | None = None) -> None:
         super().__init__(f"{kind}: {message}")

@@ -13,9 +13,11 @@
 // Two ways to get there:
 // - direct: one child applies every step below, then execs the tool;
 // - zygote (zygote.c): a long-lived process applies the per-policy steps once (the
-//   confinement: rlimit-free steps 11-14), and each call's child applies only the per-call
-//   steps and inherits the rest. Attaching a seccomp filter costs ~75 µs of kernel time
-//   whatever its size; a child forked from a filtered process shares the filter for free.
+//   confinement, ward_step_confine: no_new_privs, capabilities, Landlock, seccomp), and
+//   each call's child applies only the per-call steps and inherits the rest (the order:
+//   docs/threats.md, "How a call is confined"). Attaching a seccomp filter costs ~75 µs of
+//   kernel time whatever its size; a child forked from a filtered process shares the
+//   filter for free.
 #include "spawn_internal.h"
 
 #include <fcntl.h>

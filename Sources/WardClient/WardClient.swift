@@ -6,7 +6,8 @@ import WardCore
 import Glibc
 #endif
 
-/// A protocol error from ward (`kind` is the README's `data.kind`), or a broken connection.
+/// A protocol error from ward (`kind` is its `data.kind`: docs/design.md, *Errors*), or a
+/// broken connection.
 public struct WardClientError: Error, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable {
         case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"

@@ -1,4 +1,4 @@
-/// The states of a call (README, "States of a call").
+/// The states of a call (docs/design.md, *Call states*; the moves between them: `CallState`).
 public enum CallStatus: String, Sendable, Hashable, CaseIterable {
     case running, succeeded, failed
     case timedOut = "timed-out"
@@ -61,7 +61,8 @@ public struct Resolution: Sendable, Hashable {
     }
 }
 
-/// the README's `CallResult`: what an agent gets back for a tool call.
+/// The protocol's `CallResult` (docs/design.md, *Methods*): what an agent gets back for a
+/// tool call.
 public struct CallResult: Sendable, Hashable {
     public var callId: String
     public var tool: String

@@ -1,8 +1,8 @@
-/// The JSON-RPC 2.0 framing of the README's agent protocol: one object per line. Everything
-/// here is pure (no socket, no ledger), so the decoder every agent request goes through can
-/// be fuzzed on its own (Tests/Fuzz).
+/// The JSON-RPC 2.0 framing of the agent protocol (docs/design.md, *The protocol*): one
+/// object per line. Everything here is pure (no socket, no ledger), so the decoder every
+/// agent request goes through can be fuzzed on its own (Tests/Fuzz).
 
-/// A JSON-RPC error with the README's `data.kind`.
+/// A JSON-RPC error with its `data.kind` (docs/design.md, *Errors*).
 public struct RPCError: Error, Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable, CaseIterable {
         case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"

@@ -21,12 +21,14 @@ import Glibc
 /// Schema (created only through migrations; query it with the `sqlite3` CLI):
 ///
 /// - `runs(run_id, created_at, updated_at, attempts, finished_at, exit_status, event_count,
-///   head_hash)`: one row per run; `finished_at` is set when its agent exited for good;
-///   `head_hash` is the hash of the run's last event.
+///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies)`: one row
+///   per run; `finished_at` is set when its agent exited for good; `head_hash` is the hash of
+///   the run's last event; the workspace columns and `policies` are its place (`RunPlace`).
 /// - `calls(run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
 ///   attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr,
 ///   truncated, duration_ms, verdict, note)`: the current state of each call; `stdout` and
-///   `stderr` are blob hashes; `owner` is `pid:starttime@bootid` of the process running it.
+///   `stderr` are blob hashes; `owner` is the token of the owner lock held by the ledger
+///   handle running it (`OwnerLock`; a ward from before owner locks wrote `pid:starttime@bootid`).
 /// - `blobs(hash, size, data)`: content-addressed bytes (outputs, checkpoint chunks); `hash`
 ///   is the raw SHA-256 of `data`.
 /// - `checkpoints(run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep,

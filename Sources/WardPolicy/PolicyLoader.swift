@@ -569,7 +569,7 @@ public enum Executable {
 
 /// The range of one numeric policy key, in its unit (bytes, milliseconds, a count). The
 /// maxima are where a larger value stops meaning anything more, or stops fitting what
-/// enforces it; README "Numeric values" lists them for policy writers.
+/// enforces it; the README's *Policies* lists them for policy writers.
 struct Bound: Sendable {
     enum Kind: Sendable { case size, duration, seconds, count }
     let kind: Kind

@@ -241,7 +241,8 @@ public final class SandboxCall: @unchecked Sendable {
         }
         var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
         ward_wait(pid, &exited, &code, &signal)
-        // The tool is gone; whatever it started goes with it (guarantee 7).
+        // The tool is gone; whatever it started goes with it (docs/design.md, *A call's
+        // processes end with it*).
         if !timedOut { sandbox.killTree(pid: pid, slot: slot) }
         collector.drain(until: Sandbox.monotonicNanoseconds() + 2_000_000_000)
         (outPipe[0], errPipe[0]) = (collector.fds[0], collector.fds[1])

@@ -28,7 +28,7 @@ public struct Reconciler: Sendable {
     /// program's last words say why it gave up).
     static let reasonLimit = 1000
 
-    /// The environment every tool process of a call gets (README, Agent protocol).
+    /// The environment every tool process of a call gets (docs/design.md, *What a tool receives*).
     public static func environment(run: String, callId: String) -> [(String, String)] {
         [("WARD_RUN_ID", run), ("WARD_CALL_ID", callId), ("WARD_IDEMPOTENCY_KEY", Ledger.idempotencyKey(run: run, callId: callId))]
     }

@@ -8,9 +8,9 @@ import WardSandbox
 import Glibc
 #endif
 
-/// The agent protocol of the README for one run: each method's params → result, over the
-/// ledger and the sandbox. Thread-safe; a request blocks the calling thread for as long as
-/// its tool runs, so callers give each request its own thread.
+/// The agent protocol (docs/design.md, *The protocol*) for one run: each method's params →
+/// result, over the ledger and the sandbox. Thread-safe; a request blocks the calling thread
+/// for as long as its tool runs, so callers give each request its own thread.
 public final class Supervisor: Sendable {
     public let runID: String
     private let currentAttempt: Atomic<Int>
@@ -28,7 +28,7 @@ public final class Supervisor: Sendable {
     private let toldInDoubt = Atomic<Bool>(false)
     /// Policy hashes by tool: the policies do not change while a supervisor runs.
     private let policyHashes = Lock<[String: String]>([:])
-    /// Longest accepted request line (README): 16 MiB.
+    /// Longest accepted request line (docs/design.md, *The protocol*): 16 MiB.
     public static let maximumLineBytes = 16 << 20
 
     /// Held for the supervisor's life: no other supervisor serves this run meanwhile.
@@ -263,7 +263,8 @@ public final class Supervisor: Sendable {
                         ticket = try ledgerCall { () throws(LedgerError) in try ledger.runAgain(ticket) }
                         call = nil
                     } catch where error.code == .startUnknown {
-                        // It may have run: never run it again on a guess (guarantee 4).
+                        // It may have run: never run it again on a guess (docs/design.md,
+                        // *A non-idempotent call never runs twice*).
                         try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
                         throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); \(ledger.settleHint(run: runID, callId: callId))")
                     } catch {

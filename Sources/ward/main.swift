@@ -10,8 +10,8 @@ import WardSupervisor
 import Glibc
 #endif
 
-/// An error the user reads, with the process exit code of the README
-/// (1 the checked thing is wrong, 2 usage or bad input, 3 storage).
+/// An error the user reads, with the process exit code the README gives (*Running a tool in
+/// its sandbox*: 1 the checked thing is wrong, 2 usage or bad input, 3 storage).
 struct CLIError: Error, CustomStringConvertible {
     let message: String
     let exitCode: Int32

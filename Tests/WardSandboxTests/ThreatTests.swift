@@ -254,7 +254,8 @@ struct ThreatTests {
         }
         // With host networking allowed, TCP goes through (the listener is real), but the
         // abstract socket of the host stays out of reach (Landlock scope, ABI 6). Below ABI 6
-        // nothing scopes them: the README says so, and this shows it is still true.
+        // nothing scopes them: docs/threats.md (*Known limits*) says so, and this shows it is
+        // still true.
         let net = try Harness.shared.hostile(mode, "connect-tcp", "\(tcp.port)", tool: "shell-net", abi: abi)
         #expect(net.stdout.contains("connect-tcp: OK"), "\(net)")
         let scoped = try Harness.shared.hostile(mode, "connect-abstract", abstract.name, tool: "shell-net", abi: abi)
