@@ -143,6 +143,7 @@ let workspace = base + "/workspace"
 let sandbox = try Sandbox(policies: shipped, workspace: workspace)
 let pidnsSandbox = try Sandbox(policies: shipped, workspace: workspace, useCgroups: false)
 let directSandbox = try Sandbox(policies: shipped, workspace: workspace, useZygotes: false)
+let sleepingSandbox = try Sandbox(policies: shipped, workspace: workspace, idleSpin: false)
 
 let bwrap = which("bwrap")
 let firejail = which("firejail")
@@ -151,12 +152,14 @@ let empty = JSONValue.object([:])
 for _ in 0..<20 {
     _ = try sandbox.run(tool: "true", arguments: empty)
     _ = try directSandbox.run(tool: "true", arguments: empty)
+    _ = try sleepingSandbox.run(tool: "true", arguments: empty)
     _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
 }
 let samples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { round in
     var ops: [(name: String, run: () throws -> Void)] = [
         ("ward", { let o = try sandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded, "sandboxed /bin/true failed: \(o)") }),
         ("direct", { let o = try directSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
+        ("sleeping", { let o = try sleepingSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
         ("pidns", { let o = try pidnsSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
         ("netns", { let o = try sandbox.run(tool: "true-netns", arguments: empty); precondition(o.status == .succeeded) }),
         ("bare", { precondition(Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } == 0) }),
@@ -179,6 +182,8 @@ if let firejailSamples = samples["firejail"] {
     rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(firejailSamples), budget: nil))
 }
 
+// What the idle spin (`IdleSpin`) is worth: the same spawn waited for by sleeping in poll.
+rows.append(Row(name: "… waited for by sleeping (no idle spin)", ward: median(samples["sleeping"]!), peer: "with the idle spin", peerValue: wardSpawn, budget: nil))
 rows.append(Row(name: "… each call confined anew (no zygote)", ward: median(samples["direct"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… without cgroups (PID namespace per call)", ward: median(samples["pidns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… network isolated by a netns per call", ward: median(samples["netns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))

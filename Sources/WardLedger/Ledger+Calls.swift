@@ -111,10 +111,7 @@ extension Ledger {
     /// - Throws: `conflict` (same call ID, other tool or arguments), `in-doubt` (a
     ///   non-idempotent call caught by a crash, not yet settled), `in-progress` (another
     ///   live process or thread is running it: see `awaitOutcome`), `storage`.
-    ///   - onExecute: runs once the call is to execute, inside the transaction, before its
-    ///     records are written and committed: work that must not precede the decision but may
-    ///     overlap the writing and the fsync (the supervisor parks the call's child here).
-    public func begin(_ request: BeginRequest, onExecute: () -> Void = {}) throws(LedgerError) -> BeginDecision {
+    public func begin(_ request: BeginRequest) throws(LedgerError) -> BeginDecision {
         let canonical = request.arguments.canonical
         let argsHash = Digest.sha256Hex(canonical.utf8)
         let binaryHash = digests.digest(of: request.executable)
@@ -128,7 +125,6 @@ extension Ledger {
         let decided = try write("recording the start of call \(request.callId)") { db -> BeginDecision? in
             let now = Timestamp.now()
             func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
-                onExecute()
                 try record()
                 var checkpointSeq: Int?
                 if let state = request.checkpoint {

@@ -28,6 +28,8 @@ public final class SandboxCall: @unchecked Sendable {
     private let rlimits: UnsafeMutableBufferPointer<ward_rlimit>
     private let cgroupFDs: UnsafeMutableBufferPointer<Int32>
     private let slot: CgroupSlot?
+    /// The pool `slot` came from, given back to it when the call ends.
+    private let cgroups: CgroupPool?
     private var stdinFD: Int32 = -1
     private var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
     /// The parked child's gate: a pipe whose read end it waits on.
@@ -53,8 +55,9 @@ public final class SandboxCall: @unchecked Sendable {
         // Containment of the whole tree, and the limits only the kernel's cgroups can hold.
         var acquired: CgroupSlot?
         var failure: SandboxError?
-        if sandbox.treeKill == .cgroup {
-            do { acquired = try sandbox.cgroups!.acquire() } catch { failure = error }
+        cgroups = sandbox.treeKill == .cgroup ? sandbox.cgroups : nil
+        if let cgroups {
+            do { acquired = try cgroups.acquire() } catch { failure = error }
         }
         slot = acquired
         let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
@@ -119,7 +122,7 @@ public final class SandboxCall: @unchecked Sendable {
     deinit {
         if parkedIn != nil { cancel() }
         for fd in [stdinFD, outPipe[0], outPipe[1], errPipe[0], errPipe[1], gate[0], gate[1]] where fd >= 0 { close(fd) }
-        if let slot, !done { sandbox.cgroups!.release(slot) }
+        if let slot, !done { cgroups?.release(slot) }
         free(path)
         free(cwd)
         config.deallocate()
@@ -166,14 +169,36 @@ public final class SandboxCall: @unchecked Sendable {
             ward_wait(pid, &exited, &code, &signal)
             close(pidfd.pointee)
         }
-        if let slot { sandbox.cgroups!.release(slot) }
+        if let slot { cgroups?.release(slot) }
     }
 
-    /// Starts the tool (opens a parked child's gate) and waits for it: the tool and
-    /// everything it started are gone when this returns.
+    /// How a started call ended (`start`).
+    public enum End: Sendable {
+        /// The tool ran; this is its outcome.
+        case finished(ToolOutcome)
+        /// The policy or the kernel refused to start it: no tool ran.
+        case refused(SandboxError)
+        /// The process starting it (its zygote) died mid-start: the tool may have begun;
+        /// whatever of it could be found was killed. Not to be started again blindly.
+        case lostStart(SandboxError)
+    }
+
+    /// The launch seam: starts the tool (opens a parked child's gate) once the caller has
+    /// made the call's record durable, and waits for it; the tool and everything it started
+    /// are gone when this returns.
     /// - Parameter capture: an `OutputCapture` file (its header written) that gets the
     ///   output as it comes, a heartbeat every second, and the exit; -1 for none.
-    /// - Throws: `SandboxError` when the call could not start; no tool ran then.
+    public func start(capture: Int32 = -1) -> End {
+        do { return .finished(try run(capture: capture)) } catch where error.code == .startUnknown {
+            return .lostStart(error)
+        } catch {
+            return .refused(error)
+        }
+    }
+
+    /// `start` for callers to whom a call that did not finish is an error.
+    /// - Throws: `SandboxError` when the call could not start (no tool ran), `startUnknown`
+    ///   when its start was lost.
     public func run(capture: Int32 = -1) throws(SandboxError) -> ToolOutcome {
         precondition(!done, "a SandboxCall runs once")
         done = true
@@ -206,7 +231,7 @@ public final class SandboxCall: @unchecked Sendable {
         outPipe[1] = -1
         errPipe[1] = -1
         guard pid > 0 else {
-            if let slot { sandbox.cgroups!.release(slot) }
+            if let slot { cgroups?.release(slot) }
             let step = String(cString: ward_step_name(spawnError.pointee.step))
             let code: SandboxError.Code = spawnError.pointee.step == Int32(WARD_STEP_EXECVE.rawValue) ? .policyDenied : .spawnFailed
             throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.pointee.error)) (tool \(name), \(executable))", errno: spawnError.pointee.error)
@@ -218,8 +243,7 @@ public final class SandboxCall: @unchecked Sendable {
 
         var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output), capture: capture)
         let deadline = start + policy.timeoutMilliseconds * 1_000_000
-        let spin = alone && byZygote && Sandbox.spinNanoseconds > 0 && Sandbox.spareCPU()
-        let spinUntil = spin ? Sandbox.monotonicNanoseconds() + Sandbox.spinNanoseconds : 0
+        let spinUntil = sandbox.idleSpin?.deadline(now: Sandbox.monotonicNanoseconds(), alone: alone, byZygote: byZygote) ?? 0
         // A captured call's file is touched every second: its mtime tells an operator how
         // long the tool ran before a crash of ward, even when it printed nothing.
         var heartbeat = capture >= 0 ? start + 1_000_000_000 : UInt64.max
@@ -247,7 +271,7 @@ public final class SandboxCall: @unchecked Sendable {
         collector.drain(until: Sandbox.monotonicNanoseconds() + 2_000_000_000)
         (outPipe[0], errPipe[0]) = (collector.fds[0], collector.fds[1])
         let durationMs = Double(Sandbox.monotonicNanoseconds() - start) / 1e6
-        if let slot { sandbox.cgroups!.release(slot) }
+        if let slot { cgroups?.release(slot) }
 
         let status: CallStatus
         if timedOut { status = .timedOut } else if exited != 0 { status = code == 0 ? .succeeded : .failed } else { status = .killed }
@@ -272,7 +296,7 @@ extension SandboxCall {
     /// one, was killed (`ward_zygote_spawn_finish`); whatever it started dies with the
     /// cgroup (or with the child, as its PID namespace's init).
     private func lost() -> SandboxError {
-        if let slot { _ = slot.killAll(); sandbox.cgroups!.release(slot) }
+        if let slot { _ = slot.killAll(); cgroups?.release(slot) }
         return SandboxError(.startUnknown, "the zygote of tool \(name) died while starting the call: the tool may have started")
     }
 }

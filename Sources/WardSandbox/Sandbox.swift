@@ -48,6 +48,8 @@ public final class Sandbox: Sendable {
     private let prepared = Lock<[String: PreparedTool]>([:])
     /// Calls running now: their tool's pid and cgroup, for `terminateAll`.
     private let active = Lock<[pid_t: CgroupSlot?]>([:])
+    /// How calls are waited for (nil: always by sleeping in poll).
+    let idleSpin: IdleSpin?
 
     /// - Parameters:
     ///   - policies: the loaded policy directory.
@@ -60,10 +62,13 @@ public final class Sandbox: Sendable {
     ///     policies' `[defaults] user`, else the default. Refused when ward is not root.
     ///   - maxLandlockABI: use at most this Landlock ABI, as on an older kernel (tests of
     ///     every ABI on one machine; `WARD_TEST_LANDLOCK_ABI` does the same for a process).
+    ///   - idleSpin: false never waits for a call without sleeping (`IdleSpin`; the bench
+    ///     measures what the spin is worth).
     public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"),
                 useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true,
-                toolUser: String? = nil, maxLandlockABI: Int? = nil) throws(SandboxError) {
+                toolUser: String? = nil, maxLandlockABI: Int? = nil, idleSpin: Bool = true) throws(SandboxError) {
         self.useZygotes = useZygotes
+        self.idleSpin = idleSpin ? IdleSpin.available : nil
         for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
             throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
         }
@@ -414,27 +419,6 @@ public final class Sandbox: Sendable {
         return true
     }
 
-    /// How long a call started by a zygote and running alone is waited for without sleeping,
-    /// at SCHED_IDLE (the tool, or anything else runnable, always goes first). A short tool
-    /// (a `cat`, a `git status`) ends within this. A thread that slept instead pays a wake-up,
-    /// and on a virtual machine an idle virtual CPU is slow to wake and runs slower for a while
-    /// after: every step of the next call, the ledger's commits included, measured slower.
-    /// Only when a CPU is left for it: the call runs alone, and no more tasks are runnable
-    /// than there are CPUs. On a saturated machine a SCHED_IDLE thread can wait tens of ms
-    /// for its turn (measured: 50–68 ms worst cases under two CPU hogs, 17–25 ms without
-    /// spinning). Not after a direct spawn, where it made calls slower (408 to 718 µs a
-    /// spawn, not understood yet). Off on one CPU, and where the thread could not come back
-    /// from SCHED_IDLE.
-    static let spinNanoseconds: UInt64 = cpus > 1 && ward_can_idle_and_return() == 1 ? 300_000 : 0
-
-    static let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-
-    /// Whether a waiting thread may spin now: a CPU is idle besides the ones this call uses.
-    static func spareCPU() -> Bool {
-        let runnable = ward_runnable_tasks()
-        return runnable >= 0 && runnable <= cpus
-    }
-
     static func monotonicNanoseconds() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -480,7 +464,7 @@ struct OutputCollector {
     }
 
     /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
-    /// Until `spinUntil` it polls without sleeping, at SCHED_IDLE (see `Sandbox.spinNanoseconds`).
+    /// Until `spinUntil` it polls without sleeping, at SCHED_IDLE (see `IdleSpin`).
     mutating func pollOnce(extra: Int32, until deadline: UInt64, spinUntil: UInt64 = 0) -> Bool {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))

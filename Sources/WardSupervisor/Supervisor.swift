@@ -208,72 +208,101 @@ public final class Supervisor: Sendable {
                                    policyHash: policyHash(policy), executable: executable, attempt: attempt,
                                    checkpoint: p.value("checkpoint").map(\.canonicalBytes))
         let environment = Reconciler.environment(run: runID, callId: callId)
+        let launch = Launch(tool: tool, arguments: arguments, environment: environment)
+        switch try begin(request, policy: policy, launch: launch) {
+        case (.replay(let result), _): return result.json
+        case (.execute(let ticket), let parked): return try execute(ticket, policy: policy, parked: parked, launch: launch).json
+        }
+    }
+
+    /// What the sandbox needs to start a call's tool.
+    struct Launch {
+        var tool: String
+        var arguments: JSONValue
+        var environment: [(String, String)]
+    }
+
+    /// The ledger's decision on a request, after waiting for a call that another owner runs
+    /// and reconciling (once) a call in doubt: replay it, or execute it. A call the ledger
+    /// does not hold yet (the common case) gets its child made and confined first, parked at
+    /// its gate, so the spawn overlaps the writing and fsync of its `running` record; the
+    /// tool itself starts only once that record is durable (`execute`).
+    func begin(_ request: BeginRequest, policy: ToolPolicy, launch: Launch) throws(RPCError) -> (BeginDecision, SandboxCall?) {
         var reconciled = false
         while true {
-            // The child is created and confined while `begin` writes and fsyncs the `running`
-            // record, and waits at its gate: the tool execs only once the record is durable.
             var parked: SandboxCall?
-            defer { parked?.cancel() }
-            let decision: BeginDecision
+            if (try? ledger.state(run: runID, callId: request.callId)) == nil {
+                parked = try? sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
+                parked?.park()
+            }
             do {
-                decision = try ledger.begin(request) {
-                    parked = try? sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment)
-                    parked?.park()
-                }
+                let decision = try ledger.begin(request)
+                if case .replay = decision { parked?.cancel() }
+                return (decision, parked)
             } catch where error.code == .inProgress {
+                parked?.cancel()
                 // Never a second child: wait for the one that runs.
                 let wait = Double(policy.timeoutMilliseconds) / 1000 + 10
                 // It ran here, and its outcome waits for the disk: the real result once it
                 // is recorded, or the reason it is not yet.
-                switch outcomes.wait(run: runID, callId: callId, timeout: wait) {
+                switch outcomes.wait(run: runID, callId: request.callId, timeout: wait) {
                 case .pending(let last)?:
-                    throw RPCError(.storage, "call \(callId) of run \(runID) ran, but its outcome is not recorded yet (\(last.message)); "
+                    throw RPCError(.storage, "call \(request.callId) of run \(runID) ran, but its outcome is not recorded yet (\(last.message)); "
                                    + "ward keeps trying: ask again for its result")
                 case .settled?: continue
                 case nil: break
                 }
-                let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: callId, timeout: wait) }
-                if let result { return result.json }
-                continue  // its process died: begin decides again
+                let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: request.callId, timeout: wait) }
+                if let result { return (.replay(result), nil) }
+                // Its process died: begin decides again.
             } catch where error.code == .inDoubt && !reconciled && policy.reconcile != nil {
+                parked?.cancel()
                 reconciled = true
-                let calls = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID, callId: callId) }
+                let calls = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID, callId: request.callId) }
                 for call in calls { _ = try ledgerCall { () throws(LedgerError) in try reconciler.reconcile(call) } }
-                continue
             } catch {
+                parked?.cancel()
                 throw RPCError(error)
             }
-            switch decision {
-            case .replay(let result):
-                return result.json
-            case .execute(var ticket):
-                let execution = ticket.execution
-                // A non-idempotent call's output is captured as it comes: if ward dies
-                // mid-call, it is the operator's evidence of how far the tool got.
-                let capture = policy.effect == .nonIdempotent ? ledger.openCapture(ticket) : nil
-                var outcome: ToolOutcome?
-                var call = parked
-                while outcome == nil {
-                    do throws(SandboxError) {
-                        let starting = if let call { call } else { try sandbox.prepareCall(tool: tool, arguments: arguments, environment: environment) }
-                        outcome = try starting.run(capture: capture?.fd ?? -1)
-                    } catch where error.code == .startUnknown && policy.effect != .nonIdempotent && ticket.execution == execution {
-                        // Repeating it is harmless: started afresh, once, as an execution of
-                        // its own in the ledger (the lost start may have run the tool).
-                        ticket = try ledgerCall { () throws(LedgerError) in try ledger.runAgain(ticket) }
-                        call = nil
-                    } catch where error.code == .startUnknown {
-                        // It may have run: never run it again on a guess (docs/design.md,
-                        // *A non-idempotent call never runs twice*).
-                        try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
-                        throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(error.message); \(ledger.settleHint(run: runID, callId: callId))")
-                    } catch {
-                        // Recorded as denied: the policy or the kernel refused to start it.
-                        outcome = ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error)\n".utf8),
-                                              truncated: false, durationMs: 0)
-                    }
+        }
+    }
+
+    /// Runs a call whose `running` record is durable and records its outcome.
+    func execute(_ first: CallTicket, policy: ToolPolicy, parked: SandboxCall?, launch: Launch) throws(RPCError) -> CallResult {
+        var ticket = first
+        // A non-idempotent call's output is captured as it comes: if ward dies mid-call, it
+        // is the operator's evidence of how far the tool got.
+        let capture = policy.effect == .nonIdempotent ? ledger.openCapture(ticket) : nil
+        var parked = parked
+        while true {
+            let end: SandboxCall.End
+            if let call = parked {
+                end = call.start(capture: capture?.fd ?? -1)
+                parked = nil
+            } else {
+                do throws(SandboxError) {
+                    end = try sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
+                        .start(capture: capture?.fd ?? -1)
+                } catch {
+                    end = .refused(error)
                 }
-                return try record(ticket, outcome!).json
+            }
+            switch end {
+            case .finished(let outcome):
+                return try record(ticket, outcome)
+            case .refused(let error):
+                // Recorded as denied: the policy or the kernel refused to start it.
+                return try record(ticket, ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [],
+                                                      stderr: Array("ward: \(error)\n".utf8), truncated: false, durationMs: 0))
+            case .lostStart where policy.effect != .nonIdempotent && ticket.execution == first.execution:
+                // Repeating it is harmless: started afresh, once, as an execution of its own
+                // in the ledger (the lost start may have run the tool).
+                ticket = try ledgerCall { () throws(LedgerError) in try ledger.runAgain(ticket) }
+            case .lostStart(let error):
+                // It may have run: never run it again on a guess (docs/design.md, "A
+                // non-idempotent call never runs twice").
+                try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: error.message) }
+                throw RPCError(.inDoubt, "call \(ticket.callId) of run \(runID): \(error.message); \(ledger.settleHint(run: runID, callId: ticket.callId))")
             }
         }
     }
