@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // System libraries: libseccomp compiles filters in the parent; libcap names
@@ -26,7 +27,7 @@ let package = Package(
         // The child side of the spawn: runs between clone and execve, raw syscalls only.
         .target(name: "CWardSpawn", cSettings: [.define("_GNU_SOURCE")]),
         // JSON (strict parsing, RFC 8785 canonical form) and the call result types.
-        .target(name: "WardCore"),
+        .target(name: "WardCore", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // Policies: its own TOML reader (positions for every key), syscall names via libseccomp.
         .target(name: "WardPolicy", dependencies: ["CSeccomp"]),
         .target(name: "WardSandbox", dependencies: [

@@ -70,7 +70,7 @@ extension Ledger {
         clock_gettime(CLOCK_REALTIME_COARSE, &now)
         let header = OutputCapture.header(run: ticket.run, callId: ticket.callId, execution: ticket.execution,
                                           startedMs: now.tv_sec * 1000 + now.tv_nsec / 1_000_000)
-        guard Glibc.write(fd, header, header.count) == header.count else {
+        guard OS.writeAll(fd, header) else {
             close(fd)
             unlink(file)
             return nil
@@ -103,15 +103,7 @@ extension Ledger {
         guard fstat(fd, &st) == 0 else { return nil }
         // At most both streams at the largest output limit a policy may set, and the frames.
         let size = min(Int(st.st_size), 2 * 128 << 20 + 1 << 20)
-        var bytes = [UInt8](repeating: 0, count: size)
-        var got = 0
-        while got < size {
-            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, size - got) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            got += n
-        }
-        guard let contents = OutputCapture.parse(Array(bytes[..<got])), contents.run == run, contents.callId == callId,
+        guard let bytes = OS.readAll(fd, limit: size), let contents = OutputCapture.parse(bytes), contents.run == run, contents.callId == callId,
               contents.execution == execution else { return nil }
         return Captured(contents: contents, lastSignOfLifeMs: st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1_000_000,
                         lastSignOfLife: Timestamp.format(st.st_mtim))

@@ -29,7 +29,7 @@ final class OwnerLock: Sendable {
         let me = ProcessIdentity.current
         let details = JSONValue.object(["pid": .number(Double(me.pid)), "startTime": .number(Double(me.startTime)), "bootID": .string(me.bootID),
                                         "command": .string(ProcessIdentity.commandName)]).canonicalBytes + [0x0A]
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0, Glibc.write(fd, details, details.count) == details.count,
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0, OS.writeAll(fd, details),
               rename(temporary, directory + "/" + OwnerLock.prefix + token) == 0 else {
             let error = String(cString: strerror(errno))
             close(fd)
@@ -173,8 +173,8 @@ extension Ledger {
         guard fd >= 0 else { throw LedgerError(.storage, "cannot open the reconcile lock \(file): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         // Waits for the other reconciler: its command is bounded by the tool's timeout.
-        while flock(fd, LOCK_EX) != 0 {
-            guard errno == EINTR else { throw LedgerError(.storage, "cannot take the reconcile lock \(file): \(String(cString: strerror(errno)))") }
+        guard OS.lockExclusive(fd) else {
+            throw LedgerError(.storage, "cannot take the reconcile lock \(file): \(String(cString: strerror(errno)))")
         }
         return try body()
     }

@@ -187,10 +187,11 @@ public final class Ledger: Sendable {
             throw LedgerError(.storage, "cannot read \(path): \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
-        var header = [UInt8](repeating: 0, count: 100)
-        let n = Glibc.read(fd, &header, 100)
-        if n == 0 { return }
-        guard n == 100, header.starts(with: Array("SQLite format 3\0".utf8)) else {
+        guard let header = OS.readAll(fd, limit: 100) else {
+            throw LedgerError(.storage, "cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        if header.isEmpty { return }
+        guard header.count == 100, header.starts(with: Array("SQLite format 3\0".utf8)) else {
             throw LedgerError(.corrupt, "\(path) is not a ward ledger (not an SQLite database)")
         }
         let appID = Int32(bitPattern: UInt32(header[68]) << 24 | UInt32(header[69]) << 16 | UInt32(header[70]) << 8 | UInt32(header[71]))
@@ -468,12 +469,10 @@ final class SchemaLock {
         fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
         guard fd >= 0 else { throw LedgerError(.storage, "cannot open the schema lock \(file): \(String(cString: strerror(errno)))") }
         // Waited for: another process's set-up takes milliseconds.
-        while flock(fd, LOCK_EX) != 0 {
-            guard errno == EINTR else {
-                let error = String(cString: strerror(errno))
-                close(fd)
-                throw LedgerError(.storage, "cannot take the schema lock \(file): \(error)")
-            }
+        guard OS.lockExclusive(fd) else {
+            let error = String(cString: strerror(errno))
+            close(fd)
+            throw LedgerError(.storage, "cannot take the schema lock \(file): \(error)")
         }
     }
 

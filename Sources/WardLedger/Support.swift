@@ -67,13 +67,7 @@ public final class FileDigests: Sendable {
         guard fd >= 0 else { return "unreadable" }
         defer { close(fd) }
         var hasher = SHA256()
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            hasher.update(data: buffer[0..<n])
-        }
+        guard OS.forEachChunk(fd, { hasher.update(data: $0) }) else { return "unreadable" }
         let hex = Digest.hex(hasher.finalize())
         cache.withLock { $0[path] = (key, hex) }
         return hex
@@ -134,9 +128,8 @@ public struct ProcessIdentity: Sendable, Hashable {
         let fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return "unknown" }
         defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let n = read(fd, &buffer, buffer.count)
-        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).filter { $0 != "\n" } : "unknown"
+        guard let bytes = OS.readAll(fd, limit: 64), !bytes.isEmpty else { return "unknown" }
+        return String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" }
     }()
 
     /// Field 22 of /proc/PID/stat (clock ticks after boot), nil when the process is gone.
@@ -144,10 +137,8 @@ public struct ProcessIdentity: Sendable, Hashable {
         let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        let n = read(fd, &buffer, buffer.count)
-        guard n > 0 else { return nil }
-        let text = String(decoding: buffer[0..<n], as: UTF8.self)
+        guard let bytes = OS.readAll(fd, limit: 4096), !bytes.isEmpty else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
         guard let close = text.lastIndex(of: ")") else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
         // fields[0] is the state (field 3); the start time is field 22.

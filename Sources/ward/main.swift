@@ -292,14 +292,7 @@ enum Output {
         if isatty(fd) == 1 { write(fd, Array(TerminalText.escape(bytes: bytes, keepingLineBreaks: true).utf8)) } else { write(fd, bytes) }
     }
 
-    static func write(_ fd: Int32, _ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return }
-            offset += n
-        }
-    }
+    static func write(_ fd: Int32, _ bytes: [UInt8]) { _ = OS.writeAll(fd, bytes) }
 }
 
 // MARK: - Entry point
