@@ -43,7 +43,7 @@ let package = Package(
         ]),
         // Orchestration of ledger and sandbox: the agent protocol, its socket server, reconcile.
         .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardSpawn"]),
-        // The Swift client of the agent protocol (async, typed errors).
+        // The Swift client of the agent protocol: blocking (WardConnection) and async (WardClient), typed errors.
         .target(name: "WardClient", dependencies: ["WardCore"]),
         .executableTarget(name: "ward", dependencies: [
             "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor",

@@ -2,31 +2,9 @@ import Dispatch
 import Foundation
 import WardCore
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// A protocol error from ward (`kind` is its `data.kind`: docs/design.md, *Errors*), or a
-/// broken connection.
-public struct WardClientError: Error, Sendable, CustomStringConvertible {
-    public enum Kind: String, Sendable {
-        case conflict, inProgress = "in-progress", inDoubt = "in-doubt", unknownTool = "unknown-tool"
-        case invalidArguments = "invalid-arguments", policyDenied = "policy-denied", tooLarge = "too-large"
-        case storage, `internal`, unauthorized
-        /// The socket could not be reached, or ward closed it.
-        case connection
-    }
-
-    public let kind: Kind
-    public let message: String
-    /// The JSON-RPC error code, when ward sent one.
-    public let code: Int?
-
-    public var description: String { "\(kind.rawValue): \(message)" }
-}
-
 /// ward's Swift client: one connection to the supervisor's socket, any number of requests
-/// in flight on it at once (answered by id).
+/// in flight on it at once (answered by id). Built on `WardConnection`, which opens the
+/// connection, frames the lines and reads the answers.
 ///
 /// ```swift
 /// let ward = try WardClient()                // $WARD_SOCKET, $WARD_TOKEN
@@ -34,9 +12,12 @@ public struct WardClientError: Error, Sendable, CustomStringConvertible {
 /// let result = try await ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("ls")])
 /// ```
 public final class WardClient: Sendable {
-    private let fd: Int32
-    /// The same fd, for writing: one request line at a time.
-    private let writer: Lock<Int32>
+    /// Lines are read from it by the reader thread alone. Other threads only send through
+    /// it, under `writer`, and sending reads nothing of it but its fd and path, which never
+    /// change: no state of it is shared.
+    private nonisolated(unsafe) let connection: WardConnection
+    /// Held while a request line is written: one line at a time.
+    private let writer = Lock(())
     private let state = Lock(State())
 
     private struct State {
@@ -53,49 +34,35 @@ public final class WardClient: Sendable {
     /// agent's token: `token`, else the token file beside the socket (`ward serve`), else
     /// `$WARD_TOKEN` (`ward run`).
     /// - Parameter timeout: fail a request with `.connection` when ward does not answer in
-    ///   time (a stopped or wedged supervisor), instead of waiting forever.
-    /// - Throws: `.unauthorized` when ward refuses the token, `.connection` when it cannot be reached.
+    ///   time (a stopped or wedged supervisor), instead of waiting forever; opening the
+    ///   connection too.
+    /// - Throws: `.ward(.unauthorized)` when ward refuses the token, `.connection` when it
+    ///   cannot be reached.
     public init(socketPath: String? = nil, token: String? = nil, timeout: Duration? = nil) throws(WardClientError) {
         self.timeout = timeout
-        guard let path = socketPath ?? ProcessInfo.processInfo.environment["WARD_SOCKET"] else {
-            throw WardClientError(kind: .connection, message: "no socket: set WARD_SOCKET (ward run does) or pass socketPath", code: nil)
-        }
-        switch UnixSocket.connect(path) {
-        case .success(let fd):
-            self.fd = fd
-            writer = Lock(fd)
-        case .failure(let e): throw WardClientError(kind: .connection, message: "cannot connect to \(path): \(e)", code: nil)
-        }
-        // Answered before the reader starts: nothing else is in flight yet. (A throw from
-        // here on runs deinit, which closes the fd.)
-        if let refusal = AgentCredential.authenticate(fd: fd, socketPath: path, token: token) {
-            throw WardClientError(kind: WardClientError.Kind(rawValue: refusal.kind) ?? .connection, message: refusal.message, code: nil)
-        }
+        connection = try WardConnection(socketPath: socketPath, opening: .agent(token: token), timeout: timeout)
+        // Opened; from now on the reader waits as long as the connection lives, and each
+        // request has its own timer: a bound on each read would fire between requests.
+        if timeout != nil { connection.setTimeout(nil) }
         let reader = Thread { [self] in readLoop() }
         reader.name = "ward-client"
         reader.start()
     }
 
-    deinit { Glibc.close(fd) }
-
     /// Closes the connection; requests in flight fail with `.connection`. (The reader thread
     /// keeps the client alive until then.)
-    public func close() { shutdown(fd, Int32(SHUT_RDWR)) }
+    public func close() { connection.shutdown() }
 
     // MARK: - Methods
 
-    /// `run.resume`: {runId, attempt, checkpoint, completedSince, inDoubt}.
+    /// `run.resume`: {runId, attempt, checkpoint, completedSince, inDoubt, notExecuted}.
     public func resume() async throws(WardClientError) -> [String: JSONValue] {
         try await request("run.resume", .object([:])).objectValue ?? [:]
     }
 
     /// `tool.call`: runs the call, or replays its recorded result.
     public func call(callId: String, tool: String, arguments: [String: JSONValue] = [:], checkpoint: JSONValue? = nil) async throws(WardClientError) -> CallResult {
-        var params: [String: JSONValue] = ["callId": .string(callId), "tool": .string(tool), "arguments": .object(arguments)]
-        if let checkpoint { params["checkpoint"] = checkpoint }
-        let json = try await request("tool.call", .object(params))
-        guard let result = CallResult(json: json) else { throw WardClientError(kind: .internal, message: "malformed CallResult", code: nil) }
-        return result
+        try ToolCall.result(await request(ToolCall.method, ToolCall.params(callId: callId, tool: tool, arguments: arguments, checkpoint: checkpoint)))
     }
 
     /// `checkpoint.save`: returns the sequence number.
@@ -103,7 +70,7 @@ public final class WardClient: Sendable {
         var params: [String: JSONValue] = ["state": state]
         if let label { params["label"] = .string(label) }
         guard let seq = try await request("checkpoint.save", .object(params)).objectValue?["seq"]?.integer() else {
-            throw WardClientError(kind: .internal, message: "malformed checkpoint.save result", code: nil)
+            throw .malformed("checkpoint.save result")
         }
         return seq
     }
@@ -113,7 +80,7 @@ public final class WardClient: Sendable {
         let result = try await request("checkpoint.load", seq.map { .object(["seq": .number(Double($0))]) } ?? .object([:]))
         if result == .null { return nil }
         guard let o = result.objectValue, let s = o["seq"]?.integer(), let state = o["state"] else {
-            throw WardClientError(kind: .internal, message: "malformed checkpoint.load result", code: nil)
+            throw .malformed("checkpoint.load result")
         }
         return (s, state)
     }
@@ -144,44 +111,43 @@ public final class WardClient: Sendable {
                 }
                 guard let id else { return }
                 if let timeout {
-                    // Clamped to [0, 100 years]: a negative or huge Duration must not trap.
-                    let seconds = min(max(timeout.components.seconds, 0), 3_153_600_000)
-                    let nanos = Int(seconds) * 1_000_000_000 + Int(max(timeout.components.attoseconds, 0) / 1_000_000_000)
-                    WardClient.timers.asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
+                    WardClient.timers.asyncAfter(deadline: .now() + .nanoseconds(timeout.clampedNanoseconds)) { [self] in
                         if let c = self.state.withLock({ $0.pending.removeValue(forKey: id) }) {
-                            c.resume(throwing: WardClientError(kind: .connection, message: "no answer from ward within \(timeout)", code: nil))
+                            c.resume(throwing: WardClientError.noAnswer(within: timeout))
                         }
                     }
                 }
-                let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
-                let sent = writer.withLock { fd in UnixSocket.sendAll(fd, line + [0x0A]) }
-                if !sent, let c = state.withLock({ $0.pending.removeValue(forKey: id) }) {
-                    c.resume(throwing: WardClientError(kind: .connection, message: "sending to ward failed", code: nil))
+                let line = WardConnection.line(id: .number(Double(id)), method: method, params: params)
+                let failed = writer.withLock { _ -> WardClientError? in
+                    do throws(WardClientError) { try connection.send(line) } catch { return error }
+                    return nil
+                }
+                if let error = failed, let c = state.withLock({ $0.pending.removeValue(forKey: id) }) {
+                    c.resume(throwing: error)
                 }
             }
         } catch let error as WardClientError {
             throw error
         } catch {
-            throw WardClientError(kind: .internal, message: "\(error)", code: nil)
+            throw WardClientError(.ward(.internal), "\(error)")
         }
     }
 
     private func readLoop() {
-        var reader = LineReader(fd: fd)
-        while let line = reader.next() {
-            // An answer that is not one of ours (unparsable, a foreign or fractional id) is
-            // dropped: its request times out or fails when the connection closes.
-            guard let response = try? JSONValue.parse(line).objectValue, let id = response["id"]?.integer(),
-                  let continuation = state.withLock({ $0.pending.removeValue(forKey: id) }) else { continue }
-            if let error = response["error"]?.objectValue {
-                let kind = WardClientError.Kind(rawValue: error["data"]?.objectValue?["kind"]?.stringValue ?? "") ?? .internal
-                let code = error["code"]?.integer()
-                continuation.resume(throwing: WardClientError(kind: kind, message: error["message"]?.stringValue ?? "", code: code))
-            } else {
-                continuation.resume(returning: response["result"] ?? .null)
+        let closed: WardClientError
+        while true {
+            let line: [UInt8]
+            do { line = try connection.nextLine() } catch {
+                closed = error
+                break
             }
+            // An answer that is not one of ours (unparsable, a foreign or fractional id) is
+            // dropped: its request times out or fails when the connection closes. So is an
+            // error with `id: null`: with many requests in flight, it names none of them.
+            guard let answer = WardConnection.answer(line), let id = answer.id,
+                  let continuation = state.withLock({ $0.pending.removeValue(forKey: id) }) else { continue }
+            continuation.resume(with: answer.result)
         }
-        let closed = WardClientError(kind: .connection, message: "ward closed the connection", code: nil)
         let pending = state.withLock { s -> [CheckedContinuation<JSONValue, any Error>] in
             s.closed = closed
             defer { s.pending.removeAll() }

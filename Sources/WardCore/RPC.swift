@@ -105,6 +105,11 @@ public struct RPCRequest: Sendable {
         return .success(RPCRequest(id: id, method: method, params: members["params"] ?? .object([:])))
     }
 
+    /// A request line (without its newline), as a client sends it: the inverse of `decode`.
+    public static func line(id: JSONValue, method: String, params: JSONValue) -> [UInt8] {
+        JSONValue.object(["jsonrpc": .string("2.0"), "id": id, "method": .string(method), "params": params]).canonicalBytes
+    }
+
     /// Blank lines between requests are allowed and ignored.
     public static func isBlank(_ line: [UInt8]) -> Bool {
         line.allSatisfy { $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }

@@ -17,13 +17,13 @@ struct ClientTests {
             _ = try await ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("other")])
             Issue.record("no conflict")
         } catch {
-            #expect(error.kind == .conflict)
+            #expect(error.kind == .ward(.conflict))
         }
         do {
             _ = try await ward.call(callId: "c2", tool: "nope")
             Issue.record("no unknown-tool")
         } catch {
-            #expect(error.kind == .unknownTool && error.code == -32004)
+            #expect(error.kind == .ward(.unknownTool) && error.code == -32004)
         }
         #expect(try await ward.loadCheckpoint()?.state == .object(["step": .number(1)]))
         #expect(try await ward.saveCheckpoint(.array([.bool(true)]), label: "x") == 2)
@@ -33,6 +33,44 @@ struct ClientTests {
         #expect(v1 == .string("first") && v2 == .string("first") && made == 1)
         let resume = try await ward.resume()
         #expect(resume["runId"] == .string("r1"))
+    }
+
+    /// The blocking face: the same calls, results and typed errors, one request at a time;
+    /// a wrong token is refused as the connection opens.
+    @Test func aBlockingConnectionCallsAndGetsTypedErrors() throws {
+        let t = try TestServer()
+        let ward = try WardConnection(socketPath: t.server.path)
+        let first = try ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("printf hi")])
+        #expect(first.outcome.stdout == Array("hi".utf8) && !first.replayed)
+        let again = try ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("printf hi")])
+        #expect(again.replayed && again.outcome == first.outcome)
+        do {
+            _ = try ward.call(callId: "c1", tool: "shell", arguments: ["command": .string("other")])
+            Issue.record("no conflict")
+        } catch {
+            #expect(error.kind == .ward(.conflict) && error.code == -32001, "\(error)")
+        }
+        do {
+            _ = try ward.request("checkpoint.load", .object(["seqq": .number(1)]))
+            Issue.record("a misspelt member was taken")
+        } catch {
+            #expect(error.kind == .ward(.invalidArguments) && error.field == "seqq", "\(error)")
+        }
+        #expect(try ward.request("run.resume", .object([:])).objectValue?["runId"] == .string("r1"))
+        // Past 16 MiB ward answers with `id: null` and closes the connection, before the
+        // whole line is sent: the answer still says why.
+        do {
+            _ = try ward.request("journal.record", .object(["key": .string("big"), "value": .string(String(repeating: "a", count: 17 << 20))]))
+            Issue.record("a line past the limit was taken")
+        } catch {
+            #expect(error.kind == .ward(.tooLarge), "\(error)")
+        }
+        do {
+            _ = try WardConnection(socketPath: t.server.path, opening: .agent(token: AgentCredential.generate()))
+            Issue.record("a wrong token was taken")
+        } catch {
+            #expect(error.kind == .ward(.unauthorized), "\(error)")
+        }
     }
 
     @Test func concurrentRequestsOnOneConnection() async throws {
@@ -65,6 +103,7 @@ struct ClientTests {
         let ward = try WardClient(socketPath: dir + "/s.sock", timeout: .milliseconds(500))
         defer { ward.close() }
         _ = try await ward.resume()
+        let blocking = try WardConnection(socketPath: dir + "/s.sock", timeout: .milliseconds(500))
         kill(serve.processIdentifier, SIGSTOP)
         defer { kill(serve.processIdentifier, SIGCONT) }
         do {
@@ -73,6 +112,17 @@ struct ClientTests {
         } catch {
             #expect(error.kind == .connection && error.message.contains("no answer"), "\(error)")
         }
+        do {
+            _ = try blocking.call(callId: "c2", tool: "shell", arguments: ["command": .string("true")])
+            Issue.record("a stopped supervisor answered")
+        } catch {
+            #expect(error.kind == .connection && error.message.contains("no answer"), "\(error)")
+        }
+        // Opening a connection (its session.auth) is bounded too, on either face.
+        let opening = #expect(throws: WardClientError.self) { _ = try WardClient(socketPath: dir + "/s.sock", timeout: .milliseconds(500)) }
+        #expect(opening?.kind == .connection && opening?.message.contains("no answer") == true, "\(String(describing: opening))")
+        let openingBlocking = #expect(throws: WardClientError.self) { _ = try WardConnection(socketPath: dir + "/s.sock", timeout: .milliseconds(500)) }
+        #expect(openingBlocking?.kind == .connection && openingBlocking?.message.contains("no answer") == true, "\(String(describing: openingBlocking))")
     }
 
     @Test func aFloodOfRequestsIsAllAnsweredAndTheServerLivesOn() async throws {
@@ -170,9 +220,34 @@ struct ClientRobustnessTests {
             _ = try await ward.resume()
             Issue.record("an error answer was taken as a result")
         } catch {
-            #expect(error.kind == .internal && error.code == nil, "\(error)")
+            #expect(error.kind == .ward(.internal) && error.code == nil, "\(error)")
         }
         await #expect(throws: WardClientError.self) { _ = try await ward.call(callId: "c", tool: "t") }
+    }
+
+    /// The blocking face reads the same answers the same way, passing over the lines that
+    /// answer nothing of its request's.
+    @Test func theBlockingConnectionTurnsMalformedAnswersIntoErrors() throws {
+        let server = try ScriptedServer(replies: [
+            #"{"jsonrpc":"2.0","id":ID,"result":{"callId":"c","tool":"t","status":"succeeded","exitCode":1e300,"signal":-1e300,"attempt":1e300,"durationMs":-5,"stdoutBase64":"!!"}}"#,
+            #"{"jsonrpc":"2.0","id":ID,"error":{"code":1e300,"message":7,"data":{"kind":["x"]}}}"#,
+            "not json\n{\"id\":1e300}\n{\"id\":0.5,\"result\":1}\n[1,2]\n{\"jsonrpc\":\"2.0\",\"id\":ID,\"result\":\"nope\"}",
+        ])
+        let ward = try WardConnection(socketPath: server.path, timeout: .seconds(20))
+        let odd = try ward.call(callId: "c", tool: "t")
+        #expect(odd.outcome.exitCode == nil && odd.outcome.signal == nil && odd.attempt == 1 && odd.outcome.durationMs == 0)
+        do {
+            _ = try ward.request("run.resume", .object([:]))
+            Issue.record("an error answer was taken as a result")
+        } catch {
+            #expect(error.kind == .ward(.internal) && error.code == nil, "\(error)")
+        }
+        do {
+            _ = try ward.call(callId: "c", tool: "t")
+            Issue.record("a string was taken as a CallResult")
+        } catch {
+            #expect(error.kind == .ward(.internal) && error.message.contains("CallResult"), "\(error)")
+        }
     }
 
     @Test func thePythonClientRaisesWardErrorOnMalformedAnswers() throws {
