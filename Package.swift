@@ -46,7 +46,7 @@ let package = Package(
         // The Swift client of the agent protocol: blocking (WardConnection) and async (WardClient), typed errors.
         .target(name: "WardClient", dependencies: ["WardCore"]),
         .executableTarget(name: "ward", dependencies: [
-            "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor",
+            "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "WardClient",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

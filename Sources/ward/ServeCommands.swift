@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Logging
+import WardClient
 import WardCore
 import WardLedger
 import WardPolicy
@@ -145,7 +146,7 @@ struct CallCommand: ParsableCommand {
         abstract: "One tool call through $WARD_SOCKET, for shell agents.",
         discussion: """
             Opens the connection with the agent's token: the token file beside the socket (ward serve), else $WARD_TOKEN (ward run). \
-            Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout). \
+            Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout, 126 when denied). \
             Into a pipe or file the output is passed through byte for byte; on a terminal, control and bidi characters are shown escaped. \
             Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied).
             """
@@ -174,53 +175,29 @@ struct CallCommand: ParsableCommand {
         guard let path = socket ?? getenv("WARD_SOCKET").map({ String(cString: $0) }) else {
             throw CLIError.usage("no socket: set WARD_SOCKET (ward run does) or pass --socket")
         }
-        let params = JSONValue.object(["callId": .string(callID), "tool": .string(tool), "arguments": try argumentOptions.arguments()])
-        let response = try LineClient.request(path: path, method: "tool.call", params: params)
-        if let error = response["error"]?.objectValue {
-            let kind = error["data"]?.objectValue?["kind"]?.stringValue ?? "internal"
-            let code: Int32 = ["invalid-arguments", "unknown-tool", "too-large"].contains(kind) ? 2 : kind == "storage" ? 3 : 1
-            throw CLIError(message: "\(kind): \(error["message"]?.stringValue ?? "error")", exitCode: code)
+        let arguments = try argumentOptions.arguments()
+        let result: CallResult
+        do {
+            result = try WardConnection(socketPath: path).call(callId: callID, tool: tool, arguments: arguments)
+        } catch {
+            throw CLIError(message: error.description, exitCode: CallCommand.exitStatus(error))
         }
-        guard let result = response["result"]?.objectValue else { throw CLIError(message: "malformed response from \(path)", exitCode: 1) }
         if json {
-            printJSON(.object(result))
+            printJSON(result.json)
         } else {
-            for (name, fd) in [("stdout", Int32(1)), ("stderr", Int32(2))] {
-                if let text = result[name]?.stringValue { Output.stream(fd, Array(text.utf8)) }
-                else if let b64 = result[name + "Base64"]?.stringValue, let bytes = Base64.decode(b64) { Output.stream(fd, bytes) }
-            }
+            Output.stream(1, result.outcome.stdout)
+            Output.stream(2, result.outcome.stderr)
         }
-        let status = result["status"]?.stringValue ?? "failed"
-        func number(_ key: String) -> Int32? { if case .number(let n)? = result[key] { return Int32(n) }; return nil }
-        let code: Int32
-        switch status {
-        case "succeeded", "resolved": code = 0
-        case "timed-out": code = 124
-        case "killed": code = 128 + (number("signal") ?? 9)
-        case "denied": code = 126
-        default: code = number("exitCode") ?? 1
-        }
+        let code = result.outcome.exitStatus
         if code != 0 { throw ExitCode(code) }
     }
-}
 
-/// One request over the agent socket, blocking (for `ward call`).
-enum LineClient {
-    static func request(path: String, method: String, params: JSONValue) throws -> [String: JSONValue] {
-        let fd: Int32
-        switch UnixSocket.connect(path) {
-        case .success(let s): fd = s
-        case .failure(let e): throw CLIError(message: "cannot connect to \(path): \(e)", exitCode: 1)
+    /// A protocol error's exit status: 2 for bad input, 3 for storage, 1 for anything else.
+    static func exitStatus(_ error: WardClientError) -> Int32 {
+        switch error.kind {
+        case .ward(.invalidArguments), .ward(.unknownTool), .ward(.tooLarge): 2
+        case .ward(.storage): 3
+        case .ward, .connection: 1
         }
-        defer { close(fd) }
-        if let refusal = AgentCredential.authenticate(fd: fd, socketPath: path) {
-            throw CLIError(message: "\(refusal.kind): \(refusal.message)", exitCode: 1)
-        }
-        let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(1), "method": .string(method), "params": params]).canonicalBytes
-        guard UnixSocket.sendAll(fd, line + [0x0A]) else { throw CLIError(message: "sending to \(path) failed", exitCode: 1) }
-        var reader = LineReader(fd: fd)
-        guard let response = reader.next() else { throw CLIError(message: "the supervisor at \(path) closed the connection", exitCode: 1) }
-        guard let object = try? JSONValue.parse(response).objectValue else { throw CLIError(message: "malformed response from \(path)", exitCode: 1) }
-        return object
     }
 }

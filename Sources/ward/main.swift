@@ -130,7 +130,7 @@ struct ArgumentOptions: ParsableArguments {
     @Option(name: .customLong("args-json"), help: "All arguments as one JSON object.")
     var argsJSON: String?
 
-    func arguments() throws -> JSONValue {
+    func arguments() throws -> [String: JSONValue] {
         var members: [String: JSONValue] = [:]
         if let argsJSON {
             let value: JSONValue
@@ -151,7 +151,7 @@ struct ArgumentOptions: ParsableArguments {
             guard members[name] == nil else { throw CLIError.usage("argument \"\(name)\" given twice") }
             members[name] = .string(String(arg[arg.index(after: eq)...]))
         }
-        return .object(members)
+        return members
     }
 }
 
@@ -181,7 +181,7 @@ struct SandboxCommand: ParsableCommand {
         let sandbox = try policyOptions.sandbox(policies, workspace: policyOptions.workspace)
         let outcome: ToolOutcome
         // The same WARD_* variables a tool gets under `ward run`, for run and call "sandbox".
-        do { outcome = try sandbox.run(tool: tool, arguments: arguments, environment: Reconciler.environment(run: "sandbox", callId: "sandbox")) } catch {
+        do { outcome = try sandbox.run(tool: tool, arguments: .object(arguments), environment: Reconciler.environment(run: "sandbox", callId: "sandbox")) } catch {
             throw CLIError(message: error.description, exitCode: error.code == .spawnFailed || error.code == .internalError ? 1 : 2)
         }
         if json {
@@ -196,13 +196,26 @@ struct SandboxCommand: ParsableCommand {
             }
             if outcome.truncated { Output.line(2, "ward: output truncated at the tool's output limit") }
         }
-        let code: Int32
-        switch outcome.status {
-        case .timedOut: code = 124
-        case .killed: code = 128 + (outcome.signal ?? 9)
-        default: code = outcome.exitCode ?? 1
-        }
+        let code = outcome.exitStatus
         if code != 0 { throw ExitCode(code) }
+    }
+}
+
+extension ToolOutcome {
+    /// The exit status `ward sandbox` and `ward call` end with: the tool's own, or, as a shell
+    /// reports it, 128+N after signal N, 124 after a timeout (timeout(1)), 126 when it could
+    /// not be started.
+    var exitStatus: Int32 {
+        switch status {
+        case .succeeded, .resolved: 0
+        case .failed: exitCode ?? 1
+        case .timedOut: 124
+        case .killed: 128 + (signal ?? 9)
+        case .denied: 126
+        // Never an answer (docs/design.md, *Call states*): a call running elsewhere is
+        // awaited, one in doubt is an error.
+        case .running, .inDoubt: 1
+        }
     }
 }
 

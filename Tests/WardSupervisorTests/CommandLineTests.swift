@@ -201,6 +201,15 @@ struct CommandLineTests {
         // The same call ID replays the recorded output, now onto a terminal.
         let shown = try onTerminal(([Paths.ward] + args).map(shellQuoted).joined(separator: " "), in: dir)
         #expect(shown.contains(#"\x1b]52;c;aGk=\x07"#) && terminalControls(shown).isEmpty, "\(shown)")
+        // The exit status says how the tool ended; --json prints the whole CallResult.
+        let failed = try WardSupervisorTests.ward(["call", "--socket", socket, "--call-id", "c3", "shell", "--arg", "command=printf no >&2; exit 3"], in: dir)
+        #expect(failed.status == 3 && failed.stderr == "no", "\(failed)")
+        let killed = try WardSupervisorTests.ward(["call", "--socket", socket, "--call-id", "c4", "shell", "--arg", "command=kill -9 $$"], in: dir)
+        #expect(killed.status == 128 + 9, "\(killed)")
+        let json = try WardSupervisorTests.ward(["call", "--socket", socket, "--call-id", "c3", "--json", "shell", "--arg", "command=printf no >&2; exit 3"], in: dir)
+        let result = try #require(CallResult(json: try JSONValue.parse(json.stdout)), "\(json)")
+        #expect(json.status == 3 && result.outcome.status == .failed && result.outcome.exitCode == 3 && result.replayed, "\(json)")
+        #expect(result.outcome.stderr == Array("no".utf8), "\(json)")
     }
 
     @Test func aMissingPolicyDirectoryIsAUsageErrorEverywhere() throws {
