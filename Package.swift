@@ -56,7 +56,7 @@ let package = Package(
         .executableTarget(name: "ward-fuzz", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor"], path: "Sources/WardFuzz"),
         // Benchmarks (Scripts/bench): whole-process comparisons, interleaved.
         .target(name: "CWardBench"),
-        .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "CWardBench"], path: "Sources/WardBench"),
+        .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "WardClient", "CWardBench"], path: "Sources/WardBench"),
         // Hostile programs the threat tests run inside the sandbox. Linked without the shared
         // Swift runtime, which lives outside every sandbox's read roots.
         .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")],

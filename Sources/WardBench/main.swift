@@ -2,6 +2,7 @@
 // measured in one process, in rotating blocks (see `measureInBlocks`), so that drift and
 // machine noise hit all alike.
 import CWardBench
+import WardClient
 import WardCore
 import WardPolicy
 import Foundation
@@ -258,28 +259,21 @@ if let lgs = peers.langgraphStorage {
 
 // MARK: - The supervisor: tool.call through the socket, replay, resume, throughput, RSS
 
-/// A blocking JSON-lines client for the bench.
-final class BenchClient {
-    let fd: Int32
-    var reader: LineReader
-    var id = 0
-    init(_ path: String) {
-        guard case .success(let fd) = UnixSocket.connect(path) else { fatalError("cannot connect to \(path)") }
-        if let refusal = AgentCredential.authenticate(fd: fd, socketPath: path) { fatalError("\(path): \(refusal)") }
-        self.fd = fd
-        reader = LineReader(fd: fd)
+/// A connection through ward's blocking client: one write and one read a request. The bench
+/// measures requests that succeed, so a refusal ends it.
+func agentConnection(_ path: String) -> WardConnection {
+    do { return try WardConnection(socketPath: path) } catch { fatalError("\(path): \(error)") }
+}
+
+extension WardConnection {
+    /// A request's result; an error answer ends the bench.
+    func result(_ method: String, _ params: JSONValue) -> JSONValue {
+        do { return try request(method, params) } catch { fatalError("\(method): \(error)") }
     }
-    deinit { close(fd) }
-    func call(_ method: String, _ params: JSONValue) -> [String: JSONValue] {
-        id += 1
-        let line = JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonicalBytes
-        precondition(UnixSocket.sendAll(fd, line + [0x0A]))
-        guard let bytes = reader.next(), let response = try? JSONValue.parse(bytes).objectValue else { fatalError("connection closed") }
-        precondition(response["error"] == nil, "\(response)")
-        return response
-    }
+
+    /// A tool call, its result unread: decoding it is not what is measured.
     func toolCall(_ callId: String, tool: String = "true") {
-        _ = call("tool.call", .object(["callId": .string(callId), "tool": .string(tool), "arguments": .object([:])]))
+        _ = result("tool.call", .object(["callId": .string(callId), "tool": .string(tool), "arguments": .object([:])]))
     }
 }
 
@@ -312,7 +306,7 @@ try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + """
     """)
     .write(toFile: benchPolicies + "/tools.toml", atomically: true, encoding: .utf8)
 let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
-let client = BenchClient(callServe.socket)
+let client = agentConnection(callServe.socket)
 for i in 0..<20 { client.toolCall("warm-\(i)") }
 var callCount = 0
 var idempotentCount = 0
@@ -370,10 +364,10 @@ if let pacedBwrap = pacedSamples["bwrap"] {
 var socketJournal: [Double] = [], socketCheckpoint: [Double] = []
 for i in 0..<iterations {
     var t = now()
-    _ = client.call("journal.record", .object(["key": .string("k\(i)"), "value": .string("model answer \(i)")]))
+    _ = client.result("journal.record", .object(["key": .string("k\(i)"), "value": .string("model answer \(i)")]))
     socketJournal.append(Double(now() - t) / 1000)
     t = now()
-    _ = client.call("checkpoint.save", .object(["state": .object(["step": .number(Double(i)), "plan": .string("write, build, check, commit")])]))
+    _ = client.result("checkpoint.save", .object(["state": .object(["step": .number(Double(i)), "plan": .string("write, build, check, commit")])]))
     socketCheckpoint.append(Double(now() - t) / 1000)
 }
 let socketStep = median(socketCheckpoint)
@@ -389,7 +383,7 @@ do {
     let path = base + "/growth.sqlite"
     let filler = try Ledger(path: path, durability: .normal)
     let growthServer = try startServer(run: "growth", ledgerPath: path)
-    let g = BenchClient(growthServer.path)
+    let g = agentConnection(growthServer.path)
     var recorded = 0
     for size in growthSizes {
         while recorded < size {
@@ -402,7 +396,7 @@ do {
         var rng = SystemRandomNumberGenerator()
         for i in 0..<200 {
             var t = now()
-            _ = g.call("journal.record", .object(["key": .string("s\(size)-\(i)"), "value": .number(Double(i))]))
+            _ = g.result("journal.record", .object(["key": .string("s\(size)-\(i)"), "value": .number(Double(i))]))
             steps.append(Double(now() - t) / 1000)
             t = now()
             g.toolCall("g\(Int.random(in: 0..<size, using: &rng))")
@@ -431,12 +425,12 @@ do {
     }
 }
 let resumeServer = try startServer(run: "resume", ledgerPath: base + "/resume.sqlite")
-let resumeClient = BenchClient(resumeServer.path)
+let resumeClient = agentConnection(resumeServer.path)
 var t0 = now()
-let resumed = resumeClient.call("run.resume", .object([:]))
+let resumed = resumeClient.result("run.resume", .object([:]))
 resumeClient.toolCall("s\(resumeSteps)")
 let resumeMicros = Double(now() - t0) / 1000
-precondition(resumed["result"]?.objectValue?["checkpoint"] != .null)
+precondition(resumed.objectValue?["checkpoint"] != .null)
 rows.append(Row(name: "resume after a crash at step \(resumeSteps)", ward: resumeMicros, peer: "", peerValue: nil, budget: .atMost(50_000)))
 resumeServer.stop()
 
@@ -482,7 +476,7 @@ let perAgent = iterations >= 300 ? 1000 : 250
 let throughputServer = try startServer(run: "load", ledgerPath: base + "/load.sqlite")
 t0 = now()
 DispatchQueue.concurrentPerform(iterations: 8) { agent in
-    let c = BenchClient(throughputServer.path)
+    let c = agentConnection(throughputServer.path)
     for i in 0..<perAgent { c.toolCall("a\(agent)-\(i)") }
 }
 let seconds = Double(now() - t0) / 1e9
@@ -513,9 +507,9 @@ stopServe(callServe.process)
 do {
     // RSS of a real `ward serve` holding 100 idle connections.
     let (serve, socket) = try startServe(wardBinary, name: "idle")
-    var idle: [BenchClient] = []
-    for _ in 0..<100 { idle.append(BenchClient(socket)) }
-    _ = idle[99].call("run.resume", .object([:]))
+    var idle: [WardConnection] = []
+    for _ in 0..<100 { idle.append(agentConnection(socket)) }
+    _ = idle[99].result("run.resume", .object([:]))
     usleep(200_000)
     if let status = try? String(contentsOfFile: "/proc/\(serve.processIdentifier)/status", encoding: .utf8),
        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
@@ -529,13 +523,13 @@ do {
     // shell tool through two real `ward serve`s, interleaved.
     if let noFailPoints = wardWithoutFailPoints {
         let with = try startServe(wardBinary, name: "failpoints-in"), without = try startServe(noFailPoints, name: "failpoints-out")
-        let clients = [BenchClient(with.socket), BenchClient(without.socket)]
+        let clients = [agentConnection(with.socket), agentConnection(without.socket)]
         var times: [[Double]] = [[], []]
         for i in 0..<(iterations + 20) {
             for k in 0..<2 {
                 let which = (i + k) % 2
                 let t0 = now()
-                _ = clients[which].call("tool.call", .object(["callId": .string("c\(i)"), "tool": .string("shell"), "arguments": .object(["command": .string("true")])]))
+                _ = clients[which].result("tool.call", .object(["callId": .string("c\(i)"), "tool": .string("shell"), "arguments": .object(["command": .string("true")])]))
                 if i >= 20 { times[which].append(Double(now() - t0) / 1000) }
             }
         }
