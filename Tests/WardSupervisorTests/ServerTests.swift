@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+import WardClient
 import WardCore
 import WardLedger
 import WardPolicy
@@ -29,59 +30,25 @@ final class TestServer: Sendable {
     deinit { server.stop() }
 }
 
-/// A raw line client: sends bytes, reads response lines. It opens the connection as the
-/// agent (`session.auth` with the token beside the socket, or `token`) unless `authenticate`
-/// is false.
+/// The tests' raw protocol probe: ward's blocking client (`WardConnection`), with each line
+/// ward sends read as its parsed object (nil at end of stream, after 20 s of silence, or for
+/// a line that is no JSON object), and sends that never fail a test by themselves: a probe
+/// may write into a connection ward has closed. It opens the connection as the agent (the
+/// token beside the socket, or `token`) unless `authenticate` is false.
 final class RawClient {
-    let fd: Int32
-    private var buffer: [UInt8] = []
+    private let connection: WardConnection
 
     init(_ path: String, authenticate: Bool = true, token: String? = nil) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        try #require(rc == 0)
-        var tv = timeval(tv_sec: 20, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        if authenticate {
-            let token = try #require(token ?? AgentCredential.find(forSocket: path), "no token beside \(path)")
-            let answer = call(0, AgentCredential.method, .object(["token": .string(token)]))
-            try #require(answer?["result"] != nil, "ward refused the token: \(String(describing: answer))")
-        }
+        connection = try WardConnection(socketPath: path, opening: authenticate ? .agent(token: token) : .unauthenticated, timeout: .seconds(20))
     }
 
-    deinit { close(fd) }
-
-    func send(_ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { return }
-            offset += n
-        }
-    }
+    func send(_ bytes: [UInt8]) { try? connection.send(bytes) }
 
     func send(_ text: String) { send(Array(text.utf8)) }
 
-    func request(_ id: Int, _ method: String, _ params: JSONValue) {
-        send(JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]).canonical + "\n")
-    }
+    func request(_ id: Int, _ method: String, _ params: JSONValue) { try? connection.send(id: .number(Double(id)), method: method, params: params) }
 
-    /// The next response line, parsed; nil at end of stream.
-    func next() -> [String: JSONValue]? {
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while !buffer.contains(0x0A) {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { return nil }
-            buffer += chunk[0..<n]
-        }
-        let i = buffer.firstIndex(of: 0x0A)!
-        let line = Array(buffer[..<i])
-        buffer.removeSubrange(0...i)
-        return try? JSONValue.parse(line).objectValue
-    }
+    func next() -> [String: JSONValue]? { (try? connection.nextLine()).flatMap { try? JSONValue.parse($0).objectValue } }
 
     func call(_ id: Int, _ method: String, _ params: JSONValue) -> [String: JSONValue]? {
         request(id, method, params)
