@@ -67,12 +67,6 @@ public enum AgentCredential {
         return Array((token + "\n").utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == token.utf8.count + 1
     }
 
-    /// The `session.auth` request line (without its newline).
-    public static func request(token: String, id: Int = 0) -> [UInt8] {
-        JSONValue.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method),
-                          "params": .object(["token": .string(token)])]).canonicalBytes
-    }
-
     /// Whether `presented` is `expected`, in time that does not depend on where they differ
     /// (a peer timing answers learns nothing of the token).
     public static func matches(_ presented: String, _ expected: String) -> Bool {
@@ -80,36 +74,5 @@ public enum AgentCredential {
         var difference = UInt8(a.count == b.count ? 0 : 1)
         for i in 0..<b.count { difference |= b[i] ^ (i < a.count ? a[i] : 0) }
         return difference == 0
-    }
-}
-
-extension AgentCredential {
-    /// Why a connection could not be opened: ward's `unauthorized` answer, or none.
-    public struct Refusal: Error, Sendable, CustomStringConvertible {
-        /// `data.kind` of ward's answer (`unauthorized`), `internal` when ward closed the
-        /// connection or sent something that is not an answer.
-        public let kind: String
-        public let message: String
-        public var description: String { "\(kind): \(message)" }
-    }
-
-    /// Opens the connection `fd` to the socket at `socketPath` as the agent: sends
-    /// `session.auth` with `token` (by default `find(forSocket:)`) and waits for its answer,
-    /// before any other request is sent. Nil when ward accepted it.
-    public static func authenticate(fd: Int32, socketPath: String, token: String? = nil) -> Refusal? {
-        guard let token = token ?? find(forSocket: socketPath) else {
-            return Refusal(kind: RPCError.Kind.unauthorized.rawValue,
-                           message: "no token for \(socketPath): set \(environmentVariable) (ward run does) or let this user read \(tokenFile(forSocket: socketPath)) (ward serve writes it)")
-        }
-        guard UnixSocket.sendAll(fd, request(token: token) + [0x0A]) else {
-            return Refusal(kind: RPCError.Kind.internal.rawValue, message: "sending to \(socketPath) failed")
-        }
-        var reader = LineReader(fd: fd)
-        guard let line = reader.next(), let answer = try? JSONValue.parse(line).objectValue else {
-            return Refusal(kind: RPCError.Kind.internal.rawValue, message: "ward at \(socketPath) closed the connection")
-        }
-        guard let error = answer["error"]?.objectValue else { return nil }
-        return Refusal(kind: error["data"]?.objectValue?["kind"]?.stringValue ?? RPCError.Kind.internal.rawValue,
-                       message: error["message"]?.stringValue ?? "refused")
     }
 }

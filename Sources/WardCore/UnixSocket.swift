@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-/// Unix stream socket plumbing shared by the server, the clients and the CLI.
+/// Unix stream socket plumbing shared by the server and the client (`WardConnection`).
 public enum UnixSocket {
     /// The address of a socket path (at most 107 bytes: longer paths are truncated, so
     /// callers check `path.utf8.count < 108`).
@@ -51,25 +51,5 @@ public enum UnixSocket {
         public let code: Int32
         public init(_ code: Int32) { self.code = code }
         public var description: String { String(cString: strerror(code)) }
-    }
-}
-
-/// Reads lines (without the newline) from a socket.
-public struct LineReader {
-    private var framer = LineFramer()
-    private var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    public let fd: Int32
-
-    public init(fd: Int32) { self.fd = fd }
-
-    /// The next line; nil at end of stream or on error.
-    public mutating func next() -> [UInt8]? {
-        while true {
-            if let line = try? framer.next() { return line }
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return nil }
-            chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        }
     }
 }
