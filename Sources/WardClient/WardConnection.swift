@@ -112,14 +112,13 @@ public final class WardConnection {
             // The framer has no length limit, so it never throws: ward's answers are trusted
             // to be as long as the output limits make them.
             if let line = try? framer.next() { return line }
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            let n = chunk.withUnsafeMutableBytes { buffer in OS.retrying { recv(fd, buffer.baseAddress, buffer.count, 0) } }
             if n > 0 {
                 chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 continue
             }
             if n == 0 { throw WardClientError(.connection, "ward at \(socketPath) closed the connection") }
             switch errno {
-            case EINTR: continue
             case EAGAIN, EWOULDBLOCK: throw WardClientError.noAnswer(within: timeout ?? .zero)
             case let e: throw WardClientError(.connection, "reading from \(socketPath) failed: \(UnixSocket.Errno(e))")
             }
