@@ -148,10 +148,10 @@ public final class SocketServer: Sendable {
 
     private func acceptLoop() {
         while !stopping.load(ordering: .sequentiallyConsistent) {
-            let fd = accept(listenFD, nil, nil)
+            let fd = OS.retrying { accept(listenFD, nil, nil) }
             if fd < 0 {
                 switch errno {
-                case EINTR, ECONNABORTED: continue
+                case ECONNABORTED: continue
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     // Out of descriptors or memory for now (many connections, many calls):
                     // closing ones free them. Stopping here would leave ward deaf for good.
@@ -228,8 +228,7 @@ public final class SocketServer: Sendable {
                     writer.send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "request line longer than \(Supervisor.maximumLineBytes) bytes")))
                     return nil
                 }
-                let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n < 0 && errno == EINTR { continue }
+                let n = OS.retrying { chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
                 if n <= 0 { return nil }
                 chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             }
