@@ -26,12 +26,16 @@ let package = Package(
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         // The child side of the spawn: runs between clone and execve, raw syscalls only.
         .target(name: "CWardSpawn", cSettings: [.define("_GNU_SOURCE")]),
+        // What Swift cannot call directly (variadics, macros, _GNU_SOURCE-only declarations,
+        // syscalls without a glibc wrapper), outside the child: scheduling, memfds, the
+        // parent's Landlock calls, peer credentials, tool identities.
+        .target(name: "CWardOS", cSettings: [.define("_GNU_SOURCE")]),
         // JSON (strict parsing, RFC 8785 canonical form) and the call result types.
         .target(name: "WardCore", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // Policies: its own TOML reader (positions for every key), syscall names via libseccomp.
         .target(name: "WardPolicy", dependencies: ["CSeccomp"]),
         .target(name: "WardSandbox", dependencies: [
-            "WardCore", "WardPolicy", "CWardSpawn", "CSeccomp", "CCap",
+            "WardCore", "WardPolicy", "CWardSpawn", "CWardOS", "CSeccomp", "CCap",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The idempotency ledger: write-ahead call records, checkpoints, journal, hash chain.
@@ -42,7 +46,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Orchestration of ledger and sandbox: the agent protocol, its socket server, reconcile.
-        .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardSpawn"]),
+        .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardOS"]),
         // The Swift client of the agent protocol: blocking (WardConnection) and async (WardClient), typed errors.
         .target(name: "WardClient", dependencies: ["WardCore"]),
         .executableTarget(name: "ward", dependencies: [

@@ -1,4 +1,4 @@
-import CWardSpawn
+import CWardOS
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,5 @@
 import CCap
-import CWardSpawn
+import CWardOS
 
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,4 @@
+import CWardOS
 import CWardSpawn
 import WardCore
 import WardPolicy

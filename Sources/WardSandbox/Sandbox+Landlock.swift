@@ -1,4 +1,4 @@
-import CWardSpawn
+import CWardOS
 import WardPolicy
 
 #if canImport(Glibc)

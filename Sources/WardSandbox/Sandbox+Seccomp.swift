@@ -1,5 +1,5 @@
 import CSeccomp
-import CWardSpawn
+import CWardOS
 import WardPolicy
 
 #if canImport(Glibc)

@@ -1,4 +1,4 @@
-import CWardSpawn
+import CWardOS
 import WardLedger
 
 #if canImport(Glibc)

@@ -1,4 +1,4 @@
-import CWardSpawn
+import CWardOS
 import Foundation
 import Synchronization
 import WardCore

@@ -4,7 +4,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "ward_spawn.h"
+#include "ward_os.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,0 +1,78 @@
+#ifndef WARD_OS_H
+#define WARD_OS_H
+
+// Small wrappers of what Swift cannot call directly (variadic functions, function-like
+// macros, declarations that need _GNU_SOURCE, which Swift's Glibc module is built without,
+// syscalls glibc does not wrap). None of them runs between clone and execve: the child side
+// of the spawn is CWardSpawn.
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// MARK: - Scheduling
+
+/// Moves the calling thread to SCHED_IDLE (idle != 0) or back to SCHED_OTHER; 0 or -1.
+/// C: SCHED_IDLE needs _GNU_SOURCE.
+int ward_thread_idle(int idle);
+/// 1 when a thread of this process may go to SCHED_IDLE and come back (coming back needs
+/// CAP_SYS_NICE or a high enough RLIMIT_NICE). Tried on a throwaway thread: a thread stuck
+/// at SCHED_IDLE would starve whenever the machine is busy.
+int ward_can_idle_and_return(void);
+/// How many tasks are runnable on the whole machine right now (the 4th field of
+/// /proc/loadavg), or -1. C: a kept-open fd read with pread, no allocation.
+int ward_runnable_tasks(void);
+
+// MARK: - Memory files
+
+/// memfd_create: _GNU_SOURCE only.
+int ward_memfd(const char *name);
+/// A memfd for a tool's stdin, which the tool gets read-write: never executable where the
+/// kernel knows MFD_NOEXEC_SEAL (6.3+), and sealable, so `ward_seal_contents` can freeze it.
+/// Otherwise a tool could write a program into its stdin and run it from /proc/self/fd/0.
+int ward_input_memfd(const char *name);
+/// Seals a memfd's contents (no write, no resize, no further seal change); 0 or -1 with
+/// errno. C: F_ADD_SEALS is _GNU_SOURCE only and fcntl is variadic.
+int ward_seal_contents(int fd);
+
+// MARK: - Confinement, from the parent side
+
+/// Landlock syscalls: no glibc wrappers exist.
+long ward_landlock_create_ruleset(const void *attr, unsigned long size, uint32_t flags);
+long ward_landlock_add_path_rule(int ruleset_fd, uint64_t allowed, int parent_fd);
+long ward_landlock_add_net_rule(int ruleset_fd, uint64_t allowed, uint64_t port);
+/// O_PATH is _GNU_SOURCE only.
+int ward_open_path(const char *path);
+/// prctl is variadic.
+int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+/// seccomp(2) mode query for `ward doctor`.
+int ward_seccomp_available(void);
+
+// MARK: - Peers
+
+/// The uid of a Unix socket's peer (SO_PEERCRED), or -1: struct ucred is _GNU_SOURCE only.
+long ward_peer_uid(int fd);
+/// The pid of a Unix socket's peer as ward's PID namespace sees it (0: not visible there), or -1.
+long ward_peer_pid(int fd);
+
+// MARK: - Identities (identity.c)
+
+/// Whether `path` can be searched (X_OK) by uid/gid with no supplementary groups: asked of a
+/// forked child that takes that identity. 1, 0, or -1 with errno. C: the forked child of a
+/// multithreaded process may run only raw syscalls.
+int ward_searchable_as(const char *path, uint32_t uid, uint32_t gid);
+/// Gives every entry of the tree at `root` (not following symlinks, not crossing into other
+/// file systems) to uid/gid; 0, or -1 with errno and the path that failed in `failed`
+/// (PATH_MAX bytes).
+int ward_chown_tree(const char *root, uint32_t uid, uint32_t gid, char *failed);
+/// A directory's device, inode and birth time (0 when the filesystem keeps none); -1 with
+/// errno when it is missing or not a directory. statx is _GNU_SOURCE only.
+int ward_directory_identity(const char *path, uint64_t *dev, uint64_t *ino, int64_t *birth_sec, uint32_t *birth_nsec);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

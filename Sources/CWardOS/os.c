@@ -1,0 +1,114 @@
+// Wrappers Swift cannot call directly (see ward_os.h for why each is C). They run in ward
+// itself, never in a spawned child: that side is CWardSpawn, raw syscalls only.
+#include "ward_os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/seccomp.h>
+
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+// MARK: - Scheduling
+
+int ward_thread_idle(int idle) {
+    struct sched_param param = { 0 };
+    return sched_setscheduler(0, idle ? SCHED_IDLE : SCHED_OTHER, &param);
+}
+
+static void *try_idle_and_return(void *result) {
+    *(int *)result = ward_thread_idle(1) == 0 && ward_thread_idle(0) == 0;
+    return NULL;
+}
+
+int ward_can_idle_and_return(void) {
+    pthread_t thread;
+    int result = 0;
+    if (pthread_create(&thread, NULL, try_idle_and_return, &result) != 0) return 0;
+    pthread_join(thread, NULL);
+    return result;
+}
+
+int ward_runnable_tasks(void) {
+    static int fd = -2;
+    if (fd == -2) fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);  // a benign race: an fd may leak once
+    if (fd < 0) return -1;
+    char text[128];
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0) return -1;
+    text[n] = 0;
+    // "0.12 0.34 0.56 R/T LASTPID": R after the third space.
+    char *p = text;
+    for (int spaces = 0; *p && spaces < 3; p++) if (*p == ' ') spaces++;
+    if (*p < '0' || *p > '9') return -1;
+    int runnable = 0;
+    while (*p >= '0' && *p <= '9') runnable = runnable * 10 + (*p++ - '0');
+    return runnable;
+}
+
+// MARK: - Memory files
+
+int ward_memfd(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int ward_input_memfd(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+    if (fd < 0 && errno == EINVAL) fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);  // before 6.3
+    return fd;
+}
+
+int ward_seal_contents(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE); }
+
+// MARK: - Confinement, from the parent side
+
+long ward_landlock_create_ruleset(const void *attr, unsigned long size, uint32_t flags) {
+    return syscall(SYS_landlock_create_ruleset, attr, size, flags);
+}
+
+long ward_landlock_add_path_rule(int ruleset_fd, uint64_t allowed, int parent_fd) {
+    struct __attribute__((packed)) { uint64_t allowed_access; int32_t parent_fd; } attr = { allowed, parent_fd };
+    return syscall(SYS_landlock_add_rule, ruleset_fd, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &attr, 0);
+}
+
+long ward_landlock_add_net_rule(int ruleset_fd, uint64_t allowed, uint64_t port) {
+    struct { uint64_t allowed_access; uint64_t port; } attr = { allowed, port };
+    return syscall(SYS_landlock_add_rule, ruleset_fd, 2 /* LANDLOCK_RULE_NET_PORT */, &attr, 0);
+}
+
+int ward_open_path(const char *path) { return open(path, O_PATH | O_CLOEXEC); }
+
+int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5) {
+    return prctl(option, a2, a3, a4, a5);
+}
+
+int ward_seccomp_available(void) {
+    uint32_t action = SECCOMP_RET_ERRNO;
+    return syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0;
+}
+
+// MARK: - Peers
+
+long ward_peer_pid(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    return (long)cred.pid;
+}
+
+long ward_peer_uid(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    return (long)cred.uid;
+}
