@@ -61,28 +61,15 @@ public struct CgroupLayout: Sendable {
     }
 }
 
-extension String {
-    func components(separatedBy separator: String) -> [String] {
-        var parts: [String] = []
-        var rest = Substring(self)
-        while let r = rest.range(of: separator) {
-            parts.append(String(rest[..<r.lowerBound]))
-            rest = rest[r.upperBound...]
-        }
-        parts.append(String(rest))
-        return parts
-    }
-}
-
-extension Substring {
-    func range(of needle: String) -> Range<Substring.Index>? {
-        guard !needle.isEmpty, count >= needle.count else { return nil }
-        var i = startIndex
-        while i < endIndex {
-            if self[i...].hasPrefix(needle) { return i..<index(i, offsetBy: needle.count) }
-            i = index(after: i)
-        }
-        return nil
+extension CgroupLayout {
+    /// Whether a call's memory can be limited as a whole here: a writable memory controller
+    /// (v1, or v2 delegated to ward's own cgroup, as `systemd-run --user -p Delegate=yes`
+    /// gives an unprivileged user). Without one, `limits.memory` is RLIMIT_AS, which the
+    /// kernel applies to each process on its own.
+    public var limitsMemoryPerCall: Bool {
+        if let v1 = v1Memory, access(v1, W_OK) == 0 { return true }
+        guard let v2, access(v2, W_OK) == 0 else { return false }
+        return (readSmallFile(v2 + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory")
     }
 }
 

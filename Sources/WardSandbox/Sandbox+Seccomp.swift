@@ -25,7 +25,9 @@ public final class SeccompProgram: Sendable {
     deinit { aligned.deallocate() }
 }
 
-enum Seccomp {
+/// Seccomp filters from policies: `plan` says what a tool's filter allows, limits and
+/// refuses (public, for `ward policy explain`); `compile` turns that plan into BPF.
+public enum Seccomp {
     /// clone/unshare flags that create namespaces (CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC |
     /// NEWUSER | NEWPID | NEWNET, plus CLONE_NEWTIME, which only unshare takes).
     static let namespaceFlags: UInt64 = 0x7E02_0000 | 0x80
@@ -37,7 +39,7 @@ enum Seccomp {
     /// back to clone on ENOSYS (EPERM would break it); the new mount API likewise.
     /// openat2 too: its mode lives in a struct a filter cannot read (see `modeArgument`), and
     /// callers fall back to openat.
-    static let enosys = ["clone3", "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr", "openat2"]
+    public static let enosys = ["clone3", "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr", "openat2"]
 
     /// Syscalls that set a file's mode, with the argument holding it. A tool never sets the
     /// setuid or setgid bit: a binary it leaves in the workspace would run as the tool's
@@ -104,7 +106,7 @@ enum Seccomp {
 
     /// One comparison of a rule: `(arg & mask) == value`. Arguments the kernel reads as a C
     /// int are compared on their low 32 bits, as the kernel sees them.
-    struct Match: Equatable {
+    struct Match: Equatable, Sendable {
         var arg: UInt32
         var mask: UInt64
         var value: UInt64
@@ -114,23 +116,26 @@ enum Seccomp {
 
     /// A syscall the filter allows: whatever its arguments (`alternatives` empty), or when
     /// every match of one alternative holds. `limit` says which, for `ward policy explain`.
-    struct Rule {
-        let name: String
+    public struct Rule: Sendable {
+        /// The syscall.
+        public let name: String
         let alternatives: [[Match]]
-        let limit: String?
+        /// What its arguments are limited to, in words; nil when any are allowed.
+        public let limit: String?
     }
 
     /// A tool's filter as data: `compile` turns it into BPF, `ward policy explain` prints it,
     /// so what explain says is what the filter does.
-    struct Plan {
-        var rules: [Rule] = []
+    public struct Plan: Sendable {
+        /// What the filter allows: the policy's syscalls by name, then those every tool gets.
+        public var rules: [Rule] = []
         /// Listed by the policy, refused here anyway, with why.
-        var refused: [(name: String, reason: String)] = []
+        public var refused: [(name: String, reason: String)] = []
     }
 
     /// The filter of a policy's syscall list. `ownPIDNamespace`: each call's tool is pid 1
     /// of a PID namespace of its own (no cgroup containment), so pids name only its processes.
-    static func plan(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool) -> Plan {
+    public static func plan(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool) -> Plan {
         var plan = Plan()
         func allow(_ name: String, _ alternatives: [[Match]] = [], _ limit: String? = nil) {
             plan.rules.append(Rule(name: name, alternatives: alternatives, limit: limit))

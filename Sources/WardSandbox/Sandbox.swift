@@ -98,7 +98,7 @@ public final class Sandbox: Sendable {
         // allows and whatever Landlock this kernel offers. Not when unprivileged: its /proc
         // files would become root's, so it could no longer write its calls' user-namespace
         // maps nor their OOM score (measured: EACCES); there a Landlock domain or a user
-        // namespace per call keeps tools out instead (`Doctor.isolation`).
+        // namespace per call keeps tools out instead (`KernelFeatures.isolation`).
         if features.privileged { _ = ward_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0) }
         let pool = useCgroups ? CgroupPool(layout: cgroupLayout ?? features.cgroups) : nil
         self.cgroups = pool

@@ -262,7 +262,7 @@ struct PolicyCommand: ParsableCommand {
             let set = try policyOptions.load()
             let policy: ToolPolicy
             do { policy = try set.tool(tool) } catch { throw CLIError.usage(error.description) }
-            Output.block(1, Sandbox.explain(policy, workspace: policyOptions.absoluteWorkspace, features: KernelFeatures.probe()))
+            Output.block(1, Self.text(policy, workspace: policyOptions.absoluteWorkspace, features: KernelFeatures.probe()))
         }
     }
 }

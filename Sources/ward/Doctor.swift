@@ -1,28 +1,29 @@
 import WardCore
+import WardSandbox
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// `ward doctor`: each kernel feature, whether it is here, and what ward does without it.
-public enum Doctor {
+enum Doctor {
     /// One feature as found on this machine.
-    public struct Feature: Sendable, Hashable {
+    struct Feature: Sendable, Hashable {
         /// Stable identifier for `--json` ("seccomp", "landlock", "user-namespaces", "privileged",
         /// "isolation", "cgroups").
-        public var key: String
+        var key: String
         /// As people read it.
-        public var name: String
-        public var available: Bool
+        var name: String
+        var available: Bool
         /// What is here: "yes", "ABI 6", the cgroup mounts, … (one item per line for the table).
-        public var state: [String]
+        var state: [String]
         /// What ward does on this machine.
-        public var effect: String
+        var effect: String
         /// What ward does on a machine without the feature.
-        public var without: String
+        var without: String
     }
 
-    public static func features(_ f: KernelFeatures) -> [Feature] {
+    static func features(_ f: KernelFeatures) -> [Feature] {
         var rows: [Feature] = []
         let noSeccomp = "tools are not syscall-filtered"
         rows.append(Feature(key: "seccomp", name: "seccomp", available: f.seccomp, state: [f.seccomp ? "yes" : "NO"],
@@ -64,41 +65,43 @@ public enum Doctor {
         return rows
     }
 
-    /// How this kernel keeps a tool from ward, its zygotes and other calls (ptrace,
-    /// process_vm_*, pidfd_getfd, kcmp, signals), and which path ward takes for it:
-    /// `holds` is false when some of it is not separated here.
-    public static func isolation(_ f: KernelFeatures) -> (holds: Bool, state: String, effect: String) {
-        let ll = f.landlockABI
-        let pidNamespace = f.privileged || f.userNamespaces
+    /// `KernelFeatures.isolation` in words: `holds` is false when some of it is not
+    /// separated here.
+    static func isolation(_ f: KernelFeatures) -> (holds: Bool, state: String, effect: String) {
+        let isolation = f.isolation
         var parts: [String] = []
         var state: [String] = []
-        if ll >= 1 {
+        switch isolation.tracing {
+        case .landlockDomain:
             state.append("Landlock domain per call")
             parts.append("ptrace, process_vm_*, pidfd_getfd, kcmp reach only the call's own processes (a Landlock domain per call)")
-        } else if pidNamespace {
+        case .pidNamespace:
             parts.append("ptrace, process_vm_*, pidfd_getfd, kcmp: ward and other calls hidden by a PID namespace per call")
-        } else {
+        case .notSeparated:
             parts.append("ptrace, process_vm_*, pidfd_getfd, kcmp NOT separated from ward's uid (no Landlock, no namespaces)")
         }
-        if ll >= 6 {
+        switch isolation.signals {
+        case .scoped:
             parts.append("signals and abstract sockets scoped; tools start from per-tool zygotes")
-        } else if pidNamespace {
+        case .pidNamespace:
             state.append("PID namespace per call")
             parts.append("signals not scoped: no zygotes, each call in a PID namespace that hides ward, zygotes and other calls (slower spawn)")
-        } else {
+        case .notSeparated:
             parts.append("signals NOT separated: a tool can signal ward and other calls of its uid")
         }
-        parts.append(f.privileged ? "ward non-dumpable (tracing it needs CAP_SYS_PTRACE)"
-                     : f.userNamespaces ? "tools in a user namespace of their own (tracing ward needs a capability in ward's)"
-                     : "ward stays dumpable and tools share its user namespace (unprivileged, no user namespaces)")
+        switch isolation.ward {
+        case .nonDumpable: parts.append("ward non-dumpable (tracing it needs CAP_SYS_PTRACE)")
+        case .userNamespace: parts.append("tools in a user namespace of their own (tracing ward needs a capability in ward's)")
+        case .dumpable: parts.append("ward stays dumpable and tools share its user namespace (unprivileged, no user namespaces)")
+        }
         parts.append("tools get oom_score_adj 1000, ward keeps its own")
-        return (ll >= 6 || pidNamespace, state.isEmpty ? "NONE" : state.joined(separator: " + "), parts.joined(separator: "; "))
+        return (isolation.holds, state.isEmpty ? "NONE" : state.joined(separator: " + "), parts.joined(separator: "; "))
     }
 
     /// The table for people: columns sized to their longest entry, so every column starts at
     /// one offset. A feature's further state items (cgroup mounts, long paths) go on lines of
     /// their own below, where no column follows, so they do not widen the table.
-    public static func report(_ f: KernelFeatures) -> String {
+    static func report(_ f: KernelFeatures) -> String {
         let rows = features(f)
         let header = ("FEATURE", "HERE", "WHAT WARD DOES")
         let nameWidth = max(header.0.count, rows.map(\.name.count).max() ?? 0) + 2
@@ -115,7 +118,7 @@ public enum Doctor {
     }
 
     /// `ward doctor --json`: `{"features": [{"key", "name", "available", "state", "effect", "without"}]}`.
-    public static func json(_ f: KernelFeatures) -> JSONValue {
+    static func json(_ f: KernelFeatures) -> JSONValue {
         .object(["features": .array(features(f).map { row in
             .object(["key": .string(row.key), "name": .string(row.name), "available": .bool(row.available),
                      "state": .string(row.state.joined(separator: "; ")), "effect": .string(row.effect), "without": .string(row.without)])

@@ -1,13 +1,14 @@
 import WardCore
 import WardPolicy
+import WardSandbox
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-extension Sandbox {
-    /// The effective sandbox of a tool on this machine, for `ward policy explain`.
-    public static func explain(_ policy: ToolPolicy, workspace: String, features: KernelFeatures) -> String {
+extension PolicyCommand.Explain {
+    /// The effective sandbox of a tool on this machine.
+    static func text(_ policy: ToolPolicy, workspace: String, features: KernelFeatures) -> String {
         let ws = realpath(workspace, nil).map { p in defer { free(p) }; return String(cString: p) } ?? workspace
         func expand(_ path: String) -> String {
             let optional = path.hasPrefix("?")
@@ -76,7 +77,7 @@ extension Sandbox {
         row("landlock", features.landlockABI > 0 ? "ABI \(features.landlockABI): only the roots above\(features.landlockABI >= 6 ? "; abstract sockets and signals scoped" : "")" : "UNAVAILABLE: paths not confined")
         row("isolation", Doctor.isolation(features).effect)
         row("privilege", "no_new_privs; all capabilities dropped\(features.privileged ? ", bounding set emptied, securebits locked" : "")")
-        row("process", "new session (no controlling tty), fds ≥ 3 closed, whole tree killed at the end (\(CgroupPool.describe(features)))")
+        row("process", "new session (no controlling tty), fds ≥ 3 closed, whole tree killed at the end (\(treeKill(features)))")
         return lines.joined(separator: "\n")
     }
 
@@ -88,22 +89,9 @@ extension Sandbox {
     }
 
     static func describeMilliseconds(_ ms: UInt64) -> String { ms % 1000 == 0 ? "\(ms / 1000) s" : "\(ms) ms" }
-}
 
-extension CgroupLayout {
-    /// Whether a call's memory can be limited as a whole here: a writable memory controller
-    /// (v1, or v2 delegated to ward's own cgroup, as `systemd-run --user -p Delegate=yes`
-    /// gives an unprivileged user). Without one, `limits.memory` is RLIMIT_AS, which the
-    /// kernel applies to each process on its own.
-    var limitsMemoryPerCall: Bool {
-        if let v1 = v1Memory, access(v1, W_OK) == 0 { return true }
-        guard let v2, access(v2, W_OK) == 0 else { return false }
-        return (readSmallFile(v2 + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory")
-    }
-}
-
-extension CgroupPool {
-    static func describe(_ features: KernelFeatures) -> String {
+    /// How a call's tree is killed here (`TreeKill`), as far as the features tell.
+    static func treeKill(_ features: KernelFeatures) -> String {
         let c = features.cgroups
         if c.v2 != nil || c.v1Pids != nil { return "cgroup per call where writable, else PID namespace" }
         return features.privileged || features.userNamespaces ? "PID namespace" : "process group only: DEGRADED"
