@@ -67,35 +67,35 @@ public struct ToolIdentity: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-extension Sandbox {
-    /// Makes the workspace the tool identity's: every entry in it is given to the identity
+extension ToolIdentity {
+    /// Makes the workspace this identity's: every entry in it is given to the identity
     /// (tools create, change and remove files there; the operator, root, still can), and
     /// each directory above it that the identity cannot search gets an ACL entry letting it
     /// search (only search: Landlock still decides what a tool may reach).
-    static func prepareWorkspace(_ workspace: String, for identity: ToolIdentity) throws(SandboxError) {
+    func prepareWorkspace(_ workspace: String) throws(SandboxError) {
         var failed = [CChar](repeating: 0, count: Int(PATH_MAX))
-        if ward_chown_tree(workspace, identity.uid, identity.gid, &failed) != 0 {
+        if ward_chown_tree(workspace, uid, gid, &failed) != 0 {
             let e = errno
-            throw SandboxError(.internalError, "cannot give the workspace to the tool user \(identity): chown of \(String(decoding: failed.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) failed: \(errnoName(e))", errno: e)
+            throw SandboxError(.internalError, "cannot give the workspace to the tool user \(self): chown of \(String(decoding: failed.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) failed: \(errnoName(e))", errno: e)
         }
         var path = ""
         for component in workspace.split(separator: "/") {
             path += "/" + component
-            guard ward_searchable_as(path, identity.uid, identity.gid) != 1 else { continue }
+            guard ward_searchable_as(path, uid, gid) != 1 else { continue }
             // setfacl (the acl package) merges the entry with any ACL the directory has.
-            let rc = Sandbox.runQuietly("/usr/bin/setfacl", ["-m", "u:\(identity.uid):x", path])
-            guard rc == 0, ward_searchable_as(path, identity.uid, identity.gid) == 1 else {
+            let rc = ToolIdentity.runQuietly("/usr/bin/setfacl", ["-m", "u:\(uid):x", path])
+            guard rc == 0, ward_searchable_as(path, uid, gid) == 1 else {
                 throw SandboxError(.internalError, """
-                    the tool user \(identity) cannot reach the workspace: \(path) is not searchable by it, and \
-                    \(rc == 127 ? "setfacl is not installed (the acl package)" : "setfacl -m u:\(identity.uid):x \(path) failed"); \
-                    make \(path) searchable by uid \(identity.uid), or choose another --tool-user or workspace
+                    the tool user \(self) cannot reach the workspace: \(path) is not searchable by it, and \
+                    \(rc == 127 ? "setfacl is not installed (the acl package)" : "setfacl -m u:\(uid):x \(path) failed"); \
+                    make \(path) searchable by uid \(uid), or choose another --tool-user or workspace
                     """)
             }
         }
     }
 
     /// Runs a program with no input or output; its exit status (127 when it cannot start).
-    static func runQuietly(_ path: String, _ arguments: [String]) -> Int32 {
+    private static func runQuietly(_ path: String, _ arguments: [String]) -> Int32 {
         var pid: pid_t = 0
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

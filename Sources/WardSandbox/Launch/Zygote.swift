@@ -15,13 +15,13 @@ final class Zygote: @unchecked Sendable {
     // the zygote process too, which shares our memory); the C handle lives in the lock.
     /// The confinement the zygote applies; lives as long as the zygote.
     private let config: UnsafeMutablePointer<ward_spawn_config>
-    /// The filter `config` points at, kept alive with it.
-    private let bpf: SeccompProgram
-    /// The zygote's own Landlock ruleset (owned here), and the tool's (owned by the tool
-    /// cache), which each call's child nests under the zygote's domain: a domain of its own
-    /// per call, which Landlock keeps from ptracing (process_vm_*, pidfd_getfd, kcmp) the
-    /// zygote, ward and other calls, and from signalling them (scopes, ABI 6).
-    private let zygoteFD: Int32, callFD: Int32
+    /// The tool's filter, which `config` points at, and its Landlock ruleset, which each
+    /// call's child nests under the zygote's domain: a domain of its own per call, which
+    /// Landlock keeps from ptracing (process_vm_*, pidfd_getfd, kcmp) the zygote, ward and
+    /// other calls, and from signalling them (scopes, ABI 6). Kept alive with the zygote.
+    private let tool: ToolConfinement
+    /// The zygote's own Landlock ruleset (owned here).
+    private let zygoteFD: Int32
     /// The running zygote's C handle. @unchecked: it is only touched inside `handle`'s lock.
     private struct Handle: @unchecked Sendable { var zygote: OpaquePointer? }
     /// The running zygote.
@@ -41,26 +41,14 @@ final class Zygote: @unchecked Sendable {
         "prlimit64", "close_range", "execve", "exit_group", "openat", "getppid",
     ]
 
-    init(bpf program: SeccompProgram, landlockFD: Int32, callLandlockFD: Int32, features: KernelFeatures, identity: ToolIdentity?) {
-        bpf = program
+    /// A zygote for `tool`, confined as `confinement` says, in a domain of `rulesetFD`
+    /// (`Confinement.zygoteRuleset`, now owned here). Not started yet.
+    init(tool: ToolConfinement, rulesetFD: Int32, confinement: Confinement) {
+        self.tool = tool
         config = .allocate(capacity: 1)
         config.initialize(to: ward_spawn_config())
-        config.pointee.landlock_ruleset_fd = landlockFD
-        config.pointee.bpf = features.seccomp ? UnsafeRawPointer(program.aligned.baseAddress) : nil
-        config.pointee.bpf_len = UInt16(program.instructionCount)
-        // Unprivileged: the zygote and its calls in a user namespace of their own (see
-        // `ward_step_user_namespace`), where the kernel offers one.
-        let newUserNS = !features.privileged && features.userNamespaces
-        config.pointee.new_user_namespace = newUserNS ? 1 : 0
-        config.pointee.outer_uid = geteuid()
-        config.pointee.outer_gid = getegid()
-        config.pointee.drop_bounding_set = (features.privileged || newUserNS) ? 1 : 0
-        config.pointee.cap_last = Int32(features.capLast)
-        // Each call's child takes the tool identity itself, after the steps that need root
-        // (its OOM score): the zygote keeps only CAP_SETUID and CAP_SETGID for that.
-        if identity != nil { config.pointee.keep_setid_caps = 1 }
-        zygoteFD = landlockFD
-        callFD = callLandlockFD
+        confinement.configureZygote(&config.pointee, tool: tool, rulesetFD: rulesetFD)
+        zygoteFD = rulesetFD
     }
 
     deinit {
@@ -139,7 +127,7 @@ final class Zygote: @unchecked Sendable {
         }
         if h.zygote == nil {
             var startError = ward_spawn_error()
-            h.zygote = ward_zygote_start(config, callFD, &startError)
+            h.zygote = ward_zygote_start(config, tool.landlockFD, &startError)
         }
         return h.zygote
     }

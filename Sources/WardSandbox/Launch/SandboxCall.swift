@@ -56,14 +56,15 @@ public final class SandboxCall: @unchecked Sendable {
         // Containment of the whole tree, and the limits only the kernel's cgroups can hold.
         var acquired: CgroupSlot?
         var failure: SandboxError?
-        cgroups = sandbox.treeKill == .cgroup ? sandbox.cgroups : nil
+        let containment = sandbox.containment
+        cgroups = containment.treeKill == .cgroup ? containment.cgroups : nil
         if let cgroups {
             do { acquired = try cgroups.acquire() } catch { failure = error }
         }
         slot = acquired
         let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
         // RLIMIT_NPROC counts every process of the uid: the tool identity's are all calls'.
-        let limits = Sandbox.rlimits(policy.limits, cgroupProcesses: enforced.processes || sandbox.toolIdentity != nil, cgroupMemory: enforced.memory)
+        let limits = Containment.rlimits(policy.limits, cgroupProcesses: enforced.processes || sandbox.confinement.identity != nil, cgroupMemory: enforced.memory)
         rlimits = .allocate(capacity: limits.count)
         _ = rlimits.initialize(from: limits)
         let fds = slot?.joinFDs ?? []
@@ -76,7 +77,7 @@ public final class SandboxCall: @unchecked Sendable {
         // a program of its own (`execve("/proc/self/fd/0")`).
         stdinFD = ward_input_memfd("ward-args")
         guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
-        guard Sandbox.writeAll(stdinFD, arguments.canonicalBytes) else {
+        guard SandboxCall.writeAll(stdinFD, arguments.canonicalBytes) else {
             throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno)
         }
         guard ward_seal_contents(stdinFD) == 0 else {
@@ -87,11 +88,7 @@ public final class SandboxCall: @unchecked Sendable {
             throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno)
         }
 
-        let rootless = !sandbox.features.privileged
-        let newPidNS = sandbox.pidNamespacePerCall
-        // Unprivileged: a user namespace of the call's own wherever the kernel offers one,
-        // not only where a PID or network namespace needs it (see `ward_step_user_namespace`).
-        let newUserNS = rootless && (sandbox.features.userNamespaces || newPidNS || tool.newNetNamespace)
+        let newPidNS = containment.pidNamespacePerCall
         config.pointee.path = UnsafePointer(path)
         config.pointee.argv = UnsafePointer(self.argv.pointers)
         config.pointee.envp = UnsafePointer(self.environment.pointers)
@@ -102,20 +99,12 @@ public final class SandboxCall: @unchecked Sendable {
         config.pointee.cgroup_join_fds = UnsafePointer(cgroupFDs.baseAddress)
         config.pointee.cgroup_join_count = Int32(cgroupFDs.count)
         config.pointee.new_pid_namespace = newPidNS ? 1 : 0
-        config.pointee.new_user_namespace = newUserNS ? 1 : 0
-        config.pointee.new_net_namespace = tool.newNetNamespace ? 1 : 0
-        config.pointee.outer_uid = geteuid()
-        config.pointee.outer_gid = getegid()
+        config.pointee.new_net_namespace = tool.confinement.newNetNamespace ? 1 : 0
         config.pointee.rlimits = UnsafePointer(rlimits.baseAddress)
         config.pointee.rlimit_count = Int32(rlimits.count)
-        config.pointee.drop_bounding_set = (sandbox.features.privileged || newUserNS) ? 1 : 0
-        config.pointee.cap_last = Int32(sandbox.features.capLast)
-        if let identity = sandbox.toolIdentity { config.pointee.setIdentity(identity) }
-        config.pointee.landlock_ruleset_fd = tool.landlockFD
-        // The policy's filter, for a direct spawn (a zygote's children inherit it instead);
-        // `tool` keeps it alive.
-        config.pointee.bpf = sandbox.features.seccomp ? UnsafeRawPointer(tool.bpf.aligned.baseAddress) : nil
-        config.pointee.bpf_len = UInt16(tool.bpf.instructionCount)
+        // The policy's filter (for a direct spawn: a zygote's children inherit it instead),
+        // Landlock ruleset, identity and capabilities; `tool` keeps them alive.
+        sandbox.confinement.configureCall(&config.pointee, tool: tool.confinement, newPIDNamespace: newPidNS)
         config.pointee.pdeath_signal = SIGKILL
         config.pointee.parent_pid = getpid()
     }
@@ -164,7 +153,7 @@ public final class SandboxCall: @unchecked Sendable {
         _ = write(gate[1], &no, 1)
         if case .spawned(let pid) = zygote.finishParked(spawnError, pidfd), pid > 0 {
             // It exec'd after all (it cannot: it was told no); make sure it is gone.
-            sandbox.killTree(pid: pid, slot: slot)
+            sandbox.containment.killTree(pid: pid, slot: slot)
             kill(pid, SIGKILL)
             var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
             ward_wait(pid, &exited, &code, &signal)
@@ -238,8 +227,8 @@ public final class SandboxCall: @unchecked Sendable {
             throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.pointee.error)) (tool \(name), \(executable))", errno: spawnError.pointee.error)
         }
         defer { close(pidfd.pointee) }
-        let alone = sandbox.register(pid, slot) == 1
-        defer { sandbox.unregister(pid) }
+        let alone = sandbox.containment.register(pid, slot) == 1
+        defer { sandbox.containment.unregister(pid) }
         _ = FailPoints.hit(.afterSpawn)
 
         var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output), capture: capture)
@@ -262,13 +251,13 @@ public final class SandboxCall: @unchecked Sendable {
             }
         }
         if timedOut {
-            sandbox.killTree(pid: pid, slot: slot)
+            sandbox.containment.killTree(pid: pid, slot: slot)
         }
         var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
         ward_wait(pid, &exited, &code, &signal)
         // The tool is gone; whatever it started goes with it (docs/design.md, *A call's
         // processes end with it*).
-        if !timedOut { sandbox.killTree(pid: pid, slot: slot) }
+        if !timedOut { sandbox.containment.killTree(pid: pid, slot: slot) }
         collector.drain(until: Sandbox.monotonicNanoseconds() + 2_000_000_000)
         (outPipe[0], errPipe[0]) = (collector.fds[0], collector.fds[1])
         let durationMs = Double(Sandbox.monotonicNanoseconds() - start) / 1e6
@@ -300,6 +289,16 @@ extension SandboxCall {
         if let slot { _ = slot.killAll(); cgroups?.release(slot) }
         return SandboxError(.startUnknown, "the zygote of tool \(name) died while starting the call: the tool may have started")
     }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; return false }
+            offset += n
+        }
+        return true
+    }
 }
 
 /// A NULL-terminated array of C strings that lives as long as it does (a parked child
@@ -318,14 +317,5 @@ final class CStringArray {
     deinit {
         for i in 0..<count { free(pointers[i]) }
         pointers.deallocate()
-    }
-}
-
-extension ward_spawn_config {
-    /// The tool drops to `identity` (a root ward's tools never run as uid 0).
-    mutating func setIdentity(_ identity: ToolIdentity) {
-        set_identity = 1
-        tool_uid = identity.uid
-        tool_gid = identity.gid
     }
 }

@@ -1,0 +1,144 @@
+import CWardOS
+import CWardSpawn
+import WardPolicy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What keeps a tool's processes from everything its policy does not grant: who they run
+/// as and the capabilities they lose, the Landlock ruleset of their read and write roots,
+/// and the seccomp allowlist. The sandbox-wide part is settled here once (the tool
+/// identity, the workspace handed to it, ward made non-dumpable); each tool's filter and
+/// ruleset are built by `tool(_:ownPIDNamespace:)`, once per tool (`Sandbox` keeps them),
+/// and written into each spawn's config by `configureCall` or, for a zygote,
+/// `configureZygote`.
+struct Confinement: Sendable {
+    let features: KernelFeatures
+    /// Absolute, symlink-free path of the workspace.
+    let workspace: String
+    /// Who tools run as when ward is root (nil: ward is not, and tools keep its uid).
+    let identity: ToolIdentity?
+
+    /// - Parameter toolUser: who tools run as when ward is root (`ToolIdentity.resolve`);
+    ///   nil: the default. Refused when ward is not root.
+    init(features: KernelFeatures, workspace: String, toolUser: String?) throws(SandboxError) {
+        self.features = features
+        self.workspace = workspace
+        if features.privileged && geteuid() == 0 {
+            let identity = try ToolIdentity.resolve(toolUser)
+            try identity.prepareWorkspace(workspace)
+            self.identity = identity
+        } else if let user = toolUser {
+            throw SandboxError(.policyDenied, "tool user \(user): only a root ward chooses who tools run as (this one runs as uid \(geteuid()), and so do its tools, in a user namespace of their own)")
+        } else {
+            identity = nil
+        }
+        // A root ward is non-dumpable (the flag belongs to its memory, so its zygotes and a
+        // call's child until execve share it): ptrace, process_vm_readv/writev and
+        // pidfd_getfd of it then need CAP_SYS_PTRACE, which no tool has, whatever its policy
+        // allows and whatever Landlock this kernel offers. Not when unprivileged: its /proc
+        // files would become root's, so it could no longer write its calls' user-namespace
+        // maps nor their OOM score (measured: EACCES); there a Landlock domain or a user
+        // namespace per call keeps tools out instead (`KernelFeatures.isolation`).
+        if features.privileged { _ = ward_prctl(4 /* PR_SET_DUMPABLE */, 0, 0, 0, 0) }
+    }
+
+    // MARK: - Per tool
+
+    /// One tool's seccomp program and Landlock ruleset. `ownPIDNamespace`: each call runs
+    /// in a PID namespace of its own (`Sandbox.pidNamespacePerCall`), which lets the filter
+    /// allow pids other than the caller's.
+    func tool(_ policy: ToolPolicy, ownPIDNamespace: Bool) throws(SandboxError) -> ToolConfinement {
+        let bpf = try Confinement.compileFilter(for: policy, ownPIDNamespace: ownPIDNamespace)
+        var landlockFD: Int32 = -1
+        if features.landlockABI > 0 {
+            landlockFD = try Confinement.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI)
+        }
+        return ToolConfinement(bpf: bpf, landlockFD: landlockFD, newNetNamespace: policy.network == .loopback)
+    }
+
+    /// The Landlock ruleset of a tool's zygote (`Landlock.makeRuleset`, `zygote`); the
+    /// caller owns the fd.
+    func zygoteRuleset(for policy: ToolPolicy) throws(SandboxError) -> Int32 {
+        try Confinement.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI, zygote: true)
+    }
+
+    static func compileFilter(for policy: ToolPolicy, ownPIDNamespace: Bool) throws(SandboxError) -> SeccompProgram {
+        try Seccomp.compile(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: ownPIDNamespace)
+    }
+
+    /// The Landlock ruleset fd of a tool's read and write roots (`?` optional paths,
+    /// `{workspace}` expanded).
+    static func landlockRuleset(for policy: ToolPolicy, workspace: String, abi: Int, zygote: Bool = false) throws(SandboxError) -> Int32 {
+        let expand = { (paths: [String]) -> [String] in
+            paths.map { p in
+                let body = p.hasPrefix("?") ? String(p.dropFirst()) : p
+                return (try? Template.expand(body, values: [Template.workspace: workspace])) ?? body
+            }
+        }
+        return try Landlock.makeRuleset(read: expand(policy.read), write: expand(policy.write), network: policy.network, abi: abi, zygote: zygote)
+    }
+
+    // MARK: - Per spawn
+
+    /// The confinement steps of a call's child (a direct spawn, or a child of the tool's
+    /// zygote, which inherits the zygote's filter instead): user namespace, capabilities,
+    /// identity, Landlock, seccomp. `tool` must outlive the spawn (the config points at its
+    /// filter).
+    func configureCall(_ config: inout ward_spawn_config, tool: ToolConfinement, newPIDNamespace: Bool) {
+        // Unprivileged: a user namespace of the call's own wherever the kernel offers one,
+        // not only where a PID or network namespace needs it (see `ward_step_user_namespace`).
+        configure(&config, tool: tool, newUserNamespace: !features.privileged
+                  && (features.userNamespaces || newPIDNamespace || tool.newNetNamespace))
+        if let identity {
+            // The tool drops to it (a root ward's tools never run as uid 0).
+            config.set_identity = 1
+            config.tool_uid = identity.uid
+            config.tool_gid = identity.gid
+        }
+        config.landlock_ruleset_fd = tool.landlockFD
+    }
+
+    /// The confinement a tool's zygote applies once for all its calls: the tool's filter,
+    /// the zygote's own Landlock ruleset (`zygoteRuleset`), capabilities dropped but, for a
+    /// root ward, the two each call's child needs to take the tool identity itself.
+    func configureZygote(_ config: inout ward_spawn_config, tool: ToolConfinement, rulesetFD: Int32) {
+        // Unprivileged: the zygote and its calls in a user namespace of their own (see
+        // `ward_step_user_namespace`), where the kernel offers one.
+        configure(&config, tool: tool, newUserNamespace: !features.privileged && features.userNamespaces)
+        // Each call's child takes the tool identity itself, after the steps that need root
+        // (its OOM score): the zygote keeps only CAP_SETUID and CAP_SETGID for that.
+        if identity != nil { config.keep_setid_caps = 1 }
+        config.landlock_ruleset_fd = rulesetFD
+    }
+
+    /// What a call and a zygote set alike: the user namespace, the capabilities dropped, the filter.
+    private func configure(_ config: inout ward_spawn_config, tool: ToolConfinement, newUserNamespace: Bool) {
+        config.new_user_namespace = newUserNamespace ? 1 : 0
+        config.outer_uid = geteuid()
+        config.outer_gid = getegid()
+        config.drop_bounding_set = (features.privileged || newUserNamespace) ? 1 : 0
+        config.cap_last = Int32(features.capLast)
+        config.bpf = features.seccomp ? UnsafeRawPointer(tool.bpf.aligned.baseAddress) : nil
+        config.bpf_len = UInt16(tool.bpf.instructionCount)
+    }
+}
+
+/// One tool's filter and Landlock ruleset, built once in the parent (`Confinement.tool`):
+/// every call's spawn, and the tool's zygote, point at them.
+final class ToolConfinement: Sendable {
+    let bpf: SeccompProgram
+    /// The Landlock ruleset (owned: closed with this), -1 when Landlock is unavailable.
+    let landlockFD: Int32
+    /// `network = "loopback"`: each call in a network namespace of its own.
+    let newNetNamespace: Bool
+
+    init(bpf: SeccompProgram, landlockFD: Int32, newNetNamespace: Bool) {
+        self.bpf = bpf
+        self.landlockFD = landlockFD
+        self.newNetNamespace = newNetNamespace
+    }
+
+    deinit { if landlockFD >= 0 { close(landlockFD) } }
+}
