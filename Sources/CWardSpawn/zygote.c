@@ -61,6 +61,8 @@ struct ward_zygote {
     struct ward_spawn_error *call_err;
     pid_t call_pid;
     int call_pidfd;
+    // A request went to req, so a reply will come to rep (ward's alone: the zygote never reads it).
+    int asked;
 };
 
 struct call_context {
@@ -257,6 +259,7 @@ struct ward_zygote *ward_zygote_start(const struct ward_spawn_config *cfg, int c
 }
 
 enum ward_zygote_outcome ward_zygote_spawn_start(struct ward_zygote *z, const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd) {
+    z->asked = 0;
     // A bad config is the caller's to report like any failed step: asked, and failed.
     if (ward_spawn_begin(cfg, err, pidfd) != 0) return WARD_ZYGOTE_SPAWNED;
     z->call = cfg;
@@ -265,12 +268,18 @@ enum ward_zygote_outcome ward_zygote_spawn_start(struct ward_zygote *z, const st
     z->call_pidfd = -1;
     char byte = 1;
     if (write(z->req[1], &byte, 1) != 1) return WARD_ZYGOTE_UNAVAILABLE;
+    z->asked = 1;
     return WARD_ZYGOTE_SPAWNED;
 }
 
 enum ward_zygote_outcome ward_zygote_spawn_finish(struct ward_zygote *z, struct ward_spawn_error *err, int *pidfd, pid_t *pid) {
     *pid = -1;
-    if (err->step != WARD_STEP_NONE) return WARD_ZYGOTE_SPAWNED;  // refused by ward_spawn_begin
+    // Refused by ward_spawn_begin: nothing was asked, no reply will come. (Not told by
+    // err->step: a parked child that gives up at its gate, or fails its execve, writes its
+    // step there as soon as its gate byte is written, before the zygote replies; that reply
+    // must still be read, and the child reaped.)
+    if (!z->asked) return WARD_ZYGOTE_SPAWNED;
+    z->asked = 0;
     if (!wait_reply(z)) {
         // Gone. Had it cloned the call's child, the kernel would have stored the child's
         // pidfd in ward's memory before the child ran: none means no child ever ran.
