@@ -1,5 +1,6 @@
 import CCap
 import CWardOS
+import WardCore
 
 #if canImport(Glibc)
 import Glibc
@@ -69,15 +70,8 @@ public func readSmallFile(_ path: String) -> String? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
-    var out: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = read(fd, &buffer, buffer.count)
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        out += buffer[0..<n]
-    }
-    var text = String(decoding: out, as: UTF8.self)
+    guard let bytes = OS.readAll(fd) else { return nil }
+    var text = String(decoding: bytes, as: UTF8.self)
     while text.last == "\n" || text.last == " " { text.removeLast() }
     return text
 }

@@ -70,8 +70,7 @@ final class CgroupSlot: @unchecked Sendable {
         var text: [UInt8] = []
         var offset: off_t = 0
         while true {
-            let n = pread(membersFD, &buffer, buffer.count, offset)
-            if n < 0 && errno == EINTR { continue }
+            let n = OS.retrying { pread(membersFD, &buffer, buffer.count, offset) }
             if n <= 0 { break }
             text += buffer[0..<n]
             offset += off_t(n)

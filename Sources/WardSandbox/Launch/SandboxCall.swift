@@ -77,7 +77,7 @@ public final class SandboxCall: @unchecked Sendable {
         // a program of its own (`execve("/proc/self/fd/0")`).
         stdinFD = ward_input_memfd("ward-args")
         guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
-        guard SandboxCall.writeAll(stdinFD, arguments.canonicalBytes) else {
+        guard OS.writeAll(stdinFD, arguments.canonicalBytes) else {
             throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno)
         }
         guard ward_seal_contents(stdinFD) == 0 else {
@@ -290,15 +290,6 @@ extension SandboxCall {
         return SandboxError(.startUnknown, "the zygote of tool \(name) died while starting the call: the tool may have started")
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return false }
-            offset += n
-        }
-        return true
-    }
 }
 
 /// A NULL-terminated array of C strings that lives as long as it does (a parked child
