@@ -27,7 +27,7 @@ let package = Package(
         // The child side of the spawn: runs between clone and execve, raw syscalls only.
         .target(name: "CWardSpawn", cSettings: [.define("_GNU_SOURCE")]),
         // What Swift cannot call directly (variadics, macros, _GNU_SOURCE-only declarations,
-        // syscalls without a glibc wrapper), outside the child: scheduling, memfds, the
+        // syscalls without a glibc wrapper), outside the child: memfds, the
         // parent's Landlock calls, peer credentials, tool identities.
         .target(name: "CWardOS", cSettings: [.define("_GNU_SOURCE")]),
         // JSON (strict parsing, RFC 8785 canonical form) and the call result types.
@@ -47,10 +47,12 @@ let package = Package(
         ]),
         // Orchestration of ledger and sandbox: the agent protocol, its socket server, reconcile.
         .target(name: "WardSupervisor", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "CWardOS"]),
+        // ward as an MCP server over stdio: tools from policies, calls through the supervisor.
+        .target(name: "WardMCP", dependencies: ["CWardOS", "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor"]),
         // The Swift client of the agent protocol: blocking (WardConnection) and async (WardClient), typed errors.
         .target(name: "WardClient", dependencies: ["WardCore"]),
         .executableTarget(name: "ward", dependencies: [
-            "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "WardClient",
+            "WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "WardClient", "WardMCP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -60,7 +62,7 @@ let package = Package(
         .executableTarget(name: "ward-fuzz", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor"], path: "Sources/WardFuzz"),
         // Benchmarks (Scripts/bench): whole-process comparisons, interleaved.
         .target(name: "CWardBench"),
-        .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "WardClient", "CWardBench"], path: "Sources/WardBench"),
+        .executableTarget(name: "ward-bench", dependencies: ["WardCore", "WardPolicy", "WardSandbox", "WardLedger", "WardSupervisor", "WardClient", "WardMCP", "CWardBench"], path: "Sources/WardBench"),
         // Hostile programs the threat tests run inside the sandbox. Linked without the shared
         // Swift runtime, which lives outside every sandbox's read roots.
         .executableTarget(name: "ward-hostile", path: "Sources/WardHostile", cSettings: [.define("_GNU_SOURCE")],

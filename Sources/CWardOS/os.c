@@ -4,9 +4,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
-#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <linux/sockios.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -21,41 +22,15 @@
 #define MFD_NOEXEC_SEAL 0x0008U
 #endif
 
-// MARK: - Scheduling
+// MARK: - Delivery
 
-int ward_thread_idle(int idle) {
-    struct sched_param param = { 0 };
-    return sched_setscheduler(0, idle ? SCHED_IDLE : SCHED_OTHER, &param);
-}
-
-static void *try_idle_and_return(void *result) {
-    *(int *)result = ward_thread_idle(1) == 0 && ward_thread_idle(0) == 0;
-    return NULL;
-}
-
-int ward_can_idle_and_return(void) {
-    pthread_t thread;
-    int result = 0;
-    if (pthread_create(&thread, NULL, try_idle_and_return, &result) != 0) return 0;
-    pthread_join(thread, NULL);
-    return result;
-}
-
-int ward_runnable_tasks(void) {
-    static int fd = -2;
-    if (fd == -2) fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);  // a benign race: an fd may leak once
-    if (fd < 0) return -1;
-    char text[128];
-    ssize_t n = pread(fd, text, sizeof text - 1, 0);
-    if (n <= 0) return -1;
-    text[n] = 0;
-    // "0.12 0.34 0.56 R/T LASTPID": R after the third space.
-    char *p = text;
-    for (int spaces = 0; *p && spaces < 3; p++) if (*p == ' ') spaces++;
-    if (*p < '0' || *p > '9') return -1;
-    int runnable = 0;
-    while (*p >= '0' && *p <= '9') runnable = runnable * 10 + (*p++ - '0');
-    return runnable;
+int ward_unread_bytes(int fd) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    int unread = 0;
+    if (S_ISFIFO(st.st_mode)) return ioctl(fd, FIONREAD, &unread) == 0 ? unread : -1;
+    if (S_ISSOCK(st.st_mode)) return ioctl(fd, SIOCOUTQ, &unread) == 0 ? unread : -1;
+    return -1;
 }
 
 // MARK: - Memory files

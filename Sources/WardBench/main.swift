@@ -7,6 +7,7 @@ import WardCore
 import WardPolicy
 import Foundation
 import WardLedger
+import WardMCP
 import WardSandbox
 import WardSupervisor
 
@@ -48,6 +49,10 @@ func measureInBlocks(rounds: Int, block: Int, _ operations: (Int) -> [(name: Str
     }
     return samples
 }
+
+/// `ward mcp`'s and its Python peer's start-up times, in µs (`startUp`).
+var startTimes: [Double] = []
+var peerStartTimes: [Double] = []
 
 /// Runs of each operation per block.
 let blockLength = 10
@@ -109,6 +114,8 @@ var jsonPath: String?
 var policiesDir = "policies"
 var peersPath: String?
 var wardWithoutFailPoints: String?
+/// A Python with the official MCP SDK, and Scripts/mcp_peer.py: the start-up peer of `ward mcp`.
+var mcpPeer: (python: String, script: String)?
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
@@ -117,7 +124,11 @@ while let a = args.popFirst() {
     case "--policies": policiesDir = args.popFirst() ?? policiesDir
     case "--peers": peersPath = args.popFirst()
     case "--ward-without-failpoints": wardWithoutFailPoints = args.popFirst()
-    default: print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE] [--ward-without-failpoints WARD]"); exit(2)
+    case "--mcp-peer":
+        if let python = args.popFirst(), let script = args.popFirst() { mcpPeer = (python, script) }
+    default:
+        print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE] [--ward-without-failpoints WARD] [--mcp-peer PYTHON SCRIPT]")
+        exit(2)
     }
 }
 
@@ -144,7 +155,6 @@ let workspace = base + "/workspace"
 let sandbox = try Sandbox(policies: shipped, workspace: workspace)
 let pidnsSandbox = try Sandbox(policies: shipped, workspace: workspace, useCgroups: false)
 let directSandbox = try Sandbox(policies: shipped, workspace: workspace, useZygotes: false)
-let sleepingSandbox = try Sandbox(policies: shipped, workspace: workspace, idleSpin: false)
 
 let bwrap = which("bwrap")
 let firejail = which("firejail")
@@ -153,14 +163,12 @@ let empty = JSONValue.object([:])
 for _ in 0..<20 {
     _ = try sandbox.run(tool: "true", arguments: empty)
     _ = try directSandbox.run(tool: "true", arguments: empty)
-    _ = try sleepingSandbox.run(tool: "true", arguments: empty)
     _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) }
 }
 let samples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { round in
     var ops: [(name: String, run: () throws -> Void)] = [
         ("ward", { let o = try sandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded, "sandboxed /bin/true failed: \(o)") }),
         ("direct", { let o = try directSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
-        ("sleeping", { let o = try sleepingSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
         ("pidns", { let o = try pidnsSandbox.run(tool: "true", arguments: empty); precondition(o.status == .succeeded) }),
         ("netns", { let o = try sandbox.run(tool: "true-netns", arguments: empty); precondition(o.status == .succeeded) }),
         ("bare", { precondition(Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } == 0) }),
@@ -183,8 +191,6 @@ if let firejailSamples = samples["firejail"] {
     rows.append(Row(name: "sandboxed spawn of /bin/true (shell policy)", ward: wardSpawn, peer: "firejail --noprofile", peerValue: median(firejailSamples), budget: nil))
 }
 
-// What the idle spin (`IdleSpin`) is worth: the same spawn waited for by sleeping in poll.
-rows.append(Row(name: "… waited for by sleeping (no idle spin)", ward: median(samples["sleeping"]!), peer: "with the idle spin", peerValue: wardSpawn, budget: nil))
 rows.append(Row(name: "… each call confined anew (no zygote)", ward: median(samples["direct"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… without cgroups (PID namespace per call)", ward: median(samples["pidns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… network isolated by a netns per call", ward: median(samples["netns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
@@ -272,8 +278,8 @@ extension WardConnection {
     }
 
     /// A tool call, its result unread: decoding it is not what is measured.
-    func toolCall(_ callId: String, tool: String = "true") {
-        _ = result("tool.call", .object(["callId": .string(callId), "tool": .string(tool), "arguments": .object([:])]))
+    func toolCall(_ callId: String, tool: String = "true", arguments: JSONValue = .object([:])) {
+        _ = result("tool.call", .object(["callId": .string(callId), "tool": .string(tool), "arguments": arguments]))
     }
 }
 
@@ -308,12 +314,27 @@ try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + """
 let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
 let client = agentConnection(callServe.socket)
 for i in 0..<20 { client.toolCall("warm-\(i)") }
+// The same call from an MCP host: `ward mcp` over stdio, on a run of its own in the same ledger.
+let shellTrue = JSONValue.object(["command": .string("/bin/true")])
+let mcp = try MCPHost(wardBinary, ["mcp", "--policies", benchPolicies, "--ledger", base + "/calls.sqlite", "--workspace", base + "/calls-ws",
+                                   "--run-id", "calls-mcp"])
+var mcpCount = 0
+@MainActor func mcpCall() {
+    let answer = mcp.call("tools/call", .object(["name": .string("shell"), "arguments": shellTrue,
+                                                 "_meta": .object([MCPServer.callIdKey: .string("m\(mcpCount)")])]))
+    precondition(answer.contains(Array(#""isError":false"#.utf8)), "ward mcp: \(String(decoding: answer, as: UTF8.self))")
+    mcpCount += 1
+}
+for _ in 0..<20 { mcpCall() }
 var callCount = 0
 var idempotentCount = 0
+var shellCount = 0
 let callSamples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { _ in
     var ops: [(name: String, run: () throws -> Void)] = [
         ("call", { client.toolCall("c\(callCount)"); callCount += 1 }),
         ("idempotent", { client.toolCall("i\(idempotentCount)", tool: "true_idempotent"); idempotentCount += 1 }),
+        ("shell", { client.toolCall("s\(shellCount)", tool: "shell", arguments: shellTrue); shellCount += 1 }),
+        ("mcp", mcpCall),
         ("bare", { _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } }),
     ]
     if let bwrap { ops.append(("bwrap", { _ = spawnAndWait([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "/bin/true"]) })) }
@@ -331,6 +352,8 @@ rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(
 if let bwrapAgain = callSamples["bwrap"] {
     rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: .ratio(0.4)))
 }
+rows.append(Row(name: "tools/call of shell /bin/true through ward mcp", ward: median(callSamples["mcp"]!), peer: "tool.call through the socket",
+                peerValue: median(callSamples["shell"]!), budget: .ratio(1.2)))
 rows.append(Row(name: "tool.call, non-idempotent: output captured", ward: median(fullCall), peer: "idempotent, not captured",
                 peerValue: median(callSamples["idempotent"]!), budget: .ratio(1.1)))
 rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "", peerValue: nil, budget: .atMost(150)))
@@ -498,12 +521,83 @@ rows.append(Row(name: "throughput, 8 agents × \(perAgent) calls", ward: through
     return (serve, socket)
 }
 
+/// An MCP host's end of `ward mcp` (or of another stdio MCP server): one request line out,
+/// the answer line in (notifications skipped).
+final class MCPHost {
+    let process = Process()
+    private let input = Pipe(), output = Pipe()
+    private var framer = LineFramer()
+    private var nextID = 0
+
+    init(_ binary: String, _ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+    }
+
+    func call(_ method: String, _ params: JSONValue) -> [UInt8] {
+        nextID += 1
+        precondition(OS.writeAll(input.fileHandleForWriting.fileDescriptor, RPCRequest.line(id: .number(Double(nextID)), method: method, params: params) + [0x0A]))
+        while true {
+            let line = readLine()
+            if !line.starts(with: Array(#"{"jsonrpc":"2.0","method""#.utf8)) { return line }
+        }
+    }
+
+    func readLine() -> [UInt8] {
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            if let line = try? framer.next() { return line }
+            let n = chunk.withUnsafeMutableBytes { OS.read(output.fileHandleForReading.fileDescriptor, into: $0) } ?? 0
+            precondition(n > 0, "the MCP server closed its stdout")
+            chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        }
+    }
+
+    func close() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}
+
+/// Exec to the answer to `initialize`, as a host starting a server per session waits for it.
+func startUp(_ binary: String, _ arguments: [String]) throws -> Double {
+    let t0 = now()
+    let host = try MCPHost(binary, arguments)
+    _ = host.call("initialize", .object(["protocolVersion": .string("2025-11-25"), "capabilities": .object([:]),
+                                         "clientInfo": .object(["name": .string("ward-bench"), "version": .string("1")])]))
+    let elapsed = Double(now() - t0) / 1000
+    host.close()
+    return elapsed
+}
+
 func stopServe(_ serve: Process) {
     serve.terminate()
     serve.waitUntilExit()
 }
 
 stopServe(callServe.process)
+mcp.close()
+do {
+    // A new `ward mcp` per session (langchain-mcp-adapters starts one per call): its start,
+    // against an MCP server on the official Python SDK that lists as many tools.
+    let wardArguments = ["mcp", "--policies", benchPolicies, "--ledger", base + "/start.sqlite", "--workspace", base + "/start-ws", "--run-id", "start"]
+    let tools = try PolicyLoader.load(directory: benchPolicies).tools.count
+    // Each op records its own figure: the block's timing would count the server's exit too.
+    _ = try measureInBlocks(rounds: 4, block: 5) { _ in
+        var ops: [(name: String, run: () throws -> Void)] = []
+        ops.append(("ward", { startTimes.append(try startUp(wardBinary, wardArguments)) }))
+        if let mcpPeer { ops.append(("python", { peerStartTimes.append(try startUp(mcpPeer.python, [mcpPeer.script, String(tools)])) })) }
+        return ops
+    }
+    rows.append(Row(name: "ward mcp start: exec to the initialize answer", ward: median(startTimes), peer: "", peerValue: nil, budget: .atMost(50_000)))
+    if !peerStartTimes.isEmpty {
+        rows.append(Row(name: "ward mcp start: exec to the initialize answer", ward: median(startTimes),
+                        peer: "Python MCP SDK server, \(tools) tools", peerValue: median(peerStartTimes), budget: .ratio(0.2)))
+    }
+}
 do {
     // RSS of a real `ward serve` holding 100 idle connections.
     let (serve, socket) = try startServe(wardBinary, name: "idle")

@@ -23,9 +23,13 @@ public struct BeginRequest: Sendable {
     public var attempt: Int
     /// The agent's state, stored in the same transaction as the `running` record.
     public var checkpoint: [UInt8]?
+    /// The client may lose the answer (an MCP host whose session ends): the call is recorded
+    /// as not delivered until `markDelivered`, and a repeat of a non-idempotent one finds it
+    /// (`undeliveredCall`) instead of running the tool again.
+    public var awaitsDelivery = false
 
     public init(run: String, callId: String, tool: String, effect: CallEffect, arguments: JSONValue,
-                policyHash: String, executable: String, attempt: Int, checkpoint: [UInt8]? = nil) {
+                policyHash: String, executable: String, attempt: Int, checkpoint: [UInt8]? = nil, awaitsDelivery: Bool = false) {
         self.run = run
         self.callId = callId
         self.tool = tool
@@ -35,6 +39,7 @@ public struct BeginRequest: Sendable {
         self.executable = executable
         self.attempt = attempt
         self.checkpoint = checkpoint
+        self.awaitsDelivery = awaitsDelivery
     }
 }
 
@@ -138,6 +143,7 @@ extension Ledger {
                     "attempt": .number(Double(request.attempt)), "execution": .number(Double(execution)), "owner": .string(me),
                 ]
                 if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
+                if request.awaitsDelivery { data["delivery"] = .bool(true) }
                 try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data, at: now)
                 return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
                                            execution: execution, checkpointSeq: checkpointSeq, owner: me))
@@ -149,10 +155,11 @@ extension Ledger {
                 return try startExecution(1) {
                     try db.run("""
                         INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
-                                           attempt, executions, owner, started_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.running)), ?, 1, ?, ?)
+                                           attempt, executions, owner, started_at, delivered)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.running)), ?, 1, ?, ?, ?)
                         """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
-                              .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now)])
+                              .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now),
+                              request.awaitsDelivery ? .int(0) : .null])
                 }
             case .conflict(let otherTool):
                 let call = call!
@@ -178,9 +185,11 @@ extension Ledger {
                 return try startExecution(call.executions + 1) {
                     try db.run("""
                         UPDATE calls SET status = \(CallState.sql(.running)), executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
-                            verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL
+                            verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL,
+                            delivered = CASE WHEN ? THEN 0 ELSE delivered END
                         WHERE run_id = ? AND call_id = ?
-                        """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .text(request.run), .text(request.callId)])
+                        """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .int(request.awaitsDelivery ? 1 : 0),
+                              .text(request.run), .text(request.callId)])
                 }
             case .replay:
                 return .replay(try self.result(db, run: request.run, call!, replayed: true))
@@ -195,6 +204,67 @@ extension Ledger {
             throw LedgerError(.storage, "fail point after-begin")
         }
         return decision
+    }
+
+    /// Whether the ledger holds a call with this ID: the supervisor asks it before `begin`,
+    /// so that only a new call gets its child made in advance. Read on the writer's
+    /// connection, outside any transaction: its page cache is warm, where a reader's is
+    /// invalidated by every commit.
+    public func isRecorded(run: String, callId: String) throws(LedgerError) -> Bool {
+        do {
+            return try pool.writeWithoutTransaction { db in
+                try db.first("SELECT 1 FROM calls WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)]) { _ in true } ?? false
+            }
+        } catch {
+            throw Ledger.map(error, doing: "reading call \(callId)")
+        }
+    }
+
+    /// A non-idempotent call of `run` with this tool and these arguments whose answer the
+    /// client has not received (`BeginRequest.awaitsDelivery`): still running, in doubt, or
+    /// finished with its reply unwritten. A host that repeats such a request under a new ID
+    /// (its retry, or a new session after ward died) must get this call's outcome, never a
+    /// second execution.
+    public func undeliveredCall(run: String, tool: String, arguments: JSONValue) throws(LedgerError) -> String? {
+        let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
+        do {
+            return try pool.writeWithoutTransaction { db in
+                try db.first("""
+                    SELECT call_id FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered = 0 AND effect = ?
+                    ORDER BY started_at DESC LIMIT 1
+                    """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
+            }
+        } catch {
+            throw Ledger.map(error, doing: "looking for an unanswered call of tool \(tool)")
+        }
+    }
+
+    /// The highest N among `run`'s call IDs `prefix` + N (N a decimal number), 0 when none.
+    public func lastNumber(run: String, prefix: String) throws(LedgerError) -> Int {
+        do {
+            return try pool.writeWithoutTransaction { db in
+                // Of equal prefixes, the longer number is the larger, then the later in byte order.
+                try db.first("""
+                    SELECT substr(call_id, ?) FROM calls WHERE run_id = ? AND call_id >= ? AND call_id < ?
+                    ORDER BY length(call_id) DESC, call_id DESC LIMIT 1
+                    """, [.int(prefix.utf8.count + 1), .text(run), .text(prefix), .text(prefix + "\u{10FFFF}")]) { Int($0.text(0)) ?? 0 } ?? 0
+            }
+        } catch {
+            throw Ledger.map(error, doing: "numbering calls \(prefix)…")
+        }
+    }
+
+    /// Records that a finished call's answer reached its client (`call.delivered`), so a
+    /// repeat of it runs anew. A mark lost (ward died before this commit) errs on the safe
+    /// side: the repeat gets the recorded answer instead.
+    public func markDelivered(run: String, callId: String) throws(LedgerError) {
+        try write("recording the delivery of call \(callId)") { db in
+            guard try db.first("SELECT 1 FROM calls WHERE run_id = ? AND call_id = ? AND delivered = 0 AND status NOT IN (\(CallState.sql(.running)), \(CallState.sql(.inDoubt)))",
+                               [.text(run), .text(callId)], { _ in true }) == true else { return }
+            let now = Timestamp.now()
+            try self.appendEvent(db, run: run, kind: "call.delivered", call: callId, data: [:], at: now)
+            try db.run("UPDATE calls SET delivered = 1 WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
+        }
     }
 
     /// What becomes of a recorded call if it is asked for again as it was recorded.

@@ -38,7 +38,7 @@ extension Ledger {
                 runs = [only]
             }
             return VerifyReport(runs: try runs.map { run in
-                var check = RunCheck(db: db, run: run, exactTimes: self.timesFollowEvents)
+                var check = RunCheck(db: db, run: run, exactTimes: self.timesFollowEvents, deliveries: self.recordsDelivery)
                 return try check.report()
             })
         }
@@ -54,7 +54,7 @@ private struct Finding: Error {
 /// The members of events' `data` that verify reads.
 private enum Member: Int, CaseIterable {
     case attempt, exitStatus, seq, size, stateHash, label, key, valueHash, checkpoint, execution, tool, effect, argsHash, policyHash, binaryHash,
-         owner, status, exitCode, signal, stdout, stderr, truncated, durationMs, verdict, note, by, stdoutSoFar, stderrSoFar
+         owner, status, exitCode, signal, stdout, stderr, truncated, durationMs, verdict, note, by, stdoutSoFar, stderrSoFar, delivery
 
     static let byName = Dictionary(uniqueKeysWithValues: allCases.map { ("\($0)", $0) })
     static let names = allCases.map { Array("\($0)".utf8) }
@@ -260,6 +260,21 @@ private struct CallReplay {
     var execution = 0
     var lastEvent = 0
     var row = Fields()
+    var delivery = Delivery.none
+}
+
+/// Whether a call's client must be known to have its answer (`BeginRequest.awaitsDelivery`):
+/// its `delivered` column is NULL, 0 until a `call.delivered` event, then 1.
+private enum Delivery: UInt8 {
+    case none, awaited, delivered
+
+    var column: DatabaseValue {
+        switch self {
+        case .none: .null
+        case .awaited: 0.databaseValue
+        case .delivered: 1.databaseValue
+        }
+    }
 }
 
 /// The columns of `calls` that events set, in the order a finding reports them.
@@ -325,6 +340,8 @@ private struct RunCheck {
     let run: String
     /// Rows carry their events' times (`Ledger.timesFollowEvents`).
     let exactTimes: Bool
+    /// Rows carry whether their answers were delivered (`Ledger.recordsDelivery`).
+    let deliveries: Bool
 
     var events = 0
     var head = Digest.genesis
@@ -345,7 +362,7 @@ private struct RunCheck {
     /// Calls whose events may continue, each replayed so far.
     var open: [CallKey: CallReplay] = [:]
     /// Calls that have ended, with how: all that is kept of each.
-    var ended: [CallKey: (state: CallState, execution: Int)] = [:]
+    var ended: [CallKey: (state: CallState, execution: Int, delivery: Delivery)] = [:]
 
     mutating func report() throws -> VerifyReport.Run {
         var chained = false
@@ -356,6 +373,7 @@ private struct RunCheck {
             try checkJournalRows()
             try checkCheckpointRows()
             try checkOpenCalls()
+            if deliveries { try checkDeliveries() }
             return VerifyReport.Run(run: run, events: events, head: head, problem: nil)
         } catch let finding as Finding {
             // The chain may have stopped early: count what is there.
@@ -510,7 +528,7 @@ private struct RunCheck {
             try checkCheckpoint(e, call: call)
         case "journal.record":
             try checkJournalEntry(e)
-        case "call.begin", "call.finish", "call.in-doubt", "call.resolve":
+        case "call.begin", "call.finish", "call.in-doubt", "call.resolve", "call.delivered":
             guard let call else { throw Finding("event \(e.seq) of run \(run) (\(e.kind)) names no call") }
             try follow(e, of: call)
         default:
@@ -675,6 +693,16 @@ private struct RunCheck {
     /// resolved executed: nothing may follow), its row is checked and only its end is kept.
     mutating func follow(_ e: Event, of id: String) throws {
         let key = CallKey(id)
+        if e.kind == "call.delivered" {
+            // Only after the answer it marks exists, and once per execution that awaits it.
+            guard var end = ended[key], end.delivery == .awaited else {
+                let what = ended[key] == nil ? "before the call had an answer" : "of an answer that was not awaited or was delivered already"
+                throw Finding("call \(id) of run \(run): event \(e.seq) records the delivery \(what)")
+            }
+            end.delivery = .delivered
+            ended[key] = end
+            return
+        }
         var call: CallReplay
         if let open = open.removeValue(forKey: key) {
             call = open
@@ -683,13 +711,14 @@ private struct RunCheck {
             call = CallReplay(id: id)
             call.state = end.state
             call.execution = end.execution
+            call.delivery = end.delivery
         } else {
             call = CallReplay(id: id)
         }
         try replay(e, into: &call)
         if let state = call.state, state.isSettled {
             try checkRow(call)
-            ended[key] = (state, call.execution)
+            ended[key] = (state, call.execution, call.delivery)
         } else {
             open[key] = call
         }
@@ -705,6 +734,33 @@ private struct RunCheck {
                 SELECT call_id FROM calls WHERE run_id = ? EXCEPT SELECT call_id FROM events WHERE run_id = ? AND call_id IS NOT NULL ORDER BY 1 LIMIT 1
                 """, arguments: [run, run])
             throw Finding("call \(id ?? "?") of run \(run) has no events (it was inserted)")
+        }
+    }
+
+    /// Each call's `delivered` column must be what its events say: a forged 1 would let a
+    /// host's repeat of a call whose answer it never read run the tool again. Checked once
+    /// the chain is read (a delivery comes after the row was checked at the call's end).
+    mutating func checkDeliveries() throws {
+        var expected: [CallKey: (id: String, delivery: Delivery)] = [:]
+        for (key, call) in open where call.delivery != .none { expected[key] = (call.id, call.delivery) }
+        var seen = Set<CallKey>()
+        try db.all("SELECT call_id, delivered FROM calls WHERE run_id = ? AND delivered IS NOT NULL", [.text(run)]) { r in
+            let id = r.text(0)
+            let key = CallKey(id)
+            let want = expected[key]?.delivery ?? ended[key]?.delivery ?? Delivery.none
+            let recorded = r.value(1)
+            guard same(recorded, want.column) else {
+                throw Finding("call \(id) of run \(run) was altered: its delivery is \(shown(recorded)) where its events say \(shown(want.column))")
+            }
+            seen.insert(key)
+        }
+        // A row whose delivery was cleared (NULL) while its events await one.
+        let awaited = expected.count + ended.values.count { $0.delivery != .none }
+        if seen.count < awaited {
+            let cleared = try db.all("SELECT call_id FROM calls WHERE run_id = ? AND delivered IS NULL", [.text(run)]) { $0.text(0) }
+            let missing = expected.first { !seen.contains($0.key) }?.value.id
+                ?? cleared.first { ended[CallKey($0)].map { $0.delivery != .none } == true } ?? "?"
+            throw Finding("call \(missing) of run \(run) was altered: its delivery is none where its events say otherwise")
         }
     }
 
@@ -732,6 +788,7 @@ private struct RunCheck {
                 call.row[.startedAt] = e.at.databaseValue
                 call.state = .running
                 call.execution = 1
+                call.delivery = try e.has(.delivery) && e.bool(.delivery) ? .awaited : .none
                 break
             }
             guard execution == call.execution + 1 else {
@@ -763,6 +820,7 @@ private struct RunCheck {
             call.row[.startedAt] = e.at.databaseValue
             call.state = .running
             call.execution = execution
+            if try e.has(.delivery) && e.bool(.delivery) { call.delivery = .awaited }
         case "call.finish":
             let execution = try e.int(.execution)
             guard call.state == .running, execution == call.execution else {

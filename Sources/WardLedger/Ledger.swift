@@ -26,9 +26,11 @@ import Glibc
 ///   the run's last event; the workspace columns and `policies` are its place (`RunPlace`).
 /// - `calls(run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
 ///   attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr,
-///   truncated, duration_ms, verdict, note)`: the current state of each call; `stdout` and
-///   `stderr` are blob hashes; `owner` is the token of the owner lock held by the ledger
-///   handle running it (`OwnerLock`; a ward from before owner locks wrote `pid:starttime@bootid`).
+///   truncated, duration_ms, verdict, note, delivered)`: the current state of each call; `stdout`
+///   and `stderr` are blob hashes; `owner` is the token of the owner lock held by the ledger
+///   handle running it (`OwnerLock`; a ward from before owner locks wrote `pid:starttime@bootid`);
+///   `delivered` is 0 until the answer reached a client that can lose it (`ward mcp`), then 1,
+///   and NULL for the agent protocol.
 /// - `blobs(hash, size, data)`: content-addressed bytes (outputs, checkpoint chunks); `hash`
 ///   is the raw SHA-256 of `data`.
 /// - `checkpoints(run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep,
@@ -66,6 +68,9 @@ public final class Ledger: Sendable {
     /// Whether rows carry their events' times (migration v4): an audit of an older ledger,
     /// opened read-only and so not migrated, cannot hold the times to the events.
     let timesFollowEvents: Bool
+    /// Whether calls record the delivery of their answers (migration v5): a ledger from
+    /// before it has no such column to audit.
+    let recordsDelivery: Bool
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -93,6 +98,7 @@ public final class Ledger: Sendable {
         config.busyMode = .timeout(busyTimeout)
         config.readonly = readOnly
         var timesFollowEvents = true
+        var recordsDelivery = true
         do {
             // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
             // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
@@ -113,6 +119,7 @@ public final class Ledger: Sendable {
                 let applied = try pool.read { db in try Ledger.migrator.appliedMigrations(db) }
                 guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
                 timesFollowEvents = applied.contains("v4")
+                recordsDelivery = applied.contains("v5")
             } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
                 if setUp == nil { setUp = try SchemaLock(ledger: path) }
                 try Ledger.migrator.migrate(pool)
@@ -122,6 +129,7 @@ public final class Ledger: Sendable {
             throw Ledger.map(error, doing: "opening \(path)")
         }
         self.timesFollowEvents = timesFollowEvents
+        self.recordsDelivery = recordsDelivery
         if !readOnly && recover { try self.recover() }
     }
 
@@ -333,6 +341,15 @@ public final class Ledger: Sendable {
                 FROM (SELECT run_id, json_extract(body, '$.data.key') AS key, MIN(seq), at FROM events
                       WHERE kind = 'journal.record' AND json_valid(body) GROUP BY run_id, key) AS e
                 WHERE journal.run_id = e.run_id AND journal.key = e.key;
+                """)
+        }
+        // Whether a call's answer reached its client, for clients that can lose one (an
+        // MCP host): NULL for the agent protocol, whose agents repeat a call by its ID.
+        // Only the unanswered are looked up, by tool and arguments.
+        migrator.registerMigration("v5") { db in
+            try db.execute(sql: """
+                ALTER TABLE calls ADD COLUMN delivered INTEGER;
+                CREATE INDEX calls_undelivered ON calls(run_id, tool, args_hash) WHERE delivered = 0;
                 """)
         }
         return migrator

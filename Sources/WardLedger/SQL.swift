@@ -53,6 +53,15 @@ extension Database {
         return try step(handle) ? body(SQLRow(handle: handle)) : nil
     }
 
+    /// Every row of `sql`, each read by `body`.
+    func all<T>(_ sql: String, _ values: [SQLValue] = [], _ body: (SQLRow) throws -> T) throws -> [T] {
+        let handle = try prepared(sql, values)
+        defer { sqlite3_reset(handle) }
+        var rows: [T] = []
+        while try step(handle) { rows.append(try body(SQLRow(handle: handle))) }
+        return rows
+    }
+
     private func prepared(_ sql: String, _ values: [SQLValue]) throws -> OpaquePointer {
         let handle = try cachedStatement(sql: sql).sqliteStatement
         sqlite3_reset(handle)

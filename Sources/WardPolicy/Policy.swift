@@ -84,6 +84,12 @@ public struct ToolPolicy: Sendable, Hashable {
     /// The argument names the tool declares (`arguments = [...]`), or nil when it declares
     /// none: a declaring tool is given no other argument.
     public var arguments: [String]? = nil
+    /// Whether a call may destroy or overwrite what it did not create (`destructive`): told to
+    /// MCP hosts as `destructiveHint`. nil: true for a non-idempotent tool, else false.
+    public var destructive: Bool? = nil
+    /// A JSON Schema of the tool's arguments (`input-schema`, a table), published to MCP
+    /// hosts instead of the one derived from `arguments` and the placeholders.
+    public var inputSchema: PolicyValue? = nil
 
     /// The argument names the command refers to (`{workspace}` excluded).
     public var placeholders: [String] {
@@ -126,4 +132,15 @@ public struct PolicySet: Sendable {
         }
         return tool
     }
+}
+
+/// A policy value kept as written, for what ward passes on rather than reads itself (an
+/// `input-schema`): TOML's strings, numbers, booleans, arrays and tables.
+public indirect enum PolicyValue: Sendable, Hashable {
+    case string(String)
+    case integer(Int)
+    case double(Double)
+    case bool(Bool)
+    case array([PolicyValue])
+    case table([String: PolicyValue])
 }

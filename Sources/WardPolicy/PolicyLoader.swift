@@ -26,7 +26,7 @@ public enum PolicyLoader {
 
     static let toolKeys: Set<String> = [
         "description", "command", "effect", "syscalls", "network", "read", "write", "env",
-        "timeout", "limits", "reconcile", "arguments",
+        "timeout", "limits", "reconcile", "arguments", "destructive", "input-schema",
     ]
     static let limitKeys: Set<String> = ["memory", "cpu", "processes", "file-size", "open-files", "output"]
 
@@ -445,11 +445,47 @@ private struct Builder {
             }
         }
 
+        // What MCP hosts are told of the tool must be what its sandbox holds: a read-only
+        // tool writes nothing but devices, and destroys nothing.
+        if effect == .readOnly {
+            for (entry, path) in write where !entry.hasPrefix("/dev/") {
+                report(file, element: entry, in: path, "tool \"\(name)\" is read-only but may write \(entry): drop the write root or change its effect")
+            }
+        }
+        var destructive: Bool?
+        if let (node, path) = lookup("destructive", name, defaults: defaults, own: own) {
+            if case .bool(let b) = node {
+                destructive = b
+                if b && effect == .readOnly { report(file, path, "tool \"\(name)\" is read-only, so it cannot be destructive") }
+            } else {
+                report(file, path, "destructive must be true or false, not a \(node.typeName)")
+            }
+        }
+        var inputSchema: PolicyValue?
+        if let (node, path) = lookup("input-schema", name, defaults: defaults, own: own) {
+            if case .table(let members) = node, members["type"].map({ if case .string("object") = $0 { true } else { false } }) == true {
+                inputSchema = Self.value(node)
+            } else {
+                report(file, path, "input-schema must be a table holding a JSON Schema of type \"object\"")
+            }
+        }
+
         guard diagnostics.count == errorsBefore else { return nil }
         return ToolPolicy(name: name, file: file.path, description: description, command: command, effect: effect,
                           syscalls: syscalls, network: network, read: read.map(\.0), write: write.map(\.0),
                           environment: environment, timeoutMilliseconds: timeout, limits: limits, reconcile: reconcile,
-                          arguments: arguments)
+                          arguments: arguments, destructive: destructive, inputSchema: inputSchema)
+    }
+
+    static func value(_ node: Node) -> PolicyValue {
+        switch node {
+        case .string(let s), .dateTime(let s): .string(s)
+        case .integer(let i): .integer(i)
+        case .double(let d): .double(d)
+        case .bool(let b): .bool(b)
+        case .array(let items): .array(items.map(value))
+        case .table(let members): .table(members.mapValues(value))
+        }
     }
 
     mutating func validateCommand(_ file: ParsedFile, _ path: [String], _ argv: [String]) {

@@ -39,8 +39,6 @@ public final class Sandbox: Sendable {
     let containment: Containment
     let useZygotes: Bool
     private let prepared = Lock<[String: PreparedTool]>([:])
-    /// How calls are waited for (nil: always by sleeping in poll).
-    let idleSpin: IdleSpin?
 
     /// - Parameters:
     ///   - policies: the loaded policy directory.
@@ -53,13 +51,10 @@ public final class Sandbox: Sendable {
     ///     policies' `[defaults] user`, else the default. Refused when ward is not root.
     ///   - maxLandlockABI: use at most this Landlock ABI, as on an older kernel (tests of
     ///     every ABI on one machine; `WARD_TEST_LANDLOCK_ABI` does the same for a process).
-    ///   - idleSpin: false never waits for a call without sleeping (`IdleSpin`; the bench
-    ///     measures what the spin is worth).
     public init(policies: PolicySet, workspace: String, logger: Logger = Logger(label: "ward.sandbox"),
                 useCgroups: Bool = true, cgroupLayout: CgroupLayout? = nil, useZygotes: Bool = true,
-                toolUser: String? = nil, maxLandlockABI: Int? = nil, idleSpin: Bool = true) throws(SandboxError) {
+                toolUser: String? = nil, maxLandlockABI: Int? = nil) throws(SandboxError) {
         self.useZygotes = useZygotes
-        self.idleSpin = idleSpin ? IdleSpin.available : nil
         for dir in [workspace, workspace + "/.tmp"] where mkdir(dir, 0o755) != 0 && errno != EEXIST {
             throw SandboxError(.internalError, "cannot create workspace directory \(dir): \(errnoName(errno))", errno: errno)
         }

@@ -3,7 +3,7 @@ import WardLedger
 import WardSandbox
 
 extension RPCError {
-    init(_ error: LedgerError) {
+    public init(_ error: LedgerError) {
         switch error.code {
         case .conflict: self.init(.conflict, error.message)
         case .inProgress: self.init(.inProgress, error.message)
@@ -14,7 +14,7 @@ extension RPCError {
         }
     }
 
-    init(_ error: SandboxError) {
+    public init(_ error: SandboxError) {
         switch error.code {
         case .unknownTool: self.init(.unknownTool, error.message)
         case .invalidArguments: self.init(.invalidArguments, error.message)

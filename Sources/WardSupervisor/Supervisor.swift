@@ -194,6 +194,17 @@ public final class Supervisor: Sendable {
         let callId = try p.identifier("callId", required: true)!
         let requested = try p.identifier("tool", required: true)!
         let arguments = JSONValue.object(try p.object("arguments") ?? [:])
+        return try call(tool: requested, arguments: arguments, callId: callId, checkpoint: p.value("checkpoint").map(\.canonicalBytes)).json
+    }
+
+    /// A tool call: replayed from the ledger, or run in the sandbox with its start and its
+    /// outcome recorded (the agent protocol's `tool.call`, and `ward mcp`'s `tools/call`).
+    /// - Parameters:
+    ///   - checkpoint: the agent's state, stored with the `running` record.
+    ///   - awaitsDelivery: the client may lose the answer (`BeginRequest.awaitsDelivery`).
+    ///   - cancellation: lets another thread kill the tool; the call ends `killed`.
+    public func call(tool requested: String, arguments: JSONValue, callId: String, checkpoint: [UInt8]? = nil,
+                     awaitsDelivery: Bool = false, cancellation: CallCancellation? = nil) throws(RPCError) -> CallResult {
         // Tool names match byte for byte: Swift's String equality would let "\u{212A}" (Kelvin
         // sign) find the tool "K", and the ledger would record a name no policy has.
         guard let policy = sandbox.policies.tools[requested], policy.name.utf8.elementsEqual(requested.utf8) else {
@@ -206,12 +217,12 @@ public final class Supervisor: Sendable {
         do { executable = try sandbox.check(tool: tool, arguments: arguments) } catch { throw RPCError(error) }
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
                                    policyHash: policyHash(policy), executable: executable, attempt: attempt,
-                                   checkpoint: p.value("checkpoint").map(\.canonicalBytes))
+                                   checkpoint: checkpoint, awaitsDelivery: awaitsDelivery)
         let environment = Reconciler.environment(run: runID, callId: callId)
-        let launch = Launch(tool: tool, arguments: arguments, environment: environment)
+        let launch = Launch(tool: tool, arguments: arguments, environment: environment, cancellation: cancellation)
         switch try begin(request, policy: policy, launch: launch) {
-        case (.replay(let result), _): return result.json
-        case (.execute(let ticket), let parked): return try execute(ticket, policy: policy, parked: parked, launch: launch).json
+        case (.replay(let result), _): return result
+        case (.execute(let ticket), let parked): return try execute(ticket, policy: policy, parked: parked, launch: launch)
         }
     }
 
@@ -220,6 +231,7 @@ public final class Supervisor: Sendable {
         var tool: String
         var arguments: JSONValue
         var environment: [(String, String)]
+        var cancellation: CallCancellation?
     }
 
     /// The ledger's decision on a request, after waiting for a call that another owner runs
@@ -231,7 +243,7 @@ public final class Supervisor: Sendable {
         var reconciled = false
         while true {
             var parked: SandboxCall?
-            if (try? ledger.state(run: runID, callId: request.callId)) == nil {
+            if (try? ledger.isRecorded(run: runID, callId: request.callId)) == false {
                 parked = try? sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
                 parked?.park()
             }
@@ -277,12 +289,12 @@ public final class Supervisor: Sendable {
         while true {
             let end: SandboxCall.End
             if let call = parked {
-                end = call.start(capture: capture?.fd ?? -1)
+                end = call.start(capture: capture?.fd ?? -1, cancellation: launch.cancellation)
                 parked = nil
             } else {
                 do throws(SandboxError) {
                     end = try sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
-                        .start(capture: capture?.fd ?? -1)
+                        .start(capture: capture?.fd ?? -1, cancellation: launch.cancellation)
                 } catch {
                     end = .refused(error)
                 }

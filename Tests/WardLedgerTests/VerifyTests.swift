@@ -63,6 +63,14 @@ enum VerifyFixture {
         #expect(c4.execution == 2 && c5.execution == 2)
         _ = try ledger.finish(c5, outcome: outcome("output 5"))
         _ = try ledger.saveCheckpoint(run: "r", state: state(2) + Array("and one more step".utf8))
+        // Calls of a client that can lose answers (ward mcp): d1's was read, d2's not yet.
+        for id in ["d1", "d2"] {
+            var awaiting = request(id, run: "r")
+            awaiting.awaitsDelivery = true
+            let ticket = try #require(try ledger.begin(awaiting).ticket)
+            _ = try ledger.finish(ticket, outcome: outcome("output \(id)"))
+        }
+        try ledger.markDelivered(run: "r", callId: "d1")
         try ledger.finishRun(run: "r", exitStatus: 0)
         return path
     }
@@ -156,8 +164,13 @@ struct VerifyTests {
             TableEdit("call start time", "UPDATE calls SET started_at = '2000-01-01T00:00:00.000000Z' \(c) = 'c4'",
                       finding: "call c4 of run r was altered: its start time is 2000-01-01T00:00:00.000000Z where its events say 20"),
             TableEdit("call removed", "DELETE FROM calls \(c) = 'c2'", finding: "call c2 of run r was removed (its events remain)"),
-            TableEdit("call inserted", "INSERT INTO calls SELECT run_id, 'c9', tool, effect, args_hash, args, policy_hash, binary_hash, status, attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr, truncated, duration_ms, verdict, note FROM calls \(c) = 'c2'",
+            TableEdit("call inserted", "INSERT INTO calls SELECT run_id, 'c9', tool, effect, args_hash, args, policy_hash, binary_hash, status, attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr, truncated, duration_ms, verdict, note, delivered FROM calls \(c) = 'c2'",
                       finding: "call c9 of run r has no events (it was inserted)"),
+            // Deliveries: a forged one would let a host's repeat of an unanswered call run again.
+            TableEdit("delivery forged", "UPDATE calls SET delivered = 1 \(c) = 'd2'", finding: "call d2 of run r was altered: its delivery is 1 where its events say 0"),
+            TableEdit("delivery undone", "UPDATE calls SET delivered = 0 \(c) = 'd1'", finding: "call d1 of run r was altered: its delivery is 0 where its events say 1"),
+            TableEdit("delivery cleared", "UPDATE calls SET delivered = NULL \(c) = 'd2'", finding: "call d2 of run r was altered: its delivery is none where its events say otherwise"),
+            TableEdit("delivery of an agent's call", "UPDATE calls SET delivered = 1 \(c) = 'c2'", finding: "call c2 of run r was altered: its delivery is 1 where its events say none"),
             // Outputs, and what an operator settles a call in doubt on.
             TableEdit("output altered", "UPDATE blobs SET data = CAST('forged' AS BLOB) WHERE data = CAST('output 1' AS BLOB)", finding: "the recorded stdout of call c1 of run r was altered"),
             TableEdit("output removed", "DELETE FROM blobs WHERE data = CAST('warning 1' AS BLOB)", finding: "the recorded stderr of call c1 of run r was removed"),
@@ -220,7 +233,7 @@ struct VerifyTests {
         #expect(r.events == events.count && r.head == events.last?.hash)
         // Every kind of event is in it, so each kind's checks ran on what ward really writes.
         #expect(Set(events.map(\.kind)) == ["run.attempt", "run.place", "run.policies", "run.moved", "call.begin", "call.finish", "call.in-doubt",
-                                             "call.resolve", "checkpoint.save", "journal.record", "run.finish"])
+                                             "call.resolve", "call.delivered", "checkpoint.save", "journal.record", "run.finish"])
         #expect(try Ledger(path: path, readOnly: true).verify(run: "r").runs.map(\.problem) == [nil])
     }
 

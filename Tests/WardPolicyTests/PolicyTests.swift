@@ -114,6 +114,25 @@ struct PolicyTests {
         #expect(a.effect == .idempotent)
     }
 
+    @Test func mcpClaimsAreKept() throws {
+        let set = try PolicyLoader.load(directory: try policyDirectory(["t.toml": base + """
+            [tools.rm]
+            command = ["/bin/rm", "{path}"]
+            effect = "idempotent"
+            destructive = true
+            input-schema = { type = "object", properties = { path = { type = "string", minLength = 1 } }, required = ["path"] }
+            [tools.ls]
+            command = ["/bin/ls"]
+            effect = "read-only"
+            write = ["/dev/null"]
+            """]))
+        let rm = try #require(set.tools["rm"])
+        #expect(rm.destructive == true)
+        #expect(rm.inputSchema == .table(["type": .string("object"), "required": .array([.string("path")]),
+                                          "properties": .table(["path": .table(["type": .string("string"), "minLength": .integer(1)])])]))
+        #expect(set.tools["ls"]?.destructive == nil && set.tools["ls"]?.inputSchema == nil)
+    }
+
     @Test func defaultsWhenUnset() throws {
         let dir = try policyDirectory(["t.toml": base + "[tools.a]\ncommand = [\"true\"]\n"])
         let a = try PolicyLoader.load(directory: dir).tool("a")
@@ -143,6 +162,11 @@ struct PolicyTests {
         ("[tools.a]\ncommand = [\"/bin/true\"]\n[tools.a.limits]\nprocesses = -3\n", 7, 1, "processes must be at least 1, not -3"),
         ("[tools.a]\ncommand = [\"/bin/true\"\n", 6, 1, "TOML syntax error: the array opened at 5:11 is not closed"),
         ("[tool.a]\ncommand = [\"/bin/true\"]\n", 4, 1, "unknown top-level key \"tool\""),
+        // What MCP hosts are told must hold in the sandbox.
+        ("[tools.a]\ncommand = [\"/bin/true\"]\neffect = \"read-only\"\nwrite = [\"/tmp\"]\n", 7, 10, "is read-only but may write /tmp"),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\neffect = \"read-only\"\ndestructive = true\n", 7, 1, "is read-only, so it cannot be destructive"),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\ndestructive = \"yes\"\n", 6, 1, "destructive must be true or false"),
+        ("[tools.a]\ncommand = [\"/bin/true\"]\ninput-schema = { type = \"string\" }\n", 6, 1, "input-schema must be a table holding a JSON Schema of type \"object\""),
     ])
     func diagnostic(tool: String, line: Int, column: Int, message: String) throws {
         let found = try diagnostics(["t.toml": base + tool])

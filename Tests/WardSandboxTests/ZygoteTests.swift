@@ -158,42 +158,6 @@ struct ZygoteTests {
         #expect(try shell("echo next").out == "next\n", "no new zygote")
     }
 
-    /// A call waited for without sleeping drops its thread to SCHED_IDLE meanwhile; the
-    /// thread must come back, and before it sleeps: a thread woken at SCHED_IDLE on a busy
-    /// machine could wait long for its turn.
-    @Test func aWaitSpinsAtIdlePriorityAndSleepsAtItsOwn() throws {
-        #expect(sched_getscheduler(0) == 0)  // SCHED_OTHER
-        for _ in 0..<3 { #expect(try shell("true").status == .succeeded) }
-        #expect(sched_getscheduler(0) == 0, "the thread was left at policy \(sched_getscheduler(0))")
-
-        // The wait itself, driven directly: spin for 1 ms, then sleep until a pipe is readable.
-        var output: [Int32] = [-1, -1], exit: [Int32] = [-1, -1]
-        try #require(pipe(&output) == 0 && pipe(&exit) == 0)
-        defer { for fd in output + exit { close(fd) } }
-        let task = Mutex<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        let (outputFD, exitFD) = (output[0], exit[0])
-        Thread {
-            task.withLock { $0 = Processes.currentThread() }
-            var collector = OutputCollector(fds: [outputFD], limit: 1024)
-            let now = Sandbox.monotonicNanoseconds()
-            _ = collector.pollOnce(extra: exitFD, until: now + 10_000_000_000, spinUntil: now + 1_000_000)
-            done.signal()
-        }.start()
-        // The spin is over once the thread sleeps in a poll with a timeout (the spin's polls have none).
-        #expect(eventually {
-            guard let t = task.withLock({ $0 }), let poll = Processes.blockedInPoll(t) else { return false }
-            return poll.timeout != 0
-        }, "the thread never slept in poll")
-        let stat = try String(contentsOfFile: "/proc/\(try #require(task.withLock { $0 }))/stat", encoding: .utf8)
-        // Field 41 is the scheduling policy; fields from 3 on follow the ")" after the name.
-        let fields = stat[stat.index(after: try #require(stat.lastIndex(of: ")")))...].split(separator: " ")
-        #expect(fields.count > 38 && fields[38] == "0", "a waiting thread sleeps at policy \(fields.count > 38 ? fields[38] : "?")")
-        var byte: UInt8 = 1
-        _ = write(exit[1], &byte, 1)
-        #expect(done.wait(timeout: .now() + 10) == .success)
-    }
-
     @Test func concurrentCallsGetTheirOwnResults() throws {
         let results = Mutex<[Int: String]>([:])
         DispatchQueue.concurrentPerform(iterations: 64) { i in

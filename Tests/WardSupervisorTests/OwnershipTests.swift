@@ -86,7 +86,7 @@ struct CgroupPoolOwnershipTests {
         [tools.where]
         command = ["/bin/cat", "/proc/self/cgroup"]
         read = ["/proc"]
-        effect = "read-only"
+        effect = "idempotent"
         """#)
     }
 

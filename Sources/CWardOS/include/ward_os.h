@@ -13,18 +13,12 @@
 extern "C" {
 #endif
 
-// MARK: - Scheduling
+// MARK: - Delivery
 
-/// Moves the calling thread to SCHED_IDLE (idle != 0) or back to SCHED_OTHER; 0 or -1.
-/// C: SCHED_IDLE needs _GNU_SOURCE.
-int ward_thread_idle(int idle);
-/// 1 when a thread of this process may go to SCHED_IDLE and come back (coming back needs
-/// CAP_SYS_NICE or a high enough RLIMIT_NICE). Tried on a throwaway thread: a thread stuck
-/// at SCHED_IDLE would starve whenever the machine is busy.
-int ward_can_idle_and_return(void);
-/// How many tasks are runnable on the whole machine right now (the 4th field of
-/// /proc/loadavg), or -1. C: a kept-open fd read with pread, no allocation.
-int ward_runnable_tasks(void);
+/// How many bytes written to `fd` its reader has not taken yet: FIONREAD for a pipe (the
+/// kernel answers it on either end), SIOCOUTQ for a socket; -1 for anything else, or on
+/// error. C: ioctl is variadic.
+int ward_unread_bytes(int fd);
 
 // MARK: - Memory files
 

@@ -58,21 +58,22 @@ final class Containment: Sendable {
 
     // MARK: - Running calls
 
-    /// Records a running call; returns how many calls run now.
-    func register(_ pid: pid_t, _ slot: CgroupSlot?) -> Int {
-        active.withLock { active in
-            active[pid] = slot
-            return active.count
-        }
+    /// Records a running call.
+    func register(_ pid: pid_t, _ slot: CgroupSlot?) {
+        active.withLock { $0[pid] = slot }
     }
     func unregister(_ pid: pid_t) { active.withLock { _ = $0.removeValue(forKey: pid) } }
 
     /// Kills every running call's whole tree (shutdown): each ends `killed`.
     func terminateAll() {
-        for (pid, slot) in active.withLock({ $0 }) {
-            if let slot { _ = slot.killAll(sparing: pid) }
-            kill(pid, SIGKILL)
-        }
+        for (pid, slot) in active.withLock({ $0 }) { terminate(pid: pid, slot: slot) }
+    }
+
+    /// Kills one running call's whole tree from another thread: the thread waiting for it
+    /// sees its tool die and records it `killed`; whatever is left dies with `killTree` there.
+    func terminate(pid: pid_t, slot: CgroupSlot?) {
+        if let slot { _ = slot.killAll(sparing: pid) }
+        kill(pid, SIGKILL)
     }
 
     func killTree(pid: pid_t, slot: CgroupSlot?) {

@@ -37,26 +37,12 @@ struct OutputCollector {
     }
 
     /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
-    /// Until `spinUntil` it polls without sleeping, at SCHED_IDLE (see `IdleSpin`).
-    mutating func pollOnce(extra: Int32, until deadline: UInt64, spinUntil: UInt64 = 0) -> Bool {
+    mutating func pollOnce(extra: Int32, until deadline: UInt64) -> Bool {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))
-        var n: Int32 = 0
-        var now = Sandbox.monotonicNanoseconds()
-        if now < min(spinUntil, deadline), ward_thread_idle(1) == 0 {
-            repeat {
-                n = poll(&pfds, nfds_t(pfds.count), 0)
-                now = Sandbox.monotonicNanoseconds()
-            } while n == 0 && now < min(spinUntil, deadline)
-            // Back to normal before any sleep: a thread woken at SCHED_IDLE on a busy
-            // machine could wait long for its turn.
-            _ = ward_thread_idle(0)
-        }
-        if n == 0 {
-            let timeout = now < deadline ? Int32(min((deadline - now) / 1_000_000 + 1, 60_000)) : 0
-            n = poll(&pfds, nfds_t(pfds.count), timeout)
-        }
-        if n <= 0 { return false }
+        let now = Sandbox.monotonicNanoseconds()
+        let timeout = now < deadline ? Int32(min((deadline - now) / 1_000_000 + 1, 60_000)) : 0
+        if poll(&pfds, nfds_t(pfds.count), timeout) <= 0 { return false }
         for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
         return pfds.last!.revents != 0
     }

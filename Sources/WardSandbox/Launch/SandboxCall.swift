@@ -176,10 +176,12 @@ public final class SandboxCall: @unchecked Sendable {
     /// The launch seam: starts the tool (opens a parked child's gate) once the caller has
     /// made the call's record durable, and waits for it; the tool and everything it started
     /// are gone when this returns.
-    /// - Parameter capture: an `OutputCapture` file (its header written) that gets the
-    ///   output as it comes, a heartbeat every second, and the exit; -1 for none.
-    public func start(capture: Int32 = -1) -> End {
-        do { return .finished(try run(capture: capture)) } catch where error.code == .startUnknown {
+    /// - Parameters:
+    ///   - capture: an `OutputCapture` file (its header written) that gets the output as it
+    ///     comes, a heartbeat every second, and the exit; -1 for none.
+    ///   - cancellation: kills the tool's tree from another thread (the call ends `killed`).
+    public func start(capture: Int32 = -1, cancellation: CallCancellation? = nil) -> End {
+        do { return .finished(try run(capture: capture, cancellation: cancellation)) } catch where error.code == .startUnknown {
             return .lostStart(error)
         } catch {
             return .refused(error)
@@ -189,7 +191,7 @@ public final class SandboxCall: @unchecked Sendable {
     /// `start` for callers to whom a call that did not finish is an error.
     /// - Throws: `SandboxError` when the call could not start (no tool ran), `startUnknown`
     ///   when its start was lost.
-    public func run(capture: Int32 = -1) throws(SandboxError) -> ToolOutcome {
+    public func run(capture: Int32 = -1, cancellation: CallCancellation? = nil) throws(SandboxError) -> ToolOutcome {
         precondition(!done, "a SandboxCall runs once")
         done = true
         let policy = tool.policy
@@ -204,15 +206,12 @@ public final class SandboxCall: @unchecked Sendable {
         } else if let zygote = tool.zygote {
             spawned = zygote.spawn(&config.pointee, &spawnError.pointee, &pidfd.pointee)
         }
-        let byZygote: Bool
         switch spawned {
         case .spawned(let p):
             pid = p
-            byZygote = true
         case .unavailable:
             config.pointee.gate_fd = 0
             pid = ward_spawn(config, spawnError, pidfd)
-            byZygote = false
         case .lost:
             throw lost()
         }
@@ -227,19 +226,21 @@ public final class SandboxCall: @unchecked Sendable {
             throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.pointee.error)) (tool \(name), \(executable))", errno: spawnError.pointee.error)
         }
         defer { close(pidfd.pointee) }
-        let alone = sandbox.containment.register(pid, slot) == 1
+        sandbox.containment.register(pid, slot)
         defer { sandbox.containment.unregister(pid) }
+        if let cancellation {
+            cancellation.arm { [containment = sandbox.containment, slot, pid] in containment.terminate(pid: pid, slot: slot) }
+        }
         _ = FailPoints.hit(.afterSpawn)
 
         var collector = OutputCollector(fds: [outPipe[0], errPipe[0]], limit: Int(policy.limits.output), capture: capture)
         let deadline = start + policy.timeoutMilliseconds * 1_000_000
-        let spinUntil = sandbox.idleSpin?.deadline(now: Sandbox.monotonicNanoseconds(), alone: alone, byZygote: byZygote) ?? 0
         // A captured call's file is touched every second: its mtime tells an operator how
         // long the tool ran before a crash of ward, even when it printed nothing.
         var heartbeat = capture >= 0 ? start + 1_000_000_000 : UInt64.max
         var timedOut = false
         // Read output until the tool exits or the deadline passes.
-        while !collector.pollOnce(extra: pidfd.pointee, until: min(deadline, heartbeat), spinUntil: spinUntil) {
+        while !collector.pollOnce(extra: pidfd.pointee, until: min(deadline, heartbeat)) {
             let now = Sandbox.monotonicNanoseconds()
             if now >= deadline {
                 timedOut = true
@@ -253,6 +254,7 @@ public final class SandboxCall: @unchecked Sendable {
         if timedOut {
             sandbox.containment.killTree(pid: pid, slot: slot)
         }
+        cancellation?.disarm()
         var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
         ward_wait(pid, &exited, &code, &signal)
         // The tool is gone; whatever it started goes with it (docs/design.md, *A call's

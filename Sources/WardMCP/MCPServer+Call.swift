@@ -1,0 +1,161 @@
+import WardCore
+import WardLedger
+import WardSandbox
+import WardSupervisor
+
+/// `tools/call`: which ledger call a request is, running it, and its answer in MCP's terms.
+extension MCPServer {
+    /// The `_meta` key of a stable call ID (docs/design.md, *MCP*).
+    public static let callIdKey = "ward/callId"
+
+    enum Outcome {
+        /// A `CallTool` result; with the call whose answer it carries, when its delivery is
+        /// recorded once the answer is written.
+        case answered(JSONValue, delivery: (supervisor: Supervisor, callId: String)?)
+        /// A protocol error: an unknown tool, malformed params.
+        case refused(RPCError)
+    }
+
+    func call(_ params: JSONValue, cancellation: CallCancellation) -> Outcome {
+        let p: Params
+        let name: String
+        do throws(RPCError) {
+            p = try Params(method: "tools/call", params, known: ["name", "arguments", "_meta", "idempotencyKey"])
+            guard let n = p.value("name")?.stringValue else { throw p.error("name", "is required (a string)") }
+            name = n
+        } catch {
+            return .refused(error)
+        }
+        guard let tool = tools[name] else {
+            return .refused(RPCError(.unknownTool, "unknown tool \(Params.quote(name)) (tools: \(tools.keys.sorted().joined(separator: ", ")))",
+                                     code: -32602, field: "name"))
+        }
+        let arguments: JSONValue
+        let stable: String?
+        do throws(RPCError) {
+            arguments = .object(try p.object("arguments") ?? [:])
+            stable = try MCPServer.stableID(p)
+        } catch {
+            return .refused(error)
+        }
+        let supervisor: Supervisor
+        switch self.supervisor.get() {
+        case .success(let s): supervisor = s
+        case .failure(let error): return .refused(error)
+        }
+        let awaitsDelivery = tool.policy.effect == .nonIdempotent
+        do throws(RPCError) {
+            let callId = try MCPServer.callID(for: tool, arguments: arguments, stable: stable, in: supervisor)
+            let result = try supervisor.call(tool: tool.policy.name, arguments: arguments, callId: callId,
+                                             awaitsDelivery: awaitsDelivery, cancellation: cancellation)
+            return .answered(MCPServer.content(result), delivery: awaitsDelivery ? (supervisor, result.callId) : nil)
+        } catch {
+            switch error.kind {
+            case .unknownTool, .invalidArguments, .tooLarge: return .refused(error)
+            // ward refused to run it (in doubt, a conflict, a full disk): the model is told
+            // why, in a result it can read, and how the operator settles it.
+            default: return .answered(MCPServer.refusal(error), delivery: nil)
+            }
+        }
+    }
+
+    /// The call ID a client chose: `_meta["ward/callId"]`, else an `idempotencyKey` param.
+    static func stableID(_ p: Params) throws(RPCError) -> String? {
+        if let meta = p.value("_meta"), meta != .null {
+            guard let members = meta.objectValue else { throw p.error("_meta", "must be an object, not \(meta.typeName)") }
+            if let id = members[callIdKey], id != .null {
+                guard let text = id.stringValue else { throw p.error("_meta", "\(callIdKey) must be a string, not \(id.typeName)") }
+                if let problem = Identifier.problem(in: text) { throw p.error("_meta", "\(callIdKey) \(problem)") }
+                return text
+            }
+        }
+        return try p.identifier("idempotencyKey", required: false)
+    }
+
+    /// Which recorded call a request is. A stable ID the ledger holds is that call. Otherwise,
+    /// for a tool that is not idempotent, a call of the run with the same tool and
+    /// arguments whose answer never reached the host (running, in doubt, or answered into a
+    /// session that ended) is the one the host is repeating: it gets that call's outcome,
+    /// never a second execution. Else the stable ID, or a new one: for a non-idempotent
+    /// tool, derived from the tool and arguments and numbered past the ones already
+    /// answered, so two identical requests at once are one call (the ledger runs it once and
+    /// the other waits for it); for any other tool, random (it may simply run again).
+    static func callID(for tool: MCPTool, arguments: JSONValue, stable: String?, in supervisor: Supervisor) throws(RPCError) -> String {
+        let ledger = supervisor.ledger
+        let run = supervisor.runID
+        do throws(LedgerError) {
+            if let stable, try ledger.isRecorded(run: run, callId: stable) { return stable }
+            guard tool.policy.effect == .nonIdempotent else { return stable ?? "mcp-" + randomHex() }
+            if let unanswered = try ledger.undeliveredCall(run: run, tool: tool.policy.name, arguments: arguments) { return unanswered }
+            if let stable { return stable }
+            let prefix = "mcp-" + Ledger.sha256Hex(Array((tool.policy.name + "\u{0}" + arguments.canonical).utf8)).prefix(24) + "-"
+            return prefix + String(try ledger.lastNumber(run: run, prefix: prefix) + 1)
+        } catch {
+            throw RPCError(error)
+        }
+    }
+
+    static func randomHex() -> String {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<4).map { _ in
+            let v = rng.next() as UInt32
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: 8 - s.count) + s
+        }.joined()
+    }
+
+    /// A CallResult as a `CallTool` result: the output as text the model can act on, the
+    /// whole result as `structuredContent`, and `isError` for a tool that did not succeed.
+    static func content(_ result: CallResult) -> JSONValue {
+        let outcome = result.outcome
+        var lines: [String] = []
+        if result.replayed {
+            lines.append("[ward: call \(result.callId) already ran; this is its recorded result, the tool did not run again]")
+        }
+        let stdout = String(decoding: outcome.stdout, as: UTF8.self)
+        let stderr = String(decoding: outcome.stderr, as: UTF8.self)
+        let ok = outcome.status == .succeeded || outcome.status == .resolved
+        if !ok {
+            let how = switch outcome.status {
+            case .failed: "exited with status \(outcome.exitCode.map(String.init) ?? "?")"
+            case .timedOut: "timed out and was killed"
+            case .killed: "was killed\(outcome.signal.map { " by signal \($0)" } ?? "")"
+            case .denied: "was refused by its policy"
+            default: outcome.status.rawValue
+            }
+            lines.append("\(result.tool) \(how)")
+        }
+        if let resolution = result.resolution {
+            lines.append("[ward: settled as \(resolution.verdict.rawValue) by \(resolution.by)\(resolution.note.isEmpty ? "" : ": \(resolution.note)")]")
+        }
+        if !stdout.isEmpty { lines.append(ok && stderr.isEmpty ? stdout : "stdout:\n" + stdout) }
+        if !stderr.isEmpty { lines.append("stderr:\n" + stderr) }
+        if outcome.truncated { lines.append("[ward: output truncated at the policy's limit]") }
+        return .object([
+            "content": .array([.object(["type": .string("text"), "text": .string(lines.joined(separator: "\n"))])]),
+            "structuredContent": result.json,
+            "isError": .bool(!ok),
+            "_meta": .object([
+                callIdKey: .string(result.callId), "ward/replayed": .bool(result.replayed), "ward/status": .string(outcome.status.rawValue),
+            ]),
+        ])
+    }
+
+    /// ward's refusal to run a call, as a result the model reads: one line and the command
+    /// that settles it.
+    static func refusal(_ error: RPCError) -> JSONValue {
+        let why = switch error.kind {
+        case .inDoubt: "not run: the call is in doubt (it may have run before ward stopped)"
+        case .conflict: "not run: the call ID was used for another call"
+        case .inProgress: "not run yet: the call is still running elsewhere"
+        case .policyDenied: "not run: its policy refuses it"
+        case .storage: "the ledger could not record it"
+        default: "failed"
+        }
+        return .object([
+            "content": .array([.object(["type": .string("text"), "text": .string("ward: \(why). \(error.message)")])]),
+            "isError": .bool(true),
+            "_meta": .object(["ward/error": .string(error.kind.rawValue)]),
+        ])
+    }
+}

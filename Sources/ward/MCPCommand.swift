@@ -1,0 +1,89 @@
+import ArgumentParser
+import Logging
+import WardCore
+import WardLedger
+import WardMCP
+import WardPolicy
+import WardSupervisor
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct MCPCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mcp",
+        abstract: "An MCP server over stdio: every MCP host's tool calls through ward's sandbox and ledger.",
+        discussion: """
+            Publishes the policies' tools (tools/list) with annotations from what ward enforces, and runs each tools/call \
+            like tool.call: sandboxed, recorded, and never twice for a tool that is not idempotent, even when the host \
+            repeats a request whose answer it lost. A stable call ID may be given in _meta["ward/callId"] (or an \
+            idempotencyKey param). stdout carries only MCP messages; ward's own go to stderr. It exits when stdin ends, \
+            once the calls in flight are recorded.
+            """
+    )
+
+    @OptionGroup var policyOptions: PolicyOptions
+    @OptionGroup var ledgerOptions: LedgerOptions
+
+    @Option(name: .customLong("run-id"), help: "The run's ID (default: derived from the workspace, so a restarted host continues its run).")
+    var runID: String?
+
+    @Option(help: "Publish only these tools (comma-separated policy names).")
+    var tools: String?
+
+    func validate() throws {
+        if let runID, let problem = Identifier.runIDProblem(in: runID) {
+            throw ValidationError("--run-id: the run ID \(problem)")
+        }
+    }
+
+    func run() throws {
+        // Only what tools/list needs before the first answer; the ledger and the sandbox are
+        // opened meanwhile on a thread of their own (hosts time out slow starts).
+        let workspace = policyOptions.workspace
+        if access(workspace, F_OK) != 0 && mkdir(workspace, 0o755) != 0 {
+            throw CLIError(message: "cannot create workspace \(workspace): \(String(cString: strerror(errno)))", exitCode: 1)
+        }
+        let run = try runID ?? MCPCommand.runID(workspace: workspace)
+        let policies = try policyOptions.load()
+        let published: [MCPTool]
+        do {
+            published = try MCPCatalog.tools(policies, only: tools.map { $0.split(separator: ",").map { String($0) } })
+        } catch {
+            throw CLIError.usage(error.description)
+        }
+        let (policyOptions, ledgerOptions) = (policyOptions, ledgerOptions)
+        let server = MCPServer(tools: published, version: Ward.version) {
+            do {
+                return try MCPCommand.open(run: run, policies: policies, policyOptions: policyOptions, ledgerOptions: ledgerOptions)
+            } catch {
+                MCPServer.logOnStderr("\(error)")
+                throw error
+            }
+        }
+        server.serve()?.recordPendingOutcomes(within: 10)
+    }
+
+    /// `mcp-` and a hash of the workspace's real path: the same workspace, the same run.
+    static func runID(workspace: String) throws -> String {
+        guard let real = realpath(workspace, nil) else {
+            throw CLIError(message: "cannot resolve workspace \(workspace): \(String(cString: strerror(errno)))", exitCode: 1)
+        }
+        defer { free(real) }
+        return "mcp-" + Ledger.sha256Hex(Array(String(cString: real).utf8)).prefix(16)
+    }
+
+    /// The ledger, the run's place and a new attempt of it, the sandbox and the supervisor.
+    /// No run lock: a host may start a server per call, several at once, and the ledger's
+    /// owner locks keep their calls apart.
+    static func open(run: String, policies: PolicySet, policyOptions: PolicyOptions, ledgerOptions: LedgerOptions) throws -> Supervisor {
+        let ledger = try ledgerOptions.open()
+        let place = try policyOptions.place(of: run, in: ledger, create: true)
+        try Checks.layout(policies: policies, workspace: place.workspace, ledger: ledger)
+        let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace, logger: Logger(label: "ward"))
+        try policyOptions.claim(place, run: run, in: ledger, moved: false)
+        let attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run) }
+        return Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: attempt, notify: MCPServer.logOnStderr)
+    }
+}
