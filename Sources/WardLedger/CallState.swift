@@ -122,3 +122,16 @@ extension CallState {
         }
     }
 }
+
+/// How far a call's answer got to a client that can lose it (`ward mcp`): the `delivered`
+/// column. A host gives no receipt, so ward goes by what it can see: the host read the
+/// answer off its pipe (`read`), then asked for something else (`delivered`). Until then a
+/// repeat of a non-idempotent call is the host's retry and gets the recorded answer.
+public enum Delivery: Int, Sendable {
+    /// Running, in doubt, or answered with the answer not read yet.
+    case awaited = 0
+    /// The client asked for something else after reading the answer (`call.delivered`).
+    case delivered = 1
+    /// The client read the answer.
+    case read = 2
+}

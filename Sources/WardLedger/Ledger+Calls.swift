@@ -24,7 +24,7 @@ public struct BeginRequest: Sendable {
     /// The agent's state, stored in the same transaction as the `running` record.
     public var checkpoint: [UInt8]?
     /// The client may lose the answer (an MCP host whose session ends): the call is recorded
-    /// as not delivered until `markDelivered`, and a repeat of a non-idempotent one finds it
+    /// as not delivered (`Delivery`), and a repeat of a non-idempotent one finds it
     /// (`undeliveredCall`) instead of running the tool again.
     public var awaitsDelivery = false
 
@@ -159,7 +159,7 @@ extension Ledger {
                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.running)), ?, 1, ?, ?, ?)
                         """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
                               .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now),
-                              request.awaitsDelivery ? .int(0) : .null])
+                              request.awaitsDelivery ? .int(Delivery.awaited.rawValue) : .null])
                 }
             case .conflict(let otherTool):
                 let call = call!
@@ -186,7 +186,7 @@ extension Ledger {
                     try db.run("""
                         UPDATE calls SET status = \(CallState.sql(.running)), executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
                             verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL,
-                            delivered = CASE WHEN ? THEN 0 ELSE delivered END
+                            delivered = CASE WHEN ? THEN \(Delivery.awaited.rawValue) ELSE delivered END
                         WHERE run_id = ? AND call_id = ?
                         """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .int(request.awaitsDelivery ? 1 : 0),
                               .text(request.run), .text(request.callId)])
@@ -221,16 +221,16 @@ extension Ledger {
     }
 
     /// A non-idempotent call of `run` with this tool and these arguments whose answer the
-    /// client has not received (`BeginRequest.awaitsDelivery`): still running, in doubt, or
-    /// finished with its reply unwritten. A host that repeats such a request under a new ID
-    /// (its retry, or a new session after ward died) must get this call's outcome, never a
-    /// second execution.
+    /// client has not received (`Delivery`): still running, in doubt, or finished with its
+    /// answer unread or read without the client going on to anything else. A host that
+    /// repeats such a request under a new ID (its retry, or a new session after ward died)
+    /// must get this call's outcome, never a second execution.
     public func undeliveredCall(run: String, tool: String, arguments: JSONValue) throws(LedgerError) -> String? {
         let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
         do {
             return try pool.writeWithoutTransaction { db in
                 try db.first("""
-                    SELECT call_id FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered = 0 AND effect = ?
+                    SELECT call_id FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2) AND effect = ?
                     ORDER BY started_at DESC LIMIT 1
                     """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
             }
@@ -254,16 +254,42 @@ extension Ledger {
         }
     }
 
-    /// Records that a finished call's answer reached its client (`call.delivered`), so a
-    /// repeat of it runs anew. A mark lost (ward died before this commit) errs on the safe
-    /// side: the repeat gets the recorded answer instead.
-    public func markDelivered(run: String, callId: String) throws(LedgerError) {
-        try write("recording the delivery of call \(callId)") { db in
-            guard try db.first("SELECT 1 FROM calls WHERE run_id = ? AND call_id = ? AND delivered = 0 AND status NOT IN (\(CallState.sql(.running)), \(CallState.sql(.inDoubt)))",
-                               [.text(run), .text(callId)], { _ in true }) == true else { return }
+    /// Records that the client read a finished call's answer (`Delivery.read`). Not yet
+    /// delivered: a client that gave up on the request (its timeout) reads the answer and
+    /// throws it away, then retries.
+    public func markRead(run: String, callId: String) throws(LedgerError) {
+        do {
+            try pool.writeWithoutTransaction { db in
+                try db.run("""
+                    UPDATE calls SET delivered = \(Delivery.read.rawValue) WHERE run_id = ? AND call_id = ? AND delivered = \(Delivery.awaited.rawValue)
+                        AND status NOT IN (\(CallState.sql(.running)), \(CallState.sql(.inDoubt)))
+                    """, [.text(run), .text(callId)])
+            }
+        } catch {
+            throw Ledger.map(error, doing: "recording that the answer to call \(callId) was read")
+        }
+    }
+
+    /// The client of `run` asked for something other than this tool with these arguments:
+    /// every answer it had read is delivered (`call.delivered`), and a repeat of one of those
+    /// calls from now on runs it again. A mark lost (ward died before this commit) errs on
+    /// the safe side: the repeat gets the recorded answer instead.
+    public func confirmDeliveries(run: String, except tool: String, arguments: JSONValue) throws(LedgerError) {
+        let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
+        let find = "SELECT call_id FROM calls WHERE run_id = ? AND delivered = \(Delivery.read.rawValue) AND NOT (tool = ? AND args_hash = ?)"
+        let values: [SQLValue] = [.text(run), .text(tool), .text(argsHash)]
+        do {
+            // Nothing to confirm (the common case) costs a read, not a commit.
+            guard try pool.writeWithoutTransaction({ db in try db.first(find, values) { _ in true } }) == true else { return }
+        } catch {
+            throw Ledger.map(error, doing: "looking for answers read")
+        }
+        try write("recording deliveries of run \(run)") { db in
             let now = Timestamp.now()
-            try self.appendEvent(db, run: run, kind: "call.delivered", call: callId, data: [:], at: now)
-            try db.run("UPDATE calls SET delivered = 1 WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
+            for callId in try db.all(find, values, { $0.text(0) }) {
+                try self.appendEvent(db, run: run, kind: "call.delivered", call: callId, data: [:], at: now)
+                try db.run("UPDATE calls SET delivered = \(Delivery.delivered.rawValue) WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
+            }
         }
     }
 

@@ -260,19 +260,28 @@ private struct CallReplay {
     var execution = 0
     var lastEvent = 0
     var row = Fields()
-    var delivery = Delivery.none
+    var delivery = ExpectedDelivery.none
 }
 
-/// Whether a call's client must be known to have its answer (`BeginRequest.awaitsDelivery`):
-/// its `delivered` column is NULL, 0 until a `call.delivered` event, then 1.
-private enum Delivery: UInt8 {
+/// What a call's events say of its `delivered` column (`Delivery`): nothing (NULL: not a
+/// client that can lose answers), awaited (0, or 2 once read: reading leaves no event), or
+/// delivered (1, after its `call.delivered`).
+private enum ExpectedDelivery: UInt8 {
     case none, awaited, delivered
 
-    var column: DatabaseValue {
+    func holds(_ recorded: DatabaseValue) -> Bool {
         switch self {
-        case .none: .null
-        case .awaited: 0.databaseValue
-        case .delivered: 1.databaseValue
+        case .none: recorded.isNull
+        case .awaited: same(recorded, Delivery.awaited.rawValue.databaseValue) || same(recorded, Delivery.read.rawValue.databaseValue)
+        case .delivered: same(recorded, Delivery.delivered.rawValue.databaseValue)
+        }
+    }
+
+    var shown: String {
+        switch self {
+        case .none: "none"
+        case .awaited: "awaited"
+        case .delivered: "delivered"
         }
     }
 }
@@ -362,7 +371,7 @@ private struct RunCheck {
     /// Calls whose events may continue, each replayed so far.
     var open: [CallKey: CallReplay] = [:]
     /// Calls that have ended, with how: all that is kept of each.
-    var ended: [CallKey: (state: CallState, execution: Int, delivery: Delivery)] = [:]
+    var ended: [CallKey: (state: CallState, execution: Int, delivery: ExpectedDelivery)] = [:]
 
     mutating func report() throws -> VerifyReport.Run {
         var chained = false
@@ -741,16 +750,16 @@ private struct RunCheck {
     /// host's repeat of a call whose answer it never read run the tool again. Checked once
     /// the chain is read (a delivery comes after the row was checked at the call's end).
     mutating func checkDeliveries() throws {
-        var expected: [CallKey: (id: String, delivery: Delivery)] = [:]
+        var expected: [CallKey: (id: String, delivery: ExpectedDelivery)] = [:]
         for (key, call) in open where call.delivery != .none { expected[key] = (call.id, call.delivery) }
         var seen = Set<CallKey>()
         try db.all("SELECT call_id, delivered FROM calls WHERE run_id = ? AND delivered IS NOT NULL", [.text(run)]) { r in
             let id = r.text(0)
             let key = CallKey(id)
-            let want = expected[key]?.delivery ?? ended[key]?.delivery ?? Delivery.none
+            let want = expected[key]?.delivery ?? ended[key]?.delivery ?? ExpectedDelivery.none
             let recorded = r.value(1)
-            guard same(recorded, want.column) else {
-                throw Finding("call \(id) of run \(run) was altered: its delivery is \(shown(recorded)) where its events say \(shown(want.column))")
+            guard want.holds(recorded) else {
+                throw Finding("call \(id) of run \(run) was altered: its delivery is \(shown(recorded)) where its events say \(want.shown)")
             }
             seen.insert(key)
         }

@@ -29,8 +29,9 @@ import Glibc
 ///   truncated, duration_ms, verdict, note, delivered)`: the current state of each call; `stdout`
 ///   and `stderr` are blob hashes; `owner` is the token of the owner lock held by the ledger
 ///   handle running it (`OwnerLock`; a ward from before owner locks wrote `pid:starttime@bootid`);
-///   `delivered` is 0 until the answer reached a client that can lose it (`ward mcp`), then 1,
-///   and NULL for the agent protocol.
+///   `delivered` is, for a client that can lose answers (`ward mcp`), 0 until the client read
+///   the answer, 2 once it did, 1 once it went on to something else (`Delivery`); NULL for
+///   the agent protocol.
 /// - `blobs(hash, size, data)`: content-addressed bytes (outputs, checkpoint chunks); `hash`
 ///   is the raw SHA-256 of `data`.
 /// - `checkpoints(run_id, seq, label, call_id, created_at, size, state_hash, base_seq, keep,
@@ -344,12 +345,12 @@ public final class Ledger: Sendable {
                 """)
         }
         // Whether a call's answer reached its client, for clients that can lose one (an
-        // MCP host): NULL for the agent protocol, whose agents repeat a call by its ID.
-        // Only the unanswered are looked up, by tool and arguments.
+        // MCP host; `Delivery`): NULL for the agent protocol, whose agents repeat a call by
+        // its ID. Only the undelivered are looked up, by tool and arguments.
         migrator.registerMigration("v5") { db in
             try db.execute(sql: """
                 ALTER TABLE calls ADD COLUMN delivered INTEGER;
-                CREATE INDEX calls_undelivered ON calls(run_id, tool, args_hash) WHERE delivered = 0;
+                CREATE INDEX calls_undelivered ON calls(run_id, tool, args_hash) WHERE delivered IN (0, 2);
                 """)
         }
         return migrator

@@ -44,9 +44,14 @@ extension MCPServer {
         case .failure(let error): return .refused(error)
         }
         let awaitsDelivery = tool.policy.effect == .nonIdempotent
+        var callId: String?
         do throws(RPCError) {
-            let callId = try MCPServer.callID(for: tool, arguments: arguments, stable: stable, in: supervisor)
-            let result = try supervisor.call(tool: tool.policy.name, arguments: arguments, callId: callId,
+            // The host asked for something else: the answers it had read reached it.
+            do throws(LedgerError) { try supervisor.ledger.confirmDeliveries(run: supervisor.runID, except: tool.policy.name, arguments: arguments) } catch {
+                log("deliveries could not be recorded (\(error.message)): repeats of those calls will be answered from the ledger")
+            }
+            callId = try MCPServer.callID(for: tool, arguments: arguments, stable: stable, in: supervisor)
+            let result = try supervisor.call(tool: tool.policy.name, arguments: arguments, callId: callId!,
                                              awaitsDelivery: awaitsDelivery, cancellation: cancellation)
             return .answered(MCPServer.content(result), delivery: awaitsDelivery ? (supervisor, result.callId) : nil)
         } catch {
@@ -54,7 +59,7 @@ extension MCPServer {
             case .unknownTool, .invalidArguments, .tooLarge: return .refused(error)
             // ward refused to run it (in doubt, a conflict, a full disk): the model is told
             // why, in a result it can read, and how the operator settles it.
-            default: return .answered(MCPServer.refusal(error), delivery: nil)
+            default: return .answered(MCPServer.refusal(error, callId: callId), delivery: nil)
             }
         }
     }
@@ -143,7 +148,7 @@ extension MCPServer {
 
     /// ward's refusal to run a call, as a result the model reads: one line and the command
     /// that settles it.
-    static func refusal(_ error: RPCError) -> JSONValue {
+    static func refusal(_ error: RPCError, callId: String?) -> JSONValue {
         let why = switch error.kind {
         case .inDoubt: "not run: the call is in doubt (it may have run before ward stopped)"
         case .conflict: "not run: the call ID was used for another call"
@@ -155,7 +160,7 @@ extension MCPServer {
         return .object([
             "content": .array([.object(["type": .string("text"), "text": .string("ward: \(why). \(error.message)")])]),
             "isError": .bool(true),
-            "_meta": .object(["ward/error": .string(error.kind.rawValue)]),
+            "_meta": .object(["ward/error": .string(error.kind.rawValue), callIdKey: callId.map { .string($0) } ?? .null]),
         ])
     }
 }

@@ -133,8 +133,9 @@ public final class MCPServer: Sendable {
             "serverInfo": .object(["name": .string("ward"), "version": .string(version)]),
             "instructions": .string("""
                 Every tool runs in ward's sandbox and is recorded in its ledger. A tool that is not idempotent runs once per call: \
-                repeating a request whose answer was lost returns the recorded result (marked replayed) instead of running it again. \
-                Give a call a stable ID in _meta["ward/callId"] to make its repeats explicit.
+                a repeat of a request whose answer was lost, or sent right after the answer, gets the recorded result (marked \
+                replayed) instead of running again. To run it again on purpose, ask for something else first, or give each call \
+                its own ID in _meta["ward/callId"].
                 """),
         ])
     }
@@ -191,8 +192,8 @@ public final class MCPServer: Sendable {
                 case .answered(let result, nil): send(RPCResponse.line(id: id, result: result))
                 case .answered(let result, let record?):
                     out.send(RPCResponse.line(id: id, result: result)) { [log] in
-                        do throws(LedgerError) { try record.supervisor.ledger.markDelivered(run: record.supervisor.runID, callId: record.callId) } catch {
-                            log("call \(record.callId) was answered, but its delivery could not be recorded (\(error.message)): a repeat of it will be answered from the ledger")
+                        do throws(LedgerError) { try record.supervisor.ledger.markRead(run: record.supervisor.runID, callId: record.callId) } catch {
+                            log("the host read the answer to call \(record.callId), but that could not be recorded (\(error.message)): a repeat of it will be answered from the ledger")
                         }
                     }
                 case .refused(let error): send(RPCResponse.line(id: id, error: error))
@@ -261,11 +262,11 @@ final class Opened: Sendable {
     }
 }
 
-/// ward's stdout, and which answers the host has taken off it. An answer counts as
-/// delivered once the host has read its last byte: until then (the host died, or its session
-/// ended before it read), a repeat of the call gets the recorded answer instead of a second
-/// run. On a pipe or a socket the kernel tells how much written is still unread; written
-/// elsewhere (a file), an answer counts as delivered once written.
+/// ward's stdout, and which answers the host has taken off it: an answer is read once the
+/// host has read its last byte (`Delivery.read`). Until then (the host died, or its session
+/// ended before it read) a repeat of the call gets the recorded answer. On a pipe or a
+/// socket the kernel tells how much written is still unread; written elsewhere (a file), an
+/// answer counts as read once written.
 final class Deliveries: Sendable {
     private struct State {
         var open = true

@@ -63,14 +63,16 @@ enum VerifyFixture {
         #expect(c4.execution == 2 && c5.execution == 2)
         _ = try ledger.finish(c5, outcome: outcome("output 5"))
         _ = try ledger.saveCheckpoint(run: "r", state: state(2) + Array("and one more step".utf8))
-        // Calls of a client that can lose answers (ward mcp): d1's was read, d2's not yet.
-        for id in ["d1", "d2"] {
+        // Calls of a client that can lose answers (ward mcp): d1's answer was delivered (read,
+        // then the client asked for something else), d2's read, d3's not even that.
+        for id in ["d1", "d2", "d3"] {
             var awaiting = request(id, run: "r")
             awaiting.awaitsDelivery = true
             let ticket = try #require(try ledger.begin(awaiting).ticket)
             _ = try ledger.finish(ticket, outcome: outcome("output \(id)"))
+            if id != "d3" { try ledger.markRead(run: "r", callId: id) }
+            if id == "d1" { try ledger.confirmDeliveries(run: "r", except: "shell", arguments: .object(["other": .bool(true)])) }
         }
-        try ledger.markDelivered(run: "r", callId: "d1")
         try ledger.finishRun(run: "r", exitStatus: 0)
         return path
     }
@@ -167,8 +169,9 @@ struct VerifyTests {
             TableEdit("call inserted", "INSERT INTO calls SELECT run_id, 'c9', tool, effect, args_hash, args, policy_hash, binary_hash, status, attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr, truncated, duration_ms, verdict, note, delivered FROM calls \(c) = 'c2'",
                       finding: "call c9 of run r has no events (it was inserted)"),
             // Deliveries: a forged one would let a host's repeat of an unanswered call run again.
-            TableEdit("delivery forged", "UPDATE calls SET delivered = 1 \(c) = 'd2'", finding: "call d2 of run r was altered: its delivery is 1 where its events say 0"),
-            TableEdit("delivery undone", "UPDATE calls SET delivered = 0 \(c) = 'd1'", finding: "call d1 of run r was altered: its delivery is 0 where its events say 1"),
+            TableEdit("delivery forged", "UPDATE calls SET delivered = 1 \(c) = 'd2'", finding: "call d2 of run r was altered: its delivery is 1 where its events say awaited"),
+            TableEdit("delivery forged on an unread answer", "UPDATE calls SET delivered = 1 \(c) = 'd3'", finding: "call d3 of run r was altered: its delivery is 1 where its events say awaited"),
+            TableEdit("delivery undone", "UPDATE calls SET delivered = 0 \(c) = 'd1'", finding: "call d1 of run r was altered: its delivery is 0 where its events say delivered"),
             TableEdit("delivery cleared", "UPDATE calls SET delivered = NULL \(c) = 'd2'", finding: "call d2 of run r was altered: its delivery is none where its events say otherwise"),
             TableEdit("delivery of an agent's call", "UPDATE calls SET delivered = 1 \(c) = 'c2'", finding: "call c2 of run r was altered: its delivery is 1 where its events say none"),
             // Outputs, and what an operator settles a call in doubt on.

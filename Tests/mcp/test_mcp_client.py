@@ -152,14 +152,27 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
         self.assertGreaterEqual(len(seen), 3, seen)
         self.assertEqual(seen, sorted(seen))
 
-    async def test_a_repeat_after_the_answer_runs_again(self) -> None:
+    async def test_a_repeat_after_the_host_went_on_runs_again(self) -> None:
         async with session(self.place) as s:
             first = await s.call_tool("send", {"message": "twice on purpose"})
+            # Something else: the host had the answer, so a repeat is a call of its own.
+            await s.call_tool("read_note", {})
             second = await s.call_tool("send", {"message": "twice on purpose"})
         assert first.meta is not None and second.meta is not None
         self.assertFalse(second.meta["ward/replayed"])
         self.assertNotEqual(first.meta["ward/callId"], second.meta["ward/callId"])
         self.assertEqual(self.place.lines("outbox.log"), ["twice on purpose"] * 2)
+
+    async def test_a_repeat_right_after_the_answer_is_a_retry(self) -> None:
+        # A host that gave up on a request (its timeout) still reads the late answer, throws
+        # it away and asks again: nothing tells that from a host that had it.
+        async with session(self.place) as s:
+            first = await s.call_tool("send", {"message": "retried"})
+            again = await s.call_tool("send", {"message": "retried"})
+        assert first.meta is not None and again.meta is not None
+        self.assertTrue(again.meta["ward/replayed"])
+        self.assertEqual(first.meta["ward/callId"], again.meta["ward/callId"])
+        self.assertEqual(self.place.lines("outbox.log"), ["retried"])
 
     async def test_a_stable_call_id_replays(self) -> None:
         async with session(self.place) as s:
@@ -198,6 +211,9 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(self.place.lines("started.log"), ["invoice"])
             [call_record] = self.place.calls()
             self.assertEqual(call_record["status"], "in-doubt")
+            assert repeat.meta is not None
+            self.assertEqual(repeat.meta["ward/callId"], call_record["callId"])
+            self.assertEqual(repeat.meta["ward/error"], "in-doubt")
             resolved = self.place.ward("ledger", "resolve", "--ledger", str(self.place.ledger), self.place.run_id, call_record["callId"],
                                        "--as", "executed", "--note", "the invoice went out")
             self.assertEqual(resolved.returncode, 0, resolved.stderr)
@@ -225,7 +241,8 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
             assert repeat.meta is not None
             self.assertTrue(repeat.meta["ward/replayed"])
             self.assertEqual(self.place.lines("outbox.log"), ["lost answer"])
-            # Now that this answer was read, asking again is a new call.
+            # Once the host has read the answer and gone on, asking again is a new call.
+            await s.call_tool("read_note", {})
             fresh = await s.call_tool("send", {"message": "lost answer"})
             assert fresh.meta is not None
             self.assertFalse(fresh.meta["ward/replayed"])
