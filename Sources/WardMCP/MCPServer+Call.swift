@@ -77,22 +77,22 @@ extension MCPServer {
         return try p.identifier("idempotencyKey", required: false)
     }
 
-    /// Which recorded call a request is. A stable ID the ledger holds is that call. Otherwise,
-    /// for a tool that is not idempotent, a call of the run with the same tool and
-    /// arguments whose answer never reached the host (running, in doubt, or answered into a
-    /// session that ended) is the one the host is repeating: it gets that call's outcome,
-    /// never a second execution. Else the stable ID, or a new one: for a non-idempotent
-    /// tool, derived from the tool and arguments and numbered past the ones already
-    /// answered, so two identical requests at once are one call (the ledger runs it once and
-    /// the other waits for it); for any other tool, random (it may simply run again).
+    /// Which recorded call a request is. A stable ID is the client's word: that call,
+    /// replayed when the ledger holds it, a new one otherwise (a retry keeps its ID). Without
+    /// one, for a tool that is not idempotent, a call of the run with the same tool and
+    /// arguments whose answer has not reached the host (running, in doubt, or answered
+    /// without the host going on: `Delivery`) is the one the host is repeating: it gets that
+    /// call's outcome, never a second execution. Else a new ID: for a non-idempotent tool,
+    /// derived from the tool and arguments and numbered past the ones already answered, so
+    /// two identical requests at once are one call (the ledger runs it once and the other
+    /// waits for it); for any other tool, random (it may simply run again).
     static func callID(for tool: MCPTool, arguments: JSONValue, stable: String?, in supervisor: Supervisor) throws(RPCError) -> String {
+        if let stable { return stable }
         let ledger = supervisor.ledger
         let run = supervisor.runID
         do throws(LedgerError) {
-            if let stable, try ledger.isRecorded(run: run, callId: stable) { return stable }
-            guard tool.policy.effect == .nonIdempotent else { return stable ?? "mcp-" + randomHex() }
+            guard tool.policy.effect == .nonIdempotent else { return "mcp-" + randomHex() }
             if let unanswered = try ledger.undeliveredCall(run: run, tool: tool.policy.name, arguments: arguments) { return unanswered }
-            if let stable { return stable }
             let prefix = "mcp-" + Ledger.sha256Hex(Array((tool.policy.name + "\u{0}" + arguments.canonical).utf8)).prefix(24) + "-"
             return prefix + String(try ledger.lastNumber(run: run, prefix: prefix) + 1)
         } catch {

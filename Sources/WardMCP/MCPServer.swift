@@ -184,22 +184,26 @@ public final class MCPServer: Sendable {
             let ticker = progress(call)
             let outcome = self.call(params, cancellation: call.cancellation)
             ticker?.cancel()
-            // Not after a cancellation: the host was told nothing will come.
-            call.over.withLock { over in
-                if over { return }
+            // Not after a cancellation: the host was told nothing will come. It knows how the
+            // call ended as well as if it had read the answer (`markRead`).
+            let cancelled = call.over.withLock { over in
+                if over { return true }
                 over = true
                 switch outcome {
                 case .answered(let result, nil): send(RPCResponse.line(id: id, result: result))
-                case .answered(let result, let record?):
-                    out.send(RPCResponse.line(id: id, result: result)) { [log] in
-                        do throws(LedgerError) { try record.supervisor.ledger.markRead(run: record.supervisor.runID, callId: record.callId) } catch {
-                            log("the host read the answer to call \(record.callId), but that could not be recorded (\(error.message)): a repeat of it will be answered from the ledger")
-                        }
-                    }
+                case .answered(let result, let record?): out.send(RPCResponse.line(id: id, result: result)) { [self] in markRead(record) }
                 case .refused(let error): send(RPCResponse.line(id: id, error: error))
                 }
+                return false
             }
+            if cancelled, case .answered(_, let record?) = outcome { markRead(record) }
         }.start()
+    }
+
+    func markRead(_ record: (supervisor: Supervisor, callId: String)) {
+        do throws(LedgerError) { try record.supervisor.ledger.markRead(run: record.supervisor.runID, callId: record.callId) } catch {
+            log("the host read the answer to call \(record.callId), but that could not be recorded (\(error.message)): a repeat of it will be answered from the ledger")
+        }
     }
 
     /// `notifications/progress` at the start and every second, for a call that asked for it

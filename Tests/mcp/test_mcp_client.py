@@ -185,6 +185,12 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(again.meta["ward/callId"], "greeting-1")
         self.assertEqual(again.structuredContent["stdout"], first.structuredContent["stdout"] if first.structuredContent else None)
         self.assertEqual(self.place.lines("outbox.log"), ["once"])
+        # Another ID is another call, whatever its arguments.
+        async with session(self.place) as s:
+            other = await s.call_tool("send", {"message": "once"}, meta={"ward/callId": "greeting-2"})
+        assert other.meta is not None
+        self.assertFalse(other.meta["ward/replayed"])
+        self.assertEqual(self.place.lines("outbox.log"), ["once", "once"])
 
     async def test_identical_requests_at_once_run_once(self) -> None:
         async with session(self.place) as s:
