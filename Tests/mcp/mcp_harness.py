@@ -23,6 +23,19 @@ HERE = Path(__file__).resolve().parent
 WARD = os.environ.get("WARD", str(HERE.parent.parent / ".build" / "debug" / "ward"))
 
 
+# What `ward mcp` tells hosts of each test tool (Tests/mcp/policies), from its policy:
+# (readOnlyHint, idempotentHint, destructiveHint, openWorldHint).
+HINTS = {
+    "send": (False, False, True, False),
+    "slow_send": (False, False, True, False),
+    "slow_touch": (False, True, False, False),
+    "read_note": (True, True, False, False),
+    "fail": (True, True, False, False),
+    "fetch": (True, True, False, True),
+    "remove": (False, True, True, False),
+}
+
+
 def eventually(condition: Callable[[], bool], seconds: float = 15) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:

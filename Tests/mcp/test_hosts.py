@@ -26,7 +26,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
 
-from mcp_harness import WARD, Place, eventually
+from mcp_harness import HINTS, WARD, Place, eventually
 
 # The SDK traces to OpenAI's servers by default; these tests never leave the machine.
 NO_TRACING: dict[str, Any] = {"tracing_disabled": True}
@@ -220,18 +220,9 @@ class LangGraphTests(unittest.IsolatedAsyncioTestCase):
     async def test_tools_load_with_wards_annotations_in_their_metadata(self) -> None:
         client = MultiServerMCPClient({"ward": langchain_connection(self.place)})
         tools = {t.name: t for t in await client.get_tools()}
-        self.assertEqual(sorted(tools), ["fail", "fetch", "read_note", "remove", "send", "slow_send", "slow_touch"])
+        self.assertEqual(sorted(tools), sorted(HINTS))
         # The adapter puts the MCP annotations in the LangChain tool's metadata, key for key.
-        expected = {  # readOnly, idempotent, destructive, openWorld
-            "send": (False, False, True, False),
-            "slow_send": (False, False, True, False),
-            "slow_touch": (False, True, False, False),
-            "read_note": (True, True, False, False),
-            "fail": (True, True, False, False),
-            "fetch": (True, True, False, True),
-            "remove": (False, True, True, False),
-        }
-        for name, hints in expected.items():
+        for name, hints in HINTS.items():
             metadata = tools[name].metadata
             assert metadata is not None, name
             self.assertEqual((metadata["readOnlyHint"], metadata["idempotentHint"], metadata["destructiveHint"], metadata["openWorldHint"]),

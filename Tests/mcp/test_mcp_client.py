@@ -14,7 +14,7 @@ from typing import Any
 import mcp.types as types
 from mcp.shared.exceptions import McpError
 
-from mcp_harness import WARD, Place, eventually, session, text
+from mcp_harness import HINTS, WARD, Place, eventually, session, text
 
 
 class MCPClientTests(unittest.IsolatedAsyncioTestCase):
@@ -27,17 +27,8 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
     async def test_tools_are_listed_with_what_ward_enforces(self) -> None:
         async with session(self.place) as s:
             listed = {t.name: t for t in (await s.list_tools()).tools}
-        self.assertEqual(sorted(listed), ["fail", "fetch", "read_note", "remove", "send", "slow_send", "slow_touch"])
-        expected = {  # readOnly, idempotent, destructive, openWorld
-            "send": (False, False, True, False),
-            "slow_send": (False, False, True, False),
-            "slow_touch": (False, True, False, False),
-            "read_note": (True, True, False, False),
-            "fail": (True, True, False, False),
-            "fetch": (True, True, False, True),
-            "remove": (False, True, True, False),
-        }
-        for name, (read_only, idempotent, destructive, open_world) in expected.items():
+        self.assertEqual(sorted(listed), sorted(HINTS))
+        for name, (read_only, idempotent, destructive, open_world) in HINTS.items():
             a = listed[name].annotations
             assert a is not None, name
             self.assertEqual((a.readOnlyHint, a.idempotentHint, a.destructiveHint, a.openWorldHint),
