@@ -206,20 +206,6 @@ extension Ledger {
         return decision
     }
 
-    /// Whether the ledger holds a call with this ID: the supervisor asks it before `begin`,
-    /// so that only a new call gets its child made in advance. Read on the writer's
-    /// connection, outside any transaction: its page cache is warm, where a reader's is
-    /// invalidated by every commit.
-    public func isRecorded(run: String, callId: String) throws(LedgerError) -> Bool {
-        do {
-            return try pool.writeWithoutTransaction { db in
-                try db.first("SELECT 1 FROM calls WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)]) { _ in true } ?? false
-            }
-        } catch {
-            throw Ledger.map(error, doing: "reading call \(callId)")
-        }
-    }
-
     /// A non-idempotent call of `run` with this tool and these arguments whose answer the
     /// client has not received (`Delivery`): still running, in doubt, or finished with its
     /// answer unread or read without the client going on to anything else. A host that
@@ -227,30 +213,22 @@ extension Ledger {
     /// must get this call's outcome, never a second execution.
     public func undeliveredCall(run: String, tool: String, arguments: JSONValue) throws(LedgerError) -> String? {
         let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
-        do {
-            return try pool.writeWithoutTransaction { db in
-                try db.first("""
-                    SELECT call_id FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2) AND effect = ?
-                    ORDER BY started_at DESC LIMIT 1
-                    """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
-            }
-        } catch {
-            throw Ledger.map(error, doing: "looking for an unanswered call of tool \(tool)")
+        return try read("looking for an unanswered call of tool \(tool)") { db in
+            try db.first("""
+                SELECT call_id FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2) AND effect = ?
+                ORDER BY started_at DESC LIMIT 1
+                """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
         }
     }
 
     /// The highest N among `run`'s call IDs `prefix` + N (N a decimal number), 0 when none.
     public func lastNumber(run: String, prefix: String) throws(LedgerError) -> Int {
-        do {
-            return try pool.writeWithoutTransaction { db in
-                // Of equal prefixes, the longer number is the larger, then the later in byte order.
-                try db.first("""
-                    SELECT substr(call_id, ?) FROM calls WHERE run_id = ? AND call_id >= ? AND call_id < ?
-                    ORDER BY length(call_id) DESC, call_id DESC LIMIT 1
-                    """, [.int(prefix.utf8.count + 1), .text(run), .text(prefix), .text(prefix + "\u{10FFFF}")]) { Int($0.text(0)) ?? 0 } ?? 0
-            }
-        } catch {
-            throw Ledger.map(error, doing: "numbering calls \(prefix)…")
+        try read("numbering calls \(prefix)…") { db in
+            // Of equal prefixes, the longer number is the larger, then the later in byte order.
+            try db.first("""
+                SELECT substr(call_id, ?) FROM calls WHERE run_id = ? AND call_id >= ? AND call_id < ?
+                ORDER BY length(call_id) DESC, call_id DESC LIMIT 1
+                """, [.int(prefix.utf8.count + 1), .text(run), .text(prefix), .text(prefix + "\u{10FFFF}")]) { Int($0.text(0)) ?? 0 } ?? 0
         }
     }
 
@@ -278,12 +256,8 @@ extension Ledger {
         let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
         let find = "SELECT call_id FROM calls WHERE run_id = ? AND delivered = \(Delivery.read.rawValue) AND NOT (tool = ? AND args_hash = ?)"
         let values: [SQLValue] = [.text(run), .text(tool), .text(argsHash)]
-        do {
-            // Nothing to confirm (the common case) costs a read, not a commit.
-            guard try pool.writeWithoutTransaction({ db in try db.first(find, values) { _ in true } }) == true else { return }
-        } catch {
-            throw Ledger.map(error, doing: "looking for answers read")
-        }
+        // Nothing to confirm (the common case) costs a read, not a commit.
+        guard try read("looking for answers read", { db in try db.first(find, values) { _ in true } }) == true else { return }
         try write("recording deliveries of run \(run)") { db in
             let now = Timestamp.now()
             for callId in try db.all(find, values, { $0.text(0) }) {

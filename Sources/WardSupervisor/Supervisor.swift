@@ -243,7 +243,7 @@ public final class Supervisor: Sendable {
         var reconciled = false
         while true {
             var parked: SandboxCall?
-            if (try? ledger.isRecorded(run: runID, callId: request.callId)) == false {
+            if (try? ledger.state(run: runID, callId: request.callId)) == nil {
                 parked = try? sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
                 parked?.park()
             }
