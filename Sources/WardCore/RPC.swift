@@ -165,6 +165,21 @@ public struct LineFramer: Sendable {
         return line
     }
 
+    /// After `TooLong`: drops the over-long line. True when it ended in what was read (the
+    /// bytes after its newline are kept); false when the rest of it is still to come, and
+    /// the next line `next` returns is its end.
+    public mutating func skipLine() -> Bool {
+        if let newline = buffer[start...].firstIndex(of: 0x0A) {
+            start = newline + 1
+            scanned = 0
+            return true
+        }
+        buffer.removeAll(keepingCapacity: true)
+        start = 0
+        scanned = 0
+        return false
+    }
+
     /// Bytes of a line begun but not finished (a request cut off by the peer's close).
     public var pendingBytes: Int { buffer.count - start }
 }

@@ -248,19 +248,26 @@ extension Ledger {
         }
     }
 
-    /// The client of `run` asked for something other than this tool with these arguments:
-    /// every answer it had read is delivered (`call.delivered`), and a repeat of one of those
-    /// calls from now on runs it again. A mark lost (ward died before this commit) errs on
-    /// the safe side: the repeat gets the recorded answer instead.
-    public func confirmDeliveries(run: String, except tool: String, arguments: JSONValue) throws(LedgerError) {
+    /// The client of `run` asks for this tool with these arguments. Unless that repeats a
+    /// call whose answer it has not been seen to receive (any effect: running, unread, or
+    /// read and not followed by anything else), it has gone on: every answer it had read is
+    /// delivered (`call.delivered`), and a repeat of one of those calls from now on runs it
+    /// again. A repeat confirms nothing: a host that timed out retries its requests, and a
+    /// retry is not going on. A mark lost (ward died before this commit) errs on the safe
+    /// side: the repeat gets the recorded answer instead.
+    public func confirmDeliveries(run: String, asking tool: String, arguments: JSONValue) throws(LedgerError) {
         let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
-        let find = "SELECT call_id FROM calls WHERE run_id = ? AND delivered = \(Delivery.read.rawValue) AND NOT (tool = ? AND args_hash = ?)"
-        let values: [SQLValue] = [.text(run), .text(tool), .text(argsHash)]
+        let repeats = "SELECT 1 FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (\(Delivery.awaited.rawValue), \(Delivery.read.rawValue))"
+        let read = "SELECT call_id FROM calls WHERE run_id = ? AND delivered = \(Delivery.read.rawValue)"
         // Nothing to confirm (the common case) costs a read, not a commit.
-        guard try read("looking for answers read", { db in try db.first(find, values) { _ in true } }) == true else { return }
+        let confirm = try self.read("looking for answers read") { db in
+            try db.first(repeats, [.text(run), .text(tool), .text(argsHash)]) { _ in true } == nil && db.first(read, [.text(run)]) { _ in true } == true
+        }
+        guard confirm else { return }
         try write("recording deliveries of run \(run)") { db in
+            guard try db.first(repeats, [.text(run), .text(tool), .text(argsHash)], { _ in true }) == nil else { return }
             let now = Timestamp.now()
-            for callId in try db.all(find, values, { $0.text(0) }) {
+            for callId in try db.all(read, [.text(run)], { $0.text(0) }) {
                 try self.appendEvent(db, run: run, kind: "call.delivered", call: callId, data: [:], at: now)
                 try db.run("UPDATE calls SET delivered = \(Delivery.delivered.rawValue) WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
             }

@@ -16,44 +16,58 @@ extension MCPServer {
         case refused(RPCError)
     }
 
-    func call(_ params: JSONValue, cancellation: CallCancellation) -> Outcome {
-        let p: Params
-        let name: String
-        do throws(RPCError) {
-            p = try Params(method: "tools/call", params, known: ["name", "arguments", "_meta", "idempotencyKey"])
-            guard let n = p.value("name")?.stringValue else { throw p.error("name", "is required (a string)") }
-            name = n
-        } catch {
-            return .refused(error)
-        }
-        guard let tool = tools[name] else {
-            return .refused(RPCError(.unknownTool, "unknown tool \(Params.quote(name)) (tools: \(tools.keys.sorted().joined(separator: ", ")))",
-                                     code: -32602, field: "name"))
-        }
+    /// A `tools/call` request, checked.
+    struct Request: Sendable {
+        let tool: MCPTool
         let arguments: JSONValue
         let stable: String?
+    }
+
+    /// Reads a `tools/call`'s params: its tool, arguments and call ID, before anything runs.
+    func parse(_ params: JSONValue) -> Result<Request, RPCError> {
         do throws(RPCError) {
-            arguments = .object(try p.object("arguments") ?? [:])
-            stable = try MCPServer.stableID(p)
+            let p = try Params(method: "tools/call", params, known: ["name", "arguments", "_meta", "idempotencyKey"])
+            guard let name = p.value("name")?.stringValue else { throw p.error("name", "is required (a string)") }
+            guard let tool = tools[name] else {
+                throw RPCError(.unknownTool, "unknown tool \(Params.quote(name)) (tools: \(tools.keys.sorted().joined(separator: ", ")))",
+                               code: -32602, field: "name")
+            }
+            return .success(Request(tool: tool, arguments: .object(try p.object("arguments") ?? [:]), stable: try MCPServer.stableID(p)))
         } catch {
-            return .refused(error)
+            return .failure(error)
+        }
+    }
+
+    /// As a request arrives, before it runs: the host asked for something, so the answers it
+    /// had read reached it, unless this repeats one (`Ledger.confirmDeliveries`). Done on the
+    /// reading thread, in the order requests come.
+    func arrived(_ request: Request) {
+        guard case .success(let supervisor) = self.supervisor.get() else { return }
+        do throws(LedgerError) {
+            try supervisor.ledger.confirmDeliveries(run: supervisor.runID, asking: request.tool.policy.name, arguments: request.arguments)
+        } catch {
+            log("deliveries could not be recorded (\(error.message)): repeats of those calls will be answered from the ledger")
+        }
+    }
+
+    func call(_ parsed: Result<Request, RPCError>, cancellation: CallCancellation) -> Outcome {
+        let request: Request
+        switch parsed {
+        case .success(let r): request = r
+        case .failure(let error): return .refused(error)
         }
         let supervisor: Supervisor
         switch self.supervisor.get() {
         case .success(let s): supervisor = s
         case .failure(let error): return .refused(error)
         }
-        let awaitsDelivery = tool.policy.effect == .nonIdempotent
+        let policy = request.tool.policy
         var callId: String?
         do throws(RPCError) {
-            // The host asked for something else: the answers it had read reached it.
-            do throws(LedgerError) { try supervisor.ledger.confirmDeliveries(run: supervisor.runID, except: tool.policy.name, arguments: arguments) } catch {
-                log("deliveries could not be recorded (\(error.message)): repeats of those calls will be answered from the ledger")
-            }
-            callId = try MCPServer.callID(for: tool, arguments: arguments, stable: stable, in: supervisor)
-            let result = try supervisor.call(tool: tool.policy.name, arguments: arguments, callId: callId!,
-                                             awaitsDelivery: awaitsDelivery, cancellation: cancellation)
-            return .answered(MCPServer.content(result), delivery: awaitsDelivery ? (supervisor, result.callId) : nil)
+            callId = try MCPServer.callID(for: request.tool, arguments: request.arguments, stable: request.stable, in: supervisor)
+            let result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
+                                             awaitsDelivery: true, cancellation: cancellation)
+            return .answered(MCPServer.content(result), delivery: (supervisor, result.callId))
         } catch {
             switch error.kind {
             case .unknownTool, .invalidArguments, .tooLarge: return .refused(error)

@@ -67,25 +67,32 @@ public final class MCPServer: Sendable {
     public func serve() -> Supervisor? {
         // A host that closed its end must not kill ward with SIGPIPE mid-record.
         signal(SIGPIPE, SIG_IGN)
+        // A host that left its pipes non-blocking (a Node wrapper) must not make an empty
+        // pipe look like the end of input, or a full one like a closed host.
+        for fd in [input, output] {
+            let flags = fcntl(fd, F_GETFL)
+            if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
+        }
         var framer = LineFramer(maximumLineBytes: MCPServer.maximumLineBytes)
         var skipping = false
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        reading: while true {
+        while true {
             guard let n = chunk.withUnsafeMutableBytes({ OS.read(input, into: $0) }), n > 0 else { break }
             chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             while true {
                 let line: [UInt8]?
                 do { line = try framer.next() } catch {
-                    // Refused as it arrives, then dropped up to its newline.
+                    // Refused as it arrives (once), then dropped up to its newline; what
+                    // follows the newline is read as usual.
                     if !skipping {
                         send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "line longer than \(MCPServer.maximumLineBytes) bytes", code: -32600)))
                     }
-                    skipping = true
-                    framer = LineFramer(maximumLineBytes: MCPServer.maximumLineBytes)
-                    continue reading
+                    skipping = !framer.skipLine()
+                    continue
                 }
                 guard let line else { break }
                 if skipping {
+                    // The end of the over-long line.
                     skipping = false
                     continue
                 }
@@ -106,7 +113,15 @@ public final class MCPServer: Sendable {
         switch RPCRequest.decode(line) {
         case .success(let r): request = r
         case .failure(let refusal):
+            // A response (from a host answering a request ward never makes) gets no answer.
+            if let members = try? JSONValue.parse(line).objectValue, members["method"] == nil, members["result"] != nil || members["error"] != nil { return }
             if !refusal.silent { send(RPCResponse.line(id: refusal.id, error: refusal.error)) }
+            return
+        }
+        if request.id == .null {
+            // MCP: an id is a string or an integer, never null (it could not be told from the
+            // answer to a line without one).
+            send(RPCResponse.line(id: .null, error: RPCError(.invalidArguments, "a request id must not be null", code: -32600)))
             return
         }
         guard let id = request.id else {
@@ -164,17 +179,27 @@ public final class MCPServer: Sendable {
 
     func startCall(id: JSONValue, params: JSONValue) {
         let key = id.canonical
-        let meta = params.objectValue?["_meta"]?.objectValue
-        let call = Running(progressToken: meta?["progressToken"])
+        // A progress token is a string or an integer (anything else is not echoed back).
+        let token = params.objectValue?["_meta"]?.objectValue?["progressToken"].flatMap { t -> JSONValue? in
+            switch t {
+            case .string: t
+            case .number(let d) where Int(exactly: d) != nil: t
+            default: nil
+            }
+        }
+        let call = Running(progressToken: token)
         let duplicate = running.withLock { running in
             if running[key] != nil { return true }
             running[key] = call
             return false
         }
         if duplicate {
-            answer(id, .failure(RPCError(.invalidArguments, "request id \(key) is already in use by a call in flight", code: -32600)))
+            // Not answered under that id: the host would take it for the first request's answer.
+            answer(.null, .failure(RPCError(.invalidArguments, "request id \(key) is already in use by a call in flight", code: -32600)))
             return
         }
+        let request = parse(params)
+        if case .success(let r) = request { arrived(r) }
         calls.enter()
         Thread { [self] in
             defer {
@@ -182,10 +207,12 @@ public final class MCPServer: Sendable {
                 calls.leave()
             }
             let ticker = progress(call)
-            let outcome = self.call(params, cancellation: call.cancellation)
+            let outcome = self.call(request, cancellation: call.cancellation)
             ticker?.cancel()
-            // Not after a cancellation: the host was told nothing will come. It knows how the
-            // call ended as well as if it had read the answer (`markRead`).
+            // Not after a cancellation: the host was told nothing will come. When its tool was
+            // killed, the host knows how the call ended as well as if it had read the answer
+            // (`markRead`); one that ended before the cancellation came stays unread, and its
+            // repeat gets the recorded answer.
             let cancelled = call.over.withLock { over in
                 if over { return true }
                 over = true
@@ -196,7 +223,10 @@ public final class MCPServer: Sendable {
                 }
                 return false
             }
-            if cancelled, case .answered(_, let record?) = outcome { markRead(record) }
+            if cancelled, case .answered(let result, let record?) = outcome,
+               result.objectValue?["_meta"]?.objectValue?["ward/status"] == .string(CallStatus.killed.rawValue) {
+                markRead(record)
+            }
         }.start()
     }
 

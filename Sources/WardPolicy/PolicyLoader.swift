@@ -374,7 +374,7 @@ private struct Builder {
 
         // paths
         let read = mergedList(file, "read", name, defaults: defaults, own: own) ?? []
-        let write = mergedList(file, "write", name, defaults: defaults, own: own) ?? []
+        var write = mergedList(file, "write", name, defaults: defaults, own: own) ?? []
         for (entry, path) in read + write { validatePath(file, path, entry) }
 
         // env
@@ -446,11 +446,20 @@ private struct Builder {
         }
 
         // What MCP hosts are told of the tool must be what its sandbox holds: a read-only
-        // tool writes nothing but devices, and destroys nothing.
+        // tool writes nothing but devices, and destroys nothing. Its own write roots are an
+        // error; the ones [defaults] gives every tool are not given to it (lists extend the
+        // defaults, so it could not drop them itself).
         if effect == .readOnly {
             for (entry, path) in write where !entry.hasPrefix("/dev/") {
-                report(file, element: entry, in: path, "tool \"\(name)\" is read-only but may write \(entry): drop the write root or change its effect")
+                if path.first == "defaults" {
+                    let pos = file.map.position(ofString: entry, in: path)
+                    notes.append(PolicyDiagnostic(file: file.path, line: pos.line, column: pos.column, message:
+                        "note: tool \"\(name)\" is read-only, so it does not get the default write root \(entry)"))
+                } else {
+                    report(file, element: entry, in: path, "tool \"\(name)\" is read-only but may write \(entry): drop the write root or change its effect")
+                }
             }
+            write.removeAll { !$0.0.hasPrefix("/dev/") }
         }
         var destructive: Bool?
         if let (node, path) = lookup("destructive", name, defaults: defaults, own: own) {

@@ -220,6 +220,8 @@ public final class Supervisor: Sendable {
                                    checkpoint: checkpoint, awaitsDelivery: awaitsDelivery)
         let environment = Reconciler.environment(run: runID, callId: callId)
         let launch = Launch(tool: tool, arguments: arguments, environment: environment, cancellation: cancellation)
+        // Given up before anything was recorded: nothing runs and nothing is recorded.
+        if cancellation?.isCancelled == true { throw RPCError(.internal, "call \(callId) was cancelled before it started") }
         switch try begin(request, policy: policy, launch: launch) {
         case (.replay(let result), _): return result
         case (.execute(let ticket), let parked): return try execute(ticket, policy: policy, parked: parked, launch: launch)
@@ -288,7 +290,13 @@ public final class Supervisor: Sendable {
         var parked = parked
         while true {
             let end: SandboxCall.End
-            if let call = parked {
+            if launch.cancellation?.isCancelled == true {
+                // Cancelled while its start was being recorded: the tool never starts, and
+                // the call ends killed (its record says it was begun).
+                parked?.cancel()
+                return try record(ticket, ToolOutcome(status: .killed, exitCode: nil, signal: nil, stdout: [],
+                                                      stderr: Array("ward: cancelled before the tool started\n".utf8), truncated: false, durationMs: 0))
+            } else if let call = parked {
                 end = call.start(capture: capture?.fd ?? -1, cancellation: launch.cancellation)
                 parked = nil
             } else {

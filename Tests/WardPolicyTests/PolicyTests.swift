@@ -133,6 +133,26 @@ struct PolicyTests {
         #expect(set.tools["ls"]?.destructive == nil && set.tools["ls"]?.inputSchema == nil)
     }
 
+    /// Lists extend the defaults, so a read-only tool could not drop a default write root:
+    /// it is not given one, and a note says so.
+    @Test func aReadOnlyToolGetsNoDefaultWriteRoot() throws {
+        let set = try PolicyLoader.load(directory: try policyDirectory(["t.toml": """
+            [defaults]
+            syscalls = ["@system-service"]
+            read = ["/usr"]
+            write = ["/tmp", "/dev/null"]
+            [tools.look]
+            command = ["/bin/ls"]
+            effect = "read-only"
+            [tools.make]
+            command = ["/bin/ls"]
+            effect = "idempotent"
+            """]))
+        #expect(set.tools["look"]?.write == ["/dev/null"])
+        #expect(set.tools["make"]?.write == ["/tmp", "/dev/null"])
+        #expect(set.notes.contains { $0.message.contains("tool \"look\" is read-only, so it does not get the default write root /tmp") }, "\(set.notes)")
+    }
+
     @Test func defaultsWhenUnset() throws {
         let dir = try policyDirectory(["t.toml": base + "[tools.a]\ncommand = [\"true\"]\n"])
         let a = try PolicyLoader.load(directory: dir).tool("a")

@@ -107,9 +107,16 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
             self.assertIsNone(ask(b"not json")["id"])
             self.assertEqual(ask(b'{"jsonrpc":"2.0","id":9}')["error"]["code"], -32600)
             self.assertEqual(ask(b'{"jsonrpc":"2.0","id":10,"method":"resources/list"}')["error"]["code"], -32601)
-            too_long = ask(b'{"jsonrpc":"2.0","id":11,"method":"ping","params":{"pad":"' + b"x" * (17 << 20) + b'"}}')
+            # An over-long line and a request behind it in one write: the line is refused, the
+            # request answered.
+            too_long = ask(b'{"jsonrpc":"2.0","id":11,"method":"ping","params":{"pad":"' + b"x" * (17 << 20) + b'"}}\n'
+                           + b'{"jsonrpc":"2.0","id":12,"method":"ping"}')
             self.assertEqual(too_long["error"]["data"]["kind"], "too-large")
-            self.assertEqual(ask(b'{"jsonrpc":"2.0","id":12,"method":"ping"}'), {"jsonrpc": "2.0", "id": 12, "result": {}})
+            self.assertEqual(json.loads(ward.stdout.readline()), {"jsonrpc": "2.0", "id": 12, "result": {}})
+            self.assertEqual(ask(b'{"jsonrpc":"2.0","id":null,"method":"ping"}')["error"]["code"], -32600)
+            # A response (to a request ward never sent) is not answered: the next line is the ping's.
+            self.assertEqual(ask(b'{"jsonrpc":"2.0","id":99,"result":{}}\n{"jsonrpc":"2.0","id":13,"method":"ping"}'),
+                             {"jsonrpc": "2.0", "id": 13, "result": {}})
         finally:
             ward.stdin.close()
             self.assertEqual(ward.wait(timeout=30), 0)
@@ -164,6 +171,18 @@ class MCPClientTests(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(again.meta["ward/replayed"])
         self.assertEqual(first.meta["ward/callId"], again.meta["ward/callId"])
         self.assertEqual(self.place.lines("outbox.log"), ["retried"])
+
+    async def test_retries_of_parallel_calls_are_each_answered_from_the_ledger(self) -> None:
+        # Two calls at once whose answers the host read but did not act on (it timed out):
+        # retrying one is not going on, so the other's retry is still a retry.
+        async with session(self.place) as s:
+            await asyncio.gather(s.call_tool("send", {"message": "x"}), s.call_tool("send", {"message": "y"}))
+            again_y = await s.call_tool("send", {"message": "y"})
+            again_x = await s.call_tool("send", {"message": "x"})
+        assert again_x.meta is not None and again_y.meta is not None
+        self.assertTrue(again_y.meta["ward/replayed"])
+        self.assertTrue(again_x.meta["ward/replayed"])
+        self.assertEqual(sorted(self.place.lines("outbox.log")), ["x", "y"])
 
     async def test_a_stable_call_id_replays(self) -> None:
         async with session(self.place) as s:
