@@ -23,6 +23,8 @@ struct MCPCommand: ParsableCommand {
             """
     )
 
+    /// `--policies` and `--workspace` default to ./policies and ./workspace, not to a run's
+    /// recorded ones: the tools are listed before the ledger is opened.
     @OptionGroup var policyOptions: PolicyOptions
     @OptionGroup var ledgerOptions: LedgerOptions
 
@@ -74,12 +76,23 @@ struct MCPCommand: ParsableCommand {
         return "mcp-" + Ledger.sha256Hex(Array(String(cString: real).utf8)).prefix(16)
     }
 
+    static func real(_ path: String) -> String {
+        guard let p = realpath(path, nil) else { return path }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
     /// The ledger, the run's place and a new attempt of it, the sandbox and the supervisor.
     /// No run lock: a host may start a server per call, several at once, and the ledger's
     /// owner locks keep their calls apart.
     static func open(run: String, policies: PolicySet, policyOptions: PolicyOptions, ledgerOptions: LedgerOptions) throws -> Supervisor {
         let ledger = try ledgerOptions.open()
         let place = try policyOptions.place(of: run, in: ledger, create: true)
+        // The tools were published from the directory given (or ./policies) before the
+        // ledger was open: a run recorded with other policies is not served with these.
+        if MCPCommand.real(place.policies) != MCPCommand.real(policies.directory) {
+            throw CLIError(message: "run \(run) was recorded with the policies in \(place.policies), not \(policies.directory): pass --policies \(place.policies)", exitCode: 1)
+        }
         try Checks.layout(policies: policies, workspace: place.workspace, ledger: ledger)
         let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace, logger: Logger(label: "ward"))
         try policyOptions.claim(place, run: run, in: ledger, moved: false)
