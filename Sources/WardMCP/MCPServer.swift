@@ -61,8 +61,8 @@ public final class MCPServer: Sendable {
         _ = OS.writeAll(2, Array("ward mcp: \(message)\n".utf8))
     }
 
-    /// Serves until stdin ends, then waits for the calls in flight. Returns the supervisor
-    /// if it was opened (for the caller to record outcomes still pending).
+    /// Serves until stdin ends, then waits for the calls in flight. Returns the supervisor,
+    /// nil when it could not be opened (for the caller to record outcomes still pending).
     @discardableResult
     public func serve() -> Supervisor? {
         // A host that closed its end must not kill ward with SIGPIPE mid-record.
