@@ -211,15 +211,24 @@ extension Ledger {
     /// answer unread or read without the client going on to anything else. A host that
     /// repeats such a request under a new ID (its retry, or a new session after ward died)
     /// must get this call's outcome, never a second execution.
-    public func undeliveredCall(run: String, tool: String, arguments: JSONValue) throws(LedgerError) -> String? {
-        let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
-        return try read("looking for an unanswered call of tool \(tool)") { db in
+    /// - Parameter argsHash: `argumentsHash` of the request's arguments.
+    public func undeliveredCall(run: String, tool: String, argsHash: String) throws(LedgerError) -> String? {
+        try read("looking for an unanswered call of tool \(tool)") { db in
             try db.first("""
-                SELECT call_id FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2) AND effect = ?
+                SELECT call_id FROM calls \(Ledger.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2) AND effect = ?
                 ORDER BY started_at DESC LIMIT 1
                 """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
         }
     }
+
+    /// The SHA-256 (hex) of arguments' canonical JSON: what `begin` records as `args_hash`.
+    public static func argumentsHash(_ arguments: JSONValue) -> String { Digest.sha256Hex(arguments.canonical.utf8) }
+
+    /// The undelivered calls' partial index, named: the ledger runs no ANALYZE, and without
+    /// its statistics SQLite's planner takes the primary key's run prefix instead, a scan of
+    /// every call of the run on each MCP request (7.7 ms against 12 µs at 100,000 calls).
+    /// The queries repeat the index's own condition (`delivered IN (0, 2)`) so it applies.
+    static let undelivered = "INDEXED BY calls_undelivered"
 
     /// The highest N among `run`'s call IDs `prefix` + N (N a decimal number), 0 when none.
     public func lastNumber(run: String, prefix: String) throws(LedgerError) -> Int {
@@ -255,10 +264,10 @@ extension Ledger {
     /// again. A repeat confirms nothing: a host that timed out retries its requests, and a
     /// retry is not going on. A mark lost (ward died before this commit) errs on the safe
     /// side: the repeat gets the recorded answer instead.
-    public func confirmDeliveries(run: String, asking tool: String, arguments: JSONValue) throws(LedgerError) {
-        let argsHash = Digest.sha256Hex(arguments.canonical.utf8)
-        let repeats = "SELECT 1 FROM calls WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (\(Delivery.awaited.rawValue), \(Delivery.read.rawValue))"
-        let read = "SELECT call_id FROM calls WHERE run_id = ? AND delivered = \(Delivery.read.rawValue)"
+    /// - Parameter argsHash: `argumentsHash` of the request's arguments.
+    public func confirmDeliveries(run: String, asking tool: String, argsHash: String) throws(LedgerError) {
+        let repeats = "SELECT 1 FROM calls \(Ledger.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2)"
+        let read = "SELECT call_id FROM calls \(Ledger.undelivered) WHERE run_id = ? AND delivered IN (0, 2) AND delivered = \(Delivery.read.rawValue)"
         // Nothing to confirm (the common case) costs a read, not a commit.
         let confirm = try self.read("looking for answers read") { db in
             try db.first(repeats, [.text(run), .text(tool), .text(argsHash)]) { _ in true } == nil && db.first(read, [.text(run)]) { _ in true } == true

@@ -20,6 +20,8 @@ extension MCPServer {
     struct Request: Sendable {
         let tool: MCPTool
         let arguments: JSONValue
+        /// `Ledger.argumentsHash(arguments)`, once for the lookups it serves.
+        let argsHash: String
         let stable: String?
     }
 
@@ -32,7 +34,8 @@ extension MCPServer {
                 throw RPCError(.unknownTool, "unknown tool \(Params.quote(name)) (tools: \(tools.keys.sorted().joined(separator: ", ")))",
                                code: -32602, field: "name")
             }
-            return .success(Request(tool: tool, arguments: .object(try p.object("arguments") ?? [:]), stable: try MCPServer.stableID(p)))
+            let arguments = JSONValue.object(try p.object("arguments") ?? [:])
+            return .success(Request(tool: tool, arguments: arguments, argsHash: Ledger.argumentsHash(arguments), stable: try MCPServer.stableID(p)))
         } catch {
             return .failure(error)
         }
@@ -44,7 +47,7 @@ extension MCPServer {
     func arrived(_ request: Request) {
         guard case .success(let supervisor) = self.supervisor.get() else { return }
         do throws(LedgerError) {
-            try supervisor.ledger.confirmDeliveries(run: supervisor.runID, asking: request.tool.policy.name, arguments: request.arguments)
+            try supervisor.ledger.confirmDeliveries(run: supervisor.runID, asking: request.tool.policy.name, argsHash: request.argsHash)
         } catch {
             log("deliveries could not be recorded (\(error.message)): repeats of those calls will be answered from the ledger")
         }
@@ -64,7 +67,7 @@ extension MCPServer {
         let policy = request.tool.policy
         var callId: String?
         do throws(RPCError) {
-            callId = try MCPServer.callID(for: request.tool, arguments: request.arguments, stable: request.stable, in: supervisor)
+            callId = try MCPServer.callID(for: request, in: supervisor)
             let result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
                                              awaitsDelivery: true, cancellation: cancellation)
             return .answered(MCPServer.content(result), delivery: (supervisor, result.callId))
@@ -100,14 +103,15 @@ extension MCPServer {
     /// derived from the tool and arguments and numbered past the ones already answered, so
     /// two identical requests at once are one call (the ledger runs it once and the other
     /// waits for it); for any other tool, random (it may simply run again).
-    static func callID(for tool: MCPTool, arguments: JSONValue, stable: String?, in supervisor: Supervisor) throws(RPCError) -> String {
-        if let stable { return stable }
+    static func callID(for request: Request, in supervisor: Supervisor) throws(RPCError) -> String {
+        if let stable = request.stable { return stable }
+        let tool = request.tool
         let ledger = supervisor.ledger
         let run = supervisor.runID
         do throws(LedgerError) {
             guard tool.policy.effect == .nonIdempotent else { return "mcp-" + randomHex() }
-            if let unanswered = try ledger.undeliveredCall(run: run, tool: tool.policy.name, arguments: arguments) { return unanswered }
-            let prefix = "mcp-" + Ledger.sha256Hex(Array((tool.policy.name + "\u{0}" + arguments.canonical).utf8)).prefix(24) + "-"
+            if let unanswered = try ledger.undeliveredCall(run: run, tool: tool.policy.name, argsHash: request.argsHash) { return unanswered }
+            let prefix = "mcp-" + Ledger.sha256Hex(Array((tool.policy.name + "\u{0}" + request.argsHash).utf8)).prefix(24) + "-"
             return prefix + String(try ledger.lastNumber(run: run, prefix: prefix) + 1)
         } catch {
             throw RPCError(error)

@@ -71,7 +71,7 @@ enum VerifyFixture {
             let ticket = try #require(try ledger.begin(awaiting).ticket)
             _ = try ledger.finish(ticket, outcome: outcome("output \(id)"))
             if id != "d3" { try ledger.markRead(run: "r", callId: id) }
-            if id == "d1" { try ledger.confirmDeliveries(run: "r", asking: "shell", arguments: .object(["other": .bool(true)])) }
+            if id == "d1" { try ledger.confirmDeliveries(run: "r", asking: "shell", argsHash: Ledger.argumentsHash(.object(["other": .bool(true)]))) }
         }
         try ledger.finishRun(run: "r", exitStatus: 0)
         return path

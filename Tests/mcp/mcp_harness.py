@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import unittest
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -143,6 +144,16 @@ class Place:
             verify = self.ward("ledger", "verify", "--ledger", str(self.ledger))
             assert verify.returncode == 0, verify.stdout + verify.stderr
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PlaceTest(unittest.IsolatedAsyncioTestCase):
+    """A test with a `Place` of its own, checked by `Place.finish` at its end."""
+
+    def setUp(self) -> None:
+        self.place = Place()
+
+    def tearDown(self) -> None:
+        self.place.finish()
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import McpError
 
-from mcp_harness import HINTS, WARD, Place, eventually
+from mcp_harness import HINTS, WARD, Place, PlaceTest, eventually
 
 # The SDK traces to OpenAI's servers by default; these tests never leave the machine.
 NO_TRACING: dict[str, Any] = {"tracing_disabled": True}
@@ -114,19 +114,20 @@ def send_graph(tools: list[Any], arguments: dict[str, Any]) -> Any:
     return graph.compile()
 
 
-class AgentsSDKTests(unittest.IsolatedAsyncioTestCase):
-    def setUp(self) -> None:
-        self.place = Place()
+async def run_agent(model: Any, server: Any, prompt: str) -> Any:
+    """An agent run on the scripted `model` with `server` (a ward of its own), to its end;
+    the model must have made every turn it was scripted for."""
+    async with server:
+        result = await Runner.run(Agent(name="sender", model=model, mcp_servers=[server]), prompt, run_config=RunConfig(**NO_TRACING))
+    model.assert_complete()
+    return result
 
-    def tearDown(self) -> None:
-        self.place.finish()
+
+class AgentsSDKTests(PlaceTest):
 
     async def test_an_agent_calls_a_tool_once_and_reads_its_output(self) -> None:
         model = ScriptedModel([[function_call("send", {"message": "hello"}, call_id="call-1")], [assistant_message("sent it")]])
-        async with MCPServerStdio(agents_params(self.place)) as server:
-            agent = Agent(name="sender", model=model, mcp_servers=[server])
-            result = await Runner.run(agent, "send hello", run_config=RunConfig(**NO_TRACING))
-        model.assert_complete()
+        result = await run_agent(model, MCPServerStdio(agents_params(self.place)), "send hello")
         self.assertEqual(result.final_output, "sent it")
         # The model's second turn was given what the tool printed, as ward answered it.
         self.assertEqual(tool_output(model), "sent hello\n")
@@ -142,10 +143,7 @@ class AgentsSDKTests(unittest.IsolatedAsyncioTestCase):
                                [assistant_message("done")]])
         server = TappedStdio(agents_params(self.place), client_session_timeout_seconds=1.5, max_retry_attempts=2,
                              retry_backoff_seconds_base=0.05)
-        async with server:
-            agent = Agent(name="sender", model=model, mcp_servers=[server])
-            await Runner.run(agent, "send it", run_config=RunConfig(**NO_TRACING))
-        model.assert_complete()
+        await run_agent(model, server, "send it")
         # The SDK did retry: two tools/call requests went to ward.
         self.assertEqual(server.methods.count("tools/call"), 2, server.methods)
         self.assertEqual(self.place.lines("started.log"), ["retried"])
@@ -171,10 +169,7 @@ class AgentsSDKTests(unittest.IsolatedAsyncioTestCase):
         async def run() -> str:
             model = ScriptedModel([[function_call("send", {"message": "once"}, call_id="call-42")], [assistant_message("done")]])
             # A server (a ward) of its own per run, as a host started again would have.
-            async with MCPServerStdio(agents_params(self.place), tool_meta_resolver=stable_id) as server:
-                agent = Agent(name="sender", model=model, mcp_servers=[server])
-                await Runner.run(agent, "send once", run_config=RunConfig(**NO_TRACING))
-            model.assert_complete()
+            await run_agent(model, MCPServerStdio(agents_params(self.place), tool_meta_resolver=stable_id), "send once")
             return tool_output(model)
 
         first = await run()
@@ -197,10 +192,7 @@ class AgentsSDKTests(unittest.IsolatedAsyncioTestCase):
         model = ScriptedModel([[function_call("slow_send", {"message": "late", "seconds": 1}, call_id="call-9")],
                                [assistant_message("done")]])
         server = TappedStdio(agents_params(self.place), client_session_timeout_seconds=0.5, max_retry_attempts=3)
-        async with server:
-            agent = Agent(name="sender", model=model, mcp_servers=[server])
-            await Runner.run(agent, "send it", run_config=RunConfig(**NO_TRACING))
-        model.assert_complete()
+        await run_agent(model, server, "send it")
         self.assertEqual(server.methods.count("tools/call"), 2, server.methods)
         self.assertEqual(self.place.lines("started.log"), ["late"])
         self.assertEqual(self.place.lines("outbox.log"), ["late"])
@@ -210,12 +202,7 @@ class AgentsSDKTests(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(seen.startswith(f"[ward: call {call['callId']} already ran"), seen)
 
 
-class LangGraphTests(unittest.IsolatedAsyncioTestCase):
-    def setUp(self) -> None:
-        self.place = Place()
-
-    def tearDown(self) -> None:
-        self.place.finish()
+class LangGraphTests(PlaceTest):
 
     async def test_tools_load_with_wards_annotations_in_their_metadata(self) -> None:
         client = MultiServerMCPClient({"ward": langchain_connection(self.place)})

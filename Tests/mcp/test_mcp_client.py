@@ -14,15 +14,10 @@ from typing import Any
 import mcp.types as types
 from mcp.shared.exceptions import McpError
 
-from mcp_harness import HINTS, WARD, Place, eventually, session, text
+from mcp_harness import HINTS, WARD, Place, PlaceTest, eventually, session, text
 
 
-class MCPClientTests(unittest.IsolatedAsyncioTestCase):
-    def setUp(self) -> None:
-        self.place = Place()
-
-    def tearDown(self) -> None:
-        self.place.finish()
+class MCPClientTests(PlaceTest):
 
     async def test_tools_are_listed_with_what_ward_enforces(self) -> None:
         async with session(self.place) as s:

@@ -2,8 +2,8 @@ import WardCore
 
 /// Stops one call from another thread: an MCP host's `notifications/cancelled` for a call
 /// whose tool runs. The tool's whole tree is killed and the call ends `killed`, recorded like
-/// any outcome. A call cancelled before its tool starts has it killed as soon as it does:
-/// the start is already durable in the ledger, and the record must say how it ended.
+/// any outcome. The supervisor does not start a call already cancelled; one cancelled between
+/// that check and its spawn is killed as soon as it is spawned (`arm`).
 public final class CallCancellation: Sendable {
     /// Whether it was cancelled, and how to kill the tool while it runs.
     private let state = Lock<(cancelled: Bool, kill: (@Sendable () -> Void)?)>((false, nil))
