@@ -89,6 +89,24 @@ WARD_CHILD_SIDE static long write_file(const char *path, const char *data, size_
     return n == (long)len ? 0 : -EIO;
 }
 
+// A write to this process's own /proc files. An unprivileged ward's memory is briefly not
+// dumpable while a process sharing it takes the tool identity (the kernel makes memory
+// whose owner's uid changes non-dumpable, and its /proc files root's, until
+// ward_restore_dumpable): a write refused then is retried with the flag set back.
+WARD_CHILD_SIDE static long write_proc_self(const struct ward_spawn_config *cfg, const char *path, const char *data, size_t len) {
+    long rc = write_file(path, data, len);
+    for (int i = 0; rc == -EACCES && cfg->user_namespace_fd > 0 && i < 1000; i++) {
+        sys(SYS_prctl, PR_SET_DUMPABLE, 1);
+        rc = write_file(path, data, len);
+    }
+    return rc;
+}
+
+WARD_CHILD_SIDE void ward_restore_dumpable(const struct ward_spawn_config *cfg) {
+    // Only an unprivileged ward with the tools' user namespace: a root ward stays non-dumpable.
+    if (cfg->user_namespace_fd > 0) sys(SYS_prctl, PR_SET_DUMPABLE, 1);
+}
+
 WARD_CHILD_SIDE __attribute__((noreturn)) void ward_child_fail(struct ward_spawn_error *err, int step, long rc) {
     err->step = step;
     err->error = (int)-rc;
@@ -131,6 +149,18 @@ WARD_CHILD_SIDE static void ward_step_pdeathsig(const struct ward_spawn_config *
     }
 }
 
+WARD_CHILD_SIDE void ward_step_cgroups(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    // Join the call's cgroups before anything can fork: every descendant, daemonized or
+    // not, stays inside and dies with the call (cgroup.kill / pids.max). As ward's uid, not
+    // the tool identity's: cgroup v1 lets the opener of cgroup.procs (ward) move only a
+    // process of its own uid. A process that joins before it forks the tool's process
+    // (enter_main) takes that process in with it.
+    for (int i = 0; i < cfg->cgroup_join_count; i++) {
+        long n = sys(SYS_write, cfg->cgroup_join_fds[i], (long)"0", 1);
+        if (n != 1) ward_child_fail(err, WARD_STEP_CGROUP, n < 0 ? n : -EIO);
+    }
+}
+
 WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     ward_step_pdeathsig(cfg, err);
 
@@ -138,12 +168,9 @@ WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, str
     // user's to inject into (CVE-2017-5226), and job-control signals do not reach us.
     CHECK(WARD_STEP_SETSID, sys(SYS_setsid));
 
-    // Join the call's cgroups before anything can fork: every descendant, daemonized or
-    // not, stays inside and dies with the call (cgroup.kill / pids.max).
-    for (int i = 0; i < cfg->cgroup_join_count; i++) {
-        long n = sys(SYS_write, cfg->cgroup_join_fds[i], (long)"0", 1);
-        if (n != 1) ward_child_fail(err, WARD_STEP_CGROUP, n < 0 ? n : -EIO);
-    }
+    // The call's cgroups, joined here unless the tools' user namespace is used, where they
+    // were joined before the tool identity was taken (see ward_step_cgroups).
+    if (cfg->user_namespace_fd <= 0) ward_step_cgroups(cfg, err);
 
     // A private network namespace starts with loopback down; bring it up so tools allowed
     // "loopback" can talk to themselves (and to nothing of the host's).
@@ -184,13 +211,13 @@ WARD_CHILD_SIDE void ward_step_per_call(const struct ward_spawn_config *cfg, str
     }
 }
 
-WARD_CHILD_SIDE void ward_step_oom_score(struct ward_spawn_error *err) {
+WARD_CHILD_SIDE void ward_step_oom_score(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     // Under global memory pressure the OOM killer takes the tool, not the supervisor (a
     // memory cgroup per call bounds the call, but the limits of all calls may exceed the
     // machine's memory). Inherited by the tool's children. Only ever written by the vfork
     // child: the kernel copies a score written by any other process that shares ward's
     // memory (the zygote) to ward itself, and a vfork child's score is its own.
-    long rc = write_file("/proc/self/oom_score_adj", "1000", 4);
+    long rc = write_proc_self(cfg, "/proc/self/oom_score_adj", "1000", 4);
     if (rc < 0 && rc != -ENOENT) ward_child_fail(err, WARD_STEP_OOM_SCORE, rc);
 }
 
@@ -231,9 +258,10 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
         for (int cap = 0; cap <= cfg->cap_last; cap++) CHECK(WARD_STEP_CAPBSET, sys(SYS_prctl, PR_CAPBSET_DROP, cap));
     }
 
-    // A zygote keeps what its calls' children need to take the tool identity themselves.
-    // The kernel clears the parent-death signal when the uid changes: set again.
-    if (!cfg->keep_setid_caps && cfg->set_identity) {
+    // A zygote keeps what its calls' children need to take the tool identity themselves; a
+    // direct spawn that joined the tools' user namespace took it there (enter_main). The
+    // kernel clears the parent-death signal when the uid changes: set again.
+    if (!cfg->keep_setid_caps && cfg->set_identity && cfg->user_namespace_fd <= 0) {
         ward_step_identity(cfg, err);
         ward_step_pdeathsig(cfg, err);
     }
@@ -259,9 +287,9 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
 // so the tool cannot drop a group that denies it access.
 WARD_CHILD_SIDE void ward_step_user_namespace(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
     char map[48];
-    CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/setgroups", "deny", 4));
-    CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)));
-    CHECK(WARD_STEP_USER_NAMESPACE, write_file("/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
+    CHECK(WARD_STEP_USER_NAMESPACE, write_proc_self(cfg, "/proc/self/setgroups", "deny", 4));
+    CHECK(WARD_STEP_USER_NAMESPACE, write_proc_self(cfg, "/proc/self/uid_map", map, format_id_map(map, cfg->outer_uid)));
+    CHECK(WARD_STEP_USER_NAMESPACE, write_proc_self(cfg, "/proc/self/gid_map", map, format_id_map(map, cfg->outer_gid)));
 }
 
 WARD_CHILD_SIDE static int child_main(void *arg) {
@@ -271,10 +299,46 @@ WARD_CHILD_SIDE static int child_main(void *arg) {
 
     ward_step_signals(err, 1);
     if (cfg->new_user_namespace) ward_step_user_namespace(cfg, err);
-    ward_step_oom_score(err);
+    ward_step_oom_score(cfg, err);
     ward_step_per_call(cfg, err);
     ward_step_confine(cfg, err);
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));
+}
+
+// An unprivileged ward with subordinate ids runs its tools in the user namespace it made
+// once (ward_user_namespace_create), where their files belong to a subordinate uid of its
+// user, not to the operator: a `.git/config` a tool writes is then not one the operator's
+// git trusts. ward (many threads) cannot join it itself, so a first vfork child joins,
+// joins the call's cgroups, takes the tool identity there (tool_uid/tool_gid), and clones
+// the call's child with the configured flags plus CLONE_PARENT: ward is its parent (reaps
+// it, its PDEATHSIG) and gets its pidfd (the fd table is shared). That child makes a user
+// namespace of its own below, as an unprivileged ward's calls always do, mapping only the
+// tool identity (ward_step_user_namespace), so the tool holds no capability in the shared
+// one and its process count (RLIMIT_NPROC) is the call's own.
+struct enter_context {
+    struct ward_child_context child;
+    int flags;
+    char *stack;
+    pid_t pid;
+    int pidfd;
+};
+
+WARD_CHILD_SIDE static int enter_main(void *arg) {
+    struct enter_context *ctx = arg;
+    const struct ward_spawn_config *cfg = ctx->child.cfg;
+    struct ward_spawn_error *err = ctx->child.err;
+    CHECK(WARD_STEP_USER_NAMESPACE, sys(SYS_setns, cfg->user_namespace_fd, CLONE_NEWUSER));
+    ward_step_cgroups(cfg, err);
+    ward_step_identity(cfg, err);
+    ward_restore_dumpable(cfg);
+    // glibc's clone sets errno, in the (suspended) spawning thread's TLS, only on failure.
+    ctx->pid = ward_clone(child_main, ctx->stack, ctx->flags | CLONE_PARENT, &ctx->child, &ctx->pidfd);
+    if (ctx->pid < 0) {
+        err->step = WARD_STEP_CLONE;
+        err->error = errno;
+    }
+    sys(SYS_exit, 0);
+    return 0;
 }
 
 // One child stack per spawning thread, allocated on first use and kept: saves an
@@ -352,15 +416,29 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     int fd = -1;
-    pid_t pid = ward_clone(child_main, spawn_stack + WARD_STACK_SIZE, flags, &ctx, &fd);
-    int clone_errno = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-
-    if (pid < 0) {
-        err->step = WARD_STEP_CLONE;
-        err->error = clone_errno;
-        return -1;
+    pid_t pid;
+    if (cfg->user_namespace_fd > 0) {
+        struct enter_context enter = { ctx, flags, spawn_stack + WARD_STACK_SIZE, -1, -1 };
+        pid_t entering = ward_clone(enter_main, spawn_stack + WARD_ENTER_STACK_SIZE, CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, &enter);
+        int clone_errno = errno;
+        if (entering > 0) {
+            int exited, code, sig;
+            ward_wait(entering, &exited, &code, &sig);
+        } else {
+            err->step = WARD_STEP_CLONE;
+            err->error = clone_errno;
+        }
+        pid = enter.pid;
+        fd = enter.pidfd;
+    } else {
+        pid = ward_clone(child_main, spawn_stack + WARD_STACK_SIZE, flags, &ctx, &fd);
+        if (pid < 0) {
+            err->step = WARD_STEP_CLONE;
+            err->error = errno;
+        }
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) return -1;
     return ward_spawn_end(pid, fd, err, pidfd);
 }
 

@@ -21,6 +21,9 @@ __attribute__((always_inline)) static inline long ward_sys(long nr, long a, long
 #define sys(...) WARD_SYS7(__VA_ARGS__, 0, 0, 0, 0, 0, 0, 0)
 
 #define WARD_STACK_SIZE (64 * 1024)
+/// The bottom of a spawn stack that a child joining a user namespace runs on (enter_main);
+/// the call's child it clones runs on the rest.
+#define WARD_ENTER_STACK_SIZE (8 * 1024)
 
 /// Code that runs between clone and execve (the vfork child, the zygote) borrows another
 /// thread's stack and TLS, where a sanitizer runtime's per-thread state is not its own: it is
@@ -56,11 +59,16 @@ WARD_CHILD_SIDE __attribute__((noreturn)) void ward_child_fail(struct ward_spawn
 void ward_step_signals(struct ward_spawn_error *err, int unblock);
 /// Maps ward's own uid and gid in the user namespace clone just made (setgroups denied).
 void ward_step_user_namespace(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// Joins the call's cgroups (ward_step_per_call does, unless cfg->user_namespace_fd > 0).
+void ward_step_cgroups(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// The per-call steps: pdeathsig, session, cgroups, loopback, stdio, cwd, rlimits, fds.
 void ward_step_per_call(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// oom_score_adj = 1000: the tool, not the supervisor, is the OOM killer's choice. Only in a
 /// vfork child (a score written elsewhere in ward's memory would be ward's too).
-void ward_step_oom_score(struct ward_spawn_error *err);
+void ward_step_oom_score(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// Makes ward's memory dumpable again after a process sharing it took the tool identity
+/// (only for an unprivileged ward's tools' user namespace; see write_proc_self).
+void ward_restore_dumpable(const struct ward_spawn_config *cfg);
 /// Becomes cfg->tool_uid/tool_gid with no supplementary groups (when cfg->set_identity).
 void ward_step_identity(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// Empties every capability set but, with `keep_setid`, CAP_SETUID and CAP_SETGID.

@@ -83,14 +83,16 @@ WARD_CHILD_SIDE static int call_main(void *arg) {
     // in one process to every process sharing its memory, except from a vfork child. The
     // zygote itself never writes one (it would be ward's too). The zygote's domain lets
     // this child write under /proc; the tool's own domain, nested below, does not.
-    ward_step_oom_score(err);
+    ward_step_oom_score(cfg, err);
     // The tool identity, taken right after the score (a non-dumpable ward's /proc files are
     // root's, so only root writes it), before the per-call steps: the zygote keeps no
     // capability but CAP_SETUID and CAP_SETGID, so as root it could not even enter the
     // workspace, which is the tool identity's. Then those two go as well. (The parent-death
     // signal, which a change of uid clears, is set by the per-call steps after.)
+    if (cfg->user_namespace_fd > 0) ward_step_cgroups(cfg, err);
     if (cfg->set_identity) {
         ward_step_identity(cfg, err);
+        ward_restore_dumpable(cfg);
         ward_step_capset(err, 0);
     }
     ward_step_per_call(cfg, err);
@@ -128,7 +130,14 @@ WARD_CHILD_SIDE static int zygote_main(void *arg) {
     sys(SYS_prctl, PR_SET_NAME, (long)name);
     // An unprivileged ward's zygote lives in a user namespace of its own, and so do the
     // calls it starts: the kernel keeps them from ptracing ward, whose uid they share.
-    if (z->cfg->new_user_namespace) ward_step_user_namespace(z->cfg, err);
+    if (z->cfg->user_namespace_fd > 0) {
+        // Or the user namespace ward made for its tools (see enter_main in spawn.c): the
+        // zygote is its uid 0, and each call's child becomes the tool identity there.
+        rc = sys(SYS_setns, z->cfg->user_namespace_fd, CLONE_NEWUSER);
+        if (rc < 0) ward_child_fail(err, WARD_STEP_USER_NAMESPACE, rc);
+    } else if (z->cfg->new_user_namespace) {
+        ward_step_user_namespace(z->cfg, err);
+    }
     ward_step_confine(z->cfg, err);
     char byte = 1;
     sys(SYS_write, z->rep[1], (long)&byte, 1);

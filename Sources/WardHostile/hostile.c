@@ -286,7 +286,7 @@ int main(int argc, char **argv) {
     if (!strcmp(b, "pidfd_open")) return report(b, syscall(SYS_pidfd_open, atoi(arg) ? atoi(arg) : getpid(), 0));
     // prctl options no tool needs, and one every runtime uses.
     if (!strcmp(b, "prctl-user-dispatch")) return report(b, prctl(59 /* PR_SET_SYSCALL_USER_DISPATCH */, 0 /* OFF */, 0, 0, 0));
-    if (!strcmp(b, "prctl-dumpable")) return report(b, prctl(PR_SET_DUMPABLE, 1, 0, 0, 0));
+    if (!strcmp(b, "prctl-keepcaps")) return report(b, prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
     if (!strcmp(b, "prctl-name")) return report(b, prctl(PR_SET_NAME, "hostile", 0, 0, 0));
     if (!strcmp(b, "unshare-none")) return report(b, unshare(0));
     // Socket calls on the only sockets a network = "none" tool can make: a socketpair's ends.

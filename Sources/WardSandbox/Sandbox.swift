@@ -22,8 +22,11 @@ public final class Sandbox: Sendable {
     public let workspace: String
     public let features: KernelFeatures
     public var treeKill: TreeKill { containment.treeKill }
-    /// Who tools run as when ward is root (nil: ward is not, and tools keep its uid).
+    /// Who tools run as: a root ward's tool user, or an unprivileged ward's subordinate ids
+    /// (nil: ward is unprivileged without them, and tools keep its uid).
     public var toolIdentity: ToolIdentity? { confinement.identity }
+    /// Why an unprivileged ward's tools keep its uid (nil: they do not).
+    public var sharedUIDReason: String? { confinement.sharedUIDReason }
     /// Whether `limits.processes` holds here: a cgroup's pids.max, or RLIMIT_NPROC for an
     /// unprivileged ward. A root ward's tools share one identity, whose processes the kernel
     /// counts together for RLIMIT_NPROC (every call's, and the zygotes): a per-call bound
@@ -71,14 +74,18 @@ public final class Sandbox: Sendable {
         // Confinement first: a refused tool user leaves no cgroup behind.
         confinement = try Confinement(features: features, workspace: self.workspace, toolUser: toolUser ?? policies.toolUser)
         containment = Containment(features: features, useCgroups: useCgroups, layout: cgroupLayout)
-        Sandbox.warnOnce(features: features, treeKill: containment.treeKill, processLimit: containment.enforcesProcessLimit, logger: logger)
+        Sandbox.warnOnce(features: features, treeKill: containment.treeKill, processLimit: containment.enforcesProcessLimit,
+                         sharedUID: confinement.sharedUIDReason, logger: logger)
     }
 
     private static let warned = Atomic<Bool>(false)
 
     /// Every missing layer is said loudly, once per process: ward never degrades silently.
-    static func warnOnce(features: KernelFeatures, treeKill: TreeKill, processLimit: Bool, logger: Logger) {
+    static func warnOnce(features: KernelFeatures, treeKill: TreeKill, processLimit: Bool, sharedUID: String?, logger: Logger) {
         guard !warned.exchange(true, ordering: .relaxed) else { return }
+        if let sharedUID {
+            logger.warning("tools run as ward's own uid \(getuid()) (\(sharedUID)): what they write in the workspace is yours, so a core.fsmonitor or hook a tool puts in .git can run at your next git command there; give this user subordinate ids (usermod --add-subuids and --add-subgids) and install uidmap")
+        }
         if features.landlockABI == 0 {
             logger.warning("Landlock is unavailable on this kernel: tools are NOT confined to their read/write roots")
         } else if features.landlockABI < 6 {

@@ -43,10 +43,8 @@ enum Doctor {
         let unprivileged = "no capabilities to drop; no_new_privs still set"
         rows.append(Feature(key: "privileged", name: "privileged", available: f.privileged,
                             state: [f.privileged ? "yes (\(caps.count) capabilities)" : (caps.isEmpty ? "no" : "no (\(caps.joined(separator: ", ")))")],
-                            effect: f.privileged
-                                ? "securebits locked, bounding set emptied, namespaces without a user namespace; tools run as "
-                                    + ((try? ToolIdentity.resolve(nil)).map { "\($0)" } ?? "the --tool-user") + " (--tool-user), never uid 0"
-                                : unprivileged + "; tools keep ward's uid" + (f.userNamespaces ? ", in a user namespace of their own" : ""),
+                            effect: (f.privileged ? "securebits locked, bounding set emptied, namespaces without a user namespace" : unprivileged)
+                                + "; " + toolIdentity(f),
                             without: unprivileged))
         let isolation = isolation(f)
         rows.append(Feature(key: "isolation", name: "tool isolation", available: isolation.holds, state: [isolation.state],
@@ -96,6 +94,18 @@ enum Doctor {
         }
         parts.append("tools get oom_score_adj 1000, ward keeps its own")
         return (isolation.holds, state.isEmpty ? "NONE" : state.joined(separator: " + "), parts.joined(separator: "; "))
+    }
+
+    /// Who tools run as here, in words.
+    static func toolIdentity(_ f: KernelFeatures) -> String {
+        if f.privileged {
+            return "tools run as " + ((try? ToolIdentity.resolve(nil)).map { "\($0)" } ?? "the --tool-user") + " (--tool-user), never uid 0"
+        }
+        guard f.userNamespaces else { return "tools keep ward's uid (no user namespaces)" }
+        switch ToolIdentity.subordinate() {
+        case .success(let identity): return "tools run as \(identity), a subordinate identity of ward's user, not as ward's uid"
+        case .failure(let why): return "tools keep ward's uid, in a user namespace of their own (\(why.message)): a .git they write is one your git trusts"
+        }
     }
 
     /// The table for people: columns sized to their longest entry, so every column starts at

@@ -76,6 +76,7 @@ extension PolicyCommand.Explain {
         row("always", "anything else → EPERM (unshare too, unless listed); \(Seccomp.enosys.joined(separator: ", ")) → ENOSYS; ioctl TIOCSTI/TIOCLINUX → EPERM; foreign ABIs (i386, x32) killed")
         row("landlock", features.landlockABI > 0 ? "ABI \(features.landlockABI): only the roots above\(features.landlockABI >= 6 ? "; abstract sockets and signals scoped" : "")" : "UNAVAILABLE: paths not confined")
         row("isolation", Doctor.isolation(features).effect)
+        row("identity", Doctor.toolIdentity(features))
         row("privilege", "no_new_privs; all capabilities dropped\(features.privileged ? ", bounding set emptied, securebits locked" : "")")
         row("process", "new session (no controlling tty), fds ≥ 3 closed, whole tree killed at the end (\(treeKill(features)))")
         return lines.joined(separator: "\n")

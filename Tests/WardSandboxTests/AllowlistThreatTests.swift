@@ -112,7 +112,7 @@ struct AllowlistThreatTests {
             let out = try Self.outside(mode, behaviour)
             #expect(Self.result(out, behaviour) == "OK (fileless exec ran)", "\(behaviour): \(out)")
         }
-        for behaviour in ["prctl-user-dispatch", "prctl-dumpable", "unshare-none"] {
+        for behaviour in ["prctl-user-dispatch", "prctl-keepcaps", "unshare-none"] {
             let out = try Self.outside(mode, behaviour)
             #expect(Self.result(out, behaviour) == "OK", "\(behaviour): \(out)")
         }

@@ -7,8 +7,9 @@ import WardTestSupport
 
 /// A root ward's tools run as an unprivileged identity: never uid 0, no setuid or setgid
 /// bit ever set, root-only files unreadable, the workspace theirs (so an operator's git
-/// refuses what a tool wrote there).
-@Suite("Identity: a root ward's tools never run as root", .serialized, .enabled(if: geteuid() == 0, "needs root"))
+/// refuses what a tool wrote there). An unprivileged ward's run as a subordinate uid of its
+/// user, with the same effect on the operator's git.
+@Suite("Identity: tools never run as root nor as the operator", .serialized, .enabled(if: geteuid() == 0, "needs root"))
 struct IdentityTests {
     func shell(_ sandbox: Sandbox, _ command: String) throws -> ToolOutcome {
         try sandbox.run(tool: "shell", arguments: .object(["command": .string(command)]))
@@ -140,24 +141,63 @@ struct IdentityTests {
                 "\(String(describing: error?.diagnostics))")
     }
 
-    /// An unprivileged ward cannot choose: its tools keep its uid.
-    @Test func anUnprivilegedWardRefusesAToolUser() throws {
+    /// An unprivileged ward cannot choose: its tools run as its user's last subordinate uid,
+    /// or, for a user without any, as its own uid (and it says so).
+    @Test func anUnprivilegedWardsToolsRunAsASubordinateUID() throws {
         let ws = makeTemporaryDirectory("ward-identity-unprivileged")
         chown(ws, 65534, 65534)
         chmod(Fixture.testPolicies, 0o755)  // readable by nobody
         let o = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws + "/w", "--tool-user", "4321", "shell", "--arg", "command=id -u"],
                                 uid: 65534, cwd: ws)
         #expect(o.status != 0 && o.stderr.contains("only a root ward chooses who tools run as"), "\(o.stderr)")
-        let plain = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws + "/w", "shell", "--arg", "command=id -u"], uid: 65534, cwd: ws)
-        #expect(plain.stdout == "65534\n", "\(plain.stderr)")
+        let sub = try subordinateUID(of: "nobody")
+        let plain = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws + "/w", "shell", "--arg",
+                                     "command=id -u; id -G; echo made > made"], uid: 65534, cwd: ws)
+        #expect(plain.stdout == "\(sub)\n\(sub)\n", "\(plain.stderr)")
+        #expect(owner(ws + "/w/made")?.uid == sub && owner(ws + "/w")?.uid == sub)
+        // The operator keeps reading, writing and removing what tools made (an ACL entry).
+        let byOperator = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
+                                                                  "echo more >> w/made && cat w/made && rm w/made && mkdir w/mine && echo ok"], in: ws)
+        #expect(byOperator.stdout == "made\nmore\nok\n", "\(byOperator.stderr)")
+
+        // A uid with no subordinate ids: its tools keep its uid, and ward warns.
+        let bare: uid_t = 61_234
+        let ws2 = makeTemporaryDirectory("ward-identity-no-subuid")
+        chown(ws2, bare, bare)
+        let kept = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws2 + "/w", "shell", "--arg", "command=id -u"], uid: bare, cwd: ws2)
+        #expect(kept.stdout == "\(bare)\n", "\(kept.stderr)")
+        #expect(kept.stderr.contains("tools run as ward's own uid \(bare) (uid \(bare) has no subordinate uids in /etc/subuid)"), "\(kept.stderr)")
+        // `ward doctor` and `ward policy explain` say which.
+        for (uid, said) in [(uid_t(65534), "tools run as uid \(sub) "), (bare, "tools keep ward's uid, in a user namespace of their own (uid \(bare) has no")] {
+            let doctor = try Fixture.cli(["doctor"], uid: uid, cwd: ws)
+            let explain = try Fixture.cli(["policy", "explain", "--policies", Fixture.testPolicies, "shell"], uid: uid, cwd: ws)
+            #expect(doctor.stdout.contains(said) && explain.stdout.contains(said), "\(doctor.stdout)\n\(explain.stdout)")
+        }
     }
 
     /// Nothing a tool writes makes the operator's git run code in the workspace: the
-    /// repository is the tool user's (the operator's own was given to it when ward started),
-    /// and git refuses a repository another user owns. The control plants the same
-    /// configuration in a repository of the operator's outside ward, where each vector fires.
-    @Test func theOperatorsGitRunsNothingAToolWrote() throws {
-        let marks = makeTemporaryDirectory("ward-identity-marks")
+    /// repository is the tool identity's (the operator's own was given to it when ward
+    /// started): a root ward's tool user's, an unprivileged ward's subordinate uid's. git
+    /// refuses a repository another user owns. The control plants the same configuration
+    /// in a repository of the operator's outside ward, where each vector fires.
+    @Test(arguments: [0, Mode.nobody])
+    func theOperatorsGitRunsNothingAToolWrote(operatorUID: uid_t) throws {
+        /// Runs a shell command as the operator.
+        func sh(_ command: String, in dir: String, environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+            let asOperator = operatorUID == 0 ? [] : ["/usr/bin/setpriv", "--reuid=\(operatorUID)", "--regid=\(operatorUID)", "--clear-groups"]
+            let argv = asOperator + ["/bin/sh", "-c", command]
+            return try BuildProducts.run(argv[0], Array(argv.dropFirst()), in: dir, environment: environment)
+        }
+        func directory(_ prefix: String) -> String {
+            let dir = makeTemporaryDirectory(prefix)
+            chown(dir, operatorUID, operatorUID)
+            return dir
+        }
+        func marksDirectory() -> String {
+            let dir = makeTemporaryDirectory("ward-identity-marks")
+            chmod(dir, 0o777)
+            return dir
+        }
         func plant(_ marks: String) -> String {
             """
             set -e
@@ -172,7 +212,8 @@ struct IdentityTests {
             """
         }
         func makeRepos(in dir: String) throws {
-            let made = try BuildProducts.run("/bin/sh", ["-c", "for r in repo repo2; do git init -q $r && git -C $r -c user.name=o -c user.email=o@x commit -q --allow-empty -m first; done"], in: dir)
+            let made = try sh("for r in repo repo2; do git init -q $r && git -C $r -c user.name=o -c user.email=o@x commit -q --allow-empty -m first; done",
+                              in: dir, environment: ["HOME": dir])
             try #require(made.status == 0, "\(made.stderr)")
         }
         /// What the operator does in a repository: each may run what was planted.
@@ -181,7 +222,7 @@ struct IdentityTests {
             for command in ["git -C repo status", "script -qec 'git -C repo log' /dev/null", "git -C repo ls-remote ssh://localhost/x",
                             "git -C repo -c user.name=o -c user.email=o@x commit -q --allow-empty -m op",
                             "git -C repo2 -c user.name=o -c user.email=o@x commit -q --allow-empty -m op"] {
-                _ = try BuildProducts.run("/bin/sh", ["-c", command + " >/dev/null 2>&1"], in: dir, environment: env)
+                _ = try sh(command + " >/dev/null 2>&1", in: dir, environment: env)
             }
         }
         func fired(_ marks: String) -> [String] {
@@ -189,23 +230,31 @@ struct IdentityTests {
         }
 
         // Control: the operator's own repository, written by the operator.
-        let control = makeTemporaryDirectory("ward-identity-git-control")
+        let marks = marksDirectory()
+        let control = directory("ward-identity-git-control")
         try makeRepos(in: control)
-        let planted = try BuildProducts.run("/bin/sh", ["-c", plant(marks)], in: control)
+        let planted = try sh(plant(marks), in: control)
         try #require(planted.status == 0, "\(planted.stderr)")
         try operate(in: control)
         #expect(fired(marks) == ["fsmonitor", "hook", "hookspath", "pager", "ssh"], "the control: \(fired(marks))")
 
         // In ward: the operator's repositories, made before ward started, then a tool plants.
-        let toolMarks = makeTemporaryDirectory("ward-identity-marks")
-        let ws = Fixture.workspace()
+        let toolMarks = marksDirectory()
+        let ws = Fixture.workspace(owner: operatorUID == 0 ? nil : operatorUID)
         try makeRepos(in: ws)
-        let sandbox = try Fixture.sandbox(workspace: ws)
-        let o = try shell(sandbox, plant(toolMarks))
-        #expect(o.status == .succeeded, "\(o.err)")
+        if operatorUID == 0 {
+            let o = try shell(try Fixture.sandbox(workspace: ws), plant(toolMarks))
+            #expect(o.status == .succeeded, "\(o.err)")
+        } else {
+            chmod(Fixture.testPolicies, 0o755)  // readable by the operator
+            let o = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws, "shell", "--arg", "command=" + plant(toolMarks)],
+                                    uid: operatorUID, cwd: ws)
+            #expect(o.status == 0, "\(o.stderr)")
+            #expect(owner(ws + "/repo/.git/config")?.uid == (try subordinateUID(of: "nobody")))
+        }
         try operate(in: ws)
         #expect(fired(toolMarks).isEmpty, "the operator's git ran what a tool wrote: \(fired(toolMarks))")
-        let refused = try BuildProducts.run("/usr/bin/git", ["-C", "repo", "status"], in: ws, environment: ["HOME": ws, "GIT_CONFIG_NOSYSTEM": "1"])
+        let refused = try sh("git -C repo status", in: ws, environment: ["HOME": ws, "GIT_CONFIG_NOSYSTEM": "1"])
         #expect(refused.status != 0 && refused.stderr.contains("dubious ownership"), "\(refused.stderr)")
     }
 }

@@ -181,7 +181,7 @@ let containedBehaviours: [(String, Expect)] = [
     ("memfd-exec", .errno(["EPERM"])), ("memfd-proc-exec", .errno(["EPERM"])), ("memfd-sealed-exec", .errno(["EACCES"])),
     ("stdin-exec", .errno(["EPERM"])),
     // prctl: options no tool needs; unshare is not in the shell's list at all.
-    ("prctl-user-dispatch", .errno(["EPERM"])), ("prctl-dumpable", .errno(["EPERM"])), ("unshare-none", .errno(["EPERM"])),
+    ("prctl-user-dispatch", .errno(["EPERM"])), ("prctl-keepcaps", .errno(["EPERM"])), ("unshare-none", .errno(["EPERM"])),
     ("personality-rie", .errno(["EPERM"])), ("personality-norandom", .errno(["EPERM"])),
     // Sockets under network = none.
     ("socket-raw", .errno(["EPERM"])), ("socket-packet", .errno(["EPERM"])), ("socket-netlink", .errno(["EPERM"])),
@@ -425,7 +425,8 @@ struct ThreatTests {
 
     /// Whatever its policy allows, a tool of an unprivileged ward holds no capability in
     /// ward's user namespace, so the kernel refuses it ptrace of ward even where no Landlock
-    /// domain or PID namespace separates them (the initial namespace maps every uid).
+    /// domain or PID namespace separates them (the initial namespace maps every uid). It runs
+    /// as a subordinate uid of ward's user: not ward's own.
     @Test("an unprivileged ward's tools run in a user namespace of their own", arguments: [Mode.unprivileged, .unprivilegedCgroup])
     func ownUserNamespace(mode: Mode) throws {
         let token = "38.\(Int.random(in: 100_000...999_999))"
@@ -440,8 +441,11 @@ struct ThreatTests {
         #expect(eventually { found = Fixture.processes(containing: token).first { Processes.name(of: $0) == "ward-hostile" }; return found != nil })
         let tool = try #require(found)
         func namespace(_ pid: String) -> String? { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/user") }
-        let map = try String(contentsOfFile: "/proc/\(tool)/uid_map", encoding: .utf8).split(whereSeparator: \.isWhitespace)
-        #expect(map == ["\(Mode.nobody)", "\(Mode.nobody)", "1"], "the tool's uid map: \(map)")
+        let sub = try subordinateUID(of: "nobody")
+        let map = try String(contentsOfFile: "/proc/\(tool)/uid_map", encoding: .utf8).split(separator: "\n").map { $0.split(whereSeparator: \.isWhitespace) }
+        #expect(map.contains(["\(sub)", "\(sub)", "1"]), "the tool's uid map: \(map)")
+        let uids = try String(contentsOfFile: "/proc/\(tool)/status", encoding: .utf8).split(separator: "\n").first { $0.hasPrefix("Uid:") }
+        #expect(uids?.split(whereSeparator: \.isWhitespace).dropFirst() == ["\(sub)", "\(sub)", "\(sub)", "\(sub)"], "\(String(describing: uids))")
         #expect(namespace("\(tool)") != nil && namespace("\(tool)") != namespace("self"))
         // Positive control: this process (and so ward, started from it) is in the initial
         // namespace, which maps every uid.
@@ -460,7 +464,7 @@ struct ThreatTests {
         chown(suid, 0, 0)
         chmod(suid, 0o4755)
         let r = try Harness.shared.run(.unprivileged, "./suid-hostile euid")
-        #expect(r.stdout.contains("euid: \(Mode.nobody)"), "\(r)")
+        #expect(r.stdout.contains("euid: \(try subordinateUID(of: "nobody"))"), "\(r)")
         let su = try Harness.shared.run(.unprivileged, "su -c id root 2>&1; echo rc=$?")
         #expect(!su.stdout.contains("uid=0"), "\(su)")
     }

@@ -74,13 +74,13 @@ func intruderPolicies(extraRead: [String] = []) throws -> String {
 
 /// Checks the intruder's report: every request refused as `unauthorized` and the connection
 /// closed after it, and no token found anywhere.
-func expectRefused(_ report: [String: JSONValue], environ: Bool, rootWard: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) {
+func expectRefused(_ report: [String: JSONValue], environ: Bool, sharedUID: Bool = false, sourceLocation: SourceLocation = #_sourceLocation) {
     func refusedThenClosed(_ answers: JSONValue?) -> Bool {
         guard let a = answers?.arrayValue?.compactMap(\.stringValue) else { return false }
-        // A root ward's tools run as another uid: the kernel refuses them at connect (the
-        // socket's directory is ward's alone). Sharing ward's uid, they reach the socket and
-        // are refused by ward.
-        if rootWard { return a == ["denied PermissionError"] }
+        // Tools of another uid than ward's (a root ward's tool user, an unprivileged ward's
+        // subordinate uid) are refused by the kernel at connect (the socket's directory is
+        // ward's alone). Sharing ward's uid, they reach the socket and are refused by ward.
+        if !sharedUID { return a == ["denied PermissionError"] }
         return a.count == 2 && a[0] == "unauthorized" && (a[1] == "closed" || a[1].hasPrefix("error "))
     }
     let direct = report["direct"]?.arrayValue ?? []
@@ -124,14 +124,16 @@ struct SocketAccessTests {
     }
 
     /// An unprivileged `ward run` (as nobody), with no cgroup and in a cgroup delegated to
-    /// it: its tools share its uid, so the kernel lets the intruder connect to ward's socket
-    /// (it reads /tmp, where the socket lies), and ward itself must refuse it: the intruder is
-    /// not the agent (its call's cgroup or PID namespace shows it) and has no token, which it
-    /// cannot read from the agent's environment either (a user namespace and a Landlock
-    /// domain of its own keep /proc/PID/environ of the agent from it).
-    @Test(arguments: [false, true])
-    func aToolOfAnUnprivilegedWardCannotDriveWard(delegatedCgroup: Bool) throws {
-        let nobody: uid_t = 65534
+    /// it: its tools run as nobody's subordinate uid, so the kernel refuses the intruder at
+    /// ward's socket. As a user without subordinate ids, whose tools share its uid, the
+    /// kernel lets the intruder connect (it reads /tmp, where the socket lies), and ward
+    /// itself must refuse it: the intruder is not the agent (its call's cgroup or PID
+    /// namespace shows it) and has no token, which it cannot read from the agent's
+    /// environment either (a user namespace and a Landlock domain of its own keep
+    /// /proc/PID/environ of the agent from it).
+    @Test(arguments: [(uid_t(65534), false), (65534, true), (61234, false)])
+    func aToolOfAnUnprivilegedWardCannotDriveWard(uid nobody: uid_t, delegatedCgroup: Bool) throws {
+        let sharedUID = nobody != 65534  // 61234 has no subordinate ids
         let dir = temporaryDirectory("run-intruder-nobody")
         let policies = try intruderPolicies(extraRead: ["/tmp"])
         chmod(policies, 0o755)
@@ -161,9 +163,10 @@ struct SocketAccessTests {
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         let lines = r.stdout.split(separator: "\n")
         let probe = try #require(lines.first { $0.hasPrefix("PROBE ") }.flatMap { try? JSONValue.parse(Array($0.dropFirst(6).utf8)).objectValue }, "\(r.stdout)\(r.stderr)")
-        expectRefused(probe, environ: true, rootWard: false)
+        expectRefused(probe, environ: true, sharedUID: sharedUID)
         let after = try #require(lines.first { $0.hasPrefix("AFTER ") }.flatMap { try? JSONValue.parse(Array($0.dropFirst(6).utf8)).objectValue })
-        #expect(after == ["journal": .bool(false), "own": .string("\(nobody)")], "\(after)")
+        let toolUID = sharedUID ? nobody : try subordinateUID(of: "nobody")
+        #expect(after == ["journal": .bool(false), "own": .string("\(toolUID)")], "\(after)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/forged"))
     }
 

@@ -61,3 +61,17 @@ public final class DelegatedCgroup: Sendable {
         }
     }
 }
+
+/// The last subordinate uid of `user` in /etc/subuid: the tool identity of an unprivileged
+/// ward run as that user (`Scripts/setup --test` gives nobody a range).
+public func subordinateUID(of user: String) throws -> UInt32 {
+    struct Missing: Error, CustomStringConvertible {
+        let description: String
+    }
+    let lines = try String(contentsOfFile: "/etc/subuid", encoding: .utf8).split(separator: "\n")
+    guard let fields = lines.first(where: { $0.hasPrefix(user + ":") })?.split(separator: ":"), fields.count == 3,
+          let start = UInt32(fields[1]), let count = UInt32(fields[2]) else {
+        throw Missing(description: "\(user) has no subordinate uids in /etc/subuid: run Scripts/setup --test")
+    }
+    return start + count - 1
+}

@@ -55,13 +55,25 @@ long ward_peer_pid(int fd);
 // MARK: - Identities (identity.c)
 
 /// Whether `path` can be searched (X_OK) by uid/gid with no supplementary groups: asked of a
-/// forked child that takes that identity. 1, 0, or -1 with errno. C: the forked child of a
+/// forked child that takes that identity, inside the user namespace `userns_fd` when it is
+/// > 0 (the ids are then that namespace's). 1, 0, or -1 with errno. C: the forked child of a
 /// multithreaded process may run only raw syscalls.
-int ward_searchable_as(const char *path, uint32_t uid, uint32_t gid);
+int ward_searchable_as(const char *path, uint32_t uid, uint32_t gid, int userns_fd);
 /// Gives every entry of the tree at `root` (not following symlinks, not crossing into other
 /// file systems) to uid/gid; 0, or -1 with errno and the path that failed in `failed`
-/// (PATH_MAX bytes).
-int ward_chown_tree(const char *root, uint32_t uid, uint32_t gid, char *failed);
+/// (PATH_MAX bytes). With `userns_fd` > 0, as uid 0
+/// of that user namespace (the ids are then its): entries the operator does not own are
+/// left as they are, and each entry given keeps an ACL entry for the operator.
+int ward_chown_tree(const char *root, uint32_t uid, uint32_t gid, int userns_fd, char *failed);
+/// Makes the user namespace an unprivileged ward's tools run in: ward's uid and gid are 0
+/// there (so a helper run there as root keeps its capabilities through execve), and
+/// `tool_uid`/`tool_gid`, subordinate ids of ward's user, are themselves. A forked child
+/// enters a new user namespace and waits while the setuid helpers `newuidmap` and
+/// `newgidmap` map it; ward keeps only an fd of the namespace, which lives as long as that
+/// fd. Returns the fd (close-on-exec), or -1 with the helper's complaint (or errno's name)
+/// in `message`.
+int ward_user_namespace_create(const char *newuidmap, const char *newgidmap, uint32_t tool_uid, uint32_t tool_gid,
+                               char *message, size_t message_size);
 /// A directory's device, inode and birth time (0 when the filesystem keeps none); -1 with
 /// errno when it is missing or not a directory. statx is _GNU_SOURCE only.
 int ward_directory_identity(const char *path, uint64_t *dev, uint64_t *ino, int64_t *birth_sec, uint32_t *birth_nsec);

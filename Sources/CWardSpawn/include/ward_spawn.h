@@ -54,6 +54,9 @@ struct ward_spawn_config {
     int cgroup_join_count;
     int new_pid_namespace;        ///< the tool becomes pid 1 of a new PID namespace
     int new_user_namespace;       ///< needed for namespaces when not root
+    int user_namespace_fd;        ///< > 0: the user namespace of ward's tools (ward_user_namespace_create),
+                                  ///< joined before anything else: a direct spawn's child becomes
+                                  ///< outer_uid/outer_gid there before its own user namespace is made
     int new_net_namespace;        ///< private network namespace with only loopback up
     uint32_t outer_uid, outer_gid;
     const struct ward_rlimit *rlimits;

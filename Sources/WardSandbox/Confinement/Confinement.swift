@@ -17,8 +17,13 @@ struct Confinement: Sendable {
     let features: KernelFeatures
     /// Absolute, symlink-free path of the workspace.
     let workspace: String
-    /// Who tools run as when ward is root (nil: ward is not, and tools keep its uid).
+    /// Who tools run as: a root ward's tool user, or an unprivileged ward's subordinate ids
+    /// (nil: ward is unprivileged without them, and tools keep its uid).
     let identity: ToolIdentity?
+    /// An unprivileged ward's tools' user namespace, where `identity` is theirs.
+    let namespace: ToolNamespace?
+    /// Why an unprivileged ward's tools keep its uid (no subordinate ids), for its warning.
+    let sharedUIDReason: String?
 
     /// - Parameter toolUser: who tools run as when ward is root (`ToolIdentity.resolve`);
     ///   nil: the default. Refused when ward is not root.
@@ -29,10 +34,22 @@ struct Confinement: Sendable {
             let identity = try ToolIdentity.resolve(toolUser)
             try identity.prepareWorkspace(workspace)
             self.identity = identity
+            namespace = nil
+            sharedUIDReason = nil
         } else if let user = toolUser {
-            throw SandboxError(.policyDenied, "tool user \(user): only a root ward chooses who tools run as (this one runs as uid \(geteuid()), and so do its tools, in a user namespace of their own)")
+            throw SandboxError(.policyDenied, "tool user \(user): only a root ward chooses who tools run as (this one runs as uid \(geteuid()); its tools run as a subordinate uid of its user where /etc/subuid gives it some, else as its own uid in a user namespace of their own)")
         } else {
-            identity = nil
+            switch features.userNamespaces ? ToolNamespace.make() : .failure(.init("this kernel gives no unprivileged user namespaces")) {
+            case .success(let namespace):
+                try namespace.identity.prepareWorkspace(workspace, namespace: namespace)
+                self.namespace = namespace
+                identity = namespace.identity
+                sharedUIDReason = nil
+            case .failure(let why):
+                namespace = nil
+                identity = nil
+                sharedUIDReason = why.description
+            }
         }
         // A root ward is non-dumpable (the flag belongs to its memory, so its zygotes and a
         // call's child until execve share it): ptrace, process_vm_readv/writev and
@@ -92,29 +109,46 @@ struct Confinement: Sendable {
         configure(&config, tool: tool, newUserNamespace: !features.privileged
                   && (features.userNamespaces || newPIDNamespace || tool.newNetNamespace))
         if let identity {
-            // The tool drops to it (a root ward's tools never run as uid 0).
+            // The tool drops to it (a root ward's tools never run as uid 0; an unprivileged
+            // ward's, with subordinate ids, not as its uid): in the tools' user namespace
+            // first, whose ids the call's own one then maps (`enter_main`).
             config.set_identity = 1
             config.tool_uid = identity.uid
             config.tool_gid = identity.gid
+            if namespace != nil {
+                config.outer_uid = identity.uid
+                config.outer_gid = identity.gid
+            }
         }
         config.landlock_ruleset_fd = tool.landlockFD
     }
 
     /// The confinement a tool's zygote applies once for all its calls: the tool's filter,
-    /// the zygote's own Landlock ruleset (`zygoteRuleset`), capabilities dropped but, for a
-    /// root ward, the two each call's child needs to take the tool identity itself.
+    /// the zygote's own Landlock ruleset (`zygoteRuleset`), capabilities dropped but, when
+    /// tools take an identity of their own, the two each call's child needs for that.
     func configureZygote(_ config: inout ward_spawn_config, tool: ToolConfinement, rulesetFD: Int32) {
         // Unprivileged: the zygote and its calls in a user namespace of their own (see
-        // `ward_step_user_namespace`), where the kernel offers one.
-        configure(&config, tool: tool, newUserNamespace: !features.privileged && features.userNamespaces)
+        // `ward_step_user_namespace`), where the kernel offers one; or in the tools' user
+        // namespace, as its uid 0.
+        configure(&config, tool: tool, newUserNamespace: namespace == nil && !features.privileged && features.userNamespaces)
+        if namespace != nil { config.drop_bounding_set = 1 }
         // Each call's child takes the tool identity itself, after the steps that need root
         // (its OOM score): the zygote keeps only CAP_SETUID and CAP_SETGID for that.
         if identity != nil { config.keep_setid_caps = 1 }
         config.landlock_ruleset_fd = rulesetFD
     }
 
+    /// Whether calls' tools are counted together for RLIMIT_NPROC (the kernel counts the
+    /// processes of a uid per user namespace): a root ward's all share its tool user; an
+    /// unprivileged ward's with subordinate ids share it when they start from a zygote,
+    /// which is in the tools' user namespace, and not when each call makes its own.
+    func callsShareProcessCount(zygote: Bool) -> Bool {
+        identity != nil && (namespace == nil || zygote)
+    }
+
     /// What a call and a zygote set alike: the user namespace, the capabilities dropped, the filter.
     private func configure(_ config: inout ward_spawn_config, tool: ToolConfinement, newUserNamespace: Bool) {
+        config.user_namespace_fd = namespace?.fd ?? -1
         config.new_user_namespace = newUserNamespace ? 1 : 0
         config.outer_uid = geteuid()
         config.outer_gid = getegid()

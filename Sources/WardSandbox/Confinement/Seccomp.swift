@@ -65,10 +65,13 @@ public enum Seccomp {
         (38, "PR_SET_NO_NEW_PRIVS"), (39, "PR_GET_NO_NEW_PRIVS"),        // set already; sandboxing libraries ask again
         (0x5356_4D41, "PR_SET_VMA"),                           // glibc 2.38+ names its own mappings
     ]
-    /// PR_SET_DUMPABLE only to 0 (ssh and gpg-agent make themselves undumpable), and
-    /// PR_CAP_AMBIENT only for IS_SET (libcap's read).
+    /// PR_SET_DUMPABLE to 0 (ssh and gpg-agent make themselves undumpable) or 1 (a call's
+    /// child of an unprivileged ward's zygote, under this filter, sets ward's memory
+    /// dumpable again once it has taken the tool identity, which made it non-dumpable; a
+    /// tool's own process is dumpable after execve already), and PR_CAP_AMBIENT only for
+    /// IS_SET (libcap's read).
     static let prctlWithArgument: [(option: UInt64, argument: UInt64, name: String)] = [
-        (4, 0, "PR_SET_DUMPABLE 0"), (47, 1, "PR_CAP_AMBIENT_IS_SET"),
+        (4, 0, "PR_SET_DUMPABLE 0"), (4, 1, "PR_SET_DUMPABLE 1"), (47, 1, "PR_CAP_AMBIENT_IS_SET"),
     ]
 
     /// Syscalls that act on another process named by pid in their first argument (0 = the

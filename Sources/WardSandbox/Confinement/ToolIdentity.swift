@@ -16,8 +16,9 @@ import Glibc
 /// which also keeps an operator's `git` out of it (git refuses a repository another user
 /// owns, so a hook or `core.fsmonitor` a tool wrote never runs as root).
 ///
-/// An unprivileged ward's tools keep its uid; a user namespace of their own, Landlock and
-/// the seccomp filter separate them from ward.
+/// An unprivileged ward's tools run as a subordinate uid and gid of its user
+/// (`ToolNamespace`) where the system gives it some; else they keep its uid, and a user
+/// namespace of their own, Landlock and the seccomp filter separate them from ward.
 public struct ToolIdentity: Sendable, Equatable, CustomStringConvertible {
     public var uid: UInt32
     public var gid: UInt32
@@ -68,27 +69,41 @@ public struct ToolIdentity: Sendable, Equatable, CustomStringConvertible {
 }
 
 extension ToolIdentity {
+    /// Who an unprivileged ward's tools run as on this system: its user's subordinate
+    /// identity (a namespace is made and dropped to be sure the helpers map it), or why they
+    /// keep ward's uid. For `ward doctor` and `ward policy explain`.
+    public static func subordinate() -> Result<ToolIdentity, SandboxError> {
+        switch ToolNamespace.make() {
+        case .success(let namespace): return .success(namespace.identity)
+        case .failure(let why): return .failure(SandboxError(.internalError, why.description))
+        }
+    }
+
     /// Makes the workspace this identity's: every entry in it is given to the identity
-    /// (tools create, change and remove files there; the operator, root, still can), and
-    /// each directory above it that the identity cannot search gets an ACL entry letting it
-    /// search (only search: Landlock still decides what a tool may reach).
-    func prepareWorkspace(_ workspace: String) throws(SandboxError) {
+    /// (tools create, change and remove files there) and each directory above it that the
+    /// identity cannot search gets an ACL entry letting it search (only search: Landlock
+    /// still decides what a tool may reach). A root operator keeps every access. An
+    /// unprivileged one (`namespace`: the tools' user namespace, in which ward gives what it
+    /// owns) keeps read, write and search through an ACL entry of its own on each entry
+    /// given, and a default one on each directory for what tools create later.
+    func prepareWorkspace(_ workspace: String, namespace: ToolNamespace? = nil) throws(SandboxError) {
         var failed = [CChar](repeating: 0, count: Int(PATH_MAX))
-        if ward_chown_tree(workspace, uid, gid, &failed) != 0 {
+        let userns = namespace?.fd ?? -1
+        if ward_chown_tree(workspace, uid, gid, userns, &failed) != 0 {
             let e = errno
             throw SandboxError(.internalError, "cannot give the workspace to the tool user \(self): chown of \(String(decoding: failed.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)) failed: \(errnoName(e))", errno: e)
         }
         var path = ""
         for component in workspace.split(separator: "/") {
             path += "/" + component
-            guard ward_searchable_as(path, uid, gid) != 1 else { continue }
+            guard ward_searchable_as(path, uid, gid, userns) != 1 else { continue }
             // setfacl (the acl package) merges the entry with any ACL the directory has.
             let rc = ToolIdentity.runQuietly("/usr/bin/setfacl", ["-m", "u:\(uid):x", path])
-            guard rc == 0, ward_searchable_as(path, uid, gid) == 1 else {
+            guard rc == 0, ward_searchable_as(path, uid, gid, userns) == 1 else {
                 throw SandboxError(.internalError, """
                     the tool user \(self) cannot reach the workspace: \(path) is not searchable by it, and \
                     \(rc == 127 ? "setfacl is not installed (the acl package)" : "setfacl -m u:\(uid):x \(path) failed"); \
-                    make \(path) searchable by uid \(uid), or choose another --tool-user or workspace
+                    make \(path) searchable by uid \(uid), or choose another \(namespace == nil ? "--tool-user or " : "")workspace
                     """)
             }
         }
@@ -107,5 +122,80 @@ extension ToolIdentity {
         var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
         guard ward_wait(pid, &exited, &code, &signal) == 0, exited != 0 else { return 127 }
         return code
+    }
+}
+
+/// The user namespace an unprivileged ward's tools run in, made once per sandbox where the
+/// system gives ward's user subordinate ids (`/etc/subuid` and `/etc/subgid`, mapped by the
+/// setuid helpers `newuidmap` and `newgidmap` of the uidmap package).
+///
+/// Why: without it an unprivileged ward's tools write the workspace as the operator's own
+/// uid, so a `core.fsmonitor`, `core.pager`, `core.sshCommand` or `core.hooksPath` a tool
+/// puts into `.git/config` (or a hook) runs at the operator's next `git status`, outside any
+/// sandbox. As a subordinate uid they own what they write, and the operator's git refuses
+/// the repository ("dubious ownership") as it does a root ward's tool user's.
+///
+/// The namespace maps ward's uid and gid to 0 (so ward can give the workspace to the tool
+/// identity, as uid 0 there) and the tool identity, the last id of the user's first range,
+/// to itself. Each call still makes a user namespace of its own below it
+/// (`ward_step_user_namespace`), so a tool holds no capability in this one.
+final class ToolNamespace: Sendable {
+    /// The namespace (owned: closed with this).
+    let fd: Int32
+    /// The tool identity, in the ids outside (which the namespace maps to themselves).
+    let identity: ToolIdentity
+
+    static let newuidmap = "/usr/bin/newuidmap"
+    static let newgidmap = "/usr/bin/newgidmap"
+
+    private init(fd: Int32, identity: ToolIdentity) {
+        self.fd = fd
+        self.identity = identity
+    }
+
+    deinit { close(fd) }
+
+    /// What the system offers: the namespace, or why there is none (no subordinate ids, no
+    /// helpers, or a helper refused) for ward to say.
+    static func make() -> Result<ToolNamespace, Unavailable> {
+        let uid = getuid()
+        let name = getpwuid(uid).map { String(cString: $0.pointee.pw_name) }
+        guard let subuid = lastSubordinateID(file: "/etc/subuid", user: name, uid: uid) else {
+            return .failure(Unavailable("uid \(uid) has no subordinate uids in /etc/subuid"))
+        }
+        guard let subgid = lastSubordinateID(file: "/etc/subgid", user: name, uid: uid) else {
+            return .failure(Unavailable("uid \(uid) has no subordinate gids in /etc/subgid"))
+        }
+        for helper in [newuidmap, newgidmap] where access(helper, X_OK) != 0 {
+            return .failure(Unavailable("\(helper) is missing (the uidmap package)"))
+        }
+        var message = [CChar](repeating: 0, count: 512)
+        let fd = ward_user_namespace_create(newuidmap, newgidmap, subuid, subgid, &message, message.count)
+        guard fd >= 0 else {
+            let said = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return .failure(Unavailable("mapping subordinate ids \(subuid):\(subgid) failed: \(said)"))
+        }
+        return .success(ToolNamespace(fd: fd, identity: ToolIdentity(uid: subuid, gid: subgid, name: getpwuid(subuid).map { String(cString: $0.pointee.pw_name) })))
+    }
+
+    struct Unavailable: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// The last id of the first range of `file` (`OWNER:START:COUNT` lines) whose owner is
+    /// the user's name or uid (both files name users, as shadow's helpers read them). The
+    /// last, not the first: rootless containers map their uid 1 to the first.
+    static func lastSubordinateID(file: String, user: String?, uid: UInt32) -> UInt32? {
+        guard let text = readSmallFile(file) else { return nil }
+        let owners = Set([user, String(uid)].compactMap { $0 })
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            guard fields.count == 3, owners.contains(String(fields[0])),
+                  let start = UInt32(fields[1]), let count = UInt32(fields[2]), count > 0,
+                  start > 0, UInt64(start) + UInt64(count) - 1 < UInt64(UInt32.max) else { continue }
+            return start + count - 1
+        }
+        return nil
     }
 }

@@ -63,8 +63,10 @@ public final class SandboxCall: @unchecked Sendable {
         }
         slot = acquired
         let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
-        // RLIMIT_NPROC counts every process of the uid: the tool identity's are all calls'.
-        let limits = Containment.rlimits(policy.limits, cgroupProcesses: enforced.processes || sandbox.confinement.identity != nil, cgroupMemory: enforced.memory)
+        // RLIMIT_NPROC counts the processes of a uid in a user namespace: where calls share
+        // one, it would bound them all together, not each call.
+        let shared = sandbox.confinement.callsShareProcessCount(zygote: tool.zygote != nil)
+        let limits = Containment.rlimits(policy.limits, cgroupProcesses: enforced.processes || shared, cgroupMemory: enforced.memory)
         rlimits = .allocate(capacity: limits.count)
         _ = rlimits.initialize(from: limits)
         let fds = slot?.joinFDs ?? []
