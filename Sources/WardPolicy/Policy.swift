@@ -103,9 +103,59 @@ public struct ToolPolicy: Sendable, Hashable {
     }
 }
 
+/// A third-party MCP server that `ward mcp proxy` runs in a sandbox (`[servers.NAME]`), and
+/// what ward says of each of its tools (`[servers.NAME.tools.TOOL]`). The server's own
+/// annotations are never trusted: a tool the policy does not name is non-idempotent and
+/// destructive.
+public struct ServerPolicy: Sendable, Hashable {
+    /// The server's name (`[servers.NAME]`).
+    public var name: String
+    /// The file it was defined in, for messages.
+    public var file: String
+    /// The server process's command and sandbox: the keys a tool has (its file's
+    /// `[defaults]` merged in), `timeout` being each call's unless its tool names one.
+    /// Its `name` is `NAME`; its effect is not used.
+    public var sandbox: ToolPolicy
+    /// The tools the policy names, by the server's name for them.
+    public var tools: [String: ServerToolPolicy]
+
+    public init(name: String, file: String, sandbox: ToolPolicy, tools: [String: ServerToolPolicy]) {
+        self.name = name
+        self.file = file
+        self.sandbox = sandbox
+        self.tools = tools
+    }
+
+    /// What ward holds a tool of this server to: the policy's entry, else non-idempotent
+    /// and destructive, with the server's timeout.
+    public func tool(_ name: String) -> ServerToolPolicy {
+        tools[name] ?? ServerToolPolicy(name: name, effect: .nonIdempotent, destructive: true, timeoutMilliseconds: sandbox.timeoutMilliseconds)
+    }
+}
+
+/// One tool of a proxied MCP server, as the policy declares it.
+public struct ServerToolPolicy: Sendable, Hashable {
+    public var name: String
+    public var effect: Effect
+    /// Told to MCP hosts as `destructiveHint` (never true for a read-only tool).
+    public var destructive: Bool
+    /// How long a call may take before the server's tree is killed and the call ends
+    /// (in doubt, for a non-idempotent tool), in milliseconds.
+    public var timeoutMilliseconds: UInt64
+
+    public init(name: String, effect: Effect, destructive: Bool, timeoutMilliseconds: UInt64) {
+        self.name = name
+        self.effect = effect
+        self.destructive = destructive
+        self.timeoutMilliseconds = timeoutMilliseconds
+    }
+}
+
 /// Every tool of a policy directory, plus the named syscall sets they were resolved with.
 public struct PolicySet: Sendable {
     public var tools: [String: ToolPolicy]
+    /// The MCP servers `ward mcp proxy` may run (`[servers.NAME]`).
+    public var servers: [String: ServerPolicy] = [:]
     public var syscallSets: [String: [String]]
     public var directory: String
     /// `[defaults] user`: who a root ward's tools run as (see `ToolIdentity`); nil: the default.
@@ -114,9 +164,10 @@ public struct PolicySet: Sendable {
     /// (which ward confines to the tool's own call).
     public var notes: [PolicyDiagnostic]
 
-    public init(tools: [String: ToolPolicy], syscallSets: [String: [String]], directory: String, toolUser: String? = nil,
-                notes: [PolicyDiagnostic] = []) {
+    public init(tools: [String: ToolPolicy], servers: [String: ServerPolicy] = [:], syscallSets: [String: [String]], directory: String,
+                toolUser: String? = nil, notes: [PolicyDiagnostic] = []) {
         self.tools = tools
+        self.servers = servers
         self.syscallSets = syscallSets
         self.directory = directory
         self.toolUser = toolUser
@@ -131,6 +182,18 @@ public struct PolicySet: Sendable {
                               code: .unknownTool)
         }
         return tool
+    }
+}
+
+extension PolicySet {
+    /// The server, or a `PolicyError` naming the known servers.
+    public func server(_ name: String) throws(PolicyError) -> ServerPolicy {
+        guard let server = servers[name] else {
+            let known = servers.keys.sorted().joined(separator: ", ")
+            throw PolicyError(message: "unknown server \"\(name)\" (policies in \(directory) define: \(known.isEmpty ? "none" : known))",
+                              code: .unknownTool)
+        }
+        return server
     }
 }
 

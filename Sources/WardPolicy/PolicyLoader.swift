@@ -29,6 +29,13 @@ public enum PolicyLoader {
         "timeout", "limits", "reconcile", "arguments", "destructive", "input-schema",
     ]
     static let limitKeys: Set<String> = ["memory", "cpu", "processes", "file-size", "open-files", "output"]
+    /// What a tool has and a proxied server does not: the server's tools have effects, and
+    /// it takes no arguments of ward's.
+    static let toolOnlyKeys: Set<String> = ["effect", "destructive", "arguments", "input-schema", "reconcile"]
+    /// `[servers.NAME]`: a tool's sandbox keys, and its tools' table.
+    static let serverKeys: Set<String> = toolKeys.subtracting(toolOnlyKeys).union(["tools"])
+    /// `[servers.NAME.tools.TOOL]`.
+    static let serverToolKeys: Set<String> = ["effect", "destructive", "timeout"]
 
     /// Loads and validates every policy file of `directory`.
     public static func load(directory: String) throws(PolicyError) -> PolicySet {
@@ -73,7 +80,8 @@ public enum PolicyLoader {
         }
         var seen = Set<PolicyDiagnostic>()
         let notes = builder.notes.filter { seen.insert($0).inserted }.sorted { ($0.file, $0.line, $0.column) < ($1.file, $1.line, $1.column) }
-        return PolicySet(tools: builder.tools, syscallSets: builder.sets, directory: directory, toolUser: builder.toolUser?.name, notes: notes)
+        return PolicySet(tools: builder.tools, servers: builder.servers, syscallSets: builder.sets, directory: directory,
+                         toolUser: builder.toolUser?.name, notes: notes)
     }
 
     /// The text of one policy file; a diagnostic at 1:1 when it cannot be read or is not UTF-8.
@@ -140,6 +148,7 @@ private struct Builder {
     var diagnostics: [PolicyDiagnostic] = []
     var sets: [String: [String]] = [:]
     var tools: [String: ToolPolicy] = [:]
+    var servers: [String: ServerPolicy] = [:]
     /// `[defaults] user`, and the file that set it.
     var toolUser: (name: String, file: String)?
     /// Remarks that are not errors (`noteCrossProcess`).
@@ -185,8 +194,8 @@ private struct Builder {
 
     mutating func collectSets(_ files: [ParsedFile]) {
         for file in files {
-            for key in file.root.keys where !["syscall-sets", "defaults", "tools"].contains(key) {
-                report(file, [key], "unknown top-level key \"\(key)\" (expected [syscall-sets], [defaults] or [tools.NAME])")
+            for key in file.root.keys where !["syscall-sets", "defaults", "tools", "servers"].contains(key) {
+                report(file, [key], "unknown top-level key \"\(key)\" (expected [syscall-sets], [defaults], [tools.NAME] or [servers.NAME])")
             }
             guard let node = file.root["syscall-sets"] else { continue }
             guard case .table(let members) = node else {
@@ -262,6 +271,7 @@ private struct Builder {
             }
             checkKeys(file, ["defaults"], defaults)
         }
+        collectServers(file, defaults: defaults)
         guard let toolsNode = file.root["tools"] else { return }
         guard case .table(let toolTables) = toolsNode else { report(file, ["tools"], "[tools] must hold tables: [tools.NAME]"); return }
         for name in toolTables.keys.sorted() {
@@ -274,16 +284,88 @@ private struct Builder {
                 report(file, path, "tool name \"\(name)\" may use only letters, digits, '_', '-' and '.'"); continue
             }
             checkKeys(file, path, own)
-            if let tool = buildTool(file, name, defaults: defaults, own: own) { tools[name] = tool }
+            if let tool = buildTool(file, name, base: path, defaults: defaults, own: own) { tools[name] = tool }
         }
     }
 
-    mutating func checkKeys(_ file: ParsedFile, _ path: [String], _ table: [String: Node]) {
-        for key in table.keys.sorted() where !PolicyLoader.toolKeys.contains(key) {
+    // MARK: Servers
+
+    /// `[servers.NAME]`: a proxied MCP server's sandbox, built as a tool's is (the file's
+    /// `[defaults]` merged in, less what only tools have), and `[servers.NAME.tools.TOOL]`.
+    mutating func collectServers(_ file: ParsedFile, defaults: [String: Node]) {
+        guard let node = file.root["servers"] else { return }
+        guard case .table(let tables) = node else { report(file, ["servers"], "[servers] must hold tables: [servers.NAME]"); return }
+        let serverDefaults = defaults.filter { !PolicyLoader.toolOnlyKeys.contains($0.key) }
+        for name in tables.keys.sorted() {
+            let path = ["servers", name]
+            guard case .table(let own) = tables[name]! else { report(file, path, "servers.\(name) must be a table"); continue }
+            if let existing = servers[name] {
+                report(file, path, "server \"\(name)\" is already defined in \(existing.file)"); continue
+            }
+            guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }) else {
+                report(file, path, "server name \"\(name)\" may use only letters, digits, '_', '-' and '.'"); continue
+            }
+            checkKeys(file, path, own, known: PolicyLoader.serverKeys)
+            var sandboxTable = own
+            let toolsNode = sandboxTable.removeValue(forKey: "tools")
+            let errorsBefore = diagnostics.count
+            let sandbox = buildTool(file, name, base: path, defaults: serverDefaults, own: sandboxTable)
+            var serverTools: [String: ServerToolPolicy] = [:]
+            if let toolsNode {
+                if case .table(let toolTables) = toolsNode {
+                    for tool in toolTables.keys.sorted() {
+                        let timeout = sandbox?.timeoutMilliseconds ?? PolicyLoader.defaultTimeoutMilliseconds
+                        if let policy = serverTool(file, path + ["tools", tool], tool, toolTables[tool]!, defaultTimeout: timeout) {
+                            serverTools[tool] = policy
+                        }
+                    }
+                } else {
+                    report(file, path + ["tools"], "servers.\(name).tools must hold tables: [servers.\(name).tools.TOOL]")
+                }
+            }
+            guard let sandbox, diagnostics.count == errorsBefore else { continue }
+            servers[name] = ServerPolicy(name: name, file: file.path, sandbox: sandbox, tools: serverTools)
+        }
+    }
+
+    /// One `[servers.NAME.tools.TOOL]` table.
+    mutating func serverTool(_ file: ParsedFile, _ path: [String], _ name: String, _ node: Node, defaultTimeout: UInt64) -> ServerToolPolicy? {
+        guard case .table(let table) = node else { report(file, path, "\(path.joined(separator: ".")) must be a table"); return nil }
+        guard !name.isEmpty else { report(file, path, "a server's tool needs a name"); return nil }
+        let errorsBefore = diagnostics.count
+        for key in table.keys.sorted() where !PolicyLoader.serverToolKeys.contains(key) {
+            report(file, path + [key], "unknown key \"\(key)\" for a server's tool (known: \(PolicyLoader.serverToolKeys.sorted().joined(separator: ", ")))")
+        }
+        var effect = Effect.nonIdempotent
+        if let node = table["effect"] {
+            if case .string(let s) = node, let e = Effect(rawValue: s) { effect = e } else {
+                report(file, path + ["effect"], "effect must be one of read-only, idempotent, non-idempotent (got \(describe(node)))")
+            }
+        }
+        var destructive = effect == .nonIdempotent
+        if let node = table["destructive"] {
+            if case .bool(let b) = node {
+                destructive = b
+                if b && effect == .readOnly { report(file, path + ["destructive"], "tool \"\(name)\" is read-only, so it cannot be destructive") }
+            } else {
+                report(file, path + ["destructive"], "destructive must be true or false, not a \(node.typeName)")
+            }
+        }
+        var timeout = defaultTimeout
+        if let node = table["timeout"], let ms = quantity(file, path + ["timeout"], node, .timeout) { timeout = ms }
+        guard diagnostics.count == errorsBefore else { return nil }
+        return ServerToolPolicy(name: name, effect: effect, destructive: destructive, timeoutMilliseconds: timeout)
+    }
+
+    mutating func checkKeys(_ file: ParsedFile, _ path: [String], _ table: [String: Node], known: Set<String> = PolicyLoader.toolKeys) {
+        for key in table.keys.sorted() where !known.contains(key) {
             if key == "user" {
                 report(file, path + [key], "user is chosen for all tools at once, in [defaults] (they share one workspace)"); continue
             }
-            report(file, path + [key], "unknown key \"\(key)\" (known: \(PolicyLoader.toolKeys.sorted().joined(separator: ", ")))")
+            if known == PolicyLoader.serverKeys && PolicyLoader.toolOnlyKeys.contains(key) {
+                report(file, path + [key], "\(key) belongs to each of a server's tools ([\(path.joined(separator: ".")).tools.TOOL]), not to the server"); continue
+            }
+            report(file, path + [key], "unknown key \"\(key)\" (known: \(known.sorted().joined(separator: ", ")))")
         }
         if case .table(let limits)? = table["limits"] {
             for key in limits.keys.sorted() where !PolicyLoader.limitKeys.contains(key) {
@@ -293,17 +375,17 @@ private struct Builder {
     }
 
     /// A key's value and the path to report it at: the tool's own, else the defaults'.
-    func lookup(_ key: String, _ tool: String, defaults: [String: Node], own: [String: Node]) -> (Node, [String])? {
-        if let v = own[key] { return (v, ["tools", tool, key]) }
+    func lookup(_ key: String, _ base: [String], defaults: [String: Node], own: [String: Node]) -> (Node, [String])? {
+        if let v = own[key] { return (v, base + [key]) }
         if let v = defaults[key] { return (v, ["defaults", key]) }
         return nil
     }
 
     /// Defaults' list followed by the tool's own.
-    mutating func mergedList(_ file: ParsedFile, _ key: String, _ tool: String, defaults: [String: Node], own: [String: Node]) -> [(String, [String])]? {
+    mutating func mergedList(_ file: ParsedFile, _ key: String, _ base: [String], defaults: [String: Node], own: [String: Node]) -> [(String, [String])]? {
         var out: [(String, [String])] = []
         var ok = true
-        for (table, path) in [(defaults, ["defaults", key]), (own, ["tools", tool, key])] {
+        for (table, path) in [(defaults, ["defaults", key]), (own, base + [key])] {
             guard let node = table[key] else { continue }
             guard let list = stringList(file, path, node) else { ok = false; continue }
             out += list.map { ($0, path) }
@@ -325,24 +407,27 @@ private struct Builder {
         return out
     }
 
-    mutating func buildTool(_ file: ParsedFile, _ name: String, defaults: [String: Node], own: [String: Node]) -> ToolPolicy? {
+    /// A tool's policy from its table at `base` (`["tools", NAME]`), or a proxied server's
+    /// sandbox from its (`["servers", NAME]`, whose `defaults` hold no tool-only key).
+    mutating func buildTool(_ file: ParsedFile, _ name: String, base: [String], defaults: [String: Node], own: [String: Node]) -> ToolPolicy? {
         let errorsBefore = diagnostics.count
+        let kind = base.first == "servers" ? "server" : "tool"
         func string(_ key: String) -> (String, [String])? {
-            guard let (node, path) = lookup(key, name, defaults: defaults, own: own) else { return nil }
+            guard let (node, path) = lookup(key, base, defaults: defaults, own: own) else { return nil }
             guard case .string(let s) = node else { report(file, path, "\(key) must be a string, not a \(node.typeName)"); return nil }
             return (s, path)
         }
 
         // command
         var command: [String] = []
-        if let (node, path) = lookup("command", name, defaults: defaults, own: own) {
+        if let (node, path) = lookup("command", base, defaults: defaults, own: own) {
             if let list = stringList(file, path, node) {
                 command = list
                 if list.isEmpty { report(file, path, "command must not be empty") }
                 validateCommand(file, path, list)
             }
         } else {
-            report(file, ["tools", name], "tool \"\(name)\" has no command")
+            report(file, base, "\(kind) \"\(name)\" has no command")
         }
 
         var effect = Effect.nonIdempotent
@@ -361,7 +446,7 @@ private struct Builder {
 
         // syscalls
         var syscalls: [String] = []
-        if let entries = mergedList(file, "syscalls", name, defaults: defaults, own: own) {
+        if let entries = mergedList(file, "syscalls", base, defaults: defaults, own: own) {
             var resolved = Set<String>()
             for (entry, path) in entries {
                 guard let members = resolveSyscalls(file, path, [entry.hasPrefix("!") ? String(entry.dropFirst()) : entry]) else { continue }
@@ -369,17 +454,17 @@ private struct Builder {
             }
             syscalls = resolved.sorted()
             noteCrossProcess(file, name, entries, resolved)
-            if entries.isEmpty { report(file, ["tools", name], "tool \"\(name)\" allows no syscalls (set syscalls in [defaults] or the tool)") }
+            if entries.isEmpty { report(file, base, "\(kind) \"\(name)\" allows no syscalls (set syscalls in [defaults] or the \(kind))") }
         }
 
         // paths
-        let read = mergedList(file, "read", name, defaults: defaults, own: own) ?? []
-        var write = mergedList(file, "write", name, defaults: defaults, own: own) ?? []
+        let read = mergedList(file, "read", base, defaults: defaults, own: own) ?? []
+        var write = mergedList(file, "write", base, defaults: defaults, own: own) ?? []
         for (entry, path) in read + write { validatePath(file, path, entry) }
 
         // env
         var environment: [EnvironmentEntry] = []
-        for (entry, path) in mergedList(file, "env", name, defaults: defaults, own: own) ?? [] {
+        for (entry, path) in mergedList(file, "env", base, defaults: defaults, own: own) ?? [] {
             let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let key = String(parts[0])
             guard !key.isEmpty, key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }), !key.first!.isNumber else {
@@ -400,7 +485,7 @@ private struct Builder {
 
         // timeout
         var timeout = PolicyLoader.defaultTimeoutMilliseconds
-        if let (node, path) = lookup("timeout", name, defaults: defaults, own: own),
+        if let (node, path) = lookup("timeout", base, defaults: defaults, own: own),
            let ms = quantity(file, path, node, .timeout) {
             timeout = ms
         }
@@ -408,7 +493,7 @@ private struct Builder {
         // limits: the tool's own table overrides the defaults' key by key
         var limits = Limits()
         var limitEntries: [String: (Node, [String])] = [:]
-        for (table, path) in [(defaults, ["defaults", "limits"]), (own, ["tools", name, "limits"])] {
+        for (table, path) in [(defaults, ["defaults", "limits"]), (own, base + ["limits"])] {
             guard let node = table["limits"] else { continue }
             guard case .table(let members) = node else { report(file, path, "limits must be a table"); continue }
             for (k, v) in members { limitEntries[k] = (v, path + [k]) }
@@ -428,16 +513,16 @@ private struct Builder {
 
         // reconcile
         var reconcile: [String]?
-        if let (node, path) = lookup("reconcile", name, defaults: defaults, own: own), let list = stringList(file, path, node) {
+        if let (node, path) = lookup("reconcile", base, defaults: defaults, own: own), let list = stringList(file, path, node) {
             if list.isEmpty { report(file, path, "reconcile must not be empty") } else { validateCommand(file, path, list) }
             reconcile = list
         }
 
         // arguments: when declared, every placeholder must be one of them
         var arguments: [String]?
-        if let (node, path) = lookup("arguments", name, defaults: defaults, own: own), let declared = stringList(file, path, node) {
+        if let (node, path) = lookup("arguments", base, defaults: defaults, own: own), let declared = stringList(file, path, node) {
             arguments = declared
-            let commandPath = own["command"] != nil ? ["tools", name, "command"] : ["defaults", "command"]
+            let commandPath = own["command"] != nil ? base + ["command"] : ["defaults", "command"]
             for element in command {
                 for p in Template.placeholders(in: element) where p != Template.workspace && !declared.contains(p) {
                     report(file, element: element, in: commandPath, "placeholder {\(p)} is not among the tool's arguments (\(declared.joined(separator: ", ")))")
@@ -462,7 +547,7 @@ private struct Builder {
             write.removeAll { !$0.0.hasPrefix("/dev/") }
         }
         var destructive: Bool?
-        if let (node, path) = lookup("destructive", name, defaults: defaults, own: own) {
+        if let (node, path) = lookup("destructive", base, defaults: defaults, own: own) {
             if case .bool(let b) = node {
                 destructive = b
                 if b && effect == .readOnly { report(file, path, "tool \"\(name)\" is read-only, so it cannot be destructive") }
@@ -471,7 +556,7 @@ private struct Builder {
             }
         }
         var inputSchema: PolicyValue?
-        if let (node, path) = lookup("input-schema", name, defaults: defaults, own: own) {
+        if let (node, path) = lookup("input-schema", base, defaults: defaults, own: own) {
             if case .table(let members) = node, members["type"].map({ if case .string("object") = $0 { true } else { false } }) == true {
                 inputSchema = Self.value(node)
             } else {

@@ -243,7 +243,8 @@ struct PolicyCommand: ParsableCommand {
             do {
                 let set = try PolicyLoader.load(directory: directory)
                 for note in set.notes { Output.line(2, note.description) }
-                Output.line(1, "\(directory): \(set.tools.count) tools OK (\(set.tools.keys.sorted().joined(separator: ", ")))")
+                let servers = set.servers.isEmpty ? "" : "; \(set.servers.count) MCP servers OK (\(set.servers.keys.sorted().joined(separator: ", ")))"
+                Output.line(1, "\(directory): \(set.tools.count) tools OK (\(set.tools.keys.sorted().joined(separator: ", ")))" + servers)
             } catch {
                 throw CLIError.policies(error, invalid: 1)
             }

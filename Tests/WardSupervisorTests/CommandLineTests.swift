@@ -245,6 +245,19 @@ struct CommandLineTests {
         #expect(ok.status == 0 && ok.stderr.isEmpty, "\(ok)")
     }
 
+    /// `[servers.NAME]` tables are checked alike, and a valid one is listed.
+    @Test func policyCheckCoversMCPServers() throws {
+        let dir = temporaryDirectory("cli-servers")
+        try FileManager.default.copyItem(atPath: Paths.repository + "/policies/syscall-sets.toml", toPath: dir + "/syscall-sets.toml")
+        let server = "[defaults]\nsyscalls = [\"@default\"]\n[servers.time]\ncommand = [\"/bin/true\"]\n[servers.time.tools.now]\neffect = \"read-only\"\n"
+        try (server + "[servers.time.tools.later]\neffect = \"often\"\n").write(toFile: dir + "/s.toml", atomically: true, encoding: .utf8)
+        let bad = try ward(["policy", "check", dir])
+        #expect(bad.status == 1 && bad.stderr.hasPrefix(dir + "/s.toml:8:1: effect must be one of read-only, idempotent, non-idempotent (got \"often\")"), "\(bad)")
+        try server.write(toFile: dir + "/s.toml", atomically: true, encoding: .utf8)
+        let good = try ward(["policy", "check", dir])
+        #expect(good.status == 0 && good.stdout == "\(dir): 0 tools OK (); 1 MCP servers OK (time)\n", "\(good)")
+    }
+
     @Test func explainShowsTheWorkspaceAsAnAbsolutePath() throws {
         let r = try ward(["policy", "explain", "--policies", Paths.repository + "/policies", "--workspace", "ws/./x", "shell"])
         #expect(r.status == 0, "\(r.stderr)")

@@ -1,0 +1,95 @@
+import Testing
+import WardPolicy
+
+/// `[servers.NAME]`: a proxied MCP server's sandbox, with the same keys and checks as a
+/// tool's, and what ward holds each of its tools to (never the server's own annotations).
+@Suite("Policies: MCP servers for ward mcp proxy")
+struct ServerPolicyTests {
+    @Test func aServerTakesAToolsSandboxKeysAndItsDefaults() throws {
+        let dir = try policyDirectory(["servers.toml": base + """
+            [servers.git]
+            command = ["/usr/bin/python3", "-m", "mcp_server_git"]
+            write = ["{workspace}"]
+            network = "none"
+            env = ["HOME={workspace}"]
+            timeout = "20s"
+            limits = { memory = "512M" }
+
+            [servers.git.tools.git_status]
+            effect = "read-only"
+
+            [servers.git.tools.git_add]
+            effect = "idempotent"
+            timeout = "5s"
+
+            [servers.git.tools.git_commit]
+            """])
+        let set = try PolicyLoader.load(directory: dir)
+        let git = try set.server("git")
+        #expect(git.sandbox.command == ["/usr/bin/python3", "-m", "mcp_server_git"])
+        #expect(git.sandbox.read == ["/usr"] && git.sandbox.write == ["{workspace}"])  // [defaults] merged in
+        #expect(git.sandbox.syscalls.contains("openat") && git.sandbox.network == .none)
+        #expect(git.sandbox.limits.memory == 512 << 20 && git.sandbox.timeoutMilliseconds == 20_000)
+        #expect(git.tool("git_status") == ServerToolPolicy(name: "git_status", effect: .readOnly, destructive: false, timeoutMilliseconds: 20_000))
+        #expect(git.tool("git_add") == ServerToolPolicy(name: "git_add", effect: .idempotent, destructive: false, timeoutMilliseconds: 5_000))
+        #expect(git.tool("git_commit") == ServerToolPolicy(name: "git_commit", effect: .nonIdempotent, destructive: true, timeoutMilliseconds: 20_000))
+        // A tool the policy does not name: non-idempotent and destructive, whatever the server says.
+        #expect(git.tool("git_reset") == ServerToolPolicy(name: "git_reset", effect: .nonIdempotent, destructive: true, timeoutMilliseconds: 20_000))
+        #expect(set.tools.isEmpty)
+        #expect(throws: PolicyError.self) { try set.server("fetch") }
+    }
+
+    @Test func whatOnlyToolsHaveInDefaultsIsNotAServers() throws {
+        // A read-only [defaults] effect would take the server's write roots away.
+        let dir = try policyDirectory(["s.toml": base + """
+            effect = "read-only"
+            write = ["{workspace}"]
+
+            [servers.time]
+            command = ["/bin/true"]
+            """])
+        let time = try PolicyLoader.load(directory: dir).server("time")
+        #expect(time.sandbox.write == ["{workspace}"])
+    }
+
+    @Test func mistakesAreNamedAtTheirLine() throws {
+        let found = try diagnostics(["s.toml": base + """
+            [servers.a]
+            command = ["/bin/true"]
+            effect = "read-only"
+            approve = true
+            network = "some"
+
+            [servers.a.tools.x]
+            effect = "sometimes"
+            approve = true
+
+            [servers.a.tools.y]
+            effect = "read-only"
+            destructive = true
+            timeout = "-1s"
+
+            [servers.b]
+            read = ["/usr"]
+
+            [servers."bad name"]
+            command = ["/bin/true"]
+            """])
+        let lines = found.map { "\($0.line) \($0.message)" }
+        let expected = [
+            "6 effect belongs to each of a server's tools ([servers.a.tools.TOOL]), not to the server",
+            "7 unknown key \"approve\" (known: command, description, env, limits, network, read, syscalls, timeout, tools, write)",
+            "8 network must be one of none, loopback, any",
+            "11 effect must be one of read-only, idempotent, non-idempotent",
+            "12 unknown key \"approve\" for a server's tool",
+            "16 tool \"y\" is read-only, so it cannot be destructive",
+            "17 bad timeout \"-1s\"",
+            "19 server \"b\" has no command",
+            "22 server name \"bad name\" may use only letters",
+        ]
+        for prefix in expected {
+            #expect(lines.contains { $0.hasPrefix(prefix) }, "no diagnostic \(prefix)…: \(lines)")
+        }
+        #expect(found.count == expected.count && found.allSatisfy { $0.file.hasSuffix("/s.toml") }, "\(lines)")
+    }
+}
