@@ -176,24 +176,20 @@ public struct PolicySet: Sendable {
 
     /// The tool, or a `PolicyError` naming the known tools.
     public func tool(_ name: String) throws(PolicyError) -> ToolPolicy {
-        guard let tool = tools[name] else {
-            let known = tools.keys.sorted().joined(separator: ", ")
-            throw PolicyError(message: "unknown tool \"\(name)\" (policies in \(directory) define: \(known.isEmpty ? "none" : known))",
-                              code: .unknownTool)
-        }
+        guard let tool = tools[name] else { throw unknown("tool", name, known: tools.keys) }
         return tool
     }
-}
 
-extension PolicySet {
     /// The server, or a `PolicyError` naming the known servers.
     public func server(_ name: String) throws(PolicyError) -> ServerPolicy {
-        guard let server = servers[name] else {
-            let known = servers.keys.sorted().joined(separator: ", ")
-            throw PolicyError(message: "unknown server \"\(name)\" (policies in \(directory) define: \(known.isEmpty ? "none" : known))",
-                              code: .unknownTool)
-        }
+        guard let server = servers[name] else { throw unknown("server", name, known: servers.keys) }
         return server
+    }
+
+    private func unknown(_ kind: String, _ name: String, known: some Collection<String>) -> PolicyError {
+        let names = known.sorted().joined(separator: ", ")
+        return PolicyError(message: "unknown \(kind) \"\(name)\" (policies in \(directory) define: \(names.isEmpty ? "none" : names))",
+                           code: .unknownTool)
     }
 }
 

@@ -277,15 +277,21 @@ private struct Builder {
         for name in toolTables.keys.sorted() {
             let path = ["tools", name]
             guard case .table(let own) = toolTables[name]! else { report(file, path, "tools.\(name) must be a table"); continue }
-            if let existing = tools[name] {
-                report(file, path, "tool \"\(name)\" is already defined in \(existing.file)"); continue
-            }
-            guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }) else {
-                report(file, path, "tool name \"\(name)\" may use only letters, digits, '_', '-' and '.'"); continue
-            }
+            guard isNew(file, path, "tool", definedIn: tools[name]?.file) else { continue }
             checkKeys(file, path, own)
             if let tool = buildTool(file, name, base: path, defaults: defaults, own: own) { tools[name] = tool }
         }
+    }
+
+    /// Whether the table at `path` (`[tools.NAME]`, `[servers.NAME]`) has a name of letters,
+    /// digits, '_', '-' and '.' not defined before (`other`: the file that did); else says why.
+    mutating func isNew(_ file: ParsedFile, _ path: [String], _ kind: String, definedIn other: String?) -> Bool {
+        let name = path[1]
+        if let other { report(file, path, "\(kind) \"\(name)\" is already defined in \(other)"); return false }
+        guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }) else {
+            report(file, path, "\(kind) name \"\(name)\" may use only letters, digits, '_', '-' and '.'"); return false
+        }
+        return true
     }
 
     // MARK: Servers
@@ -299,12 +305,7 @@ private struct Builder {
         for name in tables.keys.sorted() {
             let path = ["servers", name]
             guard case .table(let own) = tables[name]! else { report(file, path, "servers.\(name) must be a table"); continue }
-            if let existing = servers[name] {
-                report(file, path, "server \"\(name)\" is already defined in \(existing.file)"); continue
-            }
-            guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == ".") }) else {
-                report(file, path, "server name \"\(name)\" may use only letters, digits, '_', '-' and '.'"); continue
-            }
+            guard isNew(file, path, "server", definedIn: servers[name]?.file) else { continue }
             checkKeys(file, path, own, known: PolicyLoader.serverKeys)
             var sandboxTable = own
             let toolsNode = sandboxTable.removeValue(forKey: "tools")
