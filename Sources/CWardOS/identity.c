@@ -1,4 +1,4 @@
-// Identities of directories and of tools. C because statx and nftw are _GNU_SOURCE/XSI only,
+// Identities of directories and of tools. C because statx is _GNU_SOURCE only,
 // which Swift's Glibc module is built without, and because a forked child of a
 // multithreaded process may run only raw syscalls.
 #ifndef _GNU_SOURCE
@@ -8,7 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
+#include <dirent.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -72,9 +72,14 @@ int ward_searchable_as(const char *path, uint32_t uid, uint32_t gid, int userns_
     return WEXITSTATUS(status) == 0;
 }
 
-static uint32_t chown_uid, chown_gid;
-static char *chown_failed;
-static int chown_in_namespace;
+// One walk of `ward_chown_tree`.
+struct walk {
+    uint32_t uid, gid;
+    int in_namespace;  // as uid 0 of the tools' user namespace: the operator's ACL entries too
+    dev_t dev;         // the workspace's file system: the walk does not leave it
+    char *failed;      // PATH_MAX bytes
+    char path[PATH_MAX];
+};
 
 // One entry of a POSIX ACL as the kernel's xattr carries it.
 struct acl_xattr_entry {
@@ -82,55 +87,158 @@ struct acl_xattr_entry {
     uint32_t id;
 };
 
-// Gives the operator (uid 0 of the tools' user namespace) read, write and, where anything
-// may execute or search, execute on an entry it just gave away, and on a directory the same
-// for what tools create in it later: the mode's own bits are kept, and the mask is what
-// they and the operator's entry need. An entry that already has an ACL keeps it.
-static int grant_operator(const char *path, mode_t mode, int directory) {
-    if (lgetxattr(path, "system.posix_acl_access", NULL, 0) > 0) return 0;
-    uint16_t operator = 6 | ((directory || (mode & 0111)) ? 1 : 0), group = (mode >> 3) & 7;
-    struct {
-        uint32_t version;
-        struct acl_xattr_entry entries[5];
-    } acl = { 2, {
+struct acl_xattr {
+    uint32_t version;
+    struct acl_xattr_entry entries[5];
+};
+
+// The ACL that keeps the operator (uid 0 of the tools' user namespace) reading, writing and,
+// where anything may execute or search, executing an entry the tool identity owns: the
+// mode's own bits, plus the operator's entry and a mask that lets it through. A directory's
+// default ACL (`for_default`) passes the same to what is created in it later, but never
+// lets the group write: with a default ACL the creator's umask no longer applies, and a
+// file the operator creates there must not become writable by the tools' group.
+static struct acl_xattr operator_acl(mode_t mode, int directory, int for_default) {
+    uint16_t operator = 6 | ((directory || (mode & 0111)) ? 1 : 0);
+    uint16_t group = ((mode >> 3) & 7) & (for_default ? ~2 : ~0);
+    struct acl_xattr acl = { 2, {
         { 0x01, (mode >> 6) & 7, UINT32_MAX },      // the owner (the tool identity)
         { 0x02, operator, 0 },                      // the operator
         { 0x04, group, UINT32_MAX },                // the group
         { 0x10, group | operator, UINT32_MAX },     // the mask
         { 0x20, mode & 7, UINT32_MAX },             // others
     } };
-    if (lsetxattr(path, "system.posix_acl_access", &acl, sizeof acl, 0) != 0) return -1;
-    if (directory && lsetxattr(path, "system.posix_acl_default", &acl, sizeof acl, 0) != 0) return -1;
+    return acl;
+}
+
+static int set_acl(int fd, const char *name, const struct acl_xattr *acl) {
+    struct acl_xattr now;
+    ssize_t n = fgetxattr(fd, name, &now, sizeof now);
+    if (n == (ssize_t)sizeof now && memcmp(&now, acl, sizeof now) == 0) return 0;
+    return fsetxattr(fd, name, acl, sizeof *acl, 0);
+}
+
+static int walk_fail(struct walk *w, const char *what) {
+    int e = errno;
+    snprintf(w->failed, PATH_MAX, "%s%s", w->path, what);
+    errno = e;
+    return -1;
+}
+
+// Gives an open entry (a directory, or a regular file with one link) to the identity and,
+// in the namespace, the operator's ACL: at every start, so an entry a tool chmod-ed shut
+// (`chmod 700` empties the mask) is the operator's to use again. Set-group-ID goes from a
+// directory given in the namespace, or what the operator makes there would belong to the
+// tools' group.
+static int give_fd(struct walk *w, int fd, const struct stat *st, int directory) {
+    if ((st->st_uid != w->uid || st->st_gid != w->gid) && fchown(fd, w->uid, w->gid) != 0) {
+        // In the tools' user namespace what the operator does not own (another user's, read
+        // as the overflow id, or in a group it cannot map) is not its to give: it stays as
+        // it is, and tools have of it only what its mode gives others.
+        if (w->in_namespace && (errno == EPERM || errno == EINVAL)) return 0;
+        return walk_fail(w, "");
+    }
+    if (!w->in_namespace) return 0;
+    mode_t mode = st->st_mode & 07777;
+    if (directory && (mode & S_ISGID) && fchmod(fd, mode & ~S_ISGID) != 0) return walk_fail(w, " (clearing set-group-ID)");
+    struct acl_xattr access = operator_acl(mode, directory, 0), inherited = operator_acl(mode, directory, 1);
+    if (set_acl(fd, "system.posix_acl_access", &access) != 0 ||
+        (directory && set_acl(fd, "system.posix_acl_default", &inherited) != 0))
+        return walk_fail(w, " (an ACL entry for the operator)");
     return 0;
 }
 
-static int chown_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-    (void)ftw;
-    if (st->st_uid == chown_uid && st->st_gid == chown_gid) return 0;
-    if (lchown(path, chown_uid, chown_gid) != 0) {
-        // In the tools' user namespace what the operator does not own (another user's,
-        // read as the overflow id, or in a group it cannot map) is not its to give: it
-        // stays as it is, and tools have to it only the access its mode gives others.
-        if (chown_in_namespace && (errno == EPERM || errno == EINVAL)) return 0;
-        strncpy(chown_failed, path, PATH_MAX - 1);
-        chown_failed[PATH_MAX - 1] = 0;
-        return -1;
+// Walks the directory open as `fd` by descriptors only: every entry is looked at and
+// opened relative to its directory, never through a path or a symlink, so an entry a
+// running tool swaps for a symlink (or a directory it swaps for one) leads nowhere
+// outside the workspace, and neither does one on another file system. A file with more
+// than one link may be another file too (a hard link to the operator's ~/.bashrc): it is
+// left as it is.
+static int walk_dir(struct walk *w, int fd, size_t len, int depth) {
+    if (depth > 1024) { errno = ELOOP; return walk_fail(w, " (nested too deep)"); }
+    int copy = dup(fd);
+    DIR *dir = copy < 0 ? NULL : fdopendir(copy);
+    if (!dir) {
+        if (copy >= 0) close(copy);
+        return walk_fail(w, "");
     }
-    if (chown_in_namespace && type != FTW_SL && grant_operator(path, st->st_mode, type == FTW_D || type == FTW_DP) != 0) {
-        snprintf(chown_failed, PATH_MAX, "%s (an ACL entry for the operator)", path);
-        return -1;
+    int rc = 0;
+    struct dirent *entry;
+    while (rc == 0 && (errno = 0, entry = readdir(dir))) {
+        const char *name = entry->d_name;
+        if (!strcmp(name, ".") || !strcmp(name, "..")) continue;
+        int n = snprintf(w->path + len, sizeof w->path - len, "/%s", name);
+        if (n < 0 || (size_t)n >= sizeof w->path - len) { errno = ENAMETOOLONG; rc = walk_fail(w, ""); break; }
+        struct stat st;
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno == ENOENT) continue;  // removed meanwhile
+            rc = walk_fail(w, "");
+            break;
+        }
+        if (st.st_dev != w->dev) continue;
+        if (S_ISDIR(st.st_mode) || S_ISREG(st.st_mode)) {
+            if (S_ISREG(st.st_mode) && st.st_nlink > 1) continue;
+            int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0);
+            int sub = openat(fd, name, flags);
+            if (sub < 0) {
+                // Swapped for a symlink or something else, or removed, meanwhile; or (in the
+                // namespace) unreadable, being someone else's.
+                if (errno == ENOENT || errno == ELOOP || errno == ENOTDIR || errno == ENXIO ||
+                    (w->in_namespace && errno == EACCES)) continue;
+                rc = walk_fail(w, "");
+                break;
+            }
+            struct stat now;
+            // Still the entry looked at (not swapped between the look and the open), still
+            // on the workspace's file system, still one link.
+            if (fstat(sub, &now) != 0 || now.st_ino != st.st_ino || now.st_dev != w->dev || (S_ISREG(now.st_mode) && now.st_nlink > 1)) {
+                close(sub);
+                continue;
+            }
+            rc = give_fd(w, sub, &now, S_ISDIR(now.st_mode));
+            if (rc == 0 && S_ISDIR(now.st_mode)) rc = walk_dir(w, sub, len + (size_t)n, depth + 1);
+            close(sub);
+        } else if (!(st.st_nlink > 1 && !S_ISLNK(st.st_mode)) && (st.st_uid != w->uid || st.st_gid != w->gid) &&
+                   fchownat(fd, name, w->uid, w->gid, AT_SYMLINK_NOFOLLOW) != 0) {
+            // A symlink (the link, never its target), a FIFO or a socket.
+            if (errno == ENOENT || (w->in_namespace && (errno == EPERM || errno == EINVAL))) continue;
+            rc = walk_fail(w, "");
+        }
     }
-    return 0;
+    if (rc == 0 && errno != 0) rc = walk_fail(w, "");
+    int e = errno;
+    closedir(dir);
+    w->path[len] = 0;
+    errno = e;
+    return rc;
 }
 
-static int chown_walk(const char *root) {
-    chown_failed[0] = 0;
-    return nftw(root, chown_entry, 64, FTW_PHYS | FTW_MOUNT) == 0 ? 0 : -1;
+static int chown_walk(struct walk *w, const char *root) {
+    w->failed[0] = 0;
+    snprintf(w->path, sizeof w->path, "%s", root);
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return walk_fail(w, "");
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return walk_fail(w, "");
+    }
+    w->dev = st.st_dev;
+    size_t len = strlen(w->path);
+    while (len > 1 && w->path[len - 1] == '/') w->path[--len] = 0;
+    int rc = give_fd(w, fd, &st, 1);
+    if (rc == 0) rc = walk_dir(w, fd, len, 0);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
 }
 
 // Walks in a forked child that entered the namespace; the child sends back the path that
-// failed. (glibc's fork leaves malloc usable in the child, which nftw needs.)
-static int chown_walk_in(int userns_fd, const char *root) {
+// failed. (glibc's fork leaves malloc usable in the child, which fdopendir needs.)
+static int chown_walk_in(int userns_fd, struct walk *w, const char *root) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return -1;
     pid_t pid = fork();
@@ -143,17 +251,17 @@ static int chown_walk_in(int userns_fd, const char *root) {
     }
     if (pid == 0) {
         ENTER_OR_EXIT(userns_fd);
-        chown_in_namespace = 1;
-        int rc = chown_walk(root);
+        w->in_namespace = 1;
+        int rc = chown_walk(w, root);
         int e = rc == 0 ? 0 : errno ? errno : EIO;
-        (void)!write(fds[1], chown_failed, strlen(chown_failed));
+        (void)!write(fds[1], w->failed, strlen(w->failed));
         syscall(SYS_exit_group, e > 255 ? EIO : e);
     }
     close(fds[1]);
     ssize_t n;
     size_t got = 0;
-    while (got < PATH_MAX - 1 && (n = read(fds[0], chown_failed + got, PATH_MAX - 1 - got)) > 0) got += (size_t)n;
-    chown_failed[got] = 0;
+    while (got < PATH_MAX - 1 && (n = read(fds[0], w->failed + got, PATH_MAX - 1 - got)) > 0) got += (size_t)n;
+    w->failed[got] = 0;
     close(fds[0]);
     int status;
     pid_t r;
@@ -167,13 +275,14 @@ static int chown_walk_in(int userns_fd, const char *root) {
 }
 
 int ward_chown_tree(const char *root, uint32_t uid, uint32_t gid, int userns_fd, char *failed) {
-    // nftw keeps its walk state in globals here: one walk at a time (a sandbox is set up once).
+    static struct walk w;  // a PATH_MAX buffer; one walk at a time (a sandbox is set up once)
     static pthread_mutex_t walking = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&walking);
-    chown_uid = uid;
-    chown_gid = gid;
-    chown_failed = failed;
-    int rc = userns_fd > 0 ? chown_walk_in(userns_fd, root) : chown_walk(root);
+    w.uid = uid;
+    w.gid = gid;
+    w.in_namespace = 0;
+    w.failed = failed;
+    int rc = userns_fd > 0 ? chown_walk_in(userns_fd, &w, root) : chown_walk(&w, root);
     int saved = errno;
     pthread_mutex_unlock(&walking);
     errno = saved;

@@ -95,9 +95,10 @@ WARD_CHILD_SIDE static long write_file(const char *path, const char *data, size_
 // ward_restore_dumpable): a write refused then is retried with the flag set back.
 WARD_CHILD_SIDE static long write_proc_self(const struct ward_spawn_config *cfg, const char *path, const char *data, size_t len) {
     long rc = write_file(path, data, len);
-    for (int i = 0; rc == -EACCES && cfg->user_namespace_fd > 0 && i < 1000; i++) {
+    for (int i = 0; rc == -EACCES && cfg->user_namespace_fd > 0 && i < 100000; i++) {
         sys(SYS_prctl, PR_SET_DUMPABLE, 1);
         rc = write_file(path, data, len);
+        if (rc == -EACCES) sys(SYS_sched_yield);
     }
     return rc;
 }
@@ -350,7 +351,14 @@ static pthread_once_t spawn_stack_key_once = PTHREAD_ONCE_INIT;
 
 char *ward_stack(void) {
     void *stack = mmap(NULL, WARD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    return stack == MAP_FAILED ? NULL : stack;
+    if (stack == MAP_FAILED) return NULL;
+    // A guard page above the part a child joining a user namespace runs on (enter_main):
+    // a child that overflows the rest faults instead of overwriting that child's frame.
+    if (mprotect((char *)stack + WARD_ENTER_STACK_SIZE, WARD_GUARD_SIZE, PROT_NONE) != 0) {
+        munmap(stack, WARD_STACK_SIZE);
+        return NULL;
+    }
+    return stack;
 }
 
 void ward_stack_free(char *stack) {
@@ -424,6 +432,18 @@ pid_t ward_spawn(const struct ward_spawn_config *cfg, struct ward_spawn_error *e
         if (entering > 0) {
             int exited, code, sig;
             ward_wait(entering, &exited, &code, &sig);
+            if (enter.pid < 0 && enter.pidfd >= 0) {
+                // Killed after its clone, before it could say the pid: the call's child is
+                // known only by the pidfd the kernel wrote. It never starts untracked.
+                sys(SYS_pidfd_send_signal, enter.pidfd, SIGKILL, 0, 0);
+                siginfo_t info;
+                waitid(P_PIDFD, (id_t)enter.pidfd, &info, WEXITED);
+                close(enter.pidfd);
+            }
+            if (enter.pid < 0 && err->step == WARD_STEP_NONE) {
+                err->step = WARD_STEP_CLONE;
+                err->error = EINTR;
+            }
         } else {
             err->step = WARD_STEP_CLONE;
             err->error = clone_errno;

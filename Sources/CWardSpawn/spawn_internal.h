@@ -24,6 +24,8 @@ __attribute__((always_inline)) static inline long ward_sys(long nr, long a, long
 /// The bottom of a spawn stack that a child joining a user namespace runs on (enter_main);
 /// the call's child it clones runs on the rest.
 #define WARD_ENTER_STACK_SIZE (8 * 1024)
+/// A page no child may touch, above the enter part of a spawn stack.
+#define WARD_GUARD_SIZE 4096
 
 /// Code that runs between clone and execve (the vfork child, the zygote) borrows another
 /// thread's stack and TLS, where a sanitizer runtime's per-thread state is not its own: it is

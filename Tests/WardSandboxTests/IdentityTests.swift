@@ -160,6 +160,28 @@ struct IdentityTests {
                                                                   "echo more >> w/made && cat w/made && rm w/made && mkdir w/mine && echo ok"], in: ws)
         #expect(byOperator.stdout == "made\nmore\nok\n", "\(byOperator.stderr)")
 
+        // What lies outside stays outside: a hard link and a symlink to the operator's files
+        // elsewhere are not given, a set-group-ID directory loses the bit, and a directory a
+        // tool shut (chmod 700) is the operator's to use again at the next start.
+        let home = makeTemporaryDirectory("ward-identity-home")
+        chown(home, 65534, 65534)
+        try "secret\n".write(toFile: home + "/bashrc", atomically: false, encoding: .utf8)
+        chown(home + "/bashrc", 65534, 65534)
+        link(home + "/bashrc", ws + "/w/linked")
+        symlink(home, ws + "/w/away")
+        mkdir(ws + "/w/shared", 0o2775)
+        chown(ws + "/w/shared", 65534, 65534)
+        chmod(ws + "/w/shared", 0o2775)
+        let shut = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws + "/w", "shell", "--arg",
+                                    "command=mkdir shut; echo x > shut/f; chmod 700 shut"], uid: 65534, cwd: ws)
+        #expect(shut.status == 0, "\(shut.stderr)")
+        _ = try Fixture.cli(["sandbox", "--policies", Fixture.testPolicies, "--workspace", ws + "/w", "shell", "--arg", "command=true"], uid: 65534, cwd: ws)
+        #expect(owner(home)?.uid == 65534 && owner(home + "/bashrc")?.uid == 65534 && owner(ws + "/w/linked")?.uid == 65534)
+        var st = stat()
+        #expect(lstat(ws + "/w/shared", &st) == 0 && st.st_mode & 0o2000 == 0 && st.st_uid == sub)
+        let reopened = try BuildProducts.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/cat", "w/shut/f"], in: ws)
+        #expect(reopened.stdout == "x\n", "\(reopened.stderr)")
+
         // A uid with no subordinate ids: its tools keep its uid, and ward warns.
         let bare: uid_t = 61_234
         let ws2 = makeTemporaryDirectory("ward-identity-no-subuid")

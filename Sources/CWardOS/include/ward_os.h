@@ -59,11 +59,13 @@ long ward_peer_pid(int fd);
 /// > 0 (the ids are then that namespace's). 1, 0, or -1 with errno. C: the forked child of a
 /// multithreaded process may run only raw syscalls.
 int ward_searchable_as(const char *path, uint32_t uid, uint32_t gid, int userns_fd);
-/// Gives every entry of the tree at `root` (not following symlinks, not crossing into other
-/// file systems) to uid/gid; 0, or -1 with errno and the path that failed in `failed`
-/// (PATH_MAX bytes). With `userns_fd` > 0, as uid 0
-/// of that user namespace (the ids are then its): entries the operator does not own are
-/// left as they are, and each entry given keeps an ACL entry for the operator.
+/// Gives every entry of the tree at `root` to uid/gid, walking by descriptors (never through
+/// a symlink, never onto another file system, skipping files with more than one link, which
+/// may be files elsewhere too); 0, or -1 with errno and the path that failed in `failed`
+/// (PATH_MAX bytes). With `userns_fd` > 0, as uid 0 of that user namespace (the ids are then
+/// its): entries the operator does not own are left as they are, each entry the identity
+/// owns gets the operator's ACL entry again (a default one on directories), and directories
+/// lose set-group-ID.
 int ward_chown_tree(const char *root, uint32_t uid, uint32_t gid, int userns_fd, char *failed);
 /// Makes the user namespace an unprivileged ward's tools run in: ward's uid and gid are 0
 /// there (so a helper run there as root keeps its capabilities through execve), and
