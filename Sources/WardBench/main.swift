@@ -546,6 +546,11 @@ final class MCPHost {
         }
     }
 
+    func notify(_ method: String) {
+        precondition(OS.writeAll(input.fileHandleForWriting.fileDescriptor,
+                                 JSONValue.object(["jsonrpc": .string("2.0"), "method": .string(method)]).canonicalBytes + [0x0A]))
+    }
+
     func readLine() -> [UInt8] {
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
@@ -596,6 +601,41 @@ do {
     if !peerStartTimes.isEmpty {
         rows.append(Row(name: "ward mcp start: exec to the initialize answer", ward: median(startTimes),
                         peer: "Python MCP SDK server, \(tools) tools", peerValue: median(peerStartTimes), budget: .ratio(0.2)))
+    }
+}
+do {
+    // A `tools/call` through `ward mcp proxy` (sandboxed server, ledger records before and
+    // after) against the same server run directly and unsandboxed, by the same client,
+    // interleaved: what the proxy adds to a real server's call.
+    let timeServer = "/opt/ward-mcp-servers/bin/mcp-server-time"
+    if access(timeServer, X_OK) == 0 {
+        try FileManager.default.copyItem(atPath: policiesDir + "/mcp-servers.toml", toPath: benchPolicies + "/mcp-servers.toml")
+        let hosts = [
+            try MCPHost(wardBinary, ["mcp", "proxy", "--policies", benchPolicies, "--ledger", base + "/proxy.sqlite", "--workspace", base + "/proxy-ws",
+                                     "--run-id", "proxy", "time"]),
+            try MCPHost(timeServer, []),
+        ]
+        let request = JSONValue.object(["name": .string("get_current_time"), "arguments": .object(["timezone": .string("UTC")])])
+        for host in hosts {
+            _ = host.call("initialize", .object(["protocolVersion": .string("2025-11-25"), "capabilities": .object([:]),
+                                                 "clientInfo": .object(["name": .string("ward-bench"), "version": .string("1")])]))
+            host.notify("notifications/initialized")
+        }
+        var times: [[Double]] = [[], []]
+        for i in 0..<(iterations + 20) {
+            for k in 0..<2 {
+                let which = (i + k) % 2
+                let t0 = now()
+                let answer = hosts[which].call("tools/call", request)
+                precondition(answer.contains(Array(#""isError":false"#.utf8)), "get_current_time: \(String(decoding: answer, as: UTF8.self))")
+                if i >= 20 { times[which].append(Double(now() - t0) / 1000) }
+            }
+        }
+        rows.append(Row(name: "MCP tools/call through ward mcp proxy", ward: median(times[0]), peer: "mcp-server-time direct, bare",
+                        peerValue: median(times[1]), budget: .ratio(1.3)))
+        for host in hosts { host.close() }
+    } else {
+        peers.errors.append("\(timeServer) is not installed (Scripts/setup --servers): the ward mcp proxy row is skipped")
     }
 }
 do {

@@ -28,20 +28,27 @@ public enum MCPCatalog {
         var tools: [MCPTool] = []
         for name in policies.tools.keys.sorted() where only?.contains(name) ?? true {
             let policy = policies.tools[name]!
-            var published = String(String.UnicodeScalarView(name.unicodeScalars.map { scalar in
-                scalar.isASCII && (scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || scalar == "_" || scalar == "-") ? scalar : "_"
-            }).prefix(maximumNameLength))
-            // Two policy names that read the same once cleaned get distinct suffixes.
-            var n = 2
-            while taken.contains(published) {
-                let suffix = "_\(n)"
-                published = String(published.prefix(maximumNameLength - suffix.count)) + suffix
-                n += 1
-            }
-            taken.insert(published)
+            let published = publishedName(name, taken: &taken)
             tools.append(MCPTool(name: published, policy: policy, json: descriptor(published, policy)))
         }
         return tools
+    }
+
+    /// A name hosts accept for `name`: anything outside `[A-Za-z0-9_-]` made `_`, cut to
+    /// `maximumNameLength`, and numbered past the names already `taken` (which it joins).
+    static func publishedName(_ name: String, taken: inout Set<String>) -> String {
+        var published = String(String.UnicodeScalarView(name.unicodeScalars.map { scalar in
+            scalar.isASCII && (scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || scalar == "_" || scalar == "-") ? scalar : "_"
+        }).prefix(maximumNameLength))
+        // Two names that read the same once cleaned get distinct suffixes.
+        var n = 2
+        while taken.contains(published) {
+            let suffix = "_\(n)"
+            published = String(published.prefix(maximumNameLength - suffix.count)) + suffix
+            n += 1
+        }
+        taken.insert(published)
+        return published
     }
 
     static func descriptor(_ name: String, _ policy: ToolPolicy) -> JSONValue {
@@ -59,23 +66,31 @@ public enum MCPCatalog {
     /// The policy's description, and what a model must know to use the tool well: whether
     /// a repeat runs it again.
     static func description(_ policy: ToolPolicy) -> String {
-        let effect = switch policy.effect {
+        (policy.description.map { $0 + " " } ?? "") + effectSentence(policy.effect)
+    }
+
+    /// What a model must know of a tool's effect: whether a repeat runs it again.
+    static func effectSentence(_ effect: Effect) -> String {
+        switch effect {
         case .readOnly: "Read-only."
         case .idempotent: "Idempotent: running it again with the same arguments changes nothing more."
         case .nonIdempotent: "Not idempotent: ward runs each call once; a repeated request gets the recorded result."
         }
-        return (policy.description.map { $0 + " " } ?? "") + effect
     }
 
     /// What ward enforces, in MCP's words: read-only and idempotent follow the policy's
     /// effect (a read-only tool's sandbox writes nothing: `policy check` refuses write roots
     /// on one), open world follows its network.
     static func annotations(_ policy: ToolPolicy) -> JSONValue {
+        annotations(effect: policy.effect, destructive: policy.destructive ?? (policy.effect == .nonIdempotent), network: policy.network)
+    }
+
+    static func annotations(effect: Effect, destructive: Bool, network: NetworkAccess) -> JSONValue {
         .object([
-            "readOnlyHint": .bool(policy.effect == .readOnly),
-            "idempotentHint": .bool(policy.effect != .nonIdempotent),
-            "destructiveHint": .bool(policy.effect != .readOnly && (policy.destructive ?? (policy.effect == .nonIdempotent))),
-            "openWorldHint": .bool(policy.network == .any),
+            "readOnlyHint": .bool(effect == .readOnly),
+            "idempotentHint": .bool(effect != .nonIdempotent),
+            "destructiveHint": .bool(effect != .readOnly && destructive),
+            "openWorldHint": .bool(network == .any),
         ])
     }
 

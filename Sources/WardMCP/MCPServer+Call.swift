@@ -1,5 +1,6 @@
 import WardCore
 import WardLedger
+import WardPolicy
 import WardSandbox
 import WardSupervisor
 
@@ -67,7 +68,7 @@ extension MCPServer {
         let policy = request.tool.policy
         var callId: String?
         do throws(RPCError) {
-            callId = try MCPServer.callID(for: request, in: supervisor)
+            callId = try MCPServer.callID(stable: request.stable, tool: policy.name, effect: policy.effect, argsHash: request.argsHash, in: supervisor)
             let result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
                                              awaitsDelivery: true, cancellation: cancellation)
             return .answered(MCPServer.content(result), delivery: (supervisor, result.callId))
@@ -103,15 +104,14 @@ extension MCPServer {
     /// derived from the tool and arguments and numbered past the ones already answered, so
     /// two identical requests at once are one call (the ledger runs it once and the other
     /// waits for it); for any other tool, random (it may simply run again).
-    static func callID(for request: Request, in supervisor: Supervisor) throws(RPCError) -> String {
-        if let stable = request.stable { return stable }
-        let tool = request.tool
+    static func callID(stable: String?, tool: String, effect: Effect, argsHash: String, in supervisor: Supervisor) throws(RPCError) -> String {
+        if let stable { return stable }
         let ledger = supervisor.ledger
         let run = supervisor.runID
         do throws(LedgerError) {
-            guard tool.policy.effect == .nonIdempotent else { return "mcp-" + randomHex() }
-            if let unanswered = try ledger.undeliveredCall(run: run, tool: tool.policy.name, argsHash: request.argsHash) { return unanswered }
-            let prefix = "mcp-" + Ledger.sha256Hex(Array((tool.policy.name + "\u{0}" + request.argsHash).utf8)).prefix(24) + "-"
+            guard effect == .nonIdempotent else { return "mcp-" + randomHex() }
+            if let unanswered = try ledger.undeliveredCall(run: run, tool: tool, argsHash: argsHash) { return unanswered }
+            let prefix = "mcp-" + Ledger.sha256Hex(Array((tool + "\u{0}" + argsHash).utf8)).prefix(24) + "-"
             return prefix + String(try ledger.lastNumber(run: run, prefix: prefix) + 1)
         } catch {
             throw RPCError(error)

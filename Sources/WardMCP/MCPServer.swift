@@ -73,20 +73,30 @@ public final class MCPServer: Sendable {
             let flags = fcntl(fd, F_GETFL)
             if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
         }
+        MCPServer.readLines(from: input, tooLong: {
+            send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "line longer than \(MCPServer.maximumLineBytes) bytes", code: -32600)))
+        }, handle: handle)
+        calls.wait()
+        // A host that closes its end of stdin may still be reading the last answers.
+        out.settle(within: 2)
+        // Never exit while the ledger is being opened (made, migrated, recovered).
+        return try? supervisor.get().get()
+    }
+
+    /// Reads newline-delimited messages from `fd` until its end, each non-blank line to
+    /// `handle`. A line longer than `maximumLineBytes` is refused as it arrives (`tooLong`,
+    /// once) instead of buffered, and dropped up to its newline; what follows is read as usual.
+    static func readLines(from fd: Int32, tooLong: () -> Void, handle: ([UInt8]) -> Void) {
         var framer = LineFramer(maximumLineBytes: MCPServer.maximumLineBytes)
         var skipping = false
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
-            guard let n = chunk.withUnsafeMutableBytes({ OS.read(input, into: $0) }), n > 0 else { break }
+            guard let n = chunk.withUnsafeMutableBytes({ OS.read(fd, into: $0) }), n > 0 else { break }
             chunk.withUnsafeBytes { framer.append(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
             while true {
                 let line: [UInt8]?
                 do { line = try framer.next() } catch {
-                    // Refused as it arrives (once), then dropped up to its newline; what
-                    // follows the newline is read as usual.
-                    if !skipping {
-                        send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "line longer than \(MCPServer.maximumLineBytes) bytes", code: -32600)))
-                    }
+                    if !skipping { tooLong() }
                     skipping = !framer.skipLine()
                     continue
                 }
@@ -99,34 +109,50 @@ public final class MCPServer: Sendable {
                 if !RPCRequest.isBlank(line) { handle(line) }
             }
         }
-        calls.wait()
-        // A host that closes its end of stdin may still be reading the last answers.
-        out.settle(within: 2)
-        // Never exit while the ledger is being opened (made, migrated, recovered).
-        return try? supervisor.get().get()
     }
 
     // MARK: - Messages
 
-    func handle(_ line: [UInt8]) {
+    /// A line from the host, sorted.
+    enum HostMessage {
+        case request(id: JSONValue, RPCRequest)
+        case notification(RPCRequest)
+        /// An answer to a request made of the host.
+        case response([String: JSONValue])
+    }
+
+    /// Sorts a line from the host; a line that is none of these is answered (`send`) and
+    /// gives nil.
+    static func sort(_ line: [UInt8], send: ([UInt8]) -> Void) -> HostMessage? {
         let request: RPCRequest
         switch RPCRequest.decode(line) {
         case .success(let r): request = r
         case .failure(let refusal):
-            // A response (from a host answering a request ward never makes) gets no answer.
-            if let members = try? JSONValue.parse(line).objectValue, members["method"] == nil, members["result"] != nil || members["error"] != nil { return }
+            if let members = try? JSONValue.parse(line).objectValue, members["method"] == nil, members["result"] != nil || members["error"] != nil {
+                return .response(members)
+            }
             if !refusal.silent { send(RPCResponse.line(id: refusal.id, error: refusal.error)) }
-            return
+            return nil
         }
         if request.id == .null {
             // MCP: an id is a string or an integer, never null (it could not be told from the
             // answer to a line without one).
             send(RPCResponse.line(id: .null, error: RPCError(.invalidArguments, "a request id must not be null", code: -32600)))
-            return
+            return nil
         }
-        guard let id = request.id else {
-            if request.method == "notifications/cancelled" { cancel(request.params) }
-            return  // notifications/initialized and any other notification: nothing to answer
+        guard let id = request.id else { return .notification(request) }
+        return .request(id: id, request)
+    }
+
+    func handle(_ line: [UInt8]) {
+        let id: JSONValue, request: RPCRequest
+        switch MCPServer.sort(line, send: { send($0) }) {
+        case .request(let i, let r)?: (id, request) = (i, r)
+        case .notification(let n)?:
+            // notifications/initialized and any other notification: nothing to answer.
+            if n.method == "notifications/cancelled" { cancel(n.params) }
+            return
+        case .response?, nil: return  // a host answering a request ward never makes: no answer
         }
         switch request.method {
         case "initialize": answer(id, .success(initialize(request.params)))
@@ -230,7 +256,10 @@ public final class MCPServer: Sendable {
         }.start()
     }
 
-    func markRead(_ record: (supervisor: Supervisor, callId: String)) {
+    func markRead(_ record: (supervisor: Supervisor, callId: String)) { MCPServer.markRead(record, log: log) }
+
+    /// Records that the host read the answer to a call (`Deliveries`).
+    static func markRead(_ record: (supervisor: Supervisor, callId: String), log: (String) -> Void) {
         do throws(LedgerError) { try record.supervisor.ledger.markRead(run: record.supervisor.runID, callId: record.callId) } catch {
             log("the host read the answer to call \(record.callId), but that could not be recorded (\(error.message)): a repeat of it will be answered from the ledger")
         }

@@ -110,7 +110,7 @@ public enum PolicyLoader {
         return true
     }
 
-    static func listTOMLFiles(_ directory: String) -> [String] {
+    public static func listTOMLFiles(_ directory: String) -> [String] {
         guard let dir = opendir(directory) else { return [] }
         defer { closedir(dir) }
         var names: [String] = []
@@ -425,7 +425,7 @@ private struct Builder {
             if let list = stringList(file, path, node) {
                 command = list
                 if list.isEmpty { report(file, path, "command must not be empty") }
-                validateCommand(file, path, list)
+                validateCommand(file, path, list, optional: kind == "server")
             }
         } else {
             report(file, base, "\(kind) \"\(name)\" has no command")
@@ -583,7 +583,9 @@ private struct Builder {
         }
     }
 
-    mutating func validateCommand(_ file: ParsedFile, _ path: [String], _ argv: [String]) {
+    /// - Parameter optional: a proxied server's program, which may be installed later: its
+    ///   absence is a note (`ward mcp proxy` refuses to start it), not an error.
+    mutating func validateCommand(_ file: ParsedFile, _ path: [String], _ argv: [String], optional: Bool = false) {
         for element in argv {
             if let bad = Template.malformedBrace(in: element) {
                 report(file, element: element, in: path, "malformed placeholder \"\(bad)\" (placeholders are {name})")
@@ -593,12 +595,21 @@ private struct Builder {
         if !Template.placeholders(in: program).isEmpty {
             report(file, element: program, in: path, "the program (first element) must be fixed, not a placeholder"); return
         }
+        var missing: String?
         if program.hasPrefix("/") {
-            if access(program, X_OK) != 0 { report(file, element: program, in: path, "command \(program) does not exist or is not executable") }
+            if access(program, X_OK) != 0 { missing = "command \(program) does not exist or is not executable" }
         } else if program.contains("/") {
             report(file, element: program, in: path, "command \(program) must be an absolute path or a bare name found in PATH")
         } else if Executable.resolve(program) == nil {
-            report(file, element: program, in: path, "command \"\(program)\" not found in \(Executable.searchPath)")
+            missing = "command \"\(program)\" not found in \(Executable.searchPath)"
+        }
+        guard let missing else { return }
+        if optional {
+            let pos = file.map.position(ofString: program, in: path)
+            notes.append(PolicyDiagnostic(file: file.path, line: pos.line, column: pos.column,
+                                          message: "\(missing): server \(path[1]) cannot be proxied until it is installed"))
+        } else {
+            report(file, element: program, in: path, missing)
         }
     }
 

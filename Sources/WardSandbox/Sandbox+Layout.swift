@@ -44,8 +44,10 @@ extension Sandbox {
         let ws = resolved(workspace)
         let targets = protected.map { ($0, resolved($0.path)) }
         var problems: [String] = []
-        for name in policies.tools.keys.sorted() {
-            let policy = policies.tools[name]!
+        // A proxied MCP server's sandbox is held to the same rule as a tool's.
+        let sandboxes = policies.tools.keys.sorted().map { ("tool \($0)", policies.tools[$0]!) }
+            + policies.servers.keys.sorted().map { ("server \($0)", policies.servers[$0]!.sandbox) }
+        for (name, policy) in sandboxes {
             let roots = policy.write.map { ($0, "write") } + policy.read.map { ($0, "read") }
             for (root, access) in roots {
                 let body = root.hasPrefix("?") ? String(root.dropFirst()) : root
@@ -57,13 +59,13 @@ extension Sandbox {
                     if !held.contains(where: { isWithin(real, $0.real) || $0.what == target.what }) { held.append((target.what, real)) }
                 }
                 guard !held.isEmpty else { continue }
-                problems.append("tool \(name) (\(policy.file)) may \(access) \(path), which holds "
+                problems.append("\(name) (\(policy.file)) may \(access) \(path), which holds "
                                 + held.map { "\($0.what) \($0.real)" }.joined(separator: ", "))
             }
         }
         guard !problems.isEmpty else { return }
-        throw SandboxError(.policyDenied, "refusing to start: a tool could change what ward trusts:\n  " + problems.joined(separator: "\n  ")
-                           + "\nkeep the ledger, the policies and the socket outside every tool's write roots (e.g. --ledger, --policies or --socket elsewhere)")
+        throw SandboxError(.policyDenied, "refusing to start: a tool or server could change what ward trusts:\n  " + problems.joined(separator: "\n  ")
+                           + "\nkeep the ledger, the policies and the socket outside every tool's and server's write roots (e.g. --ledger, --policies or --socket elsewhere)")
     }
 
     /// `path` absolute, with `.`, `..` and symlinks resolved as far as it exists (a ledger's

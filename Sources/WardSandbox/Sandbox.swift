@@ -210,6 +210,26 @@ public final class Sandbox: Sendable {
         return try SandboxCall(sandbox: self, name: name, tool: tool, executable: executable, argv: argv, environment: env, arguments: arguments)
     }
 
+    /// Starts a proxied MCP server (`[servers.NAME]`) in its sandbox and leaves it running,
+    /// its stdin, stdout and stderr pipes to ward. Its confinement is a tool's (seccomp,
+    /// Landlock, capabilities, identity, limits for the whole server), built afresh at each
+    /// start; it is the init of a PID namespace of its own wherever one can be made, so that
+    /// nothing it started outlives it, even when ward is killed.
+    /// - Parameter environment: extra variables on top of its policy's.
+    public func launchServer(_ server: ServerPolicy, environment extra: [(String, String)] = []) throws(SandboxError) -> SandboxedProcess {
+        let policy = server.sandbox
+        guard let program = policy.command.first, let executable = Executable.resolve(program) else {
+            throw SandboxError(.policyDenied, "server \(server.name): command \(policy.command.first ?? "") does not exist or is not executable")
+        }
+        let ownPIDNamespace = features.privileged || features.userNamespaces
+        let confined = try confinement.tool(policy, ownPIDNamespace: ownPIDNamespace)
+        let tool = PreparedTool(policy: policy, executable: executable, confinement: confined, zygote: nil)
+        let argv = try ToolCommand.argv(policy.command, arguments: .object([:]), workspace: workspace)
+        let env = ToolCommand.environment(policy, workspace: workspace, extra: extra)
+        return try SandboxCall(sandbox: self, name: server.name, tool: tool, executable: executable, argv: argv, environment: env,
+                               arguments: nil, ownPIDNamespace: ownPIDNamespace).launch()
+    }
+
     /// The pids of this sandbox's running zygotes (for `ward doctor`-style inspection and tests).
     public func zygoteProcessIDs() -> [pid_t] {
         prepared.withLock { tools in tools.values.compactMap { $0.zygote?.pid } }

@@ -222,7 +222,7 @@ public final class Supervisor: Sendable {
         let launch = Launch(tool: tool, arguments: arguments, environment: environment, cancellation: cancellation)
         // Given up before anything was recorded: nothing runs and nothing is recorded.
         if cancellation?.isCancelled == true { throw RPCError(.internal, "call \(callId) was cancelled before it started") }
-        switch try begin(request, policy: policy, launch: launch) {
+        switch try begin(request, timeoutMilliseconds: policy.timeoutMilliseconds, reconcilable: policy.reconcile != nil, launch: launch) {
         case (.replay(let result), _): return result
         case (.execute(let ticket), let parked): return try execute(ticket, policy: policy, parked: parked, launch: launch)
         }
@@ -240,12 +240,13 @@ public final class Supervisor: Sendable {
     /// and reconciling (once) a call in doubt: replay it, or execute it. A call the ledger
     /// does not hold yet (the common case) gets its child made and confined first, parked at
     /// its gate, so the spawn overlaps the writing and fsync of its `running` record; the
-    /// tool itself starts only once that record is durable (`execute`).
-    func begin(_ request: BeginRequest, policy: ToolPolicy, launch: Launch) throws(RPCError) -> (BeginDecision, SandboxCall?) {
+    /// tool itself starts only once that record is durable (`execute`). Without `launch`
+    /// (a call forwarded elsewhere), nothing is parked.
+    func begin(_ request: BeginRequest, timeoutMilliseconds: UInt64, reconcilable: Bool, launch: Launch?) throws(RPCError) -> (BeginDecision, SandboxCall?) {
         var reconciled = false
         while true {
             var parked: SandboxCall?
-            if (try? ledger.state(run: runID, callId: request.callId)) == nil {
+            if let launch, (try? ledger.state(run: runID, callId: request.callId)) == nil {
                 parked = try? sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
                 parked?.park()
             }
@@ -256,7 +257,7 @@ public final class Supervisor: Sendable {
             } catch where error.code == .inProgress {
                 parked?.cancel()
                 // Never a second child: wait for the one that runs.
-                let wait = Double(policy.timeoutMilliseconds) / 1000 + 10
+                let wait = Double(timeoutMilliseconds) / 1000 + 10
                 // It ran here, and its outcome waits for the disk: the real result once it
                 // is recorded, or the reason it is not yet.
                 switch outcomes.wait(run: runID, callId: request.callId, timeout: wait) {
@@ -269,7 +270,7 @@ public final class Supervisor: Sendable {
                 let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: request.callId, timeout: wait) }
                 if let result { return (.replay(result), nil) }
                 // Its process died: begin decides again.
-            } catch where error.code == .inDoubt && !reconciled && policy.reconcile != nil {
+            } catch where error.code == .inDoubt && !reconciled && reconcilable {
                 parked?.cancel()
                 reconciled = true
                 let calls = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID, callId: request.callId) }
@@ -352,7 +353,7 @@ public final class Supervisor: Sendable {
 
     /// SHA-256 of the canonical JSON of a tool's effective policy: recorded with every call,
     /// so an audit shows when a tool's sandbox changed.
-    static func policyHash(_ p: ToolPolicy) -> String {
+    public static func policyHash(_ p: ToolPolicy) -> String {
         let json = JSONValue.object([
             "command": .array(p.command.map { .string($0) }), "effect": .string(p.effect.rawValue),
             "syscalls": .array(p.syscalls.map { .string($0) }), "network": .string(p.network.rawValue),

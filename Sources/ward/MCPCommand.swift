@@ -10,10 +10,21 @@ import WardSupervisor
 import Glibc
 #endif
 
-struct MCPCommand: ParsableCommand {
+/// `ward mcp` (the policies' tools as an MCP server, also `ward mcp serve`) and `ward mcp
+/// proxy` (a third-party server's). A group, so that each reads its own options.
+struct MCPGroup: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mcp",
         abstract: "An MCP server over stdio: every MCP host's tool calls through ward's sandbox and ledger.",
+        subcommands: [MCPCommand.self, MCPProxyCommand.self],
+        defaultSubcommand: MCPCommand.self
+    )
+}
+
+struct MCPCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serves the policies' tools (the default: `ward mcp` is `ward mcp serve`).",
         discussion: """
             Publishes the policies' tools (tools/list) with annotations from what ward enforces, and runs each tools/call \
             like tool.call: sandboxed, recorded, and never twice for a tool that is not idempotent, even when the host \
@@ -43,11 +54,7 @@ struct MCPCommand: ParsableCommand {
     func run() throws {
         // Only what tools/list needs before the first answer; the ledger and the sandbox are
         // opened meanwhile on a thread of their own (hosts time out slow starts).
-        let workspace = policyOptions.workspace
-        if access(workspace, F_OK) != 0 && mkdir(workspace, 0o755) != 0 {
-            throw CLIError(message: "cannot create workspace \(workspace): \(String(cString: strerror(errno)))", exitCode: 1)
-        }
-        let run = try runID ?? MCPCommand.runID(workspace: workspace)
+        let run = try MCPCommand.run(runID, workspace: policyOptions.workspace)
         let policies = try policyOptions.load()
         let published: [MCPTool]
         do {
@@ -55,16 +62,30 @@ struct MCPCommand: ParsableCommand {
         } catch {
             throw CLIError.usage(error.description)
         }
-        let (policyOptions, ledgerOptions) = (policyOptions, ledgerOptions)
-        let server = MCPServer(tools: published, version: Ward.version) {
+        let server = MCPServer(tools: published, version: Ward.version,
+                               open: MCPCommand.opener(run: run, policies: policies, policyOptions, ledgerOptions, log: MCPServer.logOnStderr))
+        server.serve()?.recordPendingOutcomes(within: 10)
+    }
+
+    /// The run `ward mcp` (or `ward mcp proxy`) serves in `workspace`, which is made if missing.
+    static func run(_ given: String?, workspace: String) throws -> String {
+        if access(workspace, F_OK) != 0 && mkdir(workspace, 0o755) != 0 {
+            throw CLIError(message: "cannot create workspace \(workspace): \(String(cString: strerror(errno)))", exitCode: 1)
+        }
+        return try given ?? MCPCommand.runID(workspace: workspace)
+    }
+
+    /// `open` for a server: its failure is said on stderr too, as the host may not show it.
+    static func opener(run: String, policies: PolicySet, _ policyOptions: PolicyOptions, _ ledgerOptions: LedgerOptions,
+                       log: @escaping @Sendable (String) -> Void) -> @Sendable () throws -> Supervisor {
+        {
             do {
                 return try MCPCommand.open(run: run, policies: policies, policyOptions: policyOptions, ledgerOptions: ledgerOptions)
             } catch {
-                MCPServer.logOnStderr("\(error)")
+                log("\(error)")
                 throw error
             }
         }
-        server.serve()?.recordPendingOutcomes(within: 10)
     }
 
     /// `mcp-` and a hash of the workspace's real path: the same workspace, the same run.

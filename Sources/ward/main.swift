@@ -37,7 +37,7 @@ struct Ward: ParsableCommand {
         commandName: "ward",
         abstract: "Run AI agents' tool calls sandboxed, recorded and crash-safe.",
         version: Ward.version,
-        subcommands: [RunCommand.self, ServeCommand.self, MCPCommand.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
+        subcommands: [RunCommand.self, ServeCommand.self, MCPGroup.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
                       CheckpointCommand.self, DoctorCommand.self]
     )
 

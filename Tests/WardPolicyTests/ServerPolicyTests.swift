@@ -92,4 +92,24 @@ struct ServerPolicyTests {
         }
         #expect(found.count == expected.count && found.allSatisfy { $0.file.hasSuffix("/s.toml") }, "\(lines)")
     }
+
+    @Test func aServerNotInstalledYetIsANoteAndAToolsMissingProgramAnError() throws {
+        let dir = try policyDirectory(["s.toml": base + """
+            [servers.later]
+            command = ["/nonexistent/mcp-server", "--flag"]
+
+            [servers.bare]
+            command = ["ward-no-such-mcp-server"]
+            """])
+        let set = try PolicyLoader.load(directory: dir)
+        #expect(set.servers.keys.sorted() == ["bare", "later"])
+        let notes = set.notes.map { "\($0.line):\($0.column) \($0.message)" }
+        #expect(notes.contains { $0.hasPrefix("5:12 command /nonexistent/mcp-server does not exist or is not executable: server later cannot be proxied") }, "\(notes)")
+        #expect(notes.contains { $0.hasPrefix("8:12 command \"ward-no-such-mcp-server\" not found") }, "\(notes)")
+        let tool = try diagnostics(["t.toml": base + """
+            [tools.later]
+            command = ["/nonexistent/tool"]
+            """])
+        #expect(tool.map(\.message) == ["command /nonexistent/tool does not exist or is not executable"])
+    }
 }

@@ -33,14 +33,18 @@ public final class SandboxCall: @unchecked Sendable {
     private let cgroups: CgroupPool?
     private var stdinFD: Int32 = -1
     private var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]
+    /// A server's stdin: ward keeps the write end.
+    private var inPipe: [Int32] = [-1, -1]
     /// The parked child's gate: a pipe whose read end it waits on.
     private var gate: [Int32] = [-1, -1]
     /// The zygote holding a parked child (reserved until the child execs or gives up).
     private var parkedIn: Zygote?
     private var done = false
 
+    /// - Parameter arguments: the tool's stdin; nil for a server, whose stdin is a pipe
+    ///   (`launch`).
     init(sandbox: Sandbox, name: String, tool: Sandbox.PreparedTool, executable: String, argv: [String], environment: [String],
-         arguments: JSONValue) throws(SandboxError) {
+         arguments: JSONValue?, ownPIDNamespace: Bool? = nil) throws(SandboxError) {
         self.sandbox = sandbox
         self.name = name
         self.tool = tool
@@ -74,23 +78,29 @@ public final class SandboxCall: @unchecked Sendable {
         _ = cgroupFDs.initialize(from: fds)
         if let failure { throw failure }  // deinit frees what was made
 
-        // stdin: the arguments JSON in a memfd, so any size is handed over without a writer thread.
-        // Sealed once written: the tool holds it read-write as fd 0, and must not turn it into
-        // a program of its own (`execve("/proc/self/fd/0")`).
-        stdinFD = ward_input_memfd("ward-args")
-        guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
-        guard OS.writeAll(stdinFD, arguments.canonicalBytes) else {
-            throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno)
+        if let arguments {
+            // stdin: the arguments JSON in a memfd, so any size is handed over without a writer thread.
+            // Sealed once written: the tool holds it read-write as fd 0, and must not turn it into
+            // a program of its own (`execve("/proc/self/fd/0")`).
+            stdinFD = ward_input_memfd("ward-args")
+            guard stdinFD >= 0 else { throw SandboxError(.internalError, "memfd_create failed: \(errnoName(errno))", errno: errno) }
+            guard OS.writeAll(stdinFD, arguments.canonicalBytes) else {
+                throw SandboxError(.internalError, "writing the arguments failed: \(errnoName(errno))", errno: errno)
+            }
+            guard ward_seal_contents(stdinFD) == 0 else {
+                throw SandboxError(.internalError, "sealing the arguments failed: \(errnoName(errno))", errno: errno)
+            }
+            lseek(stdinFD, 0, SEEK_SET)
+        } else {
+            guard ward_pipe_cloexec(&inPipe) == 0 else { throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno) }
+            stdinFD = inPipe[0]
+            inPipe[0] = -1
         }
-        guard ward_seal_contents(stdinFD) == 0 else {
-            throw SandboxError(.internalError, "sealing the arguments failed: \(errnoName(errno))", errno: errno)
-        }
-        lseek(stdinFD, 0, SEEK_SET)
         guard ward_pipe_cloexec(&outPipe) == 0, ward_pipe_cloexec(&errPipe) == 0 else {
             throw SandboxError(.internalError, "pipe2 failed: \(errnoName(errno))", errno: errno)
         }
 
-        let newPidNS = containment.pidNamespacePerCall
+        let newPidNS = ownPIDNamespace ?? containment.pidNamespacePerCall
         config.pointee.path = UnsafePointer(path)
         config.pointee.argv = UnsafePointer(self.argv.pointers)
         config.pointee.envp = UnsafePointer(self.environment.pointers)
@@ -113,7 +123,7 @@ public final class SandboxCall: @unchecked Sendable {
 
     deinit {
         if parkedIn != nil { cancel() }
-        for fd in [stdinFD, outPipe[0], outPipe[1], errPipe[0], errPipe[1], gate[0], gate[1]] where fd >= 0 { close(fd) }
+        for fd in [stdinFD, outPipe[0], outPipe[1], errPipe[0], errPipe[1], inPipe[1], gate[0], gate[1]] where fd >= 0 { close(fd) }
         if let slot, !done { cgroups?.release(slot) }
         free(path)
         free(cwd)
@@ -285,6 +295,26 @@ public final class SandboxCall: @unchecked Sendable {
 }
 
 extension SandboxCall {
+    /// Starts a server (made with `arguments: nil`) and leaves it running: directly, never
+    /// through a zygote, which serves short calls. The process owns the pipes and the cgroup
+    /// from then on.
+    func launch() throws(SandboxError) -> SandboxedProcess {
+        precondition(!done && inPipe[1] >= 0, "launch starts a server once")
+        done = true
+        config.pointee.gate_fd = 0
+        let pid = ward_spawn(config, spawnError, pidfd)
+        for fd in [stdinFD, outPipe[1], errPipe[1]] { close(fd) }
+        (stdinFD, outPipe[1], errPipe[1]) = (-1, -1, -1)
+        guard pid > 0 else {
+            if let slot { cgroups?.release(slot) }
+            let step = String(cString: ward_step_name(spawnError.pointee.step))
+            throw SandboxError(.spawnFailed, "\(step) failed: \(errnoName(spawnError.pointee.error)) (server \(name), \(executable))", errno: spawnError.pointee.error)
+        }
+        defer { (inPipe[1], outPipe[0], errPipe[0]) = (-1, -1, -1) }
+        return SandboxedProcess(pid: pid, pidfd: pidfd.pointee, input: inPipe[1], output: outPipe[0], errors: errPipe[0],
+                                containment: sandbox.containment, slot: slot, cgroups: cgroups)
+    }
+
     /// The zygote died after it took this call: whether the tool began is unknown, so it is
     /// not started again here (that could run it twice). The call's child, if there was
     /// one, was killed (`ward_zygote_spawn_finish`); whatever it started dies with the

@@ -1,0 +1,234 @@
+import Dispatch
+import WardCore
+import WardLedger
+import WardPolicy
+import WardSupervisor
+
+/// A proxied `tools/call`: its ledger call, forwarding it to the server, and its answer.
+extension MCPProxy {
+    /// A checked `tools/call`.
+    struct ProxiedRequest: Sendable {
+        /// The server's name of the tool, and ward's rules for it.
+        let tool: ServerToolPolicy
+        /// What the ledger records: `SERVER/TOOL`.
+        let recorded: String
+        let arguments: JSONValue
+        let argsHash: String
+        let stable: String?
+        /// The host's `_meta`, passed on (its progress token) less ward's own keys.
+        let meta: [String: JSONValue]
+    }
+
+    func startCall(id: JSONValue, params: JSONValue) {
+        guard let call = register(id) else {
+            answer(.null, .failure(RPCError(.invalidArguments, "request id \(id.canonical) is already in use by a call in flight", code: -32600)))
+            return
+        }
+        // With the tools known (the usual case), the request is read and its deliveries
+        // confirmed here, on the reading thread, in the order requests come (as `ward mcp`
+        // does); else on its own thread, once the server has listed them.
+        let early = catalog.withLock { $0 }.map { parse(params, catalog: $0) }
+        if case .success(let request)? = early { arrived(request) }
+        detached { [self] in
+            defer { unregister(id) }
+            let outcome = self.call(early ?? parse(params, catalog: nil), call, arrived: early != nil)
+            // Not after a cancellation: the host was told nothing will come.
+            call.over.withLock { over in
+                guard !over else { return }
+                over = true
+                switch outcome {
+                case .answered(let line, let record?): out.send(line(id)) { [log] in MCPServer.markRead(record, log: log) }
+                case .answered(let line, nil): send(line(id))
+                }
+            }
+            if call.cancelled.withLock({ $0 }), case .answered(_, let record?) = outcome {
+                // It was killed at the host's word: the host knows how it ended.
+                MCPServer.markRead(record, log: log)
+            }
+        }
+    }
+
+    enum ProxiedOutcome {
+        /// The answer line for a request id; with the call whose delivery is recorded once it is read.
+        case answered(@Sendable (JSONValue) -> [UInt8], (supervisor: Supervisor, callId: String)?)
+    }
+
+    /// Reads a `tools/call`'s params against the server's tools (`known`, else listed now).
+    func parse(_ params: JSONValue, catalog known: Catalog?) -> Result<ProxiedRequest, RPCError> {
+        do throws(RPCError) {
+            let p = try Params(method: "tools/call", params, known: ["name", "arguments", "_meta", "idempotencyKey"])
+            guard let name = p.value("name")?.stringValue else { throw p.error("name", "is required (a string)") }
+            var catalog: Catalog
+            if let known { catalog = known } else { catalog = try listTools().get() }
+            if catalog.serverNames[name] == nil, known == nil {
+                // The host may know a list newer than ward's.
+                invalidateCatalog()
+                catalog = try listTools().get()
+            }
+            guard let serverName = catalog.serverNames[name] else {
+                throw RPCError(.unknownTool, "unknown tool \(Params.quote(name)) (tools of \(policy.name): \(catalog.serverNames.keys.sorted().joined(separator: ", ")))",
+                               code: -32602, field: "name")
+            }
+            let arguments = JSONValue.object(try p.object("arguments") ?? [:])
+            var meta = p.value("_meta")?.objectValue ?? [:]
+            meta.removeValue(forKey: MCPServer.callIdKey)
+            return .success(ProxiedRequest(tool: policy.tool(serverName), recorded: "\(policy.name)/\(serverName)", arguments: arguments,
+                                           argsHash: Ledger.argumentsHash(arguments), stable: try MCPServer.stableID(p), meta: meta))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// The host asked for something: the answers it had read reached it, unless this
+    /// repeats one (`Ledger.confirmDeliveries`).
+    func arrived(_ request: ProxiedRequest) {
+        guard case .success(let supervisor) = self.supervisor.get() else { return }
+        do throws(LedgerError) {
+            try supervisor.ledger.confirmDeliveries(run: supervisor.runID, asking: request.recorded, argsHash: request.argsHash)
+        } catch {
+            log("deliveries could not be recorded (\(error.message)): repeats of those calls will be answered from the ledger")
+        }
+    }
+
+    /// - Parameter arrived: its deliveries were confirmed as it was read.
+    func call(_ parsed: Result<ProxiedRequest, RPCError>, _ call: Call, arrived alreadyArrived: Bool) -> ProxiedOutcome {
+        let request: ProxiedRequest
+        let supervisor: Supervisor
+        switch (parsed, self.supervisor.get()) {
+        case (.failure(let error), _), (_, .failure(let error)): return .answered({ RPCResponse.line(id: $0, error: error) }, nil)
+        case (.success(let r), .success(let s)): (request, supervisor) = (r, s)
+        }
+        if !alreadyArrived { arrived(request) }
+        let tool = request.tool
+        // Whether the host received the answer matters only where a repeat must not run
+        // again; a call that may be repeated skips the record of its reading (a commit).
+        let tracked = tool.effect == .nonIdempotent
+        var callId: String?
+        do throws(RPCError) {
+            callId = try MCPServer.callID(stable: request.stable, tool: request.recorded, effect: tool.effect, argsHash: request.argsHash, in: supervisor)
+            let result = try supervisor.call(forwarding: request.recorded, effect: tool.effect, timeoutMilliseconds: tool.timeoutMilliseconds,
+                                             arguments: request.arguments, callId: callId!, policyHash: policyHash(tool),
+                                             executable: executable,
+                                             awaitsDelivery: tracked) { _ in forward(request, call) }
+            return .answered(MCPProxy.answer(result), tracked ? (supervisor, result.callId) : nil)
+        } catch {
+            if error.kind == .invalidArguments || error.kind == .tooLarge { return .answered({ RPCResponse.line(id: $0, error: error) }, nil) }
+            // ward refused to send it (in doubt, a conflict, a full disk): the model is told
+            // why, in a result it can read, and how the operator settles it.
+            let refusal = MCPServer.refusal(error, callId: callId)
+            return .answered({ RPCResponse.line(id: $0, result: refusal) }, nil)
+        }
+    }
+
+    /// What the ledger records of a proxied tool's rules: the server's sandbox and command,
+    /// and the tool's effect and timeout.
+    func policyHash(_ tool: ServerToolPolicy) -> String {
+        let own = JSONValue.object([
+            "server": .string(Supervisor.policyHash(policy.sandbox)), "tool": .string(tool.name), "effect": .string(tool.effect.rawValue),
+            "destructive": .bool(tool.destructive), "timeoutMs": .number(Double(tool.timeoutMilliseconds)),
+        ])
+        return Ledger.sha256Hex(own.canonicalBytes)
+    }
+
+    /// Sends the call to the server, its `running` record durable, and waits for the answer:
+    /// until the tool's timeout, or the host's cancellation and then a grace period. A server
+    /// that does not stop by then is killed with its whole tree.
+    func forward(_ request: ProxiedRequest, _ call: Call) -> Supervisor.Forwarded {
+        let started = DispatchTime.now()
+        func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6 }
+        var params: [String: JSONValue] = ["name": .string(request.tool.name), "arguments": request.arguments]
+        if !request.meta.isEmpty { params["_meta"] = .object(request.meta) }
+        // A request the server never got may go to a new process, once: nothing ran.
+        for _ in 0..<2 {
+            if call.cancelled.withLock({ $0 }) {
+                return .answered(ToolOutcome(status: .killed, exitCode: nil, signal: nil, stdout: [],
+                                             stderr: Array("ward: cancelled by the host before it was sent\n".utf8), truncated: false, durationMs: elapsed()))
+            }
+            let process: ProxiedServer.Process
+            do { process = try self.process() } catch {
+                return .answered(ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error.message)\n".utf8),
+                                             truncated: false, durationMs: elapsed()))
+            }
+            let (id, pending) = process.start("tools/call", .object(params))
+            call.sent.withLock { $0 = pending }
+            let deadline = started + .milliseconds(Int(min(request.tool.timeoutMilliseconds, UInt64(Int.max / 1_000_000))))
+            // A cancellation that came while it was being sent did not wake it.
+            var reply = pending.wait(until: call.cancelled.withLock { $0 } ? .now() : deadline)
+            var ended: CallStatus?
+            if reply == nil {
+                // Cancelled by the host, or out of time: asked to stop, then killed.
+                let cancelled = call.cancelled.withLock { $0 }
+                ended = cancelled ? .killed : .timedOut
+                let why = cancelled ? "the host cancelled the call" : "the call timed out after \(request.tool.timeoutMilliseconds) ms"
+                process.notify("notifications/cancelled", .object(["requestId": .number(Double(id)), "reason": .string("ward: \(why)")]))
+                reply = pending.wait(until: .now() + MCPProxy.cancelGrace)
+                if reply == nil {
+                    process.kill("\(why), and it did not stop within \(Int(MCPProxy.cancelGrace)) s")
+                    reply = pending.wait(until: .now() + 10)
+                }
+                process.forget(id)
+            }
+            switch reply {
+            case .unsent?:
+                continue
+            case .result(let result)?:
+                proxied.answered()
+                let failed = result.objectValue?["isError"] == .bool(true)
+                return .answered(MCPProxy.outcome(["result": result], status: ended ?? (failed ? .failed : .succeeded), durationMs: elapsed()))
+            case .error(let error)?:
+                proxied.answered()
+                return .answered(MCPProxy.outcome(["error": error], status: ended ?? .failed, durationMs: elapsed()))
+            case .lost(let why)?:
+                if ended == .killed {
+                    // The host asked for it to stop: it did, with its server.
+                    return .answered(ToolOutcome(status: .killed, exitCode: nil, signal: nil, stdout: [],
+                                                 stderr: Array("ward: cancelled by the host; MCP server \(policy.name) \(why)\n".utf8),
+                                                 truncated: false, durationMs: elapsed()))
+                }
+                return .unanswered(status: ended ?? .killed, reason: "MCP server \(policy.name) \(why)\(ended == nil ? " before answering" : "")",
+                                   durationMs: elapsed())
+            case nil:
+                return .unanswered(status: ended ?? .killed, reason: "MCP server \(policy.name) could not be stopped", durationMs: elapsed())
+            }
+        }
+        return .answered(ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [],
+                                     stderr: Array("ward: MCP server \(policy.name) stopped before the call could be sent\n".utf8), truncated: false, durationMs: elapsed()))
+    }
+
+    /// A server's answer as an outcome: its JSON-RPC `result` or `error`, kept whole.
+    static func outcome(_ envelope: [String: JSONValue], status: CallStatus, durationMs: Double) -> ToolOutcome {
+        ToolOutcome(status: status, exitCode: nil, signal: nil, stdout: JSONValue.object(envelope).canonicalBytes, stderr: [], truncated: false,
+                    durationMs: (durationMs * 1000).rounded() / 1000)
+    }
+
+    /// The host's answer for a recorded call: the server's own answer, with ward's `_meta`
+    /// (call ID, replayed, status); a replay says so in its first content item. A call
+    /// the server never answered (or that an operator settled) is an error result saying so.
+    static func answer(_ result: CallResult) -> @Sendable (JSONValue) -> [UInt8] {
+        let envelope = (try? JSONValue.parse(result.outcome.stdout))?.objectValue ?? [:]
+        if let error = envelope["error"], result.resolution == nil {
+            return { id in JSONValue.object(["jsonrpc": .string("2.0"), "id": id, "error": error]).canonicalBytes }
+        }
+        let ward: [String: JSONValue] = [
+            MCPServer.callIdKey: .string(result.callId), "ward/replayed": .bool(result.replayed), "ward/status": .string(result.outcome.status.rawValue),
+        ]
+        var members: [String: JSONValue]
+        if let answered = envelope["result"]?.objectValue, result.resolution == nil {
+            members = answered
+            if result.replayed {
+                let note = JSONValue.object(["type": .string("text"), "text": .string("[ward: call \(result.callId) already ran; this is its recorded result, the tool did not run again]")])
+                members["content"] = .array([note] + (answered["content"]?.arrayValue ?? []))
+            }
+        } else {
+            // ward's own account (killed, timed out, not sent, settled), without a
+            // structuredContent that the tool's outputSchema would not describe.
+            members = MCPServer.content(result).objectValue ?? [:]
+            members.removeValue(forKey: "structuredContent")
+        }
+        var meta = members["_meta"]?.objectValue ?? [:]
+        meta.merge(ward) { _, ours in ours }
+        members["_meta"] = .object(meta)
+        let answered = JSONValue.object(members)
+        return { id in RPCResponse.line(id: id, result: answered) }
+    }
+}
