@@ -37,20 +37,22 @@ extension MCPProxy {
                 guard !over else { return }
                 over = true
                 switch outcome {
-                case .answered(let line, let record?): out.send(line(id)) { [log] in MCPServer.markRead(record, log: log) }
-                case .answered(let line, nil): send(line(id))
+                case .answered(let line, let record?, _): out.send(line(id)) { [log] in MCPServer.markRead(record, log: log) }
+                case .answered(let line, nil, _): send(line(id))
                 }
             }
-            if call.cancelled.withLock({ $0 }), case .answered(_, let record?) = outcome {
-                // It was killed at the host's word: the host knows how it ended.
+            if call.cancelled.withLock({ $0 }), case .answered(_, let record?, true) = outcome {
+                // ward killed it at the host's word: the host knows how it ended. One that
+                // the server finished anyway stays unread, and a repeat gets its answer.
                 MCPServer.markRead(record, log: log)
             }
         }
     }
 
     enum ProxiedOutcome {
-        /// The answer line for a request id; with the call whose delivery is recorded once it is read.
-        case answered(@Sendable (JSONValue) -> [UInt8], (supervisor: Supervisor, callId: String)?)
+        /// The answer line for a request id; with the call whose delivery is recorded once it
+        /// is read; and whether ward killed it (`killed`).
+        case answered(@Sendable (JSONValue) -> [UInt8], (supervisor: Supervisor, callId: String)?, killed: Bool)
     }
 
     /// Reads a `tools/call`'s params against the server's tools (`known`, else listed now).
@@ -95,7 +97,7 @@ extension MCPProxy {
         let request: ProxiedRequest
         let supervisor: Supervisor
         switch (parsed, self.supervisor.get()) {
-        case (.failure(let error), _), (_, .failure(let error)): return .answered({ RPCResponse.line(id: $0, error: error) }, nil)
+        case (.failure(let error), _), (_, .failure(let error)): return .answered({ RPCResponse.line(id: $0, error: error) }, nil, killed: false)
         case (.success(let r), .success(let s)): (request, supervisor) = (r, s)
         }
         if !alreadyArrived { arrived(request) }
@@ -103,20 +105,26 @@ extension MCPProxy {
         // Whether the host received the answer matters only where a repeat must not run
         // again; a call that may be repeated skips the record of its reading (a commit).
         let tracked = tool.effect == .nonIdempotent
+        let deadline = DispatchTime.now() + .milliseconds(Int(min(tool.timeoutMilliseconds, UInt64(Int.max / 1_000_000))))
+        // The server first: a call that cannot reach it is refused before anything is
+        // recorded (the host is told why; nothing ran).
+        let process: ProxiedServer.Process
+        do { process = try self.process(by: deadline) } catch {
+            return .answered({ RPCResponse.line(id: $0, error: error) }, nil, killed: false)
+        }
         var callId: String?
         do throws(RPCError) {
             callId = try MCPServer.callID(stable: request.stable, tool: request.recorded, effect: tool.effect, argsHash: request.argsHash, in: supervisor)
             let result = try supervisor.call(forwarding: request.recorded, effect: tool.effect, timeoutMilliseconds: tool.timeoutMilliseconds,
-                                             arguments: request.arguments, callId: callId!, policyHash: policyHash(tool),
-                                             executable: executable,
-                                             awaitsDelivery: tracked) { _ in forward(request, call) }
-            return .answered(MCPProxy.answer(result), tracked ? (supervisor, result.callId) : nil)
+                                             arguments: request.arguments, callId: callId!, policyHash: policyHash(tool), executable: executable,
+                                             awaitsDelivery: tracked) { _ in forward(request, call, to: process, until: deadline) }
+            return .answered(MCPProxy.answer(result), tracked ? (supervisor, result.callId) : nil, killed: result.outcome.status == .killed)
         } catch {
-            if error.kind == .invalidArguments || error.kind == .tooLarge { return .answered({ RPCResponse.line(id: $0, error: error) }, nil) }
+            if error.kind == .invalidArguments || error.kind == .tooLarge { return .answered({ RPCResponse.line(id: $0, error: error) }, nil, killed: false) }
             // ward refused to send it (in doubt, a conflict, a full disk): the model is told
             // why, in a result it can read, and how the operator settles it.
             let refusal = MCPServer.refusal(error, callId: callId)
-            return .answered({ RPCResponse.line(id: $0, result: refusal) }, nil)
+            return .answered({ RPCResponse.line(id: $0, result: refusal) }, nil, killed: false)
         }
     }
 
@@ -131,37 +139,44 @@ extension MCPProxy {
     }
 
     /// Sends the call to the server, its `running` record durable, and waits for the answer:
-    /// until the tool's timeout, or the host's cancellation and then a grace period. A server
-    /// that does not stop by then is killed with its whole tree.
-    func forward(_ request: ProxiedRequest, _ call: Call) -> Supervisor.Forwarded {
+    /// until `deadline` (the tool's timeout), or the host's cancellation, and then a grace
+    /// period. A server that does not stop by then is killed with its whole tree. Whatever
+    /// the server answers is what is recorded, even after a cancellation or the timeout.
+    func forward(_ request: ProxiedRequest, _ call: Call, to first: ProxiedServer.Process, until deadline: DispatchTime) -> Supervisor.Forwarded {
         let started = DispatchTime.now()
         func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6 }
+        func killed(_ why: String) -> Supervisor.Forwarded {
+            .answered(ToolOutcome(status: .killed, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(why)\n".utf8),
+                                  truncated: false, durationMs: elapsed()))
+        }
         var params: [String: JSONValue] = ["name": .string(request.tool.name), "arguments": request.arguments]
         if !request.meta.isEmpty { params["_meta"] = .object(request.meta) }
+        var next: ProxiedServer.Process? = first
+        var unsent = "the server had stopped"
         // A request the server never got may go to a new process, once: nothing ran.
         for _ in 0..<2 {
-            if call.cancelled.withLock({ $0 }) {
-                return .answered(ToolOutcome(status: .killed, exitCode: nil, signal: nil, stdout: [],
-                                             stderr: Array("ward: cancelled by the host before it was sent\n".utf8), truncated: false, durationMs: elapsed()))
-            }
+            if call.cancelled.withLock({ $0 }) { return killed("cancelled by the host before it reached the server") }
             let process: ProxiedServer.Process
-            do { process = try self.process() } catch {
-                return .answered(ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(error.message)\n".utf8),
-                                             truncated: false, durationMs: elapsed()))
+            if let given = next {
+                process = given
+                next = nil
+            } else {
+                do { process = try self.process(by: deadline) } catch { return .notSent(reason: error.message) }
             }
             let (id, pending) = process.start("tools/call", .object(params))
             call.sent.withLock { $0 = pending }
-            let deadline = started + .milliseconds(Int(min(request.tool.timeoutMilliseconds, UInt64(Int.max / 1_000_000))))
             // A cancellation that came while it was being sent did not wake it.
             var reply = pending.wait(until: call.cancelled.withLock { $0 } ? .now() : deadline)
-            var ended: CallStatus?
+            var stopped: CallStatus?
             if reply == nil {
                 // Cancelled by the host, or out of time: asked to stop, then killed.
                 let cancelled = call.cancelled.withLock { $0 }
-                ended = cancelled ? .killed : .timedOut
+                stopped = cancelled ? .killed : .timedOut
                 let why = cancelled ? "the host cancelled the call" : "the call timed out after \(request.tool.timeoutMilliseconds) ms"
                 process.notify("notifications/cancelled", .object(["requestId": .number(Double(id)), "reason": .string("ward: \(why)")]))
-                reply = pending.wait(until: .now() + MCPProxy.cancelGrace)
+                let grace = DispatchTime.now() + MCPProxy.cancelGrace
+                // Another wake (a second cancellation) does not cut the grace period short.
+                while reply == nil && DispatchTime.now() < grace { reply = pending.wait(until: grace) }
                 if reply == nil {
                     process.kill("\(why), and it did not stop within \(Int(MCPProxy.cancelGrace)) s")
                     reply = pending.wait(until: .now() + 10)
@@ -169,30 +184,28 @@ extension MCPProxy {
                 process.forget(id)
             }
             switch reply {
-            case .unsent?:
+            case .unsent(let why)?:
+                if stopped == .killed { return killed("cancelled by the host before it reached the server") }
+                unsent = "MCP server \(policy.name) \(why)"
+                if stopped == .timedOut { return .notSent(reason: unsent) }
                 continue
             case .result(let result)?:
                 proxied.answered()
                 let failed = result.objectValue?["isError"] == .bool(true)
-                return .answered(MCPProxy.outcome(["result": result], status: ended ?? (failed ? .failed : .succeeded), durationMs: elapsed()))
+                return .answered(MCPProxy.outcome(["result": result], status: failed ? .failed : .succeeded, durationMs: elapsed()))
             case .error(let error)?:
                 proxied.answered()
-                return .answered(MCPProxy.outcome(["error": error], status: ended ?? .failed, durationMs: elapsed()))
+                return .answered(MCPProxy.outcome(["error": error], status: .failed, durationMs: elapsed()))
             case .lost(let why)?:
-                if ended == .killed {
-                    // The host asked for it to stop: it did, with its server.
-                    return .answered(ToolOutcome(status: .killed, exitCode: nil, signal: nil, stdout: [],
-                                                 stderr: Array("ward: cancelled by the host; MCP server \(policy.name) \(why)\n".utf8),
-                                                 truncated: false, durationMs: elapsed()))
-                }
-                return .unanswered(status: ended ?? .killed, reason: "MCP server \(policy.name) \(why)\(ended == nil ? " before answering" : "")",
+                // The host asked for it to stop: it did, with its server.
+                if stopped == .killed { return killed("cancelled by the host; MCP server \(policy.name) \(why)") }
+                return .unanswered(status: stopped ?? .killed, reason: "MCP server \(policy.name) \(why)\(stopped == nil ? " before answering" : "")",
                                    durationMs: elapsed())
             case nil:
-                return .unanswered(status: ended ?? .killed, reason: "MCP server \(policy.name) could not be stopped", durationMs: elapsed())
+                return .unanswered(status: stopped ?? .killed, reason: "MCP server \(policy.name) could not be stopped", durationMs: elapsed())
             }
         }
-        return .answered(ToolOutcome(status: .denied, exitCode: nil, signal: nil, stdout: [],
-                                     stderr: Array("ward: MCP server \(policy.name) stopped before the call could be sent\n".utf8), truncated: false, durationMs: elapsed()))
+        return .notSent(reason: unsent)
     }
 
     /// A server's answer as an outcome: its JSON-RPC `result` or `error`, kept whole.

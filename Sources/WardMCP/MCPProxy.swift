@@ -28,6 +28,8 @@ public final class MCPProxy: Sendable {
     private let hostInitialize = Lock<JSONValue?>(nil)
     /// The server's tools as the host sees them, until its list changes or it restarts.
     let catalog = Lock<Catalog?>(nil)
+    /// Moved on each time the server's list may have changed: a list read before is not kept.
+    private let catalogGeneration = Lock(0)
     /// `tools/call` requests running now, by their id's canonical JSON.
     private let running = Lock<[String: Call]>([:])
     /// Requests of the server passed on to the host, by the id ward gave them there.
@@ -53,7 +55,8 @@ public final class MCPProxy: Sendable {
         server.withLock {
             $0 = ProxiedServer(policy: policy, sandbox: { opened.get().map(\.sandbox) },
                                inbound: { [weak self] message, process in self?.inbound(message, from: process) },
-                               started: { [weak self] process in self?.restarted(process) }, log: log)
+                               started: { [weak self] process in self?.restarted(process) },
+                               ended: { [weak self] process in self?.forgetRequests(of: process) }, log: log)
         }
     }
 
@@ -141,8 +144,10 @@ public final class MCPProxy: Sendable {
         ])
     }
 
-    /// The server, started if it is not running.
-    func process() throws(RPCError) -> ProxiedServer.Process { try proxied.running(initialize: initializeParams) }
+    /// The server, started if it is not running (or a start under way waited for), by `deadline`.
+    func process(by deadline: DispatchTime = .now() + ProxiedServer.startTimeout) throws(RPCError) -> ProxiedServer.Process {
+        try proxied.running(initialize: initializeParams, deadline: deadline)
+    }
 
     /// The server's process if it is running now (nothing is started for a notification).
     func current() -> ProxiedServer.Process? { proxied.live }
@@ -206,6 +211,7 @@ public final class MCPProxy: Sendable {
 
     func listTools() -> Result<Catalog, RPCError> {
         if let known = catalog.withLock({ $0 }) { return .success(known) }
+        let generation = catalogGeneration.withLock { $0 }
         do throws(RPCError) {
             let process = try process()
             var tools: [JSONValue] = []
@@ -223,8 +229,11 @@ public final class MCPProxy: Sendable {
                 if cursor == nil { break }
             }
             let made = publish(tools)
-            // Kept only while this process serves: a new one may have other tools.
-            if process.alive { catalog.withLock { $0 = made } }
+            // Kept only while this process serves (a new one may have other tools), and only
+            // when the list did not change while it was being read.
+            catalog.withLock { c in
+                if process.alive && catalogGeneration.withLock({ $0 }) == generation { c = made }
+            }
             return .success(made)
         } catch {
             return .failure(error)
@@ -252,14 +261,17 @@ public final class MCPProxy: Sendable {
 
     /// A new server process: its tools may not be the last one's.
     func restarted(_ process: ProxiedServer.Process) {
-        let hadList = catalog.withLock { c -> Bool in
-            defer { c = nil }
-            return c != nil
-        }
+        let hadList = catalog.withLock { $0 != nil }
+        invalidateCatalog()
         if hadList { notifyHost("notifications/tools/list_changed", .object([:])) }
     }
 
-    func invalidateCatalog() { catalog.withLock { $0 = nil } }
+    func invalidateCatalog() {
+        catalog.withLock { c in
+            c = nil
+            catalogGeneration.withLock { $0 += 1 }
+        }
+    }
 
     func notifyHost(_ method: String, _ params: JSONValue) {
         send(["jsonrpc": .string("2.0"), "method": .string(method), "params": params])
@@ -276,7 +288,7 @@ public final class MCPProxy: Sendable {
         guard let id = message["id"] else {
             switch method {
             case "notifications/tools/list_changed":
-                catalog.withLock { $0 = nil }
+                invalidateCatalog()
                 notifyHost(method, params)
             case "notifications/progress", "notifications/message":
                 notifyHost(method, params)
@@ -317,6 +329,11 @@ public final class MCPProxy: Sendable {
             return key
         }
         send(["jsonrpc": .string("2.0"), "id": .string(ours), "method": .string(method), "params": params])
+    }
+
+    /// A process ended: its requests to the host can no longer be answered.
+    func forgetRequests(of process: ProxiedServer.Process) {
+        toHost.withLock { t in t.waiting = t.waiting.filter { $0.value.process !== process } }
     }
 
     /// The host answered a request of the server's: passed on to the process that made it.

@@ -168,7 +168,7 @@ extension MCPServer {
     /// that settles it.
     static func refusal(_ error: RPCError, callId: String?) -> JSONValue {
         let why = switch error.kind {
-        case .inDoubt: "not run: the call is in doubt (it may have run before ward stopped)"
+        case .inDoubt: "not run: the call is in doubt (it may have run, and how it ended is not recorded)"
         case .conflict: "not run: the call ID was used for another call"
         case .inProgress: "not run yet: the call is still running elsewhere"
         case .policyDenied: "not run: its policy refuses it"

@@ -10,18 +10,19 @@ import Glibc
 
 /// The MCP server behind `ward mcp proxy`: started in its sandbox when first needed, spoken
 /// to over its pipes (newline-delimited JSON-RPC), and started again after it dies, no
-/// sooner than its backoff allows. Thread-safe: each call's thread sends its request and
-/// waits for the answer; one thread per process reads its stdout, one its stderr.
+/// sooner than its backoff allows. Thread-safe. Each process has three threads of its own:
+/// one writes its stdin from a queue (so no other thread ever blocks on a server that stops
+/// reading), one reads its stdout, one its stderr.
 final class ProxiedServer: Sendable {
     /// What came back for a request.
     enum Reply: Sendable {
         case result(JSONValue)
         /// A JSON-RPC error object.
         case error(JSONValue)
-        /// No answer will come: the process ended (or was killed) after the request was
-        /// written. Why, in words.
+        /// No answer will come: the process ended (or was killed) after the whole request
+        /// was written to it. Why, in words.
         case lost(String)
-        /// The request was never written: the process had ended. Why, in words.
+        /// The request was never (wholly) written: the process had stopped. Why, in words.
         case unsent(String)
     }
 
@@ -32,13 +33,15 @@ final class ProxiedServer: Sendable {
     let policy: ServerPolicy
     /// How long the server has to answer `initialize` at each start.
     static let startTimeout = 30.0
+    /// Longest wait for the backoff before a request is refused instead.
+    static let longestWait = 2.0
     /// Why a process is killed at ward's exit (not a failure).
     static let stopping = "ward is stopping"
-    /// Longest wait for the backoff before a call is refused instead.
-    static let longestWait = 2.0
 
     private struct State {
         var current: Process?
+        /// The start under way, which every request that needs the server waits for.
+        var starting: Start?
         /// Starts or deaths since the server last answered a call.
         var failures = 0
         /// No start before this.
@@ -49,47 +52,85 @@ final class ProxiedServer: Sendable {
     private let state = Lock(State())
     /// The thread every process is started from (see `Launcher`).
     private let launcher = Launcher()
-    /// One start at a time.
-    private let starting = DispatchSemaphore(value: 1)
     let sandbox: @Sendable () -> Result<Sandbox, RPCError>
     let inbound: Inbound
     /// The process is new (its tools may differ from the last one's).
     let started: @Sendable (Process) -> Void
+    /// The process ended: nothing it asked of the host can be answered any more.
+    let ended: @Sendable (Process) -> Void
     let log: @Sendable (String) -> Void
 
     init(policy: ServerPolicy, sandbox: @escaping @Sendable () -> Result<Sandbox, RPCError>, inbound: @escaping Inbound,
-         started: @escaping @Sendable (Process) -> Void, log: @escaping @Sendable (String) -> Void) {
+         started: @escaping @Sendable (Process) -> Void, ended: @escaping @Sendable (Process) -> Void, log: @escaping @Sendable (String) -> Void) {
         self.policy = policy
         self.sandbox = sandbox
         self.inbound = inbound
         self.started = started
+        self.ended = ended
         self.log = log
     }
 
-    /// The running process, started (and initialized with the host's `initialize` params) if
-    /// there is none. Throws a message naming why it cannot be had.
-    func running(initialize params: JSONValue) throws(RPCError) -> Process {
-        if let live = state.withLock({ $0.current }), live.alive { return live }
-        starting.wait()
-        defer { starting.signal() }
-        if let live = state.withLock({ $0.current }), live.alive { return live }
-        // Backoff after a failed start or a death: a server that crashes at once is not
-        // started in a loop.
-        let (notBefore, last) = state.withLock { ($0.notBefore, $0.lastFailure) }
-        let now = DispatchTime.now()
-        if now < notBefore {
-            let wait = Double(notBefore.uptimeNanoseconds - now.uptimeNanoseconds) / 1e9
-            if wait > ProxiedServer.longestWait {
-                throw RPCError(.internal, "MCP server \(policy.name) is down (\(last ?? "it stopped")); ward starts it again in \(String(format: "%.1f", wait)) s")
-            }
-            usleep(UInt32(wait * 1e6))
+    /// One start of the server, shared by every request waiting for it.
+    final class Start: Sendable {
+        private let result = Lock<Result<Process, RPCError>?>(nil)
+        private let done = DispatchSemaphore(value: 0)
+
+        func finish(_ r: Result<Process, RPCError>) {
+            result.withLock { $0 = r }
+            done.signal()
         }
-        // A process that fails its handshake is counted a failure when it is reaped.
-        let process = try start(initialize: params)
-        state.withLock { $0.current = process }
-        started(process)
-        return process
+
+        /// Its outcome, or nil at `deadline`.
+        func wait(until deadline: DispatchTime) -> Result<Process, RPCError>? {
+            guard done.wait(timeout: deadline) == .success else { return nil }
+            done.signal()  // for the next waiter
+            return result.withLock { $0 }
+        }
     }
+
+    /// The running process, started (and initialized with the host's `initialize` params)
+    /// if there is none; a start under way is waited for, not repeated. Throws a message
+    /// naming why the server cannot be had by `deadline`.
+    func running(initialize params: JSONValue, deadline: DispatchTime) throws(RPCError) -> Process {
+        let (live, start, mine, wait): (Process?, Start?, Bool, Double) = state.withLock { s in
+            if let current = s.current, current.alive { return (current, nil, false, 0) }
+            if let start = s.starting { return (nil, start, false, 0) }
+            // Backoff after a failed start or a death: a server that crashes at once is not
+            // started in a loop.
+            let now = DispatchTime.now()
+            let wait = now < s.notBefore ? Double(s.notBefore.uptimeNanoseconds - now.uptimeNanoseconds) / 1e9 : 0
+            if wait > ProxiedServer.longestWait { return (nil, nil, false, wait) }
+            let start = Start()
+            s.starting = start
+            return (nil, start, true, wait)
+        }
+        if let live { return live }
+        guard let start else {
+            let last = state.withLock { $0.lastFailure } ?? "it stopped"
+            throw RPCError(.internal, "MCP server \(policy.name) is down (\(last)); ward starts it again in \(String(format: "%.1f", wait)) s")
+        }
+        if mine {
+            // On a thread of its own: a request that stops waiting (its deadline) leaves the
+            // start to finish for the next one.
+            Thread { [self] in
+                if wait > 0 { usleep(UInt32(wait * 1e6)) }
+                let result = Result { () throws(RPCError) in try self.start(initialize: params) }
+                state.withLock { s in
+                    s.starting = nil
+                    if case .success(let process) = result { s.current = process }
+                }
+                if case .success(let process) = result { started(process) }
+                start.finish(result)
+            }.start()
+        }
+        guard let result = start.wait(until: deadline) else {
+            throw RPCError(.internal, "MCP server \(policy.name) is still starting")
+        }
+        return try result.get()
+    }
+
+    /// The process serving now, if one is.
+    var live: Process? { state.withLock { $0.current }.flatMap { $0.alive ? $0 : nil } }
 
     /// The last process ended or could not start: the next start waits 0.25 s, doubling
     /// with each failure in a row up to 30 s.
@@ -104,9 +145,6 @@ final class ProxiedServer: Sendable {
 
     /// A call was answered: the server works, and its backoff starts over.
     func answered() { state.withLock { $0.failures = 0 } }
-
-    /// The process serving now, if one is.
-    var live: Process? { state.withLock { $0.current }.flatMap { $0.alive ? $0 : nil } }
 
     /// Kills the running process's tree, if any (shutdown).
     func stop() {
@@ -131,21 +169,25 @@ final class ProxiedServer: Sendable {
         process.begin()
         // The handshake, as the host made it: its capabilities decide which of the
         // server's requests reach it.
+        let failure: String
         switch process.request("initialize", params, deadline: .now() + ProxiedServer.startTimeout) {
         case .result(let result)?:
             process.initializeResult = result
             process.notify("notifications/initialized", .object([:]))
             return process
         case .error(let error)?:
+            failure = "refused initialize: \(ProxiedServer.describe(error))"
             process.kill("it refused initialize")
-            throw RPCError(.internal, "MCP server \(policy.name) refused initialize: \(ProxiedServer.describe(error))")
         case .lost(let why)?, .unsent(let why)?:
-            process.waitForEnd(seconds: 1)
-            throw RPCError(.internal, "MCP server \(policy.name) \(why) before it answered initialize\(process.stderrTail)")
+            process.waitForEnd(seconds: 2)
+            failure = "\(why) before it answered initialize\(process.stderrTail)"
         case nil:
+            failure = "did not answer initialize within \(Int(ProxiedServer.startTimeout)) s\(process.stderrTail)"
             process.kill("it did not answer initialize")
-            throw RPCError(.internal, "MCP server \(policy.name) did not answer initialize within \(Int(ProxiedServer.startTimeout)) s\(process.stderrTail)")
         }
+        // Counted now, not when it is reaped: the next request must see the backoff.
+        process.countFailure("it \(failure)")
+        throw RPCError(.internal, "MCP server \(policy.name) \(failure)")
     }
 
     static func describe(_ error: JSONValue) -> String {
@@ -165,12 +207,20 @@ final class ProxiedServer: Sendable {
         private struct Wire {
             var nextID = 1
             var waiting: [Int: Pending] = [:]
-            /// Why it ended (or is being ended); nil while it serves.
+            /// Serving: false from the moment its stdout ends or ward kills it.
+            var open = true
+            /// Why it ended (or is being ended).
             var ended: String?
+            /// Lines for its stdin not written yet, each with the request it is (if one).
+            var queue: [(line: [UInt8], request: Pending?)] = []
+            var queuedBytes = 0
+            /// Its death was counted against the server's backoff.
+            var counted = false
         }
         private let wire = Lock(Wire())
-        /// stdin: whole lines, one writer at a time.
-        private let writing = Lock(())
+        private let queued = DispatchSemaphore(value: 0)
+        /// More than this waiting for its stdin: it stopped reading, and is killed.
+        static let maximumQueuedBytes = 64 << 20
         /// The end of its stderr, for the message when it dies at start.
         private let stderrKept = Lock<[UInt8]>([])
         private let finished = DispatchSemaphore(value: 0)
@@ -182,7 +232,7 @@ final class ProxiedServer: Sendable {
             self.server = server
         }
 
-        var alive: Bool { wire.withLock { $0.ended == nil } }
+        var alive: Bool { wire.withLock { $0.open } }
 
         /// The server's last words on stderr, as a suffix for an error message.
         var stderrTail: String {
@@ -190,8 +240,10 @@ final class ProxiedServer: Sendable {
             return tail.isEmpty ? "" : "; its stderr ends: \(tail)"
         }
 
-        /// Starts the threads that read its stdout and stderr and wait for its end.
+        /// Starts the threads that write its stdin, read its stdout and stderr, and wait for
+        /// its end.
         func begin() {
+            Thread { [self] in writeStdin() }.start()
             Thread { [self] in readStderr() }.start()
             Thread { [self] in
                 MCPServer.readLines(from: launched.output, tooLong: { [self] in
@@ -202,8 +254,27 @@ final class ProxiedServer: Sendable {
             }.start()
         }
 
+        private func writeStdin() {
+            while true {
+                queued.wait()
+                guard let next = wire.withLock({ w -> (line: [UInt8], request: Pending?)? in
+                    guard w.open, !w.queue.isEmpty else { return nil }
+                    return w.queue.removeFirst()
+                }) else {
+                    if !alive { return }
+                    continue
+                }
+                // Blocks while the server does not read; the queue behind it is bounded, and a
+                // kill ends the write (its pipe's reader is gone).
+                guard OS.writeAll(launched.input, next.line) else { return }
+                next.request?.written()
+                wire.withLock { $0.queuedBytes -= next.line.count }
+            }
+        }
+
         private func readStderr() {
             var chunk = [UInt8](repeating: 0, count: 1 << 14)
+            var partial: [UInt8] = []
             var logged = 0
             while let n = chunk.withUnsafeMutableBytes({ OS.read(launched.errors, into: $0) }), n > 0 {
                 let bytes = chunk[..<n]
@@ -211,56 +282,77 @@ final class ProxiedServer: Sendable {
                     kept.append(contentsOf: bytes)
                     if kept.count > 2048 { kept.removeFirst(kept.count - 2048) }
                 }
-                // Passed on to ward's stderr, up to 1 MiB a process: a flood cannot fill a disk.
-                if logged < 1 << 20 {
-                    logged += n
-                    for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-                        server.log("server \(server.policy.name): \(line)")
+                // Passed on to ward's stderr a line at a time, control characters shown
+                // escaped, up to 1 MiB a process: a flood cannot fill a disk.
+                guard logged < 1 << 20 else { continue }
+                partial += bytes
+                while let newline = partial.firstIndex(of: 0x0A) {
+                    let line = partial[..<newline]
+                    partial.removeSubrange(...newline)
+                    logged += line.count + 1
+                    server.log("server \(server.policy.name): \(ProxiedServer.printable(line))")
+                    if logged >= 1 << 20 {
+                        server.log("server \(server.policy.name): more than 1 MiB on stderr; the rest is not shown")
+                        break
                     }
                 }
+                if partial.count > 4096 {
+                    logged += partial.count
+                    server.log("server \(server.policy.name): \(ProxiedServer.printable(partial[...]))")
+                    partial.removeAll()
+                }
             }
+            if !partial.isEmpty && logged < 1 << 20 { server.log("server \(server.policy.name): \(ProxiedServer.printable(partial[...]))") }
             stderrClosed.signal()
         }
 
         private func end() {
+            wire.withLock { $0.open = false }
+            queued.signal()  // the writer sees it is over
             // A server that closed stdout but lives on is ended: nothing it says can arrive.
             var p = pollfd(fd: launched.pidfd, events: Int16(POLLIN), revents: 0)
             if poll(&p, 1, 2000) != 1 { launched.terminate() }
             let how = launched.wait()
             // Its last words, for the message that says why it ended.
             _ = stderrClosed.wait(timeout: .now() + 1)
-            let why: String
-            let stopping = wire.withLock { $0.ended } == Process.killed(ProxiedServer.stopping)
-            if let reason = wire.withLock({ $0.ended }) {
-                why = reason
-            } else if let code = how.code {
-                why = "exited with status \(code)"
-            } else {
-                why = "was killed by signal \(how.signal ?? 0)"
-            }
-            let waiting = wire.withLock { w -> [Pending] in
-                if w.ended == nil { w.ended = why }
+            let (why, waiting) = wire.withLock { w -> (String, [Pending]) in
+                if w.ended == nil {
+                    w.ended = how.code.map { "exited with status \($0)" } ?? "was killed by signal \(how.signal ?? 0)"
+                }
                 defer { w.waiting.removeAll() }
-                return Array(w.waiting.values)
+                return (w.ended!, Array(w.waiting.values))
             }
-            for pending in waiting { pending.deliver(.lost(why)) }
-            if !stopping {
-                server.failed("it \(why)")
-                server.log("server \(server.policy.name) \(why)")
+            // A request it got whole may have been acted on; one it never got was not.
+            for pending in waiting { pending.deliver(pending.wasWritten ? .lost(why) : .unsent(why)) }
+            if why != Process.killed(ProxiedServer.stopping) {
+                if countFailure("it \(why)") { server.log("server \(server.policy.name) \(why)") }
             }
+            server.ended(self)
             finished.signal()
+        }
+
+        /// Counts its death against the server's backoff, once; false when it already was.
+        @discardableResult
+        func countFailure(_ why: String) -> Bool {
+            guard wire.withLock({ w -> Bool in
+                defer { w.counted = true }
+                return !w.counted
+            }) else { return false }
+            server.failed(why)
+            return true
         }
 
         static func killed(_ why: String) -> String { "was killed: \(why)" }
 
-        /// Ends it: its whole tree is killed, and every request waiting gets `lost(why)`.
+        /// Ends it: its whole tree is killed, and every request waiting gets `lost(why)` (or
+        /// `unsent`, if it never got it whole).
         func kill(_ why: String) {
-            let first = wire.withLock { w -> Bool in
-                guard w.ended == nil else { return false }
-                w.ended = Process.killed(why)
-                return true
+            wire.withLock { w in
+                w.open = false
+                if w.ended == nil { w.ended = Process.killed(why) }
             }
-            if first { launched.terminate() }
+            queued.signal()
+            launched.terminate()
         }
 
         /// Waits until it has been reaped (after `kill`).
@@ -270,8 +362,7 @@ final class ProxiedServer: Sendable {
 
         private func received(_ line: [UInt8]) {
             guard case .object(let members)? = try? JSONValue.parse(line) else {
-                let shown = String(decoding: line.prefix(200), as: UTF8.self)
-                kill("it wrote something that is not a JSON-RPC message: \(shown)")
+                kill("it wrote something that is not a JSON-RPC message: \(ProxiedServer.printable(line.prefix(200)))")
                 return
             }
             if members["method"] != nil {
@@ -279,23 +370,41 @@ final class ProxiedServer: Sendable {
                 return
             }
             // An answer: to one of ward's requests, by the id ward gave it.
-            guard let id = members["id"]?.integer(),
-                  let pending = wire.withLock({ $0.waiting.removeValue(forKey: id) }) else {
+            guard let id = members["id"]?.integer(), let pending = wire.withLock({ $0.waiting.removeValue(forKey: id) }) else {
                 server.log("server \(server.policy.name) answered a request ward did not make (or no longer waits for): dropped")
                 return
             }
+            // Only a well-formed answer is passed on (and recorded, and replayed).
             if let error = members["error"] {
+                let fields = error.objectValue ?? [:]
+                guard fields["code"]?.integer() != nil, fields["message"]?.stringValue != nil else {
+                    kill("it answered request \(id) with a malformed error: \(ProxiedServer.printable(error.canonicalBytes.prefix(200)))")
+                    pending.deliver(.lost(Process.killed("it answered with a malformed error")))
+                    return
+                }
                 pending.deliver(.error(error))
+            } else if case .object? = members["result"] {
+                pending.deliver(.result(members["result"]!))
             } else {
-                pending.deliver(.result(members["result"] ?? .null))
+                kill("it answered request \(id) with neither a result object nor an error")
+                pending.deliver(.lost(Process.killed("it answered with neither a result object nor an error")))
             }
         }
 
-        /// Writes one message; false once the process is gone.
+        /// Queues one message for its stdin; false once it is gone. A server that lets more
+        /// than `maximumQueuedBytes` wait is killed: it stopped reading.
         @discardableResult
-        func send(_ message: JSONValue) -> Bool {
-            guard alive else { return false }
-            return writing.withLock { _ in OS.writeAll(launched.input, message.canonicalBytes + [0x0A]) }
+        func send(_ message: JSONValue, request: Pending? = nil) -> Bool {
+            let line = message.canonicalBytes + [0x0A]
+            let (queued, overflow) = wire.withLock { w -> (Bool, Bool) in
+                guard w.open else { return (false, false) }
+                w.queue.append((line, request))
+                w.queuedBytes += line.count
+                return (true, w.queuedBytes > Process.maximumQueuedBytes)
+            }
+            if queued { self.queued.signal() }
+            if overflow { kill("it stopped reading its stdin (\(Process.maximumQueuedBytes >> 20) MiB waiting)") }
+            return queued
         }
 
         func notify(_ method: String, _ params: JSONValue) {
@@ -317,19 +426,21 @@ final class ProxiedServer: Sendable {
             send(.object(message))
         }
 
-        /// Sends a request under a new id; `sent` gets that id before anything can answer it.
+        /// Sends a request under a new id, registered and queued at once (a process that
+        /// stopped gets none: `unsent`).
         func start(_ method: String, _ params: JSONValue) -> (id: Int, pending: Pending) {
             let pending = Pending()
-            let id = wire.withLock { w -> Int in
+            let (id, stopped) = wire.withLock { w -> (Int, String?) in
+                guard w.open else { return (0, w.ended ?? "had stopped") }
                 defer { w.nextID += 1 }
                 w.waiting[w.nextID] = pending
-                return w.nextID
+                return (w.nextID, nil)
             }
-            if let why = wire.withLock({ $0.ended }) {
+            if let stopped {
+                pending.deliver(.unsent(stopped))
+            } else if !send(.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params]), request: pending) {
                 forget(id)
-                pending.deliver(.unsent(why))
-            } else if !send(.object(["jsonrpc": .string("2.0"), "id": .number(Double(id)), "method": .string(method), "params": params])) {
-                pending.deliver(.lost(wire.withLock { $0.ended } ?? "closed its stdin"))
+                pending.deliver(.unsent(wire.withLock { $0.ended } ?? "had stopped"))
             }
             return (id, pending)
         }
@@ -350,6 +461,11 @@ final class ProxiedServer: Sendable {
     final class Pending: Sendable {
         private let reply = Lock<Reply?>(nil)
         private let signal = DispatchSemaphore(value: 0)
+        private let whole = Lock(false)
+
+        /// Its whole line was written to the server.
+        func written() { whole.withLock { $0 = true } }
+        var wasWritten: Bool { whole.withLock { $0 } }
 
         func deliver(_ r: Reply) {
             let first = reply.withLock { current -> Bool in
@@ -369,6 +485,13 @@ final class ProxiedServer: Sendable {
             _ = signal.wait(timeout: deadline)
             return reply.withLock { $0 }
         }
+    }
+
+    /// Bytes a server wrote, as text for ward's stderr and messages: control characters escaped.
+    static func printable(_ bytes: ArraySlice<UInt8>) -> String {
+        String(decoding: bytes, as: UTF8.self).unicodeScalars.map { s in
+            s.properties.generalCategory == .control ? s.escaped(asASCII: true) : String(s)
+        }.joined()
     }
 }
 

@@ -16,6 +16,9 @@ extension Supervisor {
         /// `reason` are recorded for a call that may be repeated; a non-idempotent one is put
         /// in doubt instead.
         case unanswered(status: CallStatus, reason: String, durationMs: Double)
+        /// It never left ward (the server had stopped, and none could be started): nothing
+        /// ran. Settled as not executed, so that asking again runs it.
+        case notSent(reason: String)
     }
 
     /// Records a call's start, runs `forward` (unless the ledger replays it or refuses it),
@@ -44,6 +47,12 @@ extension Supervisor {
             // non-idempotent call never runs twice").
             try ledgerCall { () throws(LedgerError) in try ledger.markInDoubt(ticket, reason: reason) }
             throw RPCError(.inDoubt, "call \(callId) of run \(runID): \(reason); \(ledger.settleHint(run: runID, callId: callId))")
+        case .notSent(let reason):
+            try ledgerCall { () throws(LedgerError) in
+                try ledger.markInDoubt(ticket, reason: "not sent: \(reason)")
+                try ledger.resolve(run: runID, callId: callId, as: .notExecuted, note: "never sent: \(reason)", by: "ward")
+            }
+            throw RPCError(.internal, "call \(callId) was not sent (\(reason)): nothing ran; ask again")
         case .unanswered(let status, let reason, let durationMs):
             return try record(ticket, ToolOutcome(status: status, exitCode: nil, signal: nil, stdout: [], stderr: Array("ward: \(reason)\n".utf8),
                                                   truncated: false, durationMs: durationMs))

@@ -64,7 +64,7 @@ struct MCPProxyCommand: ParsableCommand {
     /// The name a server given after `--` is recorded under: its program's file name.
     static func tryName(_ command: [String]) -> String {
         let base = command.first?.split(separator: "/").last.map(String.init) ?? "server"
-        return String(base.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
+        return String(base.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") ? $0 : "_" })
     }
 
     /// The policies, and a server for `command` in the default sandbox: the system's
@@ -73,19 +73,24 @@ struct MCPProxyCommand: ParsableCommand {
     /// environment too.
     static func load(_ directory: String, trying command: [String]) throws -> PolicySet {
         guard let program = command.first else { throw CLIError.usage("no command after --") }
-        let resolved = program.contains("/") ? program : searchPath(program)
-        guard let resolved, let real = realpath(resolved, nil) else {
+        guard let found = program.contains("/") ? program : searchPath(program), let real = realpath(found, nil) else {
             throw CLIError(message: "command \(program) not found", exitCode: 1)
         }
+        let target = String(cString: real)
         free(real)
+        // Run as named (a virtual environment's `bin/python` is a symlink whose own path
+        // is what makes it that environment's), made absolute.
+        let absolute = found.hasPrefix("/") ? found : MCPCommand.real(String(found[..<(found.lastIndex(of: "/") ?? found.startIndex)])) + "/" + (found.split(separator: "/").last.map(String.init) ?? found)
         var read = ["/usr", "/bin", "/lib", "?/lib64", "?/sbin", "/etc/ld.so.cache", "/etc/passwd", "/etc/group", "?/etc/nsswitch.conf",
                     "?/etc/localtime", "?/etc/ssl", "?/etc/ca-certificates", "?/etc/python3", "?/etc/hosts", "?/etc/mime.types",
                     "/dev/zero", "/dev/urandom", "{workspace}"]
-        let absolute = resolved.hasPrefix("/") ? resolved : MCPCommand.real(resolved)
-        let parts = absolute.split(separator: "/")
-        if parts.count >= 3, parts[parts.count - 2] == "bin" {
+        // A Python virtual environment's program (`ENV/bin/NAME`, `ENV/pyvenv.cfg` beside it)
+        // needs its environment; any other directory a program is in is not given away.
+        for path in Set([absolute, target]) {
+            let parts = path.split(separator: "/")
+            guard parts.count >= 3, parts[parts.count - 2] == "bin" else { continue }
             let environment = "/" + parts.dropLast(2).joined(separator: "/")
-            if !["/usr", "/", "/usr/local"].contains(environment) { read.append(environment) }
+            if access(environment + "/pyvenv.cfg", R_OK) == 0 && !read.contains(environment) { read.append(environment) }
         }
         func list(_ items: [String]) -> String { "[" + items.map { JSONValue.string($0).canonical }.joined(separator: ", ") + "]" }
         let name = tryName(command)

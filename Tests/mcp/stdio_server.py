@@ -6,7 +6,11 @@ nothing else. Run as `python3 -I stdio_server.py MODE`:
 - garbage: answers tools/call with a line that is not JSON;
 - silent: never answers tools/call;
 - flood: answers tools/call with an endless line;
-- exit: writes to stderr and exits with status 3 before reading anything.
+- exit: writes to stderr and exits with status 3 before reading anything;
+- stopread: stops reading its stdin once it has listed its tools (and answers nothing more);
+- malformed: answers tools/call with `"error": null`;
+- ignorecancel: `send` finishes its work even when cancelled (and answers);
+- crashafter: exits right after answering a tools/call.
 
 Tools (normal): `send` appends `message` to sent.txt in the working directory (after `seconds`,
 with progress every 0.1 s when asked) and returns structured content; `echo` returns its
@@ -115,6 +119,9 @@ def call(rid: Any, params: dict[str, Any]) -> None:
         return
     if MODE == "silent":
         return
+    if MODE == "malformed":
+        send_message({"jsonrpc": "2.0", "id": rid, "error": None})
+        return
     if MODE == "flood":
         with write_lock:
             chunk = "x" * (1 << 20)
@@ -126,7 +133,7 @@ def call(rid: Any, params: dict[str, Any]) -> None:
         end = time.monotonic() + float(args.get("seconds", 0))
         step = 0
         while time.monotonic() < end:
-            if rid in cancelled:
+            if rid in cancelled and MODE != "ignorecancel":
                 send_message({"jsonrpc": "2.0", "id": rid, "error": {"code": 0, "message": "Request cancelled"}})
                 return
             if token is not None:
@@ -154,6 +161,8 @@ def call(rid: Any, params: dict[str, Any]) -> None:
         send_message({"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"Unknown tool: {name}"}})
         return
     send_message({"jsonrpc": "2.0", "id": rid, "result": result})
+    if MODE == "crashafter":
+        os._exit(0)
 
 
 def main() -> None:
@@ -184,6 +193,8 @@ def main() -> None:
             }})
         elif method == "tools/list":
             send_message({"jsonrpc": "2.0", "id": rid, "result": {"tools": tools()}})
+            if MODE == "stopread":
+                time.sleep(3600)
         elif method == "tools/call":
             threading.Thread(target=call, args=(rid, params), daemon=True).start()
         elif method == "notifications/cancelled":

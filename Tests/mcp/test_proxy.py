@@ -67,7 +67,9 @@ class ProxyPlace(Place):
         os.chmod(script, 0o644)
         tables = [server_table("test", script, "normal"), server_table("garbage", script, "garbage"),
                   server_table("silent", script, "silent", timeout="1s"), server_table("flood", script, "flood"),
-                  server_table("exits", script, "exit")]
+                  server_table("exits", script, "exit"), server_table("stopread", script, "stopread", timeout="1s"),
+                  server_table("malformed", script, "malformed"), server_table("ignorecancel", script, "ignorecancel"),
+                  server_table("crashafter", script, "crashafter"), server_table("deaf", script, "silent", timeout="60s")]
         (self.policies / "servers.toml").write_text("".join(tables))
 
     def proxy_args(self, name: str, *extra: str) -> list[str]:
@@ -311,13 +313,48 @@ class ForwardingTests(ProxyTest):
             self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["running"]))
             await s.send_notification(types.ClientNotification(types.CancelledNotification(
                 params=types.CancelledNotificationParams(requestId=request_id, reason="changed my mind"))))
-            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["killed"]))
+            # The server stopped the call itself and said so (an error): that is what is recorded.
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["failed"]))
             done, _ = await asyncio.wait({call}, timeout=1)
             self.assertFalse(done, "a cancelled request was answered")
             call.cancel()
-            # The server stopped the call itself (it did not send), and serves on.
+            # It did not send, and serves on.
             self.assertEqual(self.place.lines("sent.txt"), [])
             self.assertFalse((await self.call(s, "echo", {})).isError)
+
+    async def test_a_cancelled_call_the_server_does_not_stop_is_killed_with_its_tree(self) -> None:
+        async with proxy(self.place, "deaf") as s:
+            server = self.place.server_pids()
+            request_id = s._request_id
+            call = asyncio.create_task(s.call_tool("send", {"message": "m"}))
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["running"]))
+            await s.send_notification(types.ClientNotification(types.CancelledNotification(
+                params=types.CancelledNotificationParams(requestId=request_id, reason="changed my mind"))))
+            # Five seconds to stop, then the server's whole tree is killed.
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["killed"], 20))
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: not set(server) & set(self.place.server_pids())))
+            call.cancel()
+            # A new server serves what comes next.
+            await s.set_logging_level("info")
+            self.assertTrue(set(self.place.server_pids()) - set(server))
+        self.assertEqual(self.place.lines("sent.txt"), [])
+
+    async def test_a_call_the_server_finished_despite_the_cancellation_is_never_run_again(self) -> None:
+        async with proxy(self.place, "ignorecancel") as s:
+            request_id = s._request_id
+            call = asyncio.create_task(s.call_tool("send", {"message": "once", "seconds": 1}))
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["running"]))
+            await s.send_notification(types.ClientNotification(types.CancelledNotification(
+                params=types.CancelledNotificationParams(requestId=request_id, reason="changed my mind"))))
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()] == ["succeeded"]))
+            call.cancel()
+            # The host went on, then asked for the same call again: it is answered from the
+            # ledger (the host never saw the answer), not sent a second time.
+            await self.call(s, "echo", {})
+            again = await self.call(s, "send", {"message": "once", "seconds": 1})
+            assert again.meta is not None
+            self.assertTrue(again.meta["ward/replayed"], text(again))
+        self.assertEqual(self.place.lines("sent.txt"), ["once"])
 
     async def test_a_host_retry_of_a_finished_call_is_replayed(self) -> None:
         async with proxy(self.place, "test") as s:
@@ -418,6 +455,35 @@ class MisbehavingServerTests(ProxyTest):
             self.assertIn("in doubt", text(result))
             self.assertIn("longer than", text(result))
             await self.assert_serves_on(s)
+
+    async def test_a_server_that_stops_reading_its_stdin(self) -> None:
+        async with proxy(self.place, "stopread") as s:
+            started = time.monotonic()
+            # Larger than a pipe holds: the write cannot finish, and the timeout still holds.
+            result = await self.call(s, "send", {"message": "x" * (1 << 20)})
+            self.assertTrue(result.isError)
+            self.assertLess(time.monotonic() - started, 30)
+            await s.send_ping()
+        # Never written whole, so never run: settled as not executed, not in doubt.
+        self.assertEqual([c["status"] for c in self.place.calls()], ["resolved"])
+
+    async def test_a_malformed_answer_is_never_passed_on(self) -> None:
+        async with proxy(self.place, "malformed") as s:
+            result = await self.call(s, "send", {"message": "m"})
+            self.assertTrue(result.isError)
+            self.assertIn("malformed error", text(result))
+            read = await self.call(s, "echo", {})
+            self.assertIn("malformed error", text(read))
+            await self.assert_serves_on(s)
+        self.assertEqual([c["status"] for c in self.place.calls()], ["in-doubt", "killed"])
+
+    async def test_a_call_right_after_the_server_exited_goes_to_a_new_one(self) -> None:
+        async with proxy(self.place, "crashafter") as s:
+            for i in range(6):
+                sent = await self.call(s, "send", {"message": f"m{i}"})
+                self.assertFalse(sent.isError, text(sent))
+        self.assertEqual(self.place.lines("sent.txt"), [f"m{i}" for i in range(6)])
+        self.assertEqual({c["status"] for c in self.place.calls()}, {"succeeded"})
 
     async def test_a_server_that_exits_at_start(self) -> None:
         async with proxy(self.place, "exits") as s:

@@ -41,6 +41,8 @@ long ward_landlock_add_net_rule(int ruleset_fd, uint64_t allowed, uint64_t port)
 /// O_PATH is _GNU_SOURCE only.
 int ward_open_path(const char *path);
 /// prctl is variadic.
+// SIGKILL through a pidfd: never reaches another process that took a reaped pid's number.
+int ward_pidfd_kill(int pidfd);
 int ward_prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
 /// seccomp(2) mode query for `ward doctor`.
 int ward_seccomp_available(void);

@@ -1,3 +1,4 @@
+import CWardOS
 import CWardSpawn
 import WardCore
 
@@ -22,8 +23,13 @@ public final class SandboxedProcess: @unchecked Sendable {
     let containment: Containment
     let slot: CgroupSlot?
     let cgroups: CgroupPool?
-    /// How it ended, once reaped: (exit code, or nil; killing signal, or nil).
-    private let ended = Lock<(code: Int32?, signal: Int32?)?>(nil)
+    /// How it ended, once reaped.
+    private struct State {
+        var ended: (code: Int32?, signal: Int32?)?
+        /// Its cgroup was given back: another call may hold it now.
+        var released = false
+    }
+    private let state = Lock(State())
 
     init(pid: pid_t, pidfd: Int32, input: Int32, output: Int32, errors: Int32, containment: Containment, slot: CgroupSlot?, cgroups: CgroupPool?) {
         self.pid = pid
@@ -38,26 +44,37 @@ public final class SandboxedProcess: @unchecked Sendable {
     }
 
     deinit {
-        if ended.withLock({ $0 == nil }) { terminate(); _ = wait() }
+        if state.withLock({ $0.ended == nil }) { terminate(); _ = wait() }
         for fd in [pidfd, input, output, errors] { close(fd) }
     }
 
-    /// Kills its whole tree, from any thread; `wait` then returns.
+    /// Kills its whole tree, from any thread; `wait` then returns. Safe at any time: the
+    /// process is signalled through its pidfd (never another process that took its number
+    /// after it was reaped), and its cgroup only while it is still its own.
     public func terminate() {
-        containment.terminate(pid: pid, slot: slot)
+        state.withLock { s in
+            guard !s.released else { return }
+            if let slot { _ = slot.killAll(sparing: pid) }
+            _ = ward_pidfd_kill(pidfd)
+        }
     }
 
     /// Waits for it to exit, then kills whatever it left (its tree ends with it) and gives
     /// its cgroup back. Returns how it ended. Called once, by the thread that owns it.
     public func wait() -> (code: Int32?, signal: Int32?) {
-        if let done = ended.withLock({ $0 }) { return done }
+        if let done = state.withLock({ $0.ended }) { return done }
         var exited: Int32 = 0, code: Int32 = 0, signal: Int32 = 0
         ward_wait(pid, &exited, &code, &signal)
-        containment.killTree(pid: pid, slot: slot)
+        let how = (code: exited != 0 ? code : nil, signal: exited != 0 ? nil : signal)
+        state.withLock { s in
+            // Its PID namespace died with it (the kernel killed the rest); a cgroup is
+            // emptied; its reaped pid is never signalled.
+            if containment.treeKill != .pidNamespace { containment.killTree(pid: pid, slot: slot) }
+            s.released = true
+            s.ended = how
+        }
         containment.unregister(pid)
         if let slot { cgroups?.release(slot) }
-        let how = (code: exited != 0 ? code : nil, signal: exited != 0 ? nil : signal)
-        ended.withLock { $0 = how }
         return how
     }
 }
