@@ -20,8 +20,15 @@ extension MCPProxy {
     }
 
     func startCall(id: JSONValue, params: JSONValue) {
-        guard let call = register(id) else {
-            answer(.null, .failure(RPCError(.invalidArguments, "request id \(id.canonical) is already in use by a call in flight", code: -32600)))
+        let call: Call
+        switch register(id) {
+        case .success(let c): call = c
+        case .failure(let error) where error.kind == .invalidArguments:
+            // Not answered under that id: the host would take it for the first request's answer.
+            answer(.null, .failure(error))
+            return
+        case .failure(let error):
+            answer(id, .failure(error))
             return
         }
         // With the tools known (the usual case), the request is read and its deliveries
@@ -192,10 +199,10 @@ extension MCPProxy {
             case .result(let result)?:
                 proxied.answered()
                 let failed = result.objectValue?["isError"] == .bool(true)
-                return .answered(MCPProxy.outcome(["result": result], status: failed ? .failed : .succeeded, durationMs: elapsed()))
+                return .answered(outcome(["result": result], status: failed ? .failed : .succeeded, durationMs: elapsed()))
             case .error(let error)?:
                 proxied.answered()
-                return .answered(MCPProxy.outcome(["error": error], status: .failed, durationMs: elapsed()))
+                return .answered(outcome(["error": error], status: .failed, durationMs: elapsed()))
             case .lost(let why)?:
                 // The host asked for it to stop: it did, with its server.
                 if stopped == .killed { return killed("cancelled by the host; MCP server \(policy.name) \(why)") }
@@ -208,10 +215,18 @@ extension MCPProxy {
         return .notSent(reason: unsent)
     }
 
-    /// A server's answer as an outcome: its JSON-RPC `result` or `error`, kept whole.
-    static func outcome(_ envelope: [String: JSONValue], status: CallStatus, durationMs: Double) -> ToolOutcome {
-        ToolOutcome(status: status, exitCode: nil, signal: nil, stdout: JSONValue.object(envelope).canonicalBytes, stderr: [], truncated: false,
-                    durationMs: (durationMs * 1000).rounded() / 1000)
+    /// A server's answer as an outcome: its JSON-RPC `result` or `error`, kept whole, unless
+    /// it is larger than the server's `limits.output`: then it is not kept (a cut answer
+    /// would not be JSON), and the call fails saying so.
+    func outcome(_ envelope: [String: JSONValue], status: CallStatus, durationMs: Double) -> ToolOutcome {
+        let bytes = JSONValue.object(envelope).canonicalBytes
+        let duration = (durationMs * 1000).rounded() / 1000
+        let limit = policy.sandbox.limits.output
+        guard UInt64(bytes.count) <= limit else {
+            let why = "ward: the server's answer (\(bytes.count) bytes) is larger than its policy's output limit (\(limit) bytes): not kept\n"
+            return ToolOutcome(status: .failed, exitCode: nil, signal: nil, stdout: [], stderr: Array(why.utf8), truncated: true, durationMs: duration)
+        }
+        return ToolOutcome(status: status, exitCode: nil, signal: nil, stdout: bytes, stderr: [], truncated: false, durationMs: duration)
     }
 
     /// The host's answer for a recorded call: the server's own answer, with ward's `_meta`

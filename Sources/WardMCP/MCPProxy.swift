@@ -184,11 +184,24 @@ public final class MCPProxy: Sendable {
         ])
     }
 
+    /// A request of ward's (or the host's) to the server, and its answer (nil: none within
+    /// 30 s), with the process that answered. One the process never got (it had just
+    /// stopped) goes to a new one, once.
+    func ask(_ method: String, _ params: JSONValue) throws(RPCError) -> (ProxiedServer.Reply?, ProxiedServer.Process) {
+        let deadline = DispatchTime.now() + 30
+        var process = try process(by: deadline)
+        var reply = process.request(method, params, deadline: deadline)
+        if case .unsent? = reply {
+            process = try self.process(by: deadline)
+            reply = process.request(method, params, deadline: deadline)
+        }
+        return (reply, process)
+    }
+
     /// A request the host makes of the server as it is (`logging/setLevel`).
     func forward(_ method: String, _ params: JSONValue) -> Result<JSONValue, RPCError> {
         do throws(RPCError) {
-            let process = try process()
-            switch process.request(method, params, deadline: .now() + 30) {
+            switch try ask(method, params).0 {
             case .result(let r)?: return .success(r)
             case .error(let e)?: return .failure(RPCError(.invalidArguments, "MCP server \(policy.name): \(ProxiedServer.describe(e))", code: e.objectValue?["code"]?.integer()))
             case .lost(let why)?, .unsent(let why)?: return .failure(RPCError(.internal, "MCP server \(policy.name) \(why)"))
@@ -213,12 +226,16 @@ public final class MCPProxy: Sendable {
         if let known = catalog.withLock({ $0 }) { return .success(known) }
         let generation = catalogGeneration.withLock { $0 }
         do throws(RPCError) {
-            let process = try process()
             var tools: [JSONValue] = []
             var cursor: JSONValue?
+            var process: ProxiedServer.Process?
             for _ in 0..<100 {
                 let params: JSONValue = cursor.map { .object(["cursor": $0]) } ?? .object([:])
-                switch process.request("tools/list", params, deadline: .now() + 30) {
+                let (reply, answering) = try ask("tools/list", params)
+                // Pages of one process only: a new one starts its list again.
+                if let process, process !== answering { return listTools() }
+                process = answering
+                switch reply {
                 case .result(let page)?:
                     tools += page.objectValue?["tools"]?.arrayValue ?? []
                     cursor = page.objectValue?["nextCursor"].flatMap { $0 == .null ? nil : $0 }
@@ -232,7 +249,7 @@ public final class MCPProxy: Sendable {
             // Kept only while this process serves (a new one may have other tools), and only
             // when the list did not change while it was being read.
             catalog.withLock { c in
-                if process.alive && catalogGeneration.withLock({ $0 }) == generation { c = made }
+                if process?.alive == true && catalogGeneration.withLock({ $0 }) == generation { c = made }
             }
             return .success(made)
         } catch {
@@ -365,14 +382,22 @@ public final class MCPProxy: Sendable {
         call.sent.withLock { $0 }?.wake()
     }
 
-    func register(_ id: JSONValue) -> Call? {
+    /// The most `tools/call`s in flight at once: each has a thread of its own.
+    static let maximumCalls = 256
+
+    /// A new call in flight under `id`; an error when the id is taken, or too many are.
+    func register(_ id: JSONValue) -> Result<Call, RPCError> {
         let call = Call()
-        let duplicate = running.withLock { running in
-            if running[id.canonical] != nil { return true }
+        return running.withLock { running in
+            if running[id.canonical] != nil {
+                return .failure(RPCError(.invalidArguments, "request id \(id.canonical) is already in use by a call in flight", code: -32600))
+            }
+            if running.count >= MCPProxy.maximumCalls {
+                return .failure(RPCError(.internal, "\(MCPProxy.maximumCalls) calls are in flight already: wait for one to end"))
+            }
             running[id.canonical] = call
-            return false
+            return .success(call)
         }
-        return duplicate ? nil : call
     }
 
     func unregister(_ id: JSONValue) { running.withLock { _ = $0.removeValue(forKey: id.canonical) } }

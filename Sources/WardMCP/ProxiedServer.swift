@@ -1,4 +1,5 @@
 import Dispatch
+import CWardOS
 import Foundation
 import WardCore
 import WardPolicy
@@ -214,6 +215,8 @@ final class ProxiedServer: Sendable {
             /// Lines for its stdin not written yet, each with the request it is (if one).
             var queue: [(line: [UInt8], request: Pending?)] = []
             var queuedBytes = 0
+            /// Bytes written to its stdin so far.
+            var written = 0
             /// Its death was counted against the server's backoff.
             var counted = false
         }
@@ -266,8 +269,18 @@ final class ProxiedServer: Sendable {
                 }
                 // Blocks while the server does not read; the queue behind it is bounded, and a
                 // kill ends the write (its pipe's reader is gone).
-                guard OS.writeAll(launched.input, next.line) else { return }
-                next.request?.written()
+                var offset = 0
+                while offset < next.line.count {
+                    let n = next.line.withUnsafeBytes { Glibc.write(launched.input, $0.baseAddress! + offset, $0.count - offset) }
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { return }
+                    offset += n
+                    let end = wire.withLock { w -> Int in
+                        w.written += n
+                        return w.written
+                    }
+                    if offset == next.line.count { next.request?.written(upTo: end) }
+                }
                 wire.withLock { $0.queuedBytes -= next.line.count }
             }
         }
@@ -313,17 +326,24 @@ final class ProxiedServer: Sendable {
             var p = pollfd(fd: launched.pidfd, events: Int16(POLLIN), revents: 0)
             if poll(&p, 1, 2000) != 1 { launched.terminate() }
             let how = launched.wait()
+            // What it read of its stdin: what ward wrote, less what is still in the pipe.
+            let unread = Int(ward_unread_bytes(launched.input))
             // Its last words, for the message that says why it ended.
             _ = stderrClosed.wait(timeout: .now() + 1)
-            let (why, waiting) = wire.withLock { w -> (String, [Pending]) in
+            let (why, waiting, consumed) = wire.withLock { w -> (String, [Pending], Int) in
                 if w.ended == nil {
                     w.ended = how.code.map { "exited with status \($0)" } ?? "was killed by signal \(how.signal ?? 0)"
                 }
                 defer { w.waiting.removeAll() }
-                return (w.ended!, Array(w.waiting.values))
+                // Unknown (not a pipe): everything written counts as read.
+                return (w.ended!, Array(w.waiting.values), unread >= 0 ? w.written - unread : w.written)
             }
-            // A request it got whole may have been acted on; one it never got was not.
-            for pending in waiting { pending.deliver(pending.wasWritten ? .lost(why) : .unsent(why)) }
+            // A request it read whole may have been acted on; one it never read to its end
+            // (a line is acted on only once its newline is read) was not.
+            for pending in waiting {
+                let read = pending.writtenUpTo.map { $0 <= consumed } ?? false
+                pending.deliver(read ? .lost(why) : .unsent(why))
+            }
             if why != Process.killed(ProxiedServer.stopping) {
                 if countFailure("it \(why)") { server.log("server \(server.policy.name) \(why)") }
             }
@@ -361,10 +381,19 @@ final class ProxiedServer: Sendable {
         }
 
         private func received(_ line: [UInt8]) {
-            guard case .object(let members)? = try? JSONValue.parse(line) else {
+            // One message, or a batch of them (protocol revision 2025-03-26).
+            let messages: [JSONValue]
+            switch try? JSONValue.parse(line) {
+            case let message? where message.objectValue != nil: messages = [message]
+            case .array(let items)? where !items.isEmpty && items.allSatisfy({ $0.objectValue != nil }): messages = items
+            default:
                 kill("it wrote something that is not a JSON-RPC message: \(ProxiedServer.printable(line.prefix(200)))")
                 return
             }
+            for message in messages { received(message.objectValue!) }
+        }
+
+        private func received(_ members: [String: JSONValue]) {
             if members["method"] != nil {
                 server.inbound(members, self)
                 return
@@ -461,11 +490,11 @@ final class ProxiedServer: Sendable {
     final class Pending: Sendable {
         private let reply = Lock<Reply?>(nil)
         private let signal = DispatchSemaphore(value: 0)
-        private let whole = Lock(false)
+        private let end = Lock<Int?>(nil)
 
-        /// Its whole line was written to the server.
-        func written() { whole.withLock { $0 = true } }
-        var wasWritten: Bool { whole.withLock { $0 } }
+        /// Its whole line was written to the server, ending at this offset of its stdin.
+        func written(upTo offset: Int) { end.withLock { $0 = offset } }
+        var writtenUpTo: Int? { end.withLock { $0 } }
 
         func deliver(_ r: Reply) {
             let first = reply.withLock { current -> Bool in

@@ -10,7 +10,8 @@ nothing else. Run as `python3 -I stdio_server.py MODE`:
 - stopread: stops reading its stdin once it has listed its tools (and answers nothing more);
 - malformed: answers tools/call with `"error": null`;
 - ignorecancel: `send` finishes its work even when cancelled (and answers);
-- crashafter: exits right after answering a tools/call.
+- crashafter: exits right after answering a tools/call;
+- batch: answers each tools/call inside a JSON-RPC batch (an array of one).
 
 Tools (normal): `send` appends `message` to sent.txt in the working directory (after `seconds`,
 with progress every 0.1 s when asked) and returns structured content; `echo` returns its
@@ -160,7 +161,13 @@ def call(rid: Any, params: dict[str, Any]) -> None:
     else:
         send_message({"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"Unknown tool: {name}"}})
         return
-    send_message({"jsonrpc": "2.0", "id": rid, "result": result})
+    answer = {"jsonrpc": "2.0", "id": rid, "result": result}
+    if MODE == "batch":
+        with write_lock:
+            sys.stdout.write(json.dumps([answer]) + "\n")
+            sys.stdout.flush()
+    else:
+        send_message(answer)
     if MODE == "crashafter":
         os._exit(0)
 

@@ -69,7 +69,8 @@ class ProxyPlace(Place):
                   server_table("silent", script, "silent", timeout="1s"), server_table("flood", script, "flood"),
                   server_table("exits", script, "exit"), server_table("stopread", script, "stopread", timeout="1s"),
                   server_table("malformed", script, "malformed"), server_table("ignorecancel", script, "ignorecancel"),
-                  server_table("crashafter", script, "crashafter"), server_table("deaf", script, "silent", timeout="60s")]
+                  server_table("crashafter", script, "crashafter"), server_table("deaf", script, "silent", timeout="60s"),
+                  server_table("batch", script, "batch")]
         (self.policies / "servers.toml").write_text("".join(tables))
 
     def proxy_args(self, name: str, *extra: str) -> list[str]:
@@ -268,6 +269,20 @@ class ForwardingTests(ProxyTest):
                 await s.send_request(types.ClientRequest(types.CallToolRequest(
                     params=types.CallToolRequestParams(name="nope", arguments={}))), types.CallToolResult)
 
+    async def test_an_answer_over_the_output_limit_is_not_kept(self) -> None:
+        async with proxy(self.place, "test") as s:
+            big = await self.call(s, "echo", {"text": "x" * (2 << 20)})
+            self.assertTrue(big.isError)
+            self.assertIn("larger than its policy's output limit", text(big))
+            self.assertFalse((await self.call(s, "echo", {"text": "small"})).isError)
+        calls = self.place.calls()
+        self.assertEqual([c["status"] for c in calls], ["failed", "succeeded"])
+
+    async def test_answers_in_a_batch_are_taken(self) -> None:
+        async with proxy(self.place, "batch") as s:
+            echoed = await self.call(s, "echo", {"a": 1})
+            self.assertEqual(echoed.structuredContent, {"arguments": {"a": 1}})
+
     async def test_progress_and_a_changed_tool_list_are_passed_on(self) -> None:
         progress: list[float] = []
 
@@ -373,15 +388,18 @@ class CrashTests(ProxyTest):
         self.place.git("init", "-q")
         (self.place.workspace / "a.txt").write_text("a\n")
         repo = str(self.place.workspace)
+        # The commit runs the pre-commit hook, which says it started and then waits.
+        hook = self.place.workspace / ".git" / "hooks" / "pre-commit"
+        hook.write_text("#!/bin/sh\ntouch .git/commit-started\nexec sleep 60\n")
+        hook.chmod(0o755)
+        started = self.place.workspace / ".git" / "commit-started"
         async with proxy(self.place, "git") as s:
             await self.call(s, "git_add", {"repo_path": repo, "files": ["a.txt"]})
+            commit = asyncio.create_task(self.call(s, "git_commit", {"repo_path": repo, "message": "m"}))
+            self.assertTrue(await asyncio.to_thread(eventually, started.exists))
+            # Mid-commit, the server and everything it started die.
             server = self.place.server_pids()
             self.assertTrue(server)
-            # Stopped, the server takes the request but cannot answer; then it dies.
-            for pid in server:
-                os.kill(pid, signal.SIGSTOP)
-            commit = asyncio.create_task(self.call(s, "git_commit", {"repo_path": repo, "message": "m"}))
-            self.assertTrue(await asyncio.to_thread(eventually, lambda: "running" in [c["status"] for c in self.place.calls()]))
             for pid in server:
                 os.kill(pid, signal.SIGKILL)
             refused = await commit
@@ -397,10 +415,29 @@ class CrashTests(ProxyTest):
         resolved = self.place.ward("ledger", "resolve", "--ledger", str(self.place.ledger), self.place.run_id,
                                    in_doubt[0]["callId"], "--as", "not-executed", "--note", "the commit is not in the log")
         self.assertEqual(resolved.returncode, 0, resolved.stderr)
+        hook.unlink()
         async with proxy(self.place, "git") as s:
             settled = await self.call(s, "git_commit", {"repo_path": repo, "message": "m"})
             self.assertFalse(settled.isError, text(settled))
         self.assertEqual(self.place.git("log", "--format=%s").strip(), "m")
+
+    async def test_a_request_the_dead_server_never_read_goes_to_a_new_one(self) -> None:
+        async with proxy(self.place, "test") as s:
+            await self.call(s, "echo", {})
+            server = self.place.server_pids()
+            # Stopped, the server cannot read the request written to its stdin; then it dies.
+            for pid in server:
+                os.kill(pid, signal.SIGSTOP)
+            sent = asyncio.create_task(self.call(s, "send", {"message": "once"}))
+            self.assertTrue(await asyncio.to_thread(eventually, lambda: [c["status"] for c in self.place.calls()][-1:] == ["running"]))
+            await asyncio.sleep(0.2)
+            for pid in server:
+                os.kill(pid, signal.SIGKILL)
+            result = await sent
+            self.assertFalse(result.isError, text(result))
+        # Still in the pipe when the server died: never read, so sent to the next server, once.
+        self.assertEqual(self.place.lines("sent.txt"), ["once"])
+        self.assertEqual([c["status"] for c in self.place.calls()], ["succeeded", "succeeded"])
 
     async def test_ward_killed_mid_call_leaves_it_in_doubt_after_restart(self) -> None:
         async with proxy(self.place, "test") as s:
