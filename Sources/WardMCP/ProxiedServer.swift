@@ -12,8 +12,8 @@ import Glibc
 /// The MCP server behind `ward mcp proxy`: started in its sandbox when first needed, spoken
 /// to over its pipes (newline-delimited JSON-RPC), and started again after it dies, no
 /// sooner than its backoff allows. Thread-safe. Each process has three threads of its own:
-/// one writes its stdin from a queue (so no other thread ever blocks on a server that stops
-/// reading), one reads its stdout, one its stderr.
+/// one writes to its stdin what did not fit at once (its stdin is non-blocking, so no other
+/// thread ever waits on a server that stops reading), one reads its stdout, one its stderr.
 final class ProxiedServer: Sendable {
     /// What came back for a request.
     enum Reply: Sendable {
@@ -212,9 +212,12 @@ final class ProxiedServer: Sendable {
             var open = true
             /// Why it ended (or is being ended).
             var ended: String?
-            /// Lines for its stdin not written yet, each with the request it is (if one).
-            var queue: [(line: [UInt8], request: Pending?)] = []
+            /// Lines for its stdin not written yet (or not all: `from`), each with the request
+            /// it is (if one).
+            var queue: [(line: [UInt8], from: Int, request: Pending?)] = []
             var queuedBytes = 0
+            /// The writer thread is writing a line it took off the queue.
+            var busy = false
             /// Bytes written to its stdin so far.
             var written = 0
             /// Its death was counted against the server's backoff.
@@ -246,6 +249,8 @@ final class ProxiedServer: Sendable {
         /// Starts the threads that write its stdin, read its stdout and stderr, and wait for
         /// its end.
         func begin() {
+            let flags = fcntl(launched.input, F_GETFL)
+            _ = fcntl(launched.input, F_SETFL, flags | O_NONBLOCK)
             Thread { [self] in writeStdin() }.start()
             Thread { [self] in readStderr() }.start()
             Thread { [self] in
@@ -257,31 +262,39 @@ final class ProxiedServer: Sendable {
             }.start()
         }
 
+        /// The writer thread: what could not be written at once, in order. Its stdin is
+        /// non-blocking; the thread waits for room in `poll`, looking every 100 ms whether
+        /// the process is still there.
         private func writeStdin() {
             while true {
                 queued.wait()
-                guard let next = wire.withLock({ w -> (line: [UInt8], request: Pending?)? in
+                guard let next = wire.withLock({ w -> (line: [UInt8], from: Int, request: Pending?)? in
                     guard w.open, !w.queue.isEmpty else { return nil }
+                    w.busy = true
                     return w.queue.removeFirst()
                 }) else {
                     if !alive { return }
                     continue
                 }
-                // Blocks while the server does not read; the queue behind it is bounded, and a
-                // kill ends the write (its pipe's reader is gone).
-                var offset = 0
+                var offset = next.from
                 while offset < next.line.count {
                     let n = next.line.withUnsafeBytes { Glibc.write(launched.input, $0.baseAddress! + offset, $0.count - offset) }
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { return }
+                    if n < 0 && (errno == EAGAIN || errno == EINTR) {
+                        guard alive else { return }
+                        var p = pollfd(fd: launched.input, events: Int16(POLLOUT), revents: 0)
+                        _ = poll(&p, 1, 100)
+                        continue
+                    }
+                    guard n > 0 else { return }  // its reader is gone
                     offset += n
                     let end = wire.withLock { w -> Int in
                         w.written += n
+                        w.queuedBytes -= n
                         return w.written
                     }
                     if offset == next.line.count { next.request?.written(upTo: end) }
                 }
-                wire.withLock { $0.queuedBytes -= next.line.count }
+                wire.withLock { $0.busy = false }
             }
         }
 
@@ -425,15 +438,29 @@ final class ProxiedServer: Sendable {
         @discardableResult
         func send(_ message: JSONValue, request: Pending? = nil) -> Bool {
             let line = message.canonicalBytes + [0x0A]
-            let (queued, overflow) = wire.withLock { w -> (Bool, Bool) in
-                guard w.open else { return (false, false) }
-                w.queue.append((line, request))
-                w.queuedBytes += line.count
-                return (true, w.queuedBytes > Process.maximumQueuedBytes)
+            let (sent, handed, overflow) = wire.withLock { w -> (Bool, Bool, Bool) in
+                guard w.open else { return (false, false, false) }
+                var from = 0
+                if w.queue.isEmpty && !w.busy {
+                    // The usual case: the pipe has room, and the line goes now, from this
+                    // thread, without waking the writer (its stdin is non-blocking).
+                    let n = line.withUnsafeBytes { Glibc.write(launched.input, $0.baseAddress!, $0.count) }
+                    if n > 0 {
+                        w.written += n
+                        from = n
+                    }
+                    if from == line.count {
+                        request?.written(upTo: w.written)
+                        return (true, false, false)
+                    }
+                }
+                w.queue.append((line, from, request))
+                w.queuedBytes += line.count - from
+                return (true, true, w.queuedBytes > Process.maximumQueuedBytes)
             }
-            if queued { self.queued.signal() }
+            if handed { queued.signal() }
             if overflow { kill("it stopped reading its stdin (\(Process.maximumQueuedBytes >> 20) MiB waiting)") }
-            return queued
+            return sent
         }
 
         func notify(_ method: String, _ params: JSONValue) {
