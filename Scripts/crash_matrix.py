@@ -62,9 +62,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+# ward's Python client is the package in python/ (`pip install ./python`); the scripts use it
+# from the checkout.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from ward_client import Ward  # noqa: E402
+
 # The script's directory is the first on sys.path when it runs, the agent's too.
-from ward_client import Ward
-from ward_harness import policy_directory
+from ward_harness import policy_directory  # noqa: E402
 
 STEPS = 8
 
@@ -122,9 +126,9 @@ def step_calls(main: Ward, conns: list[Ward], step: int, state: dict[str, Any]) 
         results[key] = fn()
 
     threads = [
-        threading.Thread(target=run, args=("effect", lambda: main.call(f"{step}-effect", "effect", checkpoint=state))),
-        threading.Thread(target=run, args=("stamp", lambda: conns[0].call(f"{step}-stamp", "stamp", name=f"s{step}"))),
-        threading.Thread(target=run, args=("look", lambda: conns[1].call(f"{step}-look", "look"))),
+        threading.Thread(target=run, args=("effect", lambda: main.call("effect", call_id=f"{step}-effect", checkpoint=state))),
+        threading.Thread(target=run, args=("stamp", lambda: conns[0].call("stamp", {"name": f"s{step}"}, call_id=f"{step}-stamp"))),
+        threading.Thread(target=run, args=("look", lambda: conns[1].call("look", call_id=f"{step}-look"))),
     ]
     for t in threads:
         t.start()

@@ -2,7 +2,7 @@
 """ward's demo: an agent builds a small static site in 47 tool calls and publishes it once.
 
     demo_site.py demo WARD_BINARY            the whole demo (Scripts/demo runs this)
-    demo_site.py agent                       the agent, under `ward run` (uses ward_client)
+    demo_site.py agent                       the agent, under `ward run` (uses the ward_client package)
     demo_site.py naive                       the same agent without ward: tools run directly
 
 The agent's "model" is a deterministic planner; every decision is recorded with
@@ -23,8 +23,10 @@ import tempfile
 import time
 from typing import Any
 
-# The script's directory is the first on sys.path when it runs, the agent's too.
-from ward_client import Ward
+# ward's Python client is the package in python/ (`pip install ./python`); the scripts use it
+# from the checkout.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from ward_client import Ward  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAGES = ["index", "about", "blog", "post-1", "post-2", "post-3", "contact", "faq", "docs", "changelog"]
@@ -95,12 +97,13 @@ def run_agent() -> None:
     resumed = ward.resume()
     state: dict[str, Any] = (resumed["checkpoint"] or {}).get("state") or {"step": 0}
     start: int = state["step"]
-    print(f"  ▶ attempt {ward.attempt}: resuming at step {start + 1} of {STEPS}" if start else f"  ▶ attempt {ward.attempt}: starting",
+    attempt = resumed["attempt"]
+    print(f"  ▶ attempt {attempt}: resuming at step {start + 1} of {STEPS}" if start else f"  ▶ attempt {attempt}: starting",
           flush=True)
     counts = {"ran": 0, "replayed": 0}
     for step in range(start, STEPS):
         decision = ward.journal(f"decision-{step}", functools.partial(decide, step))
-        result = ward.call(f"step-{step}", decision["tool"], checkpoint={"step": step}, **decision["arguments"])
+        result = ward.call(decision["tool"], decision["arguments"], call_id=f"step-{step}", checkpoint={"step": step})
         how = "replayed" if result["replayed"] else "ran"
         counts[how] += 1
         if result["status"] not in ("succeeded", "resolved"):
@@ -108,7 +111,7 @@ def run_agent() -> None:
             sys.exit(2)
         print(f"    step {step + 1:2}/{STEPS} {decision['tool']:11} {how}", flush=True)
         maybe_crash(step)
-    print(f"  ✔ attempt {ward.attempt} finished: {counts['ran']} calls ran, {counts['replayed']} replayed", flush=True)
+    print(f"  ✔ attempt {attempt} finished: {counts['ran']} calls ran, {counts['replayed']} replayed", flush=True)
 
 
 def run_naive() -> None:

@@ -14,9 +14,13 @@ import tempfile
 import threading
 import time
 
+# ward's Python client is the package in python/ (`pip install ./python`); the scripts use it
+# from the checkout.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from ward_client import Ward  # noqa: E402
+
 # The script's directory is the first on sys.path when it runs.
-from ward_client import Ward
-from ward_harness import policy_directory
+from ward_harness import policy_directory  # noqa: E402
 
 TOOLS = """
 [tools.effect]
@@ -79,7 +83,7 @@ def main() -> int:
             try:
                 with Ward(sock) as client:
                     for i in range(calls):
-                        r = client.call(f"{prefix}{n}-{i}", "effect")
+                        r = client.call("effect", call_id=f"{prefix}{n}-{i}")
                         if r["status"] != "succeeded":
                             errors.append(f"a{n}-{i}: {r['status']}")
             except Exception as e:  # a lost connection or a protocol error fails the soak
@@ -116,7 +120,7 @@ def main() -> int:
         check(set(got) == expected, f"no effect lost ({len(expected - set(got))} missing)")
         sample = [f"a{n}-{i}" for n in range(agents) for i in range(0, calls, max(1, calls // 25))]
         with Ward(sock) as replays:
-            check(all(replays.call(c, "effect")["replayed"] for c in sample), f"{len(sample)} sampled calls replay")
+            check(all(replays.call("effect", call_id=c)["replayed"] for c in sample), f"{len(sample)} sampled calls replay")
         # Bounds: connections are gone, so fds and threads return near the start; RSS may
         # grow with SQLite's page cache, within 32 MiB.
         # The cgroup pool keeps about four fds per call slot and grows up to the peak number

@@ -266,14 +266,16 @@ extension Ledger {
     /// each one skipped is returned in `damaged` and recorded once as a `checkpoint.damaged`
     /// event (when the ledger is writable; a failure to record it fails nothing).
     public func loadUsableCheckpoint(run: String, seq: Int? = nil) throws(LedgerError)
-        -> (checkpoint: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) {
-        let (found, damaged) = try read("loading a checkpoint of run \(run)") { db -> ((Int, [UInt8])?, [DamagedCheckpoint]) in
+        -> (checkpoint: (seq: Int, state: [UInt8], callId: String?)?, damaged: [DamagedCheckpoint]) {
+        let (found, damaged) = try read("loading a checkpoint of run \(run)") { db -> ((Int, [UInt8], String?)?, [DamagedCheckpoint]) in
             var damaged: [DamagedCheckpoint] = []
             var target = try seq ?? Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run])
             while let t = target {
                 do {
                     guard let state = try self.loadState(db, run: run, seq: t) else { break }  // no such checkpoint
-                    return ((t, state), damaged)
+                    // The call it was handed in with: the state is the one before that call.
+                    let callId = try String.fetchOne(db, sql: "SELECT call_id FROM checkpoints WHERE run_id = ? AND seq = ?", arguments: [run, t])
+                    return ((t, state, callId), damaged)
                 } catch let error as LedgerError where error.code == .corrupt {
                     damaged.append(DamagedCheckpoint(seq: t, problem: error.message))
                 }

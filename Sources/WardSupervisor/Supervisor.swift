@@ -148,7 +148,7 @@ public final class Supervisor: Sendable {
     /// before it when that one is damaged. A damaged checkpoint is reported (in the answer,
     /// as a `checkpoint.damaged` event, to the operator), never an error that would fail
     /// every load and every resume of the run from then on.
-    func usableCheckpoint(seq: Int?) throws(RPCError) -> (checkpoint: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) {
+    func usableCheckpoint(seq: Int?) throws(RPCError) -> (checkpoint: (seq: Int, state: [UInt8], callId: String?)?, damaged: [DamagedCheckpoint]) {
         let found = try ledgerCall { () throws(LedgerError) in try ledger.loadUsableCheckpoint(run: runID, seq: seq) }
         for d in found.damaged where toldDamage.withLock({ $0.insert(d.seq).inserted }) {
             notify("checkpoint \(d.seq) of run \(runID) is damaged and skipped: \(d.problem)")
@@ -156,10 +156,12 @@ public final class Supervisor: Sendable {
         return found
     }
 
-    /// `{seq, state, damaged?}` (`damaged`: the checkpoints skipped for this one), or null.
-    static func checkpoint(_ c: (seq: Int, state: [UInt8])?, damaged: [DamagedCheckpoint]) throws(RPCError) -> JSONValue {
+    /// `{seq, state, callId?, damaged?}` (`callId`: the call it was handed in with, whose
+    /// state before the call it is; `damaged`: the checkpoints skipped for this one), or null.
+    static func checkpoint(_ c: (seq: Int, state: [UInt8], callId: String?)?, damaged: [DamagedCheckpoint]) throws(RPCError) -> JSONValue {
         guard let c else { return .null }
         var members: [String: JSONValue] = ["seq": .number(Double(c.seq)), "state": try state(c.state)]
+        if let callId = c.callId { members["callId"] = .string(callId) }
         if !damaged.isEmpty { members["damaged"] = .array(damaged.map(\.json)) }
         return .object(members)
     }

@@ -269,7 +269,7 @@ struct ClientRobustnessTests {
                 sys.path.insert(0, sys.argv[1])
                 from ward_client import Ward, WardError
                 ward = Ward(sys.argv[2])
-                for attempt in (lambda: ward.checkpoint({}), lambda: ward.call("c", "t"), lambda: ward.journal("k", lambda: 1)):
+                for attempt in (lambda: ward.checkpoint({}), lambda: ward.call("t", call_id="c"), lambda: ward.journal("k", lambda: 1)):
                     try:
                         attempt()
                     except WardError as e:
@@ -281,7 +281,7 @@ struct ClientRobustnessTests {
                 else:
                     print("no error")
                 """
-            let r = try runProgram("/usr/bin/env", ["python3", "-c", script, Paths.repository + "/Scripts", server.path])
+            let r = try runProgram("/usr/bin/env", ["python3", "-c", script, Paths.repository + "/python", server.path])
             #expect(r.status == 0 && r.output.hasPrefix("WardError internal"), "\(reply): \(r.output)")
         }
     }

@@ -17,7 +17,7 @@ struct InDoubtRunTests {
         try beginThenCrash(ledgerAt: dir + "/.ward/ledger.sqlite", BeginRequest(
             run: "waits", callId: "s0", tool: "shell", effect: .nonIdempotent, arguments: .object(["command": .string("echo 0 >> effects.log; ")]),
             policyHash: "p", executable: "/bin/sh", attempt: 1))
-        return (dir, ["run", "--policies", Paths.repository + "/policies", "--run-id", "waits", "--socket", dir + "/s.sock", "--", "python3", "agent.py", Paths.repository + "/Scripts"])
+        return (dir, ["run", "--policies", Paths.repository + "/policies", "--run-id", "waits", "--socket", dir + "/s.sock", "--", "python3", "agent.py", Paths.repository + "/python"])
     }
 
     @Test func withoutATerminalItPrintsPasteableCommandsAndExits4() throws {

@@ -4,7 +4,7 @@ import WardCore
 import WardLedger
 import WardTestSupport
 
-/// The ward binary and the repository's Scripts/ (for the Python client).
+/// The ward binary and the repository's python/ (the Python client).
 enum Paths {
     static var repository: String { BuildProducts.repository }
     static var ward: String { BuildProducts.ward }
@@ -84,12 +84,12 @@ state = (r["checkpoint"] or {}).get("state") or {"step": 0}
 crash_at = int(os.environ.get("CRASH_AT", "-1"))
 for step in range(state["step"], 6):
     try:
-        res = ward.call(f"s{step}", "shell", checkpoint={"step": step}, command=f"echo {step} >> effects.log; " + os.environ.get("TOOL_EXTRA", ""))
+        res = ward.call("shell", {"command": f"echo {step} >> effects.log; " + os.environ.get("TOOL_EXTRA", "")}, call_id=f"s{step}", checkpoint={"step": step})
     except WardError as e:
         print("error", e.kind, flush=True)
         sys.exit(3)
     print(step, "replayed" if res["replayed"] else "ran", flush=True)
-    if step == crash_at and ward.attempt == 1:
+    if step == crash_at and r["attempt"] == 1:
         os._exit(9)
 print("finished", flush=True)
 """
@@ -105,7 +105,7 @@ struct RunTests {
     @Test("an agent crashed at each step resumes with no duplicate effect", arguments: Array(0..<6))
     func crashAtStep(step: Int) throws {
         let dir = try workdir()
-        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--socket", dir + "/s.sock", "--", "python3", "agent.py", Paths.repository + "/Scripts"],
+        let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "crash", "--socket", dir + "/s.sock", "--", "python3", "agent.py", Paths.repository + "/python"],
                          in: dir, environment: ["CRASH_AT": "\(step)"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.hasSuffix("finished\n"), "\(r.stdout)")
@@ -122,7 +122,7 @@ struct RunTests {
     @Test func anUnprivilegedUserRunsAndResumesToo() throws {
         let dir = try workdir()
         try FileManager.default.copyItem(atPath: Paths.repository + "/policies", toPath: dir + "/policies")
-        try FileManager.default.copyItem(atPath: Paths.repository + "/Scripts/ward_client.py", toPath: dir + "/ward_client.py")
+        try FileManager.default.copyItem(atPath: Paths.repository + "/python/ward_client", toPath: dir + "/ward_client")
         for path in [dir] + ((FileManager.default.subpaths(atPath: dir) ?? []).map { dir + "/" + $0 }) { chown(path, 65534, 65534) }
         var env = ProcessInfo.processInfo.environment
         env["CRASH_AT"] = "2"
@@ -146,7 +146,7 @@ struct RunTests {
         let dir = try workdir()
         let point = String(spec.split(separator: "@")[0])
         let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "fp-\(point)", "--socket", dir + "/s.sock", "--max-restarts", "0", "--",
-                    "python3", "agent.py", Paths.repository + "/Scripts"]
+                    "python3", "agent.py", Paths.repository + "/python"]
         let crashed = try ward(args, in: dir, environment: ["WARD_FAILPOINTS": "\(point)=kill@\(spec.split(separator: "@")[1])"])
         #expect(crashed.status != 0, "ward was not killed at \(spec): \(crashed)")
         let resumed = try ward(args, in: dir)
@@ -244,7 +244,7 @@ struct RunTests {
         // The agent by its full path: this test's agent, not another run's on this machine.
         let agent = dir + "/agent.py"
         let args = ["run", "--policies", Paths.repository + "/policies", "--run-id", "killed", "--socket", dir + "/s.sock", "--max-restarts", "0", "--",
-                    "python3", agent, Paths.repository + "/Scripts"]
+                    "python3", agent, Paths.repository + "/python"]
         let first = try ward(args, in: dir, environment: extra) { p in
             // Kill ward once the first tool is running: its sleeper exists.
             #expect(eventually { !processes(containing: token).isEmpty }, "the first tool never started")
@@ -278,7 +278,7 @@ struct RunTests {
         let sleeper = "sleep 30.\(Int.random(in: 100_000...999_999))"
         let agent = dir + "/agent.py"
         let r = try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", "term", "--socket", dir + "/s.sock", "--grace", "0.5", "--",
-                          "python3", agent, Paths.repository + "/Scripts"], in: dir, environment: ["TOOL_EXTRA": sleeper]) { p in
+                          "python3", agent, Paths.repository + "/python"], in: dir, environment: ["TOOL_EXTRA": sleeper]) { p in
             // Stopped once the first tool is running: its sleeper exists.
             #expect(eventually { !processes(containing: sleeper).isEmpty }, "the first tool never started")
             kill(p.processIdentifier, SIGTERM)

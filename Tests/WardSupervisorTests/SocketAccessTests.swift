@@ -104,14 +104,14 @@ struct SocketAccessTests {
             sys.path.insert(0, sys.argv[1])
             from ward_client import Ward
             ward = Ward()
-            probe = ward.call("probe", "intruder", socket=os.environ["WARD_SOCKET"], pid=str(os.getpid()))
+            probe = ward.call("intruder", {"socket": os.environ["WARD_SOCKET"], "pid": str(os.getpid())}, call_id="probe")
             print("PROBE " + probe["stdout"].strip(), flush=True)
             found = ward.request("journal.record", {"key": "model-reply"})["found"]
-            own = ward.call("mine", "shell", command="echo mine")["stdout"].strip()
+            own = ward.call("shell", {"command": "echo mine"}, call_id="mine")["stdout"].strip()
             print("AFTER " + json.dumps({"journal": found, "checkpoint": ward.load(), "own": own}))
             """.write(toFile: dir + "/agent.py", atomically: true, encoding: .utf8)
         let r = try ward(["run", "--policies", policies, "--run-id", "intruded", "--socket", dir + "/s.sock", "--max-restarts", "0", "--",
-                          "python3", dir + "/agent.py", Paths.repository + "/Scripts"], in: dir)
+                          "python3", dir + "/agent.py", Paths.repository + "/python"], in: dir)
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         let lines = r.stdout.split(separator: "\n")
         let probe = try #require(lines.first { $0.hasPrefix("PROBE ") }.flatMap { try? JSONValue.parse(Array($0.dropFirst(6).utf8)).objectValue }, "\(r.stdout)\(r.stderr)")
@@ -142,14 +142,15 @@ struct SocketAccessTests {
             sys.path.insert(0, sys.argv[1])
             from ward_client import Ward
             ward = Ward()
-            probe = ward.call("probe", "intruder", socket=os.environ["WARD_SOCKET"], pid=str(os.getpid()))
+            probe = ward.call("intruder", {"socket": os.environ["WARD_SOCKET"], "pid": str(os.getpid())}, call_id="probe")
             print("PROBE " + probe["stdout"].strip(), flush=True)
-            own = ward.call("mine", "shell", command="id -u")["stdout"].strip()
+            own = ward.call("shell", {"command": "id -u"}, call_id="mine")["stdout"].strip()
             print("AFTER " + json.dumps({"journal": ward.request("journal.record", {"key": "model-reply"})["found"], "own": own}))
             """.write(toFile: dir + "/agent.py", atomically: true, encoding: .utf8)
         // Copies nobody can read wherever the checkout lies (a clone under a 0700 directory).
-        try FileManager.default.copyItem(atPath: Paths.repository + "/Scripts/ward_client.py", toPath: dir + "/ward_client.py")
-        for entry in ["", "/agent.py", "/ward_client.py"] { chown(dir + entry, nobody, nobody) }
+        try FileManager.default.copyItem(atPath: Paths.repository + "/python/ward_client", toPath: dir + "/ward_client")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/ward_client").map { "/ward_client/" + $0 }
+        for entry in ["", "/agent.py", "/ward_client"] + files { chown(dir + entry, nobody, nobody) }
         let arguments = ["run", "--policies", policies, "--run-id", "intruded", "--socket", dir + "/sock/s.sock", "--max-restarts", "0", "--",
                          "python3", dir + "/agent.py", dir]
         let r: (status: Int32, stdout: String, stderr: String)
