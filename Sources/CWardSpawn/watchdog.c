@@ -97,7 +97,7 @@ static void kill_root(const char *root) {
     sys(SYS_close, fd);
 }
 
-int ward_watchdog_start(const char *const *roots, int count) {
+int ward_watchdog_start(const char *const *roots, int count, pid_t *watchdog) {
     int fds[2];
     if (ward_pipe_cloexec(fds) != 0) return -1;
     pid_t pid = fork();
@@ -122,5 +122,6 @@ int ward_watchdog_start(const char *const *roots, int count) {
         sys(SYS_exit_group, 0);
     }
     close(fds[0]);
+    *watchdog = pid;
     return fds[1];  // held, close-on-exec, until ward exits or the pool is removed
 }

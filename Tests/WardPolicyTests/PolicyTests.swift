@@ -66,6 +66,17 @@ struct PolicyTests {
         #expect(try set.tool("write_file").effect == .idempotent)
     }
 
+    /// The shipped policies load on a machine where the MCP servers of mcp-servers.toml were
+    /// never installed (`Scripts/setup --servers` not run): each server is then a note, and
+    /// the tools of every other file are usable.
+    @Test func shippedServersNeedNotBeInstalled() throws {
+        let text = try String(contentsOfFile: shippedPolicies + "/mcp-servers.toml", encoding: .utf8)
+        let absent = "/nonexistent/ward-mcp-servers-\(getpid())"
+        let dir = try policyDirectory(["mcp-servers.toml": text.replacingOccurrences(of: "/opt/ward-mcp-servers", with: absent)])
+        let set = try PolicyLoader.load(directory: dir)
+        #expect(Set(set.servers.keys) == ["git", "time", "fetch"])
+    }
+
     /// A tool allowed ptrace and the like gets a note at the entry that asked (ward keeps them
     /// to the tool's own call); a tool without them gets none, and a `!` that removes them
     /// again leaves no note.

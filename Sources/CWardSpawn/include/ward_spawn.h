@@ -95,9 +95,9 @@ pid_t ward_spawn_agent(const char *path, char *const *argv, char *const *envp, s
 /// Forks a watchdog that, once the returned fd (a pipe's write end, close-on-exec) is
 /// closed — by ward's death, even by SIGKILL, or by `close` — kills every `call-*` cgroup
 /// under each of `roots` (cgroup.kill, or pids.max=0 and SIGKILL on v1) and exits.
-/// Returns the fd, or -1. Why C: the forked child of a multithreaded process may run only
-/// raw syscalls.
-int ward_watchdog_start(const char *const *roots, int count);
+/// Returns the fd, or -1, and the watchdog's pid in `pid`. Why C: the forked child of a
+/// multithreaded process may run only raw syscalls.
+int ward_watchdog_start(const char *const *roots, int count, pid_t *pid);
 
 /// The name of a step, for messages such as "landlock_restrict_self failed: EINVAL".
 const char *ward_step_name(int step);

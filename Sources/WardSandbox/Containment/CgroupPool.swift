@@ -126,7 +126,7 @@ final class CgroupSlot: @unchecked Sendable {
 /// directory `flock`ed for the pool's life. A pool is abandoned when its lock is free: the
 /// kernel releases it when the process dies, so another ward (in any PID namespace, even
 /// where this one is pid 1) can tell a live pool from a dead one without guessing from pids.
-final class CgroupPool: Sendable {
+final class CgroupPool: HelperProcess, Sendable {
     private struct State {
         var free: [CgroupSlot] = []
         var next = 0
@@ -137,8 +137,10 @@ final class CgroupPool: Sendable {
     /// The pool's directories, opened and locked (see the type's comment).
     private let lockFDs: [Int32]
     /// The write end of the watchdog's pipe (see `ward_watchdog_start`): if this process
-    /// dies, the watchdog kills every call still running in these cgroups.
-    let watchdogFD: Int32
+    /// dies, the watchdog kills every call still running in these cgroups. -1 once closed.
+    private let watchdogFD: Lock<Int32>
+    /// The watchdog's pid (a child of this process; 0 if none started).
+    private let watchdogPID: pid_t
     /// A pids controller (v2 or v1) is available for pids.max.
     var limitsProcesses: Bool { v2Controllers.contains("pids") || roots.contains { $0.kind == "pids" } }
     private let state = Lock(State())
@@ -185,10 +187,26 @@ final class CgroupPool: Sendable {
         lockFDs = locks
         var cPaths = roots.map { strdup($0.0) }
         defer { for p in cPaths { free(p) } }
-        watchdogFD = cPaths.withUnsafeMutableBufferPointer { buf in
-            buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) { ward_watchdog_start($0, Int32(buf.count)) }
+        var pid: pid_t = 0
+        watchdogFD = Lock(cPaths.withUnsafeMutableBufferPointer { buf in
+            buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) { ward_watchdog_start($0, Int32(buf.count), &pid) }
+        })
+        watchdogPID = pid
+        HelperProcesses.track(self)
+    }
+
+    /// Closes the watchdog's pipe: it kills whatever is left in the call cgroups and exits.
+    /// Returns its pid the first time.
+    private func releaseWatchdog() -> pid_t? {
+        watchdogFD.withLock { fd in
+            guard fd >= 0 else { return nil }
+            close(fd)
+            fd = -1
+            return watchdogPID > 0 ? watchdogPID : nil
         }
     }
+
+    func endForExit() -> [pid_t] { releaseWatchdog().map { [$0] } ?? [] }
 
     private static func makeDirectory(_ path: String) -> Bool {
         mkdir(path, 0o755) == 0
@@ -316,6 +334,9 @@ final class CgroupPool: Sendable {
         }
         for root in roots { rmdir(root.path) }
         for fd in lockFDs where fd >= 0 { close(fd) }
-        if watchdogFD >= 0 { close(watchdogFD) }
+        if let pid = releaseWatchdog() {
+            var status: Int32 = 0
+            _ = OS.retrying { waitpid(pid, &status, 0) }
+        }
     }
 }

@@ -10,7 +10,7 @@ import Glibc
 /// call's tool so the call inherits its seccomp filter, Landlock domain and dropped
 /// capabilities instead of attaching them again. Started on first use, restarted after it
 /// dies; while it cannot run, calls take the direct spawn path, which is equally confined.
-final class Zygote: @unchecked Sendable {
+final class Zygote: HelperProcess, @unchecked Sendable {
     // @unchecked: `config` is written once in init and only read afterwards (by
     // the zygote process too, which shares our memory); the C handle lives in the lock.
     /// The confinement the zygote applies; lives as long as the zygote.
@@ -49,6 +49,7 @@ final class Zygote: @unchecked Sendable {
         config.initialize(to: ward_spawn_config())
         confinement.configureZygote(&config.pointee, tool: tool, rulesetFD: rulesetFD)
         zygoteFD = rulesetFD
+        HelperProcesses.track(self)
     }
 
     deinit {
@@ -60,6 +61,15 @@ final class Zygote: @unchecked Sendable {
         pthread_mutex_destroy(spawning)
         spawning.deallocate()
         config.deallocate()
+    }
+
+    /// Kills the running zygote, leaving it to be reaped (`HelperProcesses`).
+    func endForExit() -> [pid_t] {
+        handle.withLock { h in
+            guard let z = h.zygote, case let pid = ward_zygote_pid(z), pid > 0 else { return [] }
+            kill(pid, SIGKILL)
+            return [pid]
+        }
     }
 
     /// The running zygote's pid, if one runs.
