@@ -34,6 +34,7 @@ def median(xs: list[float]) -> float:
 
 def langgraph(steps: int, out: Results) -> None:
     # Imported here: a peer that is not installed is reported, not fatal.
+    from langchain_core.runnables import RunnableConfig
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.graph import END, StateGraph
 
@@ -74,10 +75,11 @@ def langgraph(steps: int, out: Results) -> None:
         g2.add_edge("add", END)
         conn2 = sqlite3.connect(os.path.join(d, "lg-storage.sqlite"), check_same_thread=False)
         app2 = g2.compile(checkpointer=SqliteSaver(conn2))
-        config = {"configurable": {"thread_id": "storage"}}
+        config: RunnableConfig = {"configurable": {"thread_id": "storage"}}
         state = None
         for _ in range(200):
-            state = app2.invoke({"items": []}, config)
+            start: Growing = {"items": []}
+            state = app2.invoke(start, config)
         conn2.commit()
         conn2.close()
         out["langgraphStorageBytes"] = os.path.getsize(os.path.join(d, "lg-storage.sqlite"))

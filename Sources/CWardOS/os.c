@@ -96,3 +96,50 @@ long ward_peer_uid(int fd) {
 int ward_pidfd_kill(int pidfd) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, 9 /* SIGKILL */, NULL, 0);
 }
+
+// MARK: - Termination signals
+
+#include <pthread.h>
+#include <signal.h>
+
+// A pipe rather than a flag: the handler's write is async-signal-safe, and the waiter sleeps
+// in read instead of polling. Written by the handler, read by `ward_termination_wait`.
+static int termination_pipe[2] = { -1, -1 };
+
+static void termination_caught(int sig) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)sig;
+    (void)!write(termination_pipe[1], &byte, 1);
+    errno = saved;
+}
+
+void ward_termination_catch(void) {
+    if (termination_pipe[0] >= 0) return;
+    if (pipe2(termination_pipe, O_CLOEXEC) != 0) return;
+    // A handler, never SIG_IGN: an ignored process-directed signal is dropped by the kernel
+    // before any thread or signalfd could see it.
+    struct sigaction sa = { 0 };
+    sa.sa_handler = termination_caught;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    // A process started from a thread that blocks them (a test runner's, a service
+    // manager's) inherits that mask: a blocked signal would wait forever for no handler.
+    // Threads made from here on inherit this thread's mask.
+    sigset_t mine;
+    sigemptyset(&mine);
+    sigaddset(&mine, SIGINT);
+    sigaddset(&mine, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &mine, NULL);
+}
+
+int ward_termination_wait(void) {
+    unsigned char byte = 0;
+    for (;;) {
+        ssize_t n = read(termination_pipe[0], &byte, 1);
+        if (n == 1) return byte;
+        if (n < 0 && errno == EINTR) continue;
+        return SIGTERM;  // the pipe is gone: treat as asked to stop
+    }
+}

@@ -92,6 +92,7 @@ extension MCPProxy {
     /// repeats one (`Ledger.confirmDeliveries`).
     func arrived(_ request: ProxiedRequest) {
         guard case .success(let supervisor) = self.supervisor.get() else { return }
+        out.collect()
         do throws(LedgerError) {
             try supervisor.ledger.confirmDeliveries(run: supervisor.runID, asking: request.recorded, argsHash: request.argsHash)
         } catch {

@@ -47,6 +47,7 @@ extension MCPServer {
     /// reading thread, in the order requests come.
     func arrived(_ request: Request) {
         guard case .success(let supervisor) = self.supervisor.get() else { return }
+        out.collect()
         do throws(LedgerError) {
             try supervisor.ledger.confirmDeliveries(run: supervisor.runID, asking: request.tool.policy.name, argsHash: request.argsHash)
         } catch {

@@ -380,20 +380,28 @@ final class Deliveries: Sendable {
         }
     }
 
+    /// Runs `delivered` of every answer the host has read by now. Called as each request
+    /// arrives, before it is looked at: whatever the host read before it asked again is
+    /// known as read then, however far behind the watcher's polling is.
+    func collect() {
+        // Read under the lock that writes take, so `written` and the unread count agree.
+        let read = state.withLock { s -> [@Sendable () -> Void] in
+            guard !s.pending.isEmpty else { return [] }
+            let unread = Int(ward_unread_bytes(fd))
+            guard unread >= 0 else { return [] }
+            let taken = s.written - unread
+            let done = s.pending.prefix { $0.end <= taken }
+            s.pending.removeFirst(done.count)
+            return done.map(\.delivered)
+        }
+        for delivered in read { delivered() }
+    }
+
     /// Marks what the host has read, polling every 2 ms while answers wait to be read.
     private func watch() {
         while true {
             if state.withLock({ $0.pending.isEmpty }) { wake.wait() }
-            // Read under the lock that writes take, so `written` and the unread count agree.
-            let read = state.withLock { s -> [@Sendable () -> Void] in
-                let unread = Int(ward_unread_bytes(fd))
-                guard unread >= 0 else { return [] }
-                let taken = s.written - unread
-                let done = s.pending.prefix { $0.end <= taken }
-                s.pending.removeFirst(done.count)
-                return done.map(\.delivered)
-            }
-            for delivered in read { delivered() }
+            collect()
             if state.withLock({ !$0.pending.isEmpty }) { usleep(2_000) }
         }
     }

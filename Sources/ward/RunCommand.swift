@@ -1,4 +1,5 @@
 import ArgumentParser
+import CWardOS
 import CWardSpawn
 import Dispatch
 import Foundation
@@ -55,6 +56,7 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         guard let program = RunCommand.resolve(agent[0]) else { throw CLIError.usage("agent \(agent[0]) not found in PATH") }
+        ward_termination_catch()
         let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"), publishToken: false)
         let run = supervisor.runID
 
@@ -62,15 +64,13 @@ struct RunCommand: ParsableCommand {
         enum Event { case exited(Int32, Int32), terminate(Int32) }
         let events = Lock<[Event]>([])
         let wake = DispatchSemaphore(value: 0)
-        var sources: [any DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { events.withLock { $0.append(.terminate(sig)) }; wake.signal() }
-            source.resume()
-            sources.append(source)
-        }
-        defer { for s in sources { s.cancel() } }
+        Thread {
+            while true {
+                let sig = ward_termination_wait()
+                events.withLock { $0.append(.terminate(sig)) }
+                wake.signal()
+            }
+        }.start()
 
         var restarts = 0
         while true {

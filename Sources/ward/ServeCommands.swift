@@ -1,4 +1,5 @@
 import ArgumentParser
+import CWardOS
 import Dispatch
 import Logging
 import WardClient
@@ -95,33 +96,6 @@ struct RunOptions: ParsableArguments {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-/// SIGINT and SIGTERM, caught from the moment this is made: a signal that arrives before
-/// `wait` is kept, not lost (a test or an operator may stop ward as soon as it prints its
-/// socket path).
-final class TerminationSignals {
-    private let done = DispatchSemaphore(value: 0)
-    private var sources: [any DispatchSourceSignal] = []
-
-    init() {
-        for sig in [SIGINT, SIGTERM] {
-            // The source is armed before the default action is turned off, so no signal
-            // falls between the two.
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { [done] in done.signal() }
-            source.resume()
-            signal(sig, SIG_IGN)
-            sources.append(source)
-        }
-    }
-
-    /// Returns once SIGINT or SIGTERM has come (at once if one already did).
-    func wait() {
-        done.wait()
-        for s in sources { s.cancel() }
-    }
-}
-
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
@@ -131,10 +105,11 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup var options: RunOptions
 
     func run() throws {
-        let signals = TerminationSignals()
+        // Caught before the socket exists: a SIGTERM that comes once an agent can connect stops ward.
+        ward_termination_catch()
         let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"), publishToken: true)
         Output.write(1, Array((server.path + "\n").utf8))
-        signals.wait()
+        _ = ward_termination_wait()
         options.drain(server: server, supervisor: supervisor)
         server.stop()
     }

@@ -28,7 +28,9 @@ class MCPClientTests(PlaceTest):
             assert a is not None, name
             self.assertEqual((a.readOnlyHint, a.idempotentHint, a.destructiveHint, a.openWorldHint),
                              (read_only, idempotent, destructive, open_world), name)
-            self.assertEqual(listed[name].outputSchema["type"], "object", name)
+            schema = listed[name].outputSchema
+            assert schema is not None, name
+            self.assertEqual(schema["type"], "object", name)
         send = listed["send"].inputSchema
         self.assertEqual(send["required"], ["message"])
         self.assertEqual(send["additionalProperties"], False)
@@ -136,11 +138,11 @@ class MCPClientTests(PlaceTest):
     async def test_progress_is_reported_every_second(self) -> None:
         seen: list[float] = []
 
-        async def progress(value: float, total: float | None, message: str | None) -> None:
-            seen.append(value)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
 
         async with session(self.place) as s:
-            result = await s.call_tool("slow_send", {"message": "p", "seconds": 2.5}, progress_callback=progress)
+            result = await s.call_tool("slow_send", {"message": "p", "seconds": 2.5}, progress_callback=on_progress)
         self.assertFalse(result.isError)
         self.assertGreaterEqual(len(seen), 3, seen)
         self.assertEqual(seen, sorted(seen))

@@ -284,10 +284,10 @@ class ForwardingTests(ProxyTest):
             self.assertEqual(echoed.structuredContent, {"arguments": {"a": 1}})
 
     async def test_progress_and_a_changed_tool_list_are_passed_on(self) -> None:
-        progress: list[float] = []
+        seen: list[float] = []
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
 
         changed = asyncio.Event()
 
@@ -298,7 +298,7 @@ class ForwardingTests(ProxyTest):
         async with proxy(self.place, "test", message_handler=on_message) as s:
             sent = await s.call_tool("send", {"message": "m", "seconds": 0.5}, progress_callback=on_progress)
             self.assertFalse(sent.isError, text(sent))
-            self.assertGreaterEqual(len(progress), 3)
+            self.assertGreaterEqual(len(seen), 3)
             self.assertNotIn("grown", [t.name for t in (await s.list_tools()).tools])
             await self.call(s, "grow", {})
             await asyncio.wait_for(changed.wait(), 10)

@@ -6,7 +6,6 @@ time). Run by Scripts/test (WARD names the ward binary)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -24,52 +23,7 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "Scripts"))
 import ward_client  # noqa: E402
 from ward_client import AsyncWard, Ward, pending_call  # noqa: E402
-from ward_harness import policy_directory  # noqa: E402
-
-WARD = os.environ.get("WARD", str(ROOT / ".build" / "debug" / "ward"))
-
-TOOLS = """
-[tools.echo]
-command = ["/bin/sh", "-c", "printf %s \\"$1\\"", "sh", "{text}"]
-effect = "read-only"
-
-[tools.sleep]
-command = ["/bin/sleep", "{seconds}"]
-effect = "read-only"
-
-[tools.big]
-command = ["/bin/sh", "-c", "yes x | tr -d '\\\\n' | head -c 3000000"]
-effect = "read-only"
-limits = { output = "4M" }
-
-[tools.append]
-command = ["/bin/sh", "-c", "printf '%s\\\\n' \\"$1\\" >> log.txt", "sh", "{line}"]
-effect = "non-idempotent"
-"""
-
-
-class Server:
-    """A `ward serve` of its own: policies, workspace, ledger and socket in a directory."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ward-py-"))
-        os.chmod(self.root, 0o755)
-        policies = policy_directory(str(self.root), TOOLS)
-        self.socket = str(self.root / "sock" / "run.sock")
-        self.process = subprocess.Popen(
-            [WARD, "serve", "--policies", policies, "--workspace", str(self.root / "workspace"),
-             "--ledger", str(self.root / "ledger.sqlite"), "--socket", self.socket, "--run-id", "py"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.root)
-        assert self.process.stdout is not None
-        self.process.stdout.readline()  # the socket path, once it listens
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(30)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+from ward_server import Server  # noqa: E402
 
 
 class ClientTest(unittest.TestCase):
@@ -186,6 +140,26 @@ class ClientTest(unittest.TestCase):
 
 
 class InstallTest(unittest.TestCase):
+    def test_sigterm_stops_ward_serve_every_time(self) -> None:
+        # At once after it prints its socket path, and a moment later: never ignored, even
+        # when ward inherits a mask that blocks it (as from a test runner's thread).
+        for i in range(20):
+            blocked = i % 4 < 2
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+            try:
+                server = Server(run_id=f"stop-{i}")
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+            if i % 2:
+                time.sleep(0.05)
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                self.assertEqual(server.process.wait(10), 0)
+            finally:
+                server.process.kill()
+                server.stop()
+
     def test_pip_installs_the_package(self) -> None:
         target = Path(tempfile.mkdtemp(prefix="ward-py-install-"))
         # A copy: the build leaves its build/ and egg-info beside the sources.

@@ -82,6 +82,14 @@ int ward_user_namespace_create(const char *newuidmap, const char *newgidmap, uin
 /// errno when it is missing or not a directory. statx is _GNU_SOURCE only.
 int ward_directory_identity(const char *path, uint64_t *dev, uint64_t *ino, int64_t *birth_sec, uint32_t *birth_nsec);
 
+/// Catches SIGINT and SIGTERM from now on, for `ward_termination_wait`, and unblocks them in
+/// the calling thread (call it from the main thread, before starting others). Why C: the handler
+/// runs on whichever thread the kernel picks and may only touch async-signal-safe state.
+void ward_termination_catch(void);
+/// Blocks until SIGINT or SIGTERM has come since `ward_termination_catch` (at once if one
+/// already did) and returns its number; each signal is returned once.
+int ward_termination_wait(void);
+
 #ifdef __cplusplus
 }
 #endif

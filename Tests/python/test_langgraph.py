@@ -1,0 +1,93 @@
+"""ward_client.langgraph against a real `ward serve`: LangGraph's own conformance suite for
+checkpointers (langgraph-checkpoint-conformance, every capability, through the async methods
+and again through the sync ones), each suite's records read back by a second saver from the
+ledger, and the tool-call wrapper's replay. Run by Scripts/test."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import unittest
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent / "python"))
+from langchain_core.runnables import RunnableConfig  # noqa: E402
+from langgraph.checkpoint.base import CheckpointTuple  # noqa: E402
+from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
+from langgraph.checkpoint.conformance.report import CapabilityReport  # noqa: E402
+
+from ward_client import Ward  # noqa: E402
+from ward_client.langgraph import WardSaver  # noqa: E402
+from ward_server import Server  # noqa: E402
+
+
+class SyncWardSaver(WardSaver):
+    """The suite calls only the async methods. WardSaver's async writes already run the sync
+    ones in a thread; here its reads do too, so the suite checks every sync method."""
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
+                    limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        for found in await asyncio.to_thread(lambda: [*self.list(config, filter=filter, before=before, limit=limit)]):
+            yield found
+
+
+def everything(saver: WardSaver) -> list[tuple[Any, ...]]:
+    """All a saver serves, comparable: every checkpoint of every thread with its values,
+    metadata, parent and pending writes."""
+    return sorted(
+        (t.config["configurable"]["thread_id"], t.config["configurable"]["checkpoint_ns"], t.checkpoint["id"],
+         repr(sorted(t.checkpoint["channel_values"].items())), repr(sorted(t.checkpoint["channel_versions"].items())),
+         repr(sorted(t.metadata.items())), None if t.parent_config is None else t.parent_config["configurable"]["checkpoint_id"],
+         repr(t.pending_writes))
+        for t in saver.list(None))
+
+
+class ConformanceTest(unittest.TestCase):
+    def conformance(self, kind: type[WardSaver]) -> None:
+        readback: list[tuple[int, int, bool]] = []
+        counter = iter(range(1000))
+
+        @checkpointer_test(name=kind.__name__)
+        async def factory() -> AsyncGenerator[WardSaver, None]:
+            server = Server(run_id=f"conformance-{next(counter)}")
+            ward, second = Ward(server.socket), None
+            try:
+                saver = kind(ward)
+                yield saver
+                # What the suite left, read back from the ledger by a new saver on the run.
+                second = Ward(server.socket)
+                again = WardSaver(second)
+                readback.append((saver.records, again.records, everything(again) == everything(saver)))
+            finally:
+                ward.close()
+                if second is not None:
+                    second.close()
+                server.stop()
+
+        report: CapabilityReport = asyncio.run(validate(factory))
+        report.print_report()
+        for name, result in report.results.items():
+            self.assertTrue(result.detected, f"{kind.__name__}: capability {name} not detected")
+            self.assertTrue(result.passed, f"{kind.__name__}: {name} failed: {result.failures}")
+        self.assertTrue(report.passed_all(), f"{kind.__name__}: {report.to_dict()}")
+        self.assertEqual(len(readback), 8)
+        for written, read, same in readback:
+            self.assertGreater(written, 0)
+            self.assertEqual(written, read, "a second saver read back a different number of records")
+            self.assertTrue(same, "a second saver serves something else than the saver that wrote the records")
+
+    def test_the_async_methods_pass_langgraphs_conformance_suite(self) -> None:
+        self.conformance(WardSaver)
+
+    def test_the_sync_methods_pass_it_too(self) -> None:
+        self.conformance(SyncWardSaver)
+
+
+if __name__ == "__main__":
+    unittest.main()

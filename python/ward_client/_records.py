@@ -1,0 +1,73 @@
+"""A framework's state kept in ward's ledger as a log of records, one ward checkpoint each."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import InternalError
+from ._sync import Ward
+
+#: The member naming what kind of record a ward checkpoint is, and so which integration reads it.
+KIND = "ward.record"
+
+
+class RecordLog:
+    """The state of an integration (`WardSaver`, `WardSession`) as records in ward's ledger.
+
+    Each change is one record, made durable in ward (`checkpoint.save`, labelled with the
+    kind) before it is applied to the in-memory state that answers reads. Made inside a run
+    that already has records (an agent restarted after a crash), it reads its own kind back
+    in order first. Records of other kinds, and the agent's own checkpoints, are skipped.
+    """
+
+    kind: str = ""
+
+    def __init__(self, ward: Ward | None) -> None:
+        self.ward = ward if ward is not None else Ward()
+        # Records reach ward in the order they are applied: one writer at a time. Readers
+        # take only `_data`, so a read never waits for ward's disk.
+        self._order = threading.Lock()
+        self._data = threading.RLock()
+        #: Records applied so far, read back or made here.
+        self.records = 0
+
+    def _replay(self) -> None:
+        latest = self.ward.load()
+        if latest is None:
+            return
+        last = int(latest["seq"])
+        for seq in range(1, last + 1):
+            loaded = latest if seq == last else self.ward.load(seq)
+            if loaded is None or int(loaded["seq"]) != seq:
+                raise InternalError(f"checkpoint {seq} of this run is damaged: the {self.kind} state cannot be read back past it"
+                                    " (ward checkpoint show names the damage)")
+            state = loaded.get("state")
+            if isinstance(state, dict) and state.get(KIND) == self.kind and self._owns(state):
+                self._apply_checked(state, seq)
+
+    def _owns(self, record: Mapping[str, Any]) -> bool:
+        """Whether a record of this kind is this object's (a session reads only its own)."""
+        return True
+
+    def _record(self, record: dict[str, Any]) -> None:
+        with self._order:
+            self._commit(record)
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        """Makes `record` durable in ward, then applies it (`_order` held)."""
+        record[KIND] = self.kind
+        self.ward.checkpoint(record, self.kind)
+        with self._data:
+            self._apply_checked(record, 0)
+
+    def _apply_checked(self, record: Mapping[str, Any], seq: int) -> None:
+        try:
+            self._apply(record, seq)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InternalError(f"checkpoint {seq} holds a malformed {self.kind} record: {e!r}") from None
+        self.records += 1
+
+    def _apply(self, record: Mapping[str, Any], seq: int) -> None:
+        raise NotImplementedError
