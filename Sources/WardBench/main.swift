@@ -222,8 +222,14 @@ for i in 0..<200 {
 }
 let storedBytes = Double(try ledger.checkpointStorageBytes(run: "storage"))
 
-struct Peers { var langgraph: Double?; var dbos: Double?; var langgraphStorage: Double?; var errors: [String] }
-var peers = Peers(langgraph: nil, dbos: nil, langgraphStorage: nil, errors: ["peers not measured (Scripts/bench measures them)"])
+struct Peers {
+    var langgraph: Double?, dbos: Double?, langgraphStorage: Double?
+    /// LangGraph on ward (ward_client's WardSaver) against SqliteSaver, the same 200-step graph:
+    /// time per step and storage of each; and the Python client's journal.record round trip.
+    var wardSaverStep: Double?, sqliteSaverStep: Double?, wardSaverStorage: Double?, sqliteSaverStorage: Double?, pythonJournal: Double?
+    var errors: [String]
+}
+var peers = Peers(errors: ["peers not measured (Scripts/bench measures them)"])
 if let peersPath, let fp = fopen(peersPath, "r") {
     var bytes: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
@@ -232,7 +238,10 @@ if let peersPath, let fp = fopen(peersPath, "r") {
     if let json = try? JSONValue.parse(bytes).objectValue {
         func number(_ key: String) -> Double? { if case .number(let d)? = json[key] { return d }; return nil }
         let errors: [String] = { if case .array(let a)? = json["errors"] { return a.compactMap(\.stringValue) }; return [] }()
-        peers = Peers(langgraph: number("langgraphStepMicros"), dbos: number("dbosStepMicros"), langgraphStorage: number("langgraphStorageBytes"), errors: errors)
+        peers = Peers(langgraph: number("langgraphStepMicros"), dbos: number("dbosStepMicros"), langgraphStorage: number("langgraphStorageBytes"),
+                      wardSaverStep: number("langgraphWardStepMicros"), sqliteSaverStep: number("langgraphSqliteLoopStepMicros"),
+                      wardSaverStorage: number("langgraphWardStorageBytes"), sqliteSaverStorage: number("langgraphSqliteLoopStorageBytes"),
+                      pythonJournal: number("pythonJournalMicros"), errors: errors)
     }
 }
 let checkpointStep = median(checkpointTimes), journalStep = median(journalTimes)
@@ -398,6 +407,17 @@ rows.append(Row(name: "durable step through the socket: checkpoint.save", ward: 
 rows.append(Row(name: "durable step through the socket: journal.record", ward: median(socketJournal), peer: "", peerValue: nil, budget: .atMost(300)))
 if let lg = peers.langgraph { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
 if let d = peers.dbos { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
+if let python = peers.pythonJournal {
+    rows.append(Row(name: "journal.record round trip from the Python client", ward: python, peer: "the Swift client (WardConnection)",
+                    peerValue: median(socketJournal), budget: .ratio(2)))
+}
+if let ward = peers.wardSaverStep, let sqlite = peers.sqliteSaverStep {
+    rows.append(Row(name: "LangGraph step, 200-step graph, WardSaver", ward: ward, peer: "SqliteSaver, same graph", peerValue: sqlite, budget: .ratio(0.5)))
+}
+if let ward = peers.wardSaverStorage, let sqlite = peers.sqliteSaverStorage {
+    rows.append(Row(name: "LangGraph storage, 200 steps × 1 KiB appended, WardSaver", ward: ward, peer: "SqliteSaver, same graph", peerValue: sqlite,
+                    budget: .ratio(0.05), unit: .bytes))
+}
 
 // Cost growth: a durable step and a replay with 1k, 10k (and 100k) calls already recorded.
 let growthSizes = iterations >= 300 ? [1_000, 10_000, 100_000] : [1_000, 10_000]

@@ -36,10 +36,10 @@ def point() -> None:
 def patch(kind: Any) -> None:
     original = kind._commit
 
-    def commit(self: Any, record: dict[str, Any]) -> None:
+    def commit(self: Any, record: dict[str, Any], live: Any = None) -> None:
         if only is None or record.get("op") == only:
             point()
-        original(self, record)
+        original(self, record, live)
 
     kind._commit = commit
 

@@ -6,11 +6,13 @@ ledger, and the tool-call wrapper's replay. Run by Scripts/test."""
 from __future__ import annotations
 
 import asyncio
+import json
+import operator
 import sys
 import unittest
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "python"))
@@ -18,6 +20,7 @@ from langchain_core.runnables import RunnableConfig  # noqa: E402
 from langgraph.checkpoint.base import CheckpointTuple  # noqa: E402
 from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
 from langgraph.checkpoint.conformance.report import CapabilityReport  # noqa: E402
+from langgraph.graph import END, StateGraph  # noqa: E402
 
 from ward_client import Ward  # noqa: E402
 from ward_client.langgraph import WardSaver  # noqa: E402
@@ -87,6 +90,43 @@ class ConformanceTest(unittest.TestCase):
 
     def test_the_sync_methods_pass_it_too(self) -> None:
         self.conformance(SyncWardSaver)
+
+
+class GrowingStateTest(unittest.TestCase):
+    def test_a_list_that_grows_is_recorded_as_what_was_appended(self) -> None:
+        class Growing(TypedDict):
+            items: Annotated[list[dict[str, Any]], operator.add]
+
+        def add_one(state: Growing) -> dict[str, Any]:
+            return {"items": [{"step": len(state["items"]), "note": "x" * 1000}]}
+
+        graph = StateGraph(Growing)
+        graph.add_node("add", add_one)
+        graph.set_entry_point("add")
+        graph.add_conditional_edges("add", lambda state: "add" if len(state["items"]) < 30 else END)
+        server = Server(run_id="growing")
+        try:
+            with Ward(server.socket) as ward:
+                saver = WardSaver(ward)
+                config: RunnableConfig = {"configurable": {"thread_id": "g"}, "recursion_limit": 100}
+                start: Growing = {"items": []}
+                final = graph.compile(checkpointer=saver).invoke(start, config)
+                self.assertEqual([item["step"] for item in final["items"]], list(range(30)))
+                latest = ward.load()
+                assert latest is not None
+                records = [ward.load(seq) for seq in range(1, int(latest["seq"]) + 1)]
+                puts = [r["state"] for r in records if r is not None and r["state"].get("op") == "put"]
+                appended = [p for p in puts if any(isinstance(blob, dict) for _, _, blob in p["blobs"])]
+                self.assertGreaterEqual(len(appended), 29, "each step after the first records only what it appended")
+                self.assertLess(max(len(json.dumps(p)) for p in appended), 4000)
+                # Read back by a new saver, every checkpoint holds the whole list again.
+                again = WardSaver(ward)
+                self.assertEqual(everything(again), everything(saver))
+                tip = again.get_tuple(config)
+                assert tip is not None
+                self.assertEqual(tip.checkpoint["channel_values"]["items"], final["items"])
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

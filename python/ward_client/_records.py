@@ -55,19 +55,20 @@ class RecordLog:
         with self._order:
             self._commit(record)
 
-    def _commit(self, record: dict[str, Any]) -> None:
-        """Makes `record` durable in ward, then applies it (`_order` held)."""
+    def _commit(self, record: dict[str, Any], live: Any = None) -> None:
+        """Makes `record` durable in ward, then applies it (`_order` held). `live`: what the
+        caller already has of the applied state, handed to `_apply` to save recomputing it."""
         record[KIND] = self.kind
         self.ward.checkpoint(record, self.kind)
         with self._data:
-            self._apply_checked(record, 0)
+            self._apply_checked(record, 0, live)
 
-    def _apply_checked(self, record: Mapping[str, Any], seq: int) -> None:
+    def _apply_checked(self, record: Mapping[str, Any], seq: int, live: Any = None) -> None:
         try:
-            self._apply(record, seq)
+            self._apply(record, seq, live)
         except (KeyError, TypeError, ValueError) as e:
             raise InternalError(f"checkpoint {seq} holds a malformed {self.kind} record: {e!r}") from None
         self.records += 1
 
-    def _apply(self, record: Mapping[str, Any], seq: int) -> None:
+    def _apply(self, record: Mapping[str, Any], seq: int, live: Any = None) -> None:
         raise NotImplementedError

@@ -87,7 +87,7 @@ class WardSession(RecordLog, SessionABC):
     def _owns(self, record: Mapping[str, Any]) -> bool:
         return record.get("session") == self.session_id
 
-    def _apply(self, record: Mapping[str, Any], seq: int) -> None:
+    def _apply(self, record: Mapping[str, Any], seq: int, live: Any = None) -> None:
         op = record["op"]
         if op == "add":
             self._items.extend(record["items"])

@@ -78,21 +78,31 @@ class WardSaver(RecordLog, InMemorySaver):
     def __init__(self, ward: Ward | None = None, *, serde: SerializerProtocol | None = None) -> None:
         InMemorySaver.__init__(self, serde=serde)
         RecordLog.__init__(self, ward)
+        # Each channel's version and value as last put here (not as read back: the first put
+        # of a channel after a restart is recorded whole).
+        self._last: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._replay()
 
-    def _apply(self, r: Mapping[str, Any], seq: int) -> None:
+    def _apply(self, r: Mapping[str, Any], seq: int, live: Any = None) -> None:
         op = r["op"]
         if op == "put":
             thread, ns = r["thread"], r["ns"]
             for channel, version, blob in r["blobs"]:
-                self.blobs[(thread, ns, channel, version)] = _decode(blob, seq)
+                if live is not None and channel in live:
+                    self.blobs[(thread, ns, channel, version)] = live[channel]
+                elif isinstance(blob, dict):
+                    base = self.serde.loads_typed(self.blobs[(thread, ns, channel, blob["extends"])])
+                    tail = self.serde.loads_typed(_decode(blob["tail"], seq))
+                    self.blobs[(thread, ns, channel, version)] = self.serde.dumps_typed(base + tail)
+                else:
+                    self.blobs[(thread, ns, channel, version)] = _decode(blob, seq)
             self.storage[thread][ns][r["id"]] = (_decode(r["checkpoint"], seq), _decode(r["metadata"], seq), r["parent"])
         elif op == "writes":
             key = (r["thread"], r["ns"], r["id"])
             for channel, idx, value in r["writes"]:
                 self.writes.setdefault(key, {})[(r["task"], idx)] = (r["task"], channel, _decode(value, seq), r["path"])
         elif op == "delete":
-            InMemorySaver.delete_thread(self, r["thread"])
+            self._forget(r["thread"])
         elif op == "delete-runs":
             self._delete_runs(set(r["runs"]))
         elif op == "copy":
@@ -110,13 +120,32 @@ class WardSaver(RecordLog, InMemorySaver):
         thread, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
         rest: dict[str, Any] = dict(checkpoint)
         values: dict[str, Any] = rest.pop("channel_values")
-        blobs = [[k, v, _encode(self.serde.dumps_typed(values[k]) if k in values else ("empty", b""))] for k, v in new_versions.items()]
-        self._record({
-            "op": "put", "thread": thread, "ns": ns, "id": checkpoint["id"], "parent": configurable.get("checkpoint_id"),
-            "checkpoint": _encode(self.serde.dumps_typed(rest)),
-            "metadata": _encode(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))),
-            "blobs": blobs,
-        })
+        with self._order:
+            blobs: list[list[Any]] = []
+            full: dict[str, tuple[str, bytes]] = {}
+            for k, v in new_versions.items():
+                if k not in values:
+                    blobs.append([k, v, _encode(("empty", b""))])
+                    continue
+                full[k] = self.serde.dumps_typed(values[k])
+                # A list that only grew since this channel's last version (a reducer's append,
+                # the usual case) is recorded as what was appended to that version: a step
+                # then costs ward what it added, not the whole history again.
+                last = self._last.get((thread, ns, k))
+                value = values[k]
+                if (last is not None and type(value) is list and type(last[1]) is list and len(value) >= len(last[1])
+                        and all(a is b for a, b in zip(last[1], value, strict=False))):
+                    tail = _encode(self.serde.dumps_typed(value[len(last[1]):]))
+                    blobs.append([k, v, {"extends": last[0], "tail": tail}])
+                else:
+                    blobs.append([k, v, _encode(full[k])])
+                self._last[(thread, ns, k)] = (v, value)
+            self._commit({
+                "op": "put", "thread": thread, "ns": ns, "id": checkpoint["id"], "parent": configurable.get("checkpoint_id"),
+                "checkpoint": _encode(self.serde.dumps_typed(rest)),
+                "metadata": _encode(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))),
+                "blobs": blobs,
+            }, full)
         return {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
@@ -152,6 +181,11 @@ class WardSaver(RecordLog, InMemorySaver):
         if thread_ids:
             self._record({"op": "prune", "threads": list(thread_ids), "strategy": strategy})
 
+    def _forget(self, thread: str) -> None:
+        InMemorySaver.delete_thread(self, thread)
+        for key in [key for key in self._last if key[0] == thread]:
+            del self._last[key]
+
     def _delete_runs(self, runs: set[str]) -> None:
         for thread, namespaces in self.storage.items():
             for ns, checkpoints in namespaces.items():
@@ -176,7 +210,7 @@ class WardSaver(RecordLog, InMemorySaver):
             if thread not in self.storage:
                 continue
             if strategy == "delete":
-                InMemorySaver.delete_thread(self, thread)
+                self._forget(thread)
                 continue
             for ns, checkpoints in self.storage[thread].items():
                 latest = max(checkpoints, default=None)

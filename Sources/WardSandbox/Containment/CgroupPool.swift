@@ -126,7 +126,7 @@ final class CgroupSlot: @unchecked Sendable {
 /// directory `flock`ed for the pool's life. A pool is abandoned when its lock is free: the
 /// kernel releases it when the process dies, so another ward (in any PID namespace, even
 /// where this one is pid 1) can tell a live pool from a dead one without guessing from pids.
-final class CgroupPool: HelperProcess, Sendable {
+final class CgroupPool: Sendable {
     private struct State {
         var free: [CgroupSlot] = []
         var next = 0
@@ -192,7 +192,7 @@ final class CgroupPool: HelperProcess, Sendable {
             buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) { ward_watchdog_start($0, Int32(buf.count), &pid) }
         })
         watchdogPID = pid
-        HelperProcesses.track(self)
+        if pid > 0 { HelperProcesses.add(pid, ending: .close(watchdogFD.withLock { $0 })) }
     }
 
     /// Closes the watchdog's pipe: it kills whatever is left in the call cgroups and exits.
@@ -200,13 +200,12 @@ final class CgroupPool: HelperProcess, Sendable {
     private func releaseWatchdog() -> pid_t? {
         watchdogFD.withLock { fd in
             guard fd >= 0 else { return nil }
+            HelperProcesses.remove(watchdogPID)
             close(fd)
             fd = -1
             return watchdogPID > 0 ? watchdogPID : nil
         }
     }
-
-    func endForExit() -> [pid_t] { releaseWatchdog().map { [$0] } ?? [] }
 
     private static func makeDirectory(_ path: String) -> Bool {
         mkdir(path, 0o755) == 0

@@ -4,45 +4,55 @@ import WardCore
 import Glibc
 #endif
 
-/// A process ward keeps beside it that would outlive it for a moment: each tool's zygote
-/// (it shares ward's memory) and the cgroup watchdog (a fork of ward).
-protocol HelperProcess: AnyObject, Sendable {
-    /// Makes the helper end now (SIGKILL, or closing what it waits on) and returns the pids
-    /// to wait for: children of this process, not reaped yet.
-    func endForExit() -> [pid_t]
-}
-
 /// ward's helpers end before ward does.
 ///
-/// Both kinds carry ward's command line (the zygote reads ward's own memory, the watchdog a
-/// copy of it), which holds the tool arguments of `ward sandbox` or the agent's command of
-/// `ward run`. Left to die after ward, of the parent-death signal or the end of a pipe, they
-/// still show that command line for a few milliseconds after ward exited, and the watchdog
-/// may still be killing calls: whoever looks right after ward exits for anything left of
-/// a call would find them. So at exit ward ends them and waits until each has exited.
+/// Each tool's zygote shares ward's memory and the cgroup watchdog is a fork of it: both
+/// carry ward's command line, which holds the tool arguments of `ward sandbox` or the
+/// agent's command of `ward run`. Left to die after ward, of the parent-death signal or the
+/// end of a pipe, they still show that command line for a few milliseconds after ward
+/// exited, and the watchdog may still be killing calls: whoever looks right after ward exits
+/// for anything left of a call would find them. So at exit ward ends them and waits until
+/// each has exited.
+///
+/// Helpers are kept by pid, not by object: a helper is removed here before it is reaped, so
+/// a pid listed is never another process's.
 enum HelperProcesses {
-    private struct Entry { weak var helper: (any HelperProcess)? }
-    private static let tracked = Lock<[Entry]>([])
+    /// How a helper is made to end.
+    enum Ending {
+        /// SIGKILL (a zygote).
+        case kill
+        /// Closing the write end of the pipe it waits on (the watchdog).
+        case close(Int32)
+    }
+
+    private static let live = Lock<[pid_t: Ending]>([:])
     /// The exit hook, installed with the first helper.
     private static let hook: Void = { atexit { HelperProcesses.endAll() } }()
 
-    static func track(_ helper: any HelperProcess) {
+    /// A helper started: a child of this process, not reaped until `remove`.
+    static func add(_ pid: pid_t, ending: Ending) {
         _ = hook
-        tracked.withLock { entries in
-            entries.removeAll { $0.helper == nil }
-            entries.append(Entry(helper: helper))
-        }
+        live.withLock { $0[pid] = ending }
     }
 
-    /// Ends every helper still alive and waits (up to 2 s) until each has exited. It does not
-    /// reap them: another thread may be waiting for a zygote, and the kernel frees the
-    /// zombies with this process.
+    /// A helper about to be reaped (or whose pipe is about to be closed) by its owner.
+    static func remove(_ pid: pid_t) {
+        live.withLock { _ = $0.removeValue(forKey: pid) }
+    }
+
+    /// Ends every helper still listed and waits (up to 2 s) until each has exited. It does
+    /// not reap them: the kernel frees the zombies with this process.
     static func endAll() {
-        let helpers = tracked.withLock { entries in
-            defer { entries.removeAll() }
-            return entries.compactMap(\.helper)
+        var pending = live.withLock { helpers -> [pid_t] in
+            defer { helpers.removeAll() }
+            for (pid, ending) in helpers {
+                switch ending {
+                case .kill: Glibc.kill(pid, SIGKILL)
+                case .close(let fd): Glibc.close(fd)
+                }
+            }
+            return Array(helpers.keys)
         }
-        var pending = helpers.flatMap { $0.endForExit() }
         for _ in 0..<10_000 where !pending.isEmpty {
             pending.removeAll(where: hasExited)
             if !pending.isEmpty { usleep(200) }

@@ -10,7 +10,7 @@ import Glibc
 /// call's tool so the call inherits its seccomp filter, Landlock domain and dropped
 /// capabilities instead of attaching them again. Started on first use, restarted after it
 /// dies; while it cannot run, calls take the direct spawn path, which is equally confined.
-final class Zygote: HelperProcess, @unchecked Sendable {
+final class Zygote: @unchecked Sendable {
     // @unchecked: `config` is written once in init and only read afterwards (by
     // the zygote process too, which shares our memory); the C handle lives in the lock.
     /// The confinement the zygote applies; lives as long as the zygote.
@@ -49,27 +49,14 @@ final class Zygote: HelperProcess, @unchecked Sendable {
         config.initialize(to: ward_spawn_config())
         confinement.configureZygote(&config.pointee, tool: tool, rulesetFD: rulesetFD)
         zygoteFD = rulesetFD
-        HelperProcesses.track(self)
     }
 
     deinit {
-        handle.withLock { h in
-            if let z = h.zygote { ward_zygote_stop(z) }
-            h.zygote = nil
-        }
+        handle.withLock { Zygote.stop(&$0) }
         close(zygoteFD)
         pthread_mutex_destroy(spawning)
         spawning.deallocate()
         config.deallocate()
-    }
-
-    /// Kills the running zygote, leaving it to be reaped (`HelperProcesses`).
-    func endForExit() -> [pid_t] {
-        handle.withLock { h in
-            guard let z = h.zygote, case let pid = ward_zygote_pid(z), pid > 0 else { return [] }
-            kill(pid, SIGKILL)
-            return [pid]
-        }
     }
 
     /// The running zygote's pid, if one runs.
@@ -131,22 +118,27 @@ final class Zygote: HelperProcess, @unchecked Sendable {
     /// zygote found dead here died between calls, before this call's request: replacing it
     /// is safe, where a death after the request leaves the call's start unknown.
     private func running(_ h: inout Handle) -> OpaquePointer? {
-        if let z = h.zygote, ward_zygote_alive(z) == 0 {
-            ward_zygote_stop(z)
-            h.zygote = nil
-        }
+        if let z = h.zygote, ward_zygote_alive(z) == 0 { Zygote.stop(&h) }
         if h.zygote == nil {
             var startError = ward_spawn_error()
             h.zygote = ward_zygote_start(config, tool.landlockFD, &startError)
+            if let z = h.zygote { HelperProcesses.add(ward_zygote_pid(z), ending: .kill) }
         }
         return h.zygote
+    }
+
+    /// Stops (kills and reaps) the running zygote, if any; no longer ended at exit.
+    private static func stop(_ h: inout Handle) {
+        guard let z = h.zygote else { return }
+        HelperProcesses.remove(ward_zygote_pid(z))
+        ward_zygote_stop(z)
+        h.zygote = nil
     }
 
     /// A spawn's result. When the zygote is gone (killed from outside) it is reaped, and the next call starts a new one.
     private func settle(_ h: inout Handle, _ outcome: ward_zygote_outcome, _ pid: pid_t) -> Spawn {
         guard outcome != WARD_ZYGOTE_SPAWNED else { return .spawned(pid) }
-        ward_zygote_stop(h.zygote)
-        h.zygote = nil
+        Zygote.stop(&h)
         return outcome == WARD_ZYGOTE_LOST ? .lost : .unavailable
     }
 }
