@@ -408,14 +408,14 @@ rows.append(Row(name: "durable step through the socket: journal.record", ward: m
 if let lg = peers.langgraph { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "LangGraph SqliteSaver step", peerValue: lg, budget: nil)) }
 if let d = peers.dbos { rows.append(Row(name: "durable step through the socket", ward: socketStep, peer: "DBOS step (SQLite)", peerValue: d, budget: nil)) }
 if let python = peers.pythonJournal {
-    rows.append(Row(name: "journal.record round trip from the Python client", ward: python, peer: "the Swift client (WardConnection)",
+    rows.append(Row(name: "journal.record, Python client", ward: python, peer: "Swift client",
                     peerValue: median(socketJournal), budget: .ratio(2)))
 }
 if let ward = peers.wardSaverStep, let sqlite = peers.sqliteSaverStep {
-    rows.append(Row(name: "LangGraph step, 200-step graph, WardSaver", ward: ward, peer: "SqliteSaver, same graph", peerValue: sqlite, budget: .ratio(0.5)))
+    rows.append(Row(name: "LangGraph step (200 steps), WardSaver", ward: ward, peer: "SqliteSaver", peerValue: sqlite, budget: .ratio(0.5)))
 }
 if let ward = peers.wardSaverStorage, let sqlite = peers.sqliteSaverStorage {
-    rows.append(Row(name: "LangGraph storage, 200 steps × 1 KiB appended, WardSaver", ward: ward, peer: "SqliteSaver, same graph", peerValue: sqlite,
+    rows.append(Row(name: "LangGraph storage (200 steps), WardSaver", ward: ward, peer: "SqliteSaver", peerValue: sqlite,
                     budget: .ratio(0.05), unit: .bytes))
 }
 

@@ -1,12 +1,19 @@
 """`Ward`: the agent protocol from threads. One connection; requests from many threads are
-in flight on it at once, each answer matched to its request by id."""
+in flight on it at once, each answer matched to its request by id.
+
+No reader thread: a thread waiting for its answer reads the connection itself (the leader),
+handing each other answer to the thread that waits for it, and when its own has come it
+leaves the reading to one of the others. A lone agent thread thus gets its answer straight
+from the socket, without a hand-over between threads on every request."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +23,9 @@ from ._errors import ConnectionDroppedError, InternalError, ServerNotFoundError,
 
 class _Waiter:
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = False
+        #: Set when the answer came, or when no thread reads any more (one should take over).
+        self.wake = threading.Event()
         self.result: Any = None
         self.error: WardError | None = None
 
@@ -45,8 +54,8 @@ class Ward:
         self._lock = threading.Lock()
         self._waiting: dict[int, _Waiter] = {}
         self._dropped: str | None = None
-        self._reader = threading.Thread(target=self._read, name="ward-client", daemon=True)
-        self._reader.start()
+        self._leading = False  # a thread is reading the connection
+        self._buffer = bytearray()
         try:
             self.run_id = _wire.member(self.request("session.auth", {"token": secret}), "runId", "session.auth")
         except BaseException:
@@ -54,7 +63,7 @@ class Ward:
             raise
 
     def close(self) -> None:
-        # Wakes the reader, and any request waiting, with ConnectionDroppedError.
+        # Wakes the thread reading, and so every request waiting, with ConnectionDroppedError.
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
@@ -65,38 +74,89 @@ class Ward:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _read(self) -> None:
-        reader = self._sock.makefile("rb")
-        why = "ward closed the connection"
-        try:
-            for raw in reader:
-                request_id, result, error = _wire.parse_answer(raw)
-                if not isinstance(request_id, int):
-                    # A line that names no request (not JSON, or ward's refusal of a line it
-                    # could not read): answers can no longer be paired with requests.
-                    failure = error or InternalError("ward answered with no request id")
-                    with self._lock:
-                        self._dropped = failure.message
-                        waiting, self._waiting = self._waiting, {}
-                    for pending in waiting.values():
-                        pending.error = failure
-                        pending.done.set()
-                    return
-                with self._lock:
-                    answered = self._waiting.pop(request_id, None)
-                if answered is not None:
-                    answered.result, answered.error = result, error
-                    answered.done.set()
-        except (OSError, ValueError) as e:
-            why = f"the connection to ward failed: {e}"
-        finally:
-            reader.close()
+    def _answer(self, waiter: _Waiter, result: Any, error: WardError | None) -> None:
+        """Hands a waiter its answer (`_lock` held)."""
+        waiter.result, waiter.error, waiter.done = result, error, True
+        waiter.wake.set()
+
+    def _drop(self, why: WardError) -> None:
+        """The connection is unusable: every request waiting fails with `why`."""
         with self._lock:
-            self._dropped = why
+            if self._dropped is None:
+                self._dropped = why.message
             waiting, self._waiting = self._waiting, {}
-        for waiter in waiting.values():
-            waiter.error = ConnectionDroppedError(why)
-            waiter.done.set()
+            for waiter in waiting.values():
+                self._answer(waiter, None, why)
+
+    def _line(self, deadline: float | None) -> bytes | None:
+        """The next line from ward; None when `deadline` (monotonic) passed first."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end + 1])
+                del self._buffer[:end + 1]
+                return line
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            # select, not a socket timeout: other threads send on this socket meanwhile.
+            readable, _, _ = select.select([self._sock], [], [], remaining)
+            if not readable:
+                return None
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionDroppedError("ward closed the connection")
+            self._buffer += chunk
+
+    def _lead(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Reads answers, this thread's and others', until its own has come or `deadline`."""
+        while not waiter.done:
+            try:
+                raw = self._line(deadline)
+            except ConnectionDroppedError as e:
+                self._drop(e)
+                return
+            except (OSError, ValueError) as e:
+                self._drop(ConnectionDroppedError(f"the connection to ward failed: {e}"))
+                return
+            if raw is None:
+                return
+            request_id, result, error = _wire.parse_answer(raw)
+            if not isinstance(request_id, int):
+                # A line that names no request (not JSON, or ward's refusal of a line it
+                # could not read): answers can no longer be paired with requests.
+                self._drop(error or InternalError("ward answered with no request id"))
+                return
+            with self._lock:
+                answered = self._waiting.pop(request_id, None)
+                if answered is not None:
+                    self._answer(answered, result, error)
+
+    def _await(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Until the waiter's answer came or `deadline`: reads when no other thread does."""
+        while True:
+            with self._lock:
+                if waiter.done:
+                    return
+                lead = not self._leading
+                if lead:
+                    self._leading = True
+            if lead:
+                try:
+                    self._lead(waiter, deadline)
+                finally:
+                    with self._lock:
+                        self._leading = False
+                        for other in self._waiting.values():
+                            other.wake.set()  # one of them reads from now on
+                if waiter.done or (deadline is not None and time.monotonic() >= deadline):
+                    return
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            waiter.wake.wait(remaining)
+            waiter.wake.clear()
 
     def request(self, method: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = -1.0) -> Any:
         """Sends one request and returns its result, or raises the error's class.
@@ -115,10 +175,12 @@ class Ward:
             with self._lock:
                 self._waiting.pop(request_id, None)
             raise ConnectionDroppedError(f"sending to ward failed: {e}") from None
-        if not waiter.done.wait(limit):
+        self._await(waiter, None if limit is None else time.monotonic() + limit)
+        if not waiter.done:
             with self._lock:
                 self._waiting.pop(request_id, None)
-            raise ServerTimeoutError(f"no answer to {method} within {limit} s")
+            if not waiter.done:
+                raise ServerTimeoutError(f"no answer to {method} within {limit} s")
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
