@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WardCore
 @testable import WardLedger
+import WardTestSupport
 
 /// A ledger holding every kind of event ward writes, each made through the ledger's own API:
 /// run "r" with two attempts, a place whose policies changed and which moved, calls that
@@ -52,6 +53,10 @@ enum VerifyFixture {
             _ = try crashed.startAttempt(run: "other")
             _ = try crashed.journalRecord(run: "other", key: "k", value: .string("v"))
         }
+        // The handle is gone, but its lock goes only with the last copy of its descriptor: a
+        // child another suite's sandbox was making at that moment (forked, not yet exec'd)
+        // holds one for a while. A real supervisor's death ends its children too.
+        #expect(eventually { ownerLocksAreFree(ledger: path) }, "the dropped handle's owner lock stayed held")
         // Opened anew: the dead handle's non-idempotent calls (c3, c4, c6) are in doubt.
         let ledger = try Ledger(path: path, durability: .normal)
         _ = try ledger.startAttempt(run: "r")
@@ -470,5 +475,17 @@ struct VerifySequenceTests {
         try VerifyFixture.append(path, "call.undo", call: "c1", [:])
         #expect(try Self.problem(path) == "event 3 of run r is of a kind this ward does not know (call.undo), so it cannot vouch for what it changed")
         withExtendedLifetime(ledger) {}
+    }
+}
+
+/// Whether no process holds an owner lock of the ledger at `path` (its `-locks` directory).
+func ownerLocksAreFree(ledger path: String) -> Bool {
+    let directory = path + "-locks"
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+    return names.filter { $0.hasPrefix("owner-") }.allSatisfy { name in
+        let fd = open(directory + "/" + name, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return true }
+        defer { close(fd) }
+        return flock(fd, LOCK_SH | LOCK_NB) == 0
     }
 }

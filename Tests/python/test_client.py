@@ -106,6 +106,15 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(ward_client.UnauthorizedError):
             Ward(self.server.socket, token="0" * 64)
 
+    def test_a_request_ward_would_refuse_is_refused_here_and_the_connection_kept(self) -> None:
+        with Ward(self.server.socket) as ward:
+            with self.assertRaises(ward_client.TooLargeError):
+                ward.checkpoint({"blob": "x" * (17 << 20)})
+            with self.assertRaises(ward_client.InvalidArgumentsError):
+                ward.checkpoint({"not json": {1, 2}})
+            self.assertEqual(ward._waiting, {})  # nothing left waiting for an answer
+            self.assertEqual(ward.call("echo", {"text": "still here"}, call_id="after")["stdout"], "still here")
+
     def test_no_server_a_dropped_connection_and_no_answer_are_told_apart(self) -> None:
         with self.assertRaises(ward_client.ServerNotFoundError):
             Ward(str(self.server.root / "none.sock"), token="t")

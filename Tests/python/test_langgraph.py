@@ -93,6 +93,28 @@ class ConformanceTest(unittest.TestCase):
 
 
 class GrowingStateTest(unittest.TestCase):
+    def run_loop(self, graph: StateGraph[Any], start: Any, run_id: str) -> tuple[Any, list[dict[str, Any]]]:
+        """Runs `graph` with a WardSaver on a ward of its own; checks that a second saver reads
+        back the same checkpoints and the final value of `items`; returns the final state and
+        every put record."""
+        server = Server(run_id=run_id)
+        try:
+            with Ward(server.socket) as ward:
+                saver = WardSaver(ward)
+                config: RunnableConfig = {"configurable": {"thread_id": "t"}, "recursion_limit": 100}
+                final = graph.compile(checkpointer=saver).invoke(start, config, durability="sync")
+                again = WardSaver(ward)
+                self.assertEqual(everything(again), everything(saver))
+                tip = again.get_tuple(config)
+                assert tip is not None
+                self.assertEqual(tip.checkpoint["channel_values"]["items"], final["items"])
+                latest = ward.load()
+                assert latest is not None
+                records = [ward.load(seq) for seq in range(1, int(latest["seq"]) + 1)]
+                return final, [r["state"] for r in records if r is not None and r["state"].get("op") == "put"]
+        finally:
+            server.stop()
+
     def test_a_list_that_grows_is_recorded_as_what_was_appended(self) -> None:
         class Growing(TypedDict):
             items: Annotated[list[dict[str, Any]], operator.add]
@@ -104,27 +126,67 @@ class GrowingStateTest(unittest.TestCase):
         graph.add_node("add", add_one)
         graph.set_entry_point("add")
         graph.add_conditional_edges("add", lambda state: "add" if len(state["items"]) < 30 else END)
-        server = Server(run_id="growing")
+        start: Growing = {"items": []}
+        final, puts = self.run_loop(graph, start, "growing")
+        self.assertEqual([item["step"] for item in final["items"]], list(range(30)))
+        appended = [p for p in puts if any(isinstance(blob, dict) for _, _, blob in p["blobs"])]
+        self.assertGreaterEqual(len(appended), 29, "each step after the first records only what it appended")
+        self.assertLess(max(len(json.dumps(p)) for p in appended), 4000)
+
+    def test_a_list_changed_in_place_is_recorded_whole(self) -> None:
+        # A node that edits the list it was given (an item in place, an item added to the same
+        # list object) changes what the last version serialized to: recorded whole, read back
+        # as it was.
+        class Plain(TypedDict):
+            items: list[dict[str, int]]
+
+        def edit(state: Plain) -> dict[str, Any]:
+            items = state["items"]
+            if items:
+                items[0]["visits"] += 1
+            items.append({"visits": 0})
+            return {"items": items}
+
+        graph = StateGraph(Plain)
+        graph.add_node("edit", edit)
+        graph.set_entry_point("edit")
+        graph.add_conditional_edges("edit", lambda state: "edit" if len(state["items"]) < 4 else END)
+        start: Plain = {"items": []}
+        final, _ = self.run_loop(graph, start, "in-place")
+        self.assertEqual(final["items"], [{"visits": 3}, {"visits": 0}, {"visits": 0}, {"visits": 0}])
+
+
+class ToolCallsTest(unittest.TestCase):
+    def test_tool_calls_need_a_graph_run_with_sync_durability(self) -> None:
+        from langchain_core.messages import AIMessage
+        from langchain_core.tools import tool
+        from langgraph.graph import START, MessagesState
+        from langgraph.prebuilt import ToolNode
+
+        from ward_client.langgraph import WardToolCalls
+
+        @tool
+        def echo(text: str) -> str:
+            """Echo (run by ward)."""
+            raise NotImplementedError
+
+        server = Server(run_id="tool-calls")
         try:
             with Ward(server.socket) as ward:
-                saver = WardSaver(ward)
-                config: RunnableConfig = {"configurable": {"thread_id": "g"}, "recursion_limit": 100}
-                start: Growing = {"items": []}
-                final = graph.compile(checkpointer=saver).invoke(start, config)
-                self.assertEqual([item["step"] for item in final["items"]], list(range(30)))
-                latest = ward.load()
-                assert latest is not None
-                records = [ward.load(seq) for seq in range(1, int(latest["seq"]) + 1)]
-                puts = [r["state"] for r in records if r is not None and r["state"].get("op") == "put"]
-                appended = [p for p in puts if any(isinstance(blob, dict) for _, _, blob in p["blobs"])]
-                self.assertGreaterEqual(len(appended), 29, "each step after the first records only what it appended")
-                self.assertLess(max(len(json.dumps(p)) for p in appended), 4000)
-                # Read back by a new saver, every checkpoint holds the whole list again.
-                again = WardSaver(ward)
-                self.assertEqual(everything(again), everything(saver))
-                tip = again.get_tuple(config)
-                assert tip is not None
-                self.assertEqual(tip.checkpoint["channel_values"]["items"], final["items"])
+                builder = StateGraph(MessagesState)
+                builder.add_node("tools", ToolNode([echo], wrap_tool_call=WardToolCalls(ward)))
+                builder.add_edge(START, "tools")
+                graph = builder.compile(checkpointer=WardSaver(ward))
+                asked: MessagesState = {"messages": [AIMessage("", tool_calls=[{"name": "echo", "args": {"text": "hi"}, "id": "c1"}])]}
+                default: RunnableConfig = {"configurable": {"thread_id": "a"}}
+                with self.assertRaisesRegex(Exception, "durability"):
+                    graph.invoke(asked, default)
+                config: RunnableConfig = {"configurable": {"thread_id": "s"}}
+                done = graph.invoke(asked, config, durability="sync")
+                self.assertEqual(done["messages"][-1].content, "hi")
+                again = graph.invoke(asked, config, durability="sync")
+                self.assertEqual(again["messages"][-1].content, "hi")
+                self.assertEqual(ward.call("echo", {"text": "hi"}, call_id="langgraph/s/c1")["replayed"], True)
         finally:
             server.stop()
 

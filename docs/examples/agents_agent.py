@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,13 +29,15 @@ MESSAGES = 5
 
 class ScriptedModel(Model):
     """Answers from the conversation so far (how many tool results it holds), so a resumed
-    agent gets the answer an uncrashed one would."""
+    agent gets the answer an uncrashed one would; but, like a real model, with new tool call
+    IDs each time it is asked."""
 
     async def get_response(self, system_instructions: str | None, input: str | list[TResponseInputItem], *args: Any,
                            **kwargs: Any) -> ModelResponse:
         done = 0 if isinstance(input, str) else sum(1 for item in input if item.get("type") == "function_call_output")
         if done < MESSAGES:
-            call = ResponseFunctionToolCall(type="function_call", name="send", call_id=f"call-{done}", id=f"fc-{done}",
+            fresh = uuid.uuid4().hex[:8]
+            call = ResponseFunctionToolCall(type="function_call", name="send", call_id=f"call-{fresh}", id=f"fc-{fresh}",
                                             arguments=json.dumps({"text": f"message {done}"}))
             return ModelResponse(output=[call], usage=Usage(), response_id=None)
         text = ResponseOutputText(type="output_text", text="done", annotations=[])
@@ -52,7 +55,7 @@ async def main() -> None:
         send = ward_function_tool(ward, "send", "Send a message.",
                                   {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
                                    "additionalProperties": False},
-                                  scope=session.session_id)
+                                  session=session)
         agent = Agent(name="sender", instructions="Send five messages.", model=ScriptedModel(), tools=[send])
         # A session that holds items goes on from them: the model is asked where the history
         # stops, and a tool call it makes again with the same ID is replayed from the ledger.
@@ -60,8 +63,10 @@ async def main() -> None:
         result = await Runner.run(agent, [] if started else "send five messages", session=session)
 
         if "RESULT" in os.environ:
+            # The conversation, without the IDs that change from run to run.
+            shown = [{k: v for k, v in item.items() if k not in ("id", "call_id")} for item in await session.get_items()]
             with open(os.environ["RESULT"], "w") as out:
-                json.dump(await session.get_items(), out)
+                json.dump(shown, out)
         print(result.final_output)
 
 

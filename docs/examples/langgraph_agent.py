@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
@@ -30,11 +31,15 @@ MESSAGES = 5
 
 class ScriptedModel(FakeMessagesListChatModel):
     """A fake chat model whose answer depends only on the conversation so far (how many tool
-    results it holds), so a resumed graph gets the answer an uncrashed one would."""
+    results it holds), so a resumed graph gets the answer an uncrashed one would; but, like a
+    real model, with new tool call IDs each time it is asked."""
 
     def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
-        self.i = sum(isinstance(m, ToolMessage) for m in messages)
-        return super()._generate(messages, *args, **kwargs)
+        i = sum(isinstance(m, ToolMessage) for m in messages)
+        if i < MESSAGES:
+            call = {"name": "send", "args": {"text": f"message {i}"}, "id": f"call-{uuid.uuid4().hex[:8]}"}
+            return ChatResult(generations=[ChatGeneration(message=AIMessage("", tool_calls=[call]))])
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("done"))])
 
 
 @tool
@@ -43,10 +48,7 @@ def send(text: str) -> str:
     raise NotImplementedError("WardToolCalls runs this tool in ward")
 
 
-model = ScriptedModel(responses=[
-    *(AIMessage("", tool_calls=[{"name": "send", "args": {"text": f"message {i}"}, "id": f"call-{i}"}]) for i in range(MESSAGES)),
-    AIMessage("done"),
-])
+model = ScriptedModel(responses=[])
 
 
 def agent(state: MessagesState) -> dict[str, list[BaseMessage]]:
@@ -64,14 +66,16 @@ with Ward() as ward:                                # $WARD_SOCKET and the token
     graph = builder.compile(checkpointer=saver)
 
     config: RunnableConfig = {"configurable": {"thread_id": "outbox"}}
+    # durability="sync": each step is recorded before the next starts, so the model's message
+    # naming a tool call is in the ledger before the call is made (WardToolCalls insists).
     if saver.get_tuple(config) is None:
-        final = graph.invoke({"messages": [HumanMessage("send five messages")]}, config)
+        final = graph.invoke({"messages": [HumanMessage("send five messages")]}, config, durability="sync")
     else:
         # The thread has a checkpoint: it goes on from there. The step it was in runs again,
         # and the tool calls that step had made are replayed from the ledger, not sent again.
-        final = graph.invoke(None, config)
+        final = graph.invoke(None, config, durability="sync")
 
     if "RESULT" in os.environ:
         with open(os.environ["RESULT"], "w") as out:
-            json.dump([[m.type, m.content, getattr(m, "tool_call_id", None)] for m in final["messages"]], out)
+            json.dump([[m.type, m.content] for m in final["messages"]], out)  # without the IDs
     print(final["messages"][-1].content)

@@ -102,10 +102,11 @@ class AsyncWard:
             raise ConnectionDroppedError(self._dropped)
         limit = self.timeout if timeout == -1.0 else timeout
         request_id = next(self._ids)
+        line = _wire.request_line(request_id, method, params or {})  # refused here, nothing sent
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            self._writer.write(_wire.request_line(request_id, method, params or {}))
+            self._writer.write(line)
             await self._writer.drain()
         except OSError as e:
             self._waiting.pop(request_id, None)

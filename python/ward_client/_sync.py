@@ -163,24 +163,25 @@ class Ward:
         `timeout`: seconds (None: no limit); by default the client's."""
         limit = self.timeout if timeout == -1.0 else timeout
         request_id = next(self._ids)
+        line = _wire.request_line(request_id, method, params or {})  # refused here, nothing sent
         waiter = _Waiter()
         with self._lock:
             if self._dropped is not None:
                 raise ConnectionDroppedError(self._dropped)
             self._waiting[request_id] = waiter
         try:
-            with self._send_lock:
-                self._sock.sendall(_wire.request_line(request_id, method, params or {}))
-        except OSError as e:
+            try:
+                with self._send_lock:
+                    self._sock.sendall(line)
+            except OSError as e:
+                raise ConnectionDroppedError(f"sending to ward failed: {e}") from None
+            self._await(waiter, None if limit is None else time.monotonic() + limit)
+        finally:
+            # Answered, or given up (timed out, interrupted, not sent): no longer waited for.
             with self._lock:
                 self._waiting.pop(request_id, None)
-            raise ConnectionDroppedError(f"sending to ward failed: {e}") from None
-        self._await(waiter, None if limit is None else time.monotonic() + limit)
         if not waiter.done:
-            with self._lock:
-                self._waiting.pop(request_id, None)
-            if not waiter.done:
-                raise ServerTimeoutError(f"no answer to {method} within {limit} s")
+            raise ServerTimeoutError(f"no answer to {method} within {limit} s")
         if waiter.error is not None:
             raise waiter.error
         return waiter.result

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import InternalError, InvalidArgumentsError, UnauthorizedError, WardError, from_response
+from ._errors import InternalError, InvalidArgumentsError, TooLargeError, UnauthorizedError, WardError, from_response
 
 #: How long a request waits for its answer unless told otherwise (a tool's own timeout is
 #: its policy's; this bounds a client that would otherwise wait forever on a stuck server).
@@ -43,9 +43,23 @@ def endpoint(socket_path: str | None, token: str | None) -> tuple[str, str]:
     return path, found
 
 
+#: The longest request line ward reads (docs/design.md): past it ward answers too-large and
+#: closes the connection, so the client refuses such a request itself and keeps it.
+MAXIMUM_LINE_BYTES = 16 << 20
+
+
 def request_line(request_id: int, method: str, params: Mapping[str, Any]) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": dict(params)},
-                      separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """The request as ward reads it; `TooLargeError` past ward's limit, `InvalidArgumentsError`
+    when the params are not JSON."""
+    try:
+        text = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": dict(params)},
+                          separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentsError(f"{method}: the params are not JSON: {e}") from None
+    line = text.encode() + b"\n"
+    if len(line) > MAXIMUM_LINE_BYTES:
+        raise TooLargeError(f"{method}: the request is {len(line)} bytes, more than ward reads in a line ({MAXIMUM_LINE_BYTES})")
+    return line
 
 
 def parse_answer(raw: bytes) -> tuple[Any, Any, WardError | None]:

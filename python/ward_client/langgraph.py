@@ -46,7 +46,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command
 
-from ._errors import InternalError
+from ._errors import InternalError, InvalidArgumentsError
 from ._records import RecordLog
 from ._sync import Ward
 
@@ -78,9 +78,9 @@ class WardSaver(RecordLog, InMemorySaver):
     def __init__(self, ward: Ward | None = None, *, serde: SerializerProtocol | None = None) -> None:
         InMemorySaver.__init__(self, serde=serde)
         RecordLog.__init__(self, ward)
-        # Each channel's version and value as last put here (not as read back: the first put
-        # of a channel after a restart is recorded whole).
-        self._last: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        # Each list channel's version, length and serialized value as last put here (not as
+        # read back: the first put of a channel after a restart is recorded whole).
+        self._last: dict[tuple[str, str, str], tuple[Any, int, Typed]] = {}
         self._replay()
 
     def _apply(self, r: Mapping[str, Any], seq: int, live: Any = None) -> None:
@@ -122,30 +122,34 @@ class WardSaver(RecordLog, InMemorySaver):
         values: dict[str, Any] = rest.pop("channel_values")
         with self._order:
             blobs: list[list[Any]] = []
-            full: dict[str, tuple[str, bytes]] = {}
+            full: dict[str, Typed] = {}
+            last: dict[tuple[str, str, str], tuple[Any, int, Typed]] = {}
             for k, v in new_versions.items():
                 if k not in values:
                     blobs.append([k, v, _encode(("empty", b""))])
                     continue
-                full[k] = self.serde.dumps_typed(values[k])
-                # A list that only grew since this channel's last version (a reducer's append,
-                # the usual case) is recorded as what was appended to that version: a step
-                # then costs ward what it added, not the whole history again.
-                last = self._last.get((thread, ns, k))
                 value = values[k]
-                if (last is not None and type(value) is list and type(last[1]) is list and len(value) >= len(last[1])
-                        and all(a is b for a, b in zip(last[1], value, strict=False))):
-                    tail = _encode(self.serde.dumps_typed(value[len(last[1]):]))
-                    blobs.append([k, v, {"extends": last[0], "tail": tail}])
+                full[k] = self.serde.dumps_typed(value)
+                # A list whose first items serialize exactly as this channel's last version did
+                # (a reducer's append, the usual case) is recorded as what was appended to that
+                # version: a step then costs ward what it added, not the whole history again.
+                # Compared as bytes, not as objects: an item changed in place is a change.
+                before = self._last.get((thread, ns, k))
+                if (before is not None and type(value) is list and len(value) >= before[1]
+                        and self.serde.dumps_typed(value[:before[1]]) == before[2]):
+                    tail = _encode(self.serde.dumps_typed(value[before[1]:]))
+                    blobs.append([k, v, {"extends": before[0], "tail": tail}])
                 else:
                     blobs.append([k, v, _encode(full[k])])
-                self._last[(thread, ns, k)] = (v, value)
+                if type(value) is list:
+                    last[(thread, ns, k)] = (v, len(value), full[k])
             self._commit({
                 "op": "put", "thread": thread, "ns": ns, "id": checkpoint["id"], "parent": configurable.get("checkpoint_id"),
                 "checkpoint": _encode(self.serde.dumps_typed(rest)),
                 "metadata": _encode(self.serde.dumps_typed(get_checkpoint_metadata(config, metadata))),
                 "blobs": blobs,
             }, full)
+            self._last.update(last)  # only once ward has the record
         return {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
@@ -260,6 +264,10 @@ class WardSaver(RecordLog, InMemorySaver):
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
 
 
+#: Where LangGraph (1.x) keeps a run's durability in the config's `configurable`.
+DURABILITY_KEY = "__pregel_durability"
+
+
 def call_id(thread_id: str, tool_call_id: str) -> str:
     """The ward call ID of a model's tool call in a LangGraph thread."""
     return f"langgraph/{thread_id}/{tool_call_id}"
@@ -284,6 +292,13 @@ class WardToolCalls:
         if self.only is not None and name not in self.only:
             return None
         configurable = (request.runtime.config or {}).get("configurable", {}) if request.runtime is not None else {}
+        # With durability "async" (LangGraph's default) the tools step may start before the
+        # model's message that named these calls is recorded: after a crash there, a real
+        # model is asked again, names new IDs, and the tools run twice.
+        durability = configurable.get(DURABILITY_KEY, "async")  # LangGraph's default when not given
+        if durability != "sync":
+            raise InvalidArgumentsError(f"tool call {name!r}: run the graph with durability=\"sync\" (it runs with {durability!r}):"
+                                        " ward's call IDs come from the model's tool call IDs, which must be recorded before the call")
         thread = configurable.get("thread_id")
         tool_call_id = request.tool_call.get("id")
         if not isinstance(thread, str) or not isinstance(tool_call_id, str) or not tool_call_id:
