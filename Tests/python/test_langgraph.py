@@ -17,11 +17,12 @@ from typing import Annotated, Any, TypedDict
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent / "python"))
 from langchain_core.runnables import RunnableConfig  # noqa: E402
-from langgraph.checkpoint.base import CheckpointTuple  # noqa: E402
+from langgraph.checkpoint.base import CheckpointTuple, empty_checkpoint  # noqa: E402
 from langgraph.checkpoint.conformance import checkpointer_test, validate  # noqa: E402
 from langgraph.checkpoint.conformance.report import CapabilityReport  # noqa: E402
 from langgraph.graph import END, StateGraph  # noqa: E402
 
+import ward_client  # noqa: E402
 from ward_client import Ward  # noqa: E402
 from ward_client.langgraph import WardSaver  # noqa: E402
 from ward_server import Server  # noqa: E402
@@ -154,6 +155,28 @@ class GrowingStateTest(unittest.TestCase):
         start: Plain = {"items": []}
         final, _ = self.run_loop(graph, start, "in-place")
         self.assertEqual(final["items"], [{"visits": 3}, {"visits": 0}, {"visits": 0}, {"visits": 0}])
+
+
+class UnknownRecordTest(unittest.TestCase):
+    def test_a_record_whose_fate_is_unknown_stops_the_saver_until_read_back(self) -> None:
+        server = Server(run_id="unknown")
+        try:
+            with Ward(server.socket) as ward:
+                saver = WardSaver(ward)
+                config: RunnableConfig = {"configurable": {"thread_id": "u", "checkpoint_ns": ""}}
+                first = saver.put(config, empty_checkpoint(), {"source": "input", "step": -1}, {})
+                ward.timeout = 1e-9  # no answer in time: ward may have recorded it or not
+                with self.assertRaises(ward_client.ServerTimeoutError):
+                    saver.put(first, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+                ward.timeout = 30
+                with self.assertRaisesRegex(ward_client.InternalError, "may or may not be in the ledger"):
+                    saver.put(first, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+                # A new saver serves what the ledger holds.
+                again = WardSaver(ward)
+                self.assertIn(len([*again.list(config)]), (1, 2))
+                self.assertEqual(again.get_tuple(first) is not None, True)
+        finally:
+            server.stop()
 
 
 class ToolCallsTest(unittest.TestCase):

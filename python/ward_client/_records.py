@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import InternalError
+from ._errors import ConnectionDroppedError, InternalError, ServerTimeoutError
 from ._sync import Ward
 
 #: The member naming what kind of record a ward checkpoint is, and so which integration reads it.
@@ -32,6 +32,10 @@ class RecordLog:
         self._data = threading.RLock()
         #: Records applied so far, read back or made here.
         self.records = 0
+        # Set when a record's fate is unknown (no answer, or the connection dropped after it
+        # was sent): ward may hold it or not, so nothing more is recorded on top of a state
+        # that may differ from the ledger's. A new object reads the ledger's back.
+        self._unknown: str | None = None
 
     def _replay(self) -> None:
         latest = self.ward.load()
@@ -59,7 +63,14 @@ class RecordLog:
         """Makes `record` durable in ward, then applies it (`_order` held). `live`: what the
         caller already has of the applied state, handed to `_apply` to save recomputing it."""
         record[KIND] = self.kind
-        self.ward.checkpoint(record, self.kind)
+        if self._unknown is not None:
+            raise InternalError(f"an earlier {self.kind} record may or may not be in the ledger ({self._unknown}): nothing more is"
+                                " recorded on top of it; make a new one, which reads the ledger back")
+        try:
+            self.ward.checkpoint(record, self.kind)
+        except (ServerTimeoutError, ConnectionDroppedError) as e:
+            self._unknown = e.message
+            raise
         with self._data:
             self._apply_checked(record, 0, live)
 
