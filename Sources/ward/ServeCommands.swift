@@ -1,6 +1,5 @@
 import ArgumentParser
 import CWardOS
-import Dispatch
 import Logging
 import WardClient
 import WardCore

@@ -142,6 +142,8 @@ class Ward:
                 if lead:
                     self._leading = True
             if lead:
+                # Reading ends with this thread's answer, a dropped connection (every waiter
+                # answered) or the deadline: this thread is done either way.
                 try:
                     self._lead(waiter, deadline)
                 finally:
@@ -149,9 +151,7 @@ class Ward:
                         self._leading = False
                         for other in self._waiting.values():
                             other.wake.set()  # one of them reads from now on
-                if waiter.done or (deadline is not None and time.monotonic() >= deadline):
-                    return
-                continue
+                return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return

@@ -137,8 +137,9 @@ final class CgroupPool: Sendable {
     /// The pool's directories, opened and locked (see the type's comment).
     private let lockFDs: [Int32]
     /// The write end of the watchdog's pipe (see `ward_watchdog_start`): if this process
-    /// dies, the watchdog kills every call still running in these cgroups. -1 once closed.
-    private let watchdogFD: Lock<Int32>
+    /// dies, the watchdog kills every call still running in these cgroups. Closed by
+    /// whoever takes the watchdog off `HelperProcesses`: `removeAll`, or the exit hook.
+    private let watchdogFD: Int32
     /// The watchdog's pid (a child of this process; 0 if none started).
     private let watchdogPID: pid_t
     /// A pids controller (v2 or v1) is available for pids.max.
@@ -188,23 +189,11 @@ final class CgroupPool: Sendable {
         var cPaths = roots.map { strdup($0.0) }
         defer { for p in cPaths { free(p) } }
         var pid: pid_t = 0
-        watchdogFD = Lock(cPaths.withUnsafeMutableBufferPointer { buf in
+        watchdogFD = cPaths.withUnsafeMutableBufferPointer { buf in
             buf.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buf.count) { ward_watchdog_start($0, Int32(buf.count), &pid) }
-        })
-        watchdogPID = pid
-        if pid > 0 { HelperProcesses.add(pid, ending: .close(watchdogFD.withLock { $0 })) }
-    }
-
-    /// Closes the watchdog's pipe: it kills whatever is left in the call cgroups and exits.
-    /// Returns its pid the first time.
-    private func releaseWatchdog() -> pid_t? {
-        watchdogFD.withLock { fd in
-            guard fd >= 0 else { return nil }
-            HelperProcesses.remove(watchdogPID)
-            close(fd)
-            fd = -1
-            return watchdogPID > 0 ? watchdogPID : nil
         }
+        watchdogPID = pid
+        if pid > 0 { HelperProcesses.add(pid, ending: .close(watchdogFD)) }
     }
 
     private static func makeDirectory(_ path: String) -> Bool {
@@ -333,9 +322,11 @@ final class CgroupPool: Sendable {
         }
         for root in roots { rmdir(root.path) }
         for fd in lockFDs where fd >= 0 { close(fd) }
-        if let pid = releaseWatchdog() {
+        // Its pipe closed, the watchdog finds no call left and exits; reaped here.
+        if watchdogPID > 0 && HelperProcesses.remove(watchdogPID) {
+            close(watchdogFD)
             var status: Int32 = 0
-            _ = OS.retrying { waitpid(pid, &status, 0) }
+            _ = OS.retrying { waitpid(watchdogPID, &status, 0) }
         }
     }
 }

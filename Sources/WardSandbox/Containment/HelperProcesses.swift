@@ -35,9 +35,11 @@ enum HelperProcesses {
         live.withLock { $0[pid] = ending }
     }
 
-    /// A helper about to be reaped (or whose pipe is about to be closed) by its owner.
-    static func remove(_ pid: pid_t) {
-        live.withLock { _ = $0.removeValue(forKey: pid) }
+    /// A helper about to be ended and reaped by its owner. False when the exit hook has
+    /// already ended it (closed its pipe): the owner must not close it again.
+    @discardableResult
+    static func remove(_ pid: pid_t) -> Bool {
+        live.withLock { $0.removeValue(forKey: pid) != nil }
     }
 
     /// Ends every helper still listed and waits (up to 2 s) until each has exited. It does
