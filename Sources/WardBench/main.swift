@@ -323,6 +323,20 @@ try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + """
 let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
 let client = agentConnection(callServe.socket)
 for i in 0..<20 { client.toolCall("warm-\(i)") }
+// The same policies plus a gated tool (`approve = true`), on a `ward serve` of their own:
+// what approval gates cost the calls of tools that have none.
+let gatedPolicies = base + "/policies-gated"
+try FileManager.default.createDirectory(atPath: gatedPolicies, withIntermediateDirectories: true)
+for file in ["syscall-sets.toml", "tools.toml"] { try FileManager.default.copyItem(atPath: benchPolicies + "/" + file, toPath: gatedPolicies + "/" + file) }
+try """
+    [tools.true_gated]
+    command = ["/bin/true"]
+    approve = true
+    """.write(toFile: gatedPolicies + "/gated.toml", atomically: true, encoding: .utf8)
+let gatedServe = try startServe(wardBinary, name: "gated", policies: gatedPolicies)
+let gatedClient = agentConnection(gatedServe.socket)
+for i in 0..<20 { gatedClient.toolCall("warm-\(i)") }
+var gatedCount = 0
 // The same call from an MCP host: `ward mcp` over stdio, on a run of its own in the same ledger.
 let shellTrue = JSONValue.object(["command": .string("/bin/true")])
 let mcp = try MCPHost(wardBinary, ["mcp", "--policies", benchPolicies, "--ledger", base + "/calls.sqlite", "--workspace", base + "/calls-ws",
@@ -341,6 +355,7 @@ var shellCount = 0
 let callSamples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { _ in
     var ops: [(name: String, run: () throws -> Void)] = [
         ("call", { client.toolCall("c\(callCount)"); callCount += 1 }),
+        ("beside-gate", { gatedClient.toolCall("g\(gatedCount)"); gatedCount += 1 }),
         ("idempotent", { client.toolCall("i\(idempotentCount)", tool: "true_idempotent"); idempotentCount += 1 }),
         ("shell", { client.toolCall("s\(shellCount)", tool: "shell", arguments: shellTrue); shellCount += 1 }),
         ("mcp", mcpCall),
@@ -361,6 +376,8 @@ rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(
 if let bwrapAgain = callSamples["bwrap"] {
     rows.append(Row(name: "tool.call of /bin/true through ward serve", ward: median(fullCall), peer: "bwrap --unshare-all", peerValue: median(bwrapAgain), budget: .ratio(0.4)))
 }
+rows.append(Row(name: "tool.call of /bin/true, a gated tool in its policies", ward: median(callSamples["beside-gate"]!), peer: "no gated tool",
+                peerValue: median(fullCall), budget: .ratio(1.02)))
 rows.append(Row(name: "tools/call of shell /bin/true through ward mcp", ward: median(callSamples["mcp"]!), peer: "tool.call through the socket",
                 peerValue: median(callSamples["shell"]!), budget: .ratio(1.2)))
 rows.append(Row(name: "tool.call, non-idempotent: output captured", ward: median(fullCall), peer: "idempotent, not captured",
@@ -604,6 +621,7 @@ func stopServe(_ serve: Process) {
 }
 
 stopServe(callServe.process)
+stopServe(gatedServe.process)
 mcp.close()
 do {
     // A new `ward mcp` per session (langchain-mcp-adapters starts one per call): its start,

@@ -5,6 +5,10 @@ public enum CallStatus: String, Sendable, Hashable, CaseIterable {
     case killed, denied
     case inDoubt = "in-doubt"
     case resolved
+    /// A call of a gated tool (`approve = true`), recorded and waiting for an operator's verdict.
+    case awaitingApproval = "awaiting-approval"
+    /// Approved, its tool not begun yet: it runs, once, when the agent asks for it.
+    case approved
 }
 
 /// What a sandboxed tool did: the outcome half of a `CallResult`.

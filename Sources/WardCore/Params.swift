@@ -53,6 +53,15 @@ public struct Params: Sendable {
         return n
     }
 
+    /// A duration in seconds, 0 to `limit` (fractions allowed): nil when absent or null.
+    public func seconds(_ name: String, upTo limit: Double) throws(RPCError) -> Double? {
+        guard let value = members[name], value != .null else { return nil }
+        let bounds = "a number of seconds from 0 to \(JSONValue.format(number: limit))"
+        guard case .number(let d) = value else { throw error(name, "must be \(bounds), not \(value.typeName)") }
+        guard d >= 0, d <= limit else { throw error(name, "must be \(bounds), not \(JSONValue.format(number: d))") }
+        return d
+    }
+
     /// A JSON object: nil when absent.
     public func object(_ name: String) throws(RPCError) -> [String: JSONValue]? {
         guard let value = members[name] else { return nil }

@@ -10,6 +10,8 @@ public struct RPCError: Error, Sendable, CustomStringConvertible {
         case storage, `internal`
         /// The connection did not open with the agent's credential (`AgentCredential`).
         case unauthorized
+        /// The call's tool is gated and the call waits for an operator's approval.
+        case awaitingApproval = "awaiting-approval"
     }
 
     public let code: Int
@@ -33,6 +35,7 @@ public struct RPCError: Error, Sendable, CustomStringConvertible {
         case .tooLarge: self.code = code ?? -32006
         case .storage: self.code = code ?? -32007
         case .unauthorized: self.code = code ?? -32008
+        case .awaitingApproval: self.code = code ?? -32009
         }
     }
 

@@ -5,6 +5,9 @@ import WardCore
 /// (`init(status:verdict:)`, `status`, `verdict`); `begin`, `finish`, recovery, `resolve`,
 /// the audits and `verify` all decide through this type, so no other code spells a status.
 ///
+///     (none) ──gate──▶ awaiting-approval ──approve──▶ approved ──begin──▶ running
+///                              └──deny──▶ finished(denied)                 replayed
+///
 ///     (none) ──begin──▶ running ──finish──▶ finished(outcome)       replayed
 ///                          │  ▲
 ///      owner died,         │  └──begin── owner died, the tool may run again
@@ -22,6 +25,11 @@ public enum CallState: Hashable, Sendable {
     case inDoubt
     /// An in-doubt call settled by a verdict.
     case resolved(Resolution.Verdict)
+    /// A gated tool's call, recorded before anything runs, waiting for an operator's verdict
+    /// (`ward approve` or `ward deny`). Nothing runs it meanwhile, whatever crashes.
+    case awaitingApproval
+    /// Approved, its tool not begun: the next request for it begins execution 1, once.
+    case approved
 
     /// The outcomes a tool's run can end in (`finished`'s statuses).
     public static let outcomes: Set<CallStatus> = [.succeeded, .failed, .timedOut, .killed, .denied]
@@ -32,6 +40,8 @@ public enum CallState: Hashable, Sendable {
         switch status {
         case .running where verdict == nil: self = .running
         case .inDoubt where verdict == nil: self = .inDoubt
+        case .awaitingApproval where verdict == nil: self = .awaitingApproval
+        case .approved where verdict == nil: self = .approved
         case .resolved:
             guard let verdict = verdict.flatMap(Resolution.Verdict.init(rawValue:)) else { return nil }
             self = .resolved(verdict)
@@ -47,6 +57,8 @@ public enum CallState: Hashable, Sendable {
         case .finished(let outcome): outcome
         case .inDoubt: .inDoubt
         case .resolved: .resolved
+        case .awaitingApproval: .awaitingApproval
+        case .approved: .approved
         }
     }
 
@@ -60,18 +72,18 @@ public enum CallState: Hashable, Sendable {
     public var isSettled: Bool {
         switch self {
         case .finished, .resolved(.executed): true
-        case .running, .inDoubt, .resolved(.notExecuted): false
+        case .running, .inDoubt, .resolved(.notExecuted), .awaitingApproval, .approved: false
         }
     }
 
     /// Whether a new execution of the call may begin in this state, its owner (when it is
-    /// running) being dead: a call whose tool may run twice and whose process died, or a
-    /// call that a verdict says did not run.
+    /// running) being dead: a call whose tool may run twice and whose process died, a call
+    /// that a verdict says did not run, or an approved call (its first execution).
     public func mayRunAgain(effect: CallEffect) -> Bool {
         switch self {
         case .running: effect != .nonIdempotent
-        case .resolved(.notExecuted): true
-        case .finished, .inDoubt, .resolved(.executed): false
+        case .resolved(.notExecuted), .approved: true
+        case .finished, .inDoubt, .resolved(.executed), .awaitingApproval: false
         }
     }
 
@@ -98,6 +110,9 @@ enum CallStep: Equatable {
     case putInDoubt(fate: String)
     /// In doubt: refused until an operator or the tool's reconcile command settles it.
     case refuseInDoubt
+    /// A gated call not approved or denied yet: refused (or waited on) until it is; never a
+    /// second gate.
+    case awaitApproval
 }
 
 extension CallState {
@@ -117,7 +132,8 @@ extension CallState {
             case .dead(let fate): return recorded.state.mayRunAgain(effect: recorded.effect) ? .runAgain : .putInDoubt(fate: fate)
             }
         case .inDoubt: return .refuseInDoubt
-        case .resolved(.notExecuted): return .runAgain
+        case .awaitingApproval: return .awaitApproval
+        case .resolved(.notExecuted), .approved: return .runAgain
         case .finished, .resolved(.executed): return .replay
         }
     }

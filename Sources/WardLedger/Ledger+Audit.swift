@@ -55,15 +55,18 @@ public struct RunSummary: Sendable {
     public var running: Int
     public var inDoubt: Int
     public var checkpoints: Int
-    /// No final exit recorded, or calls still running or in doubt.
-    public var unfinished: Bool { finishedAt == nil || running > 0 || inDoubt > 0 }
+    /// Gated calls waiting for a verdict.
+    public var awaitingApproval: Int
+    /// No final exit recorded, or calls still running, in doubt or awaiting approval.
+    public var unfinished: Bool { finishedAt == nil || running > 0 || inDoubt > 0 || awaitingApproval > 0 }
 
     public var json: JSONValue {
         .object(["run": .string(run), "createdAt": .string(createdAt), "updatedAt": .string(updatedAt),
                  "attempts": .number(Double(attempts)), "finishedAt": finishedAt.map { .string($0) } ?? .null,
                  "exitStatus": exitStatus.map { .number(Double($0)) } ?? .null, "calls": .number(Double(calls)),
                  "running": .number(Double(running)), "inDoubt": .number(Double(inDoubt)),
-                 "checkpoints": .number(Double(checkpoints)), "unfinished": .bool(unfinished)])
+                 "checkpoints": .number(Double(checkpoints)), "awaitingApproval": .number(Double(awaitingApproval)),
+                 "unfinished": .bool(unfinished)])
     }
 }
 
@@ -115,7 +118,7 @@ extension Ledger {
                 "verdict": (row["verdict"] as String?).map { .string($0) } ?? .null, "note": (row["note"] as String?).map { .string($0) } ?? .null,
             ]
             let call = try CallRecord.fetch(db, run: run, callId: callId)
-            if let call, status != CallStatus.running.rawValue && status != CallStatus.inDoubt.rawValue {
+            if let call, call.state.isSettled || call.state == .resolved(.notExecuted) {
                 members["result"] = try self.result(db, run: run, call, replayed: false).json
             }
             // What an operator settling it has to go on (kept after it is resolved, for the audit).
@@ -123,6 +126,19 @@ extension Ledger {
             if status == CallStatus.inDoubt.rawValue || call?.state.verdict != nil,
                let evidence = try self.inDoubtEvidence(db, run: run, callId: callId, status: recorded, owner: row["owner"], execution: row["executions"]) {
                 members["inDoubt"] = evidence
+            }
+            // A gated call: who approved or denied it, when and why (from its event).
+            if let verdict = try Row.fetchOne(db, sql: """
+                SELECT kind, at, body FROM events WHERE run_id = ? AND call_id = ? AND kind IN ('call.approve', 'call.deny') ORDER BY seq DESC LIMIT 1
+                """, arguments: [run, callId]) {
+                let data = (try? JSONValue.parse(verdict["body"] as String))?.objectValue?["data"]?.objectValue ?? [:]
+                members["approval"] = .object([
+                    "verdict": .string((verdict["kind"] as String) == "call.approve" ? "approved" : "denied"), "at": .string(verdict["at"]),
+                    "by": data["by"] ?? .null, "uid": data["uid"] ?? .null, "note": data["note"] ?? .null,
+                ])
+            } else if call?.state == .awaitingApproval {
+                members["approval"] = .object(["verdict": .null, "approve": .string(self.approvalCommand(run: run, callId: callId, approve: true)),
+                                               "deny": .string(self.approvalCommand(run: run, callId: callId, approve: false))])
             }
             let workspace = try String.fetchOne(db, sql: "SELECT workspace FROM runs WHERE run_id = ?", arguments: [run])
             members["workspace"] = workspace.map { .string($0) } ?? .null
@@ -158,7 +174,8 @@ extension Ledger {
                        (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.inDoubt))) AS in_doubt,
                        (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c
                             WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running_owners,
-                       (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints
+                       (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints,
+                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.awaitingApproval))) AS awaiting
                 FROM runs r ORDER BY r.created_at, r.run_id
                 """).map { row in
                 // Running calls of dead processes count as in doubt (non-idempotent), as in listCalls.
@@ -169,7 +186,7 @@ extension Ledger {
                 return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
                                   finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
                                   running: (row["running"] as Int) - orphaned, inDoubt: (row["in_doubt"] as Int) + orphaned,
-                                  checkpoints: row["checkpoints"])
+                                  checkpoints: row["checkpoints"], awaitingApproval: row["awaiting"])
             }
         }
     }

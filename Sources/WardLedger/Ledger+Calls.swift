@@ -27,9 +27,13 @@ public struct BeginRequest: Sendable {
     /// as not delivered (`Delivery`), and a repeat of a non-idempotent one finds it
     /// (`undeliveredCall`) instead of running the tool again.
     public var awaitsDelivery = false
+    /// The tool is gated (`approve = true`): a new call is recorded `awaiting-approval` and
+    /// runs only once an operator approves it.
+    public var gated = false
 
     public init(run: String, callId: String, tool: String, effect: CallEffect, arguments: JSONValue,
-                policyHash: String, executable: String, attempt: Int, checkpoint: [UInt8]? = nil, awaitsDelivery: Bool = false) {
+                policyHash: String, executable: String, attempt: Int, checkpoint: [UInt8]? = nil, awaitsDelivery: Bool = false,
+                gated: Bool = false) {
         self.run = run
         self.callId = callId
         self.tool = tool
@@ -40,6 +44,7 @@ public struct BeginRequest: Sendable {
         self.attempt = attempt
         self.checkpoint = checkpoint
         self.awaitsDelivery = awaitsDelivery
+        self.gated = gated
     }
 }
 
@@ -125,6 +130,9 @@ extension Ledger {
         // does not touch the disk; and the writer's page cache is warm, where a reader's is
         // invalidated by every commit.
         var foundInDoubt: String?
+        // A gated call recorded now: the refusal that says how to approve it is thrown
+        // after the commit.
+        var gatedNow = false
         // The stored checkpoint's manifest, for the cache once the transaction commits.
         var storedManifest: ManifestCache.Entry?
         let decided = try write("recording the start of call \(request.callId)") { db -> BeginDecision? in
@@ -151,6 +159,31 @@ extension Ledger {
 
             let call = try CallRecord.fetch(db, run: request.run, callId: request.callId)
             switch CallState.step(recorded: call?.decided, tool: request.tool, argsHash: argsHash, owner: { self.ownerState(call?.owner) }) {
+            case .start where request.gated:
+                // Recorded before anything runs, with the agent's checkpoint, and durable
+                // across any crash: the verdict, not a restart, decides whether it runs.
+                try db.run("""
+                    INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
+                                       attempt, executions, owner, started_at, delivered)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.awaitingApproval)), ?, 0, NULL, ?, ?)
+                    """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
+                          .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(now),
+                          request.awaitsDelivery ? .int(Delivery.awaited.rawValue) : .null])
+                var data: [String: JSONValue] = [
+                    "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
+                    "policyHash": .string(request.policyHash), "binaryHash": .string(binaryHash), "attempt": .number(Double(request.attempt)),
+                ]
+                if let state = request.checkpoint {
+                    let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId, at: now)
+                    storedManifest = stored.manifest
+                    data["checkpoint"] = .number(Double(stored.seq))
+                }
+                if request.awaitsDelivery { data["delivery"] = .bool(true) }
+                try self.appendEvent(db, run: request.run, kind: "call.gate", call: request.callId, data: data, at: now)
+                gatedNow = true
+                return nil
+            case .awaitApproval:
+                throw self.awaitingApprovalError(run: request.run, callId: request.callId, tool: request.tool)
             case .start:
                 return try startExecution(1) {
                     try db.run("""
@@ -197,6 +230,7 @@ extension Ledger {
         }
         if let storedManifest { manifests.committed(request.run, storedManifest) }
         guard let decision = decided else {
+            if gatedNow { throw awaitingApprovalError(run: request.run, callId: request.callId, tool: request.tool) }
             removeCapture(run: request.run, callId: request.callId)
             throw inDoubtError(run: request.run, callId: request.callId, started: foundInDoubt ?? "")
         }
@@ -305,8 +339,7 @@ extension Ledger {
     /// The commands that settle an in-doubt call, as an operator pastes them: quoted, with
     /// this ledger's absolute path, and the note a placeholder to fill in.
     public func resolveCommand(run: String, callId: String, as verdict: Verdict) -> String {
-        let absolute = path.hasPrefix("/") ? path : (realpath(path, nil).map { p in defer { free(p) }; return String(cString: p) } ?? path)
-        return "ward ledger resolve \(Shell.quote(run)) \(Shell.quote(callId)) --as \(verdict.rawValue) --note 'WHAT YOU CHECKED' --ledger \(Shell.quote(absolute))"
+        "ward ledger resolve \(Shell.quote(run)) \(Shell.quote(callId)) --as \(verdict.rawValue) --note 'WHAT YOU CHECKED' --ledger \(Shell.quote(absolutePath))"
     }
 
     /// "settle it with `…executed…` or `…not-executed…`".

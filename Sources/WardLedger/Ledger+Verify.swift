@@ -54,7 +54,7 @@ private struct Finding: Error {
 /// The members of events' `data` that verify reads.
 private enum Member: Int, CaseIterable {
     case attempt, exitStatus, seq, size, stateHash, label, key, valueHash, checkpoint, execution, tool, effect, argsHash, policyHash, binaryHash,
-         owner, status, exitCode, signal, stdout, stderr, truncated, durationMs, verdict, note, by, stdoutSoFar, stderrSoFar, delivery
+         owner, status, exitCode, signal, stdout, stderr, truncated, durationMs, verdict, note, by, stdoutSoFar, stderrSoFar, delivery, uid
 
     static let byName = Dictionary(uniqueKeysWithValues: allCases.map { ("\($0)", $0) })
     static let names = allCases.map { Array("\($0)".utf8) }
@@ -225,6 +225,8 @@ private func was(_ state: CallState?) -> String {
     case .inDoubt?: "was in doubt"
     case .finished(let status)?: "had finished (\(status.rawValue))"
     case .resolved(let verdict)?: "had been resolved as \(verdict.rawValue)"
+    case .awaitingApproval?: "was awaiting approval"
+    case .approved?: "had been approved"
     }
 }
 
@@ -501,12 +503,14 @@ private struct RunCheck {
     /// (`data`: the whole of a place event's).
     mutating func follow(_ e: Event, data: [String: JSONValue], call: String?) throws {
         if let pending = pendingCheckpoint {
-            // `begin` saves the call's checkpoint and records the call in one transaction.
-            guard e.kind == "call.begin", call.map(ExactString.init) == ExactString(pending.call), try e.optionalInt(.checkpoint) == pending.seq else {
+            // `begin` saves the call's checkpoint and records the call (its start, or its
+            // gate) in one transaction.
+            guard e.kind == "call.begin" || e.kind == "call.gate", call.map(ExactString.init) == ExactString(pending.call),
+                  try e.optionalInt(.checkpoint) == pending.seq else {
                 throw Finding("checkpoint \(pending.seq) of run \(run) was saved with call \(pending.call) (event \(pending.event)), but event \(e.seq) is not that call's begin")
             }
             pendingCheckpoint = nil
-        } else if e.kind == "call.begin", let seq = try e.optionalInt(.checkpoint) {
+        } else if e.kind == "call.begin" || e.kind == "call.gate", let seq = try e.optionalInt(.checkpoint) {
             throw Finding("event \(e.seq) of run \(run) begins call \(call ?? "?") with checkpoint \(seq), which was not saved with it")
         }
         switch e.kind {
@@ -537,7 +541,7 @@ private struct RunCheck {
             try checkCheckpoint(e, call: call)
         case "journal.record":
             try checkJournalEntry(e)
-        case "call.begin", "call.finish", "call.in-doubt", "call.resolve", "call.delivered":
+        case "call.begin", "call.finish", "call.in-doubt", "call.resolve", "call.delivered", "call.gate", "call.approve", "call.deny":
             guard let call else { throw Finding("event \(e.seq) of run \(run) (\(e.kind)) names no call") }
             try follow(e, of: call)
         default:
@@ -780,24 +784,14 @@ private struct RunCheck {
         switch e.kind {
         case "call.begin":
             let execution = try e.int(.execution), tool = try e.string(.tool), effect = try e.string(.effect), argsHash = try e.string(.argsHash)
-            let policyHash = try e.string(.policyHash), binaryHash = try e.string(.binaryHash), attempt = try e.int(.attempt), owner = try e.string(.owner)
+            let attempt = try e.int(.attempt), owner = try e.string(.owner)
+            // Every begin names the hashes its row records (its first, `insert`, sets them).
+            _ = (try e.string(.policyHash), try e.string(.binaryHash))
             guard CallEffect(rawValue: effect) != nil else { throw e.invalid(.effect) }
             if call.state == nil {
                 guard execution == 1 else { throw Finding("\(name): event \(e.seq) begins execution \(execution), but no execution began before it") }
-                call.first = (tool, effect, argsHash)
-                call.row[.tool] = tool.databaseValue
-                call.row[.effect] = effect.databaseValue
-                call.row[.argsHash] = argsHash.databaseValue
-                call.row[.policyHash] = policyHash.databaseValue
-                call.row[.binaryHash] = binaryHash.databaseValue
-                call.row[.status] = CallStatus.running.rawValue.databaseValue
-                call.row[.attempt] = attempt.databaseValue
-                call.row[.executions] = 1.databaseValue
+                try Self.insert(e, into: &call, state: .running, execution: 1)
                 call.row[.owner] = owner.databaseValue
-                call.row[.startedAt] = e.at.databaseValue
-                call.state = .running
-                call.execution = 1
-                call.delivery = try e.has(.delivery) && e.bool(.delivery) ? .awaited : .none
                 break
             }
             guard execution == call.execution + 1 else {
@@ -830,6 +824,34 @@ private struct RunCheck {
             call.state = .running
             call.execution = execution
             if try e.has(.delivery) && e.bool(.delivery) { call.delivery = .awaited }
+        case "call.gate":
+            // A gate is a call's first record, as `begin` writes it for a gated tool.
+            guard call.state == nil else { throw Finding("\(name): event \(e.seq) gates it, but it \(was(call.state))") }
+            try Self.insert(e, into: &call, state: .awaitingApproval, execution: 0)
+        case "call.approve", "call.deny":
+            guard call.state == .awaitingApproval else {
+                throw Finding("\(name): event \(e.seq) \(e.kind == "call.approve" ? "approves" : "denies") it, but it \(was(call.state)), not awaiting approval")
+            }
+            _ = try e.string(.by)  // who gave the verdict: shown by the audits from this event
+            _ = try e.int(.uid)
+            let note = try e.string(.note)
+            if e.kind == "call.approve" {
+                call.row[.status] = CallStatus.approved.rawValue.databaseValue
+                call.state = .approved
+                break
+            }
+            // Denied: ended with the note as its stderr, as `settleApproval` records it.
+            let stderr = try e.hash(.stderr)
+            guard Digest.sha256(Array(note.utf8)) == stderr else { throw e.invalid(.stderr) }
+            call.row[.status] = CallStatus.denied.rawValue.databaseValue
+            call.row[.stdout] = Data(Digest.sha256([])).databaseValue
+            call.row[.stderr] = Data(stderr).databaseValue
+            call.row[.exitCode] = .null
+            call.row[.signal] = .null
+            call.row[.truncated] = 0.databaseValue
+            call.row[.duration] = 0.0.databaseValue
+            call.row[.finishedAt] = e.at.databaseValue
+            call.state = .finished(.denied)
         case "call.finish":
             let execution = try e.int(.execution)
             guard call.state == .running, execution == call.execution else {
@@ -880,6 +902,26 @@ private struct RunCheck {
             throw Finding("event \(e.seq) of run \(run) is of a kind this ward does not know (\(e.kind))")
         }
         call.lastEvent = e.seq
+    }
+
+    /// A call's first record (its begin, or its gate): the row `begin` inserts, with the
+    /// tool, effect and arguments no later execution changes.
+    static func insert(_ e: Event, into call: inout CallReplay, state: CallState, execution: Int) throws {
+        let tool = try e.string(.tool), effect = try e.string(.effect), argsHash = try e.string(.argsHash)
+        guard CallEffect(rawValue: effect) != nil else { throw e.invalid(.effect) }
+        call.first = (tool, effect, argsHash)
+        call.row[.tool] = tool.databaseValue
+        call.row[.effect] = effect.databaseValue
+        call.row[.argsHash] = argsHash.databaseValue
+        call.row[.policyHash] = try e.string(.policyHash).databaseValue
+        call.row[.binaryHash] = try e.string(.binaryHash).databaseValue
+        call.row[.status] = state.status.rawValue.databaseValue
+        call.row[.attempt] = try e.int(.attempt).databaseValue
+        call.row[.executions] = execution.databaseValue
+        call.row[.startedAt] = e.at.databaseValue
+        call.state = state
+        call.execution = execution
+        call.delivery = try e.has(.delivery) && e.bool(.delivery) ? .awaited : .none
     }
 
     /// The call's row must be the one its events leave, and its outputs the blobs they name.

@@ -353,6 +353,11 @@ public final class Ledger: Sendable {
                 CREATE INDEX calls_undelivered ON calls(run_id, tool, args_hash) WHERE delivered IN (0, 2);
                 """)
         }
+        // Gated calls (`approve = true`) waiting for a verdict, found by `ward approve`
+        // and `runs list` without a scan; the hot path never writes a row this index holds.
+        migrator.registerMigration("v6") { db in
+            try db.execute(sql: "CREATE INDEX calls_awaiting_approval ON calls(run_id) WHERE status = 'awaiting-approval'")
+        }
         return migrator
     }()
 

@@ -64,9 +64,10 @@ public enum MCPCatalog {
     }
 
     /// The policy's description, and what a model must know to use the tool well: whether
-    /// a repeat runs it again.
+    /// a repeat runs it again, and whether a person must approve each call first.
     static func description(_ policy: ToolPolicy) -> String {
         (policy.description.map { $0 + " " } ?? "") + effectSentence(policy.effect)
+            + (policy.approve ? " Each call waits for a person's approval before it runs." : "")
     }
 
     /// What a model must know of a tool's effect: whether a repeat runs it again.

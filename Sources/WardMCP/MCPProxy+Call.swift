@@ -125,7 +125,7 @@ extension MCPProxy {
             callId = try MCPServer.callID(stable: request.stable, tool: request.recorded, effect: tool.effect, argsHash: request.argsHash, in: supervisor)
             let result = try supervisor.call(forwarding: request.recorded, effect: tool.effect, timeoutMilliseconds: tool.timeoutMilliseconds,
                                              arguments: request.arguments, callId: callId!, policyHash: policyHash(tool), executable: executable,
-                                             awaitsDelivery: tracked) { _ in forward(request, call, to: process, until: deadline) }
+                                             awaitsDelivery: tracked, gated: tool.approve) { _ in forward(request, call, to: process, until: deadline) }
             return .answered(MCPProxy.answer(result), tracked ? (supervisor, result.callId) : nil, killed: result.outcome.status == .killed)
         } catch {
             if error.kind == .invalidArguments || error.kind == .tooLarge { return .answered({ RPCResponse.line(id: $0, error: error) }, nil, killed: false) }
@@ -139,11 +139,13 @@ extension MCPProxy {
     /// What the ledger records of a proxied tool's rules: the server's sandbox and command,
     /// and the tool's effect and timeout.
     func policyHash(_ tool: ServerToolPolicy) -> String {
-        let own = JSONValue.object([
+        var own: [String: JSONValue] = [
             "server": .string(Supervisor.policyHash(policy.sandbox)), "tool": .string(tool.name), "effect": .string(tool.effect.rawValue),
             "destructive": .bool(tool.destructive), "timeoutMs": .number(Double(tool.timeoutMilliseconds)),
-        ])
-        return Ledger.sha256Hex(own.canonicalBytes)
+        ]
+        // Present only when set, so that an ungated tool's hash is what it always was.
+        if tool.approve { own["approve"] = .bool(true) }
+        return Ledger.sha256Hex(JSONValue.object(own).canonicalBytes)
     }
 
     /// Sends the call to the server, its `running` record durable, and waits for the answer:

@@ -70,8 +70,15 @@ extension MCPServer {
         var callId: String?
         do throws(RPCError) {
             callId = try MCPServer.callID(stable: request.stable, tool: policy.name, effect: policy.effect, argsHash: request.argsHash, in: supervisor)
-            let result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
+            let result: CallResult
+            do {
+                result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
                                              awaitsDelivery: true, cancellation: cancellation)
+            } catch where error.kind == .awaitingApproval && askHostToApprove(request, callId: callId!, supervisor: supervisor, cancellation: cancellation) {
+                // The host's user gave the verdict: the call runs now, or replays as denied.
+                result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
+                                             awaitsDelivery: true, cancellation: cancellation)
+            }
             return .answered(MCPServer.content(result), delivery: (supervisor, result.callId))
         } catch {
             switch error.kind {
@@ -172,6 +179,7 @@ extension MCPServer {
         case .inDoubt: "not run: the call is in doubt (it may have run, and how it ended is not recorded)"
         case .conflict: "not run: the call ID was used for another call"
         case .inProgress: "not run yet: the call is still running elsewhere"
+        case .awaitingApproval: "not run yet: its tool needs an operator's approval, and the call waits for it (nothing ran)"
         case .policyDenied: "not run: its policy refuses it"
         case .storage: "the ledger could not record it"
         default: "failed"

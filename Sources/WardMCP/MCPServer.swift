@@ -40,6 +40,10 @@ public final class MCPServer: Sendable {
     let out: Deliveries
     private let calls = DispatchGroup()
     let log: @Sendable (String) -> Void
+    /// What the host said of itself in `initialize` (`MCPServer+Approval`).
+    let host = Lock(Host())
+    /// Requests ward made of the host (`elicitation/create`), by their id's canonical JSON.
+    let asking = Lock<[String: Asked]>([:])
 
     /// - Parameters:
     ///   - open: makes the supervisor (ledger, sandbox, run); started at once on a thread of
@@ -152,7 +156,10 @@ public final class MCPServer: Sendable {
             // notifications/initialized and any other notification: nothing to answer.
             if n.method == "notifications/cancelled" { cancel(n.params) }
             return
-        case .response?, nil: return  // a host answering a request ward never makes: no answer
+        case .response(let members)?:
+            answered(members)  // an answer to ward's own request; any other is dropped
+            return
+        case nil: return
         }
         switch request.method {
         case "initialize": answer(id, .success(initialize(request.params)))
@@ -166,6 +173,8 @@ public final class MCPServer: Sendable {
     }
 
     func initialize(_ params: JSONValue) -> JSONValue {
+        let host = MCPServer.host(params)
+        self.host.withLock { $0 = host }
         let asked = params.objectValue?["protocolVersion"]?.stringValue
         let agreed = asked.flatMap { MCPServer.protocolVersions.contains($0) ? $0 : nil } ?? MCPServer.protocolVersions[0]
         return .object([
@@ -176,7 +185,9 @@ public final class MCPServer: Sendable {
                 Every tool runs in ward's sandbox and is recorded in its ledger. A tool that is not idempotent runs once per call: \
                 a repeat of a request whose answer was lost, or sent right after the answer, gets the recorded result (marked \
                 replayed) instead of running again. To run it again on purpose, ask for something else first, or give each call \
-                its own ID in _meta["ward/callId"].
+                its own ID in _meta["ward/callId"]. A tool whose policy gates it waits for a person's approval: ward asks \
+                through elicitation where the client offers it, and otherwise answers with the command that approves the call; \
+                asking again for the same call (same arguments) then runs it, once.
                 """),
         ])
     }

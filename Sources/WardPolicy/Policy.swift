@@ -90,6 +90,9 @@ public struct ToolPolicy: Sendable, Hashable {
     /// A JSON Schema of the tool's arguments (`input-schema`, a table), published to MCP
     /// hosts instead of the one derived from `arguments` and the placeholders.
     public var inputSchema: PolicyValue? = nil
+    /// Whether each call waits for an operator's verdict before it runs (`approve`): recorded
+    /// `awaiting-approval` first, run once approved (`ward approve`), ended `denied` if not.
+    public var approve = false
 
     /// The argument names the command refers to (`{workspace}` excluded).
     public var placeholders: [String] {
@@ -129,7 +132,8 @@ public struct ServerPolicy: Sendable, Hashable {
     /// What ward holds a tool of this server to: the policy's entry, else non-idempotent
     /// and destructive, with the server's timeout.
     public func tool(_ name: String) -> ServerToolPolicy {
-        tools[name] ?? ServerToolPolicy(name: name, effect: .nonIdempotent, destructive: true, timeoutMilliseconds: sandbox.timeoutMilliseconds)
+        tools[name] ?? ServerToolPolicy(name: name, effect: .nonIdempotent, destructive: true, timeoutMilliseconds: sandbox.timeoutMilliseconds,
+                                        approve: sandbox.approve)
     }
 }
 
@@ -142,12 +146,16 @@ public struct ServerToolPolicy: Sendable, Hashable {
     /// How long a call may take before the server's tree is killed and the call ends
     /// (in doubt, for a non-idempotent tool), in milliseconds.
     public var timeoutMilliseconds: UInt64
+    /// Each call waits for an operator's verdict (`approve`; the server's own `approve` when
+    /// the tool's table does not say).
+    public var approve: Bool
 
-    public init(name: String, effect: Effect, destructive: Bool, timeoutMilliseconds: UInt64) {
+    public init(name: String, effect: Effect, destructive: Bool, timeoutMilliseconds: UInt64, approve: Bool = false) {
         self.name = name
         self.effect = effect
         self.destructive = destructive
         self.timeoutMilliseconds = timeoutMilliseconds
+        self.approve = approve
     }
 }
 

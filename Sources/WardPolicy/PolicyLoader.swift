@@ -26,7 +26,7 @@ public enum PolicyLoader {
 
     static let toolKeys: Set<String> = [
         "description", "command", "effect", "syscalls", "network", "read", "write", "env",
-        "timeout", "limits", "reconcile", "arguments", "destructive", "input-schema",
+        "timeout", "limits", "reconcile", "arguments", "destructive", "input-schema", "approve",
     ]
     static let limitKeys: Set<String> = ["memory", "cpu", "processes", "file-size", "open-files", "output"]
     /// What a tool has and a proxied server does not: the server's tools have effects, and
@@ -35,7 +35,7 @@ public enum PolicyLoader {
     /// `[servers.NAME]`: a tool's sandbox keys, and its tools' table.
     static let serverKeys: Set<String> = toolKeys.subtracting(toolOnlyKeys).union(["tools"])
     /// `[servers.NAME.tools.TOOL]`.
-    static let serverToolKeys: Set<String> = ["effect", "destructive", "timeout"]
+    static let serverToolKeys: Set<String> = ["effect", "destructive", "timeout", "approve"]
 
     /// Loads and validates every policy file of `directory`.
     public static func load(directory: String) throws(PolicyError) -> PolicySet {
@@ -316,7 +316,8 @@ private struct Builder {
                 if case .table(let toolTables) = toolsNode {
                     for tool in toolTables.keys.sorted() {
                         let timeout = sandbox?.timeoutMilliseconds ?? PolicyLoader.defaultTimeoutMilliseconds
-                        if let policy = serverTool(file, path + ["tools", tool], tool, toolTables[tool]!, defaultTimeout: timeout) {
+                        if let policy = serverTool(file, path + ["tools", tool], tool, toolTables[tool]!, defaultTimeout: timeout,
+                                                   defaultApproval: sandbox?.approve ?? false) {
                             serverTools[tool] = policy
                         }
                     }
@@ -330,7 +331,8 @@ private struct Builder {
     }
 
     /// One `[servers.NAME.tools.TOOL]` table.
-    mutating func serverTool(_ file: ParsedFile, _ path: [String], _ name: String, _ node: Node, defaultTimeout: UInt64) -> ServerToolPolicy? {
+    mutating func serverTool(_ file: ParsedFile, _ path: [String], _ name: String, _ node: Node, defaultTimeout: UInt64,
+                             defaultApproval: Bool) -> ServerToolPolicy? {
         guard case .table(let table) = node else { report(file, path, "\(path.joined(separator: ".")) must be a table"); return nil }
         guard !name.isEmpty else { report(file, path, "a server's tool needs a name"); return nil }
         let errorsBefore = diagnostics.count
@@ -354,8 +356,9 @@ private struct Builder {
         }
         var timeout = defaultTimeout
         if let node = table["timeout"], let ms = quantity(file, path + ["timeout"], node, .timeout) { timeout = ms }
+        let approve = flag(file, path + ["approve"], table["approve"]) ?? defaultApproval
         guard diagnostics.count == errorsBefore else { return nil }
-        return ServerToolPolicy(name: name, effect: effect, destructive: destructive, timeoutMilliseconds: timeout)
+        return ServerToolPolicy(name: name, effect: effect, destructive: destructive, timeoutMilliseconds: timeout, approve: approve)
     }
 
     mutating func checkKeys(_ file: ParsedFile, _ path: [String], _ table: [String: Node], known: Set<String> = PolicyLoader.toolKeys) {
@@ -556,6 +559,8 @@ private struct Builder {
                 report(file, path, "destructive must be true or false, not a \(node.typeName)")
             }
         }
+        let approval = lookup("approve", base, defaults: defaults, own: own)
+        let approve = flag(file, approval?.1 ?? base + ["approve"], approval?.0) ?? false
         var inputSchema: PolicyValue?
         if let (node, path) = lookup("input-schema", base, defaults: defaults, own: own) {
             if case .table(let members) = node, members["type"].map({ if case .string("object") = $0 { true } else { false } }) == true {
@@ -569,7 +574,17 @@ private struct Builder {
         return ToolPolicy(name: name, file: file.path, description: description, command: command, effect: effect,
                           syscalls: syscalls, network: network, read: read.map(\.0), write: write.map(\.0),
                           environment: environment, timeoutMilliseconds: timeout, limits: limits, reconcile: reconcile,
-                          arguments: arguments, destructive: destructive, inputSchema: inputSchema)
+                          arguments: arguments, destructive: destructive, inputSchema: inputSchema, approve: approve)
+    }
+
+    /// A `true`/`false` key (`approve`): nil when absent, reported when of another type.
+    mutating func flag(_ file: ParsedFile, _ path: [String], _ node: Node?) -> Bool? {
+        guard let node else { return nil }
+        guard case .bool(let b) = node else {
+            report(file, path, "\(path.last ?? "") must be true or false, not a \(node.typeName)")
+            return nil
+        }
+        return b
     }
 
     static func value(_ node: Node) -> PolicyValue {

@@ -10,6 +10,7 @@ extension RPCError {
         case .inDoubt, .fenced: self.init(.inDoubt, error.message)
         case .storage, .corrupt: self.init(.storage, error.message)
         case .notFound, .invalid: self.init(.invalidArguments, error.message)
+        case .awaitingApproval: self.init(.awaitingApproval, error.message)
         default: self.init(.internal, error.message)
         }
     }

@@ -30,10 +30,11 @@ extension Supervisor {
     /// - Throws: `in-doubt` when it must not run (or just became in doubt), the ledger's
     ///   other refusals (`conflict`, `storage`).
     public func call(forwarding tool: String, effect: Effect, timeoutMilliseconds: UInt64, arguments: JSONValue, callId: String,
-                     policyHash: String, executable: String, awaitsDelivery: Bool,
+                     policyHash: String, executable: String, awaitsDelivery: Bool, gated: Bool = false,
                      forward: (CallTicket) -> Forwarded) throws(RPCError) -> CallResult {
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(effect), arguments: arguments,
-                                   policyHash: policyHash, executable: executable, attempt: attempt, awaitsDelivery: awaitsDelivery)
+                                   policyHash: policyHash, executable: executable, attempt: attempt, awaitsDelivery: awaitsDelivery,
+                                   gated: gated)
         let ticket: CallTicket
         switch try begin(request, timeoutMilliseconds: timeoutMilliseconds, reconcilable: false, launch: nil).0 {
         case .replay(let result): return result

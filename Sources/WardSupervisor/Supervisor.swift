@@ -101,7 +101,7 @@ public final class Supervisor: Sendable {
             _ = try Params(method: method, params, known: [])
             return try resume()
         case "tool.call":
-            do { return try toolCall(Params(method: method, params, known: ["callId", "tool", "arguments", "checkpoint"])) } catch where error.kind == .inDoubt {
+            do { return try toolCall(Params(method: method, params, known: ["callId", "tool", "arguments", "checkpoint", "approvalTimeout"])) } catch where error.kind == .inDoubt {
                 toldInDoubt.store(true, ordering: .relaxed)
                 throw error
             }
@@ -129,6 +129,7 @@ public final class Supervisor: Sendable {
         let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
         let inDoubt = try ledgerCall { () throws(LedgerError) in try ledger.inDoubtCalls(run: runID) }
         let notExecuted = try ledgerCall { () throws(LedgerError) in try ledger.notExecutedCalls(run: runID) }
+        let awaiting = try ledgerCall { () throws(LedgerError) in try ledger.pendingApprovals(run: runID) }
         if !inDoubt.isEmpty { toldInDoubt.store(true, ordering: .relaxed) }
         return .object([
             "runId": .string(runID),
@@ -137,6 +138,7 @@ public final class Supervisor: Sendable {
             "completedSince": .array(completed.map(\.json)),
             "inDoubt": .array(inDoubt.map { .string($0.callId) }),
             "notExecuted": .array(notExecuted.map { .string($0) }),
+            "awaitingApproval": .array(awaiting.map { .string($0.callId) }),
         ])
     }
 
@@ -196,8 +198,14 @@ public final class Supervisor: Sendable {
         let callId = try p.identifier("callId", required: true)!
         let requested = try p.identifier("tool", required: true)!
         let arguments = JSONValue.object(try p.object("arguments") ?? [:])
-        return try call(tool: requested, arguments: arguments, callId: callId, checkpoint: p.value("checkpoint").map(\.canonicalBytes)).json
+        let approvalTimeout = try p.seconds("approvalTimeout", upTo: Supervisor.longestApprovalWait) ?? 0
+        return try call(tool: requested, arguments: arguments, callId: callId, checkpoint: p.value("checkpoint").map(\.canonicalBytes),
+                        approvalTimeout: approvalTimeout).json
     }
+
+    /// The longest an agent may wait in one `tool.call` for a gated call's verdict (a day);
+    /// it may ask again, with the same call ID, for as long as it likes.
+    public static let longestApprovalWait = 86_400.0
 
     /// A tool call: replayed from the ledger, or run in the sandbox with its start and its
     /// outcome recorded (the agent protocol's `tool.call`, and `ward mcp`'s `tools/call`).
@@ -205,8 +213,10 @@ public final class Supervisor: Sendable {
     ///   - checkpoint: the agent's state, stored with the `running` record.
     ///   - awaitsDelivery: the client may lose the answer (`BeginRequest.awaitsDelivery`).
     ///   - cancellation: lets another thread kill the tool; the call ends `killed`.
+    ///   - approvalTimeout: how long to wait for the verdict on a gated call before the
+    ///     `awaiting-approval` error (seconds; 0 answers at once).
     public func call(tool requested: String, arguments: JSONValue, callId: String, checkpoint: [UInt8]? = nil,
-                     awaitsDelivery: Bool = false, cancellation: CallCancellation? = nil) throws(RPCError) -> CallResult {
+                     awaitsDelivery: Bool = false, cancellation: CallCancellation? = nil, approvalTimeout: Double = 0) throws(RPCError) -> CallResult {
         // Tool names match byte for byte: Swift's String equality would let "\u{212A}" (Kelvin
         // sign) find the tool "K", and the ledger would record a name no policy has.
         guard let policy = sandbox.policies.tools[requested], policy.name.utf8.elementsEqual(requested.utf8) else {
@@ -219,12 +229,13 @@ public final class Supervisor: Sendable {
         do { executable = try sandbox.check(tool: tool, arguments: arguments) } catch { throw RPCError(error) }
         let request = BeginRequest(run: runID, callId: callId, tool: tool, effect: CallEffect(policy.effect), arguments: arguments,
                                    policyHash: policyHash(policy), executable: executable, attempt: attempt,
-                                   checkpoint: checkpoint, awaitsDelivery: awaitsDelivery)
+                                   checkpoint: checkpoint, awaitsDelivery: awaitsDelivery, gated: policy.approve)
         let environment = Reconciler.environment(run: runID, callId: callId)
         let launch = Launch(tool: tool, arguments: arguments, environment: environment, cancellation: cancellation)
         // Given up before anything was recorded: nothing runs and nothing is recorded.
         if cancellation?.isCancelled == true { throw RPCError(.internal, "call \(callId) was cancelled before it started") }
-        switch try begin(request, timeoutMilliseconds: policy.timeoutMilliseconds, reconcilable: policy.reconcile != nil, launch: launch) {
+        switch try begin(request, timeoutMilliseconds: policy.timeoutMilliseconds, reconcilable: policy.reconcile != nil, launch: launch,
+                         approvalTimeout: approvalTimeout) {
         case (.replay(let result), _): return result
         case (.execute(let ticket), let parked): return try execute(ticket, policy: policy, parked: parked, launch: launch)
         }
@@ -243,12 +254,18 @@ public final class Supervisor: Sendable {
     /// does not hold yet (the common case) gets its child made and confined first, parked at
     /// its gate, so the spawn overlaps the writing and fsync of its `running` record; the
     /// tool itself starts only once that record is durable (`execute`). Without `launch`
-    /// (a call forwarded elsewhere), nothing is parked.
-    func begin(_ request: BeginRequest, timeoutMilliseconds: UInt64, reconcilable: Bool, launch: Launch?) throws(RPCError) -> (BeginDecision, SandboxCall?) {
+    /// (a call forwarded elsewhere), nothing is parked. A gated call waits for its verdict
+    /// up to `approvalTimeout` seconds, then is refused with `awaiting-approval`.
+    func begin(_ request: BeginRequest, timeoutMilliseconds: UInt64, reconcilable: Bool, launch: Launch?,
+               approvalTimeout: Double = 0) throws(RPCError) -> (BeginDecision, SandboxCall?) {
+        var request = request
         var reconciled = false
+        let approvalDeadline = ContinuousClock.now + .milliseconds(Int(min(max(approvalTimeout, 0), Supervisor.longestApprovalWait) * 1000))
         while true {
             var parked: SandboxCall?
-            if let launch, (try? ledger.state(run: runID, callId: request.callId)) == nil {
+            // A gated call's child is made only once it is approved: most wait far longer
+            // than a spawn takes.
+            if let launch, !request.gated, (try? ledger.state(run: runID, callId: request.callId)) == nil {
                 parked = try? sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
                 parked?.park()
             }
@@ -272,6 +289,15 @@ public final class Supervisor: Sendable {
                 let result = try ledgerCall { () throws(LedgerError) in try ledger.awaitOutcome(run: runID, callId: request.callId, timeout: wait) }
                 if let result { return (.replay(result), nil) }
                 // Its process died: begin decides again.
+            } catch where error.code == .awaitingApproval {
+                parked?.cancel()
+                let left = Double((approvalDeadline - ContinuousClock.now) / .milliseconds(1)) / 1000
+                guard left > 0, try ledgerCall({ () throws(LedgerError) in try ledger.awaitVerdict(run: runID, callId: request.callId, timeout: left) }) else {
+                    throw RPCError(error)
+                }
+                // The agent's state before the call went in with the gate, or with the
+                // request that made it: the run goes on from the verdict without another.
+                request.checkpoint = nil
             } catch where error.code == .inDoubt && !reconciled && reconcilable {
                 parked?.cancel()
                 reconciled = true
@@ -376,7 +402,11 @@ public final class Supervisor: Sendable {
             // Which argument names it accepts decides which calls run at all.
             "arguments": p.arguments.map { .array($0.map { .string($0) }) } ?? .null,
         ])
-        return Ledger.sha256Hex(json.canonicalBytes)
+        guard p.approve, case .object(var members) = json else { return Ledger.sha256Hex(json.canonicalBytes) }
+        // Whether calls wait for a verdict decides which run at all; present only when set,
+        // so that an ungated tool's hash is what it always was.
+        members["approve"] = .bool(true)
+        return Ledger.sha256Hex(JSONValue.object(members).canonicalBytes)
     }
 }
 

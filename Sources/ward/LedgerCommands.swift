@@ -137,6 +137,7 @@ struct LedgerCommand: ParsableCommand {
             ]
             if d["workspace"] != .null { rows.insert(["workspace", text("workspace")], at: 3) }
             if d["verdict"] != .null { rows += [["verdict", text("verdict")], ["note", text("note")]] }
+            if let approval = d["approval"]?.objectValue { rows += Show.approvalRows(approval) }
             if let evidence = d["inDoubt"]?.objectValue { rows += Show.evidenceRows(evidence) }
             if let result = d["result"]?.objectValue {
                 for key in ["exitCode", "signal", "durationMs", "truncated", "stdout", "stdoutBase64", "stderr", "stderrBase64"] {
@@ -150,6 +151,18 @@ struct LedgerCommand: ParsableCommand {
             print(Table.render(["SEQ", "AT", "KIND", "DATA"], events.compactMap(\.objectValue).map { e in
                 [e["seq"].map { $0.canonical } ?? "", e["at"]?.stringValue ?? "", e["kind"]?.stringValue ?? "", e["data"]?.canonical ?? ""]
             }))
+        }
+
+        /// A gated call's verdict and who gave it, or the commands that give one.
+        static func approvalRows(_ a: [String: JSONValue]) -> [[String]] {
+            guard let verdict = a["verdict"]?.stringValue else {
+                return [["approval", "awaiting an operator's verdict"], ["approve with", a["approve"]?.stringValue ?? ""],
+                        ["deny with", a["deny"]?.stringValue ?? ""]]
+            }
+            let uid = a["uid"]?.integer(Int.self).map { " (uid \($0))" } ?? ""
+            let note = a["note"]?.stringValue ?? ""
+            return [["approval", "\(verdict) by \(a["by"]?.stringValue ?? "?")\(uid) at \(a["at"]?.stringValue ?? "?")"]]
+                + (note.isEmpty ? [] : [["approval note", note]])
         }
 
         /// What an operator settling an in-doubt call goes on: who was running it and what
@@ -336,9 +349,9 @@ struct RunsCommand: ParsableCommand {
             let ledger = try options.open(readOnly: true)
             let runs = try ledgerCall { () throws(LedgerError) in try ledger.listRuns() }
             if json { return printJSON(.array(runs.map(\.json))) }
-            print(Table.render(["RUN", "STATE", "ATTEMPTS", "CALLS", "RUNNING", "IN-DOUBT", "CHECKPOINTS", "CREATED", "UPDATED"], runs.map { r in
+            print(Table.render(["RUN", "STATE", "ATTEMPTS", "CALLS", "RUNNING", "IN-DOUBT", "APPROVALS", "CHECKPOINTS", "CREATED", "UPDATED"], runs.map { r in
                 [r.run, r.unfinished ? "unfinished" : "finished (exit \(r.exitStatus ?? 0))", String(r.attempts), String(r.calls),
-                 String(r.running), String(r.inDoubt), String(r.checkpoints), r.createdAt, r.updatedAt]
+                 String(r.running), String(r.inDoubt), String(r.awaitingApproval), String(r.checkpoints), r.createdAt, r.updatedAt]
             }))
         }
     }

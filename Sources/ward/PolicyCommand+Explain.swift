@@ -28,6 +28,7 @@ extension PolicyCommand.Explain {
         row("command", argv(policy.command))
         row("arguments", policy.placeholders.isEmpty ? "(none)" : policy.placeholders.joined(separator: ", "))
         row("effect", policy.effect.rawValue)
+        if policy.approve { row("approval", "each call waits for a person's verdict (ward approve / ward deny) before it runs") }
         let networkText: String
         switch policy.network {
         case .none: networkText = "none (socket() refused by seccomp; AF_UNIX stream/seqpacket socketpairs only\(features.landlockABI >= 4 ? "; Landlock denies TCP bind/connect" : ""))"

@@ -38,7 +38,7 @@ struct Ward: ParsableCommand {
         abstract: "Run AI agents' tool calls sandboxed, recorded and crash-safe.",
         version: Ward.version,
         subcommands: [RunCommand.self, ServeCommand.self, MCPGroup.self, CallCommand.self, SandboxCommand.self, PolicyCommand.self, LedgerCommand.self, RunsCommand.self,
-                      CheckpointCommand.self, DoctorCommand.self]
+                      CheckpointCommand.self, ApproveCommand.self, DenyCommand.self, DoctorCommand.self]
     )
 
     /// ward's version, for `ward --version` and `ward doctor --json`.
@@ -214,7 +214,7 @@ extension ToolOutcome {
         case .denied: 126
         // Never an answer (docs/design.md, *Call states*): a call running elsewhere is
         // awaited, one in doubt is an error.
-        case .running, .inDoubt: 1
+        case .running, .inDoubt, .awaitingApproval, .approved: 1
         }
     }
 }

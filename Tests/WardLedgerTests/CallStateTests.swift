@@ -6,7 +6,7 @@ import WardCore
 /// recorded in, every effect, every fate of its owner, a request that matches it or not.
 @Suite("Call states: one decision for every recorded call and request")
 struct CallStateTests {
-    static let states: [CallState] = [.running, .inDoubt, .resolved(.executed), .resolved(.notExecuted)]
+    static let states: [CallState] = [.running, .inDoubt, .resolved(.executed), .resolved(.notExecuted), .awaitingApproval, .approved]
         + CallState.outcomes.sorted { $0.rawValue < $1.rawValue }.map { .finished($0) }
     static let owners: [OwnerState] = [.alive, .dead("its lock was released"), .unknown("its lock file is gone")]
 
@@ -26,7 +26,7 @@ struct CallStateTests {
     }
 
     @Test func theOutcomesAreTheToolsEnds() {
-        #expect(CallState.outcomes == Set(CallStatus.allCases).subtracting([.running, .inDoubt, .resolved]))
+        #expect(CallState.outcomes == Set(CallStatus.allCases).subtracting([.running, .inDoubt, .resolved, .awaitingApproval, .approved]))
     }
 
     @Test func onlyFinishedCallsAndExecutedVerdictsAreReplayed() {
@@ -51,6 +51,10 @@ struct CallStateTests {
         case (.running, .dead(let fate)): effect == .nonIdempotent ? .putInDoubt(fate: fate) : .runAgain
         case (.inDoubt, _): .refuseInDoubt
         case (.resolved(.notExecuted), _): .runAgain
+        // A gated call runs only once approved, and its first execution then begins; one
+        // still waiting is never gated twice, nor run.
+        case (.approved, _): .runAgain
+        case (.awaitingApproval, _): .awaitApproval
         case (.resolved(.executed), _), (.finished, _): .replay
         }
     }

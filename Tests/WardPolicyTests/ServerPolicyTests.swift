@@ -52,17 +52,61 @@ struct ServerPolicyTests {
         #expect(time.sandbox.write == ["{workspace}"])
     }
 
+    /// `approve`: a server's gates each of its tools, unless a tool's own table says otherwise.
+    @Test func approvalGatesAServersToolsUnlessATableSaysOtherwise() throws {
+        let dir = try policyDirectory(["s.toml": base + """
+            [servers.mail]
+            command = ["/bin/true"]
+            approve = true
+
+            [servers.mail.tools.list_drafts]
+            effect = "read-only"
+            approve = false
+
+            [servers.mail.tools.send]
+
+            [servers.time]
+            command = ["/bin/true"]
+
+            [servers.time.tools.set_alarm]
+            approve = true
+            """])
+        let set = try PolicyLoader.load(directory: dir)
+        let mail = try set.server("mail"), time = try set.server("time")
+        #expect(!mail.tool("list_drafts").approve && mail.tool("send").approve && mail.tool("unnamed").approve)
+        #expect(time.tool("set_alarm").approve && !time.tool("now").approve)
+    }
+
+    @Test func approvalIsTrueOrFalseOnATool() throws {
+        let dir = try policyDirectory(["t.toml": base + """
+            [tools.send]
+            command = ["/bin/true"]
+            approve = true
+
+            [tools.look]
+            command = ["/bin/true"]
+            """])
+        let set = try PolicyLoader.load(directory: dir)
+        #expect(try set.tool("send").approve && !set.tool("look").approve)
+        let found = try diagnostics(["t.toml": base + """
+            [tools.send]
+            command = ["/bin/true"]
+            approve = "yes"
+            """])
+        #expect(found.map { "\($0.line) \($0.message)" } == ["6 approve must be true or false, not a string"])
+    }
+
     @Test func mistakesAreNamedAtTheirLine() throws {
         let found = try diagnostics(["s.toml": base + """
             [servers.a]
             command = ["/bin/true"]
             effect = "read-only"
-            approve = true
+            approval = true
             network = "some"
 
             [servers.a.tools.x]
             effect = "sometimes"
-            approve = true
+            approval = true
 
             [servers.a.tools.y]
             effect = "read-only"
@@ -78,10 +122,10 @@ struct ServerPolicyTests {
         let lines = found.map { "\($0.line) \($0.message)" }
         let expected = [
             "6 effect belongs to each of a server's tools ([servers.a.tools.TOOL]), not to the server",
-            "7 unknown key \"approve\" (known: command, description, env, limits, network, read, syscalls, timeout, tools, write)",
+            "7 unknown key \"approval\" (known: approve, command, description, env, limits, network, read, syscalls, timeout, tools, write)",
             "8 network must be one of none, loopback, any",
             "11 effect must be one of read-only, idempotent, non-idempotent",
-            "12 unknown key \"approve\" for a server's tool",
+            "12 unknown key \"approval\" for a server's tool",
             "16 tool \"y\" is read-only, so it cannot be destructive",
             "17 bad timeout \"-1s\"",
             "19 server \"b\" has no command",

@@ -9,6 +9,7 @@ journal, from threads (`Ward`) or asyncio (`AsyncWard`).
 
 from ._async import AsyncWard
 from ._errors import (
+    AwaitingApprovalError,
     ConflictError,
     ConnectionDroppedError,
     InDoubtError,
@@ -28,7 +29,8 @@ from ._sync import Ward
 from ._wire import DEFAULT_TIMEOUT, find_token, pending_call, token_file
 
 __all__ = [
-    "DEFAULT_TIMEOUT", "AsyncWard", "ConflictError", "ConnectionDroppedError", "InDoubtError", "InProgressError", "InternalError",
+    "DEFAULT_TIMEOUT", "AsyncWard", "AwaitingApprovalError",
+    "ConflictError", "ConnectionDroppedError", "InDoubtError", "InProgressError", "InternalError",
     "InvalidArgumentsError", "PolicyDeniedError", "ServerNotFoundError", "ServerTimeoutError", "StorageError", "TooLargeError",
     "UnauthorizedError", "UnknownToolError", "Ward", "WardError", "find_token", "pending_call", "token_file",
 ]

@@ -124,8 +124,10 @@ class AsyncWard:
         return result
 
     async def call(self, tool: str, arguments: Mapping[str, Any] | None = None, *, call_id: str, checkpoint: Any = None,
-                   timeout: float | None = -1.0) -> dict[str, Any]:
-        return _wire.call_result(await self.request("tool.call", _wire.call_params(tool, arguments, call_id, checkpoint), timeout=timeout))
+                   timeout: float | None = -1.0, approval_timeout: float = 0) -> dict[str, Any]:
+        params = _wire.call_params(tool, arguments, call_id, checkpoint, approval_timeout)
+        limit = _wire.call_timeout(timeout, self.timeout, approval_timeout)
+        return _wire.call_result(await self.request("tool.call", params, timeout=limit))
 
     async def checkpoint(self, state: Any, label: str | None = None) -> int:
         params: dict[str, Any] = {"state": state}

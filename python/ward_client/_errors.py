@@ -35,6 +35,12 @@ class InDoubtError(WardError):
     kind = "in-doubt"
 
 
+class AwaitingApprovalError(WardError):
+    """The tool is gated: the call is recorded and waits for `ward approve` or `ward deny`.
+    Asking again with the same call ID (and `approval_timeout` to wait) never gates it twice."""
+    kind = "awaiting-approval"
+
+
 class UnknownToolError(WardError):
     kind = "unknown-tool"
 
@@ -85,7 +91,7 @@ class ServerTimeoutError(WardError):
 #: The error class of each kind ward sends.
 KINDS: dict[str, type[WardError]] = {
     c.kind: c for c in (ConflictError, InProgressError, InDoubtError, UnknownToolError, InvalidArgumentsError,
-                        PolicyDeniedError, TooLargeError, StorageError, InternalError, UnauthorizedError)
+                        PolicyDeniedError, TooLargeError, StorageError, InternalError, UnauthorizedError, AwaitingApprovalError)
 }
 
 

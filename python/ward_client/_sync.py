@@ -195,11 +195,13 @@ class Ward:
         return result
 
     def call(self, tool: str, arguments: Mapping[str, Any] | None = None, *, call_id: str, checkpoint: Any = None,
-             timeout: float | None = -1.0) -> dict[str, Any]:
+             timeout: float | None = -1.0, approval_timeout: float = 0) -> dict[str, Any]:
         """Runs (or replays) one tool call; returns its CallResult, stdout and stderr as str
         (bytes when they were not UTF-8). `checkpoint`: the agent's state before this call,
-        stored atomically with its start."""
-        return _wire.call_result(self.request("tool.call", _wire.call_params(tool, arguments, call_id, checkpoint), timeout=timeout))
+        stored atomically with its start. `approval_timeout`: for a gated tool, how many
+        seconds ward waits for an operator's verdict before `AwaitingApprovalError`."""
+        params = _wire.call_params(tool, arguments, call_id, checkpoint, approval_timeout)
+        return _wire.call_result(self.request("tool.call", params, timeout=_wire.call_timeout(timeout, self.timeout, approval_timeout)))
 
     def checkpoint(self, state: Any, label: str | None = None) -> int:
         params: dict[str, Any] = {"state": state}

@@ -77,11 +77,22 @@ def parse_answer(raw: bytes) -> tuple[Any, Any, WardError | None]:
     return answer.get("id"), answer["result"], None
 
 
-def call_params(tool: str, arguments: Mapping[str, Any] | None, call_id: str, checkpoint: Any) -> dict[str, Any]:
+def call_params(tool: str, arguments: Mapping[str, Any] | None, call_id: str, checkpoint: Any,
+                approval_timeout: float = 0) -> dict[str, Any]:
     params: dict[str, Any] = {"callId": call_id, "tool": tool, "arguments": dict(arguments or {})}
     if checkpoint is not None:
         params["checkpoint"] = checkpoint
+    if approval_timeout:
+        params["approvalTimeout"] = approval_timeout
     return params
+
+
+def call_timeout(timeout: float | None, own: float | None, approval_timeout: float) -> float | None:
+    """The client's wait for a tool.call: the one given, or the client's own (`own`, for
+    -1) stretched by the time ward may wait for a gated call's verdict."""
+    if timeout != -1.0:
+        return timeout
+    return None if own is None else own + approval_timeout
 
 
 def call_result(result: Any) -> dict[str, Any]:
