@@ -26,6 +26,9 @@ public final class Supervisor: Sendable {
     /// calls in `run.resume`): restarting it would only meet the same refusal, so `ward run`
     /// waits for an operator instead (`takeToldInDoubt`).
     private let toldInDoubt = Atomic<Bool>(false)
+    /// Set when the agent was told that a call awaits approval: restarting an agent that
+    /// then exited would only meet the same gate, so `ward run` waits for the verdicts.
+    private let toldAwaitingApproval = Atomic<Bool>(false)
     /// Policy hashes by tool: the policies do not change while a supervisor runs.
     private let policyHashes = Lock<[String: String]>([:])
     /// Longest accepted request line (docs/design.md, *The protocol*): 16 MiB.
@@ -104,6 +107,9 @@ public final class Supervisor: Sendable {
             do { return try toolCall(Params(method: method, params, known: ["callId", "tool", "arguments", "checkpoint", "approvalTimeout"])) } catch where error.kind == .inDoubt {
                 toldInDoubt.store(true, ordering: .relaxed)
                 throw error
+            } catch where error.kind == .awaitingApproval {
+                toldAwaitingApproval.store(true, ordering: .relaxed)
+                throw error
             }
         case "checkpoint.save": return try checkpointSave(Params(method: method, params, known: ["state", "label"]))
         case "checkpoint.load": return try checkpointLoad(Params(method: method, params, known: ["seq"]))
@@ -124,6 +130,9 @@ public final class Supervisor: Sendable {
     /// Whether the agent was told of a call in doubt since the last time this was asked.
     public func takeToldInDoubt() -> Bool { toldInDoubt.exchange(false, ordering: .relaxed) }
 
+    /// Whether the agent was told of a call awaiting approval since the last time this was asked.
+    public func takeToldAwaitingApproval() -> Bool { toldAwaitingApproval.exchange(false, ordering: .relaxed) }
+
     func resume() throws(RPCError) -> JSONValue {
         let (checkpoint, damaged) = try usableCheckpoint(seq: nil)
         let completed = try ledgerCall { () throws(LedgerError) in try ledger.completedSince(run: runID, checkpoint: checkpoint?.seq) }
@@ -131,6 +140,7 @@ public final class Supervisor: Sendable {
         let notExecuted = try ledgerCall { () throws(LedgerError) in try ledger.notExecutedCalls(run: runID) }
         let awaiting = try ledgerCall { () throws(LedgerError) in try ledger.pendingApprovals(run: runID) }
         if !inDoubt.isEmpty { toldInDoubt.store(true, ordering: .relaxed) }
+        if !awaiting.isEmpty { toldAwaitingApproval.store(true, ordering: .relaxed) }
         return .object([
             "runId": .string(runID),
             "attempt": .number(Double(attempt)),

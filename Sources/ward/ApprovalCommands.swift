@@ -39,21 +39,21 @@ struct ApproveCommand: ParsableCommand {
     }
 
     /// Each waiting call with its arguments, readably, and the two commands that settle it.
-    static func list(_ pending: [PendingApproval], ledger: Ledger) {
-        guard !pending.isEmpty else { return Output.line(1, "no calls await approval") }
-        Output.line(1, "\(pending.count) call\(pending.count == 1 ? "" : "s") await\(pending.count == 1 ? "s" : "") approval:")
+    static func list(_ pending: [PendingApproval], ledger: Ledger, to fd: Int32 = 1) {
+        guard !pending.isEmpty else { return Output.line(fd, "no calls await approval") }
+        Output.line(fd, "\(pending.count) call\(pending.count == 1 ? "" : "s") await\(pending.count == 1 ? "s" : "") approval:")
         for p in pending {
-            Output.line(1, "")
-            Output.line(1, "run \(p.run), call \(p.callId): tool \(p.tool) (\(p.effect)), waiting since \(p.since) (attempt \(p.attempt))")
+            Output.line(fd, "")
+            Output.line(fd, "run \(p.run), call \(p.callId): tool \(p.tool) (\(p.effect)), waiting since \(p.since) (attempt \(p.attempt))")
             let arguments = p.arguments.objectValue ?? [:]
-            if arguments.isEmpty { Output.line(1, "  no arguments") }
+            if arguments.isEmpty { Output.line(fd, "  no arguments") }
             for name in arguments.keys.sorted() {
                 let value = arguments[name]!
                 // Text as it reads (escaped for the terminal by Output); anything else as JSON.
-                Output.block(1, "  \(name): " + (value.stringValue ?? value.canonical).replacingOccurrences(of: "\n", with: "\n    "))
+                Output.block(fd, "  \(name): " + (value.stringValue ?? value.canonical).replacingOccurrences(of: "\n", with: "\n    "))
             }
-            Output.line(1, "  approve: \(ledger.approvalCommand(run: p.run, callId: p.callId, approve: true))")
-            Output.line(1, "  deny:    \(ledger.approvalCommand(run: p.run, callId: p.callId, approve: false))")
+            Output.line(fd, "  approve: \(ledger.approvalCommand(run: p.run, callId: p.callId, approve: true))")
+            Output.line(fd, "  deny:    \(ledger.approvalCommand(run: p.run, callId: p.callId, approve: false))")
         }
     }
 

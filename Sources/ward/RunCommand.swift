@@ -135,6 +135,21 @@ struct RunCommand: ParsableCommand {
                     throw ExitCode(RunCommand.waitingForOperator)
                 }
             }
+            // The same for a call that awaits approval: the agent would meet the same gate.
+            if supervisor.takeToldAwaitingApproval(), let waiting = try? supervisor.ledger.pendingApprovals(run: run), !waiting.isEmpty,
+               restart == .always || (restart == .onFailure && crashed) {
+                Output.write(2, Array("ward: the agent stopped at \(waiting.count == 1 ? "a call" : "calls") awaiting approval; a restart would meet the same gate, so ward waits for a verdict.\n".utf8))
+                ApproveCommand.list(waiting, ledger: supervisor.ledger, to: 2)
+                if isatty(0) == 1, RunCommand.approveOnTerminal(waiting, ledger: supervisor.ledger) {
+                    Output.write(2, Array("ward: every call has a verdict; resuming the agent\n".utf8))
+                    supervisor.attempt = try ledgerCall { () throws(LedgerError) in try supervisor.ledger.startAttempt(run: run) }
+                    continue
+                }
+                Output.write(2, Array("ward: then run the same `ward run --run-id \(Shell.quote(run)) …` again\n".utf8))
+                drain(server: server, supervisor: supervisor)
+                server.stop()
+                throw ExitCode(RunCommand.waitingForOperator)
+            }
             let again = restarts < maxRestarts && (restart == .always || (restart == .onFailure && crashed))
             if !again {
                 // Calls still running for the agent that left are finished and recorded
@@ -214,6 +229,35 @@ struct RunCommand: ParsableCommand {
             }
             do {
                 try ledger.resolve(run: call.run, callId: call.callId, as: verdict, note: note)
+                settled += 1
+            } catch {
+                Output.write(2, Array("ward: \(error)\n".utf8))
+            }
+        }
+        return settled == calls.count
+    }
+
+    /// Asks the operator on the terminal for each waiting call's verdict; true when every
+    /// call got one.
+    static func approveOnTerminal(_ calls: [PendingApproval], ledger: Ledger) -> Bool {
+        var settled = 0
+        for call in calls {
+            Output.write(2, Array("ward: call \(TerminalText.escape(call.callId)): approve (a), deny (d), or leave it waiting (Enter): ".utf8))
+            guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
+            let approve: Bool
+            switch answer {
+            case "a", "approve": approve = true
+            case "d", "deny": approve = false
+            default: continue
+            }
+            var note = ""
+            while note.isEmpty && !approve {
+                Output.write(2, Array("ward: why may it not run (the agent reads this): ".utf8))
+                guard let line = readLine() else { return false }
+                note = line.trimmingCharacters(in: .whitespaces)
+            }
+            do {
+                try ledger.settleApproval(run: call.run, callId: call.callId, approve: approve, note: note)
                 settled += 1
             } catch {
                 Output.write(2, Array("ward: \(error)\n".utf8))
