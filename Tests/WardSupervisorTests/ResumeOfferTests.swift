@@ -45,58 +45,10 @@ struct ResumeOfferTests {
         }
     }
 
-    /// Runs `ward ARGS` in `dir` under a pseudo-terminal (its stdin, stdout and stderr), and
-    /// for each step waits until the terminal shows `text`, then types `answer`; returns all
-    /// it showed and ward's exit status.
-    func onTerminal(_ args: [String], in dir: String, _ steps: [(text: String, answer: String)]) throws -> (status: Int32?, shown: String) {
-        let driver = """
-            import json, os, pty, sys, time
-            steps = json.loads(sys.argv[1])
-            pid, fd = pty.fork()
-            if pid == 0:
-                os.execv(sys.argv[2], sys.argv[2:])
-            seen = b""
-            def until(text, limit=60):
-                global seen
-                end = time.time() + limit
-                while text not in seen:
-                    if time.time() > end:
-                        sys.exit("timed out waiting for %r in %r" % (text, seen))
-                    try:
-                        chunk = os.read(fd, 4096)
-                    except OSError:
-                        chunk = b""
-                    if not chunk:
-                        sys.exit("ended before %r: %r" % (text, seen))
-                    seen += chunk
-            for text, answer in steps:
-                until(text.encode())
-                os.write(fd, answer.encode())
-            end = time.time() + 60
-            while time.time() < end:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            if time.time() >= end:
-                os.kill(pid, 9)  # it waits for an answer the test does not give
-            _, status = os.waitpid(pid, 0)
-            sys.stdout.write(seen.decode(errors="replace"))
-            print("\\nEXIT", os.waitstatus_to_exitcode(status))
-            """
-        let script = JSONValue.array(steps.map { .array([.string($0.text), .string($0.answer)]) }).canonical
-        let r = try runProgram("/usr/bin/env", ["python3", "-c", driver, script, Paths.ward] + args, in: dir)
-        let status = r.output.range(of: "\nEXIT ", options: .backwards).flatMap { Int32(r.output[$0.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines)) }
-        return (status, r.output)
-    }
-
     @Test func onATerminalItShowsTheRunAndResumesIt() throws {
         let dir = try workdir()
         let run = try unfinishedRun(in: dir)
-        let (status, shown) = try onTerminal(args(dir), in: dir, [
+        let (status, shown) = try wardOnTerminal(args(dir), in: dir, [
             ("list its calls (l)? [r]: ", "l\n"),
             // The list, then the question again.
             ("list its calls (l)? [r]: ", "r\n"),
@@ -127,18 +79,18 @@ struct ResumeOfferTests {
         let run = try unfinishedRun(in: dir)
         // End of input: no answer, and nothing is started or recorded.
         let before = try ward(["ledger", "export"], in: dir).stdout
-        let none = try onTerminal(args(dir), in: dir, [("[r]: ", "\u{04}")])
+        let none = try wardOnTerminal(args(dir), in: dir, [("[r]: ", "\u{04}")])
         #expect(none.status == 2 && none.shown.contains("no answer: nothing was started"), "\(none.shown)")
         #expect(try ward(["ledger", "export"], in: dir).stdout == before)
         // A new run: from zero, under a new run ID; the unfinished one is left as it was.
-        let (status, shown) = try onTerminal(args(dir), in: dir, [("[r]: ", "n\n")])
+        let (status, shown) = try wardOnTerminal(args(dir), in: dir, [("[r]: ", "n\n")])
         #expect(status == 0 && shown.contains("0 ran") && shown.contains("finished"), "\(shown)")
         let all = try runs(in: dir)
         #expect(all.count == 2 && all[run]?["attempts"] == .number(1) && all[run]?["unfinished"] == .bool(true), "\(all)")
         #expect(all.values.contains { $0["run"] != .string(run) && $0["attempts"] == .number(1) && $0["unfinished"] == .bool(false) })
         #expect(!(try ward(["ledger", "export"], in: dir).stdout.contains("run.resumed")))
         // Given on a terminal, --resume is not asked.
-        let decided = try onTerminal(args(dir, ["--resume", "always"]), in: dir, [])
+        let decided = try wardOnTerminal(args(dir, ["--resume", "always"]), in: dir, [])
         #expect(decided.status == 0 && !decided.shown.contains("[r]: ") && decided.shown.contains("resuming run \(run)"), "\(decided.shown)")
     }
 
@@ -187,7 +139,7 @@ struct ResumeOfferTests {
         #expect(killed.status != 0 && killed.stdout == "0 ran\n", "ward was not killed: \(killed)")
         let run = try #require(try runs(in: dir).keys.first)
         // Resumed (Enter), then asked to settle the call in doubt: left in doubt (Enter).
-        let (status, shown) = try onTerminal(args(dir), in: dir, [("[r]: ", "\n"), ("settle call s1 now?", "\n")])
+        let (status, shown) = try wardOnTerminal(args(dir), in: dir, [("[r]: ", "\n"), ("settle call s1 now?", "\n")])
         #expect(shown.contains("1. run \(run): started ") && shown.contains("no exit recorded") && shown.contains("calls: 1 done, 1 in doubt"), "\(shown)")
         #expect(status == 4 && shown.contains("call s1 of run \(run)"), "\(shown)")
         #expect(try String(contentsOfFile: dir + "/workspace/effects.log", encoding: .utf8) == "0\n")
@@ -211,6 +163,26 @@ struct ResumeOfferTests {
         }
         let all = try runs(in: dir)
         #expect(all.count == 3 && all[run]?["attempts"] == .number(1) && all[run]?["unfinished"] == .bool(true), "\(all)")
+    }
+
+    @Test func aRunAnotherSupervisorServesIsNotOffered() throws {
+        let dir = try workdir()
+        // The first start waits; the next returns at once.
+        let waits = ["sh", "-c", "[ -e started ] || { touch started; sleep 30; }"]
+        let serving = Process()
+        serving.executableURL = URL(fileURLWithPath: Paths.ward)
+        serving.arguments = ["run", "--policies", Paths.repository + "/policies", "--socket", dir + "/first.sock", "--"] + waits
+        serving.currentDirectoryURL = URL(fileURLWithPath: dir)
+        try serving.run()
+        defer {
+            serving.terminate()
+            serving.waitUntilExit()
+        }
+        #expect(eventually { FileManager.default.fileExists(atPath: dir + "/started") }, "the first agent never started")
+        // Unfinished (no exit yet), but served: resuming it would be refused, so a new run starts.
+        let r = try ward(args(dir, agent: waits), in: dir)
+        #expect(r.status == 0 && !r.stderr.contains("resuming"), "\(r.stdout)\(r.stderr)")
+        #expect(try runs(in: dir).count == 2)
     }
 
     @Test func runsListSaysHowToResumeEachUnfinishedRun() throws {
