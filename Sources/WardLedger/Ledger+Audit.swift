@@ -67,7 +67,7 @@ public struct RunSummary: Sendable {
     /// Where it ran; nil when none is recorded (or the record is damaged).
     public var place: RunPlace?
 
-    /// Whether the run may have work left (docs/design.md, *Unfinished runs*): its agent never
+    /// Whether the run may have work left (docs/design.md, *Offer to resume*): its agent never
     /// exited for good (no `run.finish`: ward stopped, was killed, or still serves it), or
     /// last exited with a failure, or calls of it are running, in doubt or awaiting approval.
     public var unfinished: Bool {
