@@ -55,18 +55,35 @@ public struct RunSummary: Sendable {
     public var running: Int
     public var inDoubt: Int
     public var checkpoints: Int
-    /// Gated calls waiting for a verdict.
+    /// Calls waiting for an operator's approval (status `awaiting-approval`).
     public var awaitingApproval: Int
-    /// No final exit recorded, or calls still running, in doubt or awaiting approval.
-    public var unfinished: Bool { finishedAt == nil || running > 0 || inDoubt > 0 || awaitingApproval > 0 }
+    /// Calls done: finished, or settled as executed.
+    public var done: Int
+    /// The latest checkpoint's sequence number and time.
+    public var lastCheckpoint: (seq: Int, at: String)?
+    /// The command line `ward run` last started the run's agent with; nil for a run only
+    /// `ward serve` or `ward mcp` served (or one from before ward recorded it).
+    public var agent: [String]?
+    /// Where it ran; nil when none is recorded (or the record is damaged).
+    public var place: RunPlace?
+
+    /// Whether the run may have work left (docs/design.md, *Offer to resume*): its agent never
+    /// exited for good (no `run.finish`: ward stopped, was killed, or still serves it), or
+    /// last exited with a failure, or calls of it are running, in doubt or awaiting approval.
+    public var unfinished: Bool {
+        finishedAt == nil || (exitStatus ?? 0) != 0 || running > 0 || inDoubt > 0 || awaitingApproval > 0
+    }
 
     public var json: JSONValue {
         .object(["run": .string(run), "createdAt": .string(createdAt), "updatedAt": .string(updatedAt),
                  "attempts": .number(Double(attempts)), "finishedAt": finishedAt.map { .string($0) } ?? .null,
                  "exitStatus": exitStatus.map { .number(Double($0)) } ?? .null, "calls": .number(Double(calls)),
                  "running": .number(Double(running)), "inDoubt": .number(Double(inDoubt)),
-                 "checkpoints": .number(Double(checkpoints)), "awaitingApproval": .number(Double(awaitingApproval)),
-                 "unfinished": .bool(unfinished)])
+                 "awaitingApproval": .number(Double(awaitingApproval)), "done": .number(Double(done)),
+                 "checkpoints": .number(Double(checkpoints)), "unfinished": .bool(unfinished),
+                 "lastCheckpoint": lastCheckpoint.map { .object(["seq": .number(Double($0.seq)), "at": .string($0.at)]) } ?? .null,
+                 "agent": agent.map { .array($0.map { .string($0) }) } ?? .null,
+                 "workspace": place.map { .string($0.workspace) } ?? .null])
     }
 }
 
@@ -167,27 +184,54 @@ extension Ledger {
 
     /// Every run, oldest first.
     public func listRuns() throws(LedgerError) -> [RunSummary] {
-        try read("listing runs") { db in
-            try Row.fetchAll(db, sql: """
-                SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
-                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running,
-                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.inDoubt))) AS in_doubt,
-                       (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c
-                            WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running_owners,
-                       (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints,
-                       (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.awaitingApproval))) AS awaiting
-                FROM runs r ORDER BY r.created_at, r.run_id
-                """).map { row in
-                // Running calls of dead processes count as in doubt (non-idempotent), as in listCalls.
-                let orphaned = ((row["running_owners"] as String?) ?? "").split(separator: "\n").filter { line in
-                    let parts = line.split(separator: " ", maxSplits: 1)
-                    return self.caughtInDoubt(effect: parts.first.map(String.init) ?? "", owner: parts.count < 2 ? nil : String(parts[1])) != nil
-                }.count
-                return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
-                                  finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
-                                  running: (row["running"] as Int) - orphaned, inDoubt: (row["in_doubt"] as Int) + orphaned,
-                                  checkpoints: row["checkpoints"], awaitingApproval: row["awaiting"])
+        try read("listing runs") { db in try self.runs(db, agent: nil) }
+    }
+
+    /// The unfinished runs (`RunSummary.unfinished`) whose agent `ward run` last started with
+    /// the command line `agent` in `workspace` (the same directory: its path and the
+    /// filesystem object behind it, as `claimPlace` compares them), most recently active first.
+    public func unfinishedRuns(agent: [String], workspace: RunPlace) throws(LedgerError) -> [RunSummary] {
+        // A ledger from before v7, audited read-only, records no agent.
+        guard recordsAgent else { return [] }
+        return try read("finding unfinished runs") { db in
+            try self.runs(db, agent: agent).filter { $0.unfinished && $0.place?.isSameWorkspace(as: workspace) == true }
+                .sorted { ($0.updatedAt, $0.run) > ($1.updatedAt, $1.run) }
+        }
+    }
+
+    /// Runs, oldest first; only those last started with `agent` when it is given.
+    func runs(_ db: Database, agent: [String]?) throws -> [RunSummary] {
+        let settled = CallState.outcomes.map { CallState.sql($0) }.joined(separator: ", ")
+        return try Row.fetchAll(db, sql: """
+            SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
+                   (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running,
+                   (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.inDoubt))) AS in_doubt,
+                   (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.awaitingApproval))) AS awaiting_approval,
+                   (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND (c.status IN (\(settled))
+                        OR (c.status = \(CallState.sql(.resolved)) AND c.verdict = \(CallState.sql(.executed))))) AS done,
+                   (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c
+                        WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running_owners,
+                   (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints,
+                   (SELECT MAX(k.seq) FROM checkpoints k WHERE k.run_id = r.run_id) AS last_checkpoint,
+                   (SELECT k.created_at FROM checkpoints k WHERE k.run_id = r.run_id ORDER BY k.seq DESC LIMIT 1) AS last_checkpoint_at
+            FROM runs r \(agent == nil ? "" : "WHERE r.agent = ?") ORDER BY r.created_at, r.run_id
+            """, arguments: StatementArguments(agent.map { [Ledger.agentJSON($0).canonical] } ?? [])).map { row in
+            // Running calls of dead processes count as in doubt (non-idempotent), as in listCalls.
+            let orphaned = ((row["running_owners"] as String?) ?? "").split(separator: "\n").filter { line in
+                let parts = line.split(separator: " ", maxSplits: 1)
+                return self.caughtInDoubt(effect: parts.first.map(String.init) ?? "", owner: parts.count < 2 ? nil : String(parts[1])) != nil
+            }.count
+            let agent = (row["agent"] as String?).flatMap { try? JSONValue.parse($0) }.flatMap { value -> [String]? in
+                guard case .array(let items) = value else { return nil }
+                let args = items.compactMap(\.stringValue)
+                return args.count == items.count ? args : nil
             }
+            let lastCheckpoint = (row["last_checkpoint"] as Int?).map { (seq: $0, at: (row["last_checkpoint_at"] as String?) ?? "") }
+            return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
+                              finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
+                              running: (row["running"] as Int) - orphaned, inDoubt: (row["in_doubt"] as Int) + orphaned,
+                              checkpoints: row["checkpoints"], awaitingApproval: row["awaiting_approval"], done: row["done"],
+                              lastCheckpoint: lastCheckpoint, agent: agent, place: (try? RunPlace(row, run: row["run_id"])) ?? nil)
         }
     }
 

@@ -342,6 +342,13 @@ extension Ledger {
         "ward ledger resolve \(Shell.quote(run)) \(Shell.quote(callId)) --as \(verdict.rawValue) --note 'WHAT YOU CHECKED' --ledger \(Shell.quote(absolutePath))"
     }
 
+    /// `ward run --run-id RUN --ledger LEDGER -- AGENT...`, pasteable as printed: resumes `run`
+    /// with the agent `agent` (the run's recorded one; `AGENT...` is left for the operator to
+    /// fill in when none is recorded). The run's workspace and policies are recorded.
+    public func resumeCommand(run: String, agent: [String]?) -> String {
+        "ward run --run-id \(Shell.quote(run)) --ledger \(Shell.quote(absolutePath)) -- \(agent.map { $0.map(Shell.quote).joined(separator: " ") } ?? "AGENT...")"
+    }
+
     /// "settle it with `…executed…` or `…not-executed…`".
     public func settleHint(run: String, callId: String) -> String {
         "settle it with `\(resolveCommand(run: run, callId: callId, as: .executed))` (it ran) or `\(resolveCommand(run: run, callId: callId, as: .notExecuted))` (it did not)"
@@ -579,15 +586,33 @@ extension Ledger {
         removeCapture(run: run, callId: callId)  // its evidence is in the call.in-doubt event
     }
 
+    /// How `ward run` came to resume an unfinished run it found (rather than one named by
+    /// `--run-id`): the operator chose it at the prompt, or `--resume auto|always` did.
+    public enum Resumption: String, Sendable, CaseIterable {
+        case prompt, auto, always
+    }
+
     /// Starts a new agent attempt of `run` (creating the run); returns its number (1, 2, …).
-    public func startAttempt(run: String) throws(LedgerError) -> Int {
+    ///
+    /// - Parameters:
+    ///   - agent: the agent's command line (`ward run`), recorded in the `run.attempt` event
+    ///     and as the run's `agent`: how `unfinishedRuns(agent:workspace:)` finds the run.
+    ///   - resumedBy: recorded as a `run.resumed` event just before the attempt, in the same
+    ///     transaction, when `ward run` chose to resume this run.
+    public func startAttempt(run: String, agent: [String]? = nil, resumedBy: Resumption? = nil) throws(LedgerError) -> Int {
         try write("starting an attempt of run \(run)") { db in
             let attempts = try Int.fetchOne(db, sql: "SELECT attempts FROM runs WHERE run_id = ?", arguments: [run]) ?? 0
-            try self.appendEvent(db, run: run, kind: "run.attempt", data: ["attempt": .number(Double(attempts + 1))])
+            if let resumedBy { try self.appendEvent(db, run: run, kind: "run.resumed", data: ["by": .string(resumedBy.rawValue)]) }
+            var data: [String: JSONValue] = ["attempt": .number(Double(attempts + 1))]
+            if let agent { data["agent"] = Ledger.agentJSON(agent) }
+            try self.appendEvent(db, run: run, kind: "run.attempt", data: data)
             try db.execute(sql: "UPDATE runs SET attempts = ? WHERE run_id = ?", arguments: [attempts + 1, run])
+            if let agent { try db.execute(sql: "UPDATE runs SET agent = ? WHERE run_id = ?", arguments: [Ledger.agentJSON(agent).canonical, run]) }
             return attempts + 1
         }
     }
+
+    static func agentJSON(_ agent: [String]) -> JSONValue { .array(agent.map { .string($0) }) }
 }
 
 /// A call that is in doubt, with what is needed to reconcile it.

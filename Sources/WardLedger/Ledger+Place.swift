@@ -29,6 +29,12 @@ public struct RunPlace: Sendable, Hashable, CustomStringConvertible {
         self.policies = policies
     }
 
+    /// The same workspace directory (its path, device, inode and birth time), whatever the
+    /// policies.
+    public func isSameWorkspace(as other: RunPlace) -> Bool {
+        workspace == other.workspace && device == other.device && inode == other.inode && born == other.born
+    }
+
     public var description: String { "\(workspace) (device \(device), inode \(inode), born \(born)), policies \(policies)" }
 
     var json: [String: JSONValue] {
@@ -75,9 +81,7 @@ extension Ledger {
             let before = try Ledger.place(db, run: run)
             if before == place { return }
             if let before {
-                var sameWorkspace = before
-                sameWorkspace.policies = place.policies
-                if sameWorkspace != place {
+                if !before.isSameWorkspace(as: place) {
                     guard moved else { throw LedgerError(.invalid, Ledger.placeMismatch(run: run, recorded: before, given: place)) }
                     try self.appendEvent(db, run: run, kind: "run.moved", data: ["from": .object(before.json), "to": .object(place.json)])
                 } else {

@@ -38,7 +38,8 @@ extension Ledger {
                 runs = [only]
             }
             return VerifyReport(runs: try runs.map { run in
-                var check = RunCheck(db: db, run: run, exactTimes: self.timesFollowEvents, deliveries: self.recordsDelivery)
+                var check = RunCheck(db: db, run: run, exactTimes: self.timesFollowEvents, deliveries: self.recordsDelivery,
+                                     agents: self.recordsAgent)
                 return try check.report()
             })
         }
@@ -353,6 +354,8 @@ private struct RunCheck {
     let exactTimes: Bool
     /// Rows carry whether their answers were delivered (`Ledger.recordsDelivery`).
     let deliveries: Bool
+    /// Runs carry their agent's command line (`Ledger.recordsAgent`).
+    let agents: Bool
 
     var events = 0
     var head = Digest.genesis
@@ -361,6 +364,10 @@ private struct RunCheck {
     var attempts = 0
     var finish: (at: String, exitStatus: Int)?
     var place: [String: JSONValue]?
+    /// The canonical JSON of the agent's command line the last attempt that named one recorded.
+    var agent: String?
+    /// A resumption (its event): the next event must be the attempt it starts.
+    var pendingResumption: Int?
     var checkpoints = 0
     /// The chunk hashes of the last checkpoint (32 bytes each, flat): the next one is a delta on it.
     var manifest: [UInt8] = []
@@ -484,8 +491,9 @@ private struct RunCheck {
             var whole: [String: JSONValue] = [:]
             let read = text.withUTF8 { bytes in
                 let data = UnsafeBufferPointer(rebasing: bytes[start..<end])
-                // A place is an object of objects (from, to): read whole, and only a place is.
-                if kind == "run.place" || kind == "run.moved" || kind == "run.policies" {
+                // A place is an object of objects (from, to), an attempt may name its agent (an
+                // array): read whole, and only these are.
+                if kind == "run.place" || kind == "run.moved" || kind == "run.policies" || kind == "run.attempt" {
                     whole = (try? JSONValue.parse(Array(data)))?.objectValue ?? [:]
                 }
                 return readData(data, into: &values)
@@ -496,12 +504,20 @@ private struct RunCheck {
         if let pending = pendingCheckpoint {
             throw Finding("checkpoint \(pending.seq) of run \(run) was saved with call \(pending.call) (event \(pending.event)), but that call never began")
         }
+        if let resumed = pendingResumption { throw Finding("event \(resumed) of run \(run) resumes the run, but no attempt follows it") }
         head = prev
     }
 
     /// The run's own sequences, and the rows written once with an event, as each event comes
     /// (`data`: the whole of a place event's).
     mutating func follow(_ e: Event, data: [String: JSONValue], call: String?) throws {
+        if let resumed = pendingResumption {
+            // `startAttempt` records a resumption and the attempt it starts in one transaction.
+            guard e.kind == "run.attempt" else {
+                throw Finding("event \(resumed) of run \(run) resumes the run, but event \(e.seq) is not the attempt it starts")
+            }
+            pendingResumption = nil
+        }
         if let pending = pendingCheckpoint {
             // `begin` saves the call's checkpoint and records the call (its start, or its
             // gate) in one transaction.
@@ -520,6 +536,14 @@ private struct RunCheck {
                 throw Finding("event \(e.seq) of run \(run) starts attempt \(attempt) after attempt \(attempts) (attempts are counted one by one)")
             }
             attempts = attempt
+            if let named = data["agent"] {
+                guard case .array(let args) = named, !args.isEmpty, args.allSatisfy({ $0.stringValue != nil }) else { throw e.invalid("agent") }
+                agent = named.canonical
+            }
+        case "run.resumed":
+            guard Ledger.Resumption(rawValue: try e.string(.by)) != nil else { throw e.invalid(.by) }
+            guard attempts > 0 else { throw Finding("event \(e.seq) of run \(run) resumes a run that never started") }
+            pendingResumption = e.seq
         case "run.finish":
             finish = (e.at, try e.int(.exitStatus))
         case "run.place":
@@ -664,6 +688,11 @@ private struct RunCheck {
         let recorded = try Ledger.place(db, run: run)?.json
         if recorded.map({ JSONValue.object($0).canonicalBytes }) != place.map({ JSONValue.object($0).canonicalBytes }) {
             throw Finding("the workspace or policies recorded for run \(run) were altered (they are not the ones its events recorded)")
+        }
+        // The agent decides which runs `ward run` offers to resume.
+        let expected = agent.map(\.databaseValue) ?? .null
+        if agents, let recorded = try DatabaseValue.fetchOne(db, sql: "SELECT agent FROM runs WHERE run_id = ?", arguments: [run]), !same(recorded, expected) {
+            throw Finding("run \(run) was altered: its agent is \(shown(recorded)) where its events say \(shown(expected))")
         }
     }
 

@@ -21,9 +21,10 @@ import Glibc
 /// Schema (created only through migrations; query it with the `sqlite3` CLI):
 ///
 /// - `runs(run_id, created_at, updated_at, attempts, finished_at, exit_status, event_count,
-///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies)`: one row
-///   per run; `finished_at` is set when its agent exited for good; `head_hash` is the hash of
-///   the run's last event; the workspace columns and `policies` are its place (`RunPlace`).
+///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies, agent)`: one
+///   row per run; `finished_at` is set when its agent exited for good; `head_hash` is the hash
+///   of the run's last event; the workspace columns and `policies` are its place (`RunPlace`);
+///   `agent` is the canonical JSON array of the argv `ward run` last started it with.
 /// - `calls(run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
 ///   attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr,
 ///   truncated, duration_ms, verdict, note, delivered)`: the current state of each call; `stdout`
@@ -72,6 +73,8 @@ public final class Ledger: Sendable {
     /// Whether calls record the delivery of their answers (migration v5): a ledger from
     /// before it has no such column to audit.
     let recordsDelivery: Bool
+    /// Whether runs record their agent's command line (migration v7).
+    let recordsAgent: Bool
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -100,6 +103,7 @@ public final class Ledger: Sendable {
         config.readonly = readOnly
         var timesFollowEvents = true
         var recordsDelivery = true
+        var recordsAgent = true
         do {
             // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
             // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
@@ -121,6 +125,7 @@ public final class Ledger: Sendable {
                 guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
                 timesFollowEvents = applied.contains("v4")
                 recordsDelivery = applied.contains("v5")
+                recordsAgent = applied.contains("v7")
             } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
                 if setUp == nil { setUp = try SchemaLock(ledger: path) }
                 try Ledger.migrator.migrate(pool)
@@ -131,6 +136,7 @@ public final class Ledger: Sendable {
         }
         self.timesFollowEvents = timesFollowEvents
         self.recordsDelivery = recordsDelivery
+        self.recordsAgent = recordsAgent
         if !readOnly && recover { try self.recover() }
     }
 
@@ -357,6 +363,14 @@ public final class Ledger: Sendable {
         // and `runs list` without a scan; the hot path never writes a row this index holds.
         migrator.registerMigration("v6") { db in
             try db.execute(sql: "CREATE INDEX calls_awaiting_approval ON calls(run_id) WHERE status = 'awaiting-approval'")
+        }
+        // The command line `ward run` started each run's agent with, so that a `ward run` of
+        // the same agent finds the runs it could resume by an index, not a scan of events.
+        migrator.registerMigration("v7") { db in
+            try db.execute(sql: """
+                ALTER TABLE runs ADD COLUMN agent TEXT;
+                CREATE INDEX runs_by_agent ON runs(agent) WHERE agent IS NOT NULL;
+                """)
         }
         return migrator
     }()

@@ -341,18 +341,31 @@ struct RunsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "runs", abstract: "Runs and their attempts.", subcommands: [List.self])
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List runs; unfinished ones are marked.")
+        static let configuration = CommandConfiguration(
+            abstract: "List runs; unfinished ones are marked, with the command that resumes each.",
+            discussion: "Unfinished: the agent never exited for good (ward stopped, was killed, or still serves it), or last exited with a failure, or calls are running, in doubt or awaiting approval. JSON: one object per run, `resume` holding that command (null for a finished run)."
+        )
         @OptionGroup var options: LedgerOptions
         @Flag(help: "JSON output.") var json = false
 
         func run() throws {
             let ledger = try options.open(readOnly: true)
             let runs = try ledgerCall { () throws(LedgerError) in try ledger.listRuns() }
-            if json { return printJSON(.array(runs.map(\.json))) }
+            func resume(_ r: RunSummary) -> String? { r.unfinished ? ledger.resumeCommand(run: r.run, agent: r.agent) : nil }
+            if json {
+                return printJSON(.array(runs.map { r in
+                    var members = r.json.objectValue ?? [:]
+                    members["resume"] = resume(r).map { .string($0) } ?? .null
+                    return .object(members)
+                }))
+            }
             print(Table.render(["RUN", "STATE", "ATTEMPTS", "CALLS", "RUNNING", "IN-DOUBT", "APPROVALS", "CHECKPOINTS", "CREATED", "UPDATED"], runs.map { r in
                 [r.run, r.unfinished ? "unfinished" : "finished (exit \(r.exitStatus ?? 0))", String(r.attempts), String(r.calls),
                  String(r.running), String(r.inDoubt), String(r.awaitingApproval), String(r.checkpoints), r.createdAt, r.updatedAt]
             }))
+            let unfinished = runs.filter(\.unfinished)
+            if !unfinished.isEmpty { print("\nto resume an unfinished run:") }
+            for r in unfinished { print("  \(TerminalText.escape(r.run)): \(TerminalText.escape(resume(r) ?? ""))") }
         }
     }
 }

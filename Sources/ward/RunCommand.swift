@@ -30,7 +30,11 @@ struct RunCommand: ParsableCommand {
             If ward itself is killed, the agent and the tools die with it; `ward run --run-id SAME` \
             recovers the run. When the agent stops at a call in doubt, ward does not restart it into \
             the same refusal: it prints the calls and the commands that settle them, offers to settle \
-            them on a terminal and then resumes the agent, and otherwise exits with status 4.
+            them on a terminal and then resumes the agent, and otherwise exits with status 4. \
+            Without --run-id, ward looks for unfinished runs of the same agent command line in the same \
+            workspace: on a terminal it shows them and asks whether to resume one, start a new run or \
+            list their calls; otherwise --resume decides (default auto: resume the only one, refuse \
+            with status 2 to guess among several).
             """
     )
 
@@ -46,18 +50,25 @@ struct RunCommand: ParsableCommand {
     @Option(name: .customLong("max-restarts"), parsing: .unconditional, help: "Restarts at most this many times (0 or more).")
     var maxRestarts: Int = 5
 
+    @Option(help: "Without --run-id and a terminal to ask on, what to do with unfinished runs of this agent in this workspace: auto (resume the only one; several: refuse, exit 2), always (resume the most recent), never (start a new run). Given on a terminal, it is not asked.")
+    var resume: ResumeMode?
+
     @Argument(parsing: .postTerminator, help: "The agent's command line (after --).")
     var agent: [String] = []
 
     func validate() throws {
         guard !agent.isEmpty else { throw ValidationError("no agent: ward run [options] -- AGENT...") }
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be 0 or more, not \(maxRestarts)") }
+        if resume != nil && options.runID != nil {
+            throw ValidationError("--resume chooses among unfinished runs, and --run-id already names the run: give one of them")
+        }
     }
 
     func run() throws {
         guard let program = RunCommand.resolve(agent[0]) else { throw CLIError.usage("agent \(agent[0]) not found in PATH") }
         ward_termination_catch()
-        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"), publishToken: false)
+        let choose: ((Ledger) throws -> (run: String, resumedBy: Ledger.Resumption?))? = options.runID == nil ? { try self.chooseRun($0) } : nil
+        let (server, supervisor) = try options.startServer(logger: Logger(label: "ward"), publishToken: false, agent: agent, choose: choose)
         let run = supervisor.runID
 
         // One waiter for both events: the agent exiting, or SIGINT/SIGTERM.

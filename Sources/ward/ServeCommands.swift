@@ -66,12 +66,16 @@ struct RunOptions: ParsableArguments {
 
     /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.
     /// `publishToken`: write the agent's token beside the socket (`ward serve`, whose agents
-    /// start elsewhere); `ward run` hands it to the agent it starts instead.
-    func startServer(logger: Logger, publishToken: Bool) throws -> (SocketServer, Supervisor) {
-        let run = effectiveRunID
+    /// start elsewhere); `ward run` hands it to the agent it starts instead, and records its
+    /// command line (`agent`). `choose` picks the run, before anything is locked or recorded,
+    /// when no `--run-id` names it (`ward run` may resume an unfinished one); nil: the run
+    /// `--run-id` names, else a new one.
+    func startServer(logger: Logger, publishToken: Bool, agent: [String]? = nil,
+                     choose: ((Ledger) throws -> (run: String, resumedBy: Ledger.Resumption?))? = nil) throws -> (SocketServer, Supervisor) {
+        let ledger = try ledgerOptions.open(recover: false)
+        let (run, resumedBy) = try choose?(ledger) ?? (effectiveRunID, nil)
         // The run's lock first: a start refused because another supervisor serves the run
         // records nothing (no recovery, no place, no attempt).
-        let ledger = try ledgerOptions.open(recover: false)
         let runLock: RunLock
         do { runLock = try ledger.lockRun(run) } catch { throw CLIError(message: error.message, exitCode: 1) }
         try ledgerCall { () throws(LedgerError) in try ledger.recover() }
@@ -89,7 +93,7 @@ struct RunOptions: ParsableArguments {
             throw CLIError(message: error.message, exitCode: 1)
         }
         try policyOptions.claim(place, run: run, in: ledger, moved: moveWorkspace)
-        supervisor.attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run) }
+        supervisor.attempt = try ledgerCall { () throws(LedgerError) in try ledger.startAttempt(run: run, agent: agent, resumedBy: resumedBy) }
         server.start()
         return (server, supervisor)
     }

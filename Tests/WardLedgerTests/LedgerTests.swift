@@ -146,6 +146,42 @@ struct LedgerCallTests {
         #expect(runs[0].attempts == 2 && runs[0].running == 1)
         #expect(runs[1].unfinished == false)
     }
+
+    /// docs/design.md, *Offer to resume*: which runs are unfinished, and which of them a
+    /// `ward run` of an agent in a workspace is offered.
+    @Test func unfinishedRunsOfAnAgentInAWorkspace() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let here = RunPlace(workspace: "/w", device: 1, inode: 2, born: "3.0", policies: "/p")
+        var replaced = here
+        replaced.inode = 9
+        var otherPolicies = here
+        otherPolicies.policies = "/q"
+        let agent = ["python3", "agent.py"]
+        func run(_ id: String, agent: [String] = agent, place: RunPlace = here, exit: Int?) throws {
+            _ = try ledger.startAttempt(run: id, agent: agent)
+            try ledger.claimPlace(run: id, place)
+            if let exit { try ledger.finishRun(run: id, exitStatus: exit) }
+        }
+        try run("succeeded", exit: 0)
+        try run("failed", exit: 3)
+        try run("stopped", exit: nil)
+        try run("waiting", exit: 0)
+        _ = try ledger.begin(request("c1", run: "waiting"))
+        try ledger.write("a call awaiting approval") { db in
+            try db.execute(sql: "UPDATE calls SET status = 'awaiting-approval' WHERE run_id = 'waiting'")
+        }
+        try run("other-policies", place: otherPolicies, exit: 1)
+        try run("other-agent", agent: ["python3", "other.py"], exit: 1)
+        try run("replaced-workspace", place: replaced, exit: 1)
+        let all = Dictionary(uniqueKeysWithValues: try ledger.listRuns().map { ($0.run, $0) })
+        #expect(all["succeeded"]?.unfinished == false)
+        #expect(all["failed"]?.unfinished == true && all["stopped"]?.unfinished == true)
+        #expect(all["waiting"]?.unfinished == true && all["waiting"]?.awaitingApproval == 1 && all["waiting"]?.running == 0)
+        #expect(all["failed"]?.agent == agent)
+        // The same workspace whatever the policies. (Their order, most recently active first,
+        // is `ward run --resume always`'s test: these are made within a millisecond.)
+        #expect(Set(try ledger.unfinishedRuns(agent: agent, workspace: here).map(\.run)) == ["other-policies", "waiting", "stopped", "failed"])
+    }
 }
 
 @Suite("Ledger: checkpoints and journal")

@@ -5,7 +5,7 @@ import WardCore
 import WardTestSupport
 
 /// A ledger holding every kind of event ward writes, each made through the ledger's own API:
-/// run "r" with two attempts, a place whose policies changed and which moved, calls that
+/// run "r" with two attempts (the first naming its agent, the second resumed), a place whose policies changed and which moved, calls that
 /// finished (one with an exit code and truncated output, one killed by a signal), calls
 /// caught running by a crash and resolved executed or not-executed (and then run again), an
 /// idempotent one run again after the crash, one left in doubt with the output it printed,
@@ -13,6 +13,7 @@ import WardTestSupport
 /// the run finished. Run "other" is there so that a finding is seen to name the right run.
 enum VerifyFixture {
     static let place = RunPlace(workspace: "relative/r", device: 1, inode: 2, born: "3.000000004", policies: "relative/policies-a")
+    static let agent = ["python3", "agent.py", "it's"]
 
     /// A state of a few chunks, the same every time.
     static func state(_ seed: UInt64) -> [UInt8] {
@@ -25,7 +26,7 @@ enum VerifyFixture {
         do {
             // The handle of a supervisor that dies with calls running.
             let crashed = try Ledger(path: path, durability: .normal)
-            _ = try crashed.startAttempt(run: "r")
+            _ = try crashed.startAttempt(run: "r", agent: agent)
             try crashed.claimPlace(run: "r", place)
             var policies = place
             policies.policies = "/policies/b"
@@ -59,7 +60,7 @@ enum VerifyFixture {
         #expect(eventually { ownerLocksAreFree(ledger: path) }, "the dropped handle's owner lock stayed held")
         // Opened anew: the dead handle's non-idempotent calls (c3, c4, c6) are in doubt.
         let ledger = try Ledger(path: path, durability: .normal)
-        _ = try ledger.startAttempt(run: "r")
+        _ = try ledger.startAttempt(run: "r", resumedBy: .prompt)
         try ledger.resolve(run: "r", callId: "c3", as: .executed, note: "the mail log shows it sent", by: "reconcile", output: Array("sent".utf8))
         try ledger.resolve(run: "r", callId: "c4", as: .notExecuted, note: "nothing in the mail log")
         let c4 = try #require(try ledger.begin(request("c4", run: "r", attempt: 2)).ticket)
@@ -220,6 +221,8 @@ struct VerifyTests {
             TableEdit("run workspace inode", "UPDATE runs SET workspace_ino = 2 WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
             TableEdit("run policies", "UPDATE runs SET policies = 'relative/policies-b' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
             TableEdit("run workspace device of another type", "UPDATE runs SET workspace_dev = 'one' WHERE run_id = 'r'", finding: "the workspace or policies recorded for run r were altered"),
+            // The agent decides which runs `ward run` offers to resume.
+            TableEdit("run agent", #"UPDATE runs SET agent = '["sh"]' WHERE run_id = 'r'"#, finding: #"run r was altered: its agent is ["sh"] where its events say ["python3","agent.py","it's"]"#),
         ]
     }()
 
@@ -240,7 +243,7 @@ struct VerifyTests {
         let r = try #require(report.runs.first { $0.run == "r" })
         #expect(r.events == events.count && r.head == events.last?.hash)
         // Every kind of event is in it, so each kind's checks ran on what ward really writes.
-        #expect(Set(events.map(\.kind)) == ["run.attempt", "run.place", "run.policies", "run.moved", "call.begin", "call.finish", "call.in-doubt",
+        #expect(Set(events.map(\.kind)) == ["run.attempt", "run.resumed", "run.place", "run.policies", "run.moved", "call.begin", "call.finish", "call.in-doubt",
                                              "call.resolve", "call.delivered", "checkpoint.save", "journal.record", "run.finish"])
         #expect(try Ledger(path: path, readOnly: true).verify(run: "r").runs.map(\.problem) == [nil])
     }
@@ -451,6 +454,36 @@ struct VerifySequenceTests {
         let (path, ledger) = try Self.running()
         try VerifyFixture.append(path, "run.attempt", ["attempt": .number(3)], then: ["UPDATE runs SET attempts = 3 WHERE run_id = 'r'"])
         #expect(try Self.problem(path) == "event 3 of run r starts attempt 3 after attempt 1 (attempts are counted one by one)")
+        withExtendedLifetime(ledger) {}
+    }
+
+    @Test func aResumptionWithoutTheAttemptItStarts() throws {
+        let (path, ledger) = try Self.running()
+        try VerifyFixture.append(path, "run.resumed", ["by": .string("auto")])
+        #expect(try Self.problem(path) == "event 3 of run r resumes the run, but no attempt follows it")
+        try VerifyFixture.append(path, "run.finish", ["exitStatus": .number(0)])
+        #expect(try Self.problem(path) == "event 3 of run r resumes the run, but event 4 is not the attempt it starts")
+        withExtendedLifetime(ledger) {}
+    }
+
+    @Test func aResumptionByNobodyWardKnows() throws {
+        let (path, ledger) = try Self.running()
+        try VerifyFixture.append(path, "run.resumed", ["by": .string("cron")])
+        #expect(try Self.problem(path) == "event 3 of run r (run.resumed) holds no valid by")
+        withExtendedLifetime(ledger) {}
+    }
+
+    @Test func aResumptionOfARunThatNeverStarted() throws {
+        let path = temporaryLedgerPath("sequence")
+        let ledger = try Ledger(path: path, durability: .normal)
+        _ = try ledger.startAttempt(run: "r", resumedBy: .always)
+        #expect(try Self.problem(path) == "event 1 of run r resumes a run that never started")
+    }
+
+    @Test func anAgentThatIsNotACommandLine() throws {
+        let (path, ledger) = try Self.running()
+        try VerifyFixture.append(path, "run.attempt", ["attempt": .number(2), "agent": .array([])], then: ["UPDATE runs SET attempts = 2, agent = '[]' WHERE run_id = 'r'"])
+        #expect(try Self.problem(path) == "event 3 of run r (run.attempt) holds no valid agent")
         withExtendedLifetime(ledger) {}
     }
 

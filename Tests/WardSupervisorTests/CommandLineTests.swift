@@ -164,6 +164,8 @@ struct CommandLineTests {
         try expectUsageError(["run", "--grace", "-5", "--", "true"], "--grace")
         try expectUsageError(["run", "--grace", "nan", "--", "true"], "--grace")
         try expectUsageError(["run", "--restart", "sometimes", "--", "true"], "sometimes", "on-failure")
+        try expectUsageError(["run", "--resume", "maybe", "--", "true"], "maybe", "auto")
+        try expectUsageError(["run", "--resume", "always", "--run-id", "r", "--", "true"], "--resume", "--run-id")
         try expectUsageError(["run", "--run-id", "", "--", "true"], "--run-id")
         try expectUsageError(["serve", "--run-id", ""], "--run-id")
         try expectUsageError(["checkpoint", "show", "--ledger", Self.ledger, "r", "--seq", "0"], "--seq")

@@ -74,6 +74,54 @@ func callOnce(in dir: String, run: String, policies: String = Paths.repository +
     return try RawClient(dir + "/s.sock").call(1, "tool.call", params)
 }
 
+/// Runs `ward ARGS` in `dir` under a pseudo-terminal (its stdin, stdout and stderr), and
+/// for each step waits until the terminal shows `text`, then types `answer`; returns all
+/// it showed and ward's exit status.
+func wardOnTerminal(_ args: [String], in dir: String, _ steps: [(text: String, answer: String)]) throws -> (status: Int32?, shown: String) {
+    let driver = """
+        import json, os, pty, sys, time
+        steps = json.loads(sys.argv[1])
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(sys.argv[2], sys.argv[2:])
+        seen = b""
+        def until(text, limit=60):
+            global seen
+            end = time.time() + limit
+            while text not in seen:
+                if time.time() > end:
+                    sys.exit("timed out waiting for %r in %r" % (text, seen))
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sys.exit("ended before %r: %r" % (text, seen))
+                seen += chunk
+        for text, answer in steps:
+            until(text.encode())
+            os.write(fd, answer.encode())
+        end = time.time() + 60
+        while time.time() < end:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if time.time() >= end:
+            os.kill(pid, 9)  # it waits for an answer the test does not give
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(seen.decode(errors="replace"))
+        print("\\nEXIT", os.waitstatus_to_exitcode(status))
+        """
+    let script = JSONValue.array(steps.map { .array([.string($0.text), .string($0.answer)]) }).canonical
+    let r = try runProgram("/usr/bin/env", ["python3", "-c", driver, script, Paths.ward] + args, in: dir)
+    let status = r.output.range(of: "\nEXIT ", options: .backwards).flatMap { Int32(r.output[$0.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines)) }
+    return (status, r.output)
+}
+
 let agentScript = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
