@@ -55,6 +55,10 @@ public struct RunSummary: Sendable {
     public var running: Int
     public var inDoubt: Int
     public var checkpoints: Int
+    /// The run it was forked from (`Ledger.fork`), nil for any other run.
+    public var origin: String?
+    /// The origin's checkpoint it was forked at.
+    public var forkedAt: Int?
     /// No final exit recorded, or calls still running or in doubt.
     public var unfinished: Bool { finishedAt == nil || running > 0 || inDoubt > 0 }
 
@@ -63,7 +67,8 @@ public struct RunSummary: Sendable {
                  "attempts": .number(Double(attempts)), "finishedAt": finishedAt.map { .string($0) } ?? .null,
                  "exitStatus": exitStatus.map { .number(Double($0)) } ?? .null, "calls": .number(Double(calls)),
                  "running": .number(Double(running)), "inDoubt": .number(Double(inDoubt)),
-                 "checkpoints": .number(Double(checkpoints)), "unfinished": .bool(unfinished)])
+                 "checkpoints": .number(Double(checkpoints)), "unfinished": .bool(unfinished),
+                 "origin": origin.map { .string($0) } ?? .null, "forkedAt": forkedAt.map { .number(Double($0)) } ?? .null])
     }
 }
 
@@ -126,6 +131,9 @@ extension Ledger {
             }
             let workspace = try String.fetchOne(db, sql: "SELECT workspace FROM runs WHERE run_id = ?", arguments: [run])
             members["workspace"] = workspace.map { .string($0) } ?? .null
+            if let fork = try self.origin(db, run: run) {
+                members["forkOf"] = .object(["run": .string(fork.run), "checkpoint": .number(Double(fork.checkpoint))])
+            }
             members["events"] = .array(try self.events(db, run: run, callId: callId).map(\.json))
             return .object(members)
         }
@@ -169,9 +177,21 @@ extension Ledger {
                 return RunSummary(run: row["run_id"], createdAt: row["created_at"], updatedAt: row["updated_at"], attempts: row["attempts"],
                                   finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
                                   running: (row["running"] as Int) - orphaned, inDoubt: (row["in_doubt"] as Int) + orphaned,
-                                  checkpoints: row["checkpoints"])
+                                  checkpoints: row["checkpoints"], origin: row["origin_run"], forkedAt: row["origin_seq"])
             }
         }
+    }
+
+    /// The run and checkpoint `run` was forked from; nil when it is no fork (or the ledger,
+    /// audited read-only, is from before forks).
+    public func origin(run: String) throws(LedgerError) -> (run: String, checkpoint: Int)? {
+        try read("reading the origin of run \(run)") { db in try self.origin(db, run: run) }
+    }
+
+    func origin(_ db: Database, run: String) throws -> (run: String, checkpoint: Int)? {
+        guard recordsForks, let row = try Row.fetchOne(db, sql: "SELECT origin_run, origin_seq FROM runs WHERE run_id = ?", arguments: [run]),
+              let origin = row["origin_run"] as String?, let seq = row["origin_seq"] as Int? else { return nil }
+        return (origin, seq)
     }
 
     /// Records that the run's agent exited for good with `status`.

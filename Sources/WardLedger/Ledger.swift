@@ -21,9 +21,11 @@ import Glibc
 /// Schema (created only through migrations; query it with the `sqlite3` CLI):
 ///
 /// - `runs(run_id, created_at, updated_at, attempts, finished_at, exit_status, event_count,
-///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies)`: one row
-///   per run; `finished_at` is set when its agent exited for good; `head_hash` is the hash of
-///   the run's last event; the workspace columns and `policies` are its place (`RunPlace`).
+///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies, origin_run,
+///   origin_seq)`: one row per run; `finished_at` is set when its agent exited for good;
+///   `head_hash` is the hash of the run's last event; the workspace columns and `policies`
+///   are its place (`RunPlace`); a fork's `origin_run` and `origin_seq` name the run and
+///   checkpoint it was made from (`fork`), NULL for any other run.
 /// - `calls(run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
 ///   attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr,
 ///   truncated, duration_ms, verdict, note, delivered)`: the current state of each call; `stdout`
@@ -41,7 +43,8 @@ import Glibc
 /// - `journal(run_id, key, value, recorded_at)`: first value wins.
 /// - `events(run_id, seq, at, kind, call_id, body, prev_hash, hash)`: append-only (triggers
 ///   refuse UPDATE and DELETE); `body` is the RFC 8785 JSON of the event and
-///   `hash = SHA-256(prev_hash ‖ body)`, chaining each run's events from 64 zeros.
+///   `hash = SHA-256(prev_hash ‖ body)`, chaining each run's events from 64 zeros (a fork's
+///   from the hash of the last origin event it copied).
 public final class Ledger: Sendable {
     /// How hard a commit waits for the disk.
     public enum Durability: String, Sendable, CaseIterable {
@@ -72,6 +75,8 @@ public final class Ledger: Sendable {
     /// Whether calls record the delivery of their answers (migration v5): a ledger from
     /// before it has no such column to audit.
     let recordsDelivery: Bool
+    /// Whether runs record the run they were forked from (migration v8).
+    let recordsForks: Bool
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -100,6 +105,7 @@ public final class Ledger: Sendable {
         config.readonly = readOnly
         var timesFollowEvents = true
         var recordsDelivery = true
+        var recordsForks = true
         do {
             // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
             // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
@@ -121,6 +127,7 @@ public final class Ledger: Sendable {
                 guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
                 timesFollowEvents = applied.contains("v4")
                 recordsDelivery = applied.contains("v5")
+                recordsForks = applied.contains("v8")
             } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
                 if setUp == nil { setUp = try SchemaLock(ledger: path) }
                 try Ledger.migrator.migrate(pool)
@@ -131,6 +138,7 @@ public final class Ledger: Sendable {
         }
         self.timesFollowEvents = timesFollowEvents
         self.recordsDelivery = recordsDelivery
+        self.recordsForks = recordsForks
         if !readOnly && recover { try self.recover() }
     }
 
@@ -353,6 +361,14 @@ public final class Ledger: Sendable {
                 CREATE INDEX calls_undelivered ON calls(run_id, tool, args_hash) WHERE delivered IN (0, 2);
                 """)
         }
+        // A fork names the run it was made from and the checkpoint it starts at
+        // (Ledger+Fork); NULL for any other run. Its `run.fork` event says the same.
+        migrator.registerMigration("v8") { db in
+            try db.execute(sql: """
+                ALTER TABLE runs ADD COLUMN origin_run TEXT;
+                ALTER TABLE runs ADD COLUMN origin_seq INTEGER;
+                """)
+        }
         return migrator
     }()
 
@@ -371,14 +387,19 @@ public final class Ledger: Sendable {
         }
         let prev = head?.hash ?? Digest.genesis
         let seq = (head?.count ?? 0) + 1
-        var members: [String: JSONValue] = ["run": .string(run), "seq": .number(Double(seq)), "at": .string(now), "kind": .string(kind), "data": .object(data)]
-        if let call { members["call"] = .string(call) }
-        let body = JSONValue.object(members).canonical
+        let body = Ledger.eventBody(run: run, seq: seq, at: now, kind: kind, call: call, data: data)
         let hash = Ledger.chain(prev: prev, body: body)
         try db.run("INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    [.text(run), .int(seq), .text(now), .text(kind), SQLValue(call), .text(body), .text(prev), .text(hash)])
         try db.run("UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?", [.int(seq), .text(hash), .text(now), .text(run)])
         return seq
+    }
+
+    /// The RFC 8785 JSON of an event: {at, call?, data, kind, run, seq}, keys in that order.
+    static func eventBody(run: String, seq: Int, at: String, kind: String, call: String?, data: [String: JSONValue]) -> String {
+        var members: [String: JSONValue] = ["run": .string(run), "seq": .number(Double(seq)), "at": .string(at), "kind": .string(kind), "data": .object(data)]
+        if let call { members["call"] = .string(call) }
+        return JSONValue.object(members).canonical
     }
 
     static func chain(prev: String, body: String) -> String {
