@@ -531,6 +531,25 @@ do {
                     budget: .atMost(64 * 1_048_576), unit: .bytes))
 }
 
+// `ward runs fork` of a run with 10,000 calls, each handed in with a checkpoint, at a
+// checkpoint saved after the last: every call is copied (30,002 events), as its own process.
+do {
+    let path = base + "/fork.sqlite"
+    let l = try Ledger(path: path, durability: .normal)
+    _ = try l.startAttempt(run: "origin")
+    for i in 0..<10_000 {
+        guard case .execute(let t) = try l.begin(BeginRequest(run: "origin", callId: "f\(i)", tool: "true", effect: .nonIdempotent,
+            arguments: .object(["i": .number(Double(i))]), policyHash: "p", executable: "/bin/true", attempt: 1,
+            checkpoint: Array("{\"step\":\(i),\"plan\":\"write the pages, build, check, commit\"}".utf8))) else { fatalError() }
+        _ = try l.finish(t, outcome: benchOutcome)
+    }
+    let last = try l.saveCheckpoint(run: "origin", state: Array("{\"step\":10000}".utf8))
+    let forked = measureProcess([wardBinary, "runs", "fork", "origin", "--at", String(last), "--run-id", "forked", "--ledger", path])
+    precondition(forked.status == 0, "ward runs fork failed (wait status \(forked.status))")
+    precondition(measureProcess([wardBinary, "ledger", "verify", "--run", "forked", "--ledger", path]).status == 0, "ward ledger verify found a problem in the fork")
+    rows.append(Row(name: "runs fork of a run with 10,000 calls", ward: forked.micros, peer: "", peerValue: nil, budget: .atMost(1_000_000)))
+}
+
 // 8 agents in parallel, each with its own connection, N calls each.
 let perAgent = iterations >= 300 ? 1000 : 250
 let throughputServer = try startServer(run: "load", ledgerPath: base + "/load.sqlite")

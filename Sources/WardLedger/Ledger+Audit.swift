@@ -67,6 +67,11 @@ public struct RunSummary: Sendable {
     /// Where it ran; nil when none is recorded (or the record is damaged).
     public var place: RunPlace?
 
+    /// The run it was forked from (`Ledger.fork`), nil for any other run.
+    public var origin: String?
+    /// The origin's checkpoint it was forked at.
+    public var forkedAt: Int?
+
     /// Whether the run may have work left (docs/design.md, *Offer to resume*): its agent never
     /// exited for good (no `run.finish`: ward stopped, was killed, or still serves it), or
     /// last exited with a failure, or calls of it are running, in doubt or awaiting approval.
@@ -83,7 +88,8 @@ public struct RunSummary: Sendable {
                  "checkpoints": .number(Double(checkpoints)), "unfinished": .bool(unfinished),
                  "lastCheckpoint": lastCheckpoint.map { .object(["seq": .number(Double($0.seq)), "at": .string($0.at)]) } ?? .null,
                  "agent": agent.map { .array($0.map { .string($0) }) } ?? .null,
-                 "workspace": place.map { .string($0.workspace) } ?? .null])
+                 "workspace": place.map { .string($0.workspace) } ?? .null,
+                 "origin": origin.map { .string($0) } ?? .null, "forkedAt": forkedAt.map { .number(Double($0)) } ?? .null])
     }
 }
 
@@ -159,6 +165,9 @@ extension Ledger {
             }
             let workspace = try String.fetchOne(db, sql: "SELECT workspace FROM runs WHERE run_id = ?", arguments: [run])
             members["workspace"] = workspace.map { .string($0) } ?? .null
+            if let fork = try self.origin(db, run: run) {
+                members["forkOf"] = .object(["run": .string(fork.run), "checkpoint": .number(Double(fork.checkpoint))])
+            }
             members["events"] = .array(try self.events(db, run: run, callId: callId).map(\.json))
             return .object(members)
         }
@@ -231,8 +240,21 @@ extension Ledger {
                               finishedAt: row["finished_at"], exitStatus: row["exit_status"], calls: row["calls"],
                               running: (row["running"] as Int) - orphaned, inDoubt: (row["in_doubt"] as Int) + orphaned,
                               checkpoints: row["checkpoints"], awaitingApproval: row["awaiting_approval"], done: row["done"],
-                              lastCheckpoint: lastCheckpoint, agent: agent, place: (try? RunPlace(row, run: row["run_id"])) ?? nil)
+                              lastCheckpoint: lastCheckpoint, agent: agent, place: (try? RunPlace(row, run: row["run_id"])) ?? nil,
+                              origin: row["origin_run"], forkedAt: row["origin_seq"])
         }
+    }
+
+    /// The run and checkpoint `run` was forked from; nil when it is no fork (or the ledger,
+    /// audited read-only, is from before forks).
+    public func origin(run: String) throws(LedgerError) -> (run: String, checkpoint: Int)? {
+        try read("reading the origin of run \(run)") { db in try self.origin(db, run: run) }
+    }
+
+    func origin(_ db: Database, run: String) throws -> (run: String, checkpoint: Int)? {
+        guard recordsForks, let row = try Row.fetchOne(db, sql: "SELECT origin_run, origin_seq FROM runs WHERE run_id = ?", arguments: [run]),
+              let origin = row["origin_run"] as String?, let seq = row["origin_seq"] as Int? else { return nil }
+        return (origin, seq)
     }
 
     /// Records that the run's agent exited for good with `status`.

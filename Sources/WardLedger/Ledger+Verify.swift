@@ -13,6 +13,8 @@ public struct VerifyReport: Sendable {
         public var head: String
         /// The first problem found in this run, if any.
         public var problem: String?
+        /// What could not be checked and is no problem: a fork whose origin is not in this ledger.
+        public var note: String?
     }
 
     public var runs: [Run]
@@ -39,7 +41,7 @@ extension Ledger {
             }
             return VerifyReport(runs: try runs.map { run in
                 var check = RunCheck(db: db, run: run, exactTimes: self.timesFollowEvents, deliveries: self.recordsDelivery,
-                                     agents: self.recordsAgent)
+                                     agents: self.recordsAgent, forks: self.recordsForks)
                 return try check.report()
             })
         }
@@ -217,6 +219,24 @@ private struct Event {
     }
 }
 
+/// What a fork's `run.fork` event records: the run and checkpoint it was made from, the
+/// origin's event that saved that checkpoint and its hash (the fork's chain starts from it),
+/// and how many of the origin's events it copied.
+private struct ForkOrigin {
+    var run: String
+    var checkpoint: Int
+    var seq: Int
+    var hash: String
+    var events: Int
+
+    init?(_ data: [String: JSONValue]) {
+        guard let run = data["origin"]?.stringValue, let checkpoint = data["at"]?.integer(Int.self), let seq = data["originSeq"]?.integer(Int.self),
+              let hash = data["originHash"]?.stringValue, Digest.bytes(fromHex: hash)?.count == 32, let events = data["events"]?.integer(Int.self),
+              checkpoint >= 1, seq >= 1, events >= seq else { return nil }
+        (self.run, self.checkpoint, self.seq, self.hash, self.events) = (run, checkpoint, seq, hash, events)
+    }
+}
+
 /// "was running", for "… but it was running": where a call was (nil: not begun) when an
 /// event came that ward's writer would not have written.
 private func was(_ state: CallState?) -> String {
@@ -356,6 +376,8 @@ private struct RunCheck {
     let deliveries: Bool
     /// Runs carry their agent's command line (`Ledger.recordsAgent`).
     let agents: Bool
+    /// Runs record the run they were forked from (`Ledger.recordsForks`).
+    let forks: Bool
 
     var events = 0
     var head = Digest.genesis
@@ -373,6 +395,14 @@ private struct RunCheck {
     var manifest: [UInt8] = []
     /// A checkpoint saved with a call: the next event must be that call's begin.
     var pendingCheckpoint: (event: Int, seq: Int, call: String)?
+    /// A fork's `run.fork` (its first event), read before the chain: where the chain starts.
+    var origin: ForkOrigin?
+    /// The `run.fork` events at the start of the chain (a fork's own, then copies of its
+    /// origin's, for a fork of a fork): how many, and for each, its events that end the
+    /// copied prefix and the copied history (by this run's numbering).
+    var forkEvents = 0
+    var copies: [(prefixEnd: Int, end: Int)] = []
+    var note: String?
     var journalEntries = 0
     var checkedBlobs = Set<BlobKey>()
     /// The members of the event being read, by `Member` (kept to spare an allocation per event).
@@ -385,14 +415,16 @@ private struct RunCheck {
     mutating func report() throws -> VerifyReport.Run {
         var chained = false
         do {
+            try readFork()
             try checkChain()
             chained = true
+            try checkOrigin()
             try checkRunRecord()
             try checkJournalRows()
             try checkCheckpointRows()
             try checkOpenCalls()
             if deliveries { try checkDeliveries() }
-            return VerifyReport.Run(run: run, events: events, head: head, problem: nil)
+            return VerifyReport.Run(run: run, events: events, head: head, problem: nil, note: note)
         } catch let finding as Finding {
             // The chain may have stopped early: count what is there.
             let total = chained ? events : try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE run_id = ?", arguments: [run]) ?? 0
@@ -450,8 +482,14 @@ private struct RunCheck {
     }
 
     mutating func checkChain() throws {
-        var prev = Digest.genesis
-        var prevBytes = [UInt8](repeating: 0, count: 32)
+        // A fork's chain starts from the hash of the origin's event it was made at; when its
+        // `run.fork` holds no valid one, from what its first event names (then the event's
+        // hash, or its data, is the finding).
+        var prev = origin?.hash ?? Digest.genesis
+        if origin == nil, let named = try db.first("SELECT prev_hash FROM events WHERE run_id = ? AND seq = 1 AND kind = 'run.fork'", [.text(run)], { $0.text(0) }) {
+            prev = named
+        }
+        var prevBytes = Digest.bytes(fromHex: prev) ?? []
         try db.eachRow(Self.scanSQL, [run]) { row in
             let seq = row.int(0), at = row.text(1), kind = row.text(2), call = row.optionalText(3)
             let body = row.text(4), storedPrev = row.text(5), stored = row.text(6)
@@ -492,8 +530,8 @@ private struct RunCheck {
             let read = text.withUTF8 { bytes in
                 let data = UnsafeBufferPointer(rebasing: bytes[start..<end])
                 // A place is an object of objects (from, to), an attempt may name its agent (an
-                // array): read whole, and only these are.
-                if kind == "run.place" || kind == "run.moved" || kind == "run.policies" || kind == "run.attempt" {
+                // array), a fork names its origin: read whole, and only these are.
+                if kind == "run.place" || kind == "run.moved" || kind == "run.policies" || kind == "run.attempt" || kind == "run.fork" {
                     whole = (try? JSONValue.parse(Array(data)))?.objectValue ?? [:]
                 }
                 return readData(data, into: &values)
@@ -526,10 +564,22 @@ private struct RunCheck {
                 throw Finding("checkpoint \(pending.seq) of run \(run) was saved with call \(pending.call) (event \(pending.event)), but event \(e.seq) is not that call's begin")
             }
             pendingCheckpoint = nil
-        } else if e.kind == "call.begin" || e.kind == "call.gate", let seq = try e.optionalInt(.checkpoint) {
+        } else if e.kind == "call.begin" || e.kind == "call.gate", let seq = try e.optionalInt(.checkpoint), !copies.contains(where: { $0.prefixEnd < e.seq && e.seq <= $0.end }) {
+            // A fork copies a call's later executions, but not the later checkpoints they were begun with.
             throw Finding("event \(e.seq) of run \(run) begins call \(call ?? "?") with checkpoint \(seq), which was not saved with it")
         }
+        if let origin, e.seq == origin.seq + 1, try !(e.kind == "checkpoint.save" && e.optionalInt(.seq) == origin.checkpoint) {
+            throw Finding("run \(run) is a fork of run \(origin.run) at checkpoint \(origin.checkpoint), but its event \(e.seq), where the history it copied ends, does not save that checkpoint")
+        }
         switch e.kind {
+        case "run.fork":
+            // A run's first event; a fork of a fork copies its origin's just after its own.
+            guard e.seq == forkEvents + 1 else {
+                throw Finding("event \(e.seq) of run \(run) records a fork, which only a run's first event does")
+            }
+            guard let fork = ForkOrigin(data) else { throw e.invalid("origin") }
+            forkEvents = e.seq
+            copies.append((e.seq + fork.seq, e.seq + fork.events))
         case "run.attempt":
             let attempt = try e.int(.attempt)
             guard attempt == attempts + 1 else {
@@ -581,7 +631,9 @@ private struct RunCheck {
             throw Finding("event \(e.seq) of run \(run) saves checkpoint \(seq) after checkpoint \(checkpoints) (checkpoints are numbered one by one)")
         }
         checkpoints = seq
-        if let call { pendingCheckpoint = (e.seq, seq, call) }
+        // Where a fork's copied prefix ends, the checkpoint's call is not copied: the fork
+        // makes it anew.
+        if let call, !copies.contains(where: { $0.prefixEnd == e.seq }) { pendingCheckpoint = (e.seq, seq, call) }
         var name: String { "checkpoint \(seq) of run \(run)" }  // made for a finding only
         guard let row = try db.first("""
             SELECT label, call_id, size, state_hash, base_seq, keep, keep_tail, chunks, created_at FROM checkpoints WHERE run_id = ? AND seq = ?
@@ -643,12 +695,57 @@ private struct RunCheck {
         journalEntries += 1
     }
 
+    // MARK: - Forks
+
+    /// A fork's first event, `run.fork`, read before the chain it starts.
+    mutating func readFork() throws {
+        guard let body = try db.first("SELECT body FROM events WHERE run_id = ? AND seq = 1 AND kind = 'run.fork'", [.text(run)], { $0.text(0) }) else { return }
+        origin = (try? JSONValue.parse(body))?.objectValue?["data"]?.objectValue.flatMap(ForkOrigin.init)
+    }
+
+    /// A fork holds what it copied, and when its origin is in this ledger, its chain starts
+    /// from the origin's event it names and its copies are the origin's events: the prefix
+    /// one for one, then the later events of the calls begun in it, in order (the origin may
+    /// have more: it went on after the fork). Compared where SQLite holds the rows.
+    mutating func checkOrigin() throws {
+        guard let fork = origin else { return }
+        let name = "run \(run), a fork of run \(fork.run) at checkpoint \(fork.checkpoint),"
+        if events < fork.events + 1 { throw Finding("\(name) holds \(events - 1) of the \(fork.events) events it copied") }
+        guard try db.first("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", [.text(fork.run)], { _ in true }) != nil else {
+            note = "a fork of run \(fork.run), which is not in this ledger: what it copied was checked on its own"
+            return
+        }
+        guard let hash = try db.first("SELECT hash FROM events WHERE run_id = ? AND seq = ?", [.text(fork.run), .int(fork.seq)], { $0.text(0) }), hash == fork.hash else {
+            throw Finding("\(name) was made at event \(fork.seq) of run \(fork.run), which does not have the hash the fork records (one of the two was altered)")
+        }
+        let differs = """
+            (o.k IS NULL OR f.kind != o.kind OR f.call_id IS NOT o.call_id OR f.at != o.at
+             OR CASE WHEN json_valid(f.body) THEN json_extract(f.body, '$.data') END IS NOT o.data OR o.data IS NULL)
+            """
+        let data = "CASE WHEN json_valid(body) THEN json_extract(body, '$.data') END AS data"
+        if let seq = try db.first("""
+            WITH o AS (SELECT seq + 1 AS k, kind, call_id, at, \(data) FROM events WHERE run_id = ?2 AND seq <= ?3)
+            SELECT f.seq FROM events f LEFT JOIN o ON o.k = f.seq WHERE f.run_id = ?1 AND f.seq BETWEEN 2 AND ?3 + 1 AND \(differs) ORDER BY f.seq LIMIT 1
+            """, [.text(run), .text(fork.run), .int(fork.seq)], { $0.int(0) }) {
+            throw Finding("\(name) differs from its origin at its event \(seq), the copy of event \(seq - 1) of run \(fork.run)")
+        }
+        if let seq = try db.first("""
+            WITH o AS (SELECT row_number() OVER (ORDER BY seq) + ?3 + 1 AS k, seq, kind, call_id, at, \(data) FROM events
+                       WHERE run_id = ?2 AND seq > ?3 AND substr(kind, 1, 5) = 'call.'
+                         AND call_id IN (\(Ledger.callsBeforeForkPoint)))
+            SELECT f.seq FROM events f LEFT JOIN o ON o.k = f.seq WHERE f.run_id = ?1 AND f.seq > ?3 + 1 AND f.seq <= ?4 + 1 AND \(differs)
+            ORDER BY f.seq LIMIT 1
+            """, [.text(run), .text(fork.run), .int(fork.seq), .int(fork.events)], { $0.int(0) }) {
+            throw Finding("\(name) differs from its origin at its event \(seq), copied from the later history of the calls begun before the checkpoint")
+        }
+    }
+
     // MARK: - The run's own rows
 
     /// The `runs` row: the chain's length and head, and the fields set with events.
     func checkRunRecord() throws {
         guard let row = try Row.fetchOne(db, sql: """
-            SELECT event_count, head_hash, created_at, updated_at, attempts, finished_at, exit_status FROM runs WHERE run_id = ?
+            SELECT event_count, head_hash, created_at, updated_at, attempts, finished_at, exit_status\(forks ? ", origin_run, origin_seq" : "") FROM runs WHERE run_id = ?
             """, arguments: [run]) else {
             if events > 0 { throw Finding("run \(run) has events but no run record (it was removed)") }
             return
@@ -675,6 +772,13 @@ private struct RunCheck {
             // An older ledger's finish time is its own clock reading: only its presence is held.
             if exactTimes || column != "finished_at" ? same(recorded, expected) : recorded.isNull == expected.isNull { continue }
             throw Finding("run \(run) was altered: its \(name) is \(shown(recorded)) where its events say \(shown(expected))")
+        }
+        if forks {
+            let recorded: [DatabaseValue] = [row["origin_run"], row["origin_seq"]]
+            let expected: [DatabaseValue] = [origin.map { $0.run.databaseValue } ?? .null, origin.map { $0.checkpoint.databaseValue } ?? .null]
+            if !same(recorded[0], expected[0]) || !same(recorded[1], expected[1]) {
+                throw Finding("run \(run) was altered: its origin is \(shown(recorded[0]))@\(shown(recorded[1])) where its events say \(shown(expected[0]))@\(shown(expected[1]))")
+            }
         }
         // `RunPlace` refuses a row whose columns are not of these types: name the edit here.
         guard try Bool.fetchOne(db, sql: """

@@ -21,10 +21,12 @@ import Glibc
 /// Schema (created only through migrations; query it with the `sqlite3` CLI):
 ///
 /// - `runs(run_id, created_at, updated_at, attempts, finished_at, exit_status, event_count,
-///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies, agent)`: one
-///   row per run; `finished_at` is set when its agent exited for good; `head_hash` is the hash
-///   of the run's last event; the workspace columns and `policies` are its place (`RunPlace`);
-///   `agent` is the canonical JSON array of the argv `ward run` last started it with.
+///   head_hash, workspace, workspace_dev, workspace_ino, workspace_born, policies, agent,
+///   origin_run, origin_seq)`: one row per run; `finished_at` is set when its agent exited
+///   for good; `head_hash` is the hash of the run's last event; the workspace columns and
+///   `policies` are its place (`RunPlace`); `agent` is the canonical JSON array of the argv
+///   `ward run` last started it with; a fork's `origin_run` and `origin_seq` name the run and
+///   checkpoint it was made from (`fork`), NULL for any other run.
 /// - `calls(run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
 ///   attempt, executions, owner, started_at, finished_at, exit_code, signal, stdout, stderr,
 ///   truncated, duration_ms, verdict, note, delivered)`: the current state of each call; `stdout`
@@ -42,7 +44,8 @@ import Glibc
 /// - `journal(run_id, key, value, recorded_at)`: first value wins.
 /// - `events(run_id, seq, at, kind, call_id, body, prev_hash, hash)`: append-only (triggers
 ///   refuse UPDATE and DELETE); `body` is the RFC 8785 JSON of the event and
-///   `hash = SHA-256(prev_hash ‖ body)`, chaining each run's events from 64 zeros.
+///   `hash = SHA-256(prev_hash ‖ body)`, chaining each run's events from 64 zeros (a fork's
+///   from the hash of the last origin event it copied).
 public final class Ledger: Sendable {
     /// How hard a commit waits for the disk.
     public enum Durability: String, Sendable, CaseIterable {
@@ -75,6 +78,8 @@ public final class Ledger: Sendable {
     let recordsDelivery: Bool
     /// Whether runs record their agent's command line (migration v7).
     let recordsAgent: Bool
+    /// Whether runs record the run they were forked from (migration v8).
+    let recordsForks: Bool
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -104,6 +109,7 @@ public final class Ledger: Sendable {
         var timesFollowEvents = true
         var recordsDelivery = true
         var recordsAgent = true
+        var recordsForks = true
         do {
             // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
             // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
@@ -126,6 +132,7 @@ public final class Ledger: Sendable {
                 timesFollowEvents = applied.contains("v4")
                 recordsDelivery = applied.contains("v5")
                 recordsAgent = applied.contains("v7")
+                recordsForks = applied.contains("v8")
             } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
                 if setUp == nil { setUp = try SchemaLock(ledger: path) }
                 try Ledger.migrator.migrate(pool)
@@ -137,6 +144,7 @@ public final class Ledger: Sendable {
         self.timesFollowEvents = timesFollowEvents
         self.recordsDelivery = recordsDelivery
         self.recordsAgent = recordsAgent
+        self.recordsForks = recordsForks
         if !readOnly && recover { try self.recover() }
     }
 
@@ -372,6 +380,14 @@ public final class Ledger: Sendable {
                 CREATE INDEX runs_by_agent ON runs(agent) WHERE agent IS NOT NULL;
                 """)
         }
+        // A fork names the run it was made from and the checkpoint it starts at
+        // (Ledger+Fork); NULL for any other run. Its `run.fork` event says the same.
+        migrator.registerMigration("v8") { db in
+            try db.execute(sql: """
+                ALTER TABLE runs ADD COLUMN origin_run TEXT;
+                ALTER TABLE runs ADD COLUMN origin_seq INTEGER;
+                """)
+        }
         return migrator
     }()
 
@@ -390,14 +406,19 @@ public final class Ledger: Sendable {
         }
         let prev = head?.hash ?? Digest.genesis
         let seq = (head?.count ?? 0) + 1
-        var members: [String: JSONValue] = ["run": .string(run), "seq": .number(Double(seq)), "at": .string(now), "kind": .string(kind), "data": .object(data)]
-        if let call { members["call"] = .string(call) }
-        let body = JSONValue.object(members).canonical
+        let body = Ledger.eventBody(run: run, seq: seq, at: now, kind: kind, call: call, data: data)
         let hash = Ledger.chain(prev: prev, body: body)
         try db.run("INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    [.text(run), .int(seq), .text(now), .text(kind), SQLValue(call), .text(body), .text(prev), .text(hash)])
         try db.run("UPDATE runs SET event_count = ?, head_hash = ?, updated_at = ? WHERE run_id = ?", [.int(seq), .text(hash), .text(now), .text(run)])
         return seq
+    }
+
+    /// The RFC 8785 JSON of an event: {at, call?, data, kind, run, seq}, keys in that order.
+    static func eventBody(run: String, seq: Int, at: String, kind: String, call: String?, data: [String: JSONValue]) -> String {
+        var members: [String: JSONValue] = ["run": .string(run), "seq": .number(Double(seq)), "at": .string(at), "kind": .string(kind), "data": .object(data)]
+        if let call { members["call"] = .string(call) }
+        return JSONValue.object(members).canonical
     }
 
     static func chain(prev: String, body: String) -> String {

@@ -10,8 +10,10 @@ import Glibc
 
 /// `--ledger FILE`, shared by every command that touches the ledger.
 struct LedgerOptions: ParsableArguments {
+    static let defaultLedger = ".ward/ledger.sqlite"
+
     @Option(name: .long, help: "Ledger file.")
-    var ledger: String = ".ward/ledger.sqlite"
+    var ledger: String = LedgerOptions.defaultLedger
 
     @Option(name: .long, help: "full (survives power loss) or normal (survives crashes; may lose the last commits on power loss).")
     var durability: Ledger.Durability = .full
@@ -97,6 +99,9 @@ struct LedgerCommand: ParsableCommand {
             let from = since.flatMap { Checks.since($0, now: Double(now.tv_sec) + Double(now.tv_nsec) / 1e9) }
             let calls = try ledgerCall { () throws(LedgerError) in try ledger.listCalls(run: runID, tool: tool, status: status, since: from) }
             if json { return printJSON(.array(calls.map(\.json))) }
+            if let runID, let origin = try ledgerCall({ () throws(LedgerError) in try ledger.origin(run: runID) }) {
+                Output.line(2, "run \(runID) is a fork of run \(origin.run) at checkpoint \(origin.checkpoint)")
+            }
             print(Table.render(["RUN", "CALL", "TOOL", "STATUS", "EXIT", "MS", "ATTEMPT", "RUNS", "STARTED"], calls.map { c in
                 [c.run, c.callId, c.tool, c.status, c.exitCode.map(String.init) ?? "-", c.durationMs.map { String(Int($0.rounded())) } ?? "-",
                  String(c.attempt), String(c.executions), c.startedAt]
@@ -136,6 +141,9 @@ struct LedgerCommand: ParsableCommand {
                 ["started", text("startedAt")], ["finished", text("finishedAt")],
             ]
             if d["workspace"] != .null { rows.insert(["workspace", text("workspace")], at: 3) }
+            if let fork = d["forkOf"]?.objectValue {
+                rows.insert(["fork of", "run \(fork["run"]?.stringValue ?? "?") at checkpoint \(fork["checkpoint"]?.canonical ?? "?")"], at: 1)
+            }
             if d["verdict"] != .null { rows += [["verdict", text("verdict")], ["note", text("note")]] }
             if let approval = d["approval"]?.objectValue { rows += Show.approvalRows(approval) }
             if let evidence = d["inDoubt"]?.objectValue { rows += Show.evidenceRows(evidence) }
@@ -208,11 +216,11 @@ struct LedgerCommand: ParsableCommand {
             if json {
                 printJSON(.object(["ok": .bool(report.ok), "runs": .array(report.runs.map { r in
                     .object(["run": .string(r.run), "events": .number(Double(r.events)), "head": .string(r.head),
-                             "problem": r.problem.map { .string($0) } ?? .null])
+                             "problem": r.problem.map { .string($0) } ?? .null, "note": r.note.map { .string($0) } ?? .null])
                 })]))
             } else {
                 print(Table.render(["RUN", "EVENTS", "HEAD", "RESULT"], report.runs.map { r in
-                    [r.run, String(r.events), String(r.head.prefix(16)), r.problem ?? "ok"]
+                    [r.run, String(r.events), String(r.head.prefix(16)), r.problem ?? (r.note.map { "ok (\($0))" } ?? "ok")]
                 }))
                 for r in report.runs where r.problem != nil { Output.line(2, "ward: \(r.problem!)") }
             }
@@ -338,7 +346,7 @@ extension LedgerCommand {
 }
 
 struct RunsCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "runs", abstract: "Runs and their attempts.", subcommands: [List.self])
+    static let configuration = CommandConfiguration(commandName: "runs", abstract: "Runs and their attempts.", subcommands: [List.self, Fork.self])
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -359,13 +367,52 @@ struct RunsCommand: ParsableCommand {
                     return .object(members)
                 }))
             }
-            print(Table.render(["RUN", "STATE", "ATTEMPTS", "CALLS", "RUNNING", "IN-DOUBT", "APPROVALS", "CHECKPOINTS", "CREATED", "UPDATED"], runs.map { r in
+            print(Table.render(["RUN", "STATE", "ATTEMPTS", "CALLS", "RUNNING", "IN-DOUBT", "APPROVALS", "CHECKPOINTS", "FORK OF", "CREATED", "UPDATED"], runs.map { r in
                 [r.run, r.unfinished ? "unfinished" : "finished (exit \(r.exitStatus ?? 0))", String(r.attempts), String(r.calls),
-                 String(r.running), String(r.inDoubt), String(r.awaitingApproval), String(r.checkpoints), r.createdAt, r.updatedAt]
+                 String(r.running), String(r.inDoubt), String(r.awaitingApproval), String(r.checkpoints),
+                 r.origin.map { "\($0)@\(r.forkedAt ?? 0)" } ?? "", r.createdAt, r.updatedAt]
             }))
             let unfinished = runs.filter(\.unfinished)
             if !unfinished.isEmpty { print("\nto resume an unfinished run:") }
             for r in unfinished { print("  \(TerminalText.escape(r.run)): \(TerminalText.escape(resume(r) ?? ""))") }
+        }
+    }
+
+    struct Fork: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a new run from a run's history up to one of its checkpoints.",
+            discussion: """
+                The new run holds the calls, journal entries and checkpoints that checkpoint SEQ knew of, and the outcomes of those calls recorded since. An agent started in it (`ward run --run-id NEW -- AGENT`) resumes at checkpoint SEQ: the calls it repeats are replayed, new ones run, in the origin's workspace with its policies. The origin is not changed. Exit 1 while a call begun before the checkpoint is still running.
+                """
+        )
+        @OptionGroup var options: LedgerOptions
+        @Argument(help: "The run to fork.") var runID: String
+        // .unconditional: "--at -1" is a value to refuse, not an unknown option.
+        @Option(parsing: .unconditional, help: "The checkpoint to fork at (1 is a run's first).") var at: Int
+        @Option(name: .customLong("run-id"), help: "The new run's ID (default: generated).") var newRunID: String?
+        @Flag(help: "JSON output.") var json = false
+
+        func validate() throws {
+            try Checks.nonEmpty(runID, "the run ID")
+            if at < 1 { throw ValidationError("--at must be 1 or more (checkpoints are numbered from 1)") }
+            if let newRunID, let problem = Identifier.runIDProblem(in: newRunID) {
+                throw ValidationError("--run-id: the run ID \(problem)")
+            }
+        }
+
+        func run() throws {
+            let ledger = try options.open(existing: true, recover: false)  // a refused fork changes nothing
+            let fork: ForkedRun
+            do { fork = try ledger.fork(run: runID, at: at, as: newRunID ?? RunOptions.generatedRunID) } catch {
+                // A call still running is the origin's state, not the request: asked again later, it forks.
+                throw error.code == .inProgress ? CLIError(message: error.message, exitCode: 1) : CLIError.from(error)
+            }
+            if json {
+                return printJSON(.object(["run": .string(fork.run), "origin": .string(fork.origin), "checkpoint": .number(Double(fork.checkpoint)),
+                                          "events": .number(Double(fork.events)), "calls": .number(Double(fork.calls))]))
+            }
+            Output.line(1, fork.run)
+            Output.line(2, "run \(fork.run) is a fork of run \(fork.origin) at checkpoint \(fork.checkpoint) (\(fork.calls) calls, \(fork.events) events copied); start it with: ward run --run-id \(Shell.quote(fork.run))\(options.ledger == LedgerOptions.defaultLedger ? "" : " --ledger \(Shell.quote(options.ledger))") -- AGENT...")
         }
     }
 }
