@@ -60,6 +60,44 @@ struct ForkRunTests {
         #expect(event["kind"] == .string("run.fork") && event["data"]?.objectValue?["origin"] == .string("origin"))
     }
 
+    /// The demo's agent (47 calls, each handed in with a checkpoint of its step), forked at
+    /// checkpoint 31: started in the fork it resumes at step 31, the 16 calls after it run, the
+    /// 30 before it replay from the fork's ledger without running a tool, and the origin is
+    /// unchanged.
+    @Test func theDemoRunForkedAtACheckpoint() throws {
+        let dir = temporaryDirectory("fork-demo")
+        let agent = ["--", "python3", Paths.repository + "/Scripts/demo_site.py", "agent"]
+        func run(_ id: String) throws -> (status: Int32, stdout: String, stderr: String) {
+            try ward(["run", "--policies", Paths.repository + "/policies", "--run-id", id, "--socket", dir + "/s.sock"] + agent, in: dir)
+        }
+        let origin = try run("site")
+        #expect(origin.status == 0 && origin.stdout.contains("47 calls ran, 0 replayed"), "\(origin)")
+        let before = try ward(["ledger", "export", "--run", "site"], in: dir).stdout
+
+        #expect(try ward(["runs", "fork", "site", "--at", "31", "--run-id", "site-b"], in: dir).status == 0)
+        let forked = try run("site-b")
+        #expect(forked.status == 0 && forked.stdout.contains("resuming at step 31") && forked.stdout.contains("17 calls ran, 0 replayed"),
+                "\(forked)")
+        // Its one publish after the checkpoint ran in the fork: the shared workspace's log has
+        // the origin's line and the fork's.
+        #expect(try String(contentsOfFile: dir + "/workspace/published.log", encoding: .utf8).split(separator: "\n").count == 2)
+
+        // Every call the checkpoint knew of replays in the fork: no tool runs, nothing is begun.
+        let serve = try startServe(in: dir, run: "site-b")
+        defer { serve.terminate(); serve.waitUntilExit() }
+        let client = try RawClient(dir + "/s.sock")
+        for step in [0, 11, 29] {
+            let shown = try JSONValue.parse(try ward(["ledger", "show", "site-b", "step-\(step)", "--json"], in: dir).stdout).objectValue
+            let params = JSONValue.object(["callId": .string("step-\(step)"), "tool": shown?["tool"] ?? .null, "arguments": shown?["arguments"] ?? .null])
+            let result = try #require(client.call(step, "tool.call", params)?["result"]?.objectValue)
+            #expect(result["replayed"] == .bool(true) && result["status"] == .string("succeeded"), "\(result)")
+        }
+        let begins = try ward(["ledger", "export", "--run", "site-b"], in: dir).stdout.split(separator: "\n").filter { $0.contains(#""kind":"call.begin""#) }
+        #expect(begins.count == 47, "30 copied begins and the fork's 17: \(begins.count)")
+        #expect(try ward(["ledger", "export", "--run", "site"], in: dir).stdout == before, "the origin is unchanged")
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
     @Test func whatAForkRefusesAndHowItExits() throws {
         let dir = temporaryDirectory("fork-refused")
         try forkAgent.write(toFile: dir + "/agent.py", atomically: true, encoding: .utf8)
