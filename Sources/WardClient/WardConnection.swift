@@ -85,9 +85,16 @@ public final class WardConnection {
         }
     }
 
-    /// `tool.call`: runs the call, or replays its recorded result.
-    public func call(callId: String, tool: String, arguments: [String: JSONValue] = [:], checkpoint: JSONValue? = nil) throws(WardClientError) -> CallResult {
-        try ToolCall.result(request(ToolCall.method, ToolCall.params(callId: callId, tool: tool, arguments: arguments, checkpoint: checkpoint)))
+    /// `tool.call`: runs the call, or replays its recorded result. `approvalTimeout`: how
+    /// many seconds ward waits for the verdict on a gated tool's call.
+    public func call(callId: String, tool: String, arguments: [String: JSONValue] = [:], checkpoint: JSONValue? = nil,
+                     approvalTimeout: Double = 0) throws(WardClientError) -> CallResult {
+        var params = ToolCall.params(callId: callId, tool: tool, arguments: arguments, checkpoint: checkpoint)
+        if approvalTimeout > 0, case .object(var members) = params {
+            members["approvalTimeout"] = .number(approvalTimeout)
+            params = .object(members)
+        }
+        return try ToolCall.result(request(ToolCall.method, params))
     }
 
     // MARK: - Lines

@@ -95,10 +95,11 @@ extension Ledger {
         }
     }
 
-    /// Waits until a gated call is no longer awaiting approval, or `timeout` seconds pass.
+    /// Waits until a gated call is no longer awaiting approval, or `timeout` seconds pass, or
+    /// `stop` says to give up (ward is shutting down).
     /// - Returns: true once it has a verdict (the caller asks `begin` again), false when the
-    ///   wait ran out.
-    public func awaitVerdict(run: String, callId: String, timeout: Double) throws(LedgerError) -> Bool {
+    ///   wait ran out or was given up.
+    public func awaitVerdict(run: String, callId: String, timeout: Double, stop: () -> Bool = { false }) throws(LedgerError) -> Bool {
         let deadline = ContinuousClock.now + .milliseconds(Int(min(max(timeout, 0), 1e9) * 1000))
         var delay = 0.005
         while true {
@@ -108,7 +109,7 @@ extension Ledger {
                 try CallRecord.fetch(db, run: run, callId: callId)?.state == .awaitingApproval
             }
             if !waiting { return true }
-            if ContinuousClock.now >= deadline { return false }
+            if ContinuousClock.now >= deadline || stop() { return false }
             Thread.sleep(forTimeInterval: delay)
             delay = min(delay * 2, 0.1)
         }

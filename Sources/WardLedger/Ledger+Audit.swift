@@ -55,7 +55,8 @@ public struct RunSummary: Sendable {
     public var running: Int
     public var inDoubt: Int
     public var checkpoints: Int
-    /// Calls waiting for an operator's approval (status `awaiting-approval`).
+    /// Gated calls not run yet: waiting for a verdict (`awaiting-approval`), or approved and
+    /// not asked for since (`approved`: it runs when the agent asks, so the run has work left).
     public var awaitingApproval: Int
     /// Calls done: finished, or settled as executed.
     public var done: Int
@@ -215,7 +216,7 @@ extension Ledger {
             SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.inDoubt))) AS in_doubt,
-                   (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.awaitingApproval))) AS awaiting_approval,
+                   (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status IN (\(CallState.sql(.awaitingApproval)), \(CallState.sql(.approved)))) AS awaiting_approval,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND (c.status IN (\(settled))
                         OR (c.status = \(CallState.sql(.resolved)) AND c.verdict = \(CallState.sql(.executed))))) AS done,
                    (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c

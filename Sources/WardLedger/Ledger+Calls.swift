@@ -240,8 +240,8 @@ extension Ledger {
         return decision
     }
 
-    /// A non-idempotent call of `run` with this tool and these arguments whose answer the
-    /// client has not received (`Delivery`): still running, in doubt, or finished with its
+    /// A non-idempotent call (or a gated call of any effect) of `run` with this tool and these
+    /// arguments whose answer the client has not received (`Delivery`): still running, in doubt, or finished with its
     /// answer unread or read without the client going on to anything else. A host that
     /// repeats such a request under a new ID (its retry, or a new session after ward died)
     /// must get this call's outcome, never a second execution.
@@ -249,7 +249,8 @@ extension Ledger {
     public func undeliveredCall(run: String, tool: String, argsHash: String) throws(LedgerError) -> String? {
         try read("looking for an unanswered call of tool \(tool)") { db in
             try db.first("""
-                SELECT call_id FROM calls \(Ledger.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2) AND effect = ?
+                SELECT call_id FROM calls \(Ledger.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2)
+                    AND (effect = ? OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = calls.run_id AND e.call_id = calls.call_id AND e.kind = 'call.gate'))
                 ORDER BY started_at DESC LIMIT 1
                 """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
         }

@@ -112,7 +112,7 @@ extension MCPProxy {
         let tool = request.tool
         // Whether the host received the answer matters only where a repeat must not run
         // again; a call that may be repeated skips the record of its reading (a commit).
-        let tracked = tool.effect == .nonIdempotent
+        let tracked = tool.effect == .nonIdempotent || tool.approve
         let deadline = DispatchTime.now() + .milliseconds(Int(min(tool.timeoutMilliseconds, UInt64(Int.max / 1_000_000))))
         // The server first: a call that cannot reach it is refused before anything is
         // recorded (the host is told why; nothing ran).
@@ -122,7 +122,8 @@ extension MCPProxy {
         }
         var callId: String?
         do throws(RPCError) {
-            callId = try MCPServer.callID(stable: request.stable, tool: request.recorded, effect: tool.effect, argsHash: request.argsHash, in: supervisor)
+            callId = try MCPServer.callID(stable: request.stable, tool: request.recorded, effect: tool.effect, gated: tool.approve,
+                                          argsHash: request.argsHash, in: supervisor)
             let result = try supervisor.call(forwarding: request.recorded, effect: tool.effect, timeoutMilliseconds: tool.timeoutMilliseconds,
                                              arguments: request.arguments, callId: callId!, policyHash: policyHash(tool), executable: executable,
                                              awaitsDelivery: tracked, gated: tool.approve) { _ in forward(request, call, to: process, until: deadline) }

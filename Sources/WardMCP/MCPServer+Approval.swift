@@ -49,6 +49,19 @@ extension MCPServer {
     func askHostToApprove(_ request: Request, callId: String, supervisor: Supervisor, cancellation: CallCancellation) -> Bool {
         let host = self.host.withLock { $0 }
         guard host.elicits else { return false }
+        /// Whether to stop waiting for the host: its call was cancelled, or its input ended.
+        let givenUp = { cancellation.isCancelled || self.inputEnded.withLock { $0 } }
+        /// Whether the call has a verdict now (`ward approve`, or another request's prompt).
+        let settled = { (try? supervisor.ledger.state(run: supervisor.runID, callId: callId)).map { $0 != .awaitingApproval } ?? false }
+        // One prompt per call: a repeat of it while the host's user is asked waits for that answer.
+        guard prompting.withLock({ $0.insert(callId).inserted }) else {
+            while !settled() {
+                if givenUp() { return false }
+                usleep(100_000)
+            }
+            return true
+        }
+        defer { _ = prompting.withLock { $0.remove(callId) } }
         let id = JSONValue.string("ward-approval-\(MCPServer.randomHex())")
         let asked = Asked()
         asking.withLock { $0[id.canonical] = asked }
@@ -70,9 +83,11 @@ extension MCPServer {
             "params": .object(["message": .string(message), "requestedSchema": schema]),
         ]).canonicalBytes)
         guard sent else { return false }
-        // The user may take minutes; the host's cancellation of the call ends the wait.
+        // The user may take minutes. The host's cancellation of the call, or the end of its
+        // input, ends the wait; an operator's verdict meanwhile (`ward approve`) settles it.
         while asked.arrived.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
-            if cancellation.isCancelled { return false }
+            if settled() { return true }
+            if givenUp() { return false }
         }
         guard let answer = asked.answer.withLock({ $0 }), let result = answer["result"]?.objectValue,
               let action = result["action"]?.stringValue, action != "cancel" else { return false }

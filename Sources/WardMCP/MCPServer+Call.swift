@@ -69,7 +69,8 @@ extension MCPServer {
         let policy = request.tool.policy
         var callId: String?
         do throws(RPCError) {
-            callId = try MCPServer.callID(stable: request.stable, tool: policy.name, effect: policy.effect, argsHash: request.argsHash, in: supervisor)
+            callId = try MCPServer.callID(stable: request.stable, tool: policy.name, effect: policy.effect, gated: policy.approve,
+                                          argsHash: request.argsHash, in: supervisor)
             let result: CallResult
             do {
                 result = try supervisor.call(tool: policy.name, arguments: request.arguments, callId: callId!,
@@ -112,12 +113,14 @@ extension MCPServer {
     /// derived from the tool and arguments and numbered past the ones already answered, so
     /// two identical requests at once are one call (the ledger runs it once and the other
     /// waits for it); for any other tool, random (it may simply run again).
-    static func callID(stable: String?, tool: String, effect: Effect, argsHash: String, in supervisor: Supervisor) throws(RPCError) -> String {
+    static func callID(stable: String?, tool: String, effect: Effect, gated: Bool, argsHash: String, in supervisor: Supervisor) throws(RPCError) -> String {
         if let stable { return stable }
         let ledger = supervisor.ledger
         let run = supervisor.runID
         do throws(LedgerError) {
-            guard effect == .nonIdempotent else { return "mcp-" + randomHex() }
+            // A gated call is found again whatever its effect: a repeat must meet its gate
+            // (and its verdict), never make another.
+            guard effect == .nonIdempotent || gated else { return "mcp-" + randomHex() }
             if let unanswered = try ledger.undeliveredCall(run: run, tool: tool, argsHash: argsHash) { return unanswered }
             let prefix = "mcp-" + Ledger.sha256Hex(Array((tool + "\u{0}" + argsHash).utf8)).prefix(24) + "-"
             return prefix + String(try ledger.lastNumber(run: run, prefix: prefix) + 1)
@@ -140,7 +143,10 @@ extension MCPServer {
     static func content(_ result: CallResult) -> JSONValue {
         let outcome = result.outcome
         var lines: [String] = []
-        if result.replayed {
+        if result.replayed && outcome.status == .denied {
+            // A denied call never ran: refused by its policy or the kernel, or by a person's verdict.
+            lines.append("[ward: call \(result.callId) was denied before; this is its recorded answer, nothing ran]")
+        } else if result.replayed {
             lines.append("[ward: call \(result.callId) already ran; this is its recorded result, the tool did not run again]")
         }
         let stdout = String(decoding: outcome.stdout, as: UTF8.self)
@@ -151,7 +157,7 @@ extension MCPServer {
             case .failed: "exited with status \(outcome.exitCode.map(String.init) ?? "?")"
             case .timedOut: "timed out and was killed"
             case .killed: "was killed\(outcome.signal.map { " by signal \($0)" } ?? "")"
-            case .denied: "was refused by its policy"
+            case .denied: "was denied, and did not run (by its policy, the kernel, or a person: the reason is below)"
             default: outcome.status.rawValue
             }
             lines.append("\(result.tool) \(how)")

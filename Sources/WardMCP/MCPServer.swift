@@ -44,6 +44,10 @@ public final class MCPServer: Sendable {
     let host = Lock(Host())
     /// Requests ward made of the host (`elicitation/create`), by their id's canonical JSON.
     let asking = Lock<[String: Asked]>([:])
+    /// Calls whose approval the host's user is being asked for: one prompt per call.
+    let prompting = Lock<Set<String>>([])
+    /// The host's input ended: nothing it would answer can come any more.
+    let inputEnded = Lock(false)
 
     /// - Parameters:
     ///   - open: makes the supervisor (ledger, sandbox, run); started at once on a thread of
@@ -80,6 +84,7 @@ public final class MCPServer: Sendable {
         MCPServer.readLines(from: input, tooLong: {
             send(RPCResponse.line(id: .null, error: RPCError(.tooLarge, "line longer than \(MCPServer.maximumLineBytes) bytes", code: -32600)))
         }, handle: handle)
+        inputEnded.withLock { $0 = true }
         calls.wait()
         // A host that closes its end of stdin may still be reading the last answers.
         out.settle(within: 2)

@@ -123,6 +123,7 @@ public final class SocketServer: Sendable {
     /// running go on (for a graceful shutdown).
     public func drain() {
         draining.store(true, ordering: .sequentiallyConsistent)
+        supervisor.drain()
         shutdown(listenFD, Int32(SHUT_RDWR))
     }
 

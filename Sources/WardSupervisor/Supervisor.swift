@@ -29,6 +29,13 @@ public final class Supervisor: Sendable {
     /// Set when the agent was told that a call awaits approval: restarting an agent that
     /// then exited would only meet the same gate, so `ward run` waits for the verdicts.
     private let toldAwaitingApproval = Atomic<Bool>(false)
+    /// Set once ward is shutting down: an approved call must not start a tool that the
+    /// shutdown would kill halfway (its approval spent on a `killed` outcome), so a request
+    /// waiting for a verdict stops waiting and a verdict that lands meanwhile starts nothing.
+    private let draining = Atomic<Bool>(false)
+
+    /// ward is shutting down: requests waiting for a verdict are answered `awaiting-approval`.
+    public func drain() { draining.store(true, ordering: .sequentiallyConsistent) }
     /// Policy hashes by tool: the policies do not change while a supervisor runs.
     private let policyHashes = Lock<[String: String]>([:])
     /// Longest accepted request line (docs/design.md, *The protocol*): 16 MiB.
@@ -273,8 +280,8 @@ public final class Supervisor: Sendable {
         let approvalDeadline = ContinuousClock.now + .milliseconds(Int(min(max(approvalTimeout, 0), Supervisor.longestApprovalWait) * 1000))
         while true {
             var parked: SandboxCall?
-            // A gated call's child is made only once it is approved: most wait far longer
-            // than a spawn takes.
+            // A gated call's child is never made ahead: most wait far longer than a spawn
+            // takes, and one approved runs in the path that makes its child then.
             if let launch, !request.gated, (try? ledger.state(run: runID, callId: request.callId)) == nil {
                 parked = try? sandbox.prepareCall(tool: launch.tool, arguments: launch.arguments, environment: launch.environment)
                 parked?.park()
@@ -302,8 +309,15 @@ public final class Supervisor: Sendable {
             } catch where error.code == .awaitingApproval {
                 parked?.cancel()
                 let left = Double((approvalDeadline - ContinuousClock.now) / .milliseconds(1)) / 1000
-                guard left > 0, try ledgerCall({ () throws(LedgerError) in try ledger.awaitVerdict(run: runID, callId: request.callId, timeout: left) }) else {
+                let stopping = { self.draining.load(ordering: .sequentiallyConsistent) }
+                guard left > 0, try ledgerCall({ () throws(LedgerError) in
+                    try ledger.awaitVerdict(run: runID, callId: request.callId, timeout: left, stop: stopping)
+                }) else {
                     throw RPCError(error)
+                }
+                if stopping() {
+                    throw RPCError(.internal, "call \(request.callId) of run \(runID): ward is shutting down and starts nothing now; "
+                                   + "its verdict stands: ask for it again once ward is back")
                 }
                 // The agent's state before the call went in with the gate, or with the
                 // request that made it: the run goes on from the verdict without another.

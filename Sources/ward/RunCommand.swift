@@ -162,6 +162,11 @@ struct RunCommand: ParsableCommand {
                 throw ExitCode(RunCommand.waitingForOperator)
             }
             let again = restarts < maxRestarts && (restart == .always || (restart == .onFailure && crashed))
+            if !again, let waiting = try? supervisor.ledger.pendingApprovals(run: run), !waiting.isEmpty {
+                // Not an error of ward's, but nothing the operator should miss.
+                Output.write(2, Array("ward: the agent exited with \(waiting.count == 1 ? "a call" : "calls") awaiting approval:\n".utf8))
+                ApproveCommand.list(waiting, ledger: supervisor.ledger, to: 2)
+            }
             if !again {
                 // Calls still running for the agent that left are finished and recorded
                 // (or killed and recorded after the grace period), never left in doubt.

@@ -126,7 +126,8 @@ struct CallCommand: ParsableCommand {
             Opens the connection with the agent's token: the token file beside the socket (ward serve), else $WARD_TOKEN (ward run). \
             Prints the tool's stdout and stderr and exits with its exit code (128+N when killed by signal N, 124 on timeout, 126 when denied). \
             Into a pipe or file the output is passed through byte for byte; on a terminal, control and bidi characters are shown escaped. \
-            Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied).
+            Protocol errors: exit 2 for bad input (invalid-arguments, unknown-tool, too-large), 3 for storage, 1 otherwise (conflict, in-doubt, in-progress, policy-denied, \
+            awaiting-approval: a gated tool's call waits for `ward approve`; --approval-timeout waits for it).
             """
     )
 
@@ -138,6 +139,9 @@ struct CallCommand: ParsableCommand {
     @Option(help: "Socket path (default: $WARD_SOCKET).")
     var socket: String?
 
+    @Option(name: .customLong("approval-timeout"), help: "Seconds to wait for the verdict on a gated tool's call (0 to \(Int(Supervisor.longestApprovalWait)); default 0).")
+    var approvalTimeout: Double = 0
+
     @Flag(help: "Print the whole CallResult as JSON.")
     var json = false
 
@@ -147,6 +151,10 @@ struct CallCommand: ParsableCommand {
     func validate() throws {
         try Checks.nonEmpty(callID, "--call-id")
         try Checks.nonEmpty(socket, "--socket")
+        try Checks.notNegative(approvalTimeout, "--approval-timeout")
+        guard approvalTimeout <= Supervisor.longestApprovalWait else {
+            throw ValidationError("--approval-timeout must be at most \(Int(Supervisor.longestApprovalWait)) seconds")
+        }
     }
 
     func run() throws {
@@ -156,7 +164,7 @@ struct CallCommand: ParsableCommand {
         let arguments = try argumentOptions.arguments()
         let result: CallResult
         do {
-            result = try WardConnection(socketPath: path).call(callId: callID, tool: tool, arguments: arguments)
+            result = try WardConnection(socketPath: path).call(callId: callID, tool: tool, arguments: arguments, approvalTimeout: approvalTimeout)
         } catch {
             throw CLIError(message: error.description, exitCode: CallCommand.exitStatus(error))
         }

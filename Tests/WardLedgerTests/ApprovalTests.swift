@@ -143,6 +143,11 @@ struct ApprovalTests {
         let run = try #require(try ledger.listRuns().first)
         #expect(run.awaitingApproval == 2)
         #expect(run.unfinished)
+        // Approved and not asked for since: still work left for the run.
+        try ledger.settleApproval(run: "r", callId: "c1", approve: true, note: "", by: operatorA)
+        try ledger.settleApproval(run: "r", callId: "c2", approve: false, note: "no", by: operatorA)
+        let after = try #require(try ledger.listRuns().first)
+        #expect(after.awaitingApproval == 1 && after.unfinished)
     }
 }
 

@@ -54,8 +54,9 @@ private func sendCall(_ id: String, approvalTimeout: Double? = nil) -> JSONValue
 }
 
 /// Starts `ward ARGS` in `dir` without waiting for it; its stdout is drained.
-private func startWard(_ args: [String], in dir: String) throws -> (Process, OutputDrain) {
+private func startWard(_ args: [String], in dir: String, env: [String: String] = [:]) throws -> (Process, OutputDrain) {
     let p = Process()
+    p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
     p.executableURL = URL(fileURLWithPath: Paths.ward)
     p.arguments = args
     p.currentDirectoryURL = URL(fileURLWithPath: dir)
@@ -181,6 +182,15 @@ struct ApprovalRunTests {
         #expect(try ward(["deny", "gate", "mail-2", "--note", "again"], in: dir).status == 2)
         #expect(try ward(["approve", "gate", "no-such-call"], in: dir).status == 2)
         #expect(try ward(["deny", "gate", "mail-2", "--note", " "], in: dir).status == 2, "a denial says why")
+        // A shell agent: `ward call` exits 1 naming the gate; with --approval-timeout it waits.
+        let env = ["WARD_SOCKET": dir + "/s.sock"]
+        let gated = try ward(["call", "--call-id", "mail-7", "send", "--arg", "to=carol"], in: dir, environment: env)
+        #expect(gated.status == 1 && gated.stderr.contains("ward approve gate mail-7"), "\(gated)")
+        let (waiting, out) = try startWard(["call", "--call-id", "mail-7", "--approval-timeout", "60", "send", "--arg", "to=carol"], in: dir, env: env)
+        usleep(300_000)
+        #expect(try ward(["approve", "gate", "mail-7"], in: dir).status == 0)
+        waiting.waitUntilExit()
+        #expect(waiting.terminationStatus == 0 && String(decoding: out.all(), as: UTF8.self) == "sent carol\n")
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
     }
 
@@ -205,6 +215,23 @@ struct ApprovalRunTests {
         #expect(replay["replayed"] == .bool(true))
         #expect(try String(contentsOfFile: dir + "/workspace/sent.log", encoding: .utf8) == "bob\n")
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+    }
+
+    /// ward stopping (SIGTERM) ends the agent's wait for a verdict at once: a tool started
+    /// now would be killed halfway by the shutdown, its approval spent on a `killed` outcome.
+    @Test func aShutdownEndsTheWaitAndStartsNothing() throws {
+        let dir = temporaryDirectory("approval")
+        let serve = try startServe(in: dir, run: "gate", policies: try gatedPolicies(in: dir), extra: ["--grace", "1"])
+        let client = try RawClient(dir + "/s.sock")
+        client.request(1, "tool.call", sendCall("mail-6", approvalTimeout: 60))
+        try eventually("the call awaits approval") { try awaiting(in: dir) == ["mail-6"] }
+        let stopped = Date()
+        serve.terminate()
+        #expect(kind(client.next()) == "awaiting-approval")
+        serve.waitUntilExit()
+        #expect(Date().timeIntervalSince(stopped) < 10)
+        #expect(try awaiting(in: dir) == ["mail-6"], "still waiting for its verdict")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/workspace/sent.log"))
     }
 
     @Test func anApprovalWaitThatRunsOutIsTheAwaitingApprovalError() throws {

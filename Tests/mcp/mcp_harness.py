@@ -29,6 +29,7 @@ WARD = os.environ.get("WARD", str(HERE.parent.parent / ".build" / "debug" / "war
 HINTS = {
     "send": (False, False, True, False),
     "gated_send": (False, False, True, False),
+    "gated_touch": (False, True, False, False),
     "slow_send": (False, False, True, False),
     "slow_touch": (False, True, False, False),
     "read_note": (True, True, False, False),

@@ -6,6 +6,7 @@ recorded as the call's verdict, naming the host."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ import mcp.types as types
 from mcp import ClientSession
 from mcp.client.stdio import stdio_client
 
-from mcp_harness import Place, PlaceTest, session, text
+from mcp_harness import WARD, Place, PlaceTest, session, text
 
 
 @asynccontextmanager
@@ -55,6 +56,19 @@ class ApprovalTests(PlaceTest):
         self.assertEqual(self.place.lines("outbox.log"), ["hello"])
         self.assertEqual([(c["callId"], c["status"]) for c in self.place.calls()], [(call_id, "succeeded")])
 
+    async def test_a_gated_idempotent_tool_is_gated_once_and_runs_once_approved(self) -> None:
+        async with session(self.place) as s:
+            for _ in range(2):
+                waiting = await s.call_tool("gated_touch", {"name": "a"})
+                self.assertTrue(waiting.isError)
+            self.assertEqual([c["status"] for c in self.place.calls()], ["awaiting-approval"])
+            call_id = self.place.calls()[0]["callId"]
+            self.assertEqual(self.place.ward("approve", "mcp-test", call_id, "--ledger", str(self.place.ledger)).returncode, 0)
+            ran = await s.call_tool("gated_touch", {"name": "a"})
+            self.assertFalse(ran.isError, text(ran))
+        self.assertEqual(self.place.lines("touched.log"), ["a"])
+        self.assertEqual([(c["callId"], c["status"]) for c in self.place.calls()], [(call_id, "succeeded")])
+
     async def test_a_host_that_elicits_approves_for_its_user_and_the_call_runs(self) -> None:
         asked: list[str] = []
         accept = types.ElicitResult(action="accept", content={"approve": True, "note": "the user said yes"})
@@ -81,6 +95,7 @@ class ApprovalTests(PlaceTest):
             assert denied.structuredContent is not None
             self.assertEqual(denied.structuredContent["status"], "denied")
             self.assertIn("declined in approval-test-host", text(denied))
+            self.assertNotIn("already ran", text(denied))
         self.assertEqual(self.place.lines("outbox.log"), [])
         self.assertEqual([c["status"] for c in self.place.calls()], ["denied"])
 
@@ -94,3 +109,32 @@ class ApprovalTests(PlaceTest):
         self.assertEqual([c["status"] for c in self.place.calls()], ["awaiting-approval"])
         pending = self.place.ward("approve", "--json", "--ledger", str(self.place.ledger))
         self.assertEqual([p["arguments"] for p in json.loads(pending.stdout)], [{"message": "later"}])
+
+
+class ApprovalPromptTests(PlaceTest):
+
+    def test_a_host_gone_while_its_user_is_asked_lets_ward_exit_and_the_call_waits(self) -> None:
+        ward = subprocess.Popen([WARD, *self.place.args()], cwd=self.place.root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert ward.stdin is not None and ward.stdout is not None
+
+        def send(message: dict[str, Any]) -> None:
+            assert ward.stdin is not None
+            ward.stdin.write(json.dumps(message) + "\n")
+            ward.stdin.flush()
+
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "gone-host", "version": "1"}}})
+        ward.stdout.readline()
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        # Two requests for one call: its user is asked once.
+        for i in (2, 3):
+            send({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "gated_send", "arguments": {"message": "m"}}})
+        asked = json.loads(ward.stdout.readline())
+        self.assertEqual(asked["method"], "elicitation/create")
+        ward.stdin.close()
+        self.assertEqual(ward.wait(timeout=20), 0)
+        rest = [json.loads(line) for line in ward.stdout.read().splitlines()]
+        self.assertEqual([m.get("method") for m in rest if "method" in m], [], "one prompt per call")
+        self.assertEqual({m["result"]["_meta"]["ward/error"] for m in rest if "result" in m}, {"awaiting-approval"})
+        ward.stdout.close()
+        self.assertEqual([c["status"] for c in self.place.calls()], ["awaiting-approval"])

@@ -112,6 +112,9 @@ class ClientTest(unittest.TestCase):
                 ward.checkpoint({"blob": "x" * (17 << 20)})
             with self.assertRaises(ward_client.InvalidArgumentsError):
                 ward.checkpoint({"not json": {1, 2}})
+            for bad in (-1, None, True, "5"):
+                with self.assertRaises(ward_client.InvalidArgumentsError):
+                    ward.call("echo", {"text": "x"}, call_id="bad-wait", approval_timeout=bad)  # type: ignore[arg-type]
             self.assertEqual(ward._waiting, {})  # nothing left waiting for an answer
             self.assertEqual(ward.call("echo", {"text": "still here"}, call_id="after")["stdout"], "still here")
 

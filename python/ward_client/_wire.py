@@ -82,17 +82,19 @@ def call_params(tool: str, arguments: Mapping[str, Any] | None, call_id: str, ch
     params: dict[str, Any] = {"callId": call_id, "tool": tool, "arguments": dict(arguments or {})}
     if checkpoint is not None:
         params["checkpoint"] = checkpoint
+    if isinstance(approval_timeout, bool) or not isinstance(approval_timeout, (int, float)) or not approval_timeout >= 0:
+        raise InvalidArgumentsError(f"approval_timeout must be a number of seconds, 0 or more, not {approval_timeout!r}")
     if approval_timeout:
         params["approvalTimeout"] = approval_timeout
     return params
 
 
 def call_timeout(timeout: float | None, own: float | None, approval_timeout: float) -> float | None:
-    """The client's wait for a tool.call: the one given, or the client's own (`own`, for
-    -1) stretched by the time ward may wait for a gated call's verdict."""
-    if timeout != -1.0:
-        return timeout
-    return None if own is None else own + approval_timeout
+    """The client's wait for a tool.call: the one given (or the client's own, `own`, for
+    -1) for the call, plus the time ward may wait for a gated call's verdict: a client that
+    gave up first would leave an approved call running with nobody to read its answer."""
+    limit = own if timeout == -1.0 else timeout
+    return None if limit is None else limit + approval_timeout
 
 
 def call_result(result: Any) -> dict[str, Any]:
