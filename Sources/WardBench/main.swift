@@ -327,12 +327,13 @@ for i in 0..<20 { client.toolCall("warm-\(i)") }
 // what approval gates cost the calls of tools that have none.
 let gatedPolicies = base + "/policies-gated"
 try FileManager.default.createDirectory(atPath: gatedPolicies, withIntermediateDirectories: true)
-for file in ["syscall-sets.toml", "tools.toml"] { try FileManager.default.copyItem(atPath: benchPolicies + "/" + file, toPath: gatedPolicies + "/" + file) }
-try """
+try FileManager.default.copyItem(atPath: benchPolicies + "/syscall-sets.toml", toPath: gatedPolicies + "/syscall-sets.toml")
+try (String(contentsOfFile: benchPolicies + "/tools.toml", encoding: .utf8) + """
+
     [tools.true_gated]
     command = ["/bin/true"]
     approve = true
-    """.write(toFile: gatedPolicies + "/gated.toml", atomically: true, encoding: .utf8)
+    """).write(toFile: gatedPolicies + "/tools.toml", atomically: true, encoding: .utf8)
 let gatedServe = try startServe(wardBinary, name: "gated", policies: gatedPolicies)
 let gatedClient = agentConnection(gatedServe.socket)
 for i in 0..<20 { gatedClient.toolCall("warm-\(i)") }
