@@ -280,6 +280,38 @@ WARD_CHILD_SIDE void ward_step_confine(const struct ward_spawn_config *cfg, stru
     }
 }
 
+WARD_CHILD_SIDE void ward_step_trace(const struct ward_spawn_config *cfg, struct ward_spawn_error *err) {
+    // The call's effect trace: a filter of the call's own whose listener goes to ward, so
+    // that ward sees what this tool and everything it starts (filters are inherited)
+    // attempt to change. Installed after no_new_privs, which lets an unprivileged process
+    // add a filter; stacked over the allowlist, which still refuses first (the kernel
+    // takes the strictest action of all filters: a refused syscall is never notified).
+    if (!cfg->trace_bpf) return;
+    struct sock_fprog prog = { cfg->trace_bpf_len, (struct sock_filter *)cfg->trace_bpf };
+    long listener = sys(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, (long)&prog);
+    if (listener < 0) ward_child_fail(err, WARD_STEP_TRACE, listener);
+    char byte = 1;
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof control);
+    struct iovec iov = { &byte, 1 };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    int fd = (int)listener;
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    long rc = sys(SYS_sendmsg, cfg->trace_fd, (long)&msg, MSG_NOSIGNAL);
+    // Its copy goes: once the tree is gone, ward's is the listener's last, and it hangs up.
+    sys(SYS_close, listener);
+    if (rc != 1) ward_child_fail(err, WARD_STEP_TRACE, rc < 0 ? rc : -EIO);
+}
+
 // An unprivileged ward's tools run in a user namespace of their own (made by clone with
 // CLONE_NEWUSER): whatever their policy allows, the kernel then refuses them ptrace,
 // process_vm_* and pidfd_getfd of ward, which would need CAP_SYS_PTRACE in ward's user
@@ -303,6 +335,7 @@ WARD_CHILD_SIDE static int child_main(void *arg) {
     ward_step_oom_score(cfg, err);
     ward_step_per_call(cfg, err);
     ward_step_confine(cfg, err);
+    ward_step_trace(cfg, err);
     ward_child_fail(err, WARD_STEP_EXECVE, sys(SYS_execve, (long)cfg->path, (long)cfg->argv, (long)cfg->envp));
 }
 
@@ -536,6 +569,7 @@ const char *ward_step_name(int step) {
     case WARD_STEP_ZYGOTE: return "zygote";
     case WARD_STEP_GATE: return "start gate";
     case WARD_STEP_IDENTITY: return "setresuid to the tool identity";
+    case WARD_STEP_TRACE: return "effect trace filter";
     default: return "spawn";
     }
 }

@@ -77,6 +77,8 @@ void ward_step_identity(const struct ward_spawn_config *cfg, struct ward_spawn_e
 void ward_step_capset(struct ward_spawn_error *err, int keep_setid);
 /// The per-policy confinement: no_new_privs, capabilities, Landlock, seccomp.
 void ward_step_confine(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
+/// Installs the call's effect-trace filter and sends its listener to ward (cfg->trace_bpf).
+void ward_step_trace(const struct ward_spawn_config *cfg, struct ward_spawn_error *err);
 /// Resets *err and *pidfd and checks the config; 0, or -1 with *err set.
 int ward_spawn_begin(const struct ward_spawn_config *cfg, struct ward_spawn_error *err, int *pidfd);
 /// After clone returned `pid`: reaps a child that reported a failed step (→ -1), or hands

@@ -102,6 +102,9 @@ WARD_CHILD_SIDE static int call_main(void *arg) {
     // (which shares ward's memory) nor ward nor another call, whatever its policy allows.
     // From ABI 6 the domain also scopes signals and abstract Unix sockets.
     if ((rc = sys(SYS_landlock_restrict_self, ctx->call_fd, 0)) < 0) ward_child_fail(err, WARD_STEP_LANDLOCK, rc);
+    // The call's effect trace, under the zygote's allowlist (which lets a traced tool's
+    // zygote add a filter and send its listener).
+    ward_step_trace(cfg, err);
 
     // The gate: everything up to here overlaps the fsync of the call's `running` record;
     // the tool itself starts only once ward says that record is on disk. If ward dies

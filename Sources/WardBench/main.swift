@@ -195,6 +195,42 @@ rows.append(Row(name: "… each call confined anew (no zygote)", ward: median(sa
 rows.append(Row(name: "… without cgroups (PID namespace per call)", ward: median(samples["pidns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 rows.append(Row(name: "… network isolated by a netns per call", ward: median(samples["netns"]!), peer: "bare fork+exec", peerValue: median(samples["bare"]!), budget: nil))
 
+// MARK: - Effect traces: what recording a call's effects costs it
+
+// The shell tool's sandbox twice, traced and not, in one sandbox: each measured call is
+// the same command under either, alternating, so drift of the machine falls on both.
+var traceSet = shipped
+var tracedShell = try shipped.tool("shell")
+tracedShell.name = "sh_traced"
+tracedShell.trace = true
+var untracedShell = tracedShell
+untracedShell.name = "sh_untraced"
+untracedShell.trace = false
+traceSet.tools[tracedShell.name] = tracedShell
+traceSet.tools[untracedShell.name] = untracedShell
+let traceSandbox = try Sandbox(policies: traceSet, workspace: base + "/trace-ws")
+/// Runs `command` under `tool`; its wall time in µs.
+func timedShell(_ tool: String, _ command: String) throws -> Double {
+    let t0 = now()
+    let o = try traceSandbox.run(tool: tool, arguments: .object(["command": .string(command)]))
+    precondition(o.status == .succeeded, "\(tool) \(command): \(String(decoding: o.stderr, as: UTF8.self))")
+    return Double(now() - t0) / 1000
+}
+_ = try timedShell("sh_untraced", "git init -q repo && mkdir tardir && i=0; while [ $i -lt 2000 ]; do echo $i > tardir/f$i; i=$((i+1)); done")
+var gitTimes: [String: [Double]] = [:], tarTimes: [String: [Double]] = [:]
+for round in 0..<max(iterations / 10, 20) {
+    for variant in round % 2 == 0 ? ["sh_traced", "sh_untraced"] : ["sh_untraced", "sh_traced"] {
+        // 500 changed files (written untimed), then the commit that takes them.
+        _ = try timedShell("sh_untraced", "cd repo && i=0; while [ $i -lt 500 ]; do echo \(round)\(variant) > f$i; i=$((i+1)); done")
+        gitTimes[variant, default: []].append(try timedShell(variant, "cd repo && git add -A && git commit -qm 'round \(round)'"))
+        tarTimes[variant, default: []].append(try timedShell(variant, "tar cf archive.tar tardir"))
+    }
+}
+rows.append(Row(name: "git add + commit of 500 files, traced", ward: median(gitTimes["sh_traced"]!), peer: "untraced",
+                peerValue: median(gitTimes["sh_untraced"]!), budget: .ratio(1.15)))
+rows.append(Row(name: "tar cf of 2,000 files, traced", ward: median(tarTimes["sh_traced"]!), peer: "untraced",
+                peerValue: median(tarTimes["sh_untraced"]!), budget: .ratio(1.05)))
+
 // MARK: - The ledger at synchronous=FULL: durable steps, begin+finish, checkpoint storage
 
 let ledger = try Ledger(path: base + "/bench-ledger.sqlite", durability: .full)
@@ -318,6 +354,11 @@ try (String(contentsOfFile: policiesDir + "/tools.toml", encoding: .utf8) + """
     write = ["{workspace}"]
     effect = "idempotent"
 
+    [tools.true_untraced]
+    command = ["/bin/true"]
+    write = ["{workspace}"]
+    trace = false
+
     """)
     .write(toFile: benchPolicies + "/tools.toml", atomically: true, encoding: .utf8)
 let callServe = try startServe(wardBinary, name: "calls", policies: benchPolicies)
@@ -351,6 +392,7 @@ var mcpCount = 0
 }
 for _ in 0..<20 { mcpCall() }
 var callCount = 0
+var untracedCount = 0
 var idempotentCount = 0
 var shellCount = 0
 let callSamples = try measureInBlocks(rounds: iterations / blockLength, block: blockLength) { _ in
@@ -358,6 +400,7 @@ let callSamples = try measureInBlocks(rounds: iterations / blockLength, block: b
         ("call", { client.toolCall("c\(callCount)"); callCount += 1 }),
         ("beside-gate", { gatedClient.toolCall("g\(gatedCount)"); gatedCount += 1 }),
         ("idempotent", { client.toolCall("i\(idempotentCount)", tool: "true_idempotent"); idempotentCount += 1 }),
+        ("untraced", { client.toolCall("u\(untracedCount)", tool: "true_untraced"); untracedCount += 1 }),
         ("shell", { client.toolCall("s\(shellCount)", tool: "shell", arguments: shellTrue); shellCount += 1 }),
         ("mcp", mcpCall),
         ("bare", { _ = Sandbox.withCStrings(["/bin/true"]) { ward_bench_fork_exec("/bin/true", $0) } }),
@@ -381,7 +424,9 @@ rows.append(Row(name: "tool.call of /bin/true, a gated tool in its policies", wa
                 peerValue: median(fullCall), budget: .ratio(1.02)))
 rows.append(Row(name: "tools/call of shell /bin/true through ward mcp", ward: median(callSamples["mcp"]!), peer: "tool.call through the socket",
                 peerValue: median(callSamples["shell"]!), budget: .ratio(1.2)))
-rows.append(Row(name: "tool.call, non-idempotent: output captured", ward: median(fullCall), peer: "idempotent, not captured",
+rows.append(Row(name: "tool.call of /bin/true, traced (non-idempotent's default)", ward: median(fullCall), peer: "trace = false",
+                peerValue: median(callSamples["untraced"]!), budget: .ratio(1.1)))
+rows.append(Row(name: "tool.call, non-idempotent: output captured", ward: median(callSamples["untraced"]!), peer: "idempotent, not captured",
                 peerValue: median(callSamples["idempotent"]!), budget: .ratio(1.1)))
 rows.append(Row(name: "replay of a recorded call", ward: median(replay), peer: "", peerValue: nil, budget: .atMost(150)))
 

@@ -21,6 +21,8 @@ public struct ToolOutcome: Sendable, Hashable {
     /// stdout or stderr went past `limits.output` and was cut.
     public var truncated: Bool
     public var durationMs: Double
+    /// What the tool attempted to change, when its policy traces it (`Trace`).
+    public var trace: Trace? = nil
 
     public init(status: CallStatus, exitCode: Int32?, signal: Int32?, stdout: [UInt8], stderr: [UInt8], truncated: Bool, durationMs: Double) {
         self.status = status

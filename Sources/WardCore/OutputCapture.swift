@@ -13,6 +13,13 @@ public enum OutputCapture {
         case stderr = 2
         /// The tool exited; the payload is the JSON `{status, exitCode, signal, durationMs}`.
         case exit = 3
+        /// The call is traced (no payload): a trace with no effects after it is one where
+        /// the tool had changed nothing yet, not one that was never kept.
+        case traceStart = 4
+        /// One effect of the trace, as the tracer was told of it (`Trace.Effect.json`).
+        case effect = 5
+        /// The trace reached `Trace.limit`: later effects are not in the file.
+        case traceCut = 6
     }
 
     /// The 5 bytes that precede a frame's payload.
@@ -39,6 +46,8 @@ public enum OutputCapture {
         public var stderr: [UInt8] = []
         /// The tool's exit as the sandbox saw it, when it got that far.
         public var exit: JSONValue?
+        /// What the tool had attempted to change, when the call is traced.
+        public var trace: Trace?
 
         public init(run: String, callId: String, execution: Int, startedMs: Int) {
             self.run = run
@@ -65,6 +74,13 @@ public enum OutputCapture {
             case .stdout?: contents.stdout += payload
             case .stderr?: contents.stderr += payload
             case .exit?: contents.exit = try? JSONValue.parse(Array(payload))
+            case .traceStart?: contents.trace = contents.trace ?? Trace()
+            case .effect?:
+                if let json = try? JSONValue.parse(Array(payload)), let effect = Trace.Effect(json: json) {
+                    contents.trace = contents.trace ?? Trace()
+                    contents.trace!.effects.append(effect)
+                }
+            case .traceCut?: contents.trace?.dropped = nil
             case nil: return contents  // not a frame: the rest cannot be trusted
             }
             i += 5 + length

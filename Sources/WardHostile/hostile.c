@@ -28,6 +28,7 @@
 #include <arpa/inet.h>
 #include <linux/capability.h>
 #include <time.h>
+#include <pthread.h>
 #include <unistd.h>
 
 static const char *err_name(int e) {
@@ -164,12 +165,37 @@ static int memfd_exec(const char *name, unsigned flags, int make_executable) {
     return copy_and_exec(name, fd, make_executable);
 }
 
+// race-open: one thread opens files by a path in shared memory while another rewrites that
+// path, so the path ward reads when the open is notified may not be the one the kernel then
+// opens (the limit of a trace of attempts).
+static char race_path[32];
+static volatile int race_done;
+static void *race_flip(void *unused) {
+    (void)unused;
+    while (!race_done) race_path[5] = race_path[5] == 'a' ? 'b' : 'a';
+    return NULL;
+}
+static int race_open(int count) {
+    pthread_t flipper;
+    snprintf(race_path, sizeof race_path, "race-a-0");
+    if (pthread_create(&flipper, NULL, race_flip, NULL) != 0) return report("race-open", -1);
+    for (int i = 0; i < count; i++) {
+        snprintf(race_path + 7, sizeof race_path - 7, "%d", i);
+        int fd = open(race_path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd >= 0) close(fd);
+    }
+    race_done = 1;
+    pthread_join(flipper, NULL);
+    return report("race-open", 0);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: ward-hostile BEHAVIOUR [ARG]\n"); return 2; }
     const char *b = argv[1];
     const char *arg = argc > 2 ? argv[2] : "";
     char c = 'x';
 
+    if (!strcmp(b, "race-open")) return race_open(atoi(arg));
     // Other syscall ABIs.
     if (!strcmp(b, "i386")) { printf("trying\n"); fflush(stdout); return do_i386(); }
     if (!strcmp(b, "x32")) { printf("trying\n"); fflush(stdout); return report(b, syscall(39 | 0x40000000)); }

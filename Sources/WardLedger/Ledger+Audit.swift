@@ -151,6 +151,13 @@ extension Ledger {
                let evidence = try self.inDoubtEvidence(db, run: run, callId: callId, status: recorded, owner: row["owner"], execution: row["executions"]) {
                 members["inDoubt"] = evidence
             }
+            // What it attempted to change: recorded with its outcome, else the evidence of a
+            // crash (its capture file, while no writer has recovered it yet).
+            if let trace = try self.trace(db, run: run, callId: callId) {
+                members["trace"] = trace.json
+            } else if let trace = members["inDoubt"]?.objectValue?["trace"] {
+                members["trace"] = trace
+            }
             // A gated call: who approved or denied it, when and why (from its event).
             if let verdict = try Row.fetchOne(db, sql: """
                 SELECT kind, at, body FROM events WHERE run_id = ? AND call_id = ? AND kind IN ('call.approve', 'call.deny') ORDER BY seq DESC LIMIT 1

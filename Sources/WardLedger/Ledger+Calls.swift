@@ -449,14 +449,18 @@ extension Ledger {
                     guard db.changesCount == 1 else {
                         throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it ran; its outcome here is not recorded")
                     }
-                    try self.appendEvent(db, run: ticket.run, kind: "call.finish", call: ticket.callId, data: [
+                    var data: [String: JSONValue] = [
                         "status": .string(outcome.status.rawValue),
                         "exitCode": outcome.exitCode.map { .number(Double($0)) } ?? .null,
                         "signal": outcome.signal.map { .number(Double($0)) } ?? .null,
                         "stdout": .string(Digest.hex(out)), "stderr": .string(Digest.hex(err)),
                         "truncated": .bool(outcome.truncated), "durationMs": .number(outcome.durationMs),
                         "execution": .number(Double(ticket.execution)),
-                    ], at: now)
+                    ]
+                    // What it attempted to change: in the same transaction as the outcome,
+                    // and in the chain with it.
+                    if let trace = outcome.trace { data["trace"] = trace.json }
+                    try self.appendEvent(db, run: ticket.run, kind: "call.finish", call: ticket.callId, data: data, at: now)
                     return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
                 }
             } catch where error.code == .storage && ContinuousClock.now < deadline {

@@ -33,6 +33,7 @@ struct Captured {
         var data = summary
         data["stdoutSoFar"] = .string(Digest.hex(try ledger.putBlob(db, contents.stdout)))
         data["stderrSoFar"] = .string(Digest.hex(try ledger.putBlob(db, contents.stderr)))
+        if let trace = contents.trace { data["trace"] = trace.json }
         return data
     }
 
@@ -41,6 +42,7 @@ struct Captured {
         var members = summary
         CallResult.put(contents.stdout, as: "stdoutSoFar", into: &members)
         CallResult.put(contents.stderr, as: "stderrSoFar", into: &members)
+        if let trace = contents.trace { members["trace"] = trace.json }
         return members
     }
 }

@@ -93,6 +93,13 @@ public struct ToolPolicy: Sendable, Hashable {
     /// Whether each call waits for an operator's verdict before it runs (`approve`): recorded
     /// `awaiting-approval` first, run once approved (`ward approve`), ended `denied` if not.
     public var approve = false
+    /// Whether each call's effects are traced (`trace`): nil when the policy does not say.
+    public var trace: Bool? = nil
+
+    /// Whether each call's effects on files, programs and the network are recorded: as the
+    /// policy says, else for a non-idempotent tool, whose calls are the ones an operator
+    /// must settle after a crash and the ones whose changes an audit asks about.
+    public var traced: Bool { trace ?? (effect == .nonIdempotent) }
 
     /// The argument names the command refers to (`{workspace}` excluded).
     public var placeholders: [String] {

@@ -26,12 +26,13 @@ public enum PolicyLoader {
 
     static let toolKeys: Set<String> = [
         "description", "command", "effect", "syscalls", "network", "read", "write", "env",
-        "timeout", "limits", "reconcile", "arguments", "destructive", "input-schema", "approve",
+        "timeout", "limits", "reconcile", "arguments", "destructive", "input-schema", "approve", "trace",
     ]
     static let limitKeys: Set<String> = ["memory", "cpu", "processes", "file-size", "open-files", "output"]
     /// What a tool has and a proxied server does not: the server's tools have effects, and
-    /// it takes no arguments of ward's.
-    static let toolOnlyKeys: Set<String> = ["effect", "destructive", "arguments", "input-schema", "reconcile"]
+    /// it takes no arguments of ward's; a server runs across many calls, so what its process
+    /// does cannot be told apart per call (`trace`).
+    static let toolOnlyKeys: Set<String> = ["effect", "destructive", "arguments", "input-schema", "reconcile", "trace"]
     /// `[servers.NAME]`: a tool's sandbox keys, and its tools' table.
     static let serverKeys: Set<String> = toolKeys.subtracting(toolOnlyKeys).union(["tools"])
     /// `[servers.NAME.tools.TOOL]`.
@@ -561,6 +562,8 @@ private struct Builder {
         }
         let approval = lookup("approve", base, defaults: defaults, own: own)
         let approve = flag(file, approval?.1 ?? base + ["approve"], approval?.0) ?? false
+        let tracing = lookup("trace", base, defaults: defaults, own: own)
+        let trace = flag(file, tracing?.1 ?? base + ["trace"], tracing?.0)
         var inputSchema: PolicyValue?
         if let (node, path) = lookup("input-schema", base, defaults: defaults, own: own) {
             if case .table(let members) = node, members["type"].map({ if case .string("object") = $0 { true } else { false } }) == true {
@@ -574,10 +577,10 @@ private struct Builder {
         return ToolPolicy(name: name, file: file.path, description: description, command: command, effect: effect,
                           syscalls: syscalls, network: network, read: read.map(\.0), write: write.map(\.0),
                           environment: environment, timeoutMilliseconds: timeout, limits: limits, reconcile: reconcile,
-                          arguments: arguments, destructive: destructive, inputSchema: inputSchema, approve: approve)
+                          arguments: arguments, destructive: destructive, inputSchema: inputSchema, approve: approve, trace: trace)
     }
 
-    /// A `true`/`false` key (`approve`): nil when absent, reported when of another type.
+    /// A `true`/`false` key (`approve`, `trace`): nil when absent, reported when of another type.
     mutating func flag(_ file: ParsedFile, _ path: [String], _ node: Node?) -> Bool? {
         guard let node else { return nil }
         guard case .bool(let b) = node else {

@@ -1,5 +1,6 @@
 import CCap
 import CWardOS
+import CWardSpawn
 import WardCore
 
 #if canImport(Glibc)
@@ -21,6 +22,8 @@ public struct KernelFeatures: Sendable {
     public var capLast: Int
     /// Where calls are contained for killing and limits.
     public var cgroups: CgroupLayout
+    /// seccomp user notification with CONTINUE (5.5+): calls' effects can be traced.
+    public var effectTrace: Bool = false
 
     /// Probes the running kernel.
     public static func probe() -> KernelFeatures {
@@ -30,7 +33,8 @@ public struct KernelFeatures: Sendable {
             userNamespaces: probeUserNamespaces(),
             privileged: hasCapability(CAP_SYS_ADMIN) && hasCapability(CAP_SETPCAP),
             capLast: Int(cap_max_bits()) - 1,
-            cgroups: CgroupLayout.detect()
+            cgroups: CgroupLayout.detect(),
+            effectTrace: ward_trace_available() != 0
         )
     }
 

@@ -92,6 +92,7 @@ public final class Sandbox: Sendable {
             logger.warning("Landlock ABI \(features.landlockABI) < 6: abstract Unix sockets and signals are not scoped; calls start without zygotes, each in a PID namespace of its own")
         }
         if !features.seccomp { logger.warning("seccomp is unavailable: tools are NOT syscall-filtered") }
+        else if !features.effectTrace { logger.warning("seccomp user notification is unavailable (kernel 5.5+): calls' effects are NOT traced") }
         if treeKill == .processGroup {
             logger.warning("no writable cgroup and no user namespaces: a daemonizing tool can outlive its call")
         }
@@ -121,7 +122,7 @@ public final class Sandbox: Sendable {
         guard let program = policy.command.first, let executable = Executable.resolve(program) else {
             throw SandboxError(.policyDenied, "tool \(name): command \(policy.command.first ?? "") does not exist or is not executable")
         }
-        let confined = try confinement.tool(policy, ownPIDNamespace: containment.pidNamespacePerCall)
+        let confined = try confinement.tool(policy, ownPIDNamespace: containment.pidNamespacePerCall, traced: policy.traced)
         // A zygote only where its calls can be kept from it and from each other: a Landlock
         // domain per call (ptrace and the like) with signals scoped (ABI 6). Below that, calls
         // start directly, each in a PID namespace of its own.

@@ -426,10 +426,13 @@ public final class Supervisor: Sendable {
             // Which argument names it accepts decides which calls run at all.
             "arguments": p.arguments.map { .array($0.map { .string($0) }) } ?? .null,
         ])
-        guard p.approve, case .object(var members) = json else { return Ledger.sha256Hex(json.canonicalBytes) }
-        // Whether calls wait for a verdict decides which run at all; present only when set,
-        // so that an ungated tool's hash is what it always was.
-        members["approve"] = .bool(true)
+        let traceOverridden = p.traced != (p.effect == .nonIdempotent)
+        guard p.approve || traceOverridden, case .object(var members) = json else { return Ledger.sha256Hex(json.canonicalBytes) }
+        // Whether calls wait for a verdict decides which run at all, and whether they are
+        // traced what their record holds; each present only when it departs from the
+        // default, so that other tools' hashes are what they always were.
+        if p.approve { members["approve"] = .bool(true) }
+        if traceOverridden { members["trace"] = .bool(p.traced) }
         return Ledger.sha256Hex(JSONValue.object(members).canonicalBytes)
     }
 }

@@ -60,6 +60,10 @@ enum Doctor {
         rows.append(Feature(key: "cgroups", name: "cgroups", available: delegated, state: cgroupState.isEmpty ? ["NONE"] : cgroupState,
                             effect: delegated ? "one cgroup per call: whole tree killed (cgroup.kill or pids.max=0), pids/memory limits" : noCgroups,
                             without: noCgroups))
+        let noTrace = "calls run untraced: `ward ledger show` and `ledger effects` have no effects to show"
+        rows.append(Feature(key: "effect-trace", name: "effect trace", available: f.effectTrace, state: [f.effectTrace ? "yes" : "NO"],
+                            effect: f.effectTrace ? "seccomp user notification: traced calls record the files, programs and sockets they touch" : noTrace,
+                            without: noTrace))
         return rows
     }
 

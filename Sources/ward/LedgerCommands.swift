@@ -71,7 +71,7 @@ struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
         abstract: "Audit what agents did: list, show, verify, export; settle in-doubt calls.",
-        subcommands: [List.self, Show.self, Verify.self, Export.self, Resolve.self, Reconcile.self]
+        subcommands: [List.self, Show.self, Effects.self, Verify.self, Export.self, Resolve.self, Reconcile.self]
     )
 
     struct List: ParsableCommand {
@@ -105,6 +105,30 @@ struct LedgerCommand: ParsableCommand {
             print(Table.render(["RUN", "CALL", "TOOL", "STATUS", "EXIT", "MS", "ATTEMPT", "RUNS", "STARTED"], calls.map { c in
                 [c.run, c.callId, c.tool, c.status, c.exitCode.map(String.init) ?? "-", c.durationMs.map { String(Int($0.rounded())) } ?? "-",
                  String(c.attempt), String(c.executions), c.startedAt]
+            }))
+        }
+    }
+
+    struct Effects: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Which calls touched a file: the effects of traced calls, oldest first.",
+            discussion: "Each effect is what a call's tool (or a process it started) attempted: files opened for writing, created, truncated, deleted, renamed, linked, chmodded, directories made and removed, programs executed, sockets connected or bound. A call caught mid-flight by a crash shows what it had attempted up to the crash.")
+        @OptionGroup var options: LedgerOptions
+        @Option(name: .customLong("run"), help: "Only this run.") var runID: String?
+        @Option(help: "Only effects on paths matching this glob (* also matches /); a rename or link matches by either name.") var path: String?
+        @Flag(help: "JSON output (one array).") var json = false
+
+        func validate() throws {
+            try Checks.nonEmpty(runID, "--run")
+            try Checks.nonEmpty(path, "--path")
+        }
+
+        func run() throws {
+            let ledger = try options.open(readOnly: true)
+            let effects = try ledgerCall { () throws(LedgerError) in try ledger.effects(run: runID, path: path) }
+            if json { return printJSON(.array(effects.map(\.json))) }
+            print(Table.render(["RUN", "CALL", "TOOL", "PID", "AT MS", "EFFECT"], effects.map { e in
+                [e.run, e.callId, e.tool, String(e.effect.pid), JSONValue.format(number: e.effect.atMs), e.effect.description]
             }))
         }
     }
@@ -153,12 +177,20 @@ struct LedgerCommand: ParsableCommand {
                     rows.append([key, v.stringValue ?? v.canonical])
                 }
             }
+            if let trace = d["trace"].flatMap(Trace.init(json:)) { rows += Show.traceRows(trace) }
             print(Table.render(["FIELD", "VALUE"], rows))
             print("")
             let events = d["events"].flatMap { v -> [JSONValue]? in if case .array(let a) = v { return a }; return nil } ?? []
             print(Table.render(["SEQ", "AT", "KIND", "DATA"], events.compactMap(\.objectValue).map { e in
                 [e["seq"].map { $0.canonical } ?? "", e["at"]?.stringValue ?? "", e["kind"]?.stringValue ?? "", e["data"]?.canonical ?? ""]
             }))
+        }
+
+        /// What a traced call attempted to change, one effect a row.
+        static func traceRows(_ trace: Trace) -> [[String]] {
+            let count = trace.effects.count == 1 ? "1 effect" : "\(trace.effects.count) effects"
+            let head = ["effects", "\(count), as attempted (read from each syscall before the kernel ran it)"]
+            return [head] + trace.lines.map { ["", $0] }
         }
 
         /// A gated call's verdict and who gave it, or the commands that give one.

@@ -185,8 +185,13 @@ struct SandboxCommand: ParsableCommand {
             throw CLIError(message: error.description, exitCode: error.code == .spawnFailed || error.code == .internalError ? 1 : 2)
         }
         if json {
-            let result = CallResult(callId: "sandbox", tool: tool, outcome: outcome, replayed: false, attempt: 1)
-            Output.write(1, Array((result.json.canonical + "\n").utf8))
+            var json = CallResult(callId: "sandbox", tool: tool, outcome: outcome, replayed: false, attempt: 1).json
+            // What the tool attempted to change, when its policy traces it.
+            if case .object(var members) = json, let trace = outcome.trace {
+                members["trace"] = trace.json
+                json = .object(members)
+            }
+            Output.write(1, Array((json.canonical + "\n").utf8))
         } else {
             Output.stream(1, outcome.stdout)
             Output.stream(2, outcome.stderr)

@@ -96,6 +96,42 @@ struct ServerPolicyTests {
         #expect(found.map { "\($0.line) \($0.message)" } == ["6 approve must be true or false, not a string"])
     }
 
+    /// `trace`: on by default for a non-idempotent tool only; true or false; not a server's
+    /// (a server's process serves many calls, so its effects are no one call's).
+    @Test func tracingIsTrueOrFalseOnAToolAndNotAServers() throws {
+        let dir = try policyDirectory(["t.toml": base + """
+            [tools.send]
+            command = ["/bin/true"]
+
+            [tools.quiet]
+            command = ["/bin/true"]
+            trace = false
+
+            [tools.look]
+            command = ["/bin/true"]
+            effect = "read-only"
+
+            [tools.watched]
+            command = ["/bin/true"]
+            effect = "idempotent"
+            trace = true
+            """])
+        let set = try PolicyLoader.load(directory: dir)
+        #expect(try set.tool("send").traced && !set.tool("quiet").traced && !set.tool("look").traced && set.tool("watched").traced)
+        let found = try diagnostics(["t.toml": base + """
+            [tools.send]
+            command = ["/bin/true"]
+            trace = 1
+            """])
+        #expect(found.map { "\($0.line) \($0.message)" } == ["6 trace must be true or false, not a integer"], "\(found)")
+        let server = try diagnostics(["s.toml": base + """
+            [servers.mail]
+            command = ["/bin/true"]
+            trace = true
+            """])
+        #expect(server.count == 1 && server.first?.line == 6 && server.first?.message.contains("trace") == true, "\(server)")
+    }
+
     @Test func mistakesAreNamedAtTheirLine() throws {
         let found = try diagnostics(["s.toml": base + """
             [servers.a]

@@ -385,7 +385,10 @@ struct BadInputTests {
                                  "shell", "--arg", "command=printf out; printf err >&2; exit 3"])
         #expect(r.status == 3)
         let json = try JSONValue.parse(r.stdout).objectValue!
-        #expect(Set(json.keys) == ["callId", "tool", "status", "exitCode", "signal", "stdout", "stderr", "truncated", "durationMs", "replayed", "attempt"])
+        // A call result, and what the (non-idempotent, so traced) tool attempted to change.
+        #expect(Set(json.keys) == ["callId", "tool", "status", "exitCode", "signal", "stdout", "stderr", "truncated", "durationMs", "replayed", "attempt",
+                                   "trace"])
+        #expect(json["trace"].flatMap(Trace.init(json:))?.effects.first?.argv?.last == "printf out; printf err >&2; exit 3")
         #expect(json["status"] == .string("failed") && json["exitCode"] == .number(3) && json["stdout"] == .string("out") && json["stderr"] == .string("err"))
     }
 

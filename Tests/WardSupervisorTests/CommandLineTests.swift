@@ -297,7 +297,7 @@ struct CommandLineTests {
         let r = try ward(["doctor", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         let features = try #require(elements(try JSONValue.parse(r.stdout).objectValue?["features"]))
-        #expect(features.compactMap { $0.objectValue?["key"]?.stringValue } == ["seccomp", "landlock", "user-namespaces", "privileged", "isolation", "cgroups"])
+        #expect(features.compactMap { $0.objectValue?["key"]?.stringValue } == ["seccomp", "landlock", "user-namespaces", "privileged", "isolation", "cgroups", "effect-trace"])
         for feature in features.compactMap(\.objectValue) {
             #expect(Set(feature.keys) == ["key", "name", "available", "state", "effect", "without"], "\(feature)")
             if case .bool? = feature["available"] {} else { Issue.record("available is not a boolean: \(feature)") }

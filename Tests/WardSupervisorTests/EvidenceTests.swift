@@ -22,6 +22,10 @@ struct EvidenceTests {
         [tools.stamp]
         command = ["/bin/sh", "-c", "echo stamped"]
         effect = "idempotent"
+
+        # Publishes, then waits for the test to kill ward.
+        [tools.publish]
+        command = ["/bin/sh", "-c", "echo entry >> published.log; exec sleep 60"]
         """#)
     }
 
@@ -44,7 +48,11 @@ struct EvidenceTests {
         // either order, before the mtime is taken); a heartbeat then moves
         // the file's mtime on while the tool is silent.
         let capture = dir + "/.ward/ledger.sqlite-output/" + Ledger.idempotencyKey(run: "ev", callId: "c1")
-        #expect(eventually { (try? String(contentsOfFile: capture, encoding: .utf8)).map { $0.contains("half") && $0.contains("careful") } == true }, "the output was not captured")
+        // (Read as bytes: a traced call's effect frames have lengths that are not UTF-8.)
+        let captured = { (text: String) in (try? Data(contentsOf: URL(fileURLWithPath: capture)))?.range(of: Data(text.utf8)) != nil }
+        #expect(eventually { captured("half") && captured("careful") }, "the output was not captured")
+        // The tool's last act, its exec of sleep, is in the trace: after it, only a heartbeat moves the mtime.
+        #expect(eventually { captured("/usr/bin/sleep") }, "the exec of sleep was not traced")
         let printed = try FileManager.default.attributesOfItem(atPath: capture)[.modificationDate] as! Date
         #expect(eventually { (try? FileManager.default.attributesOfItem(atPath: capture)[.modificationDate] as? Date).map { $0 > printed } == true },
                 "no heartbeat while the tool was silent")
@@ -84,6 +92,44 @@ struct EvidenceTests {
         // Settled, the evidence stays with the call for the audit.
         #expect(try ward(["ledger", "resolve", "ev", "c1", "--as", "not-executed", "--note", "nothing was sent"], in: dir).status == 0)
         #expect(try show(dir, "ev", "c1")["inDoubt"]?.objectValue?["stdoutSoFar"] == .string("step one\nhalf"))
+    }
+
+    /// "It had opened published.log for writing" is the evidence a verdict needs: the
+    /// trace reaches the capture file as the tool goes, and the in-doubt record after.
+    @Test func aCallCaughtRunningShowsWhatItHadChanged() throws {
+        let dir = temporaryDirectory("evidence-trace")
+        let serve = try startServe(in: dir, run: "ev", policies: try policies())
+        let client = try RawClient(dir + "/s.sock")
+        client.request(1, "tool.call", .object(["callId": .string("p1"), "tool": .string("publish"), "arguments": .object([:])]))
+        let log = dir + "/workspace/published.log"
+        #expect(eventually { FileManager.default.fileExists(atPath: log) && (try? String(contentsOfFile: log, encoding: .utf8)) == "entry\n" })
+        let capture = dir + "/.ward/ledger.sqlite-output/" + Ledger.idempotencyKey(run: "ev", callId: "p1")
+        #expect(eventually { (try? Data(contentsOf: URL(fileURLWithPath: capture)))?.range(of: Data("sleep".utf8)) != nil },
+                "the tool's exec of sleep, after its write, never reached the capture file")
+        kill(serve.processIdentifier, SIGKILL)
+        serve.waitUntilExit()
+
+        func effects(_ call: [String: JSONValue]) -> [String] {
+            (call["trace"].flatMap(Trace.init(json:))?.effects ?? []).map(\.description)
+        }
+        // Read-only, from the capture file; then recorded in the chained in-doubt event.
+        let wrote = "create \(dir)/workspace/published.log (mode 0666) (append)"
+        let before = try show(dir, "ev", "p1")
+        #expect(effects(before).contains(wrote), "\(before)")
+        let reconcile = try ward(["ledger", "reconcile"], in: dir)
+        #expect(reconcile.stdout.contains("p1"), "\(reconcile.stdout)\(reconcile.stderr)")
+        let call = try show(dir, "ev", "p1")
+        #expect(call["status"] == .string("in-doubt"))
+        #expect(effects(call) == ["exec /usr/bin/dash -c echo entry >> published.log; exec sleep 60", wrote, "exec /usr/bin/sleep 60"], "\(call)")
+        #expect(call["inDoubt"]?.objectValue?["trace"] != nil)
+        #expect(try ward(["ledger", "verify"], in: dir).status == 0)
+        let table = try ward(["ledger", "show", "ev", "p1"], in: dir).stdout
+        #expect(table.contains("3 effects, as attempted") && table.contains("published.log"), "\(table)")
+        // Which calls touched the file: this one, found by a glob.
+        let found = try ward(["ledger", "effects", "--path", "*/published.log", "--json"], in: dir)
+        let rows = try JSONValue.parse(found.stdout).arrayValue ?? []
+        #expect(rows.count == 1 && rows.first?.objectValue?["callId"] == .string("p1") && rows.first?.objectValue?["event"] == .string("call.in-doubt"),
+                "\(found.stdout)\(found.stderr)")
     }
 
     @Test func aToolThatEndedBeforeWardDiedShowsHowItEnded() throws {

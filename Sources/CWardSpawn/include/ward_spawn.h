@@ -1,6 +1,7 @@
 #ifndef WARD_SPAWN_H
 #define WARD_SPAWN_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -35,6 +36,7 @@ enum ward_step {
     WARD_STEP_ZYGOTE,
     WARD_STEP_GATE,
     WARD_STEP_IDENTITY,
+    WARD_STEP_TRACE,
 };
 
 struct ward_rlimit {
@@ -73,6 +75,9 @@ struct ward_spawn_config {
     int parent_pid;               ///< with pdeath_signal: ward's pid. A child whose parent is no longer ward
                                   ///< (ward died before the child asked for the signal) gives up.
     int gate_fd;                  ///< > 0: read one byte from it before execve; 1 = go, anything else = give up
+    const void *trace_bpf;        ///< the call's own effect-trace filter (SECCOMP_RET_USER_NOTIF actions); NULL: untraced
+    unsigned short trace_bpf_len;
+    int trace_fd;                 ///< with trace_bpf: a Unix socket the child sends the filter's listener fd on
 };
 
 struct ward_spawn_error {
@@ -152,6 +157,36 @@ void ward_zygote_stop(struct ward_zygote *z);
 /// The calling thread's child stack (mapped by its first spawn; NULL before), which is
 /// unmapped when the thread exits. For tests.
 const void *ward_thread_stack(void);
+
+// MARK: - Effect trace (trace.c)
+
+/// One notified syscall of a traced tool, as the kernel reported it.
+struct ward_trace_notification {
+    uint64_t id;
+    int pid;
+    int nr;
+    uint64_t args[6];
+};
+
+/// 1 when this kernel has seccomp user notification with CONTINUE (5.5+).
+int ward_trace_available(void);
+/// Waits for the listener fd a traced call's child sends on `sock` (SCM_RIGHTS); -1 when
+/// `stop_fd` becomes readable or the socket closes first.
+int ward_trace_receive_listener(int sock, int stop_fd);
+/// Waits up to `timeout_ms` for a notification: 1 (filled in), 0 (nothing yet), -1 (no
+/// task uses the filter any more, `stop_fd` is readable, or an error).
+int ward_trace_next(int listener, int stop_fd, int timeout_ms, struct ward_trace_notification *out);
+/// Lets the notified syscall run as asked. 0, or -ENOENT when its task is gone (then what
+/// was read for it may belong to another process: discard it).
+int ward_trace_continue(int listener, uint64_t id);
+/// process_vm_readv of `length` bytes at `address` in `pid`; bytes read or -1.
+long ward_trace_read(int pid, uint64_t address, void *buffer, size_t length);
+/// A NUL-terminated string at `address` in `pid`, cut to `capacity - 1`; its length or -1.
+long ward_trace_read_string(int pid, uint64_t address, char *buffer, size_t capacity);
+/// The path of `pid`'s fd (its cwd for AT_FDCWD, -100); its length or -1.
+long ward_trace_fd_path(int pid, int fd, char *buffer, size_t capacity);
+/// socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC): Glibc's Swift module lacks SOCK_CLOEXEC.
+int ward_socketpair_cloexec(int fds[2]);
 
 // MARK: - Wrappers the spawn shares with Swift (the others are CWardOS's)
 

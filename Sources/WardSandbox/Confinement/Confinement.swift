@@ -66,13 +66,16 @@ struct Confinement: Sendable {
     /// One tool's seccomp program and Landlock ruleset. `ownPIDNamespace`: each call runs
     /// in a PID namespace of its own (`Sandbox.pidNamespacePerCall`), which lets the filter
     /// allow pids other than the caller's.
-    func tool(_ policy: ToolPolicy, ownPIDNamespace: Bool) throws(SandboxError) -> ToolConfinement {
-        let bpf = try Confinement.compileFilter(for: policy, ownPIDNamespace: ownPIDNamespace)
+    /// `traced`: its calls' effects are traced (the kernel can, and the policy says so).
+    func tool(_ policy: ToolPolicy, ownPIDNamespace: Bool, traced: Bool = false) throws(SandboxError) -> ToolConfinement {
+        let traced = traced && features.effectTrace && features.seccomp
+        let bpf = try Seccomp.compile(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: ownPIDNamespace, traced: traced)
         var landlockFD: Int32 = -1
         if features.landlockABI > 0 {
             landlockFD = try Confinement.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI)
         }
-        return ToolConfinement(bpf: bpf, landlockFD: landlockFD, newNetNamespace: policy.network == .loopback)
+        return ToolConfinement(bpf: bpf, landlockFD: landlockFD, newNetNamespace: policy.network == .loopback,
+                               trace: traced ? try Confinement.traceFilter.get() : nil)
     }
 
     /// The Landlock ruleset of a tool's zygote (`Landlock.makeRuleset`, `zygote`); the
@@ -80,6 +83,11 @@ struct Confinement: Sendable {
     func zygoteRuleset(for policy: ToolPolicy) throws(SandboxError) -> Int32 {
         try Confinement.landlockRuleset(for: policy, workspace: workspace, abi: features.landlockABI, zygote: true)
     }
+
+    /// The filter of every traced call (`Seccomp.compileTrace`), compiled once.
+    static let traceFilter: Result<SeccompProgram, SandboxError> = {
+        do throws(SandboxError) { return .success(try Seccomp.compileTrace()) } catch { return .failure(error) }
+    }()
 
     static func compileFilter(for policy: ToolPolicy, ownPIDNamespace: Bool) throws(SandboxError) -> SeccompProgram {
         try Seccomp.compile(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: ownPIDNamespace)
@@ -167,11 +175,14 @@ final class ToolConfinement: Sendable {
     let landlockFD: Int32
     /// `network = "loopback"`: each call in a network namespace of its own.
     let newNetNamespace: Bool
+    /// The effect-trace filter each call adds (`Tracer`); nil: calls are not traced.
+    let trace: SeccompProgram?
 
-    init(bpf: SeccompProgram, landlockFD: Int32, newNetNamespace: Bool) {
+    init(bpf: SeccompProgram, landlockFD: Int32, newNetNamespace: Bool, trace: SeccompProgram? = nil) {
         self.bpf = bpf
         self.landlockFD = landlockFD
         self.newNetNamespace = newNetNamespace
+        self.trace = trace
     }
 
     deinit { if landlockFD >= 0 { close(landlockFD) } }

@@ -138,7 +138,9 @@ public enum Seccomp {
 
     /// The filter of a policy's syscall list. `ownPIDNamespace`: each call's tool is pid 1
     /// of a PID namespace of its own (no cgroup containment), so pids name only its processes.
-    public static func plan(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool) -> Plan {
+    /// `traced`: each call adds its effect-trace filter under this one and sends its
+    /// listener to ward (`ward_step_trace`).
+    public static func plan(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool, traced: Bool = false) -> Plan {
         var plan = Plan()
         func allow(_ name: String, _ alternatives: [[Match]] = [], _ limit: String? = nil) {
             plan.rules.append(Rule(name: name, alternatives: alternatives, limit: limit))
@@ -198,12 +200,16 @@ public enum Seccomp {
         // under this filter. Without CAP_SETUID and CAP_SETGID (no tool has them) they only
         // move among the ids the caller already has, and capset only lowers.
         for name in ["setgroups", "setresgid", "setresuid", "capset"] where !syscalls.contains(name) { allow(name) }
+        // A traced tool's call child adds the trace filter and hands its listener to ward
+        // under this filter. Under no_new_privs a filter only narrows, and the tool cannot
+        // take the listener's place: the kernel allows one per filter chain (EBUSY).
+        if traced { for name in ["seccomp", "sendmsg"] where !syscalls.contains(name) { allow(name) } }
         return plan
     }
 
     /// Compiles the allowlist. Default action EPERM; foreign ABIs kill the process. Any
     /// libseccomp failure is fatal: a silently dropped rule is a hole.
-    static func compile(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool) throws(SandboxError) -> SeccompProgram {
+    static func compile(syscalls: [String], network: NetworkAccess, ownPIDNamespace: Bool, traced: Bool = false) throws(SandboxError) -> SeccompProgram {
         guard let ctx = seccomp_init(ward_scmp_act_errno(UInt16(EPERM))) else {
             throw SandboxError(.internalError, "seccomp_init failed")
         }
@@ -227,13 +233,52 @@ public enum Seccomp {
             try check(rc, "rule for \(name)")
         }
 
-        for rule in plan(syscalls: syscalls, network: network, ownPIDNamespace: ownPIDNamespace).rules {
+        for rule in plan(syscalls: syscalls, network: network, ownPIDNamespace: ownPIDNamespace, traced: traced).rules {
             if rule.alternatives.isEmpty { try add(SCMP_ACT_ALLOW, rule.name) }
             for matches in rule.alternatives { try add(SCMP_ACT_ALLOW, rule.name, matches) }
         }
         for name in enosys { try add(ward_scmp_act_errno(UInt16(ENOSYS)), name) }
         let program = try export(ctx)
         return syscalls.contains("ioctl") ? SeccompProgram(bytes: ttyInjectionGuard + program.bytes) : program
+    }
+
+    /// The syscalls a call's effect trace is told of, with the argument matches that make
+    /// one worth telling (none: always). An `open` or `openat` only when it may write:
+    /// read-only opens are most of a tool's syscalls and change nothing.
+    static let traced: [(name: String, alternatives: [[Match]])] = {
+        let writing: (UInt32) -> [[Match]] = { arg in
+            // O_WRONLY, O_RDWR, O_CREAT, O_TRUNC: any of them.
+            [0o1, 0o2, 0o100, 0o1000].map { [Match(arg: arg, mask: $0, value: $0)] }
+        }
+        let always = ["creat", "truncate", "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
+                      "mknod", "mknodat", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "fchmodat2",
+                      "execve", "execveat", "connect", "bind"]
+        return [("open", writing(1)), ("openat", writing(2))] + always.map { ($0, []) }
+    }()
+
+    /// The filter of a call's effect trace: every syscall of `traced` goes to ward
+    /// (SECCOMP_RET_USER_NOTIF), which reads its arguments and lets it go on; everything
+    /// else is allowed here, and left to the allowlist stacked with it.
+    static func compileTrace() throws(SandboxError) -> SeccompProgram {
+        guard let ctx = seccomp_init(SCMP_ACT_ALLOW) else { throw SandboxError(.internalError, "seccomp_init failed") }
+        defer { seccomp_release(ctx) }
+        func check(_ rc: Int32, _ what: @autoclosure () -> String) throws(SandboxError) {
+            if rc != 0 { throw SandboxError(.internalError, "seccomp: \(what()) failed: \(errnoName(-rc))", errno: -rc) }
+        }
+        try check(seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS), "set bad-arch action")
+        try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0), "leave no_new_privs to the spawn")
+        for (name, alternatives) in traced {
+            let n = seccomp_syscall_resolve_name(name)
+            guard n != __NR_SCMP_ERROR else { throw SandboxError(.internalError, "seccomp: unknown syscall \(name)") }
+            for matches in alternatives.isEmpty ? [[]] : alternatives {
+                var conds = matches.map { ward_scmp_arg($0.arg, SCMP_CMP_MASKED_EQ, $0.mask, $0.value) }
+                let rc = conds.withUnsafeMutableBufferPointer { buf in
+                    seccomp_rule_add_exact_array(ctx, SCMP_ACT_NOTIFY, n, UInt32(buf.count), buf.baseAddress)
+                }
+                try check(rc, "trace rule for \(name)")
+            }
+        }
+        return try export(ctx)
     }
 
     /// A hand-written prefix that refuses ioctl TIOCSTI and TIOCLINUX before libseccomp's

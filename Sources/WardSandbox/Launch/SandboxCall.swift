@@ -40,6 +40,8 @@ public final class SandboxCall: @unchecked Sendable {
     /// The zygote holding a parked child (reserved until the child execs or gives up).
     private var parkedIn: Zygote?
     private var done = false
+    /// The call's effect trace, when its policy traces it.
+    private let tracer: Tracer?
 
     /// - Parameter arguments: the tool's stdin; nil for a server, whose stdin is a pipe
     ///   (`launch`).
@@ -66,6 +68,7 @@ public final class SandboxCall: @unchecked Sendable {
             do { acquired = try cgroups.acquire() } catch { failure = error }
         }
         slot = acquired
+        tracer = tool.confinement.trace == nil || arguments == nil ? nil : try? Tracer()
         let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
         // RLIMIT_NPROC counts the processes of a uid in a user namespace: where calls share
         // one, it would bound them all together, not each call.
@@ -117,6 +120,11 @@ public final class SandboxCall: @unchecked Sendable {
         // The policy's filter (for a direct spawn: a zygote's children inherit it instead),
         // Landlock ruleset, identity and capabilities; `tool` keeps them alive.
         sandbox.confinement.configureCall(&config.pointee, tool: tool.confinement, newPIDNamespace: newPidNS)
+        if let tracer, let filter = tool.confinement.trace {
+            config.pointee.trace_bpf = UnsafeRawPointer(filter.aligned.baseAddress)
+            config.pointee.trace_bpf_len = UInt16(filter.instructionCount)
+            config.pointee.trace_fd = tracer.childFD
+        }
         config.pointee.pdeath_signal = SIGKILL
         config.pointee.parent_pid = getpid()
     }
@@ -208,6 +216,9 @@ public final class SandboxCall: @unchecked Sendable {
         done = true
         let policy = tool.policy
         let start = Sandbox.monotonicNanoseconds()
+        // Listening before the spawn: the tool's own execve is the first thing traced, and
+        // the thread that spawns waits for it.
+        tracer?.start(capture: capture, at: start)
         var pid: pid_t = -1
         var spawned = Zygote.Spawn.unavailable
         if let zygote = parkedIn {
@@ -225,13 +236,16 @@ public final class SandboxCall: @unchecked Sendable {
             config.pointee.gate_fd = 0
             pid = ward_spawn(config, spawnError, pidfd)
         case .lost:
+            _ = tracer?.finish()
             throw lost()
         }
+        tracer?.childStarted()
         close(outPipe[1])
         close(errPipe[1])
         outPipe[1] = -1
         errPipe[1] = -1
         guard pid > 0 else {
+            _ = tracer?.finish()
             if let slot { cgroups?.release(slot) }
             let step = String(cString: ward_step_name(spawnError.pointee.step))
             let code: SandboxError.Code = spawnError.pointee.step == Int32(WARD_STEP_EXECVE.rawValue) ? .policyDenied : .spawnFailed
@@ -276,12 +290,15 @@ public final class SandboxCall: @unchecked Sendable {
         (outPipe[0], errPipe[0]) = (collector.fds[0], collector.fds[1])
         let durationMs = Double(Sandbox.monotonicNanoseconds() - start) / 1e6
         if let slot { cgroups?.release(slot) }
+        // Every process of the call is gone: nothing more can be attempted.
+        let trace = tracer?.finish()
 
         let status: CallStatus
         if timedOut { status = .timedOut } else if exited != 0 { status = code == 0 ? .succeeded : .failed } else { status = .killed }
-        let outcome = ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
+        var outcome = ToolOutcome(status: status, exitCode: exited != 0 ? code : nil, signal: signal != 0 ? signal : nil,
                                   stdout: collector.buffers[0], stderr: collector.buffers[1], truncated: collector.truncated,
                                   durationMs: (durationMs * 1000).rounded() / 1000)
+        outcome.trace = trace
         if capture >= 0 {
             // How the tool ended, for the operator if ward dies before recording it.
             let exit = JSONValue.object([

@@ -1,0 +1,58 @@
+import GRDB
+import WardCore
+
+/// One effect of a traced call, with the call it belongs to (`ward ledger effects`).
+public struct RecordedEffect: Sendable {
+    public var run: String
+    public var callId: String
+    public var tool: String
+    /// The event that holds it: the call's outcome (`call.finish`) or, for a call caught
+    /// mid-flight, the evidence it was put in doubt on (`call.in-doubt`).
+    public var event: String
+    public var at: String
+    public var effect: Trace.Effect
+
+    public var json: JSONValue {
+        .object(["run": .string(run), "callId": .string(callId), "tool": .string(tool), "event": .string(event), "at": .string(at),
+                 "effect": effect.json])
+    }
+}
+
+extension Ledger {
+    /// The effects of traced calls, oldest first: of one run, or all; only those whose path
+    /// (or, for a rename or link, its new name) matches `path`, a glob (`*`, `?`, `[…]`, as
+    /// SQLite's GLOB: `*` crosses `/`).
+    public func effects(run: String? = nil, path: String? = nil) throws(LedgerError) -> [RecordedEffect] {
+        try read("reading effects") { db in
+            var sql = """
+                SELECT e.run_id, e.call_id, e.kind, e.at, c.tool, j.value AS effect
+                FROM events e JOIN json_each(e.body, '$.data.trace.effects') j
+                LEFT JOIN calls c ON c.run_id = e.run_id AND c.call_id = e.call_id
+                WHERE e.kind IN ('call.finish', 'call.in-doubt')
+                """
+            var args: [any DatabaseValueConvertible] = []
+            if let run { sql += " AND e.run_id = ?"; args.append(run) }
+            if let path {
+                sql += " AND (json_extract(j.value, '$.path') GLOB ? OR json_extract(j.value, '$.to') GLOB ?)"
+                args += [path, path]
+            }
+            sql += " ORDER BY e.run_id, e.seq, j.key"
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { row in
+                guard let json = try? JSONValue.parse(row["effect"] as String), let effect = Trace.Effect(json: json) else { return nil }
+                return RecordedEffect(run: row["run_id"], callId: row["call_id"], tool: row["tool"] ?? "?", event: row["kind"], at: row["at"],
+                                      effect: effect)
+            }
+        }
+    }
+
+    /// A call's trace: its last execution's, from its outcome, else from the evidence it
+    /// was put in doubt on; nil when the call is not traced (or has not ended).
+    func trace(_ db: Database, run: String, callId: String) throws -> Trace? {
+        guard let data = try String.fetchOne(db, sql: """
+            SELECT json_extract(body, '$.data.trace') FROM events
+            WHERE run_id = ? AND call_id = ? AND kind IN ('call.finish', 'call.in-doubt') AND json_extract(body, '$.data.trace') IS NOT NULL
+            ORDER BY seq DESC LIMIT 1
+            """, arguments: [run, callId]) else { return nil }
+        return (try? JSONValue.parse(data)).flatMap(Trace.init(json:))
+    }
+}
