@@ -67,8 +67,13 @@ extension Ledger {
     /// it ends `denied` with `note` as its stderr and is replayed as such (`call.deny`). Both
     /// record who and when in the run's chain, in the transaction that checks the call
     /// still waits: of two verdicts at once, the second is refused and nothing runs twice.
+    /// - Parameters:
+    ///   - approver: who gives it: by default this process's user.
+    ///   - host: the MCP host whose user gave it (`ward mcp` asked through the host):
+    ///     recorded `by` as `USER via HOST`, with the uid of the user ward runs as.
     /// - Throws: `notFound` (no such call), `invalid` (not awaiting approval), `storage`.
-    public func settleApproval(run: String, callId: String, approve: Bool, note: String, by approver: Approver = .current) throws(LedgerError) {
+    public func settleApproval(run: String, callId: String, approve: Bool, note: String, by approver: Approver = .current,
+                               via host: String? = nil) throws(LedgerError) {
         try write("\(approve ? "approving" : "denying") call \(callId)") { db in
             guard let call = try CallRecord.fetch(db, run: run, callId: callId) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
@@ -77,7 +82,8 @@ extension Ledger {
                 throw LedgerError(.invalid, "call \(callId) of run \(run) is \(call.state.status.rawValue), not awaiting approval")
             }
             let now = Timestamp.now()
-            var data: [String: JSONValue] = ["by": .string(approver.user), "uid": .number(Double(approver.uid)), "note": .string(note)]
+            let by = host.map { "\(approver.user) via \($0)" } ?? approver.user
+            var data: [String: JSONValue] = ["by": .string(by), "uid": .number(Double(approver.uid)), "note": .string(note)]
             if approve {
                 try db.run("UPDATE calls SET status = \(CallState.sql(.approved)) WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
                 try self.appendEvent(db, run: run, kind: "call.approve", call: callId, data: data, at: now)
@@ -95,8 +101,8 @@ extension Ledger {
         }
     }
 
-    /// Waits until a gated call is no longer awaiting approval, or `timeout` seconds pass, or
-    /// `stop` says to give up (ward is shutting down).
+    /// Waits until a gated call is no longer awaiting approval, or `timeout` seconds pass
+    /// (`.infinity`: no limit), or `stop` says to give up (ward is shutting down, the asker left).
     /// - Returns: true once it has a verdict (the caller asks `begin` again), false when the
     ///   wait ran out or was given up.
     public func awaitVerdict(run: String, callId: String, timeout: Double, stop: () -> Bool = { false }) throws(LedgerError) -> Bool {

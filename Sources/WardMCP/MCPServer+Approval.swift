@@ -4,10 +4,6 @@ import WardLedger
 import WardSandbox
 import WardSupervisor
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A gated tool's call (`approve = true`) asked of the host's user, where the host declared
 /// the `elicitation` capability: its answer is recorded as the verdict `ward approve` or
 /// `ward deny` would record, naming the host (docs/design.md, "Approval gates"). A host
@@ -55,11 +51,9 @@ extension MCPServer {
         let settled = { (try? supervisor.ledger.state(run: supervisor.runID, callId: callId)).map { $0 != .awaitingApproval } ?? false }
         // One prompt per call: a repeat of it while the host's user is asked waits for that answer.
         guard prompting.withLock({ $0.insert(callId).inserted }) else {
-            while !settled() {
-                if givenUp() { return false }
-                usleep(100_000)
-            }
-            return true
+            // No time limit: the answer, or the host giving up, ends it. A ledger that cannot
+            // be read ends it too, the call still waiting.
+            return (try? supervisor.ledger.awaitVerdict(run: supervisor.runID, callId: callId, timeout: .infinity, stop: givenUp)) ?? false
         }
         defer { _ = prompting.withLock { $0.remove(callId) } }
         let id = JSONValue.string("ward-approval-\(MCPServer.randomHex())")
@@ -94,10 +88,8 @@ extension MCPServer {
         let content = result["content"]?.objectValue ?? [:]
         let approve = action == "accept" && content["approve"] == .bool(true)
         let note = content["note"]?.stringValue ?? (approve ? "" : "declined in \(host.name)")
-        let me = Approver.current
-        let approver = Approver(uid: me.uid, user: "\(me.user) via \(host.name)")
         do throws(LedgerError) {
-            try supervisor.ledger.settleApproval(run: supervisor.runID, callId: callId, approve: approve, note: note, by: approver)
+            try supervisor.ledger.settleApproval(run: supervisor.runID, callId: callId, approve: approve, note: note, via: host.name)
         } catch where error.code == .invalid {
             // An operator's verdict came first (`ward approve`): it stands.
         } catch {

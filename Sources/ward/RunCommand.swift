@@ -83,6 +83,18 @@ struct RunCommand: ParsableCommand {
             }
         }.start()
 
+        /// The agent's next attempt, once the operator settled the calls it stopped at.
+        func resumeAgent(because why: String) throws {
+            Output.write(2, Array("ward: \(why); resuming the agent\n".utf8))
+            supervisor.attempt = try ledgerCall { () throws(LedgerError) in try supervisor.ledger.startAttempt(run: run) }
+        }
+        /// Ends ward while calls wait for an operator, whose answer a restart cannot give.
+        func stopForOperator() throws -> Never {
+            drain(server: server, supervisor: supervisor)
+            server.stop()
+            throw ExitCode(RunCommand.waitingForOperator)
+        }
+
         var restarts = 0
         while true {
             // The agent's token goes into its environment only: never into ward's own, from
@@ -129,39 +141,31 @@ struct RunCommand: ParsableCommand {
                     }
                 }
             }
-            let crashed = status != 0 || signalled
+            let wouldRestart = restart == .always || (restart == .onFailure && (status != 0 || signalled))
             // An agent that met a call in doubt would meet the same refusal after a restart:
             // an operator decides first. Waiting for one is not a crash (--max-restarts).
             if supervisor.takeToldInDoubt(), let unsettled = try? supervisor.ledger.inDoubtCalls(run: run), !unsettled.isEmpty {
-                let wouldRestart = restart == .always || (restart == .onFailure && crashed)
                 Output.write(2, Array(RunCommand.inDoubtReport(unsettled, ledger: supervisor.ledger, stopped: wouldRestart).utf8))
                 if wouldRestart {
                     if isatty(0) == 1, RunCommand.settleOnTerminal(unsettled, ledger: supervisor.ledger) {
-                        Output.write(2, Array("ward: every call in doubt is settled; resuming the agent\n".utf8))
-                        supervisor.attempt = try ledgerCall { () throws(LedgerError) in try supervisor.ledger.startAttempt(run: run) }
+                        try resumeAgent(because: "every call in doubt is settled")
                         continue
                     }
-                    drain(server: server, supervisor: supervisor)
-                    server.stop()
-                    throw ExitCode(RunCommand.waitingForOperator)
+                    try stopForOperator()
                 }
             }
             // The same for a call that awaits approval: the agent would meet the same gate.
-            if supervisor.takeToldAwaitingApproval(), let waiting = try? supervisor.ledger.pendingApprovals(run: run), !waiting.isEmpty,
-               restart == .always || (restart == .onFailure && crashed) {
+            if supervisor.takeToldAwaitingApproval(), let waiting = try? supervisor.ledger.pendingApprovals(run: run), !waiting.isEmpty, wouldRestart {
                 Output.write(2, Array("ward: the agent stopped at \(waiting.count == 1 ? "a call" : "calls") awaiting approval; a restart would meet the same gate, so ward waits for a verdict.\n".utf8))
                 ApproveCommand.list(waiting, ledger: supervisor.ledger, to: 2)
                 if isatty(0) == 1, RunCommand.approveOnTerminal(waiting, ledger: supervisor.ledger) {
-                    Output.write(2, Array("ward: every call has a verdict; resuming the agent\n".utf8))
-                    supervisor.attempt = try ledgerCall { () throws(LedgerError) in try supervisor.ledger.startAttempt(run: run) }
+                    try resumeAgent(because: "every call has a verdict")
                     continue
                 }
                 Output.write(2, Array("ward: then run the same `ward run --run-id \(Shell.quote(run)) …` again\n".utf8))
-                drain(server: server, supervisor: supervisor)
-                server.stop()
-                throw ExitCode(RunCommand.waitingForOperator)
+                try stopForOperator()
             }
-            let again = restarts < maxRestarts && (restart == .always || (restart == .onFailure && crashed))
+            let again = restarts < maxRestarts && wouldRestart
             if !again, let waiting = try? supervisor.ledger.pendingApprovals(run: run), !waiting.isEmpty {
                 // Not an error of ward's, but nothing the operator should miss.
                 Output.write(2, Array("ward: the agent exited with \(waiting.count == 1 ? "a call" : "calls") awaiting approval:\n".utf8))
@@ -227,59 +231,59 @@ struct RunCommand: ParsableCommand {
     /// Asks the operator on the terminal for each call's verdict and note; true when every
     /// call was settled.
     static func settleOnTerminal(_ calls: [InDoubtCall], ledger: Ledger) -> Bool {
-        var settled = 0
-        for call in calls {
-            Output.write(2, Array("ward: settle call \(call.callId) now? executed (e), not executed (n), or leave it in doubt (Enter): ".utf8))
-            guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
-            let verdict: Ledger.Verdict
-            switch answer {
-            case "e", "executed": verdict = .executed
-            case "n", "not-executed", "not executed": verdict = .notExecuted
-            default: continue
-            }
-            var note = ""
-            while note.isEmpty {
-                Output.write(2, Array("ward: note (what you checked): ".utf8))
-                guard let line = readLine() else { return false }
-                note = line.trimmingCharacters(in: .whitespaces)
-            }
-            do {
-                try ledger.resolve(run: call.run, callId: call.callId, as: verdict, note: note)
-                settled += 1
-            } catch {
-                Output.write(2, Array("ward: \(error)\n".utf8))
-            }
+        let note = "ward: note (what you checked): "
+        return askEachOnTerminal(calls, question: { "ward: settle call \($0.callId) now? executed (e), not executed (n), or leave it in doubt (Enter): " },
+                                 choices: [TerminalChoice(words: ["e", "executed"], answer: Ledger.Verdict.executed, notePrompt: note),
+                                           TerminalChoice(words: ["n", "not-executed", "not executed"], answer: .notExecuted, notePrompt: note)]) {
+            try ledger.resolve(run: $0.run, callId: $0.callId, as: $1, note: $2)
         }
-        return settled == calls.count
     }
 
     /// Asks the operator on the terminal for each waiting call's verdict; true when every
     /// call got one.
     static func approveOnTerminal(_ calls: [PendingApproval], ledger: Ledger) -> Bool {
-        var settled = 0
+        askEachOnTerminal(calls, question: { "ward: call \(TerminalText.escape($0.callId)): approve (a), deny (d), or leave it waiting (Enter): " },
+                          choices: [TerminalChoice(words: ["a", "approve"], answer: true, notePrompt: nil),
+                                    // A denied call's note is its stderr: the agent's only word of why.
+                                    TerminalChoice(words: ["d", "deny"], answer: false, notePrompt: "ward: why may it not run (the agent reads this): ")]) {
+            try ledger.settleApproval(run: $0.run, callId: $0.callId, approve: $1, note: $2)
+        }
+    }
+
+    /// An answer the operator may type to `askEachOnTerminal`'s question: the words that give it,
+    /// and the prompt for the note it needs (nil: it needs none, and the note is empty).
+    struct TerminalChoice<Answer> {
+        var words: Set<String>
+        var answer: Answer
+        var notePrompt: String?
+    }
+
+    /// Asks the operator on the terminal, call by call, `question`, then the chosen answer's
+    /// note until one is given, and hands both to `record`. Any other answer (Enter) leaves
+    /// the call as it is; a refused record is shown and leaves it too.
+    /// - Returns: true when every call's answer was recorded; false at the end of the input,
+    ///   which ends the questions.
+    static func askEachOnTerminal<Call, Answer>(_ calls: [Call], question: (Call) -> String, choices: [TerminalChoice<Answer>],
+                                                record: (Call, Answer, _ note: String) throws -> Void) -> Bool {
+        var recorded = 0
         for call in calls {
-            Output.write(2, Array("ward: call \(TerminalText.escape(call.callId)): approve (a), deny (d), or leave it waiting (Enter): ".utf8))
+            Output.write(2, Array(question(call).utf8))
             guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
-            let approve: Bool
-            switch answer {
-            case "a", "approve": approve = true
-            case "d", "deny": approve = false
-            default: continue
-            }
+            guard let choice = choices.first(where: { $0.words.contains(answer) }) else { continue }
             var note = ""
-            while note.isEmpty && !approve {
-                Output.write(2, Array("ward: why may it not run (the agent reads this): ".utf8))
+            while note.isEmpty, let prompt = choice.notePrompt {
+                Output.write(2, Array(prompt.utf8))
                 guard let line = readLine() else { return false }
                 note = line.trimmingCharacters(in: .whitespaces)
             }
             do {
-                try ledger.settleApproval(run: call.run, callId: call.callId, approve: approve, note: note)
-                settled += 1
+                try record(call, choice.answer, note)
+                recorded += 1
             } catch {
                 Output.write(2, Array("ward: \(error)\n".utf8))
             }
         }
-        return settled == calls.count
+        return recorded == calls.count
     }
 
     static func resolve(_ program: String) -> String? {
