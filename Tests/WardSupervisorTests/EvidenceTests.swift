@@ -104,7 +104,7 @@ struct EvidenceTests {
         let log = dir + "/workspace/published.log"
         #expect(eventually { FileManager.default.fileExists(atPath: log) && (try? String(contentsOfFile: log, encoding: .utf8)) == "entry\n" })
         let capture = dir + "/.ward/ledger.sqlite-output/" + Ledger.idempotencyKey(run: "ev", callId: "p1")
-        #expect(eventually { (try? Data(contentsOf: URL(fileURLWithPath: capture)))?.range(of: Data("sleep".utf8)) != nil },
+        #expect(eventually { (try? Data(contentsOf: URL(fileURLWithPath: capture)))?.range(of: Data("/usr/bin/sleep".utf8)) != nil },
                 "the tool's exec of sleep, after its write, never reached the capture file")
         kill(serve.processIdentifier, SIGKILL)
         serve.waitUntilExit()
