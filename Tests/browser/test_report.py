@@ -111,6 +111,24 @@ class ReportInBrowserTests(unittest.TestCase):
         self.assertIn("call.finish", details)
         self.assertTrue(page.evaluate("document.querySelector('#rows .row.sel .cid').textContent === 'step-11'"))
 
+        # The timeline: the mouse finds a bar along the lane, and a click there shows its call.
+        canvas = page.evaluate("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
+                               " return {x: r.x, y: r.y + r.height - 12, width: r.width}; })()")
+        hovered = None
+        for x in range(int(canvas["x"]), int(canvas["x"] + canvas["width"]), 3):
+            page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": canvas["y"]})
+            if page.evaluate("document.getElementById('tip').style.display") == "block":
+                hovered = x
+                break
+        self.assertIsNotNone(hovered, "no bar under the mouse anywhere along the lane")
+        tip = page.evaluate("document.getElementById('tip').textContent")
+        page.click(hovered, canvas["y"])
+        self.assertEqual(page.evaluate("document.querySelector('#details .call-id').textContent"), tip.split("\n")[0])
+        # Zoomed in with the wheel and panned with a drag, it draws again without an error.
+        page.call("Input.dispatchMouseEvent", {"type": "mouseWheel", "x": hovered, "y": canvas["y"], "deltaX": 0, "deltaY": -600})
+        for kind, dx in (("mousePressed", 0), ("mouseMoved", 40), ("mouseReleased", 40)):
+            page.call("Input.dispatchMouseEvent", {"type": kind, "x": hovered + dx, "y": canvas["y"], "button": "left", "clickCount": 1})
+
         # Not blank: far more than an empty page's screenshot, and the timeline's colours.
         shot = page.screenshot()
         blank = self.browser.new_page()
