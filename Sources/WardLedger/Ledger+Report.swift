@@ -77,8 +77,8 @@ extension Ledger {
     /// The report of `run`, or of the most recently active run when it is nil. Reads the
     /// ledger only, then runs the same check as `ward ledger verify --run`.
     /// - Throws: `notFound` for an unknown run or a ledger without runs.
-    public func report(run: String? = nil, now: String? = nil) throws(LedgerError) -> RunReport {
-        let (run, document, calls) = try read("reading the report of run \(run ?? "(latest)")") { db -> (String, [String: JSONValue], Int) in
+    public func report(run: String? = nil) throws(LedgerError) -> RunReport {
+        let (run, document) = try read("reading the report of run \(run ?? "(latest)")") { db -> (String, [String: JSONValue]) in
             let chosen: String
             if let run {
                 guard try String.fetchOne(db, sql: "SELECT run_id FROM runs WHERE run_id = ?", arguments: [run]) != nil else {
@@ -92,16 +92,15 @@ extension Ledger {
                 chosen = latest
             }
             var builder = ReportBuilder(ledger: self, db: db, run: chosen)
-            let document = try builder.build()
-            return (chosen, document, builder.callCount)
+            return (chosen, try builder.build())
         }
         guard let verified = try verify(run: run).runs.first else { throw LedgerError(.notFound, "no run \(run) in \(path)") }
         var members = document
         members["verify"] = .object(["ok": .bool(verified.problem == nil), "problem": verified.problem.map { .string($0) } ?? .null,
                                      "note": verified.note.map { .string($0) } ?? .null, "head": .string(verified.head),
                                      "events": .number(Double(verified.events))])
-        members["generatedAt"] = .string(now ?? Timestamp.now())
-        return RunReport(run: run, calls: calls, verify: verified, data: .object(members))
+        members["generatedAt"] = .string(Timestamp.now())
+        return RunReport(run: run, calls: document["calls"]?.arrayValue?.count ?? 0, verify: verified, data: .object(members))
     }
 }
 
@@ -110,7 +109,6 @@ private struct ReportBuilder {
     let ledger: Ledger
     let db: Database
     let run: String
-    var callCount = 0
 
     /// Milliseconds of the run's first event; every time in the document is relative to it
     /// (a number is smaller than a timestamp, 10,000 times over).
@@ -129,8 +127,7 @@ private struct ReportBuilder {
         t0 = ReportBuilder.milliseconds(firstAt)
 
         // Calls in the order they first appear in the chain (a gate or a begin).
-        var order: [String] = []
-        var index: [String: Int] = [:]
+        var index: [ExactString: Int] = [:]  // "é" and "e" + U+0301 are two calls
         var spans: [[JSONValue]] = []
         var callEvents: [[JSONValue]] = []
         var traces: [[JSONValue]] = []
@@ -138,11 +135,10 @@ private struct ReportBuilder {
         var marks: [JSONValue] = []
         var journal = 0
         func callIndex(_ id: String) -> Int {
-            if let i = index[id] { return i }
-            index[id] = order.count
-            order.append(id)
+            if let i = index[ExactString(id)] { return i }
+            index[ExactString(id)] = spans.count
             spans.append([]); callEvents.append([]); traces.append([])
-            return order.count - 1
+            return spans.count - 1
         }
         for row in events {
             let kind: String = row["kind"], seq: Int = row["seq"], at = time(row["at"])
@@ -204,13 +200,12 @@ private struct ReportBuilder {
             }
         }
 
-        var calls: [JSONValue] = Array(repeating: .null, count: order.count)
+        var calls: [JSONValue] = Array(repeating: .null, count: spans.count)
         for row in try Row.fetchAll(db, sql: "SELECT * FROM calls WHERE run_id = ?", arguments: [run]) {
             let i = callIndex(row["call_id"])
             if calls.count <= i { calls.append(.null) }
             calls[i] = try call(row, spans: spans[i], events: callEvents[i], effects: traces[i], open: open[i])
         }
-        callCount = calls.count
         var document: [String: JSONValue] = [
             "run": summary?.json ?? .object(["run": .string(run)]),
             "t0": .string(firstAt), "limit": .number(Double(Ledger.reportOutputLimit)),

@@ -101,6 +101,16 @@ struct ReportTests {
         expectLedgerError(.notFound) { _ = try ledger.report(run: "nope") }
     }
 
+    @Test func callIDsAreTheSameOnlyWhenTheirBytesAre() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        for id in ["\u{E9}", "e\u{301}"] {
+            _ = try ledger.finish(try #require(try ledger.begin(request(id, run: "r")).ticket), outcome: outcome(id))
+        }
+        let calls = try #require(member(try ledger.report(run: "r").data, "calls")?.arrayValue)
+        #expect(calls.map { Array(member($0, "id")!.stringValue!.utf8) } == [Array("\u{E9}".utf8), Array("e\u{301}".utf8)])
+        #expect(calls.map { member($0, "stdout") } == [.string("\u{E9}"), .string("e\u{301}")])
+    }
+
     @Test func outputsAreCutAtACharacterBoundaryAndSaySo() throws {
         let ledger = try Ledger(path: temporaryLedgerPath())
         // "é" is two bytes: byte 4096 falls inside one.
