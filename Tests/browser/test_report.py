@@ -114,13 +114,11 @@ class ReportInBrowserTests(unittest.TestCase):
         # The timeline: the mouse finds a bar along the lane, and a click there shows its call.
         canvas = page.evaluate("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
                                " return {x: r.x, y: r.y + r.height - 12, width: r.width}; })()")
-        hovered = None
-        for x in range(int(canvas["x"]), int(canvas["x"] + canvas["width"]), 3):
+        def finds_a_bar(x: int) -> bool:
             page.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": canvas["y"]})
-            if page.evaluate("document.getElementById('tip').style.display") == "block":
-                hovered = x
-                break
-        self.assertIsNotNone(hovered, "no bar under the mouse anywhere along the lane")
+            return bool(page.evaluate("document.getElementById('tip').style.display === 'block'"))
+        hovered = next((x for x in range(int(canvas["x"]), int(canvas["x"] + canvas["width"]), 3) if finds_a_bar(x)), -1)
+        self.assertGreaterEqual(hovered, 0, "no bar under the mouse anywhere along the lane")
         tip = page.evaluate("document.getElementById('tip').textContent")
         page.click(hovered, canvas["y"])
         self.assertEqual(page.evaluate("document.querySelector('#details .call-id').textContent"), tip.split("\n")[0])
@@ -139,6 +137,27 @@ class ReportInBrowserTests(unittest.TestCase):
         self.assertGreater(len(set(pixels)), 50)
         green = (0x2F, 0x9E, 0x58)
         self.assertTrue(any(sum(abs(a - b) for a, b in zip(p, green, strict=True)) < 12 for p in pixels), "no succeeded bar drawn")
+
+    def test_effects(self) -> None:
+        # Until ward records traces, the page's rendering of them is fed one: the data block of
+        # a real report with a trace given to its first call, as the report's builder makes it
+        # from a `call.finish` event's `trace` (Tests/WardLedgerTests/ReportTests.swift).
+        html = os.path.join(self.root, "effects.html")
+        ward("ledger", "report", "--run", "site", "--html", html, cwd=self.demo)
+        text = Path(html).read_text()
+        start = text.index('id="ward-data">') + len('id="ward-data">')
+        end = text.index("</script>", start)
+        data = json.loads(text[start:end])
+        data["calls"][0]["effects"] = [{"execution": 1, "mode": "attempted", "dropped": 7, "effects": [
+            [3, 41, "write /w/pages/index.md (append)"], [9, 42, "exec /usr/bin/git commit -m 'a b'"], [12, 42, "connect 127.0.0.1:8080"]]}]
+        Path(html).write_text(text[:start] + json.dumps(data).replace("<", "\\u003c") + text[end:])
+        page, _ = self.open(html)
+        self.click_row(page, 0)
+        effects = page.evaluate("document.querySelector('#details .effects').innerText")
+        self.assertIn("attempted effects", effects)
+        for line in ("+3 ms pid 41", "write /w/pages/index.md (append)", "exec /usr/bin/git commit -m 'a b'", "connect 127.0.0.1:8080",
+                     "… 7 more not recorded (trace capped)"):
+            self.assertIn(line, effects)
 
     def test_hostile_output_stays_text(self) -> None:
         # A real tool prints markup under ward serve; its call is then reported.
