@@ -56,6 +56,7 @@ enum ReportTemplate {
     table { border-collapse: collapse; width: 100%; }
     td, th { text-align: left; padding: 3px 8px 3px 0; vertical-align: top; border-bottom: 1px solid #f0f2f5; overflow-wrap: anywhere; }
     th { color: var(--muted); font-weight: 500; font-size: 12px; }
+    #details th, #details td:nth-child(-n+3), a.call { white-space: nowrap; }
     a.call { color: var(--accent); cursor: pointer; text-decoration: none; }
     a.call:hover { text-decoration: underline; }
     .empty { color: var(--muted); font-style: italic; }

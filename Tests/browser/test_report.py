@@ -159,6 +159,43 @@ class ReportInBrowserTests(unittest.TestCase):
                      "… 7 more not recorded (trace capped)"):
             self.assertIn(line, effects)
 
+    def test_verdicts_and_approvals(self) -> None:
+        # Under a real ward serve: a gated tool's call approved and run, another denied, and a
+        # call caught running when ward is SIGKILLed, put in doubt and settled by an operator.
+        place = os.path.join(self.root, "verdicts")
+        os.makedirs(place, mode=0o700)
+        policies = os.path.join(place, "policies")
+        shutil.copytree(ROOT / "policies", policies)
+        with open(os.path.join(policies, "tools.toml"), "a") as f:
+            f.write('\n[tools.send_mail]\ncommand = ["/bin/echo", "sent to {to}"]\narguments = ["to"]\napprove = true\n')
+        socket = os.path.join(place, "ward.sock")
+        with subprocess.Popen([WARD, "serve", "--policies", policies, "--run-id", "verdicts", "--socket", socket],
+                              cwd=place, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as serve:
+            assert serve.stdout is not None
+            serve.stdout.readline()  # the socket's path, once it listens
+            for to, verdict in (("bob", "approve"), ("eve", "deny")):
+                subprocess.run([WARD, "call", "--socket", socket, "--call-id", "mail-" + to, "send_mail", "--arg", "to=" + to],
+                               cwd=place, capture_output=True)  # awaits approval: exit 1
+                ward(verdict, "verdicts", "mail-" + to, "--note", f"{to} checked", cwd=place)
+            ward("call", "--socket", socket, "--call-id", "mail-bob", "send_mail", "--arg", "to=bob", cwd=place)
+            with subprocess.Popen([WARD, "call", "--socket", socket, "--call-id", "slow", "shell", "--arg", "command=sleep 30"],
+                                  cwd=place, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as slow:
+                time.sleep(1.5)
+                serve.kill()
+                serve.wait()
+                slow.wait(timeout=30)
+        ward("ledger", "resolve", "verdicts", "slow", "--as", "not-executed", "--note", "no sleep ran", cwd=place)
+        html = os.path.join(self.root, "verdicts.html")
+        ward("ledger", "report", "--html", html, cwd=place)
+        page, _ = self.open(html)
+        in_doubt = page.evaluate("document.getElementById('in-doubt').innerText")
+        self.assertIn("slow", in_doubt)
+        self.assertIn("resolved not-executed by operator: no sleep ran", in_doubt)
+        approvals = page.evaluate("document.getElementById('approvals').innerText")
+        self.assertRegex(approvals, r"mail-bob.*approved by \S+: bob checked")
+        self.assertRegex(approvals, r"mail-eve.*denied by \S+: eve checked")
+        self.assertIn("denied 1", page.evaluate("document.getElementById('legend').innerText"))
+
     def test_hostile_output_stays_text(self) -> None:
         # A real tool prints markup under ward serve; its call is then reported.
         place = os.path.join(self.root, "hostile")
