@@ -596,6 +596,29 @@ do {
     rows.append(Row(name: "runs fork of a run with 10,000 calls", ward: forked.micros, peer: "", peerValue: nil, budget: .atMost(1_000_000)))
 }
 
+// `ward ledger report` of a run with 10,000 calls, each handed in with a checkpoint (30,001
+// events), as its own process: reading the run, verifying it, writing the page. Its time
+// and the page's size, which a browser must open at once.
+do {
+    let path = base + "/report.sqlite"
+    let l = try Ledger(path: path, durability: .normal)
+    _ = try l.startAttempt(run: "report")
+    for i in 0..<10_000 {
+        guard case .execute(let t) = try l.begin(BeginRequest(run: "report", callId: "r\(i)", tool: "true", effect: .nonIdempotent,
+            arguments: .object(["i": .number(Double(i))]), policyHash: "p", executable: "/bin/true", attempt: 1,
+            checkpoint: Array("{\"step\":\(i),\"plan\":\"write the pages, build, check, commit\"}".utf8))) else { fatalError() }
+        _ = try l.finish(t, outcome: benchOutcome)
+    }
+    let page = base + "/report.html"
+    let reported = measureProcess([wardBinary, "ledger", "report", "--run", "report", "--ledger", path, "--html", page])
+    precondition(reported.status == 0, "ward ledger report failed (wait status \(reported.status))")
+    var st = stat()
+    precondition(stat(page, &st) == 0, "ward ledger report wrote no page")
+    rows.append(Row(name: "ledger report of a run with 10,000 calls", ward: reported.micros, peer: "", peerValue: nil, budget: .atMost(2_000_000)))
+    rows.append(Row(name: "ledger report of a run with 10,000 calls: page size", ward: Double(st.st_size), peer: "", peerValue: nil,
+                    budget: .atMost(5_000_000), unit: .bytes))
+}
+
 // 8 agents in parallel, each with its own connection, N calls each.
 let perAgent = iterations >= 300 ? 1000 : 250
 let throughputServer = try startServer(run: "load", ledgerPath: base + "/load.sqlite")

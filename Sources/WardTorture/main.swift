@@ -3,6 +3,7 @@
 //
 //   ward-torture loop LEDGER RUN PREFIX    begin/finish calls, checkpoints, journal, forever
 //   ward-torture race LEDGER RUN CALL MS   begin one call; if it runs, hold it MS ms, finish
+//   ward-torture fill LEDGER RUN N         N calls, each with its checkpoint, one in 50 failing (a big run to report)
 import WardCore
 import WardLedger
 
@@ -17,13 +18,27 @@ func say(_ line: String) {
 
 let args = CommandLine.arguments
 guard args.count >= 5 else {
-    say("usage: ward-torture loop LEDGER RUN PREFIX | race LEDGER RUN CALL MS")
+    say("usage: ward-torture loop LEDGER RUN PREFIX | race LEDGER RUN CALL MS | fill LEDGER RUN N")
     exit(2)
 }
 func main(_ args: [String]) throws(LedgerError) {
-    let ledger = try Ledger(path: args[2])
+    // A filled run is test data, made fast; the other modes test durability itself.
+    let ledger = try Ledger(path: args[2], durability: args[1] == "fill" ? .normal : .full)
     let run = args[3]
     switch args[1] {
+    case "fill":
+        let attempt = try ledger.startAttempt(run: run)
+        for i in 0..<(Int(args[4]) ?? 0) {
+            let request = BeginRequest(run: run, callId: "c\(i)", tool: i % 3 == 0 ? "shell" : "write_file", effect: .nonIdempotent,
+                                       arguments: .object(["i": .number(Double(i))]), policyHash: "p", executable: "/bin/true", attempt: attempt,
+                                       checkpoint: Array("{\"step\":\(i)}".utf8))
+            guard case .execute(let ticket) = try ledger.begin(request) else { say("unexpected replay c\(i)"); exit(1) }
+            let failed = i % 50 == 49
+            _ = try ledger.finish(ticket, outcome: ToolOutcome(status: failed ? .failed : .succeeded, exitCode: failed ? 1 : 0, signal: nil,
+                                                               stdout: Array("ok \(i)\n".utf8), stderr: failed ? Array("no such file\n".utf8) : [],
+                                                               truncated: false, durationMs: 0.4))
+        }
+        say("filled")
     case "loop":
         let prefix = args[4]
         let effects: [CallEffect] = [.nonIdempotent, .idempotent, .readOnly]

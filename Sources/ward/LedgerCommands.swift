@@ -70,8 +70,8 @@ func printJSON(_ value: JSONValue) {
 struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
-        abstract: "Audit what agents did: list, show, verify, export; settle in-doubt calls.",
-        subcommands: [List.self, Show.self, Effects.self, Verify.self, Export.self, Resolve.self, Reconcile.self]
+        abstract: "Audit what agents did: list, show, effects, verify, export, report; settle in-doubt calls.",
+        subcommands: [List.self, Show.self, Effects.self, Verify.self, Export.self, Report.self, Resolve.self, Reconcile.self]
     )
 
     struct List: ParsableCommand {
