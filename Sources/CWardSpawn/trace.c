@@ -12,6 +12,8 @@
 #include "ward_spawn.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <time.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -80,6 +82,9 @@ int ward_trace_next(int listener, int stop_fd, int timeout_ms, struct ward_trace
     int n = poll(fds, stop_fd >= 0 ? 2 : 1, timeout_ms);
     if (n < 0) return errno == EINTR ? 0 : -1;
     if (n == 0) return 0;
+    // Stopping comes first: processes that outlive their call (where nothing kills the
+    // tree) could otherwise keep the listener busy and the thread from ever ending.
+    if (stop_fd >= 0 && (fds[1].revents & POLLIN)) return -1;
     if (!(fds[0].revents & POLLIN)) return (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) || (fds[1].revents & POLLIN) ? -1 : 0;
     struct seccomp_notif notif;
     memset(&notif, 0, sizeof notif);
@@ -102,6 +107,19 @@ int ward_trace_continue(int listener, uint64_t id) {
     int rc;
     do rc = ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp); while (rc != 0 && errno == EINTR);
     return rc == 0 ? 0 : -errno;
+}
+
+int ward_trace_id_valid(int listener, uint64_t id) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0 ? 0 : -errno;
+}
+
+int ward_thread_join_within(pthread_t thread, int milliseconds) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += milliseconds / 1000;
+    deadline.tv_nsec += (long)(milliseconds % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
+    return pthread_timedjoin_np(thread, NULL, &deadline);
 }
 
 long ward_trace_read(int pid, uint64_t address, void *buffer, size_t length) {

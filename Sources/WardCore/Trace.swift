@@ -11,6 +11,9 @@ public struct Trace: Sendable, Hashable {
     /// The effects of one call kept at most: a tool that creates a million files leaves a
     /// trace that says so (`truncated`) instead of a ledger that grows without bound.
     public static let limit = 10_000
+    /// The bytes of JSON a call's effects take at most (each effect's paths and arguments
+    /// are cut too): what one hostile call can add to the ledger and its capture file.
+    public static let byteLimit = 2 << 20
 
     /// The effects, in the order ward was told of them.
     public var effects: [Effect]
@@ -95,8 +98,9 @@ public struct Trace: Sendable, Hashable {
         }
 
         public init?(json: JSONValue) {
-            guard let m = json.objectValue, let kind = m["kind"]?.stringValue.flatMap(Kind.init(rawValue:)),
-                  let pid = m["pid"]?.integer(Int32.self), case .number(let at)? = m["atMs"] else { return nil }
+            guard let m = json.objectValue, let kind = m["kind"]?.stringValue.flatMap(Kind.init(rawValue:)) else { return nil }
+            let pid = m["pid"]?.integer(Int32.self) ?? 0
+            let at: Double = if case .number(let n)? = m["atMs"] { n } else { 0 }
             self.init(kind: kind, path: m["path"]?.stringValue, to: m["to"]?.stringValue, target: m["target"]?.stringValue,
                       mode: m["mode"]?.stringValue.flatMap { UInt32($0, radix: 8) },
                       argv: m["argv"]?.arrayValue?.compactMap(\.stringValue), address: m["address"]?.stringValue,
@@ -114,7 +118,10 @@ public struct Trace: Sendable, Hashable {
             switch kind {
             case .rename, .link: line += (path ?? "?") + " → " + (to ?? "?")
             case .symlink: line += (path ?? "?") + " → " + (target ?? "?")
-            case .exec: line += (argv?.isEmpty == false ? ([path ?? "?"] + argv!.dropFirst()).joined(separator: " ") : path ?? "?")
+            case .exec:
+                // The program run, then its arguments quoted where a shell would need it.
+                let words = (argv ?? []).dropFirst().map { Shell.quote("x" + $0) == "x" + $0 ? $0 : Shell.quote($0) }
+                line += ([path ?? argv?.first ?? "?"] + words).joined(separator: " ")
             case .connect, .bind: line += address ?? "?"
             default: line += path ?? "?"
             }
@@ -142,7 +149,7 @@ public struct Trace: Sendable, Hashable {
     public var lines: [String] {
         var lines = effects.map(\.description)
         if let dropped, dropped > 0 {
-            lines.append("… \(dropped) more not recorded (a call keeps at most \(Trace.limit) effects)")
+            lines.append("… \(dropped) more not recorded (a call keeps at most \(Trace.limit) effects, 2 MiB)")
         } else if dropped == nil {
             lines.append("… more may have followed: the trace reached its limit of \(Trace.limit) effects")
         }

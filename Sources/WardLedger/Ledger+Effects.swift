@@ -48,10 +48,10 @@ extension Ledger {
     /// A call's trace: its last execution's, from its outcome, else from the evidence it
     /// was put in doubt on; nil when the call is not traced (or has not ended).
     func trace(_ db: Database, run: String, callId: String) throws -> Trace? {
+        // The last execution's end, traced or not: an untraced one must not show an earlier one's.
         guard let data = try String.fetchOne(db, sql: """
             SELECT json_extract(body, '$.data.trace') FROM events
-            WHERE run_id = ? AND call_id = ? AND kind IN ('call.finish', 'call.in-doubt') AND json_extract(body, '$.data.trace') IS NOT NULL
-            ORDER BY seq DESC LIMIT 1
+            WHERE run_id = ? AND call_id = ? AND kind IN ('call.finish', 'call.in-doubt') ORDER BY seq DESC LIMIT 1
             """, arguments: [run, callId]) else { return nil }
         return (try? JSONValue.parse(data)).flatMap(Trace.init(json:))
     }

@@ -27,47 +27,22 @@ extension RunReport {
         guard let trace = data["trace"]?.objectValue else { return nil }
         let effects = (trace["effects"]?.arrayValue ?? []).map { effect -> JSONValue in
             let e = effect.objectValue ?? [:]
-            return .array([e["atMs"] ?? .null, e["pid"] ?? .null, .string(EffectText.describe(effect))])
+            return .array([e["atMs"] ?? .null, e["pid"] ?? .null, .string(words(effect))])
         }
         return .object(["execution": execution ?? .null, "mode": trace["mode"] ?? .null, "effects": .array(effects),
-                        "dropped": trace["dropped"] ?? .number(0)])
+                        "dropped": trace["dropped"] ?? .null, "truncated": trace["truncated"] ?? .bool(false)])
+    }
+
+    /// One effect in words, as `ledger show` prints it ("rename /w/a → /w/b"); an effect of a
+    /// kind this ward does not know (a later ward's) with its members as JSON.
+    public static func words(_ effect: JSONValue) -> String {
+        if let known = Trace.Effect(json: effect) { return known.description }
+        var rest = effect.objectValue ?? [:]
+        let kind = rest.removeValue(forKey: "kind")?.stringValue ?? "?"
+        return "\(kind) \(JSONValue.object(rest).canonical)"
     }
 }
 
-/// How a traced effect reads in a report ("rename /w/a → /w/b", "exec /usr/bin/git commit").
-public enum EffectText {
-    /// One effect of a `call.finish` or `call.in-doubt` event's `trace.effects`, in words.
-    /// An effect of a kind this ward does not know is shown with its members as JSON.
-    public static func describe(_ effect: JSONValue) -> String {
-        let e = effect.objectValue ?? [:]
-        let kind = e["kind"]?.stringValue ?? "?"
-        let path = e["path"]?.stringValue ?? "?"
-        func text(_ key: String) -> String { e[key]?.stringValue ?? "?" }
-        switch kind {
-        case "write":
-            let flags = (e["flags"]?.arrayValue ?? []).compactMap(\.stringValue)
-            return "write \(path)" + (flags.isEmpty ? "" : " (\(flags.joined(separator: ", ")))")
-        case "create", "mkdir":
-            return "\(kind) \(path)" + (e["mode"]?.stringValue.map { " mode \($0)" } ?? "")
-        case "truncate", "delete", "rmdir": return "\(kind) \(path)"
-        case "rename": return "rename \(path) → \(text("to"))"
-        case "link": return "link \(path) → \(text("to")) (new name)"
-        case "symlink": return "symlink \(path) → \(text("target"))"
-        case "chmod": return "chmod \(text("mode")) \(path)"
-        case "exec":
-            // The program run, then its arguments quoted where a shell would need it (an
-            // option's leading `-` needs none once it is past the program).
-            let argv = (e["argv"]?.arrayValue ?? []).map { $0.stringValue ?? $0.canonical }
-            let words = argv.dropFirst().map { Shell.quote("x" + $0) == "x" + $0 ? $0 : Shell.quote($0) }
-            return (["exec", e["path"]?.stringValue ?? argv.first ?? "?"] + words).joined(separator: " ")
-        case "connect", "bind": return "\(kind) \(text("address"))"
-        default:
-            var rest = e
-            rest["kind"] = nil
-            return "\(kind) \(JSONValue.object(rest).canonical)"
-        }
-    }
-}
 
 extension Ledger {
     /// Bytes of each call's arguments, stdout and stderr a report keeps; the rest is cut

@@ -60,7 +60,8 @@ extension PolicyCommand.Explain {
         // The filter's own plan, so this says what the filter does. Explained for calls that
         // share ward's PID namespace (the stricter filter); each limit says what a call with
         // a PID namespace of its own gets instead.
-        let plan = Seccomp.plan(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: false)
+        let traced = policy.traced && features.effectTrace && features.seccomp
+        let plan = Seccomp.plan(syscalls: policy.syscalls, network: policy.network, ownPIDNamespace: false, traced: traced)
         let indent = "\n" + "".padding(to: 11)
         row("syscalls", "\(plan.rules.count) allowed: " + plan.rules.map(\.name).joined(separator: " "))
         row("limited", plan.rules.compactMap { r in r.limit.map { r.name + ": " + $0 } }.joined(separator: indent))

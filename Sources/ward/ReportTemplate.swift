@@ -419,6 +419,7 @@ enum ReportTemplate {
         const ul = el("ul", "effects");
         for (const f of t.effects) add(ul, add(el("li"), el("span", "at", (f[0] === null ? "" : "+" + f[0] + " ms") + (f[1] === null ? "" : " pid " + f[1])), document.createTextNode(f[2])));
         if (t.dropped > 0) ul.appendChild(el("li", "cut", "… " + t.dropped + " more not recorded (trace capped)"));
+        else if (t.truncated) ul.appendChild(el("li", "cut", "… more may have followed: the trace reached its limit"));
         if (!t.effects.length && !(t.dropped > 0)) ul.appendChild(el("li", "empty", "none"));
         effects.appendChild(ul);
       }

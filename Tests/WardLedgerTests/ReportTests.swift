@@ -128,17 +128,17 @@ struct ReportTests {
     }
 
     @Test func effectsReadAsWords() {
-        func words(_ json: String) -> String { EffectText.describe(try! JSONValue.parse(json)) }
+        func words(_ json: String) -> String { RunReport.words(try! JSONValue.parse(json)) }
         #expect(words(#"{"kind":"write","path":"/w/a","flags":["append"]}"#) == "write /w/a (append)")
-        #expect(words(#"{"kind":"create","path":"/w/a","mode":"0644"}"#) == "create /w/a mode 0644")
+        #expect(words(#"{"kind":"create","path":"/w/a","mode":"0644"}"#) == "create /w/a (mode 0644)")
         #expect(words(#"{"kind":"truncate","path":"/w/a"}"#) == "truncate /w/a")
         #expect(words(#"{"kind":"delete","path":"/w/a"}"#) == "delete /w/a")
         #expect(words(#"{"kind":"rename","path":"/w/a","to":"/w/b"}"#) == "rename /w/a → /w/b")
         #expect(words(#"{"kind":"mkdir","path":"/w/d"}"#) == "mkdir /w/d")
         #expect(words(#"{"kind":"rmdir","path":"/w/d"}"#) == "rmdir /w/d")
-        #expect(words(#"{"kind":"link","path":"/w/a","to":"/w/b"}"#) == "link /w/a → /w/b (new name)")
+        #expect(words(#"{"kind":"link","path":"/w/a","to":"/w/b"}"#) == "link /w/a → /w/b")
         #expect(words(#"{"kind":"symlink","path":"/w/l","target":"../etc"}"#) == "symlink /w/l → ../etc")
-        #expect(words(#"{"kind":"chmod","path":"/w/x","mode":"0755"}"#) == "chmod 0755 /w/x")
+        #expect(words(#"{"kind":"chmod","path":"/w/x","mode":"0755"}"#) == "chmod /w/x (mode 0755)")
         #expect(words(#"{"kind":"exec","path":"/usr/bin/git","argv":["git","commit","-m","a b"]}"#) == "exec /usr/bin/git commit -m 'a b'")
         #expect(words(#"{"kind":"connect","address":"127.0.0.1:8080"}"#) == "connect 127.0.0.1:8080")
         #expect(words(#"{"kind":"bind","address":"[::1]:80"}"#) == "bind [::1]:80")

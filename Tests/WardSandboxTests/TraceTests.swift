@@ -93,6 +93,28 @@ struct TraceTests {
         #expect(trace.effects.map(\.atMs) == trace.effects.map(\.atMs).sorted())
     }
 
+    /// Paths relative to a directory fd (rm -r walks with them) are resolved through the
+    /// tool's fd; the tool's names for itself (/dev/stderr, /proc/self) are the tool's, never
+    /// ward's files; one effect is bounded however long the arguments a tool passes.
+    @Test func directoryFDsTheToolsOwnNamesAndLongArgumentsAreHandled() throws {
+        let ws = Fixture.temporaryDirectory("trace-fds")
+        let o = try run(try sandbox(ws, zygote: true), """
+            mkdir -p x/y && : > x/y/z && rm -r x; (echo to-stderr > /dev/stderr) 2>&1; (echo self > /proc/self/fd/1) 2>&1
+            /bin/true "$(yes a | head -c 100000 | tr -d '\\n')"
+            """)
+        #expect(o.status == .succeeded, "\(o.err)")
+        let trace = try #require(o.trace)
+        #expect(changes(trace).filter { $0.hasPrefix("delete") || $0.hasPrefix("rmdir") } == ["delete \(ws)/x/y/z", "rmdir \(ws)/x/y", "rmdir \(ws)/x"],
+                "\(trace.lines)")
+        // Attempted (Landlock refuses both here), and named as the tool's own fds.
+        let streams = trace.effects.filter { $0.kind == .write && $0.path?.hasPrefix("/proc/") == true }
+        #expect(streams.map(\.path) == streams.map { "/proc/\($0.pid)/fd/\($0 == streams.first ? 2 : 1)" }, "\(trace.lines)")
+        #expect(streams.count == 2 && !trace.effects.contains { $0.path?.hasPrefix("/proc/\(getpid())/") == true })
+        let long = try #require(trace.effects.last { $0.kind == .exec })
+        #expect(long.argv?.first == "/bin/true" && (long.argv?.joined().utf8.count ?? .max) <= 4096 && long.argv?.last?.hasSuffix("…") == true)
+        #expect(trace.json.canonical.utf8.count < 8192, "one long argument makes a trace of \(trace.json.canonical.utf8.count) bytes")
+    }
+
     @Test(arguments: [true, false]) func whatAToolsChildrenDoIsTheCalls(zygote: Bool) throws {
         let ws = Fixture.temporaryDirectory("trace-child")
         let o = try run(try sandbox(ws, zygote: zygote), "sh -c 'sh -c \"echo deep > deep.txt\"' && echo done")

@@ -120,7 +120,7 @@ struct EvidenceTests {
         #expect(reconcile.stdout.contains("p1"), "\(reconcile.stdout)\(reconcile.stderr)")
         let call = try show(dir, "ev", "p1")
         #expect(call["status"] == .string("in-doubt"))
-        #expect(effects(call) == ["exec /usr/bin/dash -c echo entry >> published.log; exec sleep 60", wrote, "exec /usr/bin/sleep 60"], "\(call)")
+        #expect(effects(call) == ["exec /usr/bin/dash -c 'echo entry >> published.log; exec sleep 60'", wrote, "exec /usr/bin/sleep 60"], "\(call)")
         #expect(call["inDoubt"]?.objectValue?["trace"] != nil)
         #expect(try ward(["ledger", "verify"], in: dir).status == 0)
         let table = try ward(["ledger", "show", "ev", "p1"], in: dir).stdout

@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -179,6 +180,11 @@ int ward_trace_next(int listener, int stop_fd, int timeout_ms, struct ward_trace
 /// Lets the notified syscall run as asked. 0, or -ENOENT when its task is gone (then what
 /// was read for it may belong to another process: discard it).
 int ward_trace_continue(int listener, uint64_t id);
+/// 0 while the notification `id` is still pending (its task alive, so what was read of it
+/// is its own), else -errno.
+int ward_trace_id_valid(int listener, uint64_t id);
+/// pthread_timedjoin_np for `milliseconds`: 0 once joined, ETIMEDOUT (or another error).
+int ward_thread_join_within(pthread_t thread, int milliseconds);
 /// process_vm_readv of `length` bytes at `address` in `pid`; bytes read or -1.
 long ward_trace_read(int pid, uint64_t address, void *buffer, size_t length);
 /// A NUL-terminated string at `address` in `pid`, cut to `capacity - 1`; its length or -1.

@@ -68,7 +68,11 @@ public final class SandboxCall: @unchecked Sendable {
             do { acquired = try cgroups.acquire() } catch { failure = error }
         }
         slot = acquired
-        tracer = tool.confinement.trace == nil || arguments == nil ? nil : try? Tracer()
+        // A call its policy traces runs traced or not at all: never silently untraced.
+        do { tracer = tool.confinement.trace == nil || arguments == nil ? nil : try Tracer() } catch {
+            tracer = nil
+            failure = failure ?? error
+        }
         let enforced = slot?.apply(processes: policy.limits.processes, memory: policy.limits.memory) ?? (processes: false, memory: false)
         // RLIMIT_NPROC counts the processes of a uid in a user namespace: where calls share
         // one, it would bound them all together, not each call.
@@ -218,7 +222,12 @@ public final class SandboxCall: @unchecked Sendable {
         let start = Sandbox.monotonicNanoseconds()
         // Listening before the spawn: the tool's own execve is the first thing traced, and
         // the thread that spawns waits for it.
-        tracer?.start(capture: capture, at: start)
+        if let tracer, !tracer.start(capture: capture, at: start) {
+            let error = errno
+            // A parked child already holds the filter: it is ended at its gate, never run untraced.
+            if parkedIn != nil { cancel() } else if let slot { cgroups?.release(slot) }
+            throw SandboxError(.spawnFailed, "the effect trace of tool \(name) could not start a thread: \(errnoName(error))", errno: error)
+        }
         var pid: pid_t = -1
         var spawned = Zygote.Spawn.unavailable
         if let zygote = parkedIn {
