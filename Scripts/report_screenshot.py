@@ -4,8 +4,8 @@
     report_screenshot.py WARD_BINARY OUTPUT.png
 
 Runs the demo (Scripts/demo_site.py: an agent crashed, ward SIGKILLed, the run resumed), writes
-the report of its run, opens it in headless Chromium, clicks the build step and saves the
-viewport as a PNG.
+the report of its run, opens it in headless Chromium, clicks the publish step (its traced
+effects: the programs it ran and the file it appended to) and saves the viewport as a PNG.
 """
 import glob
 import os
@@ -18,7 +18,7 @@ import time
 from headless import Browser
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CALL = "step-11"  # build_site: arguments, its stdout, its events
+TOOL = "publish"  # non-idempotent, so traced: its output, effects and events
 
 
 def main() -> int:
@@ -30,11 +30,13 @@ def main() -> int:
         work = glob.glob(os.path.join(root, "ward-demo-*", "with-ward"))[0]
         html = os.path.join(root, "report.html")
         subprocess.run([ward, "ledger", "report", "--run", "site", "--html", html], cwd=work, check=True)
-        with Browser(width=1280, height=860) as browser:
+        with Browser(width=1280, height=1060) as browser:
             page = browser.new_page()
             page.navigate("file://" + html)
-            index = page.evaluate(f"JSON.parse(document.getElementById('ward-data').textContent).calls.findIndex(c => c.id === {CALL!r})")
-            page.evaluate(f"document.getElementById('list').scrollTop = {max(index - 4, 0)} * 24")
+            index = page.evaluate(f"JSON.parse(document.getElementById('ward-data').textContent).calls.findIndex(c => c.tool === {TOOL!r})")
+            # The list filtered to the tool, as an operator would look for it, then its row clicked.
+            page.evaluate(f"(() => {{ const f = document.getElementById('filter'); f.value = {TOOL!r};"
+                          " f.dispatchEvent(new Event('input')); })()")
             time.sleep(0.1)
             box = page.evaluate(f"(() => {{ const r = document.querySelector('#rows .row[data-call=\"{index}\"]').getBoundingClientRect();"
                                 " return {x: r.x + r.width / 3, y: r.y + r.height / 2}; })()")

@@ -12,8 +12,6 @@
 #include "ward_spawn.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <time.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -47,15 +45,7 @@ int ward_trace_available(void) {
     return syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) == 0 && sizes.seccomp_notif >= sizeof(struct seccomp_notif);
 }
 
-int ward_trace_receive_listener(int sock, int stop_fd) {
-    struct pollfd fds[2] = { { sock, POLLIN, 0 }, { stop_fd, POLLIN, 0 } };
-    for (;;) {
-        int n = poll(fds, 2, -1);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return -1;
-        if (fds[0].revents & POLLIN) break;
-        if (fds[0].revents || fds[1].revents) return -1;
-    }
+int ward_trace_receive_listener(int sock) {
     char byte;
     char control[CMSG_SPACE(sizeof(int))];
     struct iovec iov = { &byte, 1 };
@@ -65,7 +55,7 @@ int ward_trace_receive_listener(int sock, int stop_fd) {
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t r;
-    do r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (r < 0 && errno == EINTR);
+    do r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); while (r < 0 && errno == EINTR);
     if (r != 1) return -1;
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int))) return -1;
@@ -77,15 +67,12 @@ int ward_trace_receive_listener(int sock, int stop_fd) {
     return fd;
 }
 
-int ward_trace_next(int listener, int stop_fd, int timeout_ms, struct ward_trace_notification *out) {
-    struct pollfd fds[2] = { { listener, POLLIN, 0 }, { stop_fd, POLLIN, 0 } };
-    int n = poll(fds, stop_fd >= 0 ? 2 : 1, timeout_ms);
+int ward_trace_next(int listener, int timeout_ms, struct ward_trace_notification *out) {
+    struct pollfd fds[1] = { { listener, POLLIN, 0 } };
+    int n = poll(fds, 1, timeout_ms);
     if (n < 0) return errno == EINTR ? 0 : -1;
     if (n == 0) return 0;
-    // Stopping comes first: processes that outlive their call (where nothing kills the
-    // tree) could otherwise keep the listener busy and the thread from ever ending.
-    if (stop_fd >= 0 && (fds[1].revents & POLLIN)) return -1;
-    if (!(fds[0].revents & POLLIN)) return (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) || (fds[1].revents & POLLIN) ? -1 : 0;
+    if (!(fds[0].revents & POLLIN)) return -1;
     struct seccomp_notif notif;
     memset(&notif, 0, sizeof notif);
     if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &notif) != 0) {
@@ -111,15 +98,6 @@ int ward_trace_continue(int listener, uint64_t id) {
 
 int ward_trace_id_valid(int listener, uint64_t id) {
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0 ? 0 : -errno;
-}
-
-int ward_thread_join_within(pthread_t thread, int milliseconds) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += milliseconds / 1000;
-    deadline.tv_nsec += (long)(milliseconds % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
-    return pthread_timedjoin_np(thread, NULL, &deadline);
 }
 
 long ward_trace_read(int pid, uint64_t address, void *buffer, size_t length) {

@@ -25,12 +25,15 @@ extension RunReport {
     /// words]], dropped}`; nil when the event has none.
     static func trace(_ data: [String: JSONValue], execution: JSONValue?) -> JSONValue? {
         guard let trace = data["trace"]?.objectValue else { return nil }
-        let effects = (trace["effects"]?.arrayValue ?? []).map { effect -> JSONValue in
+        // The page keeps a call's first effects; all of them are in `ward ledger show`.
+        let all = trace["effects"]?.arrayValue ?? []
+        let effects = all.prefix(Ledger.reportEffectLimit).map { effect -> JSONValue in
             let e = effect.objectValue ?? [:]
             return .array([e["atMs"] ?? .null, e["pid"] ?? .null, .string(words(effect))])
         }
         return .object(["execution": execution ?? .null, "mode": trace["mode"] ?? .null, "effects": .array(effects),
-                        "dropped": trace["dropped"] ?? .null, "truncated": trace["truncated"] ?? .bool(false)])
+                        "dropped": trace["dropped"] ?? .null, "truncated": trace["truncated"] ?? .bool(false),
+                        "notShown": .number(Double(max(0, all.count - Ledger.reportEffectLimit)))])
     }
 
     /// One effect in words, as `ledger show` prints it ("rename /w/a → /w/b"); an effect of a
@@ -48,6 +51,8 @@ extension Ledger {
     /// Bytes of each call's arguments, stdout and stderr a report keeps; the rest is cut
     /// (and says so), so that a run of 10,000 calls stays a page a browser opens at once.
     public static let reportOutputLimit = 4096
+    /// Effects of each traced execution a report lists (a call keeps up to 10,000).
+    public static let reportEffectLimit = 200
 
     /// The report of `run`, or of the most recently active run when it is nil. Reads the
     /// ledger only, then runs the same check as `ward ledger verify --run`.

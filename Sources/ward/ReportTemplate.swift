@@ -52,7 +52,7 @@ enum ReportTemplate {
     .cut { color: #9a5b00; font-size: 12px; margin-top: 2px; }
     ul.effects { margin: 0; padding-left: 0; list-style: none; }
     ul.effects li { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; padding: 1px 0; overflow-wrap: anywhere; }
-    ul.effects .at { color: var(--muted); display: inline-block; min-width: 120px; }
+    ul.effects .at { color: var(--muted); display: inline-block; min-width: 140px; margin-right: 1em; }
     table { border-collapse: collapse; width: 100%; }
     td, th { text-align: left; padding: 3px 8px 3px 0; vertical-align: top; border-bottom: 1px solid #f0f2f5; overflow-wrap: anywhere; }
     th { color: var(--muted); font-weight: 500; font-size: 12px; }
@@ -418,6 +418,7 @@ enum ReportTemplate {
         effects.appendChild(el("div", "hint", (traces.length > 1 ? "execution " + t.execution + ": " : "") + (t.mode || "?") + " effects (what the tool attempted, whether or not it succeeded)"));
         const ul = el("ul", "effects");
         for (const f of t.effects) add(ul, add(el("li"), el("span", "at", (f[0] === null ? "" : "+" + f[0] + " ms") + (f[1] === null ? "" : " pid " + f[1])), document.createTextNode(f[2])));
+        if (t.notShown > 0) ul.appendChild(el("li", "cut", "… " + t.notShown + " more recorded: ward ledger show " + data.run.run + " " + c.id));
         if (t.dropped > 0) ul.appendChild(el("li", "cut", "… " + t.dropped + " more not recorded (trace capped)"));
         else if (t.truncated) ul.appendChild(el("li", "cut", "… more may have followed: the trace reached its limit"));
         if (!t.effects.length && !(t.dropped > 0)) ul.appendChild(el("li", "empty", "none"));

@@ -153,7 +153,7 @@ struct ReportTests {
             """#).objectValue)
         let trace = try #require(RunReport.trace(data, execution: .number(1)))
         #expect(member(trace, "mode") == .string("attempted"))
-        #expect(member(trace, "dropped") == .number(3))
+        #expect(member(trace, "dropped") == .number(3) && member(trace, "notShown") == .number(0))
         #expect(member(trace, "execution") == .number(1))
         #expect(member(trace, "effects") == .array([.array([.number(5), .number(12), .string("write /w/a (append)")]),
                                                     .array([.number(9), .number(13), .string("exec /usr/bin/git status")])]))

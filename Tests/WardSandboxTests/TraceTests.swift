@@ -162,14 +162,24 @@ struct TraceTests {
         #expect(made.count == 300)
     }
 
+    /// 100,000 files made by one call: ward (the CLI, its own process here) keeps the first
+    /// 10,000 effects and counts the rest, and its peak memory stays that of a small trace.
     @Test func aFloodOfEffectsIsCappedAndSaysSo() throws {
         let ws = Fixture.temporaryDirectory("trace-flood")
-        let o = try run(try sandbox(ws, zygote: true), "mkdir f && cd f && i=0; while [ $i -lt 100000 ]; do : > $i; i=$((i+1)); done; echo made $i")
-        #expect(o.out == "made 100000\n", "\(o.err)")
-        let trace = try #require(o.trace)
+        let flood = "mkdir f && cd f && i=0; while [ $i -lt 100000 ]; do : > $i; i=$((i+1)); done; echo made $i"
+        // Python's getrusage of its one child: ward's peak resident memory, in KiB.
+        let measure = "import resource, subprocess, sys; subprocess.run(sys.argv[1:]); "
+            + "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)"
+        let r = try BuildProducts.run("/usr/bin/python3", ["-c", measure, Fixture.ward, "sandbox", "--json", "--policies", TraceTests.policies,
+                                                          "--workspace", ws, "shell", "--arg", "command=" + flood])
+        let json = try #require(try? JSONValue.parse(r.stdout).objectValue, "\(r.stderr)")
+        #expect(json["stdout"] == .string("made 100000\n"), "\(r.stderr)")
+        let trace = try #require(json["trace"].flatMap(Trace.init(json:)))
         #expect(trace.effects.count == Trace.limit && trace.truncated)
         #expect(trace.dropped == 100_000 + 3 - Trace.limit, "the execs of sh and mkdir, the mkdir and 100,000 creates: \(trace.dropped ?? -1)")
         #expect(trace.lines.last?.contains("more not recorded") == true)
+        let peakKiB = try #require(Int(r.stderr.split(separator: "\n").last.map(String.init) ?? ""), "\(r.stderr)")
+        #expect(peakKiB < 150 * 1024, "ward's peak memory while 100,000 effects came: \(peakKiB) KiB")
     }
 
     /// An unprivileged ward traces its tools too, in a user namespace of their own, started

@@ -3,7 +3,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <pthread.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -171,20 +170,18 @@ struct ward_trace_notification {
 
 /// 1 when this kernel has seccomp user notification with CONTINUE (5.5+).
 int ward_trace_available(void);
-/// Waits for the listener fd a traced call's child sends on `sock` (SCM_RIGHTS); -1 when
-/// `stop_fd` becomes readable or the socket closes first.
-int ward_trace_receive_listener(int sock, int stop_fd);
+/// The listener fd a traced call's child sent on `sock` (SCM_RIGHTS), without waiting: the
+/// child sends it before its execve. -1 when there is none.
+int ward_trace_receive_listener(int sock);
 /// Waits up to `timeout_ms` for a notification: 1 (filled in), 0 (nothing yet), -1 (no
-/// task uses the filter any more, `stop_fd` is readable, or an error).
-int ward_trace_next(int listener, int stop_fd, int timeout_ms, struct ward_trace_notification *out);
+/// task uses the filter any more, or an error).
+int ward_trace_next(int listener, int timeout_ms, struct ward_trace_notification *out);
 /// Lets the notified syscall run as asked. 0, or -ENOENT when its task is gone (then what
 /// was read for it may belong to another process: discard it).
 int ward_trace_continue(int listener, uint64_t id);
 /// 0 while the notification `id` is still pending (its task alive, so what was read of it
 /// is its own), else -errno.
 int ward_trace_id_valid(int listener, uint64_t id);
-/// pthread_timedjoin_np for `milliseconds`: 0 once joined, ETIMEDOUT (or another error).
-int ward_thread_join_within(pthread_t thread, int milliseconds);
 /// process_vm_readv of `length` bytes at `address` in `pid`; bytes read or -1.
 long ward_trace_read(int pid, uint64_t address, void *buffer, size_t length);
 /// A NUL-terminated string at `address` in `pid`, cut to `capacity - 1`; its length or -1.

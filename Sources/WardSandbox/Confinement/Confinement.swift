@@ -85,7 +85,7 @@ struct Confinement: Sendable {
     }
 
     /// The filter of every traced call (`Seccomp.compileTrace`), compiled once.
-    static let traceFilter: Result<SeccompProgram, SandboxError> = {
+    static let traceFilter: Result<TraceFilter, SandboxError> = {
         do throws(SandboxError) { return .success(try Seccomp.compileTrace()) } catch { return .failure(error) }
     }()
 
@@ -176,9 +176,9 @@ final class ToolConfinement: Sendable {
     /// `network = "loopback"`: each call in a network namespace of its own.
     let newNetNamespace: Bool
     /// The effect-trace filter each call adds (`Tracer`); nil: calls are not traced.
-    let trace: SeccompProgram?
+    let trace: TraceFilter?
 
-    init(bpf: SeccompProgram, landlockFD: Int32, newNetNamespace: Bool, trace: SeccompProgram? = nil) {
+    init(bpf: SeccompProgram, landlockFD: Int32, newNetNamespace: Bool, trace: TraceFilter? = nil) {
         self.bpf = bpf
         self.landlockFD = landlockFD
         self.newNetNamespace = newNetNamespace

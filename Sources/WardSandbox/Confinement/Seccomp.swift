@@ -25,6 +25,23 @@ public final class SeccompProgram: Sendable {
     deinit { aligned.deallocate() }
 }
 
+/// The effect-trace filter with the path of the execve it spares left to fill in per call.
+struct TraceFilter: Sendable {
+    let template: [UInt8]
+    /// The instructions whose constants are the spared path's high and low 32 bits.
+    let high: Int, low: Int
+
+    /// The filter of one call, whose own execve passes `path`.
+    func program(sparing path: UnsafeRawPointer) -> SeccompProgram {
+        var bytes = template
+        let address = UInt64(UInt(bitPattern: path))
+        for (i, k) in [(high, UInt32(address >> 32)), (low, UInt32(truncatingIfNeeded: address))] {
+            for b in 0..<4 { bytes[i * 8 + 4 + b] = UInt8(truncatingIfNeeded: k >> (8 * UInt32(b))) }
+        }
+        return SeccompProgram(bytes: bytes)
+    }
+}
+
 /// Seccomp filters from policies: `plan` says what a tool's filter allows, limits and
 /// refuses (public, for `ward policy explain`); `compile` turns that plan into BPF.
 public enum Seccomp {
@@ -244,7 +261,8 @@ public enum Seccomp {
 
     /// The syscalls a call's effect trace is told of, with the argument matches that make
     /// one worth telling (none: always). An `open` or `openat` only when it may write:
-    /// read-only opens are most of a tool's syscalls and change nothing.
+    /// read-only opens are most of a tool's syscalls and change nothing. `execve` is
+    /// compiled apart (`compileTrace`).
     static let traced: [(name: String, alternatives: [[Match]])] = {
         let writing: (UInt32) -> [[Match]] = { arg in
             // O_WRONLY, O_RDWR, O_CREAT, O_TRUNC: any of them.
@@ -252,14 +270,27 @@ public enum Seccomp {
         }
         let always = ["creat", "truncate", "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
                       "mknod", "mknodat", "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "fchmodat2",
-                      "execve", "execveat", "connect", "bind"]
+                      "execveat", "connect", "bind"]
         return [("open", writing(1)), ("openat", writing(2))] + always.map { ($0, []) }
     }()
 
-    /// The filter of a call's effect trace: every syscall of `traced` goes to ward
-    /// (SECCOMP_RET_USER_NOTIF), which reads its arguments and lets it go on; everything
-    /// else is allowed here, and left to the allowlist stacked with it.
-    static func compileTrace() throws(SandboxError) -> SeccompProgram {
+    /// The program's path a call's filter does not notify an execve of: a stand-in, patched
+    /// per call (`TraceFilter.program(sparing:)`).
+    static let sparedPathStandIn: UInt64 = 0x5741_5244_7061_7468
+
+    /// The filter of a call's effect trace: every syscall of `traced`, and every `execve`
+    /// but the one of the tool itself, goes to ward (SECCOMP_RET_USER_NOTIF), which reads
+    /// its arguments and lets it go on; everything else is allowed here, and left to the
+    /// allowlist stacked with it.
+    ///
+    /// Why the tool's own execve is spared: it is made while the thread that spawned the
+    /// call waits for it (vfork), so its notification would need a thread of its own to
+    /// answer it, and two wake-ups across CPUs per call, several times what the rest of the
+    /// trace costs. ward knows that program and its argv anyway. The filter tells it by its
+    /// path pointer, an address in ward's memory that the call's child passes to execve; a
+    /// process of the tool, in an address space of its own, names that address only by
+    /// chance.
+    static func compileTrace() throws(SandboxError) -> TraceFilter {
         guard let ctx = seccomp_init(SCMP_ACT_ALLOW) else { throw SandboxError(.internalError, "seccomp_init failed") }
         defer { seccomp_release(ctx) }
         func check(_ rc: Int32, _ what: @autoclosure () -> String) throws(SandboxError) {
@@ -267,18 +298,34 @@ public enum Seccomp {
         }
         try check(seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS), "set bad-arch action")
         try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0), "leave no_new_privs to the spawn")
-        for (name, alternatives) in traced {
+        func add(_ name: String, _ conditions: [scmp_arg_cmp]) throws(SandboxError) {
             let n = seccomp_syscall_resolve_name(name)
             guard n != __NR_SCMP_ERROR else { throw SandboxError(.internalError, "seccomp: unknown syscall \(name)") }
+            var conds = conditions
+            let rc = conds.withUnsafeMutableBufferPointer { buf in
+                seccomp_rule_add_exact_array(ctx, SCMP_ACT_NOTIFY, n, UInt32(buf.count), buf.baseAddress)
+            }
+            try check(rc, "trace rule for \(name)")
+        }
+        for (name, alternatives) in traced {
             for matches in alternatives.isEmpty ? [[]] : alternatives {
-                var conds = matches.map { ward_scmp_arg($0.arg, SCMP_CMP_MASKED_EQ, $0.mask, $0.value) }
-                let rc = conds.withUnsafeMutableBufferPointer { buf in
-                    seccomp_rule_add_exact_array(ctx, SCMP_ACT_NOTIFY, n, UInt32(buf.count), buf.baseAddress)
-                }
-                try check(rc, "trace rule for \(name)")
+                try add(name, matches.map { ward_scmp_arg($0.arg, SCMP_CMP_MASKED_EQ, $0.mask, $0.value) })
             }
         }
-        return try export(ctx)
+        try add("execve", [ward_scmp_arg(0, SCMP_CMP_NE, sparedPathStandIn, 0)])
+        let program = try export(ctx)
+        // Where the stand-in's two halves are compared: exactly one place each, or the
+        // per-call patch could not be trusted.
+        func index(of k: UInt32) -> Int? {
+            let found = (0..<program.instructionCount).filter { i in
+                (0..<4).reduce(UInt32(0)) { $0 | UInt32(program.bytes[i * 8 + 4 + $1]) << (8 * $1) } == k
+            }
+            return found.count == 1 ? found[0] : nil
+        }
+        guard let high = index(of: UInt32(sparedPathStandIn >> 32)), let low = index(of: UInt32(truncatingIfNeeded: sparedPathStandIn)) else {
+            throw SandboxError(.internalError, "seccomp: the trace filter's execve comparison is not where it was expected")
+        }
+        return TraceFilter(template: program.bytes, high: high, low: low)
     }
 
     /// A hand-written prefix that refuses ioctl TIOCSTI and TIOCLINUX before libseccomp's

@@ -37,12 +37,16 @@ struct OutputCollector {
     }
 
     /// Waits for output or for `extra` (the pidfd) to become readable; true when it did.
-    mutating func pollOnce(extra: Int32, until deadline: UInt64) -> Bool {
+    /// `listener`, when not -1 (a traced call's), is polled too, and `service` answers it.
+    mutating func pollOnce(extra: Int32, listener: Int32 = -1, until deadline: UInt64, service: () -> Void = {}) -> Bool {
         var pfds = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        pfds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
         pfds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0))
         let now = Sandbox.monotonicNanoseconds()
         let timeout = now < deadline ? Int32(min((deadline - now) / 1_000_000 + 1, 60_000)) : 0
         if poll(&pfds, nfds_t(pfds.count), timeout) <= 0 { return false }
+        // The tool's syscall waits for this answer: before the output, which can wait.
+        if listener >= 0 && pfds[fds.count].revents != 0 { service() }
         for i in 0..<fds.count where fds[i] >= 0 && pfds[i].revents != 0 { readAvailable(i) }
         return pfds.last!.revents != 0
     }

@@ -20,6 +20,8 @@ public final class SandboxCall: @unchecked Sendable {
     let tool: Sandbox.PreparedTool
     let executable: String
     private let argv: CStringArray
+    /// The tool's argv, for its trace's first effect.
+    private let arguments: [String]
     private let environment: CStringArray
     private let path: UnsafeMutablePointer<CChar>
     private let cwd: UnsafeMutablePointer<CChar>
@@ -52,6 +54,7 @@ public final class SandboxCall: @unchecked Sendable {
         self.tool = tool
         self.executable = executable
         self.argv = CStringArray(argv)
+        self.arguments = argv
         self.environment = CStringArray(environment)
         path = strdup(executable)
         cwd = strdup(sandbox.workspace)
@@ -69,7 +72,10 @@ public final class SandboxCall: @unchecked Sendable {
         }
         slot = acquired
         // A call its policy traces runs traced or not at all: never silently untraced.
-        do { tracer = tool.confinement.trace == nil || arguments == nil ? nil : try Tracer() } catch {
+        let program = UnsafeRawPointer(path)
+        do {
+            if let filter = tool.confinement.trace, arguments != nil { tracer = try Tracer(filter: filter, sparing: program) } else { tracer = nil }
+        } catch {
             tracer = nil
             failure = failure ?? error
         }
@@ -124,9 +130,9 @@ public final class SandboxCall: @unchecked Sendable {
         // The policy's filter (for a direct spawn: a zygote's children inherit it instead),
         // Landlock ruleset, identity and capabilities; `tool` keeps them alive.
         sandbox.confinement.configureCall(&config.pointee, tool: tool.confinement, newPIDNamespace: newPidNS)
-        if let tracer, let filter = tool.confinement.trace {
-            config.pointee.trace_bpf = UnsafeRawPointer(filter.aligned.baseAddress)
-            config.pointee.trace_bpf_len = UInt16(filter.instructionCount)
+        if let tracer {
+            config.pointee.trace_bpf = UnsafeRawPointer(tracer.program.aligned.baseAddress)
+            config.pointee.trace_bpf_len = UInt16(tracer.program.instructionCount)
             config.pointee.trace_fd = tracer.childFD
         }
         config.pointee.pdeath_signal = SIGKILL
@@ -220,14 +226,6 @@ public final class SandboxCall: @unchecked Sendable {
         done = true
         let policy = tool.policy
         let start = Sandbox.monotonicNanoseconds()
-        // Listening before the spawn: the tool's own execve is the first thing traced, and
-        // the thread that spawns waits for it.
-        if let tracer, !tracer.start(capture: capture, at: start) {
-            let error = errno
-            // A parked child already holds the filter: it is ended at its gate, never run untraced.
-            if parkedIn != nil { cancel() } else if let slot { cgroups?.release(slot) }
-            throw SandboxError(.spawnFailed, "the effect trace of tool \(name) could not start a thread: \(errnoName(error))", errno: error)
-        }
         var pid: pid_t = -1
         var spawned = Zygote.Spawn.unavailable
         if let zygote = parkedIn {
@@ -248,7 +246,6 @@ public final class SandboxCall: @unchecked Sendable {
             _ = tracer?.finish()
             throw lost()
         }
-        tracer?.childStarted()
         close(outPipe[1])
         close(errPipe[1])
         outPipe[1] = -1
@@ -261,6 +258,7 @@ public final class SandboxCall: @unchecked Sendable {
             throw SandboxError(code, "\(step) failed: \(errnoName(spawnError.pointee.error)) (tool \(name), \(executable))", errno: spawnError.pointee.error)
         }
         defer { close(pidfd.pointee) }
+        tracer?.begin(capture: capture, at: start, pid: pid, executable: executable, argv: arguments)
         sandbox.containment.register(pid, slot)
         defer { sandbox.containment.unregister(pid) }
         if let cancellation {
@@ -275,7 +273,7 @@ public final class SandboxCall: @unchecked Sendable {
         var heartbeat = capture >= 0 ? start + 1_000_000_000 : UInt64.max
         var timedOut = false
         // Read output until the tool exits or the deadline passes.
-        while !collector.pollOnce(extra: pidfd.pointee, until: min(deadline, heartbeat)) {
+        while !collector.pollOnce(extra: pidfd.pointee, listener: tracer?.listener ?? -1, until: min(deadline, heartbeat), service: { tracer?.service() }) {
             let now = Sandbox.monotonicNanoseconds()
             if now >= deadline {
                 timedOut = true

@@ -7,31 +7,25 @@ import Glibc
 #endif
 
 /// The effect trace of one call (see `Trace`): the call's child installs the trace filter
-/// and sends its listener over `childFD` (`ward_step_trace`); a thread of ward's then reads
-/// each notified syscall's arguments from the tool's memory, lets the syscall go on, and
-/// records what it attempted. Each effect is also appended to the call's capture file as
-/// it comes, so that after a crash of ward the operator settling the call sees what the
-/// tool had done up to the crash.
-///
-/// One thread per traced call: the tool's own execve is notified while the thread that
-/// spawned it waits for that execve (vfork), so the answer must come from elsewhere.
-final class Tracer: @unchecked Sendable {
-    // @unchecked: the fds are set in init and closed in deinit; what the tracing thread and
-    // the call's thread share is in `state`; the buffers are the tracing thread's.
+/// and sends its listener over `childFD` (`ward_step_trace`); the thread that runs the call
+/// then answers the notifications as they come, in the same `poll` as the tool's output
+/// (`service`): it reads each notified syscall's arguments from the tool's memory, records
+/// what was attempted, appends it to the call's capture file (so that after a crash of ward
+/// the operator settling the call sees what the tool had done), and only then lets the
+/// syscall go on. No thread of its own: the tool's own execve, which the spawning thread
+/// waits for, is not notified (`Seccomp.compileTrace`) but recorded from what ward knows.
+final class Tracer {
     /// A seqpacket pair: [0] ward's end, [1] the one the child sends on.
     private var socket: [Int32] = [-1, -1]
-    /// Written by `finish`: the tracing thread stops.
-    private var stopPipe: [Int32] = [-1, -1]
-    private var thread: pthread_t?
+    /// The filter's listener once received; -1 before and after.
+    private(set) var listener: Int32 = -1
+    private var capture: Int32 = -1
     private var startNs: UInt64 = 0
-    private struct State {
-        var trace = Trace()
-        /// What the effects recorded so far take (`Trace.byteLimit`).
-        var bytes = 0
-        /// The call's capture file, or -1; -1 once `finish` gave up on the thread.
-        var capture: Int32 = -1
-    }
-    private let state = Lock(State())
+    private var trace = Trace()
+    /// What the effects recorded so far take (`Trace.byteLimit`).
+    private var bytes = 0
+    /// The call's own filter: the trace filter with its execve's path filled in.
+    let program: SeccompProgram
     private let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: Tracer.pathCapacity)
     private let base = UnsafeMutablePointer<CChar>.allocate(capacity: Tracer.pathCapacity)
 
@@ -40,18 +34,17 @@ final class Tracer: @unchecked Sendable {
     /// tool must not be able to grow one call's record without bound (a path, an exec's
     /// arguments, their count).
     static let pathLimit = 1024, argvLimit = (count: 64, bytes: 4096)
-    /// How long `finish` waits for the thread: one stuck in the kernel (a path on a hung
-    /// mount) must not hold the call forever.
-    static let joinMilliseconds: Int32 = 2000
 
-    init() throws(SandboxError) {
-        guard ward_socketpair_cloexec(&socket) == 0, ward_pipe_cloexec(&stopPipe) == 0 else {
+    /// - Parameter path: the call's program path, as the child passes it to execve.
+    init(filter: TraceFilter, sparing path: UnsafeRawPointer) throws(SandboxError) {
+        program = filter.program(sparing: path)
+        guard ward_socketpair_cloexec(&socket) == 0 else {
             throw SandboxError(.internalError, "the effect trace's socket pair failed: \(errnoName(errno))", errno: errno)
         }
     }
 
     deinit {
-        for fd in socket + stopPipe where fd >= 0 { close(fd) }
+        for fd in socket + [listener] where fd >= 0 { close(fd) }
         buffer.deallocate()
         base.deallocate()
     }
@@ -59,67 +52,81 @@ final class Tracer: @unchecked Sendable {
     /// The end the call's child sends the listener on (`ward_spawn_config.trace_fd`).
     var childFD: Int32 { socket[1] }
 
-    /// Closes ward's copy of the child's end once the child has it: a child that dies
-    /// before sending then hangs the socket up instead of leaving the thread waiting.
-    func childStarted() {
+    /// Once the tool is started (`pid`, running `executable` with `argv`): takes the listener
+    /// the child sent, and records the tool's own exec first. `capture`: the call's capture
+    /// file, or -1.
+    func begin(capture: Int32, at startNs: UInt64, pid: Int32, executable: String, argv: [String]) {
+        self.capture = capture
+        self.startNs = startNs
         if socket[1] >= 0 { close(socket[1]) }
         socket[1] = -1
-    }
-
-    /// Starts the tracing thread; false when it cannot. `capture`: the call's capture file,
-    /// or -1. On false, a listener already sent (a parked child's) is dropped, so the
-    /// child's notified syscalls fail (ENOSYS) instead of waiting for an answer forever.
-    func start(capture: Int32, at startNs: UInt64) -> Bool {
-        state.withLock { $0.capture = capture }
-        self.startNs = startNs
-        var tid = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let rc = pthread_create(&tid, nil, { context in
-            let tracer = Unmanaged<Tracer>.fromOpaque(context!).takeRetainedValue()
-            tracer.loop()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<Tracer>.fromOpaque(context).release()
-            close(socket[0])
-            socket[0] = -1
-            return false
+        listener = ward_trace_receive_listener(socket[0])
+        guard listener >= 0 else {
+            // The child always sends it before its execve: a trace without it is not whole.
+            trace.dropped = nil
+            return
         }
-        thread = tid
-        return true
+        frame(.traceStart, [])
+        record(Attempt(kind: .exec, path: executable, argv: argv.isEmpty ? [] : Tracer.bounded(argv), follow: true), pid: pid)
     }
 
-    /// Stops the thread (the call's processes are gone) and returns what it recorded. A
-    /// thread that does not stop in time is left behind, writing nothing more, and the trace
-    /// says it may be incomplete.
-    func finish() -> Trace {
-        guard let thread else { return state.withLock { $0.trace } }
-        self.thread = nil
-        var byte: UInt8 = 1
-        _ = write(stopPipe[1], &byte, 1)
-        if ward_thread_join_within(thread, Tracer.joinMilliseconds) == 0 { return state.withLock { $0.trace } }
-        pthread_detach(thread)
-        return state.withLock { s in
-            s.capture = -1
-            s.trace.dropped = nil
-            return s.trace
-        }
-    }
-
-    // MARK: - The tracing thread
-
-    private func loop() {
-        let listener = ward_trace_receive_listener(socket[0], stopPipe[0])
+    /// Answers every notification waiting (the listener polled readable).
+    func service() {
         guard listener >= 0 else { return }
-        defer { close(listener) }
-        state.withLock { frame($0.capture, .traceStart, []) }
         var n = ward_trace_notification()
         while true {
-            let got = ward_trace_next(listener, stopPipe[0], -1, &n)
-            if got < 0 { return }
-            if got == 0 { continue }
-            handle(listener, n)
+            let got = ward_trace_next(listener, 0, &n)
+            if got > 0 {
+                handle(n)
+                continue
+            }
+            if got < 0 {
+                // Hung up: no process uses the filter any more, so nothing more can come,
+                // and a listener left in the poll set would wake it at once, again and again.
+                close(listener)
+                listener = -1
+            }
+            return
         }
+    }
+
+    /// The call's processes are gone: what they attempted. The listener is closed, so a
+    /// process that outlived the call (where nothing killed the tree) has its notified
+    /// syscalls refused (ENOSYS) rather than waiting.
+    func finish() -> Trace {
+        service()
+        if listener >= 0 { close(listener) }
+        listener = -1
+        return trace
+    }
+
+    /// Reads, resolves and records the attempt (and appends it to the capture file) before
+    /// the syscall goes on: a crash of ward right after the kernel acted still leaves the
+    /// effect in the evidence.
+    private func handle(_ n: ward_trace_notification) {
+        // Past the limit: counted, not read, so a flood costs the tool little.
+        let attempt = trace.effects.count >= Trace.limit ? Read.skipped : read(n)
+        // Whether what was read is the notified task's: its pid may have been reused since.
+        let valid = ward_trace_id_valid(listener, n.id) == 0
+        if valid, case .read(let attempt) = attempt { record(attempt, pid: n.pid) }
+        _ = ward_trace_continue(listener, n.id)
+        guard valid else { return }
+        switch attempt {
+        case .read, .ignored: break
+        case .skipped, .unreadable: trace.dropped = (trace.dropped ?? 0) + 1
+        }
+    }
+
+    /// What became of a notification.
+    private enum Read {
+        case read(Attempt)
+        /// Nothing worth recording (an open of /dev/null).
+        case ignored
+        /// Past the trace's limits.
+        case skipped
+        /// Its arguments could not be read (memory ward may not read): counted as not
+        /// recorded, so the trace says it is incomplete.
+        case unreadable
     }
 
     /// What is read of a syscall while the kernel holds it; everything that may change once
@@ -138,37 +145,6 @@ final class Tracer: @unchecked Sendable {
         var flags: [String]?
         /// The final component is followed if it is a symlink (open, exec, chmod).
         var follow = false
-    }
-
-    /// Reads, resolves and records the attempt (and appends it to the capture file) before
-    /// the syscall goes on: a crash of ward right after the kernel acted still leaves the
-    /// effect in the evidence.
-    private func handle(_ listener: Int32, _ n: ward_trace_notification) {
-        let full = state.withLock { $0.trace.effects.count >= Trace.limit }
-        // Past the limit: counted, not read, so a flood costs the tool little.
-        let attempt = full ? Read.skipped : read(n)
-        // Whether what was read is the notified task's: its pid may have been reused since.
-        let valid = ward_trace_id_valid(listener, n.id) == 0
-        if valid, case .read(let attempt) = attempt { record(attempt, pid: n.pid) }
-        _ = ward_trace_continue(listener, n.id)
-        guard valid else { return }
-        switch attempt {
-        case .read: break
-        case .ignored: break
-        case .skipped, .unreadable: state.withLock { $0.trace.dropped = ($0.trace.dropped ?? 0) + 1 }
-        }
-    }
-
-    /// What became of a notification.
-    private enum Read {
-        case read(Attempt)
-        /// Nothing worth recording (an open of /dev/null).
-        case ignored
-        /// Past the trace's limits.
-        case skipped
-        /// Its arguments could not be read (memory ward may not read): counted as not
-        /// recorded, so the trace says it is incomplete.
-        case unreadable
     }
 
     private func read(_ n: ward_trace_notification) -> Read {
@@ -264,7 +240,8 @@ final class Tracer: @unchecked Sendable {
         var flagNames: [String] = []
         if flags & 0o1000 != 0 { flagNames.append("truncate") }
         if flags & 0o2000 != 0 { flagNames.append("append") }
-        if flags & 0o100 != 0 && access(full, F_OK) != 0 {
+        // O_EXCL: created, or the open fails; no need to ask.
+        if flags & 0o100 != 0 && (flags & 0o200 != 0 || access(full, F_OK) != 0) {
             attempt.kind = .create
             attempt.mode = UInt32(truncatingIfNeeded: mode) & 0o7777
             flagNames.removeAll { $0 == "truncate" }
@@ -276,20 +253,31 @@ final class Tracer: @unchecked Sendable {
     private func exec(_ attempt: Attempt?, argv address: UInt64, pid: Int32) -> Attempt? {
         guard var attempt else { return nil }
         var argv: [String] = []
-        var bytes = 0
         var pointer: UInt64 = 0
-        while ward_trace_read(pid, address + UInt64(argv.count * 8), &pointer, 8) == 8, pointer != 0 {
-            guard argv.count < Tracer.argvLimit.count, bytes < Tracer.argvLimit.bytes else {
-                argv.append("…")  // more arguments than are kept
+        // One past what is kept, to know that some were left out.
+        while argv.count <= Tracer.argvLimit.count, ward_trace_read(pid, address + UInt64(argv.count * 8), &pointer, 8) == 8, pointer != 0,
+              ward_trace_read_string(pid, pointer, buffer, Tracer.pathCapacity) >= 0 {
+            argv.append(String(cString: buffer))
+        }
+        attempt.argv = Tracer.bounded(argv)
+        return attempt
+    }
+
+    /// At most `argvLimit` arguments and bytes, the last one cut marked `…` (and a `…` of its
+    /// own when arguments were left out).
+    static func bounded(_ argv: [String]) -> [String] {
+        var kept: [String] = []
+        var bytes = 0
+        for arg in argv {
+            guard kept.count < argvLimit.count, bytes < argvLimit.bytes else {
+                kept.append("…")
                 break
             }
-            guard ward_trace_read_string(pid, pointer, buffer, Tracer.pathCapacity) >= 0 else { break }
-            let arg = Tracer.cut(String(cString: buffer), to: Tracer.argvLimit.bytes - bytes)
-            bytes += arg.utf8.count
-            argv.append(arg)
+            let cut = cut(arg, to: argvLimit.bytes - bytes)
+            bytes += cut.utf8.count
+            kept.append(cut)
         }
-        attempt.argv = argv
-        return attempt
+        return kept
     }
 
     /// `text` cut to at most `limit` bytes of UTF-8 (at a character), marked with `…`.
@@ -333,24 +321,33 @@ final class Tracer: @unchecked Sendable {
         let at = Double((Sandbox.monotonicNanoseconds() &- startNs) / 1000) / 1000
         var effect = Trace.Effect(kind: attempt.kind, target: attempt.target.map { Tracer.cut($0, to: Tracer.pathLimit) }, mode: attempt.mode,
                                   argv: attempt.argv, address: attempt.address, flags: attempt.flags, pid: pid, atMs: at)
-        if let p = attempt.path { effect.path = Tracer.resolved(attempt.pathBase, p, pid: pid, follow: attempt.follow) }
-        if let q = attempt.to { effect.to = Tracer.resolved(attempt.toBase, q, pid: pid, follow: false) }
-        let json = effect.json.canonicalBytes
-        state.withLock { s in
-            guard s.bytes + json.count <= Trace.byteLimit else {
-                s.trace.dropped = (s.trace.dropped ?? 0) + 1
-                return
-            }
-            s.bytes += json.count
-            s.trace.effects.append(effect)
-            frame(s.capture, .effect, json)
-            if s.trace.effects.count == Trace.limit { frame(s.capture, .traceCut, []) }
+        if let p = attempt.path { effect.path = resolved(attempt.pathBase, p, pid: pid, follow: attempt.follow) }
+        if let q = attempt.to { effect.to = resolved(attempt.toBase, q, pid: pid, follow: false) }
+        // Its JSON only where it is written now (the capture file); the budget counts the
+        // strings, and what any effect's JSON adds to them at most.
+        let json = capture >= 0 ? effect.json.canonicalBytes : nil
+        let size = json?.count ?? Tracer.estimatedSize(effect)
+        guard bytes + size <= Trace.byteLimit else {
+            trace.dropped = (trace.dropped ?? 0) + 1
+            return
         }
+        bytes += size
+        trace.effects.append(effect)
+        if let json { frame(.effect, json) }
+        if trace.effects.count == Trace.limit { frame(.traceCut, []) }
+    }
+
+    /// About an effect's JSON size: its strings, and 160 bytes for its keys and numbers.
+    static func estimatedSize(_ effect: Trace.Effect) -> Int {
+        var size = 160
+        for text in [effect.path, effect.to, effect.target, effect.address] { size += text?.utf8.count ?? 0 }
+        for arg in effect.argv ?? [] { size += arg.utf8.count + 3 }
+        return size
     }
 
     /// Appends a frame to the capture file in one write: the output collector writes its
-    /// own frames to the same file from another thread, and a frame must not be split.
-    private func frame(_ capture: Int32, _ kind: OutputCapture.Kind, _ payload: [UInt8]) {
+    /// own frames to the same file, and a frame must not be split.
+    private func frame(_ kind: OutputCapture.Kind, _ payload: [UInt8]) {
         guard capture >= 0 else { return }
         let bytes = OutputCapture.frameHeader(kind, length: payload.count) + payload
         _ = bytes.withUnsafeBytes { write(capture, $0.baseAddress, $0.count) }
@@ -359,8 +356,8 @@ final class Tracer: @unchecked Sendable {
     /// A path as the tool named it, absolute and resolved (`resolve`), cut to `pathLimit`.
     /// The names that mean "this process" (/proc/self, /dev/fd, /dev/stdout, …) are the
     /// tool's, not ward's: resolved by ward as they are, they would name ward's own files.
-    static func resolved(_ base: String?, _ path: String, pid: Int32, follow: Bool) -> String {
-        var full = joined(base, path)
+    func resolved(_ base: String?, _ path: String, pid: Int32, follow: Bool) -> String {
+        var full = Tracer.joined(base, path)
         for (alias, own) in [("/proc/self", "/proc/\(pid)"), ("/proc/thread-self", "/proc/\(pid)/task/\(pid)"), ("/dev/fd", "/proc/\(pid)/fd"),
                              ("/dev/stdin", "/proc/\(pid)/fd/0"), ("/dev/stdout", "/proc/\(pid)/fd/1"), ("/dev/stderr", "/proc/\(pid)/fd/2")]
         where full == alias || full.hasPrefix(alias + "/") {
@@ -371,8 +368,8 @@ final class Tracer: @unchecked Sendable {
         // A symlink of the tool's that leads into /proc/self led, in ward, to ward's own
         // files: keep what the tool named instead.
         let mine = "/proc/\(getpid())"
-        if result == mine || result.hasPrefix(mine + "/") { result = lexical(full) }
-        return cut(result, to: pathLimit)
+        if result == mine || result.hasPrefix(mine + "/") { result = Tracer.lexical(full) }
+        return Tracer.cut(result, to: Tracer.pathLimit)
     }
 
     /// `path` joined to `base` when relative; a relative path whose base could not be read
@@ -382,23 +379,41 @@ final class Tracer: @unchecked Sendable {
         return path.isEmpty ? base : (base == "/" ? "/" : base + "/") + path
     }
 
+    /// Directories resolved in this call: a tool writes many files in few directories, and
+    /// each notified syscall waits while ward resolves its path. Resolved once, as they stood
+    /// the first time (a directory the tool later replaces by a symlink keeps its first
+    /// resolution: the trace is of attempts).
+    private var directories: [String: String] = [:]
+
     /// An absolute path with `.`, `..` and the symlinks of its directories resolved (and of
     /// its last component with `follow`), as the file system stands now; lexically where
     /// it cannot be (a directory that no longer exists).
-    static func resolve(_ path: String, follow: Bool) -> String {
+    func resolve(_ path: String, follow: Bool) -> String {
         guard path.hasPrefix("/") else { return path }
-        if follow, let real = realpath(path, nil) {
-            defer { free(real) }
-            return String(cString: real)
-        }
         var components = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         guard let last = components.popLast() else { return "/" }
-        if last == "." || last == ".." { return lexical(path) }
+        if last == "." || last == ".." { return Tracer.realpath(path) ?? Tracer.lexical(path) }
         let directory = "/" + components.joined(separator: "/")
-        guard let real = realpath(directory, nil) else { return lexical(path) }
+        let resolvedDirectory: String
+        if let known = directories[directory] {
+            resolvedDirectory = known
+        } else {
+            guard let real = Tracer.realpath(directory) else { return Tracer.lexical(path) }
+            if directories.count >= 4096 { directories.removeAll(keepingCapacity: true) }
+            directories[directory] = real
+            resolvedDirectory = real
+        }
+        let joined = (resolvedDirectory == "/" ? "" : resolvedDirectory) + "/" + last
+        // The last component is followed only where it is a symlink (one lstat).
+        var st = stat()
+        if follow, lstat(joined, &st) == 0, st.st_mode & S_IFMT == S_IFLNK { return Tracer.realpath(joined) ?? joined }
+        return joined
+    }
+
+    static func realpath(_ path: String) -> String? {
+        guard let real = Glibc.realpath(path, nil) else { return nil }
         defer { free(real) }
-        let resolved = String(cString: real)
-        return (resolved == "/" ? "" : resolved) + "/" + last
+        return String(cString: real)
     }
 
     static func lexical(_ path: String) -> String {
@@ -414,7 +429,7 @@ final class Tracer: @unchecked Sendable {
     /// Syscall numbers of this architecture to the names `Seccomp.traced` notifies.
     static let syscalls: [Int: String] = {
         var names: [Int: String] = [:]
-        for (name, _) in Seccomp.traced {
+        for name in Seccomp.traced.map(\.name) + ["execve"] {
             let n = seccomp_syscall_resolve_name(name)
             if n != __NR_SCMP_ERROR { names[Int(n)] = name }
         }
