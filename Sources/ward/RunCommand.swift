@@ -232,7 +232,7 @@ struct RunCommand: ParsableCommand {
     /// call was settled.
     static func settleOnTerminal(_ calls: [InDoubtCall], ledger: Ledger) -> Bool {
         let note = "ward: note (what you checked): "
-        return askEachOnTerminal(calls, question: { "ward: settle call \($0.callId) now? executed (e), not executed (n), or leave it in doubt (Enter): " },
+        return askEachOnTerminal(calls, question: { "ward: settle call \(TerminalText.escape($0.callId)) now? executed (e), not executed (n), or leave it in doubt (Enter): " },
                                  choices: [TerminalChoice(words: ["e", "executed"], answer: Ledger.Verdict.executed, notePrompt: note),
                                            TerminalChoice(words: ["n", "not-executed", "not executed"], answer: .notExecuted, notePrompt: note)]) {
             try ledger.resolve(run: $0.run, callId: $0.callId, as: $1, note: $2)
