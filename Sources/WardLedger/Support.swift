@@ -185,4 +185,6 @@ enum Timestamp {
 extension Ledger {
     /// Lowercase hex SHA-256, for hashes the supervisor records (policy hashes).
     public static func sha256Hex(_ bytes: [UInt8]) -> String { Digest.sha256Hex(bytes) }
+    /// Raw SHA-256 (a report's script hash for its Content-Security-Policy).
+    public static func sha256(_ bytes: [UInt8]) -> [UInt8] { Digest.sha256(bytes) }
 }

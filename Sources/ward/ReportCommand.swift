@@ -67,11 +67,7 @@ enum ReportPage {
     }
 
     /// `'sha256-…'` of the page's script: the only one the page's policy lets run.
-    static let scriptHash: String = {
-        let hex = Array(Ledger.sha256Hex(Array(ReportTemplate.script.utf8)).utf8)
-        let digest = stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<($0 + 2)], as: UTF8.self), radix: 16)! }
-        return "sha256-" + Base64.encode(digest)
-    }()
+    static let scriptHash = "sha256-" + Base64.encode(Ledger.sha256(Array(ReportTemplate.script.utf8)))
 
     /// Text for HTML: the five characters that could start markup or end an attribute.
     static func escape(_ text: String) -> String {
