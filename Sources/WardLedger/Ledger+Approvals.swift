@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import WardCore
 
 #if canImport(Glibc)
@@ -74,7 +73,7 @@ extension Ledger {
     /// - Throws: `notFound` (no such call), `invalid` (not awaiting approval), `storage`.
     public func settleApproval(run: String, callId: String, approve: Bool, note: String, by approver: Approver = .current,
                                via host: String? = nil) throws(LedgerError) {
-        try write("\(approve ? "approving" : "denying") call \(callId)") { db in
+        try write("\(approve ? "approving" : "denying") call \(callId)", run: run) { db in
             guard let call = try CallRecord.fetch(db, run: run, callId: callId) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }

@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 /// One call as `ward ledger list` shows it.
@@ -99,17 +98,17 @@ extension Ledger {
     public func listCalls(run: String? = nil, tool: String? = nil, status: String? = nil, since: String? = nil) throws(LedgerError) -> [CallSummary] {
         try read("listing calls") { db in
             var clauses: [String] = []
-            var args: [any DatabaseValueConvertible] = []
-            if let run { clauses.append("run_id = ?"); args.append(run) }
-            if let tool { clauses.append("tool = ?"); args.append(tool) }
+            var args: [SQLValue] = []
+            if let run { clauses.append("run_id = ?"); args.append(.text(run)) }
+            if let tool { clauses.append("tool = ?"); args.append(.text(tool)) }
             // A running call whose process died is reported as what it is (in doubt, when
             // non-idempotent) even by a read-only audit that records nothing.
             let inDoubt = CallStatus.inDoubt.rawValue
-            if let status { clauses.append(status == inDoubt ? "status IN (\(CallState.sql(.inDoubt)), \(CallState.sql(.running)))" : "status = ?"); if status != inDoubt { args.append(status) } }
-            if let since { clauses.append("started_at >= ?"); args.append(since) }
+            if let status { clauses.append(status == inDoubt ? "status IN (\(CallState.sql(.inDoubt)), \(CallState.sql(.running)))" : "status = ?"); if status != inDoubt { args.append(.text(status)) } }
+            if let since { clauses.append("started_at >= ?"); args.append(.text(since)) }
             let whereSQL = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
-            return try Row.fetchAll(db, sql: "SELECT * FROM calls \(whereSQL) ORDER BY started_at, run_id, call_id",
-                                    arguments: StatementArguments(args)).map { row in
+            return try db.rows("SELECT * FROM calls \(whereSQL) ORDER BY started_at, run_id, call_id",
+                                    args).map { row in
                 CallSummary(run: row["run_id"], callId: row["call_id"], tool: row["tool"], effect: row["effect"], status: self.effectiveStatus(row),
                             attempt: row["attempt"], executions: row["executions"], startedAt: row["started_at"],
                             finishedAt: row["finished_at"], exitCode: row["exit_code"], durationMs: row["duration_ms"])
@@ -119,7 +118,7 @@ extension Ledger {
 
     /// The recorded status, except that a non-idempotent call still `running` under a dead
     /// process is in doubt (recovery records that the next time the ledger is opened for writing).
-    func effectiveStatus(_ row: Row) -> String {
+    func effectiveStatus(_ row: SQLRow) -> String {
         let status: String = row["status"]
         guard status == CallStatus.running.rawValue, caughtInDoubt(effect: row["effect"], owner: row["owner"]) != nil else { return status }
         return CallStatus.inDoubt.rawValue
@@ -128,7 +127,7 @@ extension Ledger {
     /// Everything about one call: its record, arguments, result and events.
     public func showCall(run: String, callId: String) throws(LedgerError) -> JSONValue {
         try read("reading call \(callId)") { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, callId]) else {
+            guard let row = try db.row("SELECT * FROM calls WHERE run_id = ? AND call_id = ?", run, callId) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }
             let status = self.effectiveStatus(row)
@@ -159,9 +158,9 @@ extension Ledger {
                 members["trace"] = trace
             }
             // A gated call: who approved or denied it, when and why (from its event).
-            if let verdict = try Row.fetchOne(db, sql: """
+            if let verdict = try db.row("""
                 SELECT kind, at, body FROM events WHERE run_id = ? AND call_id = ? AND kind IN ('call.approve', 'call.deny') ORDER BY seq DESC LIMIT 1
-                """, arguments: [run, callId]) {
+                """, run, callId) {
                 let data = (try? JSONValue.parse(verdict["body"] as String))?.objectValue?["data"]?.objectValue ?? [:]
                 members["approval"] = .object([
                     "verdict": .string((verdict["kind"] as String) == "call.approve" ? "approved" : "denied"), "at": .string(verdict["at"]),
@@ -171,7 +170,7 @@ extension Ledger {
                 members["approval"] = .object(["verdict": .null, "approve": .string(self.approvalCommand(run: run, callId: callId, approve: true)),
                                                "deny": .string(self.approvalCommand(run: run, callId: callId, approve: false))])
             }
-            let workspace = try String.fetchOne(db, sql: "SELECT workspace FROM runs WHERE run_id = ?", arguments: [run])
+            let workspace = try db.text("SELECT workspace FROM runs WHERE run_id = ?", run)
             members["workspace"] = workspace.map { .string($0) } ?? .null
             if let fork = try self.origin(db, run: run) {
                 members["forkOf"] = .object(["run": .string(fork.run), "checkpoint": .number(Double(fork.checkpoint))])
@@ -186,13 +185,13 @@ extension Ledger {
         try read("exporting events") { db in try self.events(db, run: run, callId: nil) }
     }
 
-    func events(_ db: Database, run: String?, callId: String?) throws -> [EventRecord] {
+    func events(_ db: any SQLConnection, run: String?, callId: String?) throws -> [EventRecord] {
         var sql = "SELECT * FROM events"
-        var args: [any DatabaseValueConvertible] = []
-        if let run { sql += " WHERE run_id = ?"; args.append(run) }
-        if let callId { sql += " AND call_id = ?"; args.append(callId) }
+        var args: [SQLValue] = []
+        if let run { sql += " WHERE run_id = ?"; args.append(.text(run)) }
+        if let callId { sql += " AND call_id = ?"; args.append(.text(callId)) }
         sql += " ORDER BY run_id, seq"
-        return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { row in
+        return try db.rows(sql, args).map { row in
             let body = (try? JSONValue.parse(row["body"] as String))?.objectValue
             return EventRecord(run: row["run_id"], seq: row["seq"], at: row["at"], kind: row["kind"], callId: row["call_id"],
                                data: body?["data"] ?? .null, prevHash: row["prev_hash"], hash: row["hash"])
@@ -217,22 +216,22 @@ extension Ledger {
     }
 
     /// Runs, oldest first; only those last started with `agent` when it is given.
-    func runs(_ db: Database, agent: [String]?) throws -> [RunSummary] {
+    func runs(_ db: any SQLConnection, agent: [String]?) throws -> [RunSummary] {
         let settled = CallState.outcomes.map { CallState.sql($0) }.joined(separator: ", ")
-        return try Row.fetchAll(db, sql: """
+        return try db.rows("""
             SELECT r.*, (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id) AS calls,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.inDoubt))) AS in_doubt,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND c.status IN (\(CallState.sql(.awaitingApproval)), \(CallState.sql(.approved)))) AS awaiting_approval,
                    (SELECT COUNT(*) FROM calls c WHERE c.run_id = r.run_id AND (c.status IN (\(settled))
                         OR (c.status = \(CallState.sql(.resolved)) AND c.verdict = \(CallState.sql(.executed))))) AS done,
-                   (SELECT group_concat(c.effect || ' ' || COALESCE(c.owner, ''), char(10)) FROM calls c
+                   (SELECT \(db.dialect.lines("c.effect || ' ' || COALESCE(c.owner, '')")) FROM calls c
                         WHERE c.run_id = r.run_id AND c.status = \(CallState.sql(.running))) AS running_owners,
                    (SELECT COUNT(*) FROM checkpoints k WHERE k.run_id = r.run_id) AS checkpoints,
                    (SELECT MAX(k.seq) FROM checkpoints k WHERE k.run_id = r.run_id) AS last_checkpoint,
                    (SELECT k.created_at FROM checkpoints k WHERE k.run_id = r.run_id ORDER BY k.seq DESC LIMIT 1) AS last_checkpoint_at
             FROM runs r \(agent == nil ? "" : "WHERE r.agent = ?") ORDER BY r.created_at, r.run_id
-            """, arguments: StatementArguments(agent.map { [Ledger.agentJSON($0).canonical] } ?? [])).map { row in
+            """, agent.map { [.text(Ledger.agentJSON($0).canonical)] } ?? []).map { row in
             // Running calls of dead processes count as in doubt (non-idempotent), as in listCalls.
             let orphaned = ((row["running_owners"] as String?) ?? "").split(separator: "\n").filter { line in
                 let parts = line.split(separator: " ", maxSplits: 1)
@@ -259,26 +258,25 @@ extension Ledger {
         try read("reading the origin of run \(run)") { db in try self.origin(db, run: run) }
     }
 
-    func origin(_ db: Database, run: String) throws -> (run: String, checkpoint: Int)? {
-        guard recordsForks, let row = try Row.fetchOne(db, sql: "SELECT origin_run, origin_seq FROM runs WHERE run_id = ?", arguments: [run]),
+    func origin(_ db: any SQLConnection, run: String) throws -> (run: String, checkpoint: Int)? {
+        guard recordsForks, let row = try db.row("SELECT origin_run, origin_seq FROM runs WHERE run_id = ?", run),
               let origin = row["origin_run"] as String?, let seq = row["origin_seq"] as Int? else { return nil }
         return (origin, seq)
     }
 
     /// Records that the run's agent exited for good with `status`.
     public func finishRun(run: String, exitStatus: Int) throws(LedgerError) {
-        try write("finishing run \(run)") { db in
+        try write("finishing run \(run)", run: run) { db in
             let now = Timestamp.now()
             try self.appendEvent(db, run: run, kind: "run.finish", data: ["exitStatus": .number(Double(exitStatus))], at: now)
-            try db.execute(sql: "UPDATE runs SET finished_at = ?, exit_status = ? WHERE run_id = ?", arguments: [now, exitStatus, run])
+            try db.execute("UPDATE runs SET finished_at = ?, exit_status = ? WHERE run_id = ?", now, exitStatus, run)
         }
     }
 
     /// Metadata of a run's checkpoints (sequence, label, size, time, call).
     public func listCheckpoints(run: String) throws(LedgerError) -> [JSONValue] {
         try read("listing checkpoints") { db in
-            try Row.fetchAll(db, sql: "SELECT seq, label, call_id, created_at, size, state_hash FROM checkpoints WHERE run_id = ? ORDER BY seq",
-                             arguments: [run]).map { row in
+            try db.rows("SELECT seq, label, call_id, created_at, size, state_hash FROM checkpoints WHERE run_id = ? ORDER BY seq", run).map { row in
                 .object(["seq": .number(Double(row["seq"] as Int)), "label": (row["label"] as String?).map { .string($0) } ?? .null,
                          "callId": (row["call_id"] as String?).map { .string($0) } ?? .null, "createdAt": .string(row["created_at"]),
                          "size": .number(Double(row["size"] as Int)), "stateHash": .string(row["state_hash"])])
@@ -290,13 +288,13 @@ extension Ledger {
     /// their manifests (what the storage budget measures).
     public func checkpointStorageBytes(run: String) throws(LedgerError) -> Int {
         try read("measuring checkpoint storage") { db in
-            let manifests = try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(LENGTH(chunks)), 0) FROM checkpoints WHERE run_id = ?", arguments: [run]) ?? 0
+            let manifests = try db.int("SELECT COALESCE(SUM(LENGTH(chunks)), 0) FROM checkpoints WHERE run_id = ?", run) ?? 0
             var hashes = Set<[UInt8]>()
-            for seq in try Int.fetchAll(db, sql: "SELECT seq FROM checkpoints WHERE run_id = ?", arguments: [run]) {
+            for seq in try db.ints("SELECT seq FROM checkpoints WHERE run_id = ?", run) {
                 if let (list, _, _) = try self.loadManifest(db, run: run, seq: seq) { hashes.formUnion(list) }
             }
             var chunkBytes = 0
-            for hash in hashes { chunkBytes += try Int.fetchOne(db, sql: "SELECT size FROM blobs WHERE hash = ?", arguments: [hash.databaseData]) ?? 0 }
+            for hash in hashes { chunkBytes += try db.int("SELECT size FROM blobs WHERE hash = ?", hash) ?? 0 }
             return manifests + chunkBytes
         }
     }
@@ -310,18 +308,17 @@ extension Ledger {
         try read("reading completed calls of run \(run)") { db in
             var after = 0
             if let seq {
-                for row in try Row.fetchAll(db, sql: "SELECT seq, body FROM events WHERE run_id = ? AND kind = 'checkpoint.save' ORDER BY seq DESC",
-                                            arguments: [run]) {
+                for row in try db.rows("SELECT seq, body FROM events WHERE run_id = ? AND kind = 'checkpoint.save' ORDER BY seq DESC", run) {
                     if (try? JSONValue.parse(row["body"] as String))?.objectValue?["data"]?.objectValue?["seq"]?.integer() == seq {
                         after = row["seq"]
                         break
                     }
                 }
             }
-            let ids = try String.fetchAll(db, sql: """
+            let ids = try db.texts("""
                 SELECT call_id FROM events WHERE run_id = ? AND seq > ? AND kind IN ('call.finish', 'call.resolve')
                 GROUP BY call_id ORDER BY MIN(seq)
-                """, arguments: [run, after])
+                """, run, after)
             return try ids.compactMap { id in
                 // A call resolved not-executed is not completed: it is listed apart
                 // (`notExecutedCalls`) and runs when asked for.
@@ -335,10 +332,10 @@ extension Ledger {
     /// operator found they never ran, so each runs (once) when the agent asks for it again.
     public func notExecutedCalls(run: String) throws(LedgerError) -> [String] {
         try read("reading the not-executed calls of run \(run)") { db in
-            try String.fetchAll(db, sql: """
+            try db.texts("""
                 SELECT call_id FROM calls WHERE run_id = ? AND status = \(CallState.sql(.resolved)) AND verdict = \(CallState.sql(.notExecuted))
                 ORDER BY finished_at, call_id
-                """, arguments: [run])
+                """, run)
         }
     }
 }

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import WardCore
 
 /// The effect class of a tool, as the ledger sees it (mirrors the policy's `effect`).
@@ -71,7 +70,7 @@ struct CallRecord {
     /// What `begin` and `CallState.step` weigh a request against.
     var decided: (state: CallState, effect: CallEffect, tool: String, argsHash: String) { (state, effect, tool, argsHash) }
 
-    static func fetch(_ db: Database, run: String, callId: String) throws -> CallRecord? {
+    static func fetch(_ db: any SQLConnection, run: String, callId: String) throws -> CallRecord? {
         try db.first("""
             SELECT call_id, tool, effect, args_hash, status, verdict, owner, started_at, attempt, executions, exit_code, signal,
                    stdout, stderr, truncated, duration_ms, note, finished_at
@@ -135,7 +134,7 @@ extension Ledger {
         var gatedNow = false
         // The stored checkpoint's manifest, for the cache once the transaction commits.
         var storedManifest: ManifestCache.Entry?
-        let decided = try write("recording the start of call \(request.callId)") { db -> BeginDecision? in
+        let decided = try write("recording the start of call \(request.callId)", run: request.run) { db -> BeginDecision? in
             let now = Timestamp.now()
             func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
                 try record()
@@ -281,7 +280,7 @@ extension Ledger {
     /// throws it away, then retries.
     public func markRead(run: String, callId: String) throws(LedgerError) {
         do {
-            try pool.writeWithoutTransaction { db in
+            try statement("recording that the answer to call \(callId) was read") { db in
                 try db.run("""
                     UPDATE calls SET delivered = \(Delivery.read.rawValue) WHERE run_id = ? AND call_id = ? AND delivered = \(Delivery.awaited.rawValue)
                         AND status NOT IN (\(CallState.sql(.running)), \(CallState.sql(.inDoubt)))
@@ -308,7 +307,7 @@ extension Ledger {
             try db.first(repeats, [.text(run), .text(tool), .text(argsHash)]) { _ in true } == nil && db.first(read, [.text(run)]) { _ in true } == true
         }
         guard confirm else { return }
-        try write("recording deliveries of run \(run)") { db in
+        try write("recording deliveries of run \(run)", run: run) { db in
             guard try db.first(repeats, [.text(run), .text(tool), .text(argsHash)], { _ in true }) == nil else { return }
             let now = Timestamp.now()
             for callId in try db.all(read, [.text(run)], { $0.text(0) }) {
@@ -358,20 +357,20 @@ extension Ledger {
     /// Records that the process running a call died before its outcome was recorded, with
     /// what is known of it (`InDoubtEvidence`). The caller removes the capture file after
     /// the commit.
-    func markInDoubt(_ db: Database, run: String, callId: String, owner: String?, fate: String, execution: Int) throws {
+    func markInDoubt(_ db: any SQLConnection, run: String, callId: String, owner: String?, fate: String, execution: Int) throws {
         try markInDoubt(db, run: run, callId: callId, execution: execution, data: [
             "reason": .string("the process running it died before the outcome was recorded: \(fate)"),
             "owner": owner.map { .string($0) } ?? .null, "ownerFate": .string(fate),
         ])
     }
 
-    func markInDoubt(_ db: Database, run: String, callId: String, execution: Int, data: [String: JSONValue]) throws {
+    func markInDoubt(_ db: any SQLConnection, run: String, callId: String, execution: Int, data: [String: JSONValue]) throws {
         var data = data
         data["foundBy"] = .string(ProcessIdentity.current.description)
         if let captured = readCapture(run: run, callId: callId, execution: execution) {
             data.merge(try captured.eventData(db, ledger: self)) { _, new in new }
         }
-        try db.execute(sql: "UPDATE calls SET status = \(CallState.sql(.inDoubt)), owner = NULL WHERE run_id = ? AND call_id = ?", arguments: [run, callId])
+        try db.run("UPDATE calls SET status = \(CallState.sql(.inDoubt)), owner = NULL WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
         try appendEvent(db, run: run, kind: "call.in-doubt", call: callId, data: data)
     }
 
@@ -380,11 +379,11 @@ extension Ledger {
     /// reconcile command to settle. Only a call that is still `running` is changed.
     public func markInDoubt(_ ticket: CallTicket, reason: String) throws(LedgerError) {
         let me = ticket.owner
-        try write("marking call \(ticket.callId) in doubt") { db in
+        try write("marking call \(ticket.callId) in doubt", run: ticket.run) { db in
             // Fenced: only this handle's own execution of the call.
-            guard let row = try Row.fetchOne(db, sql: "SELECT status, owner, executions FROM calls WHERE run_id = ? AND call_id = ?",
-                                             arguments: [ticket.run, ticket.callId]),
-                  (row["status"] as String) == CallStatus.running.rawValue, (row["owner"] as String?) == me, (row["executions"] as Int) == ticket.execution else { return }
+            guard try db.first("SELECT status, owner, executions FROM calls WHERE run_id = ? AND call_id = ?", [.text(ticket.run), .text(ticket.callId)], { r in
+                r.text(0) == CallStatus.running.rawValue && r.optionalText(1) == me && r.int(2) == ticket.execution
+            }) == true else { return }
             try self.markInDoubt(db, run: ticket.run, callId: ticket.callId, execution: ticket.execution,
                                  data: ["reason": .string(reason), "owner": .string(me), "ownerFate": .string("alive")])
         }
@@ -397,22 +396,24 @@ extension Ledger {
     /// as `finish` is; never for a non-idempotent call (that one is put in doubt).
     public func runAgain(_ ticket: CallTicket) throws(LedgerError) -> CallTicket {
         let execution = ticket.execution + 1
-        return try write("recording execution \(execution) of call \(ticket.callId)") { db in
-            guard let row = try Row.fetchOne(db, sql: """
+        return try write("recording execution \(execution) of call \(ticket.callId)", run: ticket.run) { db in
+            guard let row = try db.first("""
                 SELECT effect, args_hash, policy_hash, binary_hash FROM calls
                 WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?
-                """, arguments: [ticket.run, ticket.callId, ticket.owner, ticket.execution]) else {
+                """, [.text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)], { r in
+                    (effect: r.text(0), argsHash: r.text(1), policyHash: r.text(2), binaryHash: r.text(3))
+                }) else {
                 throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it started")
             }
-            guard let effect = CallEffect(rawValue: row["effect"]), CallState.running.mayRunAgain(effect: effect) else {
+            guard let effect = CallEffect(rawValue: row.effect), CallState.running.mayRunAgain(effect: effect) else {
                 throw LedgerError(.invalid, "call \(ticket.callId) of run \(ticket.run) is non-idempotent: it is never started again on a guess")
             }
             let now = Timestamp.now()
             try db.run("UPDATE calls SET executions = ?, started_at = ? WHERE run_id = ? AND call_id = ?",
                        [.int(execution), .text(now), .text(ticket.run), .text(ticket.callId)])
             try self.appendEvent(db, run: ticket.run, kind: "call.begin", call: ticket.callId, data: [
-                "tool": .string(ticket.tool), "effect": .string(effect.rawValue), "argsHash": .string(row["args_hash"]),
-                "policyHash": .string(row["policy_hash"]), "binaryHash": .string(row["binary_hash"]),
+                "tool": .string(ticket.tool), "effect": .string(effect.rawValue), "argsHash": .string(row.argsHash),
+                "policyHash": .string(row.policyHash), "binaryHash": .string(row.binaryHash),
                 "attempt": .number(Double(ticket.attempt)), "execution": .number(Double(execution)), "owner": .string(ticket.owner),
             ], at: now)
             return CallTicket(run: ticket.run, callId: ticket.callId, tool: ticket.tool, attempt: ticket.attempt,
@@ -433,7 +434,7 @@ extension Ledger {
         var recorded: CallResult?
         while recorded == nil {
             do {
-                recorded = try write("recording the outcome of call \(ticket.callId)") { db in
+                recorded = try write("recording the outcome of call \(ticket.callId)", run: ticket.run) { db in
                     let now = Timestamp.now()
                     let out = try self.putBlob(db, outcome.stdout)
                     let err = try self.putBlob(db, outcome.stderr)
@@ -446,7 +447,7 @@ extension Ledger {
                               .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)])
                     // Fenced: another process decided about this call meanwhile (judged its
                     // owner dead); its decision stands and nothing is recorded over it.
-                    guard db.changesCount == 1 else {
+                    guard db.changes == 1 else {
                         throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it ran; its outcome here is not recorded")
                     }
                     var data: [String: JSONValue] = [
@@ -504,7 +505,7 @@ extension Ledger {
     }
 
     /// The CallResult of a settled call.
-    func result(_ db: Database, run: String, _ call: CallRecord, replayed: Bool) throws -> CallResult {
+    func result(_ db: any SQLConnection, run: String, _ call: CallRecord, replayed: Bool) throws -> CallResult {
         let out = try call.stdoutHash.map { try blob(db, $0) ?? [] } ?? []
         let err = try call.stderrHash.map { try blob(db, $0) ?? [] } ?? []
         let outcome = ToolOutcome(status: call.state.status, exitCode: call.exitCode.map(Int32.init),
@@ -513,9 +514,9 @@ extension Ledger {
         var resolution: Resolution?
         if let verdict = call.state.verdict {
             // Who settled it is in the call.resolve event only.
-            let by = try String.fetchOne(db, sql: """
-                SELECT json_extract(body, '$.data.by') FROM events WHERE run_id = ? AND call_id = ? AND kind = 'call.resolve' ORDER BY seq DESC LIMIT 1
-                """, arguments: [run, call.callId])
+            let by = try db.first("""
+                SELECT \(db.dialect.json("body", "data", "by")) FROM events WHERE run_id = ? AND call_id = ? AND kind = 'call.resolve' ORDER BY seq DESC LIMIT 1
+                """, [.text(run), .text(call.callId)]) { $0.optionalText(0) } ?? nil
             resolution = Resolution(verdict: verdict, note: call.note ?? "", by: by ?? "operator", at: call.finishedAt ?? "")
         }
         return CallResult(callId: call.callId, tool: call.tool, outcome: outcome, replayed: replayed, attempt: call.attempt, resolution: resolution)
@@ -530,22 +531,24 @@ extension Ledger {
         // then was left by a crash after its outcome (or verdict) was recorded.
         let captures = captureFiles()
         let running = try read("scanning running calls") { db in
-            try Row.fetchAll(db, sql: "SELECT run_id, call_id, effect, owner, executions FROM calls WHERE status = \(CallState.sql(.running))")
+            try db.all("SELECT run_id, call_id, effect, owner, executions FROM calls WHERE status = \(CallState.sql(.running))") { r in
+                (run: r.text(0), call: r.text(1), effect: r.text(2), owner: r.optionalText(3), executions: r.int(4))
+            }
         }
         var live = Set<String>(), owners = Set<String>()
         for row in running {
-            let owner: String? = row["owner"]
-            let run: String = row["run_id"], call: String = row["call_id"]
-            guard let fate = caughtInDoubt(effect: row["effect"], owner: owner) else {
+            let owner = row.owner, run = row.run, call = row.call
+            guard let fate = caughtInDoubt(effect: row.effect, owner: owner) else {
                 live.insert(Ledger.idempotencyKey(run: run, callId: call))
                 if let owner { owners.insert(owner) }
                 continue
             }
-            try write("marking call \(call) in doubt") { db in
+            try write("marking call \(call) in doubt", run: run) { db in
                 // Re-check inside the write transaction: another process may have settled it.
-                guard let current = try Row.fetchOne(db, sql: "SELECT status, owner FROM calls WHERE run_id = ? AND call_id = ?", arguments: [run, call]),
-                      (current["status"] as String) == CallStatus.running.rawValue, (current["owner"] as String?) == owner else { return }
-                try self.markInDoubt(db, run: run, callId: call, owner: owner, fate: fate, execution: row["executions"])
+                guard try db.first("SELECT status, owner FROM calls WHERE run_id = ? AND call_id = ?", [.text(run), .text(call)], { r in
+                    r.text(0) == CallStatus.running.rawValue && r.optionalText(1) == owner
+                }) == true else { return }
+                try self.markInDoubt(db, run: run, callId: call, owner: owner, fate: fate, execution: row.executions)
             }
             removeCapture(run: run, callId: call)
         }
@@ -562,7 +565,7 @@ extension Ledger {
     /// reconcile command printed; empty for an operator).
     public func resolve(run: String, callId: String, as verdict: Verdict, note: String, by resolver: String = "operator",
                         output: [UInt8] = []) throws(LedgerError) {
-        try write("resolving call \(callId)") { db in
+        try write("resolving call \(callId)", run: run) { db in
             guard let call = try CallRecord.fetch(db, run: run, callId: callId) else {
                 throw LedgerError(.notFound, "no call \(callId) in run \(run)")
             }
@@ -579,11 +582,11 @@ extension Ledger {
             let out = try self.putBlob(db, output)
             let empty = try self.putBlob(db, [])
             let now = Timestamp.now()
-            try db.execute(sql: """
+            try db.run("""
                 UPDATE calls SET status = \(CallState.sql(.resolved)), verdict = ?, note = ?, finished_at = ?, stdout = ?, stderr = ?,
                     exit_code = NULL, signal = NULL, truncated = 0, owner = NULL
                 WHERE run_id = ? AND call_id = ?
-                """, arguments: [verdict.rawValue, note, now, out.databaseData, empty.databaseData, run, callId])
+                """, [.text(verdict.rawValue), .text(note), .text(now), .blob(out), .blob(empty), .text(run), .text(callId)])
             try self.appendEvent(db, run: run, kind: "call.resolve", call: callId, data: [
                 "verdict": .string(verdict.rawValue), "note": .string(note), "by": .string(resolver), "stdout": .string(Digest.hex(out)),
             ], at: now)
@@ -605,14 +608,14 @@ extension Ledger {
     ///   - resumedBy: recorded as a `run.resumed` event just before the attempt, in the same
     ///     transaction, when `ward run` chose to resume this run.
     public func startAttempt(run: String, agent: [String]? = nil, resumedBy: Resumption? = nil) throws(LedgerError) -> Int {
-        try write("starting an attempt of run \(run)") { db in
-            let attempts = try Int.fetchOne(db, sql: "SELECT attempts FROM runs WHERE run_id = ?", arguments: [run]) ?? 0
+        try write("starting an attempt of run \(run)", run: run) { db in
+            let attempts = try db.first("SELECT attempts FROM runs WHERE run_id = ?", [.text(run)]) { $0.int(0) } ?? 0
             if let resumedBy { try self.appendEvent(db, run: run, kind: "run.resumed", data: ["by": .string(resumedBy.rawValue)]) }
             var data: [String: JSONValue] = ["attempt": .number(Double(attempts + 1))]
             if let agent { data["agent"] = Ledger.agentJSON(agent) }
             try self.appendEvent(db, run: run, kind: "run.attempt", data: data)
-            try db.execute(sql: "UPDATE runs SET attempts = ? WHERE run_id = ?", arguments: [attempts + 1, run])
-            if let agent { try db.execute(sql: "UPDATE runs SET agent = ? WHERE run_id = ?", arguments: [Ledger.agentJSON(agent).canonical, run]) }
+            try db.run("UPDATE runs SET attempts = ? WHERE run_id = ?", [.int(attempts + 1), .text(run)])
+            if let agent { try db.run("UPDATE runs SET agent = ? WHERE run_id = ?", [.text(Ledger.agentJSON(agent).canonical), .text(run)]) }
             return attempts + 1
         }
     }
@@ -647,19 +650,22 @@ extension Ledger {
             // What is known comes from the call's last call.in-doubt event: who died and how,
             // and what its capture file held.
             var sql = """
-                SELECT run_id, call_id, tool, args, started_at, (SELECT json_extract(e.body, '$.data') FROM events e
+                SELECT run_id, call_id, tool, args, started_at, (SELECT \(db.dialect.json("e.body", "data")) FROM events e
                     WHERE e.run_id = c.run_id AND e.call_id = c.call_id AND e.kind = 'call.in-doubt' ORDER BY e.seq DESC LIMIT 1) AS data,
                     (SELECT workspace FROM runs r WHERE r.run_id = c.run_id) AS workspace
                 FROM calls c WHERE status = \(CallState.sql(.inDoubt))
                 """
-            var args: [any DatabaseValueConvertible] = []
-            if let run { sql += " AND run_id = ?"; args.append(run) }
-            if let callId { sql += " AND call_id = ?"; args.append(callId) }
-            return try Row.fetchAll(db, sql: sql + " ORDER BY started_at", arguments: StatementArguments(args)).map { row in
-                let data = (row["data"] as String?).flatMap { try? JSONValue.parse($0) }?.objectValue ?? [:]
-                var call = InDoubtCall(run: row["run_id"], callId: row["call_id"], tool: row["tool"],
-                                       arguments: (try? JSONValue.parse(row["args"] as String)) ?? .object([:]), startedAt: row["started_at"],
-                                       reason: data["reason"]?.stringValue, workspace: row["workspace"],
+            var args: [SQLValue] = []
+            if let run { sql += " AND run_id = ?"; args.append(.text(run)) }
+            if let callId { sql += " AND call_id = ?"; args.append(.text(callId)) }
+            let rows = try db.all(sql + " ORDER BY started_at, run_id, call_id", args) { r in
+                (run: r.text(0), callId: r.text(1), tool: r.text(2), args: r.text(3), startedAt: r.text(4), data: r.optionalText(5), workspace: r.optionalText(6))
+            }
+            return try rows.map { row in
+                let data = row.data.flatMap { try? JSONValue.parse($0) }?.objectValue ?? [:]
+                var call = InDoubtCall(run: row.run, callId: row.callId, tool: row.tool,
+                                       arguments: (try? JSONValue.parse(row.args)) ?? .object([:]), startedAt: row.startedAt,
+                                       reason: data["reason"]?.stringValue, workspace: row.workspace,
                                        ranForMs: data["ranForMs"]?.integer(Int.self), toolExit: data["toolExit"].flatMap { $0 == .null ? nil : $0 })
                 if let hex = data["stdoutSoFar"]?.stringValue, let hash = Digest.bytes(fromHex: hex), let out = try self.blob(db, hash) {
                     call.outputTail = Array(out.suffix(200))

@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 #if canImport(Glibc)
@@ -29,7 +28,7 @@ struct Captured {
 
     /// The members it adds to a `call.in-doubt` event: the output as blobs, named by hash,
     /// so `verify` covers the evidence too.
-    func eventData(_ db: Database, ledger: Ledger) throws -> [String: JSONValue] {
+    func eventData(_ db: any SQLConnection, ledger: Ledger) throws -> [String: JSONValue] {
         var data = summary
         data["stdoutSoFar"] = .string(Digest.hex(try ledger.putBlob(db, contents.stdout)))
         data["stderrSoFar"] = .string(Digest.hex(try ledger.putBlob(db, contents.stderr)))
@@ -114,7 +113,7 @@ extension Ledger {
     /// Everything known about why a call is (or was) in doubt, for `ledger show`: from its
     /// last `call.in-doubt` event, or, for a call still `running` under a dead owner that no
     /// writer has recovered yet, from its capture file and owner as they are now.
-    func inDoubtEvidence(_ db: Database, run: String, callId: String, status: String, owner: String?, execution: Int) throws -> JSONValue? {
+    func inDoubtEvidence(_ db: any SQLConnection, run: String, callId: String, status: String, owner: String?, execution: Int) throws -> JSONValue? {
         var members: [String: JSONValue]
         if status == CallStatus.running.rawValue {
             guard case .dead(let fate) = ownerState(owner) else { return nil }
@@ -123,9 +122,9 @@ extension Ledger {
                 members.merge(captured.shown) { _, new in new }
             }
         } else {
-            guard let data = try String.fetchOne(db, sql: """
-                SELECT json_extract(body, '$.data') FROM events WHERE run_id = ? AND call_id = ? AND kind = 'call.in-doubt' ORDER BY seq DESC LIMIT 1
-                """, arguments: [run, callId]), var recorded = (try? JSONValue.parse(data))?.objectValue else { return nil }
+            guard let data = try db.text("""
+                SELECT \(db.dialect.json("body", "data")) FROM events WHERE run_id = ? AND call_id = ? AND kind = 'call.in-doubt' ORDER BY seq DESC LIMIT 1
+                """, run, callId), var recorded = (try? JSONValue.parse(data))?.objectValue else { return nil }
             recorded["recorded"] = .bool(true)
             for stream in ["stdout", "stderr"] {
                 guard let hex = recorded.removeValue(forKey: stream + "SoFar")?.stringValue, let hash = Digest.bytes(fromHex: hex) else { continue }

@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 /// Content-defined chunking (a gear rolling hash with FastCDC's normalized cut points):
@@ -112,7 +111,7 @@ extension Ledger {
 
     /// Saves the agent's state under the next sequence number of `run`.
     public func saveCheckpoint(run: String, state: [UInt8], label: String? = nil) throws(LedgerError) -> Int {
-        let stored = try write("saving a checkpoint of run \(run)") { db in
+        let stored = try write("saving a checkpoint of run \(run)", run: run) { db in
             try self.storeCheckpoint(db, run: run, state: state, label: label, callId: nil)
         }
         manifests.committed(run, stored.manifest)
@@ -127,7 +126,7 @@ extension Ledger {
     }
 
     /// Stores a checkpoint inside the caller's transaction (with a call's `running` record).
-    func storeCheckpoint(_ db: Database, run: String, state: [UInt8], label: String?, callId: String?, at now: String = Timestamp.now()) throws -> StoredCheckpoint {
+    func storeCheckpoint(_ db: any SQLConnection, run: String, state: [UInt8], label: String?, callId: String?, at now: String = Timestamp.now()) throws -> StoredCheckpoint {
         let latest = try db.first("SELECT seq, state_hash FROM checkpoints WHERE run_id = ? ORDER BY seq DESC LIMIT 1", [.text(run)]) {
             (seq: $0.int(0), stateHash: $0.text(1))
         }
@@ -186,21 +185,20 @@ extension Ledger {
     ///
     /// - Throws: `corrupt` when its chunk list, or one in its chain, cannot be decoded. The
     ///   rows may have been edited by hand: no value in them may trap or loop.
-    func loadManifest(_ db: Database, run: String, seq: Int) throws -> ([[UInt8]], Int, Int)? {
+    func loadManifest(_ db: any SQLConnection, run: String, seq: Int) throws -> ([[UInt8]], Int, Int)? {
         var rows: [(seq: Int, keep: Int, keepTail: Int, chunks: [UInt8], keyframe: Bool)] = []
         var current: Int? = seq
         func damaged(_ at: Int, _ why: String) -> LedgerError {
             LedgerError(.corrupt, "the chunk list of checkpoint \(at) of run \(run) is damaged (\(why))\(at == seq ? "" : ", and checkpoint \(seq) is stored against it")")
         }
         while let s = current {
-            guard let row = try Row.fetchOne(db, sql: "SELECT base_seq, keep, keep_tail, chunks FROM checkpoints WHERE run_id = ? AND seq = ?",
-                                             arguments: [run, s]) else {
+            guard let row = try db.row("SELECT base_seq, keep, keep_tail, chunks FROM checkpoints WHERE run_id = ? AND seq = ?", run, s) else {
                 if rows.isEmpty { return nil }
                 throw LedgerError(.corrupt, "checkpoint \(s) of run \(run) is missing (needed by checkpoint \(seq))")
             }
-            // Read as stored values: GRDB traps on a column it cannot convert (keep = 'x').
-            let chunks: DatabaseValue = row["chunks"], baseValue: DatabaseValue = row["base_seq"]
-            guard let keep = (row["keep"] as DatabaseValue).integer, let keepTail = (row["keep_tail"] as DatabaseValue).integer,
+            // Read as stored values: a hostile SQLite file's column may hold text (keep = 'x').
+            let chunks: SQLValue = row["chunks"], baseValue: SQLValue = row["base_seq"]
+            guard let keep = (row["keep"] as SQLValue).integer, let keepTail = (row["keep_tail"] as SQLValue).integer,
                   baseValue.isNull || baseValue.integer != nil else { throw damaged(s, "a number in it is not a number") }
             let base = baseValue.integer
             // A base at or after its own checkpoint would make the chain a loop.
@@ -233,8 +231,8 @@ extension Ledger {
 
     /// The state of checkpoint `seq` of `run`, checked against its recorded hash; nil when
     /// there is no such checkpoint. Throws `corrupt` when it cannot be loaded.
-    func loadState(_ db: Database, run: String, seq: Int) throws -> [UInt8]? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT state_hash FROM checkpoints WHERE run_id = ? AND seq = ?", arguments: [run, seq]),
+    func loadState(_ db: any SQLConnection, run: String, seq: Int) throws -> [UInt8]? {
+        guard let row = try db.row("SELECT state_hash FROM checkpoints WHERE run_id = ? AND seq = ?", run, seq),
               let (hashes, _, _) = try loadManifest(db, run: run, seq: seq) else { return nil }
         var state: [UInt8] = []
         for hash in hashes {
@@ -243,7 +241,7 @@ extension Ledger {
             }
             state += chunk
         }
-        guard Array(Digest.sha256Hex(state).utf8) == (row["state_hash"] as DatabaseValue).bytes else {
+        guard Array(Digest.sha256Hex(state).utf8) == (row["state_hash"] as SQLValue).bytes else {
             throw LedgerError(.corrupt, "checkpoint \(seq) of run \(run) does not match its recorded hash")
         }
         return state
@@ -255,7 +253,7 @@ extension Ledger {
     ///   supervisor uses `loadUsableCheckpoint`, which skips it).
     public func loadCheckpoint(run: String, seq: Int? = nil) throws(LedgerError) -> (seq: Int, state: [UInt8])? {
         try read("loading a checkpoint of run \(run)") { db -> (Int, [UInt8])? in
-            guard let target = try seq ?? Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run]),
+            guard let target = try seq ?? db.int("SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", run),
                   let state = try self.loadState(db, run: run, seq: target) else { return nil }
             return (target, state)
         }
@@ -269,23 +267,23 @@ extension Ledger {
         -> (checkpoint: (seq: Int, state: [UInt8], callId: String?)?, damaged: [DamagedCheckpoint]) {
         let (found, damaged) = try read("loading a checkpoint of run \(run)") { db -> ((Int, [UInt8], String?)?, [DamagedCheckpoint]) in
             var damaged: [DamagedCheckpoint] = []
-            var target = try seq ?? Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", arguments: [run])
+            var target = try seq ?? db.int("SELECT MAX(seq) FROM checkpoints WHERE run_id = ?", run)
             while let t = target {
                 do {
                     guard let state = try self.loadState(db, run: run, seq: t) else { break }  // no such checkpoint
                     // The call it was handed in with: the state is the one before that call.
-                    let callId = try String.fetchOne(db, sql: "SELECT call_id FROM checkpoints WHERE run_id = ? AND seq = ?", arguments: [run, t])
+                    let callId = try db.text("SELECT call_id FROM checkpoints WHERE run_id = ? AND seq = ?", run, t)
                     return ((t, state, callId), damaged)
                 } catch let error as LedgerError where error.code == .corrupt {
                     damaged.append(DamagedCheckpoint(seq: t, problem: error.message))
                 }
-                target = try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM checkpoints WHERE run_id = ? AND seq < ?", arguments: [run, t])
+                target = try db.int("SELECT MAX(seq) FROM checkpoints WHERE run_id = ? AND seq < ?", run, t)
             }
             return (nil, damaged)
         }
         let unreported = damaged.filter { d in !reportedDamage.withLock { $0.contains(DamageKey(run: run, seq: d.seq)) } }
-        if !unreported.isEmpty && !pool.configuration.readonly,
-           let reported = try? write("recording damaged checkpoints of run \(run)", { db in try self.recordDamage(db, run: run, unreported) }) {
+        if !unreported.isEmpty && !store.readOnly,
+           let reported = try? write("recording damaged checkpoints of run \(run)", run: run, { db in try self.recordDamage(db, run: run, unreported) }) {
             // Remembered once committed, so the next load does not look for the events again.
             reportedDamage.withLock { $0.formUnion(reported.map { DamageKey(run: run, seq: $0) }) }
         }
@@ -300,9 +298,9 @@ extension Ledger {
     /// Appends a `checkpoint.damaged` event for each of `damaged` that has none yet, inside
     /// the caller's transaction; returns every damaged checkpoint of the run now reported.
     @discardableResult
-    func recordDamage(_ db: Database, run: String, _ damaged: [DamagedCheckpoint]) throws -> Set<Int> {
+    func recordDamage(_ db: any SQLConnection, run: String, _ damaged: [DamagedCheckpoint]) throws -> Set<Int> {
         var reported = Set<Int>()
-        for body in try String.fetchAll(db, sql: "SELECT body FROM events WHERE run_id = ? AND kind = 'checkpoint.damaged'", arguments: [run]) {
+        for body in try db.texts("SELECT body FROM events WHERE run_id = ? AND kind = 'checkpoint.damaged'", run) {
             if let seq = (try? JSONValue.parse(body))?.objectValue?["data"]?.objectValue?["seq"]?.integer(Int.self) { reported.insert(seq) }
         }
         for d in damaged where !reported.contains(d.seq) {
@@ -317,7 +315,7 @@ extension Ledger {
     /// The value recorded under `key`, if any (records nothing).
     public func journalLookup(run: String, key: String) throws(LedgerError) -> JSONValue? {
         try read("reading journal entry \(key)") { db in
-            guard let text = try String.fetchOne(db, sql: "SELECT value FROM journal WHERE run_id = ? AND key = ?", arguments: [run, key]) else { return nil }
+            guard let text = try db.text("SELECT value FROM journal WHERE run_id = ? AND key = ?", run, key) else { return nil }
             guard let value = try? JSONValue.parse(text) else { throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON") }
             return value
         }
@@ -327,8 +325,8 @@ extension Ledger {
     /// value and whether this call recorded it. First value wins, forever.
     public func journalRecord(run: String, key: String, value: JSONValue) throws(LedgerError) -> (value: JSONValue, recorded: Bool) {
         let text = value.canonical
-        return try write("recording journal entry \(key)") { db in
-            if let existing = try String.fetchOne(db.cachedStatement(sql: "SELECT value FROM journal WHERE run_id = ? AND key = ?"), arguments: [run, key]) {
+        return try write("recording journal entry \(key)", run: run) { db in
+            if let existing = try db.first("SELECT value FROM journal WHERE run_id = ? AND key = ?", [.text(run), .text(key)], { $0.text(0) }) {
                 guard let parsed = try? JSONValue.parse(existing) else {
                     throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON")
                 }

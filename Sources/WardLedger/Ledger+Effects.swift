@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 /// One effect of a traced call, with the call it belongs to (`ward ledger effects`).
@@ -24,20 +23,25 @@ extension Ledger {
     /// SQLite's GLOB: `*` crosses `/`).
     public func effects(run: String? = nil, path: String? = nil) throws(LedgerError) -> [RecordedEffect] {
         try read("reading effects") { db in
+            let sqlite = db.dialect == .sqlite
             var sql = """
                 SELECT e.run_id, e.call_id, e.kind, e.at, c.tool, j.value AS effect
-                FROM events e JOIN json_each(e.body, '$.data.trace.effects') j
+                FROM events e JOIN \(sqlite ? "json_each(e.body, '$.data.trace.effects') j"
+                                            : "jsonb_array_elements(e.body::jsonb #> '{data,trace,effects}') WITH ORDINALITY AS j(value, key) ON true")
                 LEFT JOIN calls c ON c.run_id = e.run_id AND c.call_id = e.call_id
                 WHERE e.kind IN ('call.finish', 'call.in-doubt')
                 """
-            var args: [any DatabaseValueConvertible] = []
-            if let run { sql += " AND e.run_id = ?"; args.append(run) }
+            var args: [SQLValue] = []
+            if let run { sql += " AND e.run_id = ?"; args.append(.text(run)) }
             if let path {
-                sql += " AND (json_extract(j.value, '$.path') GLOB ? OR json_extract(j.value, '$.to') GLOB ?)"
-                args += [path, path]
+                // PostgreSQL has no GLOB: the same pattern as a regular expression.
+                sql += sqlite ? " AND (json_extract(j.value, '$.path') GLOB ? OR json_extract(j.value, '$.to') GLOB ?)"
+                              : " AND (j.value ->> 'path' ~ ? OR j.value ->> 'to' ~ ?)"
+                let pattern = sqlite ? path : Ledger.globRegex(path)
+                args += [.text(pattern), .text(pattern)]
             }
             sql += " ORDER BY e.run_id, e.seq, j.key"
-            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).compactMap { row in
+            return try db.rows(sql, args).compactMap { row in
                 guard let json = try? JSONValue.parse(row["effect"] as String), let effect = Trace.Effect(json: json) else { return nil }
                 return RecordedEffect(run: row["run_id"], callId: row["call_id"], tool: row["tool"] ?? "?", event: row["kind"], at: row["at"],
                                       effect: effect)
@@ -45,14 +49,40 @@ extension Ledger {
         }
     }
 
+    /// A glob as SQLite's GLOB reads it (`*` any text, `/` too; `?` one character; `[…]` and
+    /// `[^…]` a class), as an anchored POSIX regular expression.
+    static func globRegex(_ glob: String) -> String {
+        var out = "^"
+        var chars = Array(glob.unicodeScalars)[...]
+        while let c = chars.popFirst() {
+            switch c {
+            case "*": out += ".*"
+            case "?": out += "."
+            case "[":
+                // A class runs to the first `]` after its first member; unclosed, `[` is itself.
+                var body = "", rest = chars, closed = false
+                if rest.first == "^" { body += "^"; rest.removeFirst() }
+                if rest.first == "]" { body += "\\]"; rest.removeFirst() }
+                while let d = rest.popFirst() {
+                    if d == "]" { closed = true; break }
+                    body += d == "\\" ? "\\\\" : String(d)
+                }
+                if closed { out += "[" + body + "]"; chars = rest } else { out += "\\[" }
+            default:
+                out += "\\.^$|()+{}\\".unicodeScalars.contains(c) ? "\\" + String(c) : String(c)
+            }
+        }
+        return out + "$"
+    }
+
     /// A call's trace: its last execution's, from its outcome, else from the evidence it
     /// was put in doubt on; nil when the call is not traced (or has not ended).
-    func trace(_ db: Database, run: String, callId: String) throws -> Trace? {
+    func trace(_ db: any SQLConnection, run: String, callId: String) throws -> Trace? {
         // The last execution's end, traced or not: an untraced one must not show an earlier one's.
-        guard let data = try String.fetchOne(db, sql: """
-            SELECT json_extract(body, '$.data.trace') FROM events
+        guard let data = try db.text("""
+            SELECT \(db.dialect.json("body", "data", "trace")) FROM events
             WHERE run_id = ? AND call_id = ? AND kind IN ('call.finish', 'call.in-doubt') ORDER BY seq DESC LIMIT 1
-            """, arguments: [run, callId]) else { return nil }
+            """, run, callId) else { return nil }
         return (try? JSONValue.parse(data)).flatMap(Trace.init(json:))
     }
 }

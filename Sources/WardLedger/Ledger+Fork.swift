@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 /// A run made from another one's history up to one of its checkpoints (`Ledger.fork`).
@@ -36,7 +35,7 @@ extension Ledger {
     ///   copy does not match its hash), `storage`.
     public func fork(run origin: String, at checkpoint: Int, as fork: String) throws(LedgerError) -> ForkedRun {
         guard checkpoint >= 1 else { throw LedgerError(.invalid, "checkpoints are numbered from 1: there is no checkpoint \(checkpoint)") }
-        return try write("forking run \(origin) at checkpoint \(checkpoint)") { db in
+        return try write("forking run \(origin) at checkpoint \(checkpoint)", runs: [origin, fork]) { db in
             guard try db.first("SELECT 1 FROM runs WHERE run_id = ?", [.text(origin)], { _ in true }) != nil else {
                 throw LedgerError(.notFound, "no run \(origin) in \(self.path)")
             }
@@ -45,7 +44,7 @@ extension Ledger {
             }
             guard let end = try db.first("""
                 SELECT e.seq FROM checkpoints k, events e WHERE k.run_id = ?1 AND k.seq = ?2
-                    AND e.run_id = ?1 AND e.kind = 'checkpoint.save' AND json_valid(e.body) AND json_extract(e.body, '$.data.seq') = ?2
+                    AND e.run_id = ?1 AND e.kind = 'checkpoint.save' AND \(db.dialect.isJSONObject("e.body")) AND \(db.dialect.jsonNumber("e.body", "data", "seq")) = ?2
                 """, [.text(origin), .int(checkpoint)], { $0.int(0) }) else {
                 throw LedgerError(.notFound, "run \(origin) has no checkpoint \(checkpoint)")
             }
@@ -101,7 +100,7 @@ extension Ledger {
             let calls = try Ledger.copyRows(db, "calls", values, where: "call_id IN (\(begun))")
             _ = try Ledger.copyRows(db, "checkpoints", [.text(fork), .text(origin), .int(checkpoint)], where: "seq <= ?3")
             _ = try Ledger.copyRows(db, "journal", values, where: """
-                key IN (SELECT json_extract(body, '$.data.key') FROM events WHERE run_id = ?2 AND seq <= ?3 AND kind = 'journal.record')
+                key IN (SELECT \(db.dialect.jsonIfValid("body", "data", "key")) FROM events WHERE run_id = ?2 AND seq <= ?3 AND kind = 'journal.record')
                 """)
             return ForkedRun(run: fork, origin: origin, checkpoint: checkpoint, events: copied.count, calls: calls)
         }
@@ -127,7 +126,7 @@ extension Ledger {
     /// in chain order. Each must match its hash, and the ones through `end` must chain: a
     /// fork of an altered history would carry the alteration under a new hash. `values`: the
     /// fork (?1), the origin (?2) and the origin's event that saved the checkpoint (?3).
-    func copiedEvents(_ db: Database, _ values: [SQLValue], origin: String, through end: Int, calls: String) throws -> [CopiedEvent] {
+    func copiedEvents(_ db: any SQLConnection, _ values: [SQLValue], origin: String, through end: Int, calls: String) throws -> [CopiedEvent] {
         let originRun = Array(#","run":"#.utf8) + JSONValue.string(origin).canonicalBytes + Array(#","seq":"#.utf8)
         var expectedPrev: String?
         return try db.all("""
@@ -151,11 +150,14 @@ extension Ledger {
     /// Copies `table`'s rows of the origin (`?2`) that `condition` selects to the fork
     /// (`?1`), every column as it is but the run: columns later migrations add come along.
     /// Returns how many.
-    static func copyRows(_ db: Database, _ table: String, _ values: [SQLValue], where condition: String) throws -> Int {
-        let columns = try db.all("SELECT name FROM pragma_table_info(?) WHERE name != 'run_id' ORDER BY cid", [.text(table)]) { $0.text(0) }
+    static func copyRows(_ db: any SQLConnection, _ table: String, _ values: [SQLValue], where condition: String) throws -> Int {
+        let columns = try db.texts(db.dialect == .sqlite
+            ? "SELECT name FROM pragma_table_info(?) WHERE name != 'run_id' ORDER BY cid"
+            : "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ? AND column_name != 'run_id' ORDER BY ordinal_position",
+            table)
         let list = columns.map { "\"\($0)\"" }.joined(separator: ", ")
         try db.run("INSERT INTO \(table) (run_id, \(list)) SELECT ?1, \(list) FROM \(table) WHERE run_id = ?2 AND \(condition)", values)
-        return db.changesCount
+        return db.changes
     }
 }
 

@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 #if canImport(Glibc)

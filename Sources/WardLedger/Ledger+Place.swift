@@ -1,4 +1,3 @@
-import GRDB
 import WardCore
 
 /// Where a run ran: its workspace (the path and the filesystem object behind it) and its
@@ -44,20 +43,20 @@ public struct RunPlace: Sendable, Hashable, CustomStringConvertible {
 
     /// The place a `runs` row records; nil when it records none. Columns of other types than
     /// ward writes (an edited file) are `corrupt`, never a trap: reconcile must not guess.
-    init?(_ row: Row, run: String) throws(LedgerError) {
-        let values = ["workspace", "workspace_dev", "workspace_ino", "workspace_born", "policies"].map { row[$0] as DatabaseValue }
+    init?(_ row: SQLRow, run: String) throws(LedgerError) {
+        let values = ["workspace", "workspace_dev", "workspace_ino", "workspace_born", "policies"].map { row[$0] as SQLValue }
         if values[0].isNull { return nil }
         let damaged = LedgerError(.corrupt, "the workspace recorded for run \(run) is damaged (its columns are not of the types ward records)")
-        guard case .string(let workspace) = values[0].storage, case .int64(let device) = values[1].storage, case .int64(let inode) = values[2].storage
+        guard case .text(let workspace) = values[0], case .int(let device) = values[1], case .int(let inode) = values[2]
         else { throw damaged }
-        func text(_ value: DatabaseValue) throws(LedgerError) -> String {
-            switch value.storage {
+        func text(_ value: SQLValue) throws(LedgerError) -> String {
+            switch value {
             case .null: return ""
-            case .string(let s): return s
+            case .text(let s): return s
             default: throw damaged
             }
         }
-        self.init(workspace: workspace, device: UInt64(bitPattern: device), inode: UInt64(bitPattern: inode),
+        self.init(workspace: workspace, device: UInt64(bitPattern: Int64(device)), inode: UInt64(bitPattern: Int64(inode)),
                   born: try text(values[3]), policies: try text(values[4]))
     }
 }
@@ -77,7 +76,7 @@ extension Ledger {
     /// policy directory is recorded (`run.policies`): policies are the operator's to change,
     /// and each call records its tool's policy hash.
     public func claimPlace(run: String, _ place: RunPlace, moved: Bool = false) throws(LedgerError) {
-        try write("recording the place of run \(run)") { db in
+        try write("recording the place of run \(run)", run: run) { db in
             let before = try Ledger.place(db, run: run)
             if before == place { return }
             if let before {
@@ -90,14 +89,12 @@ extension Ledger {
             } else {
                 try self.appendEvent(db, run: run, kind: "run.place", data: place.json)
             }
-            try db.execute(sql: "UPDATE runs SET workspace = ?, workspace_dev = ?, workspace_ino = ?, workspace_born = ?, policies = ? WHERE run_id = ?",
-                           arguments: [place.workspace, Int64(bitPattern: place.device), Int64(bitPattern: place.inode), place.born, place.policies, run])
+            try db.execute("UPDATE runs SET workspace = ?, workspace_dev = ?, workspace_ino = ?, workspace_born = ?, policies = ? WHERE run_id = ?", place.workspace, Int(Int64(bitPattern: place.device)), Int(Int64(bitPattern: place.inode)), place.born, place.policies, run)
         }
     }
 
-    static func place(_ db: Database, run: String) throws -> RunPlace? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT workspace, workspace_dev, workspace_ino, workspace_born, policies FROM runs WHERE run_id = ?",
-                                         arguments: [run]) else { return nil }
+    static func place(_ db: any SQLConnection, run: String) throws -> RunPlace? {
+        guard let row = try db.row("SELECT workspace, workspace_dev, workspace_ino, workspace_born, policies FROM runs WHERE run_id = ?", run) else { return nil }
         return try RunPlace(row, run: run)
     }
 

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import WardCore
 
 #if canImport(Glibc)
@@ -61,12 +60,12 @@ extension Ledger {
         let (run, document) = try read("reading the report of run \(run ?? "(latest)")") { db -> (String, [String: JSONValue]) in
             let chosen: String
             if let run {
-                guard try String.fetchOne(db, sql: "SELECT run_id FROM runs WHERE run_id = ?", arguments: [run]) != nil else {
+                guard try db.text("SELECT run_id FROM runs WHERE run_id = ?", run) != nil else {
                     throw LedgerError(.notFound, "no run \(run) in \(self.path)")
                 }
                 chosen = run
             } else {
-                guard let latest = try String.fetchOne(db, sql: "SELECT run_id FROM runs ORDER BY updated_at DESC, run_id DESC LIMIT 1") else {
+                guard let latest = try db.text("SELECT run_id FROM runs ORDER BY updated_at DESC, run_id DESC LIMIT 1") else {
                     throw LedgerError(.notFound, "no runs in \(self.path)")
                 }
                 chosen = latest
@@ -87,14 +86,14 @@ extension Ledger {
 /// Reads one run's rows and events into the report's document, in one read transaction.
 private struct ReportBuilder {
     let ledger: Ledger
-    let db: Database
+    let db: any SQLConnection
     let run: String
 
     /// Milliseconds of the run's first event; every time in the document is relative to it
     /// (a number is smaller than a timestamp, 10,000 times over).
     var t0: Double?
 
-    init(ledger: Ledger, db: Database, run: String) {
+    init(ledger: Ledger, db: any SQLConnection, run: String) {
         self.ledger = ledger
         self.db = db
         self.run = run
@@ -102,7 +101,7 @@ private struct ReportBuilder {
 
     mutating func build() throws -> [String: JSONValue] {
         let summary = try ledger.runs(db, agent: nil).first { ExactString($0.run) == ExactString(run) }
-        let events = try Row.fetchAll(db, sql: "SELECT seq, at, kind, call_id, body FROM events WHERE run_id = ? ORDER BY seq", arguments: [run])
+        let events = try db.rows("SELECT seq, at, kind, call_id, body FROM events WHERE run_id = ? ORDER BY seq", run)
         let firstAt = events.first.map { $0["at"] as String } ?? summary?.createdAt ?? ""
         t0 = ReportBuilder.milliseconds(firstAt)
 
@@ -181,7 +180,7 @@ private struct ReportBuilder {
         }
 
         var calls: [JSONValue] = Array(repeating: .null, count: spans.count)
-        for row in try Row.fetchAll(db, sql: "SELECT * FROM calls WHERE run_id = ?", arguments: [run]) {
+        for row in try db.rows("SELECT * FROM calls WHERE run_id = ?", run) {
             let i = callIndex(row["call_id"])
             if calls.count <= i { calls.append(.null) }
             calls[i] = try call(row, spans: spans[i], events: callEvents[i], effects: traces[i], open: open[i])
@@ -197,7 +196,7 @@ private struct ReportBuilder {
 
     /// One call: its row, output cut, spans, events, effects and (for a call that was in
     /// doubt or gated) what settled it.
-    func call(_ row: Row, spans: [JSONValue], events: [JSONValue], effects: [JSONValue], open: (start: JSONValue, kind: String)?) throws -> JSONValue {
+    func call(_ row: SQLRow, spans: [JSONValue], events: [JSONValue], effects: [JSONValue], open: (start: JSONValue, kind: String)?) throws -> JSONValue {
         let status = ledger.effectiveStatus(row)
         var spans = spans
         // Still open: a call still running or waiting is drawn to the run's last event; one
@@ -221,7 +220,7 @@ private struct ReportBuilder {
         if let note = row["note"] as String? { members["note"] = .string(note) }
         ReportBuilder.put(Array((row["args"] as String).utf8), as: "arguments", into: &members)
         for stream in ["stdout", "stderr"] {
-            if let hash = row[stream] as Data?, let bytes = try ledger.blob(db, Array(hash)) {
+            if let hash = row[stream] as [UInt8]?, let bytes = try ledger.blob(db, Array(hash)) {
                 ReportBuilder.put(bytes, as: stream, into: &members)
             }
         }

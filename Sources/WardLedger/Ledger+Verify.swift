@@ -1,7 +1,5 @@
 import Crypto
 import Foundation
-import GRDB
-import GRDBSQLite
 import WardCore
 
 /// What `ward ledger verify` found.
@@ -34,7 +32,7 @@ extension Ledger {
     /// for 100,000 events; see the bench).
     public func verify(run only: String? = nil) throws(LedgerError) -> VerifyReport {
         try read("verifying the ledger") { db in
-            var runs = try String.fetchAll(db, sql: "SELECT run_id FROM runs UNION SELECT DISTINCT run_id FROM events ORDER BY 1")
+            var runs = try db.texts("SELECT run_id FROM runs UNION SELECT DISTINCT run_id FROM events ORDER BY 1")
             if let only {
                 guard runs.contains(where: { ExactString($0) == ExactString(only) }) else { throw LedgerError(.notFound, "no run \(only) in \(self.path)") }
                 runs = [only]
@@ -292,11 +290,11 @@ private struct CallReplay {
 private enum ExpectedDelivery: UInt8 {
     case none, awaited, delivered
 
-    func holds(_ recorded: DatabaseValue) -> Bool {
+    func holds(_ recorded: SQLValue) -> Bool {
         switch self {
         case .none: recorded.isNull
-        case .awaited: same(recorded, Delivery.awaited.rawValue.databaseValue) || same(recorded, Delivery.read.rawValue.databaseValue)
-        case .delivered: same(recorded, Delivery.delivered.rawValue.databaseValue)
+        case .awaited: same(recorded, Delivery.awaited.rawValue.sqlValue) || same(recorded, Delivery.read.rawValue.sqlValue)
+        case .delivered: same(recorded, Delivery.delivered.rawValue.sqlValue)
         }
     }
 
@@ -350,8 +348,8 @@ private enum Field: Int, CaseIterable {
 
 /// A value for each `Field` (NULL until set).
 private struct Fields {
-    var values = [DatabaseValue](repeating: .null, count: Field.allCases.count)
-    subscript(field: Field) -> DatabaseValue {
+    var values = [SQLValue](repeating: .null, count: Field.allCases.count)
+    subscript(field: Field) -> SQLValue {
         get { values[field.rawValue] }
         set { values[field.rawValue] = newValue }
     }
@@ -368,7 +366,7 @@ private struct Fields {
 /// What it holds is the state of the calls still open (running, in doubt) and a few dozen
 /// bytes per call that ended: never a table.
 private struct RunCheck {
-    let db: Database
+    let db: any SQLConnection
     let run: String
     /// Rows carry their events' times (`Ledger.timesFollowEvents`).
     let exactTimes: Bool
@@ -427,7 +425,7 @@ private struct RunCheck {
             return VerifyReport.Run(run: run, events: events, head: head, problem: nil, note: note)
         } catch let finding as Finding {
             // The chain may have stopped early: count what is there.
-            let total = chained ? events : try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM events WHERE run_id = ?", arguments: [run]) ?? 0
+            let total = chained ? events : try db.int("SELECT COUNT(*) FROM events WHERE run_id = ?", run) ?? 0
             return VerifyReport.Run(run: run, events: total, head: chained ? head : Digest.genesis, problem: finding.message)
         }
     }
@@ -470,15 +468,15 @@ private struct RunCheck {
     /// not JSON (read by SQLite, only once something is wrong).
     func diagnose(_ seq: Int) throws {
         let said = try db.first("""
-            SELECT object, CASE WHEN object THEN json_extract(body, '$.seq') END, CASE WHEN object THEN json_extract(body, '$.run') END
-            FROM (SELECT body, CASE WHEN json_valid(body) THEN json_type(body) = 'object' ELSE 0 END AS object FROM events WHERE run_id = ? AND seq = ?)
+            SELECT object, CASE WHEN object THEN \(db.dialect.json("body", "seq")) END, CASE WHEN object THEN \(db.dialect.json("body", "run")) END
+            FROM (SELECT body, \(db.dialect.isJSONObject("body")) AS object FROM events WHERE run_id = ? AND seq = ?) AS e
             """, [.text(run), .int(seq)]) { r in (object: r.int(0) == 1, seq: r.value(1), run: r.value(2)) }
         guard let said, said.object else { throw Finding("event \(seq) of run \(run) was altered (its body is not a valid JSON object)") }
         // The file may be hostile too: a seq of 1e300 is a finding, not a trap.
-        if !same(said.seq, seq.databaseValue) {
+        if !same(said.seq, seq.sqlValue) {
             throw Finding("event \(seq) of run \(run) was reordered (it holds event \(shown(said.seq)) of the chain)")
         }
-        if !same(said.run, run.databaseValue) { throw Finding("event \(seq) of run \(run) was moved here from run \(shown(said.run))") }
+        if !same(said.run, run.sqlValue) { throw Finding("event \(seq) of run \(run) was moved here from run \(shown(said.run))") }
     }
 
     mutating func checkChain() throws {
@@ -490,7 +488,7 @@ private struct RunCheck {
             prev = named
         }
         var prevBytes = Digest.bytes(fromHex: prev) ?? []
-        try db.eachRow(Self.scanSQL, [run]) { row in
+        try db.each(Self.scanSQL, [.text(run)]) { row in
             let seq = row.int(0), at = row.text(1), kind = row.text(2), call = row.optionalText(3)
             let body = row.text(4), storedPrev = row.text(5), stored = row.text(6)
             let expected = events + 1
@@ -638,16 +636,16 @@ private struct RunCheck {
         guard let row = try db.first("""
             SELECT label, call_id, size, state_hash, base_seq, keep, keep_tail, chunks, created_at FROM checkpoints WHERE run_id = ? AND seq = ?
             """, [.text(run), .int(seq)], { r in
-                (label: r.isNull(0) ? DatabaseValue.null : r.text(0).databaseValue, call: r.isNull(1) ? DatabaseValue.null : r.text(1).databaseValue,
+                (label: r.isNull(0) ? SQLValue.null : r.text(0).sqlValue, call: r.isNull(1) ? SQLValue.null : r.text(1).sqlValue,
                  size: r.int(2), stateHash: r.text(3), base: r.optionalInt(4), keep: r.int(5), keepTail: r.int(6), chunks: r.blob(7), createdAt: r.value(8))
             }) else {
             throw Finding("\(name) was removed (its event \(e.seq) remains)")
         }
-        var fields: [(String, DatabaseValue, DatabaseValue)] = [
-            ("label", row.label, label.map(\.databaseValue) ?? .null), ("call", row.call, call.map(\.databaseValue) ?? .null),
-            ("size", row.size.databaseValue, size.databaseValue), ("state hash", row.stateHash.databaseValue, stateHash.databaseValue),
+        var fields: [(String, SQLValue, SQLValue)] = [
+            ("label", row.label, label.map(\.sqlValue) ?? .null), ("call", row.call, call.map(\.sqlValue) ?? .null),
+            ("size", row.size.sqlValue, size.sqlValue), ("state hash", row.stateHash.sqlValue, stateHash.sqlValue),
         ]
-        if exactTimes { fields.append(("time", row.createdAt, e.at.databaseValue)) }
+        if exactTimes { fields.append(("time", row.createdAt, e.at.sqlValue)) }
         for (field, recorded, expected) in fields where !same(recorded, expected) {
             throw Finding("\(name) was altered: its \(field) is \(shown(recorded)) where its event (\(e.seq)) says \(shown(expected))")
         }
@@ -687,7 +685,7 @@ private struct RunCheck {
             throw Finding("journal entry \(key) of run \(run) was removed")
         }
         if Digest.sha256Hex(value) != valueHash { throw Finding("journal entry \(key) of run \(run) was altered") }
-        if exactTimes && !same(recordedAt, e.at.databaseValue) {
+        if exactTimes && !same(recordedAt, e.at.sqlValue) {
             // The row has the time of an earlier event of the key: this one records it again.
             try refuseJournalKeyRecordedTwice()
             throw Finding("journal entry \(key) of run \(run) was altered: its time is \(shown(recordedAt)) where its event (\(e.seq)) says \(e.at)")
@@ -719,10 +717,10 @@ private struct RunCheck {
             throw Finding("\(name) was made at event \(fork.seq) of run \(fork.run), which does not have the hash the fork records (one of the two was altered)")
         }
         let differs = """
-            (o.k IS NULL OR f.kind != o.kind OR f.call_id IS NOT o.call_id OR f.at != o.at
-             OR CASE WHEN json_valid(f.body) THEN json_extract(f.body, '$.data') END IS NOT o.data OR o.data IS NULL)
+            (o.k IS NULL OR f.kind != o.kind OR f.call_id IS DISTINCT FROM o.call_id OR f.at != o.at
+             OR \(db.dialect.jsonIfValid("f.body", "data")) IS DISTINCT FROM o.data OR o.data IS NULL)
             """
-        let data = "CASE WHEN json_valid(body) THEN json_extract(body, '$.data') END AS data"
+        let data = "\(db.dialect.jsonIfValid("body", "data")) AS data"
         if let seq = try db.first("""
             WITH o AS (SELECT seq + 1 AS k, kind, call_id, at, \(data) FROM events WHERE run_id = ?2 AND seq <= ?3)
             SELECT f.seq FROM events f LEFT JOIN o ON o.k = f.seq WHERE f.run_id = ?1 AND f.seq BETWEEN 2 AND ?3 + 1 AND \(differs) ORDER BY f.seq LIMIT 1
@@ -744,47 +742,48 @@ private struct RunCheck {
 
     /// The `runs` row: the chain's length and head, and the fields set with events.
     func checkRunRecord() throws {
-        guard let row = try Row.fetchOne(db, sql: """
+        guard let row = try db.row("""
             SELECT event_count, head_hash, created_at, updated_at, attempts, finished_at, exit_status\(forks ? ", origin_run, origin_seq" : "") FROM runs WHERE run_id = ?
-            """, arguments: [run]) else {
+            """, run) else {
             if events > 0 { throw Finding("run \(run) has events but no run record (it was removed)") }
             return
         }
         // Read as values, never converted: a hostile file's text in a number column is a
         // finding, not a trap.
-        let count = Int.fromDatabaseValue(row["event_count"]) ?? -1
+        let count = (row["event_count"] as SQLValue).integer ?? -1
         if count > events {
             throw Finding("event \(events + 1)\(count > events + 1 ? "–\(count)" : "") of run \(run) was removed (the run records \(count) events)")
         }
-        if count < events || !same(row["head_hash"], head.databaseValue) {
+        if count < events || !same(row["head_hash"], head.sqlValue) {
             throw Finding("event \(count + 1) of run \(run) was inserted, or the run's head was altered")
         }
         // `appendEvent` makes the run with its first event and stamps it with each.
         guard let firstAt, let lastAt else { throw Finding("run \(run) has no events (its record was inserted)") }
-        let fields: [(String, String, DatabaseValue)] = [
-            ("created_at", "creation time", firstAt.databaseValue), ("updated_at", "update time", lastAt.databaseValue),
-            ("attempts", "attempt count", attempts.databaseValue),
-            ("finished_at", "finish time", finish.map { $0.at.databaseValue } ?? .null),
-            ("exit_status", "exit status", finish.map { $0.exitStatus.databaseValue } ?? .null),
+        let fields: [(String, String, SQLValue)] = [
+            ("created_at", "creation time", firstAt.sqlValue), ("updated_at", "update time", lastAt.sqlValue),
+            ("attempts", "attempt count", attempts.sqlValue),
+            ("finished_at", "finish time", finish.map { $0.at.sqlValue } ?? .null),
+            ("exit_status", "exit status", finish.map { $0.exitStatus.sqlValue } ?? .null),
         ]
         for (column, name, expected) in fields {
-            let recorded: DatabaseValue = row[column]
+            let recorded: SQLValue = row[column]
             // An older ledger's finish time is its own clock reading: only its presence is held.
             if exactTimes || column != "finished_at" ? same(recorded, expected) : recorded.isNull == expected.isNull { continue }
             throw Finding("run \(run) was altered: its \(name) is \(shown(recorded)) where its events say \(shown(expected))")
         }
         if forks {
-            let recorded: [DatabaseValue] = [row["origin_run"], row["origin_seq"]]
-            let expected: [DatabaseValue] = [origin.map { $0.run.databaseValue } ?? .null, origin.map { $0.checkpoint.databaseValue } ?? .null]
+            let recorded: [SQLValue] = [row["origin_run"], row["origin_seq"]]
+            let expected: [SQLValue] = [origin.map { $0.run.sqlValue } ?? .null, origin.map { $0.checkpoint.sqlValue } ?? .null]
             if !same(recorded[0], expected[0]) || !same(recorded[1], expected[1]) {
                 throw Finding("run \(run) was altered: its origin is \(shown(recorded[0]))@\(shown(recorded[1])) where its events say \(shown(expected[0]))@\(shown(expected[1]))")
             }
         }
         // `RunPlace` refuses a row whose columns are not of these types: name the edit here.
-        guard try Bool.fetchOne(db, sql: """
+        // (PostgreSQL's columns cannot hold another type.)
+        guard try db.dialect == .postgres || db.int("""
             SELECT workspace IS NULL OR (typeof(workspace) = 'text' AND typeof(workspace_dev) = 'integer' AND typeof(workspace_ino) = 'integer'
                 AND typeof(workspace_born) IN ('text', 'null') AND typeof(policies) IN ('text', 'null')) FROM runs WHERE run_id = ?
-            """, arguments: [run]) == true else {
+            """, run) == 1 else {
             throw Finding("the workspace or policies recorded for run \(run) were altered (they are not of the types ward records)")
         }
         // The place decides where reconcile looks for a call's effect: it must be the one the
@@ -794,8 +793,8 @@ private struct RunCheck {
             throw Finding("the workspace or policies recorded for run \(run) were altered (they are not the ones its events recorded)")
         }
         // The agent decides which runs `ward run` offers to resume.
-        let expected = agent.map(\.databaseValue) ?? .null
-        if agents, let recorded = try DatabaseValue.fetchOne(db, sql: "SELECT agent FROM runs WHERE run_id = ?", arguments: [run]), !same(recorded, expected) {
+        let expected = agent.map(\.sqlValue) ?? .null
+        if agents, let recorded = try db.first("SELECT agent FROM runs WHERE run_id = ?", [.text(run)], { $0.value(0) }), !same(recorded, expected) {
             throw Finding("run \(run) was altered: its agent is \(shown(recorded)) where its events say \(shown(expected))")
         }
     }
@@ -805,30 +804,29 @@ private struct RunCheck {
     func checkJournalRows() throws {
         // A scan of the run's events, made only when two of them could name one key.
         if journalEntries > 1 { try refuseJournalKeyRecordedTwice() }
-        let rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM journal WHERE run_id = ?", arguments: [run]) ?? 0
+        let rows = try db.int("SELECT COUNT(*) FROM journal WHERE run_id = ?", run) ?? 0
         if rows > journalEntries {
-            let key = try String.fetchOne(db, sql: """
+            let key = try db.text("""
                 SELECT key FROM journal WHERE run_id = ?
-                EXCEPT SELECT CASE WHEN json_valid(body) THEN json_extract(body, '$.data.key') END FROM events WHERE run_id = ? AND kind = 'journal.record'
+                EXCEPT SELECT \(db.dialect.jsonIfValid("body", "data", "key")) FROM events WHERE run_id = ? AND kind = 'journal.record'
                 ORDER BY 1 LIMIT 1
-                """, arguments: [run, run])
+                """, run, run)
             throw Finding("journal entry \(key ?? "?") of run \(run) has no event (it was inserted)")
         }
     }
 
     func refuseJournalKeyRecordedTwice() throws {
-        if let key = try String.fetchOne(db, sql: """
-            SELECT k FROM (SELECT CASE WHEN json_valid(body) THEN json_extract(body, '$.data.key') END AS k FROM events WHERE run_id = ? AND kind = 'journal.record')
+        if let key = try db.text("""
+            SELECT k FROM (SELECT \(db.dialect.jsonIfValid("body", "data", "key")) AS k FROM events WHERE run_id = ? AND kind = 'journal.record') AS j
             GROUP BY k HAVING COUNT(*) > 1 LIMIT 1
-            """, arguments: [run]) {
+            """, run) {
             throw Finding("journal entry \(key) of run \(run) is recorded by two events (the first value recorded is the only one)")
         }
     }
 
     /// Every checkpoint event found its row (numbered 1…n); any other row has no event.
     func checkCheckpointRows() throws {
-        if let seq = try Int.fetchOne(db, sql: "SELECT seq FROM checkpoints WHERE run_id = ? AND (seq < 1 OR seq > ?) ORDER BY seq LIMIT 1",
-                                      arguments: [run, checkpoints]) {
+        if let seq = try db.int("SELECT seq FROM checkpoints WHERE run_id = ? AND (seq < 1 OR seq > ?) ORDER BY seq LIMIT 1", run, checkpoints) {
             throw Finding("checkpoint \(seq) of run \(run) has no event (it was inserted)")
         }
     }
@@ -874,11 +872,11 @@ private struct RunCheck {
     /// not-executed) are checked; a row with no events at all was inserted.
     mutating func checkOpenCalls() throws {
         for call in open.values.sorted(by: { $0.lastEvent < $1.lastEvent }) { try checkRow(call) }
-        let rows = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM calls WHERE run_id = ?", arguments: [run]) ?? 0
+        let rows = try db.int("SELECT COUNT(*) FROM calls WHERE run_id = ?", run) ?? 0
         if rows > open.count + ended.count {
-            let id = try String.fetchOne(db, sql: """
+            let id = try db.text("""
                 SELECT call_id FROM calls WHERE run_id = ? EXCEPT SELECT call_id FROM events WHERE run_id = ? AND call_id IS NOT NULL ORDER BY 1 LIMIT 1
-                """, arguments: [run, run])
+                """, run, run)
             throw Finding("call \(id ?? "?") of run \(run) has no events (it was inserted)")
         }
     }
@@ -924,7 +922,7 @@ private struct RunCheck {
             if call.state == nil {
                 guard execution == 1 else { throw Finding("\(name): event \(e.seq) begins execution \(execution), but no execution began before it") }
                 try Self.insert(e, into: &call, state: .running, execution: 1)
-                call.row[.owner] = owner.databaseValue
+                call.row[.owner] = owner.sqlValue
                 break
             }
             guard execution == call.execution + 1 else {
@@ -945,15 +943,15 @@ private struct RunCheck {
             }
             // What `begin` clears for the next execution (still clear on a call that was running).
             for field in [Field.verdict, .note, .stdout, .stderr, .exitCode, .signal, .finishedAt] { call.row[field] = .null }
-            call.row[.status] = CallStatus.running.rawValue.databaseValue
+            call.row[.status] = CallStatus.running.rawValue.sqlValue
             // `begin` refuses another tool or other arguments under the same call ID.
             guard let first = call.first, sameBytes(first.tool, tool), sameBytes(first.argsHash, argsHash) else {
                 throw Finding("\(name): execution \(execution) began (event \(e.seq)) with another tool or other arguments than execution 1")
             }
-            call.row[.executions] = execution.databaseValue
-            call.row[.owner] = owner.databaseValue
-            call.row[.attempt] = attempt.databaseValue
-            call.row[.startedAt] = e.at.databaseValue
+            call.row[.executions] = execution.sqlValue
+            call.row[.owner] = owner.sqlValue
+            call.row[.attempt] = attempt.sqlValue
+            call.row[.startedAt] = e.at.sqlValue
             call.state = .running
             call.execution = execution
             if try e.has(.delivery) && e.bool(.delivery) { call.delivery = .awaited }
@@ -969,21 +967,21 @@ private struct RunCheck {
             _ = try e.int(.uid)
             let note = try e.string(.note)
             if e.kind == "call.approve" {
-                call.row[.status] = CallStatus.approved.rawValue.databaseValue
+                call.row[.status] = CallStatus.approved.rawValue.sqlValue
                 call.state = .approved
                 break
             }
             // Denied: ended with the note as its stderr, as `settleApproval` records it.
             let stderr = try e.hash(.stderr)
             guard Digest.sha256(Array(note.utf8)) == stderr else { throw e.invalid(.stderr) }
-            call.row[.status] = CallStatus.denied.rawValue.databaseValue
-            call.row[.stdout] = Data(Digest.sha256([])).databaseValue
-            call.row[.stderr] = Data(stderr).databaseValue
+            call.row[.status] = CallStatus.denied.rawValue.sqlValue
+            call.row[.stdout] = SQLValue.blob(Digest.sha256([]))
+            call.row[.stderr] = SQLValue.blob(stderr)
             call.row[.exitCode] = .null
             call.row[.signal] = .null
-            call.row[.truncated] = 0.databaseValue
-            call.row[.duration] = 0.0.databaseValue
-            call.row[.finishedAt] = e.at.databaseValue
+            call.row[.truncated] = 0.sqlValue
+            call.row[.duration] = 0.0.sqlValue
+            call.row[.finishedAt] = e.at.sqlValue
             call.state = .finished(.denied)
         case "call.finish":
             let execution = try e.int(.execution)
@@ -996,15 +994,15 @@ private struct RunCheck {
             }
             let status = try e.string(.status)
             guard let outcome = CallStatus(rawValue: status), CallState.outcomes.contains(outcome) else { throw e.invalid(.status) }
-            call.row[.status] = status.databaseValue
-            call.row[.exitCode] = try e.optionalInt(.exitCode)?.databaseValue ?? .null
-            call.row[.signal] = try e.optionalInt(.signal)?.databaseValue ?? .null
-            call.row[.stdout] = Data(try e.hash(.stdout)).databaseValue
-            call.row[.stderr] = Data(try e.hash(.stderr)).databaseValue
-            call.row[.truncated] = (try e.bool(.truncated) ? 1 : 0).databaseValue
-            call.row[.duration] = try e.number(.durationMs).databaseValue
+            call.row[.status] = status.sqlValue
+            call.row[.exitCode] = try e.optionalInt(.exitCode)?.sqlValue ?? .null
+            call.row[.signal] = try e.optionalInt(.signal)?.sqlValue ?? .null
+            call.row[.stdout] = SQLValue.blob(try e.hash(.stdout))
+            call.row[.stderr] = SQLValue.blob(try e.hash(.stderr))
+            call.row[.truncated] = (try e.bool(.truncated) ? 1 : 0).sqlValue
+            call.row[.duration] = try e.number(.durationMs).sqlValue
             call.row[.owner] = .null
-            call.row[.finishedAt] = e.at.databaseValue
+            call.row[.finishedAt] = e.at.sqlValue
             call.state = .finished(outcome)
         case "call.in-doubt":
             guard call.state == .running else { throw Finding("\(name): event \(e.seq) puts it in doubt, but it \(was(call.state))") }
@@ -1012,7 +1010,7 @@ private struct RunCheck {
             for (stream, member) in [("stdout", Member.stdoutSoFar), ("stderr", .stderrSoFar)] where e.has(member) {
                 try checkBlob(try e.hash(member), "the \(stream) captured of \(name) before it was in doubt (event \(e.seq))")
             }
-            call.row[.status] = CallStatus.inDoubt.rawValue.databaseValue
+            call.row[.status] = CallStatus.inDoubt.rawValue.sqlValue
             call.row[.owner] = .null
             call.state = .inDoubt
         case "call.resolve":
@@ -1020,16 +1018,16 @@ private struct RunCheck {
             let verdict = try e.string(.verdict), note = try e.string(.note)
             guard let settled = Resolution.Verdict(rawValue: verdict) else { throw e.invalid(.verdict) }
             _ = try e.string(.by)  // who settled it: replayed results read it from this event
-            call.row[.status] = CallStatus.resolved.rawValue.databaseValue
-            call.row[.verdict] = verdict.databaseValue
-            call.row[.note] = note.databaseValue
-            call.row[.stdout] = Data(try e.hash(.stdout)).databaseValue
-            call.row[.stderr] = Data(Digest.sha256([])).databaseValue
+            call.row[.status] = CallStatus.resolved.rawValue.sqlValue
+            call.row[.verdict] = verdict.sqlValue
+            call.row[.note] = note.sqlValue
+            call.row[.stdout] = SQLValue.blob(try e.hash(.stdout))
+            call.row[.stderr] = SQLValue.blob(Digest.sha256([]))
             call.row[.exitCode] = .null
             call.row[.signal] = .null
-            call.row[.truncated] = 0.databaseValue
+            call.row[.truncated] = 0.sqlValue
             call.row[.owner] = .null
-            call.row[.finishedAt] = e.at.databaseValue
+            call.row[.finishedAt] = e.at.sqlValue
             call.state = .resolved(settled)
         default:
             throw Finding("event \(e.seq) of run \(run) is of a kind this ward does not know (\(e.kind))")
@@ -1043,15 +1041,15 @@ private struct RunCheck {
         let tool = try e.string(.tool), effect = try e.string(.effect), argsHash = try e.string(.argsHash)
         guard CallEffect(rawValue: effect) != nil else { throw e.invalid(.effect) }
         call.first = (tool, effect, argsHash)
-        call.row[.tool] = tool.databaseValue
-        call.row[.effect] = effect.databaseValue
-        call.row[.argsHash] = argsHash.databaseValue
-        call.row[.policyHash] = try e.string(.policyHash).databaseValue
-        call.row[.binaryHash] = try e.string(.binaryHash).databaseValue
-        call.row[.status] = state.status.rawValue.databaseValue
-        call.row[.attempt] = try e.int(.attempt).databaseValue
-        call.row[.executions] = execution.databaseValue
-        call.row[.startedAt] = e.at.databaseValue
+        call.row[.tool] = tool.sqlValue
+        call.row[.effect] = effect.sqlValue
+        call.row[.argsHash] = argsHash.sqlValue
+        call.row[.policyHash] = try e.string(.policyHash).sqlValue
+        call.row[.binaryHash] = try e.string(.binaryHash).sqlValue
+        call.row[.status] = state.status.rawValue.sqlValue
+        call.row[.attempt] = try e.int(.attempt).sqlValue
+        call.row[.executions] = execution.sqlValue
+        call.row[.startedAt] = e.at.sqlValue
         call.state = state
         call.execution = execution
         call.delivery = try e.has(.delivery) && e.bool(.delivery) ? .awaited : .none
@@ -1074,14 +1072,14 @@ private struct RunCheck {
                 if !exactTimes && Field.times.contains(field) { return field == .finishedAt && r.isNull(i) != call.row[field].isNull }
                 return !r.holds(call.row[field], at: i)
             }.map { ($0, r.value(Int32($0.rawValue))) },
-             SHA256.hash(data: UnsafeRawBufferPointer(start: sqlite3_column_blob(r.handle, args), count: Int(sqlite3_column_bytes(r.handle, args)))))
+             r.withBytes(args) { SHA256.hash(data: $0) })
         }) else {
             throw Finding("\(name) was removed (its events remain)")
         }
         if let (field, recorded) = mismatch {
             throw Finding("\(name) was altered: its \(field.name) is \(shown(recorded)) where its events say \(shown(call.row[field])) (event \(call.lastEvent))")
         }
-        guard case .string(let recordedHash) = call.row[.argsHash].storage, isHex(of: argsHash, recordedHash) else {
+        guard case .text(let recordedHash) = call.row[.argsHash], isHex(of: argsHash, recordedHash) else {
             throw Finding("\(name) was altered: its arguments do not match their hash")
         }
         for (stream, value) in [("stdout", call.row[.stdout]), ("stderr", call.row[.stderr])] where !value.isNull {
@@ -1114,19 +1112,8 @@ private struct BlobKey: Hashable {
     }
 }
 
-/// Equal as stored: text byte for byte (Swift's String equality takes "é" and "e\u{301}"
-/// for one), numbers by value.
-private func same(_ a: DatabaseValue, _ b: DatabaseValue) -> Bool {
-    if case .string(let x) = a.storage, case .string(let y) = b.storage { return sameBytes(x, y) }
-    return a == b
-}
-
-/// The same UTF-8 bytes (compared as memory: the generic comparison of two UTF-8 views
-/// was a tenth of verify's time).
-private func sameBytes(_ a: String, _ b: String) -> Bool {
-    var a = a, b = b
-    return a.withUTF8 { x in b.withUTF8 { y in x.count == y.count && (x.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0) } }
-}
+/// Equal as stored: text byte for byte, numbers by value.
+private func same(_ a: SQLValue, _ b: SQLValue) -> Bool { a.same(as: b) }
 
 /// Appends the canonical JSON of a string: quoted as it is when nothing in it needs escaping
 /// (the common case, a timestamp or a kind), else as `JSONValue` writes it.
@@ -1159,65 +1146,4 @@ private func isHex(of bytes: some Sequence<UInt8>, _ hex: String) -> Bool {
 private let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
 /// A column's value in a finding.
-private func shown(_ value: DatabaseValue) -> String {
-    switch value.storage {
-    case .null: "none"
-    case .int64(let n): String(n)
-    case .double(let d): d == d.rounded() && abs(d) < 1e15 ? String(Int(d)) : String(d)
-    case .string(let s): s
-    case .blob(let data): Digest.hex(data)
-    }
-}
-
-extension SQLRow {
-    /// Whether column `i` holds `expected`, as `same` compares them, read in place.
-    fileprivate func holds(_ expected: DatabaseValue, at i: Int32) -> Bool {
-        let type = sqlite3_column_type(handle, i)
-        switch expected.storage {
-        case .null:
-            return type == SQLITE_NULL
-        case .int64(let n):
-            return type == SQLITE_INTEGER ? sqlite3_column_int64(handle, i) == n : type == SQLITE_FLOAT && Int64(exactly: sqlite3_column_double(handle, i)) == n
-        case .double(let d):
-            return type == SQLITE_FLOAT ? sqlite3_column_double(handle, i) == d : type == SQLITE_INTEGER && Int64(exactly: d) == sqlite3_column_int64(handle, i)
-        case .string(var text):
-            guard type == SQLITE_TEXT, let p = sqlite3_column_text(handle, i) else { return false }
-            let n = Int(sqlite3_column_bytes(handle, i))
-            return text.withUTF8 { $0.count == n && (n == 0 || memcmp($0.baseAddress!, p, n) == 0) }
-        case .blob(let data):
-            guard type == SQLITE_BLOB else { return false }
-            let n = Int(sqlite3_column_bytes(handle, i))
-            return data.count == n && (n == 0 || data.withUnsafeBytes { memcmp($0.baseAddress!, sqlite3_column_blob(handle, i), n) == 0 })
-        }
-    }
-
-    /// Column `i` as the value it is stored as.
-    fileprivate func value(_ i: Int32) -> DatabaseValue {
-        switch sqlite3_column_type(handle, i) {
-        case SQLITE_INTEGER: Int64(int(i)).databaseValue
-        case SQLITE_FLOAT: real(i).databaseValue
-        case SQLITE_TEXT: text(i).databaseValue
-        case SQLITE_BLOB: Data(blob(i)).databaseValue
-        default: .null
-        }
-    }
-}
-
-extension Database {
-    /// Steps through the rows of `sql`, each read by index while it is current: a cursor, so
-    /// a table of any length is read in constant memory.
-    fileprivate func eachRow(_ sql: String, _ arguments: StatementArguments, _ body: (SQLRow) throws -> Void) throws {
-        let statement = try cachedStatement(sql: sql)
-        try statement.setArguments(arguments)
-        let handle = statement.sqliteStatement
-        defer { sqlite3_reset(handle) }
-        while true {
-            let rc = sqlite3_step(handle)
-            if rc == SQLITE_DONE { return }
-            guard rc == SQLITE_ROW else {
-                throw DatabaseError(resultCode: ResultCode(rawValue: rc), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))), sql: sql)
-            }
-            try body(SQLRow(handle: handle))
-        }
-    }
-}
+private func shown(_ value: SQLValue) -> String { value.description }

@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+
 import WardCore
 
 #if canImport(Glibc)
@@ -56,14 +56,13 @@ public final class Ledger: Sendable {
         case normal
     }
 
-    /// `PRAGMA application_id` of ward ledgers ("WARD"): a SQLite file without it is refused.
-    static let applicationID: Int32 = 0x5741_5244
-
+    /// The file of a SQLite ledger; a PostgreSQL ledger's URL without its password.
     public let path: String
-    /// Every file and directory of this ledger: the database, SQLite's side files, the owner
-    /// locks and the captured outputs. Whoever can change one can change the record.
-    public var files: [String] { [path, path + "-wal", path + "-shm", path + "-journal", lockDirectory, captureDirectory] }
-    let pool: DatabasePool
+    let store: any LedgerStore
+    /// Every file and directory of this ledger on this host: the database and SQLite's side
+    /// files, the owner locks and the captured outputs. Whoever can change one can change
+    /// the record.
+    public var files: [String] { store.files + [lockDirectory, captureDirectory] }
     /// The lock that makes this handle the owner of the calls it begins (made at the first).
     let owner = Lock<OwnerLock?>(nil)
     let digests = FileDigests()
@@ -72,14 +71,14 @@ public final class Ledger: Sendable {
     let reportedDamage = Lock<Set<DamageKey>>([])
     /// Whether rows carry their events' times (migration v4): an audit of an older ledger,
     /// opened read-only and so not migrated, cannot hold the times to the events.
-    let timesFollowEvents: Bool
+    var timesFollowEvents: Bool { store.features.timesFollowEvents }
     /// Whether calls record the delivery of their answers (migration v5): a ledger from
     /// before it has no such column to audit.
-    let recordsDelivery: Bool
+    var recordsDelivery: Bool { store.features.recordsDelivery }
     /// Whether runs record their agent's command line (migration v7).
-    let recordsAgent: Bool
+    var recordsAgent: Bool { store.features.recordsAgent }
     /// Whether runs record the run they were forked from (migration v8).
-    let recordsForks: Bool
+    var recordsForks: Bool { store.features.recordsForks }
 
     /// Opens (creating when missing) the ledger at `path`, migrates its schema and recovers
     /// calls left `running` by processes that died.
@@ -87,309 +86,26 @@ public final class Ledger: Sendable {
     /// - Parameters:
     ///   - busyTimeout: how long to wait for a lock held by another process before failing
     ///     with `storage`.
-    /// - Throws: `corrupt` when the file is not a ward ledger or is damaged (the file is left
-    ///   untouched), `storage` when it cannot be opened or written.
     ///   - readOnly: for audits: nothing is written, not even recovery (the file must exist).
     ///   - existing: the file must exist (commands that settle what a ledger holds never
     ///     make an empty one, e.g. when run from another directory without `--ledger`).
     ///   - recover: recover dead owners' calls now; a command that may fail afterwards
     ///     opens without, so that failing it changes nothing.
+    /// - Throws: `corrupt` when the file is not a ward ledger or is damaged (the file is left
+    ///   untouched), `storage` when it cannot be opened or written.
     public init(path: String, durability: Durability = .full, busyTimeout: Double = 5,
                 readOnly: Bool = false, existing: Bool = false, recover: Bool = true) throws(LedgerError) {
         self.path = path
-        if readOnly || existing {
-            guard access(path, F_OK) == 0 else { throw LedgerError(.storage, "no ledger at \(path)") }
-        } else {
-            try Ledger.createParentDirectory(of: path)
-        }
-        try Ledger.refuseForeignFile(path)
-        var config = Configuration()
-        config.busyMode = .timeout(busyTimeout)
-        config.readonly = readOnly
-        var timesFollowEvents = true
-        var recordsDelivery = true
-        var recordsAgent = true
-        var recordsForks = true
-        do {
-            // A ledger is set up (WAL mode, then the schema) by one process at a time. Two
-            // at once on a new file fail: SQLite may refuse a switch to WAL with "locked"
-            // whatever the busy timeout, and GRDB's migrator reads which migrations are
-            // applied before its transactions, so both would apply one ("duplicate column
-            // name"). A ledger in WAL mode and up to date (every open but the first) takes
-            // no lock.
-            var setUp = readOnly || Ledger.isInWALMode(path) ? nil : try SchemaLock(ledger: path)
-            pool = try DatabasePool(path: readOnly && Ledger.isOnReadOnlyMedia(path) ? Ledger.immutableURI(path) : path, configuration: config)
-            // Set on the writer after the pool is open: GRDB's WAL set-up runs after
-            // prepareDatabase and sets NORMAL, which would silently drop FULL's fsync per commit.
-            if !readOnly {
-                try pool.writeWithoutTransaction { db in
-                    try db.execute(sql: "PRAGMA synchronous = \(durability == .full ? "FULL" : "NORMAL")")
-                }
-            }
-            if readOnly {
-                let applied = try pool.read { db in try Ledger.migrator.appliedMigrations(db) }
-                guard applied.contains("v1") else { throw LedgerError(.corrupt, "\(path) is not a ward ledger") }
-                timesFollowEvents = applied.contains("v4")
-                recordsDelivery = applied.contains("v5")
-                recordsAgent = applied.contains("v7")
-                recordsForks = applied.contains("v8")
-            } else if try !pool.read({ db in try Ledger.migrator.hasCompletedMigrations(db) }) {
-                if setUp == nil { setUp = try SchemaLock(ledger: path) }
-                try Ledger.migrator.migrate(pool)
-            }
-            withExtendedLifetime(setUp) {}
-        } catch {
-            throw Ledger.map(error, doing: "opening \(path)")
-        }
-        self.timesFollowEvents = timesFollowEvents
-        self.recordsDelivery = recordsDelivery
-        self.recordsAgent = recordsAgent
-        self.recordsForks = recordsForks
+        store = try SQLiteStore(path: path, durability: durability, busyTimeout: busyTimeout, readOnly: readOnly, existing: existing)
         if !readOnly && recover { try self.recover() }
     }
 
     /// The writer connection's `PRAGMA synchronous` as SQLite applies it (2 = FULL, 1 = NORMAL):
     /// what each commit really does, whatever was asked for.
     public func effectiveSynchronous() throws(LedgerError) -> Int {
-        do {
-            return try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
-        } catch {
-            throw Ledger.map(error, doing: "reading PRAGMA synchronous")
-        }
+        guard let sqlite = store as? SQLiteStore else { return -1 }
+        return try sqlite.effectiveSynchronous()
     }
-
-    /// Whether `path` lies on a file system mounted read-only (an archive, a snapshot).
-    static func isOnReadOnlyMedia(_ path: String) -> Bool {
-        var st = statvfs()
-        return statvfs(path, &st) == 0 && st.f_flag & UInt(ST_RDONLY) != 0
-    }
-
-    /// A WAL ledger whose `-shm` is missing can only be read where it can be made, or as
-    /// immutable: on read-only media nothing can change it, so immutable is the truth.
-    static func immutableURI(_ path: String) -> String {
-        var escaped = ""
-        for c in path.unicodeScalars {
-            switch c {
-            case "%": escaped += "%25"
-            case "?": escaped += "%3f"
-            case "#": escaped += "%23"
-            default: escaped.unicodeScalars.append(c)
-            }
-        }
-        return "file:" + escaped + "?immutable=1"
-    }
-
-    /// Whether `path` is an SQLite database in WAL mode (its header's read and write
-    /// versions are 2): then opening it changes no journal mode.
-    private static func isInWALMode(_ path: String) -> Bool {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var header = [UInt8](repeating: 0, count: 20)
-        return pread(fd, &header, 20, 0) == 20 && header[18] == 2 && header[19] == 2
-    }
-
-    private static func createParentDirectory(of path: String) throws(LedgerError) {
-        guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return }
-        var dir = ""
-        for part in path[..<slash].split(separator: "/", omittingEmptySubsequences: false) {
-            dir += (dir.isEmpty && path.hasPrefix("/") ? "/" : (dir.isEmpty ? "" : "/")) + part
-            if part.isEmpty { continue }
-            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
-                throw LedgerError(.storage, "cannot create directory \(dir): \(String(cString: strerror(errno)))")
-            }
-        }
-    }
-
-    /// A file that exists but is not an SQLite database, or is another application's, is
-    /// refused before SQLite opens (and could write to) it.
-    private static func refuseForeignFile(_ path: String) throws(LedgerError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            if errno == ENOENT { return }
-            throw LedgerError(.storage, "cannot read \(path): \(String(cString: strerror(errno)))")
-        }
-        defer { close(fd) }
-        guard let header = OS.readAll(fd, limit: 100) else {
-            throw LedgerError(.storage, "cannot read \(path): \(String(cString: strerror(errno)))")
-        }
-        if header.isEmpty { return }
-        guard header.count == 100, header.starts(with: Array("SQLite format 3\0".utf8)) else {
-            throw LedgerError(.corrupt, "\(path) is not a ward ledger (not an SQLite database)")
-        }
-        let appID = Int32(bitPattern: UInt32(header[68]) << 24 | UInt32(header[69]) << 16 | UInt32(header[70]) << 8 | UInt32(header[71]))
-        let pageCount = UInt32(header[28]) << 24 | UInt32(header[29]) << 16 | UInt32(header[30]) << 8 | UInt32(header[31])
-        if appID != applicationID && pageCount > 1 {
-            throw LedgerError(.corrupt, "\(path) is an SQLite database but not a ward ledger")
-        }
-    }
-
-    // MARK: - Schema
-
-    static let migrator: DatabaseMigrator = {
-        var migrator = DatabaseMigrator()
-        migrator.registerMigration("v1") { db in
-            try db.execute(sql: """
-                PRAGMA application_id = \(applicationID);
-                CREATE TABLE runs (
-                    run_id TEXT PRIMARY KEY NOT NULL,
-                    created_at TEXT NOT NULL,
-                    updated_at TEXT NOT NULL,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    finished_at TEXT,
-                    exit_status INTEGER,
-                    event_count INTEGER NOT NULL DEFAULT 0,
-                    head_hash TEXT NOT NULL
-                ) WITHOUT ROWID;
-                CREATE TABLE blobs (
-                    hash BLOB PRIMARY KEY NOT NULL,
-                    size INTEGER NOT NULL,
-                    data BLOB NOT NULL
-                ) WITHOUT ROWID;
-                CREATE TABLE calls (
-                    run_id TEXT NOT NULL,
-                    call_id TEXT NOT NULL,
-                    tool TEXT NOT NULL,
-                    effect TEXT NOT NULL,
-                    args_hash TEXT NOT NULL,
-                    args TEXT NOT NULL,
-                    policy_hash TEXT NOT NULL,
-                    binary_hash TEXT NOT NULL,
-                    status TEXT NOT NULL,
-                    attempt INTEGER NOT NULL,
-                    executions INTEGER NOT NULL,
-                    owner TEXT,
-                    started_at TEXT NOT NULL,
-                    finished_at TEXT,
-                    exit_code INTEGER,
-                    signal INTEGER,
-                    stdout BLOB,
-                    stderr BLOB,
-                    truncated INTEGER,
-                    duration_ms REAL,
-                    verdict TEXT,
-                    note TEXT,
-                    PRIMARY KEY (run_id, call_id)
-                ) WITHOUT ROWID;
-                CREATE INDEX calls_by_status ON calls(status);
-                CREATE INDEX calls_by_tool ON calls(tool);
-                CREATE TABLE checkpoints (
-                    run_id TEXT NOT NULL,
-                    seq INTEGER NOT NULL,
-                    label TEXT,
-                    call_id TEXT,
-                    created_at TEXT NOT NULL,
-                    size INTEGER NOT NULL,
-                    state_hash TEXT NOT NULL,
-                    base_seq INTEGER,
-                    keep INTEGER NOT NULL,
-                    keep_tail INTEGER NOT NULL,
-                    chunks BLOB NOT NULL,
-                    PRIMARY KEY (run_id, seq)
-                ) WITHOUT ROWID;
-                CREATE TABLE journal (
-                    run_id TEXT NOT NULL,
-                    key TEXT NOT NULL,
-                    value TEXT NOT NULL,
-                    recorded_at TEXT NOT NULL,
-                    PRIMARY KEY (run_id, key)
-                ) WITHOUT ROWID;
-                CREATE TABLE events (
-                    run_id TEXT NOT NULL,
-                    seq INTEGER NOT NULL,
-                    at TEXT NOT NULL,
-                    kind TEXT NOT NULL,
-                    call_id TEXT,
-                    body TEXT NOT NULL,
-                    prev_hash TEXT NOT NULL,
-                    hash TEXT NOT NULL,
-                    PRIMARY KEY (run_id, seq)
-                ) WITHOUT ROWID;
-                CREATE INDEX events_by_call ON events(run_id, call_id);
-                CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
-                    BEGIN SELECT RAISE(ABORT, 'ward ledger events are append-only'); END;
-                CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
-                    BEGIN SELECT RAISE(ABORT, 'ward ledger events are append-only'); END;
-                """)
-        }
-        // Every index is one more page in each commit's WAL frames, and the fdatasync of
-        // every begin and finish pays for them. Only unsettled calls need finding by status
-        // (recovery at start-up, in-doubt lists); audits by tool or call scan a run's rows.
-        migrator.registerMigration("v2") { db in
-            try db.execute(sql: """
-                DROP INDEX calls_by_status;
-                DROP INDEX calls_by_tool;
-                DROP INDEX events_by_call;
-                CREATE INDEX calls_running ON calls(run_id) WHERE status = 'running';
-                CREATE INDEX calls_in_doubt ON calls(run_id) WHERE status = 'in-doubt';
-                """)
-        }
-        // Where each run ran (Ledger+Place): reconcile and later attempts use it.
-        migrator.registerMigration("v3") { db in
-            try db.execute(sql: """
-                ALTER TABLE runs ADD COLUMN workspace TEXT;
-                ALTER TABLE runs ADD COLUMN workspace_dev INTEGER;
-                ALTER TABLE runs ADD COLUMN workspace_ino INTEGER;
-                ALTER TABLE runs ADD COLUMN workspace_born TEXT;
-                ALTER TABLE runs ADD COLUMN policies TEXT;
-                """)
-        }
-        // Rows are stamped with the time of the event that changed them (`appendEvent`'s
-        // `at`), so verify holds each time to its event. Before, each took its own clock
-        // reading a few microseconds apart: set them to their events' once. (SQLite gives a
-        // bare column the values of the row that MAX() picked.)
-        migrator.registerMigration("v4") { db in
-            try db.execute(sql: """
-                UPDATE runs SET finished_at = e.at
-                FROM (SELECT run_id, MAX(seq), at FROM events WHERE kind = 'run.finish' GROUP BY run_id) AS e
-                WHERE runs.run_id = e.run_id AND runs.finished_at IS NOT NULL;
-                UPDATE calls SET started_at = e.at
-                FROM (SELECT run_id, call_id, MAX(seq), at FROM events WHERE kind = 'call.begin' GROUP BY run_id, call_id) AS e
-                WHERE calls.run_id = e.run_id AND calls.call_id = e.call_id;
-                UPDATE calls SET finished_at = e.at
-                FROM (SELECT run_id, call_id, MAX(seq), at FROM events WHERE kind IN ('call.finish', 'call.resolve') GROUP BY run_id, call_id) AS e
-                WHERE calls.run_id = e.run_id AND calls.call_id = e.call_id AND calls.finished_at IS NOT NULL;
-                UPDATE checkpoints SET created_at = e.at
-                FROM (SELECT run_id, json_extract(body, '$.data.seq') AS seq, at FROM events WHERE kind = 'checkpoint.save' AND json_valid(body)) AS e
-                WHERE checkpoints.run_id = e.run_id AND checkpoints.seq = e.seq;
-                UPDATE journal SET recorded_at = e.at
-                FROM (SELECT run_id, json_extract(body, '$.data.key') AS key, MIN(seq), at FROM events
-                      WHERE kind = 'journal.record' AND json_valid(body) GROUP BY run_id, key) AS e
-                WHERE journal.run_id = e.run_id AND journal.key = e.key;
-                """)
-        }
-        // Whether a call's answer reached its client, for clients that can lose one (an
-        // MCP host; `Delivery`): NULL for the agent protocol, whose agents repeat a call by
-        // its ID. Only the undelivered are looked up, by tool and arguments.
-        migrator.registerMigration("v5") { db in
-            try db.execute(sql: """
-                ALTER TABLE calls ADD COLUMN delivered INTEGER;
-                CREATE INDEX calls_undelivered ON calls(run_id, tool, args_hash) WHERE delivered IN (0, 2);
-                """)
-        }
-        // Gated calls (`approve = true`) waiting for a verdict, found by `ward approve`
-        // and `runs list` without a scan; the hot path never writes a row this index holds.
-        migrator.registerMigration("v6") { db in
-            try db.execute(sql: "CREATE INDEX calls_awaiting_approval ON calls(run_id) WHERE status = 'awaiting-approval'")
-        }
-        // The command line `ward run` started each run's agent with, so that a `ward run` of
-        // the same agent finds the runs it could resume by an index, not a scan of events.
-        migrator.registerMigration("v7") { db in
-            try db.execute(sql: """
-                ALTER TABLE runs ADD COLUMN agent TEXT;
-                CREATE INDEX runs_by_agent ON runs(agent) WHERE agent IS NOT NULL;
-                """)
-        }
-        // A fork names the run it was made from and the checkpoint it starts at
-        // (Ledger+Fork); NULL for any other run. Its `run.fork` event says the same.
-        migrator.registerMigration("v8") { db in
-            try db.execute(sql: """
-                ALTER TABLE runs ADD COLUMN origin_run TEXT;
-                ALTER TABLE runs ADD COLUMN origin_seq INTEGER;
-                """)
-        }
-        return migrator
-    }()
 
     // MARK: - Events
 
@@ -398,7 +114,7 @@ public final class Ledger: Sendable {
     /// event changes is stamped with the event's own time (`now`), so that verify can hold
     /// the row's time to it.
     @discardableResult
-    func appendEvent(_ db: Database, run: String, kind: String, call: String? = nil, data: [String: JSONValue], at now: String = Timestamp.now()) throws -> Int {
+    func appendEvent(_ db: any SQLConnection, run: String, kind: String, call: String? = nil, data: [String: JSONValue], at now: String = Timestamp.now()) throws -> Int {
         let head = try db.first("SELECT event_count, head_hash FROM runs WHERE run_id = ?", [.text(run)]) { (count: $0.int(0), hash: $0.text(1)) }
         if head == nil {
             try db.run("INSERT INTO runs (run_id, created_at, updated_at, attempts, event_count, head_hash) VALUES (?, ?, ?, 0, 0, ?)",
@@ -427,112 +143,81 @@ public final class Ledger: Sendable {
 
     /// Stores bytes once under their SHA-256; returns the hash.
     @discardableResult
-    func putBlob(_ db: Database, _ bytes: [UInt8]) throws -> [UInt8] {
+    func putBlob(_ db: any SQLConnection, _ bytes: [UInt8]) throws -> [UInt8] {
         let hash = Digest.sha256(bytes)
-        try db.run("INSERT OR IGNORE INTO blobs (hash, size, data) VALUES (?, ?, ?)", [.blob(hash), .int(bytes.count), .blob(bytes)])
+        try db.run("INSERT INTO blobs (hash, size, data) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [.blob(hash), .int(bytes.count), .blob(bytes)])
         return hash
     }
 
-    func blob(_ db: Database, _ hash: [UInt8]) throws -> [UInt8]? {
+    func blob(_ db: any SQLConnection, _ hash: [UInt8]) throws -> [UInt8]? {
         try db.first("SELECT data FROM blobs WHERE hash = ?", [.blob(hash)]) { $0.blob(0) }
     }
 
     // MARK: - Access with error mapping
 
-    /// One `BEGIN IMMEDIATE` transaction on the writer, committed when `body` returns and
-    /// rolled back when it throws. BEGIN and COMMIT are cached statements: GRDB's own
-    /// transaction wrapper parses both texts anew for every commit, on the hot path twice
-    /// per tool call.
-    func write<T>(_ what: String, _ body: (Database) throws -> T) throws(LedgerError) -> T {
+    /// One write transaction, committed when `body` returns and rolled back when it throws,
+    /// serialized with every other writer of `run` (in any process, on any host).
+    func write<T>(_ what: String, run: String, _ body: (any SQLConnection) throws -> T) throws(LedgerError) -> T {
+        try write(what, runs: [run], body)
+    }
+
+    /// `runs` empty: serialized with every writer of every run (a change across runs).
+    func write<T>(_ what: String, runs: [String] = [], _ body: (any SQLConnection) throws -> T) throws(LedgerError) -> T {
         do {
-            return try pool.writeWithoutTransaction { db in
-                try db.run("BEGIN IMMEDIATE")
-                do {
-                    let value = try body(db)
-                    try db.run("COMMIT")
-                    return value
-                } catch {
-                    // A failed COMMIT may leave the transaction open (SQLITE_BUSY) or closed
-                    // (an I/O error rolls it back): either way nothing of it stays.
-                    if db.isInsideTransaction { try? db.run("ROLLBACK") }
-                    throw error
-                }
-            }
+            return try store.write(runs: runs, body)
         } catch let error as LedgerError { throw error } catch {
             let mapped = Ledger.map(error, doing: what)
             // Rolled back whole: the caller (an agent, an operator) learns that no part of
             // it stayed, so repeating it is safe.
-            if (error as? DatabaseError)?.resultCode == .SQLITE_FULL {
+            if SQLiteStore.isDiskFull(error) {
                 throw LedgerError(.storage, mapped.message + " (nothing of it was recorded)", underlying: mapped.underlying)
             }
             throw mapped
         }
     }
 
-    func read<T>(_ what: String, _ body: (Database) throws -> T) throws(LedgerError) -> T {
-        do { return try pool.read(body) } catch let error as LedgerError { throw error } catch {
+    /// One statement outside a transaction (a mark that no decision depends on).
+    func statement(_ what: String, _ body: (any SQLConnection) throws -> Void) throws(LedgerError) {
+        do { try store.statement(body) } catch let error as LedgerError { throw error } catch {
+            throw Ledger.map(error, doing: what)
+        }
+    }
+
+    func read<T>(_ what: String, _ body: (any SQLConnection) throws -> T) throws(LedgerError) -> T {
+        do { return try store.read(body) } catch let error as LedgerError { throw error } catch {
             throw Ledger.map(error, doing: what)
         }
     }
 
     static func map(_ error: any Error, doing what: String) -> LedgerError {
         if let error = error as? LedgerError { return error }
-        guard let db = error as? DatabaseError else { return LedgerError(.storage, "\(what): \(error)") }
-        switch db.resultCode {
-        case .SQLITE_CORRUPT, .SQLITE_NOTADB:
-            return LedgerError(.corrupt, "\(what): the ledger file is damaged (\(db.message ?? "corrupt"))", underlying: db)
-        case .SQLITE_FULL:
-            return LedgerError(.storage, "\(what): the disk is full", underlying: db)
-        case .SQLITE_BUSY, .SQLITE_LOCKED:
-            return LedgerError(.storage, "\(what): the ledger is locked by another process", underlying: db)
-        case .SQLITE_READONLY, .SQLITE_CANTOPEN, .SQLITE_PERM, .SQLITE_IOERR:
-            return LedgerError(.storage, "\(what): \(db.message ?? "cannot write the ledger")", underlying: db)
-        default:
-            return LedgerError(.storage, "\(what): \(db.message ?? "\(db)")", underlying: db)
-        }
+        return SQLiteStore.map(error, doing: what) ?? LedgerError(.storage, "\(what): \(error)")
     }
 }
 
-extension Array where Element == UInt8 {
-    var databaseData: DatabaseValue { Data(self).databaseValue }
+/// What a ledger's schema records, for audits of ledgers older than some migrations.
+struct LedgerFeatures: Sendable {
+    var timesFollowEvents: Bool
+    var recordsDelivery: Bool
+    var recordsAgent: Bool
+    var recordsForks: Bool
+
+    static let all = LedgerFeatures(timesFollowEvents: true, recordsDelivery: true, recordsAgent: true, recordsForks: true)
 }
 
-extension DatabaseValue {
-    /// An INTEGER as stored; nil for any other type.
-    var integer: Int? {
-        if case .int64(let value) = storage { return Int(exactly: value) }
-        return nil
-    }
-
-    /// The bytes of a BLOB (or of TEXT), empty for NULL.
-    var bytes: [UInt8] {
-        switch storage {
-        case .blob(let data): [UInt8](data)
-        case .string(let s): Array(s.utf8)
-        default: []
-        }
-    }
-}
-
-/// Held while a process sets a ledger up (WAL mode and schema): an exclusive `flock` on
-/// `LEDGER-locks/schema`, which works across PID namespaces and is released when the
-/// process dies.
-final class SchemaLock {
-    private let fd: Int32
-
-    init(ledger path: String) throws(LedgerError) {
-        let directory = path + "-locks"
-        try Ledger.makeDirectory(directory)
-        let file = directory + "/schema"
-        fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the schema lock \(file): \(String(cString: strerror(errno)))") }
-        // Waited for: another process's set-up takes milliseconds.
-        guard OS.lockExclusive(fd) else {
-            let error = String(cString: strerror(errno))
-            close(fd)
-            throw LedgerError(.storage, "cannot take the schema lock \(file): \(error)")
-        }
-    }
-
-    deinit { close(fd) }
+/// Where a ledger's records live: the SQLite file of one host, or a PostgreSQL database that
+/// supervisors on many hosts share. The ledger's decisions are made once, in `Ledger`, on
+/// the statements of either (`SQLConnection`).
+protocol LedgerStore: Sendable {
+    var dialect: SQLDialect { get }
+    var readOnly: Bool { get }
+    var features: LedgerFeatures { get }
+    /// The files of the store on this host (none for a server).
+    var files: [String] { get }
+    /// One transaction serialized with every other writer of `runs` (of every run when empty).
+    func write<T>(runs: [String], _ body: (any SQLConnection) throws -> T) throws -> T
+    /// Statements outside a transaction.
+    func statement(_ body: (any SQLConnection) throws -> Void) throws
+    /// A consistent read.
+    func read<T>(_ body: (any SQLConnection) throws -> T) throws -> T
 }

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import Testing
 import WardCore
 @testable import WardLedger
@@ -9,8 +8,8 @@ import WardTestSupport
 /// hold of its origin's.
 private func rows(_ ledger: Ledger, _ table: String, run: String, where condition: String = "1") throws -> [String] {
     try ledger.read("reading rows") { db in
-        try Row.fetchAll(db, sql: "SELECT * FROM \(table) WHERE run_id = ? AND \(condition)", arguments: [run]).map { row in
-            row.columnNames.filter { $0 != "run_id" }.map { "\($0)=\(row[$0] as DatabaseValue)" }.joined(separator: " ")
+        try db.rows("SELECT * FROM \(table) WHERE run_id = ? AND \(condition)", run).map { row in
+            row.columnNames.filter { $0 != "run_id" }.map { "\($0)=\(row[$0] as SQLValue)" }.joined(separator: " ")
         }.sorted()
     }
 }
@@ -32,7 +31,7 @@ private func exported(_ path: String, run: String) throws -> [String] {
 private func rechain(_ path: String, run: String, from seq: Int, _ change: (String) -> String) throws {
     let ledger = try Ledger(path: path, existing: true, recover: false)
     try ledger.write("rewriting a chain") { db in
-        try db.execute(sql: "DROP TRIGGER IF EXISTS events_are_append_only_update")
+        try db.execute("DROP TRIGGER IF EXISTS events_are_append_only_update")
         var prev = try #require(try db.first("SELECT prev_hash FROM events WHERE run_id = ? AND seq = ?", [.text(run), .int(seq)]) { $0.text(0) })
         for (s, body) in try db.all("SELECT seq, body FROM events WHERE run_id = ? AND seq >= ? ORDER BY seq", [.text(run), .int(seq)], { ($0.int(0), $0.text(1)) }) {
             let changed = s == seq ? change(body) : body

@@ -168,7 +168,7 @@ struct LedgerCallTests {
         try run("waiting", exit: 0)
         _ = try ledger.begin(request("c1", run: "waiting"))
         try ledger.write("a call awaiting approval") { db in
-            try db.execute(sql: "UPDATE calls SET status = 'awaiting-approval' WHERE run_id = 'waiting'")
+            try db.execute("UPDATE calls SET status = 'awaiting-approval' WHERE run_id = 'waiting'")
         }
         try run("other-policies", place: otherPolicies, exit: 1)
         try run("other-agent", agent: ["python3", "other.py"], exit: 1)
