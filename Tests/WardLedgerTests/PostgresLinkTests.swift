@@ -248,6 +248,7 @@ struct PostgresLinkTests {
 
     @Test func aStoppedServerGivesLostConnectionsThenThePoolReconnectsAfterItsRestart() throws {
         let own = try PostgresServer()
+        print("PostgresServer start-up, a later one (copy, start, CREATE DATABASE): \(own.startupSeconds) s")
         let address = try PostgresAddress(url: own.url)
         let db = try PostgresLink(address, timeout: 5)
         defer { db.close() }
@@ -394,7 +395,7 @@ struct PostgresLinkTests {
         for i in 0..<200 { _ = try db.query("SELECT ?", [.int(i)]) }  // warm up
         let select = try median(2000) { _ in _ = try db.query("SELECT 1") }
         let insert = try median(2000) { i in _ = try db.query("INSERT INTO \(t) (id, v) VALUES (?, ?)", [.int(i), .text("value \(i)")]) }
-        print("PostgresServer start-up (initdb, start, CREATE DATABASE): \(try server().startupSeconds) s")
+        print("PostgresServer start-up, the process's first (initdb, start, CREATE DATABASE): \(try server().startupSeconds) s")
         print("PostgreSQL round trip on the Unix socket: SELECT 1 \(Int(select * 1e6)) µs, INSERT (autocommit, fsync) \(Int(insert * 1e6)) µs")
         #expect(select < 0.002 && insert < 0.05)
     }
