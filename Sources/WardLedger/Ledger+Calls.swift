@@ -218,7 +218,7 @@ extension Ledger {
                     try db.run("""
                         UPDATE calls SET status = \(CallState.sql(.running)), executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
                             verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL,
-                            delivered = CASE WHEN ? THEN \(Delivery.awaited.rawValue) ELSE delivered END
+                            delivered = CASE WHEN ? = 1 THEN \(Delivery.awaited.rawValue) ELSE delivered END
                         WHERE run_id = ? AND call_id = ?
                         """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .int(request.awaitsDelivery ? 1 : 0),
                               .text(request.run), .text(request.callId)])
@@ -248,7 +248,7 @@ extension Ledger {
     public func undeliveredCall(run: String, tool: String, argsHash: String) throws(LedgerError) -> String? {
         try read("looking for an unanswered call of tool \(tool)") { db in
             try db.first("""
-                SELECT call_id FROM calls \(Ledger.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2)
+                SELECT call_id FROM calls \(self.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2)
                     AND (effect = ? OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = calls.run_id AND e.call_id = calls.call_id AND e.kind = 'call.gate'))
                 ORDER BY started_at DESC LIMIT 1
                 """, [.text(run), .text(tool), .text(argsHash), .text(CallEffect.nonIdempotent.rawValue)]) { $0.text(0) }
@@ -262,14 +262,15 @@ extension Ledger {
     /// its statistics SQLite's planner takes the primary key's run prefix instead, a scan of
     /// every call of the run on each MCP request (7.7 ms against 12 µs at 100,000 calls).
     /// The queries repeat the index's own condition (`delivered IN (0, 2)`) so it applies.
-    static let undelivered = "INDEXED BY calls_undelivered"
+    /// (PostgreSQL's planner finds it by that condition alone.)
+    var undelivered: String { store.dialect == .sqlite ? "INDEXED BY calls_undelivered" : "" }
 
     /// The highest N among `run`'s call IDs `prefix` + N (N a decimal number), 0 when none.
     public func lastNumber(run: String, prefix: String) throws(LedgerError) -> Int {
         try read("numbering calls \(prefix)…") { db in
             // Of equal prefixes, the longer number is the larger, then the later in byte order.
             try db.first("""
-                SELECT substr(call_id, ?) FROM calls WHERE run_id = ? AND call_id >= ? AND call_id < ?
+                SELECT substr(call_id, CAST(? AS INTEGER)) FROM calls WHERE run_id = ? AND call_id >= ? AND call_id < ?
                 ORDER BY length(call_id) DESC, call_id DESC LIMIT 1
                 """, [.int(prefix.utf8.count + 1), .text(run), .text(prefix), .text(prefix + "\u{10FFFF}")]) { Int($0.text(0)) ?? 0 } ?? 0
         }
@@ -300,8 +301,8 @@ extension Ledger {
     /// side: the repeat gets the recorded answer instead.
     /// - Parameter argsHash: `argumentsHash` of the request's arguments.
     public func confirmDeliveries(run: String, asking tool: String, argsHash: String) throws(LedgerError) {
-        let repeats = "SELECT 1 FROM calls \(Ledger.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2)"
-        let read = "SELECT call_id FROM calls \(Ledger.undelivered) WHERE run_id = ? AND delivered IN (0, 2) AND delivered = \(Delivery.read.rawValue)"
+        let repeats = "SELECT 1 FROM calls \(self.undelivered) WHERE run_id = ? AND tool = ? AND args_hash = ? AND delivered IN (0, 2)"
+        let read = "SELECT call_id FROM calls \(self.undelivered) WHERE run_id = ? AND delivered IN (0, 2) AND delivered = \(Delivery.read.rawValue)"
         // Nothing to confirm (the common case) costs a read, not a commit.
         let confirm = try self.read("looking for answers read") { db in
             try db.first(repeats, [.text(run), .text(tool), .text(argsHash)]) { _ in true } == nil && db.first(read, [.text(run)]) { _ in true } == true
@@ -399,7 +400,7 @@ extension Ledger {
         return try write("recording execution \(execution) of call \(ticket.callId)", run: ticket.run) { db in
             guard let row = try db.first("""
                 SELECT effect, args_hash, policy_hash, binary_hash FROM calls
-                WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?
+                WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?\(self.store.fence)
                 """, [.text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)], { r in
                     (effect: r.text(0), argsHash: r.text(1), policyHash: r.text(2), binaryHash: r.text(3))
                 }) else {
@@ -432,6 +433,7 @@ extension Ledger {
         var delay = 0.005
         if FailPoints.hit(.beforeFinish) { throw LedgerError(.storage, "fail point before-finish") }
         var recorded: CallResult?
+        var retried = false
         while recorded == nil {
             do {
                 recorded = try write("recording the outcome of call \(ticket.callId)", run: ticket.run) { db in
@@ -441,13 +443,18 @@ extension Ledger {
                     try db.run("""
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
-                        WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?
+                        WHERE run_id = ? AND call_id = ? AND status = \(CallState.sql(.running)) AND owner = ? AND executions = ?\(self.store.fence)
                         """, [.text(outcome.status.rawValue), .text(now), SQLValue(outcome.exitCode.map(Int.init)),
                               SQLValue(outcome.signal.map(Int.init)), .blob(out), .blob(err), .int(outcome.truncated ? 1 : 0),
                               .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)])
                     // Fenced: another process decided about this call meanwhile (judged its
                     // owner dead); its decision stands and nothing is recorded over it.
                     guard db.changes == 1 else {
+                        // Or a retry whose first COMMIT landed though its answer was lost (a
+                        // server's connection dropped): the outcome recorded is this one.
+                        if retried, try self.finishLanded(db, ticket, status: outcome.status, stdout: out) {
+                            return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
+                        }
                         throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it ran; its outcome here is not recorded")
                     }
                     var data: [String: JSONValue] = [
@@ -465,6 +472,7 @@ extension Ledger {
                     return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
                 }
             } catch where error.code == .storage && ContinuousClock.now < deadline {
+                retried = true
                 Thread.sleep(forTimeInterval: delay)
                 delay = min(delay * 2, 0.5)
             }
@@ -474,6 +482,15 @@ extension Ledger {
         // After the commit, never inside the retry loop: the outcome is recorded once.
         if FailPoints.hit(.afterFinish) { throw LedgerError(.storage, "fail point after-finish") }
         return recorded!
+    }
+
+    /// Whether the call's last event is this execution's `call.finish` with this outcome.
+    private func finishLanded(_ db: any SQLConnection, _ ticket: CallTicket, status: CallStatus, stdout: [UInt8]) throws -> Bool {
+        guard let body = try db.text("SELECT body FROM events WHERE run_id = ? AND call_id = ? ORDER BY seq DESC LIMIT 1", ticket.run, ticket.callId),
+              let event = (try? JSONValue.parse(body))?.objectValue, event["kind"] == .string("call.finish"),
+              let data = event["data"]?.objectValue else { return false }
+        return data["execution"] == .number(Double(ticket.execution)) && data["status"] == .string(status.rawValue)
+            && data["stdout"] == .string(Digest.hex(stdout))
     }
 
     /// Waits for a call that is `running` elsewhere to get an outcome.

@@ -50,7 +50,7 @@ extension Ledger {
     /// `LEDGER-output/`, beside the database (like its `-wal`): one capture file per running
     /// non-idempotent call, named by its idempotency key (run and call IDs may hold any
     /// character a file name cannot).
-    var captureDirectory: String { path + "-output" }
+    var captureDirectory: String { localBase + "-output" }
 
     func capturePath(run: String, callId: String) -> String {
         captureDirectory + "/" + Ledger.idempotencyKey(run: run, callId: callId)

@@ -131,12 +131,13 @@ extension Ledger {
             (seq: $0.int(0), stateHash: $0.text(1))
         }
         let seq = (latest?.seq ?? 0) + 1
-        let dataVersion = try db.first("PRAGMA data_version") { $0.int(0) } ?? -1
+        // A server's ledger has no such counter: there every save reads its base anew.
+        let dataVersion = db.dialect == .sqlite ? try db.first("PRAGMA data_version") { $0.int(0) } ?? -1 : -1
         var hashes: [[UInt8]] = []
         for range in Chunker.chunks(state) { hashes.append(try putBlob(db, Array(state[range]))) }
         var previous: ManifestCache.Entry?
         if let latest {
-            if let cached = manifests.get(run), cached.seq == latest.seq, cached.stateHash == latest.stateHash, cached.dataVersion == dataVersion {
+            if let cached = manifests.get(run), cached.seq == latest.seq, cached.stateHash == latest.stateHash, dataVersion >= 0, cached.dataVersion == dataVersion {
                 previous = cached
             } else {
                 do {

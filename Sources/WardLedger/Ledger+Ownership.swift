@@ -10,7 +10,7 @@ import Glibc
 /// or container it ran, so another process learns that an owner is gone by taking its lock
 /// — never from /proc, whose PIDs, start times and boot IDs mean nothing across namespaces
 /// and cannot always be read.
-final class OwnerLock: Sendable {
+final class OwnerLock: LedgerOwner {
     /// What the ledger records as a call's owner: 32 hex digits, the name of the lock file.
     let token: String
     private let fd: Int32
@@ -57,23 +57,50 @@ enum OwnerState: Equatable {
     case unknown(String)
 }
 
-extension Ledger {
-    /// `LEDGER-locks/`: owner locks, run locks, reconcile locks, the schema lock (`SchemaLock`).
-    var lockDirectory: String { path + "-locks" }
+/// The identity under which a ledger handle runs calls: recorded as each running call's
+/// `owner`, and alive exactly as long as the store can tell (a lock the kernel holds for a
+/// SQLite ledger, a renewed lease for a PostgreSQL one).
+protocol LedgerOwner: AnyObject, Sendable {
+    var token: String { get }
+    /// The store no longer holds it alive (a lease that expired): calls begun under it are
+    /// fenced, and the handle takes a new identity for new ones.
+    var isLost: Bool { get }
+}
 
-    /// The owner lock of this handle, made at its first call.
+extension OwnerLock {
+    var isLost: Bool { false }
+}
+
+extension Ledger {
+    /// `LEDGER-locks/`: owner locks, run locks, reconcile locks, the schema lock (`SchemaLock`),
+    /// on this host.
+    var lockDirectory: String { localBase + "-locks" }
+
+    /// The owner identity of this handle, made at its first call (and again once lost).
     func ownerToken() throws(LedgerError) -> String {
-        if let token = owner.withLock({ $0?.token }) { return token }
-        let made = try OwnerLock(directory: lockDirectory)
+        if let token = owner.withLock({ $0.flatMap { $0.isLost ? nil : $0.token } }) { return token }
+        let made = try store.makeOwner { [weak self] in
+            for handler in self?.ownerLostHandlers.withLock({ $0 }) ?? [] { handler() }
+        }
         return owner.withLock { held in
-            if held == nil { held = made }
+            if held == nil || held!.isLost { held = made }
             return held!.token
         }
     }
 
+    /// Runs `handler` (on another thread) whenever this handle loses its owner identity: its
+    /// lease on a server's ledger expired unrenewed (the process was paused, or cut off). Its
+    /// running calls' outcomes will be fenced: a supervisor stops their tools at once.
+    public func whenOwnerLost(_ handler: @escaping @Sendable () -> Void) {
+        ownerLostHandlers.withLock { $0.append(handler) }
+    }
+
     /// The lock file of this handle's owner lock, once it has one (for tests that stand in
-    /// for a crashed supervisor).
-    public var ownerLockPath: String? { owner.withLock { $0.map { lockDirectory + "/" + OwnerLock.prefix + $0.token } } }
+    /// for a crashed supervisor); nil on a server's ledger.
+    public var ownerLockPath: String? {
+        guard store is SQLiteStore else { return nil }
+        return owner.withLock { $0.map { lockDirectory + "/" + OwnerLock.prefix + $0.token } }
+    }
 
     /// Whether the owner recorded for a running call is alive, dead or cannot be told.
     func ownerState(_ owner: String?) -> OwnerState {
@@ -82,14 +109,57 @@ extension Ledger {
             // Recorded by a ward from before owner locks: only /proc can say.
             return legacy.fate.map { .dead($0) } ?? .alive
         }
+        if let mine = self.owner.withLock({ $0 }), mine.token == owner {
+            return mine.isLost ? .dead("this process's lease on the ledger expired") : .alive
+        }
+        return store.ownerState(owner)
+    }
+
+    /// Forgets owners that are gone and own no running call any more.
+    /// `referenced`: the owners of running calls (kept until those are settled).
+    func sweepOwnerLocks(referenced: Set<String>) {
+        var keep = referenced
+        if let mine = owner.withLock({ $0?.token }) { keep.insert(mine) }
+        store.sweepOwners(keeping: keep)
+    }
+
+    /// Takes `run`'s lock, or says who holds it: one supervisor per run, whatever socket (or
+    /// host) it serves it on, for as long as the lock lives. Nothing is recorded either way.
+    public func lockRun(_ run: String) throws(LedgerError) -> RunLock {
+        try store.lockRun(run, owner: ownerToken())
+    }
+
+    /// Runs `body` holding the reconcile lock of one call: two processes or threads
+    /// reconciling the same in-doubt call take turns, so its reconcile command runs once and
+    /// the second finds the call settled.
+    public func withReconcileLock<T>(run: String, callId: String, _ body: () throws(LedgerError) -> T) throws(LedgerError) -> T {
+        try store.withLock(named: "reconcile-" + Ledger.idempotencyKey(run: run, callId: callId), body)
+    }
+
+    /// A call's state, nil when there is no such call.
+    public func state(run: String, callId: String) throws(LedgerError) -> CallState? {
+        try read("reading call \(callId)") { db in try CallRecord.fetch(db, run: run, callId: callId)?.state }
+    }
+}
+
+extension SQLiteStore {
+    var lockDirectory: String { path + "-locks" }
+
+    /// An owner lock is held by the kernel until its process dies: a live process is never
+    /// judged dead, so nothing more fences its outcomes.
+    var fence: String { "" }
+
+    func makeOwner(onLost: @escaping @Sendable () -> Void) throws(LedgerError) -> any LedgerOwner { try OwnerLock(directory: lockDirectory) }
+
+    /// Alive while the kernel holds its lock file's `flock`.
+    func ownerState(_ owner: String) -> OwnerState {
         guard OwnerLock.isToken(owner) else { return .unknown("the owner \(owner) is not one ward records") }
-        if owner == self.owner.withLock({ $0?.token }) { return .alive }
         let file = lockDirectory + "/" + OwnerLock.prefix + owner
         let fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { return .unknown("its lock file \(file) cannot be opened: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         if flock(fd, LOCK_SH | LOCK_NB) == 0 {
-            return .dead("its process\(Ledger.ownerDetails(fd).map { " (\($0))" } ?? "") has ended: the kernel released its lock")
+            return .dead("its process\(SQLiteStore.ownerDetails(fd).map { " (\($0))" } ?? "") has ended: the kernel released its lock")
         }
         if errno == EWOULDBLOCK { return .alive }
         return .unknown("its lock \(file) cannot be tested: \(String(cString: strerror(errno)))")
@@ -105,16 +175,16 @@ extension Ledger {
         return "pid \(pid)" + (details["command"]?.stringValue.map { ", " + $0 } ?? "")
     }
 
-    /// Removes the lock files of owners that are gone and own no running call any more.
-    /// `referenced`: the owners of running calls (their files stay until those are settled).
-    func sweepOwnerLocks(referenced: Set<String>) {
+    /// Removes the lock files of owners that are gone, but those of `keep` (the owners of
+    /// running calls, whose files stay until those are settled, and the handle's own).
+    func sweepOwners(keeping keep: Set<String>) {
         guard let dir = opendir(lockDirectory) else { return }
         defer { closedir(dir) }
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
             guard name.hasPrefix(OwnerLock.prefix) else { continue }
             let token = String(name.dropFirst(OwnerLock.prefix.count))
-            guard !referenced.contains(token), token != owner.withLock({ $0?.token }) else { continue }
+            guard !keep.contains(token) else { continue }
             let file = lockDirectory + "/" + name
             let fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
             guard fd >= 0 else { continue }
@@ -124,6 +194,40 @@ extension Ledger {
         }
     }
 
+    /// An exclusive `flock` on `LEDGER-locks/run-<hash>`, held for the supervisor's life.
+    func lockRun(_ run: String, owner: String) throws(LedgerError) -> RunLock {
+        try Ledger.makeDirectory(lockDirectory)
+        let file = lockDirectory + "/run-" + String(Digest.sha256Hex(Array(run.utf8)).prefix(32))
+        let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the run lock \(file): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = SQLiteStore.ownerDetails(fd)
+            close(fd)
+            throw LedgerError(.busy, "run \(run) is served by another supervisor\(holder.map { " (\($0))" } ?? "") on this ledger")
+        }
+        let me = ProcessIdentity.current
+        let details = JSONValue.object(["pid": .number(Double(me.pid)), "command": .string(ProcessIdentity.commandName)]).canonicalBytes + [0x0A]
+        _ = ftruncate(fd, 0)
+        _ = pwrite(fd, details, details.count, 0)
+        return RunLock { close(fd) }
+    }
+
+    /// `LEDGER-locks/NAME`, waited for: the other holder's work is bounded (a reconcile
+    /// command by the tool's timeout).
+    func withLock<T>(named name: String, _ body: () throws(LedgerError) -> T) throws(LedgerError) -> T {
+        try Ledger.makeDirectory(lockDirectory)
+        let file = lockDirectory + "/" + name
+        let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the lock \(file): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard OS.lockExclusive(fd) else {
+            throw LedgerError(.storage, "cannot take the lock \(file): \(String(cString: strerror(errno)))")
+        }
+        return try body()
+    }
+}
+
+extension Ledger {
     static func makeDirectory(_ path: String) throws(LedgerError) {
         if mkdir(path, 0o700) != 0 && errno != EEXIST {
             throw LedgerError(.storage, "cannot create directory \(path): \(String(cString: strerror(errno)))")
@@ -131,55 +235,12 @@ extension Ledger {
     }
 }
 
-/// One supervisor per run: an exclusive `flock` on `LEDGER-locks/run-<hash>` held for the
-/// supervisor's life, whatever socket it listens on.
+/// One supervisor per run, held for the supervisor's life whatever socket it listens on:
+/// released when it goes away (or, for a SQLite ledger, when the process dies).
 public final class RunLock: Sendable {
-    private let fd: Int32
+    private let release: @Sendable () -> Void
 
-    init(fd: Int32) { self.fd = fd }
+    init(release: @escaping @Sendable () -> Void) { self.release = release }
 
-    deinit { close(fd) }
-}
-
-extension Ledger {
-    /// Takes `run`'s lock, or says who holds it. Nothing is recorded either way.
-    public func lockRun(_ run: String) throws(LedgerError) -> RunLock {
-        try Ledger.makeDirectory(lockDirectory)
-        let file = lockDirectory + "/run-" + String(Digest.sha256Hex(Array(run.utf8)).prefix(32))
-        let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the run lock \(file): \(String(cString: strerror(errno)))") }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let holder = Ledger.ownerDetails(fd)
-            close(fd)
-            throw LedgerError(.invalid, "run \(run) is served by another supervisor\(holder.map { " (\($0))" } ?? "") on this ledger")
-        }
-        let me = ProcessIdentity.current
-        let details = JSONValue.object(["pid": .number(Double(me.pid)), "command": .string(ProcessIdentity.commandName)]).canonicalBytes + [0x0A]
-        _ = ftruncate(fd, 0)
-        _ = pwrite(fd, details, details.count, 0)
-        return RunLock(fd: fd)
-    }
-}
-
-extension Ledger {
-    /// Runs `body` holding the reconcile lock of one call (`LEDGER-locks/reconcile-KEY`):
-    /// two processes or threads reconciling the same in-doubt call take turns, so its
-    /// reconcile command runs once and the second finds the call settled.
-    public func withReconcileLock<T>(run: String, callId: String, _ body: () throws(LedgerError) -> T) throws(LedgerError) -> T {
-        try Ledger.makeDirectory(lockDirectory)
-        let file = lockDirectory + "/reconcile-" + Ledger.idempotencyKey(run: run, callId: callId)
-        let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw LedgerError(.storage, "cannot open the reconcile lock \(file): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        // Waits for the other reconciler: its command is bounded by the tool's timeout.
-        guard OS.lockExclusive(fd) else {
-            throw LedgerError(.storage, "cannot take the reconcile lock \(file): \(String(cString: strerror(errno)))")
-        }
-        return try body()
-    }
-
-    /// A call's state, nil when there is no such call.
-    public func state(run: String, callId: String) throws(LedgerError) -> CallState? {
-        try read("reading call \(callId)") { db in try CallRecord.fetch(db, run: run, callId: callId)?.state }
-    }
+    deinit { release() }
 }

@@ -888,7 +888,7 @@ private struct RunCheck {
         var expected: [CallKey: (id: String, delivery: ExpectedDelivery)] = [:]
         for (key, call) in open where call.delivery != .none { expected[key] = (call.id, call.delivery) }
         var seen = Set<CallKey>()
-        try db.all("SELECT call_id, delivered FROM calls WHERE run_id = ? AND delivered IS NOT NULL", [.text(run)]) { r in
+        try db.each("SELECT call_id, delivered FROM calls WHERE run_id = ? AND delivered IS NOT NULL", [.text(run)]) { r in
             let id = r.text(0)
             let key = CallKey(id)
             let want = expected[key]?.delivery ?? ended[key]?.delivery ?? ExpectedDelivery.none

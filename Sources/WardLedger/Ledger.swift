@@ -63,8 +63,12 @@ public final class Ledger: Sendable {
     /// files, the owner locks and the captured outputs. Whoever can change one can change
     /// the record.
     public var files: [String] { store.files + [lockDirectory, captureDirectory] }
-    /// The lock that makes this handle the owner of the calls it begins (made at the first).
-    let owner = Lock<OwnerLock?>(nil)
+    /// Where this handle keeps what stays on this host (`lockDirectory`, `captureDirectory`):
+    /// beside a SQLite ledger's file; for a server's ledger, a directory of `.ward`.
+    let localBase: String
+    /// What makes this handle the owner of the calls it begins (made at the first).
+    let owner = Lock<(any LedgerOwner)?>(nil)
+    let ownerLostHandlers = Lock<[@Sendable () -> Void]>([])
     let digests = FileDigests()
     let manifests = ManifestCache()
     /// Damaged checkpoints whose `checkpoint.damaged` event is known to be committed.
@@ -93,12 +97,33 @@ public final class Ledger: Sendable {
     ///     opens without, so that failing it changes nothing.
     /// - Throws: `corrupt` when the file is not a ward ledger or is damaged (the file is left
     ///   untouched), `storage` when it cannot be opened or written.
+    ///
+    /// `path` may be a PostgreSQL URL (`postgres://USER@HOST[:PORT]/DB`, `Ledger.isServerURL`):
+    /// then the ledger lives on that server, shared by supervisors on many hosts
+    /// (`PostgresStore`), and `durability` is the server's (`synchronous_commit`).
     public init(path: String, durability: Durability = .full, busyTimeout: Double = 5,
                 readOnly: Bool = false, existing: Bool = false, recover: Bool = true) throws(LedgerError) {
-        self.path = path
-        store = try SQLiteStore(path: path, durability: durability, busyTimeout: busyTimeout, readOnly: readOnly, existing: existing)
+        if Ledger.isServerURL(path) {
+            let server = try PostgresStore(url: path, readOnly: readOnly, existing: existing)
+            store = server
+            self.path = server.address.description
+            // Outputs captured while calls run stay on the host that runs them.
+            localBase = FileManager.default.currentDirectoryPath + "/.ward/postgres-"
+                + String(Digest.sha256Hex(Array(server.address.description.utf8)).prefix(16))
+            try Ledger.makeDirectory(FileManager.default.currentDirectoryPath + "/.ward")
+        } else {
+            self.path = path
+            localBase = path
+            store = try SQLiteStore(path: path, durability: durability, busyTimeout: busyTimeout, readOnly: readOnly, existing: existing)
+        }
         if !readOnly && recover { try self.recover() }
     }
+
+    /// Whether `text` names a ledger on a PostgreSQL server rather than a file.
+    public static func isServerURL(_ text: String) -> Bool { PostgresAddress.isURL(text) }
+
+    /// The ledger's server and schema as `ward doctor` reports them; nil for a SQLite ledger.
+    public var isOnServer: Bool { store is PostgresStore }
 
     /// The writer connection's `PRAGMA synchronous` as SQLite applies it (2 = FULL, 1 = NORMAL):
     /// what each commit really does, whatever was asked for.
@@ -191,7 +216,7 @@ public final class Ledger: Sendable {
 
     static func map(_ error: any Error, doing what: String) -> LedgerError {
         if let error = error as? LedgerError { return error }
-        return SQLiteStore.map(error, doing: what) ?? LedgerError(.storage, "\(what): \(error)")
+        return SQLiteStore.map(error, doing: what) ?? PostgresStore.map(error, doing: what) ?? LedgerError(.storage, "\(what): \(error)")
     }
 }
 
@@ -216,6 +241,19 @@ protocol LedgerStore: Sendable {
     var files: [String] { get }
     /// One transaction serialized with every other writer of `runs` (of every run when empty).
     func write<T>(runs: [String], _ body: (any SQLConnection) throws -> T) throws -> T
+    /// Makes the identity a handle runs calls under (`LedgerOwner`).
+    func makeOwner(onLost: @escaping @Sendable () -> Void) throws(LedgerError) -> any LedgerOwner
+    /// Whether the owner `token` (not this handle's) is alive.
+    func ownerState(_ token: String) -> OwnerState
+    /// Forgets owners that are gone, but those in `keep`.
+    func sweepOwners(keeping keep: Set<String>)
+    /// One supervisor per run (`Ledger.lockRun`); `owner` is the caller's identity.
+    func lockRun(_ run: String, owner: String) throws(LedgerError) -> RunLock
+    /// What an outcome's UPDATE of `calls` adds to its WHERE to be fenced by its owner's
+    /// liveness as the store judges it ("" where the store's owners cannot outlive it).
+    var fence: String { get }
+    /// Runs `body` holding the lock `name`, waiting for it.
+    func withLock<T>(named name: String, _ body: () throws(LedgerError) -> T) throws(LedgerError) -> T
     /// Statements outside a transaction.
     func statement(_ body: (any SQLConnection) throws -> Void) throws
     /// A consistent read.

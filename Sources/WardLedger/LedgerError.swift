@@ -21,6 +21,8 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
         /// This process's execution of a call was taken over by another decision (its owner
         /// was judged dead); nothing was recorded over that decision.
         public static let fenced = Code(description: "fenced")
+        /// The run is served by another supervisor (on this host or another).
+        public static let busy = Code(description: "busy")
         /// The call's tool is gated: it is recorded and waits for `ward approve` or `ward deny`.
         public static let awaitingApproval = Code(description: "awaiting-approval")
     }

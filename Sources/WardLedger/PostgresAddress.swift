@@ -28,6 +28,9 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
     var connectTimeout: Double?
     var applicationName: String?
     var tls: TLSMode
+    /// Seconds a supervisor's lease lasts unrenewed (`lease=`, ward's own parameter); nil
+    /// for the default.
+    var leaseSeconds: Double?
 
     /// The socket directory and port of a Unix endpoint, or host and port of a TCP one.
     private var hostForDisplay: String
@@ -93,6 +96,7 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
         var connectTimeout: Double?
         var applicationName: String?
         var tls = TLSMode.disable
+        var leaseSeconds: Double?
 
         for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
             guard let eq = pair.firstIndex(of: "=") else { throw invalid("query parameter \(pair) has no value") }
@@ -119,6 +123,12 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
                     throw invalid("sslmode=\(value) is not supported: this build checks no server certificates (use sslmode=require or disable)")
                 default: throw invalid("sslmode must be disable, allow, prefer or require, not \(value)")
                 }
+            case "lease":
+                // ward's own: how long a supervisor's lease on the ledger lasts unrenewed.
+                guard let seconds = Double(value), seconds >= 0.5, seconds <= 3600 else {
+                    throw invalid("lease must be a number of seconds from 0.5 to 3600, not \(value)")
+                }
+                leaseSeconds = seconds
             default: throw invalid("unknown query parameter \(name)")
             }
         }
@@ -127,6 +137,7 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
             throw invalid("no user name")
         }
         self.user = user
+        self.leaseSeconds = leaseSeconds
         self.password = password ?? environment["PGPASSWORD"]
         guard let database = database.flatMap({ $0.isEmpty ? nil : $0 }) ?? Optional(user) else { throw invalid("no database") }
         self.database = database

@@ -202,24 +202,35 @@ enum PostgresDecoding {
 /// literals ('...', E'...' with backslash escapes), quoted identifiers ("..."), comments
 /// (-- to the end of the line, nested /* */) and dollar-quoted bodies ($$...$$, $tag$...$tag$).
 enum PostgresSQL {
-    /// `sql` with each `?` replaced by `$1`, `$2`, ..., and how many there were.
+    /// `sql` with each `?` replaced by `$1`, `$2`, ..., and each numbered `?N` (SQLite's) by
+    /// `$N`, and how many values it takes (the highest number).
     static func placeholders(_ sql: String) -> (String, Int) {
-        var utf8 = Array(sql.utf8)
+        let utf8 = Array(sql.utf8)
         var positions: [Int] = []
         scan(utf8) { i, byte in if byte == UInt8(ascii: "?") { positions.append(i) } }
         guard !positions.isEmpty else { return (sql, 0) }
         var out: [UInt8] = []
         out.reserveCapacity(utf8.count + positions.count * 2)
         var start = 0
-        for (n, i) in positions.enumerated() {
+        var next = 0, highest = 0
+        for i in positions {
             out += utf8[start..<i]
             out.append(UInt8(ascii: "$"))
-            out += Array(String(n + 1).utf8)
-            start = i + 1
+            var j = i + 1
+            while j < utf8.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(utf8[j]) { j += 1 }
+            if j > i + 1, let n = Int(String(decoding: utf8[(i + 1)..<j], as: UTF8.self)) {
+                out += utf8[(i + 1)..<j]
+                next = n
+                highest = max(highest, n)
+            } else {
+                next += 1
+                highest = max(highest, next)
+                out += Array(String(next).utf8)
+            }
+            start = j
         }
         out += utf8[start...]
-        utf8 = out
-        return (String(decoding: utf8, as: UTF8.self), positions.count)
+        return (String(decoding: out, as: UTF8.self), highest)
     }
 
     /// The statements of `script`, split at its top-level semicolons; those with nothing but

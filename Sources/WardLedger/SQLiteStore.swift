@@ -193,6 +193,9 @@ final class SQLiteStore: LedgerStore {
 
     // MARK: - Schema
 
+    /// How many migrations make the current schema.
+    static var migrationCount: Int { migrator.migrations.count }
+
     static let migrator: DatabaseMigrator = {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in

@@ -64,6 +64,14 @@ public final class Supervisor: Sendable {
         currentAttempt = Atomic(attempt)
         reconciler = Reconciler(ledger: ledger, sandbox: sandbox)
         outcomes = OutcomeRetrier(ledger: ledger, notify: notify)
+        // A lease lost (this process was paused, or cut off from a server's ledger, past its
+        // lease): another supervisor may have judged its calls already. Their tools stop now,
+        // rather than go on with effects whose outcomes would be fenced anyway.
+        ledger.whenOwnerLost { [sandbox] in
+            notify("this supervisor's lease on the ledger expired (it was paused or cut off from the server): "
+                + "its running calls are stopped, and their outcomes are not recorded over what another supervisor decided")
+            sandbox.terminateAll()
+        }
     }
 
     deinit { outcomes.stop() }

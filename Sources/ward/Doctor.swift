@@ -1,4 +1,6 @@
+import Foundation
 import WardCore
+import WardLedger
 import WardSandbox
 
 #if canImport(Glibc)
@@ -137,5 +139,34 @@ enum Doctor {
             .object(["key": .string(row.key), "name": .string(row.name), "available": .bool(row.available),
                      "state": .string(row.state.joined(separator: "; ")), "effect": .string(row.effect), "without": .string(row.without)])
         })])
+    }
+
+    /// The ledger's lines: where it is, its schema, how commits wait, and the server's clock.
+    static func report(_ h: LedgerHealth) -> String {
+        var lines = ["ledger: \(h.backend) at \(h.location)",
+                     "  schema version \(h.schemaVersion)\(h.schemaVersion == h.expectedSchemaVersion ? " (current)" : ", this ward writes \(h.expectedSchemaVersion)")",
+                     "  durability: \(h.durability)"]
+        if let v = h.serverVersion { lines.append("  server: PostgreSQL \(v)") }
+        if let skew = h.clockSkewMs, let rt = h.roundTripMs {
+            lines.append(String(format: "  clock skew: %+.1f ms (± %.1f ms; leases go by the server's clock, event times by each host's)", skew, rt / 2))
+        }
+        if let live = h.liveOwners, let lease = h.leaseSeconds {
+            lines.append("  live supervisors: \(live) (lease \(lease.formatted()) s)")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// Exit 1 when the ledger needs an operator: a schema this ward does not write, or a clock
+    /// more than a second off the server's. Leases are judged by the server's clock, but the
+    /// times this host writes into events are its own: runs that move between hosts would
+    /// record an order of events their times contradict.
+    static func judge(_ h: LedgerHealth?) throws {
+        guard let h else { return }
+        if h.schemaVersion != h.expectedSchemaVersion {
+            throw CLIError(message: "the ledger's schema is version \(h.schemaVersion); this ward writes \(h.expectedSchemaVersion)", exitCode: 1)
+        }
+        if let skew = h.clockSkewMs, abs(skew) > 1000 {
+            throw CLIError(message: String(format: "this host's clock is %.0f ms off the ledger server's: the event times it records would be off as much", skew), exitCode: 1)
+        }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import WardCore
 import WardLedger
 import WardSandbox
@@ -8,11 +9,15 @@ import WardSupervisor
 import Glibc
 #endif
 
-/// `--ledger FILE`, shared by every command that touches the ledger.
+/// `--ledger FILE|URL`, shared by every command that touches the ledger.
 struct LedgerOptions: ParsableArguments {
-    static let defaultLedger = ".ward/ledger.sqlite"
+    /// `WARD_LEDGER` when set (a team's PostgreSQL ledger), else the file beside the agent.
+    static var defaultLedger: String {
+        if let named = ProcessInfo.processInfo.environment["WARD_LEDGER"], !named.isEmpty { return named }
+        return ".ward/ledger.sqlite"
+    }
 
-    @Option(name: .long, help: "Ledger file.")
+    @Option(name: .long, help: "Ledger: a SQLite file, or postgres://USER@HOST[:PORT]/DB for one shared by supervisors on many hosts (default: $WARD_LEDGER, else .ward/ledger.sqlite).")
     var ledger: String = LedgerOptions.defaultLedger
 
     @Option(name: .long, help: "full (survives power loss) or normal (survives crashes; may lose the last commits on power loss).")
@@ -71,8 +76,28 @@ struct LedgerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
         abstract: "Audit what agents did: list, show, effects, verify, export, report; settle in-doubt calls.",
-        subcommands: [List.self, Show.self, Effects.self, Verify.self, Export.self, Report.self, Resolve.self, Reconcile.self]
+        subcommands: [List.self, Show.self, Effects.self, Verify.self, Export.self, Report.self, Resolve.self, Reconcile.self, Copy.self]
     )
+
+    struct Copy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy every run of a ledger into another (a SQLite file into PostgreSQL), chains intact.",
+            discussion: "Rows are copied as they are: events keep their bodies and hashes, so `ward ledger verify` passes on both. One transaction on the target: a copy that fails leaves nothing there. Refused when a run exists in the target already, or a call is still running in the source.")
+        @Option(help: "The ledger to copy (a file or a postgres:// URL).") var from: String
+        @Option(help: "The ledger to copy into (made when missing).") var to: String
+        @Flag(help: "JSON output.") var json = false
+
+        func run() throws {
+            let copy = try ledgerCall { () throws(LedgerError) -> LedgerCopy in
+                let source = try Ledger(path: from, existing: true, recover: false)
+                let target = try Ledger(path: to, recover: false)
+                return try source.copy(to: target)
+            }
+            if json { return printJSON(copy.json) }
+            let rows = Ledger.copiedTables.map { "\(copy.rows[$0] ?? 0) \($0)" }.joined(separator: ", ")
+            Output.line(1, "copied \(copy.runs.count) run\(copy.runs.count == 1 ? "" : "s") (\(rows))")
+        }
+    }
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List calls, oldest first.")

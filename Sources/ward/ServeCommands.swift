@@ -29,6 +29,9 @@ struct RunOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Seconds running tools get to finish at SIGINT/SIGTERM before they are killed (0 or more).")
     var grace: Double = 10
 
+    @Flag(help: "When another supervisor serves the run (on this host, or on another through a shared ledger), wait until it ends or its lease expires, instead of failing.")
+    var wait = false
+
     /// A run ID names the run's socket file and is an identifier in the ledger: one with a
     /// `/`, a control character or a leading `.` is refused before anything is opened.
     func validate() throws {
@@ -64,6 +67,20 @@ struct RunOptions: ParsableArguments {
         supervisor.recordPendingOutcomes(within: grace)
     }
 
+    /// The run's lock; with `--wait`, waited for while another supervisor holds it.
+    func lockRun(_ run: String, in ledger: Ledger, logger: Logger) throws -> RunLock {
+        var told = false
+        while true {
+            do { return try ledger.lockRun(run) } catch where wait && error.code == .busy {
+                if !told { logger.notice("\(error.message); waiting for it to end (--wait)") }
+                told = true
+                usleep(200_000)
+            } catch {
+                throw CLIError(message: error.message, exitCode: 1)
+            }
+        }
+    }
+
     /// Ledger, sandbox, a new attempt of the run, and the server listening on its socket.
     /// `publishToken`: write the agent's token beside the socket (`ward serve`, whose agents
     /// start elsewhere); `ward run` hands it to the agent it starts instead, and records its
@@ -76,8 +93,7 @@ struct RunOptions: ParsableArguments {
         let (run, resumedBy) = try choose?(ledger) ?? (effectiveRunID, nil)
         // The run's lock first: a start refused because another supervisor serves the run
         // records nothing (no recovery, no place, no attempt).
-        let runLock: RunLock
-        do { runLock = try ledger.lockRun(run) } catch { throw CLIError(message: error.message, exitCode: 1) }
+        let runLock = try lockRun(run, in: ledger, logger: logger)
         try ledgerCall { () throws(LedgerError) in try ledger.recover() }
         let place = try policyOptions.place(of: run, in: ledger, create: true)
         let policies = try PolicyOptions.load(place.policies)
@@ -86,6 +102,12 @@ struct RunOptions: ParsableArguments {
         try Checks.layout(policies: policies, workspace: place.workspace, ledger: ledger, socket: socket, tokenPublished: publishToken)
         let sandbox = try policyOptions.sandbox(policies, workspace: place.workspace, logger: logger)
         let supervisor = Supervisor(ledger: ledger, sandbox: sandbox, runID: run, attempt: 0, runLock: runLock)
+        // The run's lock went with the lease (the supervisor stopped its calls first): another
+        // supervisor may serve the run now, so this one must not go on serving it.
+        ledger.whenOwnerLost {
+            Supervisor.notifyOnStderr("run \(run)'s lock went with the lease: another supervisor may serve it now; this one exits")
+            exit(3)
+        }
         // Bound before anything is recorded: a socket that another supervisor holds refuses
         // the start with no place claimed and no attempt counted.
         let server: SocketServer

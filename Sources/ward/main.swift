@@ -281,13 +281,24 @@ struct DoctorCommand: ParsableCommand {
     )
 
     @Flag(help: "JSON output.") var json = false
+    @Option(help: "Also check this ledger (a file or a postgres:// URL): its connection, schema version, durability and, for a server, the clock skew between it and this host.")
+    var ledger: String?
 
     func run() throws {
         let features = KernelFeatures.probe()
-        guard json else { return print(Doctor.report(features)) }
+        let health = try ledger.map { at in
+            try ledgerCall { () throws(LedgerError) -> LedgerHealth in try Ledger(path: at, existing: true, recover: false).health() }
+        }
+        guard json else {
+            print(Doctor.report(features))
+            if let health { print("\n" + Doctor.report(health)) }
+            return try Doctor.judge(health)
+        }
         guard case .object(var members) = Doctor.json(features) else { return }
         members["version"] = .string(Ward.version)
+        if let health { members["ledger"] = health.json }
         printJSON(.object(members))
+        try Doctor.judge(health)
     }
 }
 

@@ -44,6 +44,8 @@ struct LedgerProcessTests {
             usleep(useconds_t(Int.random(in: 20_000...150_000)))  // the kill's random point, not a wait for anything
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
+            // On a server the dead process's lease outlives it until it expires.
+            if TestLedger.onPostgres { usleep(useconds_t(TestLedger.leaseSeconds * 1_000_000) + 300_000) }
             let lines = output.text().split(separator: "\n")
             for line in lines {
                 let w = line.split(separator: " ")
@@ -112,7 +114,7 @@ struct LedgerProcessTests {
         }
     }
 
-    @Test func verifyNamesEachKindOfTampering() throws {
+    @Test(.sqliteFile) func verifyNamesEachKindOfTampering() throws {
         // Each edit is what someone with the sqlite3 CLI could do to a real file.
         let edits: [(String, String, String)] = [
             ("altered", "UPDATE events SET body = replace(body, '\"attempt\":1', '\"attempt\":7') WHERE run_id = 'r' AND seq = 3", "event 3 of run r was altered"),
@@ -143,11 +145,22 @@ struct LedgerProcessTests {
         }
     }
 
-    @Test func eventsAreAppendOnlyUnlessTheTriggersAreDropped() throws {
+    @Test(.sqliteFile) func eventsAreAppendOnlyUnlessTheTriggersAreDropped() throws {
         let path = temporaryLedgerPath()
         _ = try Ledger(path: path).startAttempt(run: "r")
         let r = try Binaries.run("/usr/bin/sqlite3", [path, "DELETE FROM events"])
         #expect(r.status != 0 && r.stderr.contains("append-only"), "\(r)")
+    }
+
+    /// On a server, whoever can connect with the ledger's role meets the same triggers.
+    @Test(.enabled(if: TestLedger.onPostgres, "about a server's ledger")) func eventsOnAServerAreAppendOnly() throws {
+        let path = temporaryLedgerPath()
+        _ = try Ledger(path: path).startAttempt(run: "r")
+        let database = try #require(path.split(separator: "?").first?.split(separator: "/").last.map(String.init))
+        for sql in ["DELETE FROM events", "UPDATE events SET kind = 'x'", "TRUNCATE events"] {
+            #expect(throws: (any Error).self) { try TestLedger.server!.psql(database, sql) }
+        }
+        #expect(try TestLedger.server!.psql(database, "SELECT COUNT(*) FROM events").trimmingCharacters(in: .whitespacesAndNewlines) == "1")
     }
 
     @Test func auditCommands() throws {
@@ -194,7 +207,7 @@ struct LedgerProcessTests {
         #expect(try Binaries.run(w, ["ledger", "verify", "--ledger", path]).status == 0)
         // Errors: a missing call (2), a file that is not a ledger (3, untouched), no ledger (3).
         #expect(try Binaries.run(w, ["ledger", "show", "demo", "nope", "--ledger", path]).status == 2)
-        let junk = temporaryLedgerPath("junk")
+        let junk = makeTemporaryDirectory("ward-ledger-test") + "/junk.sqlite"
         FileManager.default.createFile(atPath: junk, contents: Data("not a database".utf8))
         let notLedger = try Binaries.run(w, ["ledger", "list", "--ledger", junk])
         #expect(notLedger.status == 3 && notLedger.stderr.contains("not a ward ledger"), "\(notLedger)")

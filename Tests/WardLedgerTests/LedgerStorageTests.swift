@@ -5,7 +5,7 @@ import WardCore
 import Synchronization
 import WardTestSupport
 
-@Suite("Ledger: locked databases and full disks", .serialized)
+@Suite("Ledger: locked databases and full disks", .serialized, .sqliteFile)
 struct LedgerStorageTests {
     @Test func aLockHeldByAnotherProcessGivesABoundedWaitThenAClearError() throws {
         let path = temporaryLedgerPath()

@@ -6,7 +6,7 @@ import WardTestSupport
 
 /// An archived ledger (a read-only mount, no `-wal` or `-shm` beside it) is still audited:
 /// SQLite cannot make the shared-memory file there, so ward reads it as immutable.
-@Suite("Ledger: audits of read-only media", .serialized, .enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
+@Suite("Ledger: audits of read-only media", .serialized, .sqliteFile, .enabled(if: getuid() == 0, "needs root: it mounts a small tmpfs"))
 struct ReadOnlyMediaTests {
     @Test func everyAuditReadsALedgerOnAReadOnlyMount() throws {
         let mountPoint = makeTemporaryDirectory("ward-ro")
