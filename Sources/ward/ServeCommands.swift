@@ -106,7 +106,7 @@ struct RunOptions: ParsableArguments {
         // supervisor may serve the run now, so this one must not go on serving it.
         ledger.whenOwnerLost {
             Supervisor.notifyOnStderr("run \(run)'s lock went with the lease: another supervisor may serve it now; this one exits")
-            exit(3)
+            Glibc.exit(3)
         }
         // Bound before anything is recorded: a socket that another supervisor holds refuses
         // the start with no place claimed and no attempt counted.
