@@ -116,6 +116,8 @@ var peersPath: String?
 var wardWithoutFailPoints: String?
 /// A Python with the official MCP SDK, and Scripts/mcp_peer.py: the start-up peer of `ward mcp`.
 var mcpPeer: (python: String, script: String)?
+/// A PostgreSQL ledger's URL: only the durable steps on it are measured (Scripts/bench_postgres.py).
+var postgresLedger: String?
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
@@ -124,12 +126,35 @@ while let a = args.popFirst() {
     case "--policies": policiesDir = args.popFirst() ?? policiesDir
     case "--peers": peersPath = args.popFirst()
     case "--ward-without-failpoints": wardWithoutFailPoints = args.popFirst()
+    case "--postgres": postgresLedger = args.popFirst()
     case "--mcp-peer":
         if let python = args.popFirst(), let script = args.popFirst() { mcpPeer = (python, script) }
     default:
-        print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE] [--ward-without-failpoints WARD] [--mcp-peer PYTHON SCRIPT]")
+        print("usage: ward-bench [--iterations N] [--json FILE] [--policies DIR] [--peers FILE] [--ward-without-failpoints WARD] [--mcp-peer PYTHON SCRIPT] [--postgres URL]")
         exit(2)
     }
+}
+
+// MARK: - On PostgreSQL: the durable steps only, as JSON
+
+if let postgresLedger {
+    let ledger = try Ledger(path: postgresLedger)
+    var journal: [Double] = [], calls: [Double] = []
+    let done = ToolOutcome(status: .succeeded, exitCode: 0, signal: nil, stdout: Array("ok\n".utf8), stderr: [], truncated: false, durationMs: 0.4)
+    let run = "bench-\(getpid())"
+    for i in 0..<max(iterations, 200) {
+        var t0 = now()
+        _ = try ledger.journalRecord(run: run, key: "llm-\(i)", value: .object(["choice": .string("tool call \(i)")]))
+        journal.append(Double(now() - t0) / 1000)
+        t0 = now()
+        guard case .execute(let ticket) = try ledger.begin(BeginRequest(run: run, callId: "c\(i)", tool: "shell", effect: .nonIdempotent,
+            arguments: .object(["command": .string("true")]), policyHash: "p", executable: "/bin/true", attempt: 1)) else { fatalError("replayed") }
+        _ = try ledger.finish(ticket, outcome: done)
+        calls.append(Double(now() - t0) / 1000)
+    }
+    print(JSONValue.object(["journalRecordUs": .number(median(journal)), "beginFinishUs": .number(median(calls)),
+                            "steps": .number(Double(journal.count))]).canonical)
+    exit(0)
 }
 
 // MARK: - Spawn of /bin/true: ward's shell sandbox vs bare fork+exec vs bwrap vs firejail

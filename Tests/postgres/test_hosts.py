@@ -277,6 +277,63 @@ class PostgresHostsTest(unittest.TestCase):
         self.assertGreaterEqual(len(done), 100)
         self.assertEqual(self.ward("ledger", "verify").returncode, 0)
 
+    def test_a_sqlite_ledger_copied_to_postgres_verifies_on_both(self) -> None:
+        # A SQLite ledger with a finished call, a call in doubt and a journal entry.
+        directory = self.host("copy")
+        sqlite = str(directory / "ledger.sqlite")
+        workspace = directory / "workspace"
+        p = subprocess.Popen([WARD, "serve", "--ledger", sqlite, "--policies", self.policies, "--workspace", str(workspace),
+                              "--socket", str(directory / "sock" / "c.sock"), "--run-id", "copied"],
+                             cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.serves.append(p)
+        assert p.stdout is not None
+        p.stdout.readline()
+        with Ward(str(directory / "sock" / "c.sock")) as w:
+            w.call("append", {"line": "one"}, call_id="c1")
+            w.request("journal.record", {"key": "k", "value": "v"})
+        p.terminate()
+        p.wait(30)
+        copied = subprocess.run([WARD, "ledger", "copy", "--from", sqlite, "--to", self.ledger, "--json"], capture_output=True, text=True)
+        self.assertEqual(copied.returncode, 0, copied.stderr)
+        self.assertEqual(json.loads(copied.stdout)["runs"], ["copied"])
+        for ledger in (sqlite, self.ledger):
+            verified = subprocess.run([WARD, "ledger", "verify", "--ledger", ledger, "--json"], capture_output=True, text=True)
+            self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+        exported = [subprocess.run([WARD, "ledger", "export", "--ledger", ledger], capture_output=True, text=True).stdout
+                    for ledger in (sqlite, self.ledger)]
+        self.assertEqual(exported[0], exported[1], "the same chain, hash for hash")
+        # A second copy would merge two records of one run: refused, nothing changed.
+        again = subprocess.run([WARD, "ledger", "copy", "--from", sqlite, "--to", self.ledger], capture_output=True, text=True)
+        self.assertEqual(again.returncode, 2, again.stderr)
+        self.assertIn("exists already", again.stderr)
+        self.assertEqual(self.ward("ledger", "export").stdout, exported[1])
+
+    def test_doctor_reports_the_server_schema_and_clock(self) -> None:
+        # No ledger yet: a read-only audit is refused and makes none.
+        self.assertEqual(self.ward("ledger", "list").returncode, 3)
+        self.assertEqual(self.psql(self.database, "SELECT to_regclass('ward_schema') IS NULL"), "t")
+        p, _ = self.serve("host-a", "doctor", self.host("doctor") / "workspace")
+        p.terminate()
+        p.wait(30)
+        doctor = subprocess.run([WARD, "doctor", "--ledger", self.ledger, "--json"], capture_output=True, text=True)
+        self.assertEqual(doctor.returncode, 0, doctor.stderr)
+        ledger = json.loads(doctor.stdout)["ledger"]
+        self.assertEqual(ledger["backend"], "postgresql")
+        self.assertEqual(ledger["schemaVersion"], ledger["expectedSchemaVersion"])
+        self.assertEqual(ledger["durability"], "synchronous_commit=on")
+        self.assertLess(abs(ledger["clockSkewMs"]), 1000)
+        self.assertNotIn("password", doctor.stdout)
+        # A schema from a newer ward is refused, by name.
+        self.psql(self.database, "UPDATE ward_schema SET version = version + 1")
+        newer = subprocess.run([WARD, "doctor", "--ledger", self.ledger], capture_output=True, text=True)
+        self.assertEqual(newer.returncode, 3, newer.stderr)
+        self.assertIn("newer than this ward", newer.stderr)
+        # No server there: a clear error, exit 3.
+        nowhere = f"postgres://ward:secret@/x?host={self.root}/nowhere"
+        gone = subprocess.run([WARD, "doctor", "--ledger", nowhere], capture_output=True, text=True)
+        self.assertEqual(gone.returncode, 3, gone.stderr)
+        self.assertNotIn("secret", gone.stderr)
+
     def wait_for(self, condition: Any, what: str, seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
