@@ -7,9 +7,11 @@ import Foundation
 /// `/var/run/postgresql`, Debian's), at `DIR/.s.PGSQL.PORT`. User, password and database are
 /// percent-decoded; the password may also come from `PGPASSWORD`. Query parameters:
 /// `host`, `port`, `user`, `password`, `dbname`, `connect_timeout` (seconds),
-/// `application_name`, `sslmode` (`disable`, the default, `prefer` or `require`; as with libpq,
-/// `require` encrypts without checking the server's certificate, and `verify-ca`/`verify-full`
-/// are refused: this build has no certificate store configured). Any other parameter is an error.
+/// `application_name`, `sslmode` (`disable`, the default, `prefer` or `require`, over TCP; as
+/// with libpq, `require` encrypts without checking the server's certificate, and
+/// `verify-ca`/`verify-full` are refused: this build has no certificate store configured).
+/// Any other parameter is an error. User and database default, as with libpq, to `PGUSER` or
+/// the current user's name, and to the user name.
 struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
     enum Endpoint: Sendable, Equatable {
         case tcp(host: String, port: Int)
@@ -139,8 +141,8 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
         self.user = user
         self.leaseSeconds = leaseSeconds
         self.password = password ?? environment["PGPASSWORD"]
-        guard let database = database.flatMap({ $0.isEmpty ? nil : $0 }) ?? Optional(user) else { throw invalid("no database") }
-        self.database = database
+        // As with libpq, the database defaults to the user's name.
+        self.database = database.flatMap { $0.isEmpty ? nil : $0 } ?? user
         self.connectTimeout = connectTimeout
         self.applicationName = applicationName
         self.tls = tls
