@@ -135,6 +135,7 @@ extension Ledger {
         // The stored checkpoint's manifest, for the cache once the transaction commits.
         var storedManifest: ManifestCache.Entry?
         let decided = try write("recording the start of call \(request.callId)", run: request.run) { db -> BeginDecision? in
+            try self.store.requireOwner(db, me)
             let now = Timestamp.now()
             func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
                 try record()
@@ -433,7 +434,6 @@ extension Ledger {
         var delay = 0.005
         if FailPoints.hit(.beforeFinish) { throw LedgerError(.storage, "fail point before-finish") }
         var recorded: CallResult?
-        var retried = false
         while recorded == nil {
             do {
                 recorded = try write("recording the outcome of call \(ticket.callId)", run: ticket.run) { db in
@@ -452,7 +452,7 @@ extension Ledger {
                     guard db.changes == 1 else {
                         // Or a retry whose first COMMIT landed though its answer was lost (a
                         // server's connection dropped): the outcome recorded is this one.
-                        if retried, try self.finishLanded(db, ticket, status: outcome.status, stdout: out) {
+                        if try self.finishLanded(db, ticket, status: outcome.status, stdout: out) {
                             return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
                         }
                         throw LedgerError(.fenced, "call \(ticket.callId) of run \(ticket.run) was taken from this process while it ran; its outcome here is not recorded")
@@ -472,7 +472,6 @@ extension Ledger {
                     return CallResult(callId: ticket.callId, tool: ticket.tool, outcome: outcome, replayed: false, attempt: ticket.attempt)
                 }
             } catch where error.code == .storage && ContinuousClock.now < deadline {
-                retried = true
                 Thread.sleep(forTimeInterval: delay)
                 delay = min(delay * 2, 0.5)
             }

@@ -24,27 +24,29 @@ extension Ledger {
         // Calls of dead owners become in doubt here first: an owner lock means nothing to
         // the target, which would wait on it forever.
         try recover()
-        let running = try read("looking for running calls") { db in
-            try db.all("SELECT run_id, call_id FROM calls WHERE status = \(CallState.sql(.running))") { ($0.text(0), $0.text(1)) }
+        // One snapshot of the source: a supervisor writing meanwhile cannot make the copy's
+        // chains and rows disagree.
+        let (runs, tables) = try read("reading \(path)") { from -> ([String], [(String, [String], [[SQLValue]])]) in
+            if let (run, call) = try from.first("SELECT run_id, call_id FROM calls WHERE status = \(CallState.sql(.running))", { ($0.text(0), $0.text(1)) }) {
+                throw LedgerError(.invalid, "call \(call) of run \(run) is running in \(self.path): copy the ledger once it has ended")
+            }
+            let runs = try from.texts("SELECT run_id FROM runs ORDER BY run_id")
+            let tables = try Ledger.copiedTables.map { table in
+                let columns = try Ledger.columns(from, table)
+                let list = columns.map { "\"\($0)\"" }.joined(separator: ", ")
+                return (table, columns, try from.all("SELECT \(list) FROM \(table)") { row in (0..<Int32(columns.count)).map { row.value($0) } })
+            }
+            return (runs, tables)
         }
-        if let (run, call) = running.first {
-            throw LedgerError(.invalid, "call \(call) of run \(run) is running in \(path): copy the ledger once it has ended")
-        }
-        let runs = try read("listing runs") { db in try db.texts("SELECT run_id FROM runs ORDER BY run_id") }
         var counts: [String: Int] = [:]
         try target.write("copying \(path) into \(target.path)") { to in
             if let taken = try runs.first(where: { try to.int("SELECT 1 FROM runs WHERE run_id = ?", $0) != nil }) {
                 throw LedgerError(.invalid, "run \(taken) exists already in \(target.path): a copy never merges two records of one run")
             }
-            for table in Ledger.copiedTables {
-                let columns = try Ledger.columns(to, table)
+            for (table, columns, rows) in tables {
                 let list = columns.map { "\"\($0)\"" }.joined(separator: ", ")
                 let insert = "INSERT INTO \(table) (\(list)) VALUES (\(columns.map { _ in "?" }.joined(separator: ", ")))"
                     + (table == "blobs" ? " ON CONFLICT DO NOTHING" : "")
-                // Read in the source's own snapshot, one table at a time.
-                let rows = try self.read("reading \(table)") { from in
-                    try from.all("SELECT \(list) FROM \(table)") { row in (0..<Int32(columns.count)).map { row.value($0) } }
-                }
                 for row in rows { try to.run(insert, row) }
                 counts[table] = rows.count
             }

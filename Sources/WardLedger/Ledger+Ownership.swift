@@ -93,6 +93,8 @@ extension Ledger {
     /// running calls' outcomes will be fenced: a supervisor stops their tools at once.
     public func whenOwnerLost(_ handler: @escaping @Sendable () -> Void) {
         ownerLostHandlers.withLock { $0.append(handler) }
+        // Lost already (before the handler was there): it runs now.
+        if owner.withLock({ $0?.isLost ?? false }) { handler() }
     }
 
     /// The lock file of this handle's owner lock, once it has one (for tests that stand in
@@ -148,6 +150,8 @@ extension SQLiteStore {
     /// An owner lock is held by the kernel until its process dies: a live process is never
     /// judged dead, so nothing more fences its outcomes.
     var fence: String { "" }
+
+    func requireOwner(_ db: any SQLConnection, _ token: String) throws {}
 
     func makeOwner(onLost: @escaping @Sendable () -> Void) throws(LedgerError) -> any LedgerOwner { try OwnerLock(directory: lockDirectory) }
 

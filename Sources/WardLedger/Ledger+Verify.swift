@@ -468,7 +468,7 @@ private struct RunCheck {
     /// not JSON (read by SQLite, only once something is wrong).
     func diagnose(_ seq: Int) throws {
         let said = try db.first("""
-            SELECT object, CASE WHEN object THEN \(db.dialect.json("body", "seq")) END, CASE WHEN object THEN \(db.dialect.json("body", "run")) END
+            SELECT object, CASE WHEN object THEN \(db.dialect.jsonNumber("body", "seq")) END, CASE WHEN object THEN \(db.dialect.json("body", "run")) END
             FROM (SELECT body, \(db.dialect.isJSONObject("body")) AS object FROM events WHERE run_id = ? AND seq = ?) AS e
             """, [.text(run), .int(seq)]) { r in (object: r.int(0) == 1, seq: r.value(1), run: r.value(2)) }
         guard let said, said.object else { throw Finding("event \(seq) of run \(run) was altered (its body is not a valid JSON object)") }

@@ -110,7 +110,7 @@ public final class Ledger: Sendable {
             // Outputs captured while calls run stay on the host that runs them.
             localBase = FileManager.default.currentDirectoryPath + "/.ward/postgres-"
                 + String(Digest.sha256Hex(Array(server.address.description.utf8)).prefix(16))
-            try Ledger.makeDirectory(FileManager.default.currentDirectoryPath + "/.ward")
+            if !readOnly { try Ledger.makeDirectory(FileManager.default.currentDirectoryPath + "/.ward") }
         } else {
             self.path = path
             localBase = path
@@ -252,6 +252,9 @@ protocol LedgerStore: Sendable {
     /// What an outcome's UPDATE of `calls` adds to its WHERE to be fenced by its owner's
     /// liveness as the store judges it ("" where the store's owners cannot outlive it).
     var fence: String { get }
+    /// Throws, inside a write transaction, when `token` no longer owns calls (nothing for
+    /// owners the store cannot outlive).
+    func requireOwner(_ db: any SQLConnection, _ token: String) throws
     /// Runs `body` holding the lock `name`, waiting for it.
     func withLock<T>(named name: String, _ body: () throws(LedgerError) -> T) throws(LedgerError) -> T
     /// Statements outside a transaction.

@@ -69,7 +69,10 @@ final class PostgresLink {
         }
         let seconds = address.connectTimeout ?? timeout
         configuration.options.connectTimeout = .nanoseconds(Int64(max(seconds, 0.001) * 1e9))
-        var parameters = [("TimeZone", "UTC")]
+        // A supervisor cut off inside a transaction must not hold its run's locks for the
+        // server's TCP keepalive (hours): its session ends after a lease's worth of silence.
+        let silence = Int((address.leaseSeconds ?? 15) * 1000)
+        var parameters = [("TimeZone", "UTC"), ("idle_in_transaction_session_timeout", String(silence))]
         if let name = address.applicationName { parameters.append(("application_name", name)) }
         configuration.options.additionalStartupParameters = parameters
         let future = PostgresConnection.connect(

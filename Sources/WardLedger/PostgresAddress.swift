@@ -161,9 +161,9 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
 
     /// The address as a URL without the password (`:***` stands in for one).
     var redacted: String {
-        var s = "postgres://" + Self.encode(user)
-        if password != nil { s += ":***" }
-        s += "@"
+        // Never the password, not even masked: commands ward prints for pasting (resolve,
+        // resume) must work as printed, with the password from PGPASSWORD.
+        var s = "postgres://" + Self.encode(user) + "@"
         var query: [String] = []
         switch endpoint {
         case .tcp(let host, let port):
@@ -177,6 +177,7 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
         if let connectTimeout { query.append("connect_timeout=\(connectTimeout)") }
         if let applicationName { query.append("application_name=" + Self.encode(applicationName)) }
         if tls != .disable { query.append("sslmode=\(tls.rawValue)") }
+        if let leaseSeconds { query.append("lease=\(leaseSeconds.formatted())") }
         if !query.isEmpty { s += "?" + query.joined(separator: "&") }
         return s
     }

@@ -26,15 +26,19 @@ final class Lease: LedgerOwner {
         let token = Digest.hex((0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) })
         self.token = token
         let seconds = store.leaseSeconds
+        let granted = ContinuousClock.now
         try store.onSide { link in
             _ = try link.query("""
                 INSERT INTO owners (token, host, pid, command, expires_at) VALUES (?, ?, ?, ?, now() + make_interval(secs => ?))
                 """, [.text(token), .text(Lease.host), .int(Int(getpid())), .text(ProcessIdentity.commandName), .real(seconds)])
         }
-        state = LeaseState(store: store, token: token, onLost: onLost)
-        let thread = Thread { [state] in state.renew() }
-        thread.name = "ward-lease"
-        thread.start()
+        state = LeaseState(store: store, token: token, granted: granted, onLost: onLost)
+        let renewing = Thread { [state] in state.renew() }
+        renewing.name = "ward-lease"
+        renewing.start()
+        let watching = Thread { [state] in state.watch() }
+        watching.name = "ward-lease-deadline"
+        watching.start()
     }
 
     /// Released at once when the handle goes away: its calls are settled by then, or, if not,
@@ -59,29 +63,33 @@ private final class LeaseState: Sendable {
     private let stopped = Mutex<Bool>(false)
     private let wake = DispatchSemaphore(value: 0)
     private let onLost: @Sendable () -> Void
+    /// When the lease expires by this host's clock: the send time of the last renewal that
+    /// succeeded (the server counts from its statement, which comes after), plus the lease.
+    private let validUntil: Mutex<ContinuousClock.Instant>
 
-    init(store: PostgresStore, token: String, onLost: @escaping @Sendable () -> Void) {
+    init(store: PostgresStore, token: String, granted: ContinuousClock.Instant, onLost: @escaping @Sendable () -> Void) {
         self.store = store
         self.token = token
         self.onLost = onLost
+        validUntil = Mutex(granted + .milliseconds(Int(store.leaseSeconds * 1000)))
     }
 
+    /// Once, whichever thread finds it first; never while stopping cleanly.
     private func lose() {
-        lost.store(true, ordering: .releasing)
+        guard !stopped.withLock({ $0 }), !lost.exchange(true, ordering: .acquiringAndReleasing) else { return }
         onLost()
     }
 
-    var isLost: Bool { lost.load(ordering: .acquiring) }
+    var isLost: Bool { lost.load(ordering: .acquiring) || ContinuousClock.now >= validUntil.withLock { $0 } }
 
     /// Renews every third of the lease. A renewal that finds the lease expired (this process
-    /// was paused past it) loses it; one that cannot reach the server tries again until the
-    /// lease would have expired by this host's clock, then loses it too.
+    /// was paused past it) loses it.
     func renew() {
         let seconds = store.leaseSeconds
-        var deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while true {
             _ = wake.wait(timeout: .now() + seconds / 3)
-            if stopped.withLock({ $0 }) { return }
+            if stopped.withLock({ $0 }) || lost.load(ordering: .acquiring) { return }
+            let sent = ContinuousClock.now
             do {
                 let renewed = try store.onSide { link in
                     try link.query("""
@@ -89,15 +97,33 @@ private final class LeaseState: Sendable {
                         """, [.real(seconds), .text(token)]).affected
                 }
                 if renewed == 0 { return lose() }
-                deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+                validUntil.withLock { $0 = max($0, sent + .milliseconds(Int(seconds * 1000))) }
             } catch {
-                if ContinuousClock.now >= deadline { return lose() }
+                // The deadline thread decides: a renewal that hangs must not keep tools running.
             }
+        }
+    }
+
+    /// Loses the lease when it expires by this host's clock, whatever the renewals are
+    /// doing (hung on a cut-off network, or this process paused): no I/O here, so a call's
+    /// tools are stopped when the server may already let another supervisor judge it.
+    func watch() {
+        while true {
+            let until = validUntil.withLock { $0 }
+            let left = until - ContinuousClock.now
+            if left <= .zero {
+                if validUntil.withLock({ $0 }) <= ContinuousClock.now { return lose() }
+                continue
+            }
+            let (s, atto) = left.components
+            _ = wake.wait(timeout: .now() + Double(s) + Double(atto) / 1e18)
+            if stopped.withLock({ $0 }) || lost.load(ordering: .acquiring) { return }
         }
     }
 
     func stop(release: Bool) {
         stopped.withLock { $0 = true }
+        wake.signal()
         wake.signal()
         if release && !isLost {
             _ = try? store.onSide { link in
@@ -123,7 +149,8 @@ extension PostgresStore {
                     FROM owners WHERE token = ?
                     """, [.text(owner)]).rows.first
             }
-            guard let row else { return .unknown("no lease \(owner) is recorded") }
+            // Every token is recorded before it is used: no row is a lease that expired and was swept.
+            guard let row else { return .dead("its lease \(owner) expired and was swept") }
             if row[0] == .int(1) { return .alive }
             return .dead("its lease expired at \(row[4].textValue ?? "?") (host \(row[1].textValue ?? "?"), pid \(row[2].integer ?? 0), \(row[3].textValue ?? "?"))")
         } catch {
@@ -145,7 +172,15 @@ extension PostgresStore {
 
     /// The SQL that an outcome's UPDATE of `calls` adds to its WHERE: the row's owner still
     /// holds its lease, by the server's clock, in the same statement.
-    var fence: String { " AND EXISTS (SELECT 1 FROM owners o WHERE o.token = calls.owner AND o.expires_at > now())" }
+    /// Refuses, inside a write transaction, to record a call under a lease that no longer
+    /// holds (a process resumed after a pause, before its renewal noticed).
+    func requireOwner(_ db: any SQLConnection, _ token: String) throws {
+        guard try db.int("SELECT 1 FROM owners WHERE token = ? AND expires_at > statement_timestamp()", token) != nil else {
+            throw LedgerError(.storage, "this process's lease on the ledger expired: the call was not started")
+        }
+    }
+
+    var fence: String { " AND EXISTS (SELECT 1 FROM owners o WHERE o.token = calls.owner AND o.expires_at > statement_timestamp())" }
 
     /// A row of `run_locks` naming this handle's lease: taken when there is none, or when its
     /// holder's lease expired (a supervisor that died or was cut off, on any host).

@@ -70,7 +70,8 @@ struct LedgerProcessTests {
             }
         }
         let ledger = try Ledger(path: path)
-        #expect(finished.count > 100, "the torture loop hardly ran: \(finished.count) calls")
+        // A server's commit is a few round trips more than SQLite's: fewer calls fit the same kills.
+        #expect(finished.count > (TestLedger.onPostgres ? 30 : 100), "the torture loop hardly ran: \(finished.count) calls")
         for id in finished.shuffled().prefix(20) {
             guard case .replay(let result)? = try? ledger.begin(BeginRequest(run: "r", callId: id, tool: "t", effect: .nonIdempotent,
                     arguments: .object(["i": .number(Double(id.split(separator: "-").last!)!)]), policyHash: "p", executable: "/bin/true", attempt: 1))
