@@ -216,11 +216,17 @@ final class PostgresStore: LedgerStore {
     // MARK: - Transactions
 
     func write<T>(runs: [String], _ body: (any SQLConnection) throws -> T) throws -> T {
+        try transaction("BEGIN", first: PostgresStore.lockSQL(runs), body)
+    }
+
+    /// One transaction on a pooled connection: `begin`, then `first`, then `body`; committed
+    /// when `body` returns, rolled back when anything throws (on a connection still open).
+    private func transaction<T>(_ begin: String, first: String? = nil, _ body: (any SQLConnection) throws -> T) throws -> T {
         try pool.with { link in
             let session = PostgresSession(link)
-            try session.run("BEGIN")
+            try session.run(begin)
             do {
-                try session.run(PostgresStore.lockSQL(runs))
+                if let first { try session.run(first) }
                 let value = try body(session)
                 try session.run("COMMIT")
                 return value
@@ -251,18 +257,7 @@ final class PostgresStore: LedgerStore {
 
     /// One snapshot for every statement of the read (verify, audits).
     func read<T>(_ body: (any SQLConnection) throws -> T) throws -> T {
-        try pool.with { link in
-            let session = PostgresSession(link)
-            try session.run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            do {
-                let value = try body(session)
-                try session.run("COMMIT")
-                return value
-            } catch {
-                if !link.isBroken { _ = try? link.query("ROLLBACK") }
-                throw error
-            }
-        }
+        try transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body)
     }
 
     /// Runs `body` on the side connection (made again when it broke).
