@@ -79,8 +79,9 @@ extension Ledger {
     /// The owner identity of this handle, made at its first call (and again once lost).
     func ownerToken() throws(LedgerError) -> String {
         if let token = owner.withLock({ $0.flatMap { $0.isLost ? nil : $0.token } }) { return token }
-        let made = try store.makeOwner { [weak self] in
-            for handler in self?.ownerLostHandlers.withLock({ $0 }) ?? [] { handler() }
+        // The handlers, not the ledger: no cycle, and no weak reference to the ledger.
+        let made = try store.makeOwner { [handlers = ownerLostHandlers] in
+            for handler in handlers.withLock({ $0 }) { handler() }
         }
         return owner.withLock { held in
             if held == nil || held!.isLost { held = made }
