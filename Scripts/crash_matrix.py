@@ -4,6 +4,7 @@ random moments, with its invariants checked after every run.
 
     crash_matrix.py WARD_BINARY [--points N] [--seed S]          the matrix
     crash_matrix.py WARD_BINARY --two [--points N] [--seed S]    two supervisors (as root)
+    crash_matrix.py WARD_BINARY --ledger URL [--two] ...         the same on a PostgreSQL server
     crash_matrix.py agent                                        the torture agent (under ward run)
 
 Each run: STEPS steps of three calls made in parallel on separate connections — a
@@ -48,6 +49,7 @@ unchanged, nothing made in its directory). Two lines a pair: the killed run (its
 run (`second`).
 """
 import argparse
+import glob
 import json
 import os
 import random
@@ -58,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -270,7 +273,8 @@ class Elsewhere:
         """After `run`'s ward was killed: the reconcile from the new directory `other`."""
         os.makedirs(other)
         try:
-            before = in_doubt_calls(ward, ledger, run, other) if os.path.exists(ledger) else None
+            # A server's database is made before the run: its schema is what may be missing.
+            before = in_doubt_calls(ward, ledger, run, other) if "://" in ledger or os.path.exists(ledger) else None
         except ListFailed as e:
             # Killed while making the ledger (before any call): the read-only audits
             # refuse a half-made one (exit 3), the next `ward run` completes it.
@@ -291,6 +295,59 @@ class Elsewhere:
     def summary(self) -> str:
         return (f"elsewhere: {sum(self.turn.values())} reconciles from another directory, {self.unready} runs with no ledger yet; "
                 "runs with calls in doubt: " + ", ".join(f"{self.met[way]} {way}" for way in self.ways))
+
+
+class Ledgers:
+    """Where each run's or pair's ledger lives: a SQLite file in its directory, or, with a
+    server URL, a new database of its own on that server (see the module's docstring)."""
+
+    def __init__(self, server: str | None) -> None:
+        self.server = server
+        self.made: list[str] = []
+        self.lease = 0.0
+        if server is None:
+            return
+        parts = urllib.parse.urlsplit(server)
+        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
+        if not any(k == "lease" for k, _ in query):
+            # Short, so that the waits after kills stay short; long enough that a busy
+            # machine's scheduling never lets a live supervisor's lease lapse.
+            query.append(("lease", "2"))
+        self.lease = float(dict(query)["lease"])
+        self.parts = parts._replace(query=urllib.parse.urlencode(query, safe="/"))
+        # psql takes the URL as libpq does, which knows no `lease`.
+        self.admin = parts._replace(query=urllib.parse.urlencode([(k, v) for k, v in query if k != "lease"], safe="/")).geturl()
+        self.prefix = f"ward_matrix_{os.getpid()}_{int(time.time()) % 100000}"
+
+    def new(self, path: str, name: str) -> str:
+        """A new, empty ledger for the run or pair `name`: the SQLite file `path` (which ward
+        makes) without a server."""
+        if self.server is None:
+            return path
+        database = f"{self.prefix}_{name}"
+        self.psql(f'CREATE DATABASE "{database}"')
+        self.made.append(database)
+        return self.parts._replace(path="/" + database).geturl()
+
+    def psql(self, sql: str) -> None:
+        # The newest installed client: the distribution's /usr/bin/psql wrapper may pick another.
+        versions = [p for p in glob.glob("/usr/lib/postgresql/*/bin/psql") if p.split("/")[4].isdigit()]
+        clients = sorted(versions, key=lambda p: int(p.split("/")[4]))
+        r = subprocess.run([clients[-1] if clients else "psql", self.admin, "-X", "-v", "ON_ERROR_STOP=1", "-Atqc", sql],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"psql: {sql}: {r.stderr.strip()}")
+
+    def after_kill(self) -> None:
+        """After a kill of ward: on a server, until the dead supervisor's lease has expired
+        (its calls are judged by it, not by its pid)."""
+        if self.server is not None:
+            time.sleep(self.lease + 0.5)
+
+    def drop(self) -> None:
+        """Drops the databases made (the matrix passed)."""
+        for database in self.made:
+            self.psql(f'DROP DATABASE IF EXISTS "{database}"')
 
 
 def ward_run_argv(ward: str, policies: str, work: str, run: str, agent_cmd: list[str], ledger: str | None = None) -> list[str]:
@@ -407,6 +464,7 @@ class Options:
     points: int
     seed: int | None
     two: bool
+    ledgers: Ledgers
 
 
 def main() -> int:
@@ -416,8 +474,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--two", action="store_true",
                     help="two supervisors of two runs on one ledger, each in its own PID namespace (needs root)")
+    ap.add_argument("--ledger", metavar="URL", help="postgres://USER@HOST[:PORT]/DB: every ledger a new database on that server")
     parsed = ap.parse_args()
-    a = Options(ward=parsed.ward, points=parsed.points, seed=parsed.seed, two=parsed.two)
+    if parsed.ledger is not None and not parsed.ledger.startswith(("postgres://", "postgresql://")):
+        ap.error(f"--ledger {parsed.ledger}: expected a postgres:// URL (without it, each run's ledger is a SQLite file)")
+    a = Options(ward=parsed.ward, points=parsed.points, seed=parsed.seed, two=parsed.two, ledgers=Ledgers(parsed.ledger))
     if a.two and os.geteuid() != 0:
         print("crash matrix --two: new PID namespaces (unshare --pid) need root", file=sys.stderr)
         return 2
@@ -426,13 +487,14 @@ def main() -> int:
     root = tempfile.mkdtemp(prefix="ward-matrix-")
     policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
-    replay = f"{'--two ' if a.two else ''}--seed {seed} --points {a.points}"
+    replay = f"{'--two ' if a.two else ''}{f'--ledger {parsed.ledger} ' if parsed.ledger else ''}--seed {seed} --points {a.points}"
     mode = two_supervisors if a.two else one_supervisor
     passed, failed = mode(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
     if failed:
         print(f"failures: replay with {replay}; runs kept in {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
+        a.ledgers.drop()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -440,9 +502,12 @@ def main() -> int:
 def one_supervisor(a: Options, rng: random.Random, root: str, policies: str, agent_cmd: list[str], seeded: str) -> tuple[int, int]:
     """The matrix of one `ward run` at a time, each run with its own ledger. Returns the
     numbers of runs passed and failed."""
-    def ward_run(work: str, run: str, env: dict[str, str] | None = None, kill: tuple[str, float] | None = None) -> int:
+    def ward_run(work: str, run: str, ledger: str, env: dict[str, str] | None = None, kill: tuple[str, float] | None = None) -> int:
         """One `ward run`; `kill` = (target, delay) SIGKILLs ward or the agent after delay s."""
-        p = subprocess.Popen(ward_run_argv(a.ward, policies, work, run, agent_cmd),
+        # A SQLite ledger is named only when on a server: the default, .ward/ledger.sqlite
+        # in the run's directory, is the one the run must find by itself.
+        named = ledger if a.ledgers.server is not None else None
+        p = subprocess.Popen(ward_run_argv(a.ward, policies, work, run, agent_cmd, named),
                              cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         if kill:
             target, delay = kill
@@ -463,7 +528,7 @@ def one_supervisor(a: Options, rng: random.Random, root: str, policies: str, age
     ref = os.path.join(root, "reference")
     os.makedirs(ref)
     started = time.time()
-    ward_run(ref, "ref")
+    ward_run(ref, "ref", a.ledgers.new(os.path.join(ref, ".ward", "ledger.sqlite"), "reference"))
     duration = time.time() - started
     with open(os.path.join(ref, "final.json")) as f:
         reference = f.read()
@@ -483,19 +548,20 @@ def one_supervisor(a: Options, rng: random.Random, root: str, policies: str, age
         work = os.path.join(root, f"run-{n}")
         os.makedirs(work)
         run = f"m{n}"
-        ledger = os.path.join(work, ".ward", "ledger.sqlite")
+        ledger = a.ledgers.new(os.path.join(work, ".ward", "ledger.sqlite"), f"run{n}")
         if scenario.point is not None:
-            ward_run(work, run, env=scenario.failpoints())
+            ward_run(work, run, ledger, env=scenario.failpoints())
         else:
-            ward_run(work, run, kill=(scenario.target, scenario.delay))
+            ward_run(work, run, ledger, kill=(scenario.target, scenario.delay))
         reconciled = None
         if scenario.target == "ward":
             wait_gone(work)
+            a.ledgers.after_kill()
             reconciled = elsewhere_checks.check(a.ward, policies, work, run, ledger, os.path.join(root, f"elsewhere-{n}"))
         problems = reconciled.problems if reconciled else []
         restarts = 0
         while not os.path.exists(os.path.join(work, "final.json")) and restarts < 5:
-            ward_run(work, run)
+            ward_run(work, run, ledger)
             restarts += 1
         out = run_outcome(a.ward, work, run, ledger, reference)
         doubt_ok = scenario.window or out.in_doubt == 0
@@ -639,7 +705,8 @@ def two_supervisors(a: Options, rng: random.Random, root: str, policies: str, ag
     for side in "ab":
         os.makedirs(os.path.join(ref, side))
     started = time.time()
-    pair = [supervise(a, policies, agent_cmd, os.path.join(ref, side), f"ref{side}", os.path.join(ref, "ledger.sqlite")) for side in "ab"]
+    ledger = a.ledgers.new(os.path.join(ref, "ledger.sqlite"), "reference")
+    pair = [supervise(a, policies, agent_cmd, os.path.join(ref, side), f"ref{side}", ledger) for side in "ab"]
     ends: list[float] = []
 
     def wait_for(p: subprocess.Popen[bytes]) -> None:
@@ -714,7 +781,7 @@ def one_pair(a: Options, policies: str, agent_cmd: list[str], top: str, n: int, 
     assert scenario.side is not None
     killed = scenario.side
     kept = "b" if killed == "a" else "a"
-    ledger = os.path.join(top, "ledger.sqlite")
+    ledger = a.ledgers.new(os.path.join(top, "ledger.sqlite"), f"pair{n}")
     work = {side: os.path.join(top, side) for side in "ab"}
     run = {side: f"t{n}{side}" for side in "ab"}
     for side in "ab":
@@ -748,6 +815,7 @@ def one_pair(a: Options, policies: str, agent_cmd: list[str], top: str, n: int, 
                     os.kill(pid, signal.SIGKILL)
             p.wait()
             wait_gone(work[killed])
+            a.ledgers.after_kill()
             # The kept side's held call is running once its effect is logged (begun
             # before it was spawned): the reconcile and the recovery below must meet it.
             while not os.path.exists(os.path.join(work[kept], "workspace", "effects.log")) and procs[kept].poll() is None:

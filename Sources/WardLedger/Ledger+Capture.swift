@@ -61,8 +61,13 @@ extension Ledger {
     public func openCapture(_ ticket: CallTicket) -> CaptureFile? {
         let file = capturePath(run: ticket.run, callId: ticket.callId)
         var fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        if fd < 0 && errno == ENOENT && (mkdir(captureDirectory, 0o700) == 0 || errno == EEXIST) {
-            fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)  // the first capture here
+        if fd < 0 && errno == ENOENT {
+            // The first capture here. On a server the directory's parent is this host's
+            // `.ward`, made only now: a command that never runs a call leaves none behind.
+            if isOnServer { mkdir(String(localBase[..<localBase.lastIndex(of: "/")!]), 0o700) }
+            if mkdir(captureDirectory, 0o700) == 0 || errno == EEXIST {
+                fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            }
         }
         guard fd >= 0 else { return nil }
         // The clock file times are taken from, so the run time measured against the

@@ -59,15 +59,31 @@ extension Ledger {
             case "*": out += ".*"
             case "?": out += "."
             case "[":
-                // A class runs to the first `]` after its first member; unclosed, `[` is itself.
-                var body = "", rest = chars, closed = false
-                if rest.first == "^" { body += "^"; rest.removeFirst() }
-                if rest.first == "]" { body += "\\]"; rest.removeFirst() }
-                while let d = rest.popFirst() {
+                // SQLite's reading, step by step: a class runs to the first `]` after its
+                // first member; `-` between a member and another character is a range (which
+                // also matches its first end: a backwards one only that); a `[` left unclosed
+                // matches nothing, there or ever.
+                var members: [Unicode.Scalar] = [], ranges: [(Unicode.Scalar, Unicode.Scalar)] = [], closed = false
+                let negated = chars.first == "^"
+                if negated { chars.removeFirst() }
+                if chars.first == "]" { members.append("]"); chars.removeFirst() }
+                var prior: Unicode.Scalar?
+                while let d = chars.popFirst() {
                     if d == "]" { closed = true; break }
-                    body += d == "\\" ? "\\\\" : String(d)
+                    if d == "-", let low = prior, let high = chars.first, high != "]" {
+                        chars.removeFirst()
+                        if low <= high { ranges.append((low, high)) }
+                        prior = nil
+                    } else {
+                        members.append(d)
+                        prior = d
+                    }
                 }
-                if closed { out += "[" + body + "]"; chars = rest } else { out += "\\[" }
+                guard closed else { return "(?!.)." }
+                // Every member escaped: PostgreSQL would read `[:`, `\\` and `^` inside a class.
+                func escaped(_ c: Unicode.Scalar) -> String { c.properties.isAlphabetic || c.properties.numericType != nil ? String(c) : "\\" + String(c) }
+                let body = members.map(escaped).joined() + ranges.map { escaped($0.0) + "-" + escaped($0.1) }.joined()
+                out += "[" + (negated ? "^" : "") + body + "]"
             default:
                 out += "\\.^$|()+{}\\".unicodeScalars.contains(c) ? "\\" + String(c) : String(c)
             }

@@ -110,7 +110,6 @@ public final class Ledger: Sendable {
             // Outputs captured while calls run stay on the host that runs them.
             localBase = FileManager.default.currentDirectoryPath + "/.ward/postgres-"
                 + String(Digest.sha256Hex(Array(server.address.description.utf8)).prefix(16))
-            if !readOnly { try Ledger.makeDirectory(FileManager.default.currentDirectoryPath + "/.ward") }
         } else {
             self.path = path
             localBase = path

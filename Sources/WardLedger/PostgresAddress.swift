@@ -57,6 +57,12 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
             throw invalid("it must start with postgres:// or postgresql://")
         }
         if rest.contains("#") { throw invalid("a fragment (#...) is not allowed") }
+        // A password holding an unencoded / or ? would be cut there, and the pieces parsed
+        // as a host, port or query that an error message would then repeat: refused whole.
+        if let at = rest.firstIndex(of: "@"), let colon = rest.firstIndex(of: ":"), colon < at,
+           let cut = rest.firstIndex(where: { $0 == "/" || $0 == "?" }), cut < at {
+            throw invalid("the user name or password holds a / or ? (percent-encode them: %2F, %3F)")
+        }
         let beforeQuery = rest.firstIndex(of: "?").map { rest[..<$0] } ?? rest
         let query = rest.firstIndex(of: "?").map { rest[rest.index(after: $0)...] } ?? ""
         let authority = beforeQuery.firstIndex(of: "/").map { beforeQuery[..<$0] } ?? beforeQuery

@@ -221,10 +221,28 @@ final class PostgresStore: LedgerStore {
 
     /// One transaction on a pooled connection: `begin`, then `first`, then `body`; committed
     /// when `body` returns, rolled back when anything throws (on a connection still open).
+    ///
+    /// A BEGIN that finds its pooled connection gone (the server restarted while it sat idle,
+    /// before the pool could see it close) is tried once more on a new one: nothing of the
+    /// transaction reached the server, so nothing can run twice.
     private func transaction<T>(_ begin: String, first: String? = nil, _ body: (any SQLConnection) throws -> T) throws -> T {
+        do {
+            return try transactionOnce(begin, first: first, again: true, body)
+        } catch is StaleLink {
+            return try transactionOnce(begin, first: first, again: false, body)
+        }
+    }
+
+    private struct StaleLink: Error {}
+
+    private func transactionOnce<T>(_ begin: String, first: String?, again: Bool, _ body: (any SQLConnection) throws -> T) throws -> T {
         try pool.with { link in
             let session = PostgresSession(link)
-            try session.run(begin)
+            do {
+                try session.run(begin)
+            } catch let failure as PostgresFailure where failure.connectionLost && again {
+                throw StaleLink()
+            }
             do {
                 if let first { try session.run(first) }
                 let value = try body(session)

@@ -211,6 +211,10 @@ struct PostgresLinkTests {
             ("postgres://ward:%zz@host/db", "password"),
             ("postgres://ward@a,b/db", "several hosts"),
             ("postgres://ward@host/db?connect_timeout=soon", "connect_timeout"),
+            // A password with an unencoded / or ?: refused whole, no piece of it repeated.
+            ("postgres://ward:pa/ss12@host/db", "percent-encode"),
+            ("postgres://ward:pa?ss12@host/db", "percent-encode"),
+            ("postgres://ward:p/a?ss12@host:5432/db?application_name=a@b", "percent-encode"),
         ]
         for (url, named) in invalid {
             do {
@@ -218,6 +222,37 @@ struct PostgresLinkTests {
                 Issue.record("\(url) parsed")
             } catch {
                 #expect("\(error)".contains(named), "\(url): \(error)")
+                #expect(!"\(error)".contains("ss12"), "\(url): \(error)")
+            }
+        }
+        // An @ in a query value is no password.
+        #expect(try PostgresAddress(url: "postgres://ward@host:5432/db?application_name=a@b", environment: [:]).applicationName == "a@b")
+    }
+
+    /// `ward ledger effects --path GLOB` on PostgreSQL matches what SQLite's GLOB does,
+    /// including classes PostgreSQL's regular expressions would read otherwise or refuse
+    /// (a backwards range, `[:`, a backslash).
+    @Test func globsMatchOnPostgreSQLAsSQLitesGLOBDoes() throws {
+        let db = try link()
+        defer { db.close() }
+        let file = NSTemporaryDirectory() + "glob-\(UInt32.random(in: 0...UInt32.max)).sqlite"
+        defer { for suffix in ["", "-wal", "-shm"] { unlink(file + suffix) } }
+        let sqlite = try Ledger(path: file)
+        let globs = ["*.txt", "a?c", "[abc]x", "[^abc]x", "[a-c]x", "[z-a]x", "[^z-a]x", "[]a]x", "[a-]x", "[-a]x", "[[:x]",
+                     "[[:alpha:]]x", "[\\]x", "[", "a[", "(a|b)", "a.c", "$x^", "[é-ë]", "[a-cz-x]q", "*/secret/*", "a\\b", "[^]]x", "*"]
+        let paths = ["a.txt", "abc", "ax", "dx", "]x", "-x", "zx", "[x", ":x", "\\x", "[", "a[", "(a|b)", "a.c", "$x^", "é", "ê",
+                     "bq", "yq", "/home/u/secret/k", "a\\b", "x", ""]
+        for glob in globs {
+            for path in paths {
+                let expected = try sqlite.read("glob") { c in try c.first("SELECT ? GLOB ?", [.text(path), .text(glob)]) { $0.int(0) } }
+                let regex = Ledger.globRegex(glob)
+                do {
+                    let got = try db.query("SELECT ?::text ~ ?::text", [.text(path), .text(regex)]).rows.first?.first
+                    #expect(same(got ?? .null, .int(expected == 1 ? 1 : 0)),
+                            "\(path) GLOB \(glob): SQLite \(expected ?? -1), PostgreSQL \(String(describing: got)) (\(regex))")
+                } catch {
+                    Issue.record("\(glob) as \(regex): \(error)")
+                }
             }
         }
     }

@@ -334,6 +334,18 @@ class PostgresHostsTest(unittest.TestCase):
         self.assertEqual(gone.returncode, 3, gone.stderr)
         self.assertNotIn("secret", gone.stderr)
 
+    def test_the_crash_matrix_passes_on_postgres(self) -> None:
+        # Short: every fail point and a few random kills, each run on a database of its own
+        # that the matrix makes on this server; then two supervisors per ledger (as root).
+        matrix = [sys.executable, str(ROOT / "Scripts" / "crash_matrix.py"), WARD, "--ledger", f"{self.url}&lease={LEASE}"]
+        modes = [["--points", "4"]] + ([["--two", "--points", "0"]] if os.geteuid() == 0 else [])
+        for mode in modes:
+            r = subprocess.run([*matrix, *mode], capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-2000:])
+            self.assertRegex(r.stdout, r"\n[1-9][0-9]* passed, 0 failed\n")
+        # Its databases are dropped once it passed.
+        self.assertEqual(self.psql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'ward_matrix_%'"), "")
+
     def wait_for(self, condition: Any, what: str, seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
