@@ -87,8 +87,7 @@ extension Ledger {
                 try db.run("UPDATE calls SET status = \(CallState.sql(.approved)) WHERE run_id = ? AND call_id = ?", [.text(run), .text(callId)])
                 try self.appendEvent(db, run: run, kind: "call.approve", call: callId, data: data, at: now)
             } else {
-                let out = try self.putBlob(db, [])
-                let err = try self.putBlob(db, Array(note.utf8))
+                let (out, err) = try self.putOutputs(db, [], Array(note.utf8))
                 try db.run("""
                     UPDATE calls SET status = \(CallState.sql(.denied)), finished_at = ?, stdout = ?, stderr = ?, exit_code = NULL, signal = NULL,
                         truncated = 0, duration_ms = 0

@@ -438,8 +438,7 @@ extension Ledger {
             do {
                 recorded = try write("recording the outcome of call \(ticket.callId)", run: ticket.run) { db in
                     let now = Timestamp.now()
-                    let out = try self.putBlob(db, outcome.stdout)
-                    let err = try self.putBlob(db, outcome.stderr)
+                    let (out, err) = try self.putOutputs(db, outcome.stdout, outcome.stderr)
                     try db.run("""
                         UPDATE calls SET status = ?, finished_at = ?, exit_code = ?, signal = ?, stdout = ?, stderr = ?,
                             truncated = ?, duration_ms = ?, owner = NULL
@@ -449,7 +448,7 @@ extension Ledger {
                               .real(outcome.durationMs), .text(ticket.run), .text(ticket.callId), .text(ticket.owner), .int(ticket.execution)])
                     // Fenced: another process decided about this call meanwhile (judged its
                     // owner dead); its decision stands and nothing is recorded over it.
-                    guard db.changes == 1 else {
+                    guard try db.changes == 1 else {
                         // Or a retry whose first COMMIT landed though its answer was lost (a
                         // server's connection dropped): the outcome recorded is this one.
                         if try self.finishLanded(db, ticket, status: outcome.status, stdout: out) {
@@ -595,8 +594,7 @@ extension Ledger {
             guard state == .inDoubt else {
                 throw LedgerError(.invalid, "call \(callId) of run \(run) is \(state.status.rawValue), not in-doubt")
             }
-            let out = try self.putBlob(db, output)
-            let empty = try self.putBlob(db, [])
+            let (out, empty) = try self.putOutputs(db, output, [])
             let now = Timestamp.now()
             try db.run("""
                 UPDATE calls SET status = \(CallState.sql(.resolved)), verdict = ?, note = ?, finished_at = ?, stdout = ?, stderr = ?,

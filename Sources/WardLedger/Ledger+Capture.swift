@@ -30,8 +30,9 @@ struct Captured {
     /// so `verify` covers the evidence too.
     func eventData(_ db: any SQLConnection, ledger: Ledger) throws -> [String: JSONValue] {
         var data = summary
-        data["stdoutSoFar"] = .string(Digest.hex(try ledger.putBlob(db, contents.stdout)))
-        data["stderrSoFar"] = .string(Digest.hex(try ledger.putBlob(db, contents.stderr)))
+        let (out, err) = try ledger.putOutputs(db, contents.stdout, contents.stderr)
+        data["stdoutSoFar"] = .string(Digest.hex(out))
+        data["stderrSoFar"] = .string(Digest.hex(err))
         if let trace = contents.trace { data["trace"] = trace.json }
         return data
     }

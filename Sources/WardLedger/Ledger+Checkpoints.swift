@@ -133,8 +133,7 @@ extension Ledger {
         let seq = (latest?.seq ?? 0) + 1
         // A server's ledger has no such counter: there every save reads its base anew.
         let dataVersion = db.dialect == .sqlite ? try db.first("PRAGMA data_version") { $0.int(0) } ?? -1 : -1
-        var hashes: [[UInt8]] = []
-        for range in Chunker.chunks(state) { hashes.append(try putBlob(db, Array(state[range]))) }
+        let hashes = try putBlobs(db, Chunker.chunks(state).map { Array(state[$0]) })
         var previous: ManifestCache.Entry?
         if let latest {
             if let cached = manifests.get(run), cached.seq == latest.seq, cached.stateHash == latest.stateHash, dataVersion >= 0, cached.dataVersion == dataVersion {
@@ -315,7 +314,7 @@ extension Ledger {
 
     /// The value recorded under `key`, if any (records nothing).
     public func journalLookup(run: String, key: String) throws(LedgerError) -> JSONValue? {
-        try read("reading journal entry \(key)") { db in
+        try lookup("reading journal entry \(key)") { db in
             guard let text = try db.text("SELECT value FROM journal WHERE run_id = ? AND key = ?", run, key) else { return nil }
             guard let value = try? JSONValue.parse(text) else { throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON") }
             return value
@@ -326,16 +325,35 @@ extension Ledger {
     /// value and whether this call recorded it. First value wins, forever.
     public func journalRecord(run: String, key: String, value: JSONValue) throws(LedgerError) -> (value: JSONValue, recorded: Bool) {
         let text = value.canonical
+        let event: [String: JSONValue] = ["key": .string(key), "valueHash": .string(Digest.sha256Hex(text.utf8))]
+        func parsed(_ existing: String) throws(LedgerError) -> JSONValue {
+            guard let parsed = try? JSONValue.parse(existing) else { throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON") }
+            return parsed
+        }
+        // The durable step in one round trip where the store has it (PostgreSQL): the same
+        // insert, rule and event as below, in one statement.
+        let now = Timestamp.now()
+        let single: String??
+        do {
+            single = try store.journalRecord(run: run, key: key, value: text, at: now,
+                                             event: Ledger.openEventBody(run: run, at: now, kind: "journal.record", call: nil, data: event))
+        } catch {
+            throw Ledger.map(error, doing: "recording journal entry \(key)")
+        }
+        if let single {
+            guard let existing = single else { return (value, true) }
+            return (try parsed(existing), false)
+        }
         return try write("recording journal entry \(key)", run: run) { db in
-            if let existing = try db.first("SELECT value FROM journal WHERE run_id = ? AND key = ?", [.text(run), .text(key)], { $0.text(0) }) {
-                guard let parsed = try? JSONValue.parse(existing) else {
-                    throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON")
-                }
-                return (parsed, false)
+            // Inserted unless there is one already (one statement on the common path, the
+            // first record); the run's lock keeps another from coming between.
+            try db.run("INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       [.text(run), .text(key), .text(text), .text(now)])
+            if try db.changes == 0 {
+                let existing = try db.first("SELECT value FROM journal WHERE run_id = ? AND key = ?", [.text(run), .text(key)], { $0.text(0) })
+                return (try parsed(existing ?? ""), false)
             }
-            let now = Timestamp.now()
-            try db.run("INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?)", [.text(run), .text(key), .text(text), .text(now)])
-            try self.appendEvent(db, run: run, kind: "journal.record", data: ["key": .string(key), "valueHash": .string(Digest.sha256Hex(text.utf8))], at: now)
+            try self.appendEvent(db, run: run, kind: "journal.record", data: event, at: now)
             return (value, true)
         }
     }

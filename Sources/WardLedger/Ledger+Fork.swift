@@ -157,7 +157,7 @@ extension Ledger {
             table)
         let list = columns.map { "\"\($0)\"" }.joined(separator: ", ")
         try db.run("INSERT INTO \(table) (run_id, \(list)) SELECT ?1, \(list) FROM \(table) WHERE run_id = ?2 AND \(condition)", values)
-        return db.changes
+        return try db.changes
     }
 }
 

@@ -141,7 +141,7 @@ extension Ledger {
 
     /// A call's state, nil when there is no such call.
     public func state(run: String, callId: String) throws(LedgerError) -> CallState? {
-        try read("reading call \(callId)") { db in try CallRecord.fetch(db, run: run, callId: callId)?.state }
+        try lookup("reading call \(callId)") { db in try CallRecord.fetch(db, run: run, callId: callId)?.state }
     }
 }
 

@@ -87,8 +87,48 @@ final class PostgresLink {
 
     deinit { close() }
 
-    /// Runs one statement with `values` bound to its `?` placeholders.
+    /// Runs one statement with `values` bound to its `?` placeholders, after every
+    /// statement `enqueue`d before it: their failure, if any, is thrown (the first).
     func query(_ sql: String, _ values: [SQLValue] = []) throws -> PostgresResult {
+        let own = Result { try send(sql, values) }
+        try flush()
+        return try receive(own.get())
+    }
+
+    /// Sends a statement whose answer nobody waits for now: the event loop sends the next
+    /// as soon as this one is answered, and the calling thread waits once, at the next
+    /// `query` or `flush`, for all of them, rather than once each (on a busy machine each
+    /// wait is a wake-up of this thread and of the event loop's). The statements of one
+    /// transaction run in order, all of them even when one fails (the server then refuses
+    /// the rest of the transaction).
+    func enqueue(_ sql: String, _ values: [SQLValue] = []) throws {
+        pending.append(try send(sql, values))
+    }
+
+    /// Waits for every enqueued statement; throws the first failure among them.
+    func flush() throws {
+        guard !pending.isEmpty else { return }
+        let waiting = pending
+        pending = []
+        var firstFailure: (any Error)?
+        for future in waiting {
+            do {
+                lastAffected = try receive(future).affected
+            } catch {
+                firstFailure = firstFailure ?? error
+            }
+        }
+        if let firstFailure { throw firstFailure }
+    }
+
+    /// Rows changed by the last enqueued statement, once flushed.
+    private(set) var lastAffected = 0
+    /// Answers received since the link was made: a transaction whose count did not move
+    /// had nothing of it reach the server.
+    private(set) var answered = 0
+    private var pending: [EventLoopFuture<PostgresQueryResult>] = []
+
+    private func send(_ sql: String, _ values: [SQLValue]) throws -> EventLoopFuture<PostgresQueryResult> {
         let rewritten: (sql: String, count: Int?)
         if let cached = rewrites[sql] {
             rewritten = cached
@@ -101,7 +141,7 @@ final class PostgresLink {
         if let count = rewritten.count, count != values.count {
             throw PostgresFailure(sqlState: nil, message: "the statement has \(count) ? placeholders but \(values.count) values were given: \(sql)", connectionLost: false)
         }
-        return try run(rewritten.sql, values)
+        return try start(rewritten.sql, values)
     }
 
     /// Runs a script of several statements (migrations), each as written (no placeholders),
@@ -111,7 +151,7 @@ final class PostgresLink {
     /// BEGIN and COMMIT.
     func execute(script: String) throws {
         for statement in PostgresSQL.statements(script) {
-            _ = try run(statement, [])
+            _ = try receive(start(statement, []))
         }
     }
 
@@ -122,7 +162,7 @@ final class PostgresLink {
         _ = try? connection.close().wait()
     }
 
-    private func run(_ sql: String, _ values: [SQLValue]) throws -> PostgresResult {
+    private func start(_ sql: String, _ values: [SQLValue]) throws -> EventLoopFuture<PostgresQueryResult> {
         guard !isBroken else {
             throw PostgresFailure(sqlState: nil, message: "the connection to \(address.redacted) is \(closed ? "closed" : "broken")", connectionLost: true)
         }
@@ -136,9 +176,14 @@ final class PostgresLink {
             case .blob(let v): binds.append(Bound(type: .bytea, bytes: v))
             }
         }
+        return connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: PostgresEventLoop.logger)
+    }
+
+    private func receive(_ future: EventLoopFuture<PostgresQueryResult>) throws -> PostgresResult {
         let result: PostgresQueryResult
         do {
-            result = try connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: PostgresEventLoop.logger).wait()
+            result = try future.wait()
+            answered += 1
         } catch {
             let failure = PostgresEventLoop.failure(error, address: address, connecting: false, connection: connection)
             if failure.connectionLost { failed = true }

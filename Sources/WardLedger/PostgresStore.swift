@@ -31,7 +31,7 @@ final class PostgresStore: LedgerStore {
     private let side: Lock<PostgresLink?> = Lock(nil)
 
     /// The schema this ward writes; a ledger whose schema is newer is refused.
-    static let schemaVersion = 1
+    static let schemaVersion = 2
     /// Advisory lock keys ("WARD" and its neighbours): schema set-up, all runs, one run.
     static let schemaKey = 0x5741_5244_0001
     static let allRunsKey = 0x5741_5244_0002
@@ -211,6 +211,51 @@ final class PostgresStore: LedgerStore {
             since TIMESTAMPTZ NOT NULL DEFAULT now()
         )
         """,
+        // v2: an event appended in one round trip instead of three (`Ledger.appendEvent`):
+        // the run's head read, the event chained to it and inserted, the head moved. The
+        // chain is `Ledger.chain`'s, SHA-256 of the previous hash's bytes and the body's
+        // UTF-8, and `p_open` is the body ward made, cut just before its seq (its last
+        // member), so the server adds nothing to an event but its number.
+        """
+        CREATE FUNCTION ward_append_event(p_run TEXT, p_at TEXT, p_kind TEXT, p_call TEXT, p_open TEXT, p_genesis TEXT)
+        RETURNS BIGINT LANGUAGE plpgsql AS $$
+        DECLARE
+            n BIGINT;
+            prev TEXT;
+            body TEXT;
+            h TEXT;
+        BEGIN
+            SELECT event_count, head_hash INTO n, prev FROM runs WHERE run_id = p_run;
+            IF NOT FOUND THEN
+                INSERT INTO runs (run_id, created_at, updated_at, attempts, event_count, head_hash)
+                    VALUES (p_run, p_at, p_at, 0, 0, p_genesis);
+                n := 0;
+                prev := p_genesis;
+            END IF;
+            n := n + 1;
+            body := p_open || n::text || '}';
+            h := encode(sha256(decode(prev, 'hex') || convert_to(body, 'UTF8')), 'hex');
+            INSERT INTO events (run_id, seq, at, kind, call_id, body, prev_hash, hash)
+                VALUES (p_run, n, p_at, p_kind, p_call, body, prev, h);
+            UPDATE runs SET event_count = n, head_hash = h, updated_at = p_at WHERE run_id = p_run;
+            RETURN n;
+        END $$;
+        -- `Ledger.journalRecord` in one statement (`PostgresStore.journalRecord`): the run's
+        -- locks as `lockSQL` takes them, the value inserted unless one is there (first
+        -- value wins), its event appended; the value recorded before, else NULL.
+        CREATE FUNCTION ward_journal_record(p_run TEXT, p_key TEXT, p_value TEXT, p_at TEXT, p_all BIGINT, p_class BIGINT,
+                                            p_lock BIGINT, p_open TEXT, p_genesis TEXT)
+        RETURNS TEXT LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock_shared(p_all), pg_advisory_xact_lock(p_class::integer, p_lock::integer);
+            INSERT INTO journal (run_id, key, value, recorded_at) VALUES (p_run, p_key, p_value, p_at) ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN (SELECT value FROM journal WHERE run_id = p_run AND key = p_key);
+            END IF;
+            PERFORM ward_append_event(p_run, p_at, 'journal.record', NULL, p_open, p_genesis);
+            RETURN NULL;
+        END $$
+        """,
     ]
 
     // MARK: - Transactions
@@ -222,9 +267,9 @@ final class PostgresStore: LedgerStore {
     /// One transaction on a pooled connection: `begin`, then `first`, then `body`; committed
     /// when `body` returns, rolled back when anything throws (on a connection still open).
     ///
-    /// A BEGIN that finds its pooled connection gone (the server restarted while it sat idle,
-    /// before the pool could see it close) is tried once more on a new one: nothing of the
-    /// transaction reached the server, so nothing can run twice.
+    /// A transaction that finds its pooled connection gone before any answer came back (the
+    /// server restarted while it sat idle, before the pool could see it close) is tried once
+    /// more on a new one: no COMMIT was sent, so nothing of it can have stayed or run twice.
     private func transaction<T>(_ begin: String, first: String? = nil, _ body: (any SQLConnection) throws -> T) throws -> T {
         do {
             return try transactionOnce(begin, first: first, again: true, body)
@@ -237,21 +282,40 @@ final class PostgresStore: LedgerStore {
 
     private func transactionOnce<T>(_ begin: String, first: String?, again: Bool, _ body: (any SQLConnection) throws -> T) throws -> T {
         try pool.with { link in
-            let session = PostgresSession(link)
+            // BEGIN, the locks and the body's writes are sent without a wait each: the
+            // body's first read, or the COMMIT, waits for them all.
+            let session = PostgresSession(link, deferringWrites: true)
+            let before = link.answered
+            var committing = false
             do {
-                try session.run(begin)
-            } catch let failure as PostgresFailure where failure.connectionLost && again {
-                throw StaleLink()
-            }
-            do {
-                if let first { try session.run(first) }
+                try link.enqueue(begin)
+                if let first { try link.enqueue(first) }
                 let value = try body(session)
-                try session.run("COMMIT")
+                // The COMMIT only once the server has answered the BEGIN: a lost connection
+                // is then known for one before anything could be committed.
+                if link.answered == before { try link.flush() }
+                committing = true
+                _ = try link.query("COMMIT")
                 return value
+            } catch let failure as PostgresFailure where failure.connectionLost && again && !committing && link.answered == before {
+                throw StaleLink()
             } catch {
                 if !link.isBroken { _ = try? link.query("ROLLBACK") }
                 throw error
             }
+        }
+    }
+
+    /// `Ledger.journalRecord` in one round trip, a statement that commits by itself
+    /// (ward_journal_record): the value recorded before, nil when this one was recorded.
+    /// `event` is the journal.record event's body cut before its seq (`Ledger.openEventBody`).
+    func journalRecord(run: String, key: String, value: String, at now: String, event: String) throws -> String?? {
+        try pool.with { link in
+            let result = try link.query("SELECT ward_journal_record(?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                .text(run), .text(key), .text(value), .text(now), .int(PostgresStore.allRunsKey), .int(Int(PostgresStore.runClass)),
+                .int(Int(PostgresStore.runKey(run))), .text(event), .text(Digest.genesis),
+            ])
+            return .some(result.rows.first?.first?.textValue)
         }
     }
 
@@ -276,6 +340,11 @@ final class PostgresStore: LedgerStore {
     /// One snapshot for every statement of the read (verify, audits).
     func read<T>(_ body: (any SQLConnection) throws -> T) throws -> T {
         try transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", body)
+    }
+
+    /// One statement, its own snapshot: one round trip rather than three.
+    func lookup<T>(_ body: (any SQLConnection) throws -> T) throws -> T {
+        try pool.with { link in try body(PostgresSession(link)) }
     }
 
     /// Runs `body` on the side connection (made again when it broke).
@@ -338,20 +407,40 @@ final class PostgresStore: LedgerStore {
 }
 
 /// A PostgreSQL connection as the ledger's statements see it.
+///
+/// In a transaction (`deferringWrites`) a statement run for its effect alone is enqueued
+/// (`PostgresLink.enqueue`), not waited for: its failure surfaces at the next read,
+/// `changes` or the COMMIT, which rolls the transaction back whole, so nothing of it stays.
 final class PostgresSession: SQLConnection {
     let link: PostgresLink
-    private(set) var changes = 0
+    private let deferringWrites: Bool
+    private var known = 0
     var dialect: SQLDialect { .postgres }
 
-    init(_ link: PostgresLink) { self.link = link }
+    init(_ link: PostgresLink, deferringWrites: Bool = false) {
+        self.link = link
+        self.deferringWrites = deferringWrites
+    }
+
+    var changes: Int {
+        get throws {
+            try link.flush()
+            if known < 0 { known = link.lastAffected }  // the last statement was enqueued
+            return known
+        }
+    }
 
     private func query(_ sql: String, _ values: [SQLValue]) throws -> PostgresResult {
         let result = try link.query(sql, values)
-        changes = result.affected
+        known = result.affected
         return result
     }
 
-    func run(_ sql: String, _ values: [SQLValue]) throws { _ = try query(sql, values) }
+    func run(_ sql: String, _ values: [SQLValue]) throws {
+        guard deferringWrites else { _ = try query(sql, values); return }
+        try link.enqueue(sql, values)
+        known = -1
+    }
 
     func first<T>(_ sql: String, _ values: [SQLValue], _ body: (SQLRow) throws -> T) throws -> T? {
         let result = try query(sql, values)

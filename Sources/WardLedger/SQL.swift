@@ -63,7 +63,7 @@ enum SQLDialect: Sendable {
 protocol SQLConnection: AnyObject {
     var dialect: SQLDialect { get }
     /// Rows changed by the last INSERT, UPDATE or DELETE.
-    var changes: Int { get }
+    var changes: Int { get throws }
     /// Runs `sql` to completion with `values` bound (`?` placeholders).
     func run(_ sql: String, _ values: [SQLValue]) throws
     /// The first row of `sql`, read by `body`; nil when there is none.
