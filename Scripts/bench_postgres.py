@@ -11,7 +11,8 @@ and measures, each on a database of its own:
   database on the same server), median per step, when PYTHON has `dbos` installed;
 - throughput: three `ward serve` (three simulated hosts) on one ledger, 8 agents spread over
   them, each making CALLS non-idempotent calls; calls per second in total, and every effect
-  exactly once.
+  exactly once; then the same on one SQLite ledger on this host, the machine's own ceiling
+  for the workload.
 
 Budgets (docs/performance.md): durable step <= 1 ms and <= 0.5x a DBOS step; >= 1,000 calls/s.
 """
@@ -73,6 +74,7 @@ def psql(pg: str, sql: str) -> None:
 
 
 def throughput(ward: str, url: str, root: Path, calls: int) -> tuple[float, bool]:
+    root.mkdir()
     policies = policy_directory(str(root), TOOLS)
     serves, sockets, workspaces = [], [], []
     for i in range(3):
@@ -120,8 +122,8 @@ def throughput(ward: str, url: str, root: Path, calls: int) -> tuple[float, bool
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("bench")
-    ap.add_argument("ward")
+    ap.add_argument("bench", type=os.path.abspath)
+    ap.add_argument("ward", type=os.path.abspath, help="the ward binary (run from other directories)")
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--dbos-python")
@@ -148,11 +150,15 @@ def main() -> None:
                 dbos_us = float(out.stdout.strip().splitlines()[-1])
             else:
                 print(f"DBOS step: failed: {out.stderr[-2000:]}", file=sys.stderr)
-        rate, exact = throughput(a.ward, database("calls"), root, a.calls)
+        rate, exact = throughput(a.ward, database("calls"), root / "calls-postgres", a.calls)
+        # The same three supervisors on one SQLite file on this host: what the machine itself
+        # (the agents, the supervisors, a sandboxed process per call) allows this workload.
+        local_rate, local_exact = throughput(a.ward, str(root / "calls.sqlite"), root / "calls-sqlite", a.calls)
         rows = {
             "journalRecordUs": ward_step["journalRecordUs"], "beginFinishUs": ward_step["beginFinishUs"], "dbosStepUs": dbos_us,
             "stepRatio": ward_step["journalRecordUs"] / dbos_us if dbos_us else None,
             "callsPerSecond": rate, "exactlyOnce": exact, "calls": 8 * a.calls,
+            "sqliteCallsPerSecond": local_rate, "sqliteExactlyOnce": local_exact,
         }
         def verdict(ok: bool) -> str:
             return "met" if ok else "MISSED"
@@ -168,6 +174,8 @@ def main() -> None:
             print("DBOS step: not measured (no Python with dbos: --dbos-python)")
         print(f"3 supervisors, 8 agents x {a.calls} calls: {rate:.0f} calls/s (budget >= 1,000: {verdict(rate >= 1000)}), "
               f"every effect once: {exact}")
+        print(f"the same on one SQLite ledger on this host: {local_rate:.0f} calls/s, every effect once: {local_exact} "
+              f"(PostgreSQL / SQLite = {rate / local_rate:.2f}x)")
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=2) + "\n")
     finally:
