@@ -53,6 +53,7 @@ import glob
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -314,9 +315,10 @@ class Ledgers:
             # machine's scheduling never lets a live supervisor's lease lapse.
             query.append(("lease", "2"))
         self.lease = float(dict(query)["lease"])
-        self.parts = parts._replace(query=urllib.parse.urlencode(query, safe="/"))
+        self.parts = parts._replace(query=urllib.parse.urlencode(query, safe="/", quote_via=urllib.parse.quote))
         # psql takes the URL as libpq does, which knows no `lease`.
-        self.admin = parts._replace(query=urllib.parse.urlencode([(k, v) for k, v in query if k != "lease"], safe="/")).geturl()
+        self.admin = parts._replace(query=urllib.parse.urlencode([(k, v) for k, v in query if k != "lease"], safe="/",
+                                                                 quote_via=urllib.parse.quote)).geturl()
         self.prefix = f"ward_matrix_{os.getpid()}_{int(time.time()) % 100000}"
 
     def new(self, path: str, name: str) -> str:
@@ -345,9 +347,30 @@ class Ledgers:
             time.sleep(self.lease + 0.5)
 
     def drop(self) -> None:
-        """Drops the databases made (the matrix passed)."""
+        """Drops the databases made (the matrix passed), each even when another fails."""
+        failures = []
         for database in self.made:
-            self.psql(f'DROP DATABASE IF EXISTS "{database}"')
+            try:
+                self.psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            except RuntimeError as e:
+                failures.append(str(e))
+        for failure in failures:
+            print(f"crash matrix: {failure}", file=sys.stderr)
+        self.made = []
+
+    def kept(self) -> str:
+        """The databases made, for a failure's report."""
+        return f"; databases kept: {', '.join(self.made)}" if self.made else ""
+
+    @staticmethod
+    def shown(url: str) -> str:
+        """`url` for a printed command line: quoted, without its password."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{user}@{host}")
+        return shlex.quote(parts.geturl())
 
 
 def ward_run_argv(ward: str, policies: str, work: str, run: str, agent_cmd: list[str], ledger: str | None = None) -> list[str]:
@@ -487,11 +510,16 @@ def main() -> int:
     root = tempfile.mkdtemp(prefix="ward-matrix-")
     policies = policy_directory(root, TOOLS)
     agent_cmd = [sys.executable, os.path.abspath(__file__), "agent"]
-    replay = f"{'--two ' if a.two else ''}{f'--ledger {parsed.ledger} ' if parsed.ledger else ''}--seed {seed} --points {a.points}"
+    on_server = f"--ledger {Ledgers.shown(parsed.ledger)} " if parsed.ledger else ""
+    replay = f"{'--two ' if a.two else ''}{on_server}--seed {seed} --points {a.points}"
     mode = two_supervisors if a.two else one_supervisor
-    passed, failed = mode(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
+    try:
+        passed, failed = mode(a, rng, root, policies, agent_cmd, f"seed {seed} (replay: {replay})")
+    except BaseException:
+        print(f"crash matrix stopped: runs kept in {root}{a.ledgers.kept()}", file=sys.stderr)
+        raise
     if failed:
-        print(f"failures: replay with {replay}; runs kept in {root}")
+        print(f"failures: replay with {replay}; runs kept in {root}{a.ledgers.kept()}")
     else:
         shutil.rmtree(root, ignore_errors=True)
         a.ledgers.drop()

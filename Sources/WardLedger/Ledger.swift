@@ -188,8 +188,8 @@ public final class Ledger: Sendable {
         return (hashes[0], hashes[1])
     }
 
-    /// Stores each of `contents` once under its SHA-256, in one statement per thousand
-    /// rather than one each; returns the hashes in the order given. Inserted in the order
+    /// Stores each of `contents` once under its SHA-256, in one statement per 333 (999
+    /// values, what any SQLite build binds) rather than one each; returns the hashes in the order given. Inserted in the order
     /// of their hashes: two transactions of two runs storing the same blobs then wait on
     /// each other in one order, never in a cycle (a deadlock PostgreSQL would end by
     /// failing one of them).
@@ -198,8 +198,8 @@ public final class Ledger: Sendable {
         let hashes = contents.map { Digest.sha256($0) }
         var seen = Set<[UInt8]>()
         let rows = zip(hashes, contents).filter { seen.insert($0.0).inserted }.sorted { $0.0.lexicographicallyPrecedes($1.0) }
-        for start in stride(from: 0, to: rows.count, by: 1000) {
-            let batch = rows[start..<min(start + 1000, rows.count)]
+        for start in stride(from: 0, to: rows.count, by: 333) {
+            let batch = rows[start..<min(start + 333, rows.count)]
             let values = Array(repeating: "(?, ?, ?)", count: batch.count).joined(separator: ", ")
             try db.run("INSERT INTO blobs (hash, size, data) VALUES \(values) ON CONFLICT DO NOTHING",
                        batch.flatMap { [SQLValue.blob($0.0), .int($0.1.count), .blob($0.1)] })

@@ -29,6 +29,8 @@ struct PostgresResult: Sendable {
     var columns: [String]
     var rows: [[SQLValue]]
     var affected: Int
+    /// The command tag's command: "COMMIT", or "ROLLBACK" for a COMMIT of a failed transaction.
+    var command: String = ""
 }
 
 /// One connection to PostgreSQL for callers on ordinary threads: every call blocks until the

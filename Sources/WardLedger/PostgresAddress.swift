@@ -46,7 +46,27 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
         let description: String
     }
 
+    /// Reads `url`. An error names what is wrong, but repeats no piece of a URL that may
+    /// hold a password: one holding an unencoded `/`, `?` or `@` is cut in the wrong places,
+    /// and the pieces, read as a host, port, database or parameter, would be its password's.
     init(url: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+        do {
+            try self.init(parsing: url, environment: environment)
+        } catch is Invalid where Self.mayHoldSecret(url) {
+            throw Invalid(description: "invalid PostgreSQL URL (not repeated: it may hold a password): percent-encode /, ?, @, :, & and # "
+                + "in the user name, the password and parameter values (%2F, %3F, %40, %3A, %26, %23)")
+        }
+    }
+
+    /// Whether `url` has a password: `user:password@` or a `password=` parameter.
+    private static func mayHoldSecret(_ url: String) -> Bool {
+        guard let scheme = url.range(of: "://") else { return false }
+        let rest = url[scheme.upperBound...]
+        if let at = rest.lastIndex(of: "@"), rest[..<at].contains(":") { return true }
+        return rest.contains("password=")
+    }
+
+    private init(parsing url: String, environment: [String: String]) throws {
         func invalid(_ what: String) -> Invalid { Invalid(description: "invalid PostgreSQL URL: \(what)") }
         let rest: Substring
         if url.hasPrefix("postgresql://") {
@@ -57,12 +77,6 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
             throw invalid("it must start with postgres:// or postgresql://")
         }
         if rest.contains("#") { throw invalid("a fragment (#...) is not allowed") }
-        // A password holding an unencoded / or ? would be cut there, and the pieces parsed
-        // as a host, port or query that an error message would then repeat: refused whole.
-        if let at = rest.firstIndex(of: "@"), let colon = rest.firstIndex(of: ":"), colon < at,
-           let cut = rest.firstIndex(where: { $0 == "/" || $0 == "?" }), cut < at {
-            throw invalid("the user name or password holds a / or ? (percent-encode them: %2F, %3F)")
-        }
         let beforeQuery = rest.firstIndex(of: "?").map { rest[..<$0] } ?? rest
         let query = rest.firstIndex(of: "?").map { rest[rest.index(after: $0)...] } ?? ""
         let authority = beforeQuery.firstIndex(of: "/").map { beforeQuery[..<$0] } ?? beforeQuery
@@ -98,6 +112,8 @@ struct PostgresAddress: Sendable, Equatable, CustomStringConvertible {
         } else {
             host = try Self.decode(hostPort, "host")
         }
+        // An @ there is a password's, cut at its / (an @ of the name itself is written %40).
+        if path.contains("@") { throw invalid("the database name holds an @ (percent-encode it: %40)") }
         var database = path.isEmpty ? nil : try Self.decode(path, "database name")
         var port = 5432
         if let portText { port = try Self.port(portText, invalid) }

@@ -29,7 +29,7 @@ enum PostgresDecoding {
         case let tag where tag.hasPrefix("MERGE "): affected = Int(tag.dropFirst(6)) ?? 0
         default: affected = 0
         }
-        return PostgresResult(columns: columns, rows: rows, affected: affected)
+        return PostgresResult(columns: columns, rows: rows, affected: affected, command: metadata.command)
     }
 
     static func value(_ cell: PostgresCell) throws -> SQLValue {

@@ -38,12 +38,19 @@ final class PostgresPool: Sendable {
 
     /// Closes the idle links; links lent out close when they come back.
     func close() {
+        state.withLock { $0.closed = true }
+        dropIdle()
+    }
+
+    /// Closes the idle links (they are made again when needed): after one was found dead
+    /// unseen, the others from its time may be too.
+    func dropIdle() {
         let idle = state.withLock { shelf -> [PostgresLink] in
-            shelf.closed = true
             defer { shelf.total -= shelf.idle.count; shelf.idle = [] }
             return shelf.idle
         }
         for link in idle { link.close() }
+        state.signal()
     }
 
     /// How many links exist, lent out or idle (for tests and diagnostics).

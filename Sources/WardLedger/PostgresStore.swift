@@ -274,6 +274,8 @@ final class PostgresStore: LedgerStore {
         do {
             return try transactionOnce(begin, first: first, again: true, body)
         } catch is StaleLink {
+            // Its idle neighbours went with the server too, unseen as well.
+            pool.dropIdle()
             return try transactionOnce(begin, first: first, again: false, body)
         }
     }
@@ -282,20 +284,27 @@ final class PostgresStore: LedgerStore {
 
     private func transactionOnce<T>(_ begin: String, first: String?, again: Bool, _ body: (any SQLConnection) throws -> T) throws -> T {
         try pool.with { link in
-            // BEGIN, the locks and the body's writes are sent without a wait each: the
-            // body's first read, or the COMMIT, waits for them all.
+            // BEGIN and the locks in one wait, before the body: it decides under the run's
+            // lock (and reads its clock there). Its writes are sent without a wait each: its
+            // next read, or the wait before the COMMIT, sees them all answered.
             let session = PostgresSession(link, deferringWrites: true)
             let before = link.answered
             var committing = false
             do {
                 try link.enqueue(begin)
                 if let first { try link.enqueue(first) }
+                try link.flush()
                 let value = try body(session)
-                // The COMMIT only once the server has answered the BEGIN: a lost connection
-                // is then known for one before anything could be committed.
-                if link.answered == before { try link.flush() }
+                // Every statement answered before the COMMIT is sent: one that failed (on
+                // the server or in this client) is never followed by a COMMIT.
+                try link.flush()
                 committing = true
-                _ = try link.query("COMMIT")
+                // A COMMIT of a transaction the server had failed is answered ROLLBACK, not
+                // an error: never taken for a commit.
+                let ended = try link.query("COMMIT")
+                guard ended.command == "COMMIT" else {
+                    throw PostgresFailure(sqlState: "25P02", message: "the server rolled the transaction back (\(ended.command))", connectionLost: false)
+                }
                 return value
             } catch let failure as PostgresFailure where failure.connectionLost && again && !committing && link.answered == before {
                 throw StaleLink()

@@ -211,10 +211,14 @@ struct PostgresLinkTests {
             ("postgres://ward:%zz@host/db", "password"),
             ("postgres://ward@a,b/db", "several hosts"),
             ("postgres://ward@host/db?connect_timeout=soon", "connect_timeout"),
-            // A password with an unencoded / or ?: refused whole, no piece of it repeated.
+            // A password with an unencoded /, ? or @ (or & in a password parameter): refused,
+            // no piece of it repeated.
             ("postgres://ward:pa/ss12@host/db", "percent-encode"),
             ("postgres://ward:pa?ss12@host/db", "percent-encode"),
             ("postgres://ward:p/a?ss12@host:5432/db?application_name=a@b", "percent-encode"),
+            ("postgres://u:p@ss12/b@db.example/ward", "percent-encode"),
+            ("postgres://u:p@ss12:x/b@db.example/ward", "percent-encode"),
+            ("postgres://ward@host/db?password=se&ss12", "percent-encode"),
         ]
         for (url, named) in invalid {
             do {
@@ -225,8 +229,11 @@ struct PostgresLinkTests {
                 #expect(!"\(error)".contains("ss12"), "\(url): \(error)")
             }
         }
-        // An @ in a query value is no password.
+        // An @ in a query value is no password's; a URL with a password still says what else is wrong.
         #expect(try PostgresAddress(url: "postgres://ward@host:5432/db?application_name=a@b", environment: [:]).applicationName == "a@b")
+        #expect(try PostgresAddress(url: "postgres://db:5432/ward?password=p@ss", environment: [:]).password == "p@ss")
+        #expect(try PostgresAddress(url: "postgres://[::1]/w?application_name=ward@host1", environment: [:]).applicationName == "ward@host1")
+        #expect(try PostgresAddress(url: "postgres://u:p%2Fss@host/db", environment: [:]).password == "p/ss")
     }
 
     /// `ward ledger effects --path GLOB` on PostgreSQL matches what SQLite's GLOB does,
@@ -319,6 +326,29 @@ struct PostgresLinkTests {
         try own.start()
         #expect(same(try pool.with { try $0.query("SELECT count(*) FROM kept").rows[0] }, [.int(1)]))
         #expect(pool.linkCount == 1)
+    }
+
+    /// A write whose body swallowed a failed statement is no commit: the server answers its
+    /// COMMIT with ROLLBACK, and the write fails with nothing of it kept, deferred writes
+    /// before the failure included.
+    @Test func aTransactionTheServerFailedIsNeverTakenForACommit() throws {
+        let store = try PostgresStore(url: server().createDatabase("swallowed_\(UInt32.random(in: 0...UInt32.max))"), readOnly: false, existing: false)
+        let t = table("swallowed")
+        try store.statement { db in try db.run("CREATE TABLE \(t) (id bigint)") }
+        do {
+            _ = try store.write(runs: ["r"]) { db -> Int in
+                try db.run("INSERT INTO \(t) VALUES (1)")
+                _ = try? db.first("SELECT * FROM no_such_table_\(t)") { $0.int(0) }
+                return 1
+            }
+            Issue.record("a failed transaction was reported committed")
+        } catch {
+            #expect("\(error)".contains("ROLLBACK") || "\(error)".contains("no_such_table"), "\(error)")
+        }
+        #expect(try store.lookup { db in try db.first("SELECT count(*) FROM \(t)") { $0.int(0) } } == 0)
+        // The link went back usable: the next write commits.
+        #expect(try store.write(runs: ["r"]) { db -> Int in try db.run("INSERT INTO \(t) VALUES (2)"); return 2 } == 2)
+        #expect(try store.lookup { db in try db.first("SELECT count(*) FROM \(t)") { $0.int(0) } } == 1)
     }
 
     @Test func aFailedBodyLeavesNoTransactionOpenForTheNext() throws {
