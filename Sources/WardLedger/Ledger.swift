@@ -71,6 +71,11 @@ public final class Ledger: Sendable {
     let ownerLostHandlers = Lock<[@Sendable () -> Void]>([])
     let digests = FileDigests()
     let manifests = ManifestCache()
+    /// The executions this handle has begun and not yet finished, by `Ledger.executionKey`,
+    /// each added inside its begin's transaction: a call `running` under this handle's
+    /// owner that is not here was begun by a transaction whose COMMIT landed while its answer
+    /// was lost (a server's connection dropped), so its tool never started.
+    let handedOut = Lock<Set<String>>([])
     /// Damaged checkpoints whose `checkpoint.damaged` event is known to be committed.
     let reportedDamage = Lock<Set<DamageKey>>([])
     /// Whether rows carry their events' times (migration v4): an audit of an older ledger,

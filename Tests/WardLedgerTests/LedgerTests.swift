@@ -115,6 +115,24 @@ struct LedgerCallTests {
         expectLedgerError(.conflict) { _ = try ledger.begin(request("c1", tool: "python", args: same)) }
     }
 
+    /// A begin whose COMMIT landed while its answer was lost (a server's connection dropped
+    /// just then) left the call running under this handle with no tool started: the next
+    /// begin of it hands that execution out, once, recording nothing more.
+    @Test func aBeginWhoseCommitLandedUnseenIsHandedOutOnceByTheNext() throws {
+        let ledger = try Ledger(path: temporaryLedgerPath())
+        let first = try #require(try ledger.begin(request("c1")).ticket)
+        let begun = try ledger.exportEvents(run: "r1").count
+        ledger.handedOut.withLock { $0.removeAll() }  // the answer that never came
+        let again = try #require(try ledger.begin(request("c1")).ticket)
+        #expect(again == first)
+        #expect(try ledger.exportEvents(run: "r1").count == begun)
+        // Handed out now: the next begin finds it running, and a finish records it once.
+        expectLedgerError(.inProgress) { _ = try ledger.begin(request("c1")) }
+        _ = try ledger.finish(again, outcome: outcome("done"))
+        #expect(try ledger.begin(request("c1")).replayed?.outcome.stdout == Array("done".utf8))
+        #expect(try ledger.verify().ok)
+    }
+
     @Test func aRunningCallIsNeverStartedTwiceAndWaitersGetItsOutcome() throws {
         let ledger = try Ledger(path: temporaryLedgerPath())
         let ticket = try #require(try ledger.begin(request("c1")).ticket)
