@@ -90,7 +90,9 @@ final class PostgresPool: Sendable {
         if afterFailure && !link.isBroken {
             _ = try? link.query("ROLLBACK")
         }
-        let keep = !link.isBroken && state.withLock { shelf in
+        // Counted out whenever it is not kept: a broken link left in `total` would hold a
+        // place in the pool for ever, and once all were such, every caller would wait.
+        let keep = state.withLock { shelf in
             if link.isBroken || shelf.closed { shelf.total -= 1; return false }
             shelf.idle.append(link)
             return true

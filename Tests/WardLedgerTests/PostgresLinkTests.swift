@@ -351,6 +351,27 @@ struct PostgresLinkTests {
         #expect(try store.lookup { db in try db.first("SELECT count(*) FROM \(t)") { $0.int(0) } } == 1)
     }
 
+    /// A link that broke while lent out leaves the pool when it comes back: a pool of one
+    /// whose link the server ended serves the next caller on a new one.
+    @Test func aLinkThatBrokeWhileLentOutFreesItsPlace() throws {
+        let pool = PostgresPool(try PostgresAddress(url: server().url), size: 1)
+        defer { pool.close() }
+        let admin = try link()
+        defer { admin.close() }
+        for round in 0..<3 {
+            #expect(throws: PostgresFailure.self) {
+                try pool.with { db in
+                    let pid = try db.query("SELECT pg_backend_pid()").rows[0][0]
+                    // Ended by the server, which waits for the backend to be gone.
+                    _ = try admin.query("SELECT pg_terminate_backend(?::integer, 5000)", [pid])
+                    _ = try db.query("SELECT 1")
+                }
+            }
+            try #require(pool.linkCount == 0, "round \(round): its place was not freed (the next caller would wait for ever)")
+        }
+        #expect(same(try pool.with { try $0.query("SELECT 2").rows[0] }, [.int(2)]))
+    }
+
     @Test func aFailedBodyLeavesNoTransactionOpenForTheNext() throws {
         let pool = PostgresPool(try PostgresAddress(url: server().url), size: 1)
         defer { pool.close() }
