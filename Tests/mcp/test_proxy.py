@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp.types as types
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -92,9 +93,16 @@ class ProxyPlace(Place):
 @asynccontextmanager
 async def proxy(place: ProxyPlace, name: str, *extra: str, **callbacks: Any) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(command=WARD, args=place.proxy_args(name, *extra), cwd=str(place.root))
-    async with stdio_client(params) as (read, write), ClientSession(read, write, **callbacks) as s:
-        await s.initialize()
-        yield s
+    try:
+        async with stdio_client(params) as (read, write), ClientSession(read, write, **callbacks) as s:
+            await s.initialize()
+            yield s
+    except BaseExceptionGroup as group:
+        # The SDK's stdio reader may still be handing a message of ward's (a notification)
+        # to a session that has just closed: a race of the client's own shutdown, after the
+        # test's body ended. Anything else the group holds is the test's failure.
+        if not all(isinstance(e, anyio.BrokenResourceError) for e in group.exceptions):
+            raise
 
 
 class ProxyTest(unittest.IsolatedAsyncioTestCase):
