@@ -134,125 +134,123 @@ extension Ledger {
         var gatedNow = false
         // The stored checkpoint's manifest, for the cache once the transaction commits.
         var storedManifest: ManifestCache.Entry?
-        // The execution this transaction hands out, if it does: forgotten if it fails.
+        // The execution this transaction hands out, if it does: forgotten unless it commits
+        // (its COMMIT may have landed all the same: then the next begin finds the call
+        // running under this owner, not handed out, and hands it out).
         var beginning: String?
-        let decided: BeginDecision?
-        do {
-            decided = try write("recording the start of call \(request.callId)", run: request.run) { db -> BeginDecision? in
-                try self.store.requireOwner(db, me)
-                let now = Timestamp.now()
-                func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
-                    try record()
-                    var checkpointSeq: Int?
-                    if let state = request.checkpoint {
-                        let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId, at: now)
-                        checkpointSeq = stored.seq
-                        storedManifest = stored.manifest
-                    }
-                    var data: [String: JSONValue] = [
-                        "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
-                        "policyHash": .string(request.policyHash), "binaryHash": .string(binaryHash),
-                        "attempt": .number(Double(request.attempt)), "execution": .number(Double(execution)), "owner": .string(me),
-                    ]
-                    if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
-                    if request.awaitsDelivery { data["delivery"] = .bool(true) }
-                    try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data, at: now)
-                    beginning = Ledger.executionKey(run: request.run, callId: request.callId, execution: execution)
-                    self.handedOut.withLock { _ = $0.insert(beginning!) }
-                    return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
-                                               execution: execution, checkpointSeq: checkpointSeq, owner: me))
+        var committed = false
+        defer { if !committed, let beginning { handedOut.withLock { _ = $0.remove(beginning) } } }
+        let decided = try write("recording the start of call \(request.callId)", run: request.run) { db -> BeginDecision? in
+            try self.store.requireOwner(db, me)
+            let now = Timestamp.now()
+            func startExecution(_ execution: Int, recording record: () throws -> Void) throws -> BeginDecision {
+                try record()
+                var checkpointSeq: Int?
+                if let state = request.checkpoint {
+                    let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId, at: now)
+                    checkpointSeq = stored.seq
+                    storedManifest = stored.manifest
                 }
+                var data: [String: JSONValue] = [
+                    "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
+                    "policyHash": .string(request.policyHash), "binaryHash": .string(binaryHash),
+                    "attempt": .number(Double(request.attempt)), "execution": .number(Double(execution)), "owner": .string(me),
+                ]
+                if let checkpointSeq { data["checkpoint"] = .number(Double(checkpointSeq)) }
+                if request.awaitsDelivery { data["delivery"] = .bool(true) }
+                try self.appendEvent(db, run: request.run, kind: "call.begin", call: request.callId, data: data, at: now)
+                beginning = Ledger.executionKey(run: request.run, callId: request.callId, execution: execution)
+                self.handedOut.withLock { _ = $0.insert(beginning!) }
+                return .execute(CallTicket(run: request.run, callId: request.callId, tool: request.tool, attempt: request.attempt,
+                                           execution: execution, checkpointSeq: checkpointSeq, owner: me))
+            }
 
-                let call = try CallRecord.fetch(db, run: request.run, callId: request.callId)
-                switch CallState.step(recorded: call?.decided, tool: request.tool, argsHash: argsHash, owner: { self.ownerState(call?.owner) }) {
-                case .start where request.gated:
-                    // Recorded before anything runs, with the agent's checkpoint, and durable
-                    // across any crash: the verdict, not a restart, decides whether it runs.
+            let call = try CallRecord.fetch(db, run: request.run, callId: request.callId)
+            switch CallState.step(recorded: call?.decided, tool: request.tool, argsHash: argsHash, owner: { self.ownerState(call?.owner) }) {
+            case .start where request.gated:
+                // Recorded before anything runs, with the agent's checkpoint, and durable
+                // across any crash: the verdict, not a restart, decides whether it runs.
+                try db.run("""
+                    INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
+                                       attempt, executions, owner, started_at, delivered)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.awaitingApproval)), ?, 0, NULL, ?, ?)
+                    """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
+                          .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(now),
+                          request.awaitsDelivery ? .int(Delivery.awaited.rawValue) : .null])
+                var data: [String: JSONValue] = [
+                    "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
+                    "policyHash": .string(request.policyHash), "binaryHash": .string(binaryHash), "attempt": .number(Double(request.attempt)),
+                ]
+                if let state = request.checkpoint {
+                    let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId, at: now)
+                    storedManifest = stored.manifest
+                    data["checkpoint"] = .number(Double(stored.seq))
+                }
+                if request.awaitsDelivery { data["delivery"] = .bool(true) }
+                try self.appendEvent(db, run: request.run, kind: "call.gate", call: request.callId, data: data, at: now)
+                gatedNow = true
+                return nil
+            case .awaitApproval:
+                throw self.awaitingApprovalError(run: request.run, callId: request.callId, tool: request.tool)
+            case .start:
+                return try startExecution(1) {
                     try db.run("""
                         INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
                                            attempt, executions, owner, started_at, delivered)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.awaitingApproval)), ?, 0, NULL, ?, ?)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.running)), ?, 1, ?, ?, ?)
                         """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
-                              .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(now),
+                              .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now),
                               request.awaitsDelivery ? .int(Delivery.awaited.rawValue) : .null])
-                    var data: [String: JSONValue] = [
-                        "tool": .string(request.tool), "effect": .string(request.effect.rawValue), "argsHash": .string(argsHash),
-                        "policyHash": .string(request.policyHash), "binaryHash": .string(binaryHash), "attempt": .number(Double(request.attempt)),
-                    ]
-                    if let state = request.checkpoint {
-                        let stored = try self.storeCheckpoint(db, run: request.run, state: state, label: nil, callId: request.callId, at: now)
-                        storedManifest = stored.manifest
-                        data["checkpoint"] = .number(Double(stored.seq))
-                    }
-                    if request.awaitsDelivery { data["delivery"] = .bool(true) }
-                    try self.appendEvent(db, run: request.run, kind: "call.gate", call: request.callId, data: data, at: now)
-                    gatedNow = true
-                    return nil
-                case .awaitApproval:
-                    throw self.awaitingApprovalError(run: request.run, callId: request.callId, tool: request.tool)
-                case .start:
-                    return try startExecution(1) {
-                        try db.run("""
-                            INSERT INTO calls (run_id, call_id, tool, effect, args_hash, args, policy_hash, binary_hash, status,
-                                               attempt, executions, owner, started_at, delivered)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, \(CallState.sql(.running)), ?, 1, ?, ?, ?)
-                            """, [.text(request.run), .text(request.callId), .text(request.tool), .text(request.effect.rawValue), .text(argsHash),
-                                  .text(canonical), .text(request.policyHash), .text(binaryHash), .int(request.attempt), .text(me), .text(now),
-                                  request.awaitsDelivery ? .int(Delivery.awaited.rawValue) : .null])
-                    }
-                case .conflict(let otherTool):
-                    let call = call!
-                    let what = otherTool ? "tool \(call.tool)" : "different arguments"
-                    throw LedgerError(.conflict, "call \(request.callId) of run \(request.run) was recorded with \(what) (started \(call.startedAt))")
-                case .wait(nil) where call!.owner == me
-                        && !self.handedOut.withLock({ $0.contains(Ledger.executionKey(run: request.run, callId: request.callId, execution: call!.executions)) }):
-                    // Begun by this handle, in a transaction whose COMMIT landed while its answer
-                    // was lost: no tool was started, so it starts now, as recorded (nothing new).
-                    let call = call!
-                    let checkpoint = try db.first("""
-                        SELECT \(db.dialect.json("body", "data", "checkpoint")) FROM events
-                        WHERE run_id = ? AND call_id = ? AND kind = 'call.begin' ORDER BY seq DESC LIMIT 1
-                        """, [.text(request.run), .text(request.callId)]) { $0.optionalInt(0) } ?? nil
-                    beginning = Ledger.executionKey(run: request.run, callId: request.callId, execution: call.executions)
-                    self.handedOut.withLock { _ = $0.insert(beginning!) }
-                    return .execute(CallTicket(run: request.run, callId: request.callId, tool: call.tool, attempt: call.attempt,
-                                               execution: call.executions, checkpointSeq: checkpoint, owner: me))
-                case .wait(nil):
-                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(call!.owner == me ? "in this process" : "in another process"))")
-                case .wait(let why?):
-                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running, and whether its owner lives cannot be told: \(why)")
-                case .putInDoubt(let fate):
-                    // Its process died mid-call. Recorded in doubt by this transaction, which
-                    // must commit: the refusal is thrown after it.
-                    let call = call!
-                    try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, fate: fate, execution: call.executions)
-                    foundInDoubt = call.startedAt
-                    return nil
-                case .refuseInDoubt:
-                    throw self.inDoubtError(run: request.run, callId: request.callId, started: call!.startedAt)
-                case .runAgain:
-                    // A process that died mid-call (the tool may run twice), or a verdict that it
-                    // did not run: the next execution, its earlier outcome and verdict cleared.
-                    let call = call!
-                    return try startExecution(call.executions + 1) {
-                        try db.run("""
-                            UPDATE calls SET status = \(CallState.sql(.running)), executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
-                                verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL,
-                                delivered = CASE WHEN ? = 1 THEN \(Delivery.awaited.rawValue) ELSE delivered END
-                            WHERE run_id = ? AND call_id = ?
-                            """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .int(request.awaitsDelivery ? 1 : 0),
-                                  .text(request.run), .text(request.callId)])
-                    }
-                case .replay:
-                    return .replay(try self.result(db, run: request.run, call!, replayed: true))
                 }
+            case .conflict(let otherTool):
+                let call = call!
+                let what = otherTool ? "tool \(call.tool)" : "different arguments"
+                throw LedgerError(.conflict, "call \(request.callId) of run \(request.run) was recorded with \(what) (started \(call.startedAt))")
+            case .wait(nil):
+                let call = call!
+                let execution = Ledger.executionKey(run: request.run, callId: request.callId, execution: call.executions)
+                guard call.owner == me, !self.handedOut.withLock({ $0.contains(execution) }) else {
+                    throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running (\(call.owner == me ? "in this process" : "in another process"))")
+                }
+                // Begun by this handle, in a transaction whose COMMIT landed while its answer
+                // was lost: no tool was started, so it starts now, as recorded (nothing new).
+                let checkpoint = try db.first("""
+                    SELECT \(db.dialect.json("body", "data", "checkpoint")) FROM events
+                    WHERE run_id = ? AND call_id = ? AND kind = 'call.begin' ORDER BY seq DESC LIMIT 1
+                    """, [.text(request.run), .text(request.callId)]) { $0.optionalInt(0) } ?? nil
+                beginning = execution
+                self.handedOut.withLock { _ = $0.insert(execution) }
+                return .execute(CallTicket(run: request.run, callId: request.callId, tool: call.tool, attempt: call.attempt,
+                                           execution: call.executions, checkpointSeq: checkpoint, owner: me))
+            case .wait(let why?):
+                throw LedgerError(.inProgress, "call \(request.callId) of run \(request.run) is running, and whether its owner lives cannot be told: \(why)")
+            case .putInDoubt(let fate):
+                // Its process died mid-call. Recorded in doubt by this transaction, which
+                // must commit: the refusal is thrown after it.
+                let call = call!
+                try self.markInDoubt(db, run: request.run, callId: request.callId, owner: call.owner, fate: fate, execution: call.executions)
+                foundInDoubt = call.startedAt
+                return nil
+            case .refuseInDoubt:
+                throw self.inDoubtError(run: request.run, callId: request.callId, started: call!.startedAt)
+            case .runAgain:
+                // A process that died mid-call (the tool may run twice), or a verdict that it
+                // did not run: the next execution, its earlier outcome and verdict cleared.
+                let call = call!
+                return try startExecution(call.executions + 1) {
+                    try db.run("""
+                        UPDATE calls SET status = \(CallState.sql(.running)), executions = ?, owner = ?, attempt = ?, started_at = ?, finished_at = NULL,
+                            verdict = NULL, note = NULL, stdout = NULL, stderr = NULL, exit_code = NULL, signal = NULL,
+                            delivered = CASE WHEN ? = 1 THEN \(Delivery.awaited.rawValue) ELSE delivered END
+                        WHERE run_id = ? AND call_id = ?
+                        """, [.int(call.executions + 1), .text(me), .int(request.attempt), .text(now), .int(request.awaitsDelivery ? 1 : 0),
+                              .text(request.run), .text(request.callId)])
+                }
+            case .replay:
+                return .replay(try self.result(db, run: request.run, call!, replayed: true))
             }
-        } catch {
-            // Its COMMIT may have landed all the same: then the next begin finds the call
-            // running under this owner, not handed out, and hands it out.
-            if let beginning { handedOut.withLock { _ = $0.remove(beginning) } }
-            throw error
         }
+        committed = true
         if let storedManifest { manifests.committed(request.run, storedManifest) }
         guard let decision = decided else {
             if gatedNow { throw awaitingApprovalError(run: request.run, callId: request.callId, tool: request.tool) }
@@ -423,6 +421,10 @@ extension Ledger {
     /// as `finish` is; never for a non-idempotent call (that one is put in doubt).
     public func runAgain(_ ticket: CallTicket) throws(LedgerError) -> CallTicket {
         let execution = ticket.execution + 1
+        // Handed out inside the transaction, as `begin` does, and forgotten unless it commits.
+        let key = Ledger.executionKey(run: ticket.run, callId: ticket.callId, execution: execution)
+        var committed = false
+        defer { if !committed { handedOut.withLock { _ = $0.remove(key) } } }
         let again = try write("recording execution \(execution) of call \(ticket.callId)", run: ticket.run) { db in
             guard let row = try db.first("""
                 SELECT effect, args_hash, policy_hash, binary_hash FROM calls
@@ -443,13 +445,12 @@ extension Ledger {
                 "policyHash": .string(row.policyHash), "binaryHash": .string(row.binaryHash),
                 "attempt": .number(Double(ticket.attempt)), "execution": .number(Double(execution)), "owner": .string(ticket.owner),
             ], at: now)
+            self.handedOut.withLock { _ = $0.insert(key) }
             return CallTicket(run: ticket.run, callId: ticket.callId, tool: ticket.tool, attempt: ticket.attempt,
                               execution: execution, checkpointSeq: ticket.checkpointSeq, owner: ticket.owner)
         }
-        handedOut.withLock { handed in
-            handed.remove(Ledger.executionKey(run: ticket.run, callId: ticket.callId, execution: ticket.execution))
-            handed.insert(Ledger.executionKey(run: ticket.run, callId: ticket.callId, execution: execution))
-        }
+        committed = true
+        handedOut.withLock { _ = $0.remove(Ledger.executionKey(run: ticket.run, callId: ticket.callId, execution: ticket.execution)) }
         return again
     }
 

@@ -330,23 +330,26 @@ extension Ledger {
             guard let parsed = try? JSONValue.parse(existing) else { throw LedgerError(.corrupt, "journal entry \(key) of run \(run) is not valid JSON") }
             return parsed
         }
-        // The durable step in one round trip where the store has it (PostgreSQL): the same
-        // insert, rule and event as below, in one statement.
-        let now = Timestamp.now()
-        let single: String??
-        do {
-            single = try store.journalRecord(run: run, key: key, value: text, at: now,
-                                             event: Ledger.openEventBody(run: run, at: now, kind: "journal.record", call: nil, data: event))
-        } catch {
-            throw Ledger.map(error, doing: "recording journal entry \(key)")
-        }
-        if let single {
-            guard let existing = single else { return (value, true) }
-            return (try parsed(existing), false)
+        if let server = store as? PostgresStore {
+            // The durable step in one round trip: the same insert, rule and event as the
+            // transaction below, in one statement.
+            let now = Timestamp.now()
+            let written: JournalWrite
+            do {
+                written = try server.journalRecord(run: run, key: key, value: text, at: now,
+                                                   event: Ledger.openEventBody(run: run, at: now, kind: "journal.record", call: nil, data: event))
+            } catch {
+                throw Ledger.map(error, doing: "recording journal entry \(key)")
+            }
+            switch written {
+            case .recorded: return (value, true)
+            case .found(let existing): return (try parsed(existing), false)
+            }
         }
         return try write("recording journal entry \(key)", run: run) { db in
             // Inserted unless there is one already (one statement on the common path, the
             // first record); the run's lock keeps another from coming between.
+            let now = Timestamp.now()
             try db.run("INSERT INTO journal (run_id, key, value, recorded_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        [.text(run), .text(key), .text(text), .text(now)])
             if try db.changes == 0 {

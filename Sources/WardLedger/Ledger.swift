@@ -265,6 +265,13 @@ public final class Ledger: Sendable {
     }
 }
 
+/// What PostgreSQL's one-statement `journal.record` did: recorded the value, or found one
+/// recorded before (its text).
+enum JournalWrite {
+    case recorded
+    case found(String)
+}
+
 /// What a ledger's schema records, for audits of ledgers older than some migrations.
 struct LedgerFeatures: Sendable {
     var timesFollowEvents: Bool
@@ -306,10 +313,6 @@ protocol LedgerStore: Sendable {
     func statement(_ body: (any SQLConnection) throws -> Void) throws
     /// A consistent read.
     func read<T>(_ body: (any SQLConnection) throws -> T) throws -> T
-    /// `Ledger.journalRecord` in one statement where the store has one: the value recorded
-    /// before (nil when this one was recorded); nil where the store has none, and the
-    /// ledger's own transaction does it.
-    func journalRecord(run: String, key: String, value: String, at now: String, event: String) throws -> String??
     /// A read of one statement, which is consistent by itself: no transaction around it
     /// where one costs round trips (PostgreSQL).
     func lookup<T>(_ body: (any SQLConnection) throws -> T) throws -> T

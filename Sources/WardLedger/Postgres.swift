@@ -115,7 +115,7 @@ final class PostgresLink {
         var firstFailure: (any Error)?
         for future in waiting {
             do {
-                lastAffected = try receive(future).affected
+                _ = try receive(future)
             } catch {
                 firstFailure = firstFailure ?? error
             }
@@ -123,7 +123,7 @@ final class PostgresLink {
         if let firstFailure { throw firstFailure }
     }
 
-    /// Rows changed by the last enqueued statement, once flushed.
+    /// Rows changed by the last statement answered.
     private(set) var lastAffected = 0
     /// Answers received since the link was made: a transaction whose count did not move
     /// had nothing of it reach the server.
@@ -191,7 +191,9 @@ final class PostgresLink {
             if failure.connectionLost { failed = true }
             throw failure
         }
-        return try PostgresDecoding.result(result)
+        let decoded = try PostgresDecoding.result(result)
+        lastAffected = decoded.affected
+        return decoded
     }
 }
 

@@ -316,15 +316,15 @@ final class PostgresStore: LedgerStore {
     }
 
     /// `Ledger.journalRecord` in one round trip, a statement that commits by itself
-    /// (ward_journal_record): the value recorded before, nil when this one was recorded.
-    /// `event` is the journal.record event's body cut before its seq (`Ledger.openEventBody`).
-    func journalRecord(run: String, key: String, value: String, at now: String, event: String) throws -> String?? {
+    /// (ward_journal_record). `event` is the journal.record event's body cut before its seq
+    /// (`Ledger.openEventBody`).
+    func journalRecord(run: String, key: String, value: String, at now: String, event: String) throws -> JournalWrite {
         try pool.with { link in
             let result = try link.query("SELECT ward_journal_record(?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 .text(run), .text(key), .text(value), .text(now), .int(PostgresStore.allRunsKey), .int(Int(PostgresStore.runClass)),
                 .int(Int(PostgresStore.runKey(run))), .text(event), .text(Digest.genesis),
             ])
-            return .some(result.rows.first?.first?.textValue)
+            return result.rows.first?.first?.textValue.map(JournalWrite.found) ?? .recorded
         }
     }
 
@@ -423,7 +423,6 @@ final class PostgresStore: LedgerStore {
 final class PostgresSession: SQLConnection {
     let link: PostgresLink
     private let deferringWrites: Bool
-    private var known = 0
     var dialect: SQLDialect { .postgres }
 
     init(_ link: PostgresLink, deferringWrites: Bool = false) {
@@ -434,21 +433,14 @@ final class PostgresSession: SQLConnection {
     var changes: Int {
         get throws {
             try link.flush()
-            if known < 0 { known = link.lastAffected }  // the last statement was enqueued
-            return known
+            return link.lastAffected
         }
     }
 
-    private func query(_ sql: String, _ values: [SQLValue]) throws -> PostgresResult {
-        let result = try link.query(sql, values)
-        known = result.affected
-        return result
-    }
+    private func query(_ sql: String, _ values: [SQLValue]) throws -> PostgresResult { try link.query(sql, values) }
 
     func run(_ sql: String, _ values: [SQLValue]) throws {
-        guard deferringWrites else { _ = try query(sql, values); return }
-        try link.enqueue(sql, values)
-        known = -1
+        if deferringWrites { try link.enqueue(sql, values) } else { _ = try query(sql, values) }
     }
 
     func first<T>(_ sql: String, _ values: [SQLValue], _ body: (SQLRow) throws -> T) throws -> T? {

@@ -95,9 +95,6 @@ final class SQLiteStore: LedgerStore {
 
     func lookup<T>(_ body: (any SQLConnection) throws -> T) throws -> T { try read(body) }
 
-    /// A transaction costs no round trips here: the ledger's own does it.
-    func journalRecord(run: String, key: String, value: String, at now: String, event: String) throws -> String?? { nil }
-
     var files: [String] { [path, path + "-wal", path + "-shm", path + "-journal"] }
 
     /// SQLite's errors as the ledger's; nil for any other error.

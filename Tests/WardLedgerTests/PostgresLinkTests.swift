@@ -346,6 +346,19 @@ struct PostgresLinkTests {
             #expect("\(error)".contains("ROLLBACK") || "\(error)".contains("no_such_table"), "\(error)")
         }
         #expect(try store.lookup { db in try db.first("SELECT count(*) FROM \(t)") { $0.int(0) } } == 0)
+        // A write sent without a wait (nothing read after it) that fails: found before any
+        // COMMIT is sent, and the write fails whole.
+        do {
+            _ = try store.write(runs: ["r"]) { db -> Int in
+                try db.run("INSERT INTO \(t) VALUES (1)")
+                try db.run("INSERT INTO no_such_table_\(t) VALUES (1)")
+                return 1
+            }
+            Issue.record("a transaction with a failed write was reported committed")
+        } catch {
+            #expect("\(error)".contains("no_such_table"), "\(error)")
+        }
+        #expect(try store.lookup { db in try db.first("SELECT count(*) FROM \(t)") { $0.int(0) } } == 0)
         // The link went back usable: the next write commits.
         #expect(try store.write(runs: ["r"]) { db -> Int in try db.run("INSERT INTO \(t) VALUES (2)"); return 2 } == 2)
         #expect(try store.lookup { db in try db.first("SELECT count(*) FROM \(t)") { $0.int(0) } } == 1)
